@@ -1,0 +1,117 @@
+/** Roles as admins write them (YAML, SPEC §3), strictly validated: unknown fields are named. */
+import { parse as parseYaml } from "yaml";
+import { MeziteError } from "../lib/errors.js";
+import { formatDuration, parseDuration } from "../lib/duration.js";
+import type { LabelRule, RoleAccess } from "./access.js";
+
+export interface Role extends RoleAccess {
+  description: string;
+}
+
+export const NAME_PATTERN = /^[a-z0-9][a-z0-9._-]{0,62}$/;
+
+function bad(message: string): never {
+  throw new MeziteError("ERR_BAD_ROLE", message);
+}
+
+type Obj = Record<string, unknown>;
+
+function objectAt(value: unknown, where: string, allowed: string[]): Obj {
+  if (value === undefined || value === null) return {};
+  if (typeof value !== "object" || Array.isArray(value)) bad(`${where} must be a mapping`);
+  for (const key of Object.keys(value)) {
+    if (!allowed.includes(key)) bad(`unknown field "${where === "role" ? key : `${where}.${key}`}" (allowed: ${allowed.join(", ")})`);
+  }
+  return value as Obj;
+}
+
+function stringList(value: unknown, where: string): string[] {
+  if (value === undefined || value === null) return [];
+  const list = typeof value === "string" ? [value] : value;
+  if (!Array.isArray(list) || !list.every((v) => typeof v === "string" && v.length > 0)) {
+    bad(`${where} must be a string or a list of non-empty strings`);
+  }
+  return [...new Set(list as string[])];
+}
+
+function logins(value: unknown, where: string): string[] {
+  const list = stringList(value, where);
+  for (const login of list) {
+    if (!/^[a-z_][a-z0-9_.-]{0,31}\$?$/i.test(login)) bad(`${where}: "${login}" is not a valid login name`);
+  }
+  return list;
+}
+
+function labelRule(value: unknown, where: string): LabelRule {
+  if (value === undefined || value === null) return {};
+  if (typeof value !== "object" || Array.isArray(value)) bad(`${where} must be a mapping of label to values`);
+  const rule: LabelRule = {};
+  for (const [key, v] of Object.entries(value as Obj)) rule[key] = stringList(v, `${where}.${key}`);
+  return rule;
+}
+
+function conditions(value: unknown, where: string): RoleAccess["allow"] {
+  const c = objectAt(value, where, ["logins", "node_labels"]);
+  return { logins: logins(c["logins"], `${where}.logins`), labels: labelRule(c["node_labels"], `${where}.node_labels`) };
+}
+
+/** Validates a parsed role document (the YAML's data, or the equivalent JSON). */
+export function roleFromDocument(doc: unknown): Role {
+  const top = objectAt(doc, "role", ["kind", "version", "metadata", "spec"]);
+  if (top["kind"] !== "role") bad(`kind must be "role" (got ${JSON.stringify(top["kind"] ?? null)})`);
+  if (top["version"] !== undefined && typeof top["version"] !== "string") bad("version must be a string");
+  const metadata = objectAt(top["metadata"], "metadata", ["name", "description", "labels"]);
+  const name = metadata["name"];
+  if (typeof name !== "string" || !NAME_PATTERN.test(name)) {
+    bad(`metadata.name must match [a-z0-9][a-z0-9._-]{0,62} (got ${JSON.stringify(name ?? null)})`);
+  }
+  const description = metadata["description"] ?? "";
+  if (typeof description !== "string") bad("metadata.description must be a string");
+  const spec = objectAt(top["spec"], "spec", ["options", "allow", "deny"]);
+  const options = objectAt(spec["options"], "spec.options", ["max_session_ttl"]);
+  let maxSessionTtlMs = 0;
+  const ttl = options["max_session_ttl"];
+  if (ttl !== undefined) {
+    if (typeof ttl !== "string") bad("spec.options.max_session_ttl must be a duration such as 1h");
+    try {
+      maxSessionTtlMs = parseDuration(ttl);
+    } catch {
+      bad(`spec.options.max_session_ttl: "${ttl}" is not a duration such as 30m or 1h`);
+    }
+    if (maxSessionTtlMs < 60_000) bad("spec.options.max_session_ttl must be at least 1m");
+  }
+  return {
+    role: name,
+    description,
+    maxSessionTtlMs,
+    allow: conditions(spec["allow"], "spec.allow"),
+    deny: conditions(spec["deny"], "spec.deny"),
+  };
+}
+
+/** Parses one role from YAML text. */
+export function parseRoleYaml(text: string): Role {
+  let doc: unknown;
+  try {
+    doc = parseYaml(text, { strict: true, uniqueKeys: true });
+  } catch (e) {
+    bad(`role file is not valid YAML: ${(e as Error).message.split("\n")[0]}`);
+  }
+  return roleFromDocument(doc);
+}
+
+/** The YAML an admin would write for this role (what `mezctl get role/NAME` prints). */
+export function roleToDocument(r: Role): Obj {
+  const cond = (c: RoleAccess["allow"]) => ({ logins: c.logins, node_labels: c.labels });
+  return {
+    kind: "role",
+    version: "v1",
+    metadata: { name: r.role, description: r.description },
+    spec: {
+      options: r.maxSessionTtlMs > 0 ? { max_session_ttl: formatDuration(r.maxSessionTtlMs) } : {},
+      allow: cond(r.allow),
+      deny: cond(r.deny),
+    },
+  };
+}
+

@@ -1,0 +1,23 @@
+import { existsSync } from "node:fs";
+import type { TestContext } from "node:test";
+
+/**
+ * Real-component tests need real binaries. When one is missing the test says so loudly; under
+ * CI=true a missing component is a failure, never a silent skip.
+ */
+export function missingComponent(t: TestContext, what: string, hint: string): void {
+  const msg = `${what} is not installed (${hint}); this real-component test cannot run`;
+  if (process.env["CI"] === "true") throw new Error(`${msg} — CI requires it`);
+  process.stderr.write(`\n*** SKIPPED: ${msg} ***\n`);
+  t.skip(msg);
+}
+
+export function findBinary(candidates: string[]): string | undefined {
+  return candidates.find((p) => existsSync(p));
+}
+
+export const SSHD_PATH = findBinary(["/usr/sbin/sshd", "/usr/local/sbin/sshd"]);
+export const SSH_PATH = findBinary(["/usr/bin/ssh", "/usr/local/bin/ssh"]);
+export const SSH_KEYGEN_PATH = findBinary(["/usr/bin/ssh-keygen", "/usr/local/bin/ssh-keygen"]);
+export const OPENSSL_PATH = findBinary(["/usr/bin/openssl", "/usr/local/bin/openssl"]);
+export const PG_BIN_DIR = findBinary(["/usr/lib/postgresql/17/bin", "/usr/lib/postgresql/16/bin", "/usr/lib/postgresql/15/bin"]);
