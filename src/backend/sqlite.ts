@@ -1,0 +1,233 @@
+/**
+ * Embedded SQLite backend: one database file (plus SQLite's -wal/-shm companions), the default for
+ * a single auth server. better-sqlite3 is synchronous: each call runs one statement to completion,
+ * so every conditional write is a single atomic statement even across processes sharing the file.
+ *
+ * Durability: WAL with synchronous=FULL. NORMAL would already survive `kill -9` of the process
+ * (a committed transaction is in the WAL file, i.e. in the OS page cache), but on power loss it may
+ * roll back the last commits — a token use or generation increment whose certificate was already
+ * handed out. That would re-enable a one-time token or lock an honest daemon, so each commit
+ * fsyncs the WAL (~0.1 ms here; writes are joins and renewals, not a hot path).
+ */
+import { closeSync, openSync } from "node:fs";
+import Database from "better-sqlite3";
+import { MeziteError } from "../lib/errors.js";
+import {
+  alreadyExists, checkExpires, checkKey, checkPrefix, checkRange, checkValue, closedError, compareFailed,
+  makeItem, newRevision, prefixEnd, resolveBackendOptions, startSweeper,
+} from "./backend.js";
+import type { Backend, BackendOptions, Item, PutOptions, RangeOptions } from "./backend.js";
+
+const SCHEMA_VERSION = 1;
+const LIVE = "(expires IS NULL OR expires > ?)";
+const ROW = "key, value, revision, expires";
+
+interface Row {
+  key: string;
+  value: string;
+  revision: string;
+  expires: number | null;
+}
+
+/** Prepared once per connection. Range/count come in two shapes: with and without an upper bound. */
+function prepare(db: Database.Database) {
+  return {
+    get: db.prepare<[string], Row>(`SELECT ${ROW} FROM items WHERE key = ?`),
+    purge: db.prepare<[string, number]>("DELETE FROM items WHERE key = ? AND expires <= ?"),
+    put: db.prepare<[string, string, string, number | null]>(
+      `INSERT INTO items (${ROW}) VALUES (?, ?, ?, ?)
+       ON CONFLICT (key) DO UPDATE SET value = excluded.value, revision = excluded.revision, expires = excluded.expires`,
+    ),
+    // Inserts, or replaces an expired row; a live row makes it a no-op (changes = 0).
+    create: db.prepare<[string, string, string, number | null, number]>(
+      `INSERT INTO items (${ROW}) VALUES (?, ?, ?, ?)
+       ON CONFLICT (key) DO UPDATE SET value = excluded.value, revision = excluded.revision, expires = excluded.expires
+       WHERE items.expires <= ?`,
+    ),
+    cas: db.prepare<[string, string, number | null, string, string, number]>(
+      `UPDATE items SET value = ?, revision = ?, expires = ? WHERE key = ? AND revision = ? AND ${LIVE}`,
+    ),
+    // Purges an expired row too, but reports only whether a live one was deleted.
+    delete: db.prepare<[string, number], { live: number }>(`DELETE FROM items WHERE key = ? RETURNING ${LIVE} AS live`),
+    deleteIf: db.prepare<[string, string, number]>(`DELETE FROM items WHERE key = ? AND revision = ? AND ${LIVE}`),
+    range: db.prepare<[string, string, string, number, number], Row>(
+      `SELECT ${ROW} FROM items WHERE key >= ? AND key < ? AND key > ? AND ${LIVE} ORDER BY key LIMIT ?`,
+    ),
+    rangeAll: db.prepare<[string, string, number, number], Row>(
+      `SELECT ${ROW} FROM items WHERE key >= ? AND key > ? AND ${LIVE} ORDER BY key LIMIT ?`,
+    ),
+    count: db.prepare<[string, string, number], { n: number }>(`SELECT count(*) AS n FROM items WHERE key >= ? AND key < ? AND ${LIVE}`),
+    countAll: db.prepare<[string, number], { n: number }>(`SELECT count(*) AS n FROM items WHERE key >= ? AND ${LIVE}`),
+    sweep: db.prepare<[number]>("DELETE FROM items WHERE expires <= ?"),
+  };
+}
+
+export interface SqliteOptions extends BackendOptions {
+  /** How long a statement waits for another process's lock before failing. Default 5000 ms. */
+  busyTimeoutMs?: number;
+}
+
+export class SqliteBackend implements Backend {
+  readonly #db: Database.Database;
+  readonly #path: string;
+  readonly #stmt: ReturnType<typeof prepare>;
+  readonly #now: () => number;
+  readonly #stopSweeper: () => void;
+  #closed = false;
+
+  /** Opens (creating it 0600 if absent) and migrates the database file at `path`. */
+  constructor(path: string, options: SqliteOptions = {}) {
+    const o = resolveBackendOptions(options);
+    const busyTimeoutMs = options.busyTimeoutMs ?? 5000;
+    this.#path = path;
+    this.#now = o.now;
+    let db: Database.Database | undefined;
+    try {
+      // Create the file ourselves so its mode is 0600; SQLite gives -wal/-shm the same mode.
+      closeSync(openSync(path, "a", 0o600));
+      db = new Database(path);
+      db.pragma(`busy_timeout = ${Math.trunc(busyTimeoutMs)}`);
+      db.pragma("journal_mode = WAL");
+      db.pragma("synchronous = FULL");
+      migrate(db, path);
+      this.#stmt = prepare(db);
+      this.#db = db;
+    } catch (e) {
+      db?.close();
+      throw sqliteError(e, path);
+    }
+    this.#stopSweeper = startSweeper(o.sweepIntervalMs, () => this.sweep());
+  }
+
+  async get(key: string): Promise<Item | undefined> {
+    checkKey(key);
+    return this.#run(() => {
+      const row = this.#stmt.get.get(key);
+      if (row === undefined) return undefined;
+      if (row.expires !== null && row.expires <= this.#now()) {
+        this.#stmt.purge.run(key, this.#now()); // lazy purge; conditional, in case it was just rewritten
+        return undefined;
+      }
+      return toItem(row);
+    });
+  }
+
+  async put(key: string, value: string, opts?: PutOptions): Promise<Item> {
+    const item = makeItem(checkKey(key), checkValue(value), newRevision(), checkExpires(opts));
+    return this.#run(() => {
+      this.#stmt.put.run(item.key, item.value, item.revision, item.expires ?? null);
+      return item;
+    });
+  }
+
+  async create(key: string, value: string, opts?: PutOptions): Promise<Item> {
+    const item = makeItem(checkKey(key), checkValue(value), newRevision(), checkExpires(opts));
+    return this.#run(() => {
+      const { changes } = this.#stmt.create.run(item.key, item.value, item.revision, item.expires ?? null, this.#now());
+      if (changes === 0) throw alreadyExists(key);
+      return item;
+    });
+  }
+
+  async compareAndSwap(key: string, expectedRevision: string, value: string, opts?: PutOptions): Promise<Item> {
+    const item = makeItem(checkKey(key), checkValue(value), newRevision(), checkExpires(opts));
+    return this.#run(() => {
+      const { changes } = this.#stmt.cas.run(item.value, item.revision, item.expires ?? null, key, expectedRevision, this.#now());
+      if (changes === 0) throw compareFailed(key);
+      return item;
+    });
+  }
+
+  async delete(key: string): Promise<boolean> {
+    checkKey(key);
+    return this.#run(() => this.#stmt.delete.get(key, this.#now())?.live === 1);
+  }
+
+  async deleteIf(key: string, expectedRevision: string): Promise<boolean> {
+    checkKey(key);
+    return this.#run(() => this.#stmt.deleteIf.run(key, expectedRevision, this.#now()).changes === 1);
+  }
+
+  async range(prefix: string, opts?: RangeOptions): Promise<Item[]> {
+    checkPrefix(prefix);
+    const { limit, startAfter } = checkRange(opts);
+    const end = prefixEnd(prefix);
+    return this.#run(() => {
+      const now = this.#now();
+      const after = startAfter ?? "";
+      const lim = limit ?? -1; // negative: no limit
+      const rows = end === undefined
+        ? this.#stmt.rangeAll.all(prefix, after, now, lim)
+        : this.#stmt.range.all(prefix, end, after, now, lim);
+      return rows.map(toItem);
+    });
+  }
+
+  async count(prefix: string): Promise<number> {
+    checkPrefix(prefix);
+    const end = prefixEnd(prefix);
+    return this.#run(() => {
+      const now = this.#now();
+      const row = end === undefined ? this.#stmt.countAll.get(prefix, now) : this.#stmt.count.get(prefix, end, now);
+      return row?.n ?? 0;
+    });
+  }
+
+  /** Deletes expired rows now; returns how many. */
+  async sweep(): Promise<number> {
+    return this.#run(() => this.#stmt.sweep.run(this.#now()).changes);
+  }
+
+  async close(): Promise<void> {
+    if (this.#closed) return;
+    this.#closed = true;
+    this.#stopSweeper();
+    this.#db.close();
+  }
+
+  #run<T>(fn: () => T): T {
+    if (this.#closed) throw closedError();
+    try {
+      return fn();
+    } catch (e) {
+      throw sqliteError(e, this.#path);
+    }
+  }
+}
+
+function toItem(r: Row): Item {
+  return makeItem(r.key, r.value, r.revision, r.expires);
+}
+
+/** Creates the schema, or upgrades it; the version lives in SQLite's own user_version. */
+function migrate(db: Database.Database, path: string): void {
+  db.transaction(() => {
+    const version = db.pragma("user_version", { simple: true }) as number;
+    if (version > SCHEMA_VERSION) {
+      throw new MeziteError("ERR_STORAGE", `${path} has schema version ${version}, newer than this Mezite understands (${SCHEMA_VERSION}); upgrade Mezite`);
+    }
+    if (version < 1) {
+      // WITHOUT ROWID: rows live in the primary-key b-tree, so prefix scans read them in key order.
+      db.exec(`
+        CREATE TABLE items (key TEXT PRIMARY KEY, value TEXT NOT NULL, revision TEXT NOT NULL, expires INTEGER) WITHOUT ROWID;
+        CREATE INDEX items_expires ON items (expires) WHERE expires IS NOT NULL;
+      `);
+    }
+    db.pragma(`user_version = ${SCHEMA_VERSION}`);
+  }).immediate();
+}
+
+function sqliteError(e: unknown, path: string): unknown {
+  if (e instanceof MeziteError) return e;
+  const code = (e as { code?: unknown }).code;
+  const msg = e instanceof Error ? e.message : String(e);
+  if (code === "SQLITE_NOTADB" || code === "SQLITE_CORRUPT") {
+    return new MeziteError("ERR_STATE_CORRUPT", `${path} is not a valid Mezite database (${msg}); restore it from a backup`, { cause: e });
+  }
+  const hint =
+    code === "SQLITE_FULL" ? "the disk is full"
+    : code === "SQLITE_BUSY" ? "another process holds the database lock"
+    : code === "SQLITE_CANTOPEN" || code === "ENOENT" || code === "EACCES" ? "check that the data directory exists and is writable"
+    : undefined;
+  return new MeziteError("ERR_STORAGE", `SQLite database ${path}: ${msg}${hint ? ` (${hint})` : ""}`, { cause: e });
+}
