@@ -1,0 +1,33 @@
+/** Roles on the wire: the one conversion between rbac's Role and the protobuf message. */
+import { create } from "@bufbuild/protobuf";
+import { RoleSchema, type Role as RoleMessage, type RoleConditions } from "./gen/mezite/v1/common_pb.js";
+import { roleFromDocument, type Role } from "../rbac/role.js";
+import { formatDuration } from "../lib/duration.js";
+import type { LabelRule } from "../rbac/access.js";
+
+const labelsToProto = (rule: LabelRule) => Object.fromEntries(Object.entries(rule).map(([k, values]) => [k, { values }]));
+
+export function roleToProto(r: Role, created = 0): RoleMessage {
+  return create(RoleSchema, {
+    name: r.role,
+    description: r.description,
+    maxSessionTtlMs: BigInt(r.maxSessionTtlMs),
+    allow: { logins: r.allow.logins, nodeLabels: labelsToProto(r.allow.labels) },
+    deny: { logins: r.deny.logins, nodeLabels: labelsToProto(r.deny.labels) },
+    created: BigInt(created),
+  });
+}
+
+/** Validates with the same rules as a YAML file, so any gRPC client gets the same errors. */
+export function roleFromProto(m: RoleMessage): Role {
+  const cond = (c: RoleConditions | undefined) => ({
+    logins: c?.logins ?? [],
+    node_labels: Object.fromEntries(Object.entries(c?.nodeLabels ?? {}).map(([k, v]) => [k, v.values])),
+  });
+  const options = m.maxSessionTtlMs > 0n ? { max_session_ttl: formatDuration(Number(m.maxSessionTtlMs)) } : {};
+  return roleFromDocument({
+    kind: "role",
+    metadata: { name: m.name, description: m.description },
+    spec: { options, allow: cond(m.allow), deny: cond(m.deny) },
+  });
+}

@@ -1,0 +1,337 @@
+/** The admin API's operations (SPEC §3): roles, agent identities, tokens, locks, nodes, audit. */
+import { randomUUID } from "node:crypto";
+import { create } from "@bufbuild/protobuf";
+import * as pb from "../api/gen/mezite/v1/common_pb.js";
+import type { TokenVerifier } from "../api/gen/mezite/v1/admin_pb.js";
+import { roleFromProto, roleToProto } from "../api/roles.js";
+import { ed25519PublicFromRaw } from "../ca/sshkey.js";
+import { MeziteError, isMeziteError } from "../lib/errors.js";
+import { principalsFor, requirePrincipals } from "../rbac/access.js";
+import { NAME_PATTERN } from "../rbac/role.js";
+import type { AuditEvent } from "./audit.js";
+import type { AuthContext } from "./context.js";
+import { activeLocks, createLock, locksOn } from "./locks.js";
+import {
+  LOCK_KINDS,
+  encode,
+  keys,
+  load,
+  loadAll,
+  type IdentityRecord,
+  type InstanceRecord,
+  type LockKind,
+  type LockRecord,
+  type NodeRecord,
+  type StoredRole,
+  type TokenRecord,
+} from "./records.js";
+import { loadRoles } from "./roles.js";
+
+const MAX_TOKEN_TTL_MS = 30 * 24 * 3_600_000;
+const DEFAULT_TOKEN_TTL_MS = 3_600_000;
+
+function notFound(what: string): MeziteError {
+  return new MeziteError("ERR_NOT_FOUND", `${what} not found`);
+}
+
+// ---- roles
+
+export async function createRole(ctx: AuthContext, m: pb.Role, force: boolean): Promise<{ role: pb.Role; replaced: boolean }> {
+  const role = roleFromProto(m);
+  const stored: StoredRole = { ...role, created: ctx.now() };
+  let replaced = false;
+  if (force) {
+    replaced = (await ctx.backend.get(keys.role(role.role))) !== undefined;
+    await ctx.backend.put(keys.role(role.role), encode(stored));
+  } else {
+    try {
+      await ctx.backend.create(keys.role(role.role), encode(stored));
+    } catch (e) {
+      if (isMeziteError(e, "ERR_ALREADY_EXISTS")) throw new MeziteError("ERR_ALREADY_EXISTS", `role "${role.role}" already exists: use --force to overwrite it`);
+      throw e;
+    }
+  }
+  await ctx.audit.emit({ type: "role.create", detail: role.role + (replaced ? " (replaced)" : "") });
+  return { role: roleToProto(role, stored.created), replaced };
+}
+
+export async function listRoles(ctx: AuthContext): Promise<pb.Role[]> {
+  return (await loadAll<StoredRole>(ctx.backend, keys.roles)).map((r) => roleToProto(r.value, r.value.created));
+}
+
+export async function getRole(ctx: AuthContext, name: string): Promise<pb.Role> {
+  const r = await load<StoredRole>(ctx.backend, keys.role(name));
+  if (!r) throw notFound(`role "${name}"`);
+  return roleToProto(r.value, r.value.created);
+}
+
+export async function deleteRole(ctx: AuthContext, name: string): Promise<void> {
+  if (!(await ctx.backend.get(keys.role(name)))) throw notFound(`role "${name}"`);
+  const users = (await loadAll<IdentityRecord>(ctx.backend, keys.identities)).filter((i) => i.value.roles.includes(name)).map((i) => i.value.name);
+  if (users.length > 0) throw new MeziteError("ERR_IN_USE", `role "${name}" is used by agent identit${users.length > 1 ? "ies" : "y"} ${users.slice(0, 5).join(", ")}: remove ${users.length > 1 ? "them" : "it"} first`);
+  await ctx.backend.delete(keys.role(name));
+  await ctx.audit.emit({ type: "role.delete", detail: name });
+}
+
+// ---- tokens
+
+function tokenRecord(ctx: AuthContext, v: TokenVerifier | undefined, fields: Pick<TokenRecord, "type"> & Partial<TokenRecord>): TokenRecord {
+  if (!v || !/^[0-9a-f]{32}$/.test(v.tokenId) || v.macKey.length !== 32) throw new MeziteError("ERR_USAGE", "invalid request: token verifier missing or malformed");
+  try {
+    ed25519PublicFromRaw(v.verifyKey);
+  } catch {
+    throw new MeziteError("ERR_USAGE", "invalid request: token verify key is not an Ed25519 key");
+  }
+  const ttl = v.ttlMs === 0n ? DEFAULT_TOKEN_TTL_MS : Number(v.ttlMs);
+  if (ttl < 60_000 || ttl > MAX_TOKEN_TTL_MS) throw new MeziteError("ERR_USAGE", "token TTL must be between 1m and 720h");
+  const now = ctx.now();
+  return {
+    id: v.tokenId,
+    verifyKey: Buffer.from(v.verifyKey).toString("base64"),
+    macKey: Buffer.from(v.macKey).toString("base64"),
+    created: now,
+    expires: now + ttl,
+    used: false,
+    ...fields,
+  };
+}
+
+async function storeToken(ctx: AuthContext, t: TokenRecord): Promise<pb.TokenInfo> {
+  // Kept a day past expiry so `status` can say "expired" rather than forgetting the token.
+  await ctx.backend.create(keys.token(t.id), encode(t), { expires: t.expires + 24 * 3_600_000 });
+  await ctx.audit.emit({ type: "token.create", identity: t.identityName ?? "", detail: `type=${t.type} id=${t.id.slice(0, 8)}` });
+  return tokenInfo(t);
+}
+
+function tokenInfo(t: TokenRecord): pb.TokenInfo {
+  return create(pb.TokenInfoSchema, {
+    id: t.id,
+    type: t.type,
+    agentIdentity: t.identityName ?? "",
+    labels: t.labels ?? {},
+    created: BigInt(t.created),
+    expires: BigInt(t.expires),
+    used: t.used,
+  });
+}
+
+export async function addToken(ctx: AuthContext, type: string, identityName: string, labels: Record<string, string>, v: TokenVerifier | undefined): Promise<pb.TokenInfo> {
+  if (type === "node") {
+    for (const [k, val] of Object.entries(labels)) {
+      if (!/^[A-Za-z0-9_.\/-]{1,63}$/.test(k) || !/^[A-Za-z0-9_.\/:-]{1,63}$/.test(val)) throw new MeziteError("ERR_USAGE", `invalid node label ${k}=${val}: use letters, digits and . _ - /`);
+    }
+    return storeToken(ctx, tokenRecord(ctx, v, { type: "node", labels }));
+  }
+  if (type !== "agent_identity") throw new MeziteError("ERR_USAGE", `unknown token type "${type}": use node or agent_identity`);
+  const identity = await load<IdentityRecord>(ctx.backend, keys.identity(identityName));
+  if (!identity) throw notFound(`agent identity "${identityName}"`);
+  return storeToken(ctx, tokenRecord(ctx, v, { type: "agent_identity", identityId: identity.value.id, identityName }));
+}
+
+export async function listTokens(ctx: AuthContext): Promise<pb.TokenInfo[]> {
+  return (await loadAll<TokenRecord>(ctx.backend, keys.tokens)).map((t) => tokenInfo(t.value));
+}
+
+export async function deleteToken(ctx: AuthContext, id: string): Promise<void> {
+  const matches = (await loadAll<TokenRecord>(ctx.backend, keys.tokens)).filter((t) => id.length >= 8 && t.value.id.startsWith(id));
+  if (matches.length === 0) throw notFound(`token ${id}`);
+  if (matches.length > 1) throw new MeziteError("ERR_USAGE", `token prefix ${id} is ambiguous: give more characters`);
+  await ctx.backend.delete(keys.token(matches[0]!.value.id));
+  await ctx.audit.emit({ type: "token.delete", identity: matches[0]!.value.identityName ?? "", detail: `id=${id.slice(0, 8)}` });
+}
+
+// ---- agent identities
+
+export async function addAgentIdentity(ctx: AuthContext, name: string, roleNames: string[], v: TokenVerifier | undefined): Promise<{ identity: pb.AgentIdentityStatus; token: pb.TokenInfo }> {
+  if (!NAME_PATTERN.test(name)) throw new MeziteError("ERR_USAGE", `invalid agent identity name "${name.slice(0, 70)}": use [a-z0-9][a-z0-9._-]{0,62}`);
+  const unique = [...new Set(roleNames)];
+  if (unique.length === 0) throw new MeziteError("ERR_USAGE", "an agent identity needs at least one role (--roles)");
+  const roles = await loadRoles(ctx.backend, unique);
+  requirePrincipals(roles);
+  const record: IdentityRecord = { id: randomUUID(), name, roles: unique, created: ctx.now() };
+  const token = tokenRecord(ctx, v, { type: "agent_identity", identityId: record.id, identityName: name });
+  try {
+    await ctx.backend.create(keys.identity(name), encode(record));
+  } catch (e) {
+    if (isMeziteError(e, "ERR_ALREADY_EXISTS")) throw new MeziteError("ERR_ALREADY_EXISTS", `agent identity "${name}" already exists: pick another name, or rm it first`);
+    throw e;
+  }
+  await ctx.audit.emit({ type: "agent_identity.create", identity: name, roles: unique });
+  const info = await storeToken(ctx, token);
+  const status = statusOf(record, [], [token], [], roles, ctx.now());
+  return { identity: status, token: info };
+}
+
+export function statusOf(
+  identity: IdentityRecord,
+  instances: InstanceRecord[],
+  tokens: TokenRecord[],
+  locks: LockRecord[],
+  roles: StoredRole[],
+  now: number,
+): pb.AgentIdentityStatus {
+  const logins = principalsFor(roles);
+  const identityLocks = locksOn(locks, { identityName: identity.name, roles: identity.roles, logins });
+  const instanceLocked = (id: string) => locks.some((l) => l.kind === "instance" && l.target === id);
+  const newestToken = tokens.sort((a, b) => b.created - a.created)[0];
+  const tokenState = !newestToken ? "none" : newestToken.used ? "used" : newestToken.expires <= now ? "expired" : "unused";
+  const byRecent = [...instances].sort((a, b) => b.lastSeen - a.lastSeen);
+  const max = (f: (i: InstanceRecord) => bigint) => instances.reduce((m, i) => (f(i) > m ? f(i) : m), 0n);
+  return create(pb.AgentIdentityStatusSchema, {
+    name: identity.name,
+    id: identity.id,
+    roles: identity.roles,
+    locked: identityLocks.length > 0,
+    generation: max((i) => BigInt(i.generation)),
+    lastSeen: max((i) => BigInt(i.lastSeen)),
+    certExpires: max((i) => BigInt(i.certExpires)),
+    created: BigInt(identity.created),
+    tokenState,
+    locks: [...identityLocks, ...locks.filter((l) => l.kind === "instance" && instances.some((i) => i.id === l.target))].map(lockToProto),
+    lastAddress: byRecent[0]?.address ?? "",
+    principals: logins,
+    principalsError: logins.length === 0 ? "the roles allow no login after deny rules" : "",
+    instances: byRecent.map((i) =>
+      create(pb.InstanceSchema, {
+        id: i.id,
+        generation: BigInt(i.generation),
+        locked: identityLocks.length > 0 || instanceLocked(i.id),
+        lastSeen: BigInt(i.lastSeen),
+        certExpires: BigInt(i.certExpires),
+        address: i.address,
+        created: BigInt(i.created),
+      }),
+    ),
+  });
+}
+
+/** Loads everything once and groups it, so listing 100,000 identities is one pass, not n queries. */
+export async function listAgentIdentities(ctx: AuthContext, only?: string): Promise<pb.AgentIdentityStatus[]> {
+  const now = ctx.now();
+  const identities = only
+    ? [await load<IdentityRecord>(ctx.backend, keys.identity(only))].filter((x) => x !== undefined)
+    : await loadAll<IdentityRecord>(ctx.backend, keys.identities);
+  if (only && identities.length === 0) throw notFound(`agent identity "${only}"`);
+  const [instances, tokens, locks, roles] = await Promise.all([
+    only ? loadAll<InstanceRecord>(ctx.backend, keys.instancesOf(identities[0]!.value.id)) : loadAll<InstanceRecord>(ctx.backend, "/instances/"),
+    loadAll<TokenRecord>(ctx.backend, keys.tokens),
+    activeLocks(ctx.backend, now),
+    loadAll<StoredRole>(ctx.backend, keys.roles),
+  ]);
+  const group = <T>(items: T[], key: (t: T) => string | undefined) => {
+    const m = new Map<string, T[]>();
+    for (const it of items) {
+      const k = key(it);
+      if (k !== undefined) m.set(k, [...(m.get(k) ?? []), it]);
+    }
+    return m;
+  };
+  const instancesBy = group(instances.map((i) => i.value), (i) => i.identityId);
+  const tokensBy = group(tokens.map((t) => t.value), (t) => t.identityId);
+  const roleBy = new Map(roles.map((r) => [r.value.role, r.value]));
+  return identities.map(({ value: id }) =>
+    statusOf(
+      id,
+      instancesBy.get(id.id) ?? [],
+      tokensBy.get(id.id) ?? [],
+      locks,
+      id.roles.map((r) => roleBy.get(r)).filter((r) => r !== undefined),
+      now,
+    ),
+  );
+}
+
+export async function deleteAgentIdentity(ctx: AuthContext, name: string): Promise<void> {
+  const found = await load<IdentityRecord>(ctx.backend, keys.identity(name));
+  if (!found) throw notFound(`agent identity "${name}"`);
+  // Deleting the identity record is what takes effect at once: join and renew both check it.
+  await ctx.backend.delete(keys.identity(name));
+  const id = found.value.id;
+  const [tokens, instances, locks] = await Promise.all([
+    loadAll<TokenRecord>(ctx.backend, keys.tokens),
+    loadAll<InstanceRecord>(ctx.backend, keys.instancesOf(id)),
+    loadAll<LockRecord>(ctx.backend, keys.locks),
+  ]);
+  const instanceIds = new Set(instances.map((i) => i.value.id));
+  await Promise.all([
+    ...tokens.filter((t) => t.value.identityId === id).map((t) => ctx.backend.delete(keys.token(t.value.id))),
+    ...instances.map((i) => ctx.backend.delete(keys.instance(id, i.value.id))),
+    ...locks
+      .filter((l) => (l.value.kind === "agent_identity" && l.value.target === name) || (l.value.kind === "instance" && instanceIds.has(l.value.target)))
+      .map((l) => ctx.backend.delete(keys.lock(l.value.id))),
+  ]);
+  await ctx.audit.emit({ type: "agent_identity.delete", identity: name, roles: found.value.roles });
+}
+
+export async function removeInstance(ctx: AuthContext, name: string, instanceId: string): Promise<void> {
+  const found = await load<IdentityRecord>(ctx.backend, keys.identity(name));
+  if (!found) throw notFound(`agent identity "${name}"`);
+  if (!(await ctx.backend.delete(keys.instance(found.value.id, instanceId)))) throw notFound(`instance ${instanceId} of "${name}"`);
+  await ctx.audit.emit({ type: "agent_identity.instance_delete", identity: name, instance: instanceId });
+}
+
+// ---- locks
+
+export function lockToProto(l: LockRecord): pb.Lock {
+  return create(pb.LockSchema, { id: l.id, targetKind: l.kind, target: l.target, reason: l.reason, created: BigInt(l.created), expires: BigInt(l.expires) });
+}
+
+export async function addLock(ctx: AuthContext, kind: string, target: string, reason: string, ttlMs: number): Promise<pb.Lock> {
+  if (!LOCK_KINDS.includes(kind as LockKind)) throw new MeziteError("ERR_USAGE", `unknown lock target "${kind}": use one of ${LOCK_KINDS.join(", ")}`);
+  if (!target || target.length > 200) throw new MeziteError("ERR_USAGE", "a lock needs a target name");
+  if (ttlMs < 0) throw new MeziteError("ERR_USAGE", "lock TTL must be positive");
+  if (kind === "agent_identity" && !(await ctx.backend.get(keys.identity(target)))) throw notFound(`agent identity "${target}"`);
+  const lock = await createLock(ctx.backend, kind as LockKind, target, reason.slice(0, 500), ttlMs, ctx.now());
+  await ctx.audit.emit({ type: "lock.create", identity: kind === "agent_identity" ? target : "", instance: kind === "instance" ? target : "", detail: `${kind}=${target} ${reason}`.trim() });
+  return lockToProto(lock);
+}
+
+export async function listLocks(ctx: AuthContext): Promise<pb.Lock[]> {
+  return (await activeLocks(ctx.backend, ctx.now())).map(lockToProto);
+}
+
+/** Removes a lock by id, or every lock on a target given as KIND:TARGET (what `unlock` uses). */
+export async function removeLocks(ctx: AuthContext, idOrTarget: string): Promise<number> {
+  const locks = await loadAll<LockRecord>(ctx.backend, keys.locks);
+  const sep = idOrTarget.indexOf(":");
+  const hits = locks.filter((l) =>
+    sep > 0 ? l.value.kind === idOrTarget.slice(0, sep) && l.value.target === idOrTarget.slice(sep + 1) : l.value.id === idOrTarget,
+  );
+  if (hits.length === 0) throw notFound(`lock ${idOrTarget}`);
+  for (const h of hits) {
+    await ctx.backend.delete(keys.lock(h.value.id));
+    await ctx.audit.emit({ type: "lock.delete", identity: h.value.kind === "agent_identity" ? h.value.target : "", detail: `${h.value.kind}=${h.value.target}` });
+  }
+  return hits.length;
+}
+
+// ---- nodes and audit
+
+export async function listNodes(ctx: AuthContext): Promise<pb.Node[]> {
+  return (await loadAll<NodeRecord>(ctx.backend, keys.nodes)).map(({ value: n }) =>
+    create(pb.NodeSchema, {
+      name: n.name,
+      labels: n.labels,
+      address: n.address,
+      lastHeartbeat: BigInt(n.lastHeartbeat),
+      hostCertExpires: BigInt(n.hostCertExpires),
+      principals: n.principals,
+    }),
+  );
+}
+
+export function auditToProto(e: AuditEvent): pb.AuditEvent {
+  return create(pb.AuditEventSchema, {
+    time: BigInt(e.time),
+    type: e.type,
+    identity: e.identity,
+    instance: e.instance,
+    roles: e.roles,
+    generation: e.generation ? BigInt(e.generation) : 0n,
+    remoteAddr: e.remote_addr,
+    serial: e.serial,
+    success: e.success,
+    error: e.error,
+    detail: e.detail,
+  });
+}

@@ -1,0 +1,80 @@
+/**
+ * Audit events (SPEC §9): stored in the backend and emitted as JSON lines. Nothing secret is
+ * ever a field here: events name identities, instances and serials, never tokens or keys.
+ */
+import { randomBytes } from "node:crypto";
+import type { Backend } from "../backend/backend.js";
+import type { Logger } from "../lib/log.js";
+import { keys } from "./records.js";
+
+export type AuditType =
+  | "agent_identity.create"
+  | "agent_identity.delete"
+  | "agent_identity.join"
+  | "agent_identity.renew"
+  | "agent_identity.generation_mismatch"
+  | "agent_identity.instance_delete"
+  | "lock.create"
+  | "lock.delete"
+  | "role.create"
+  | "role.delete"
+  | "token.create"
+  | "token.delete"
+  | "node.join"
+  | "node.renew";
+
+export interface AuditEvent {
+  time: number;
+  type: AuditType;
+  identity: string;
+  instance: string;
+  roles: string[];
+  generation: string;
+  remote_addr: string;
+  serial: string;
+  success: boolean;
+  error: string;
+  detail: string;
+}
+
+/** How long events are kept in the backend. */
+export const AUDIT_RETENTION_MS = 90 * 24 * 3_600_000;
+
+export class Audit {
+  constructor(
+    private readonly backend: Backend,
+    private readonly log: Logger,
+    private readonly now: () => number,
+  ) {}
+
+  async emit(e: Partial<AuditEvent> & { type: AuditType }): Promise<void> {
+    const event: AuditEvent = {
+      time: this.now(),
+      identity: "",
+      instance: "",
+      roles: [],
+      generation: "",
+      remote_addr: "",
+      serial: "",
+      success: true,
+      error: "",
+      detail: "",
+      ...e,
+    };
+    this.log.record({ audit: true, ...event, time: new Date(event.time).toISOString() });
+    // Time-ordered keys make `audit ls --since` a range scan.
+    const key = `${keys.audit}${String(event.time).padStart(15, "0")}-${randomBytes(4).toString("hex")}`;
+    try {
+      await this.backend.put(key, JSON.stringify(event), { expires: event.time + AUDIT_RETENTION_MS });
+    } catch (err) {
+      this.log.error("could not store audit event", { type: event.type, error: (err as Error).message });
+    }
+  }
+
+  async list(since: number, type: string, limit: number): Promise<AuditEvent[]> {
+    const startAfter = `${keys.audit}${String(Math.max(0, since - 1)).padStart(15, "0")}~`;
+    const items = await this.backend.range(keys.audit, { startAfter, limit: type ? 0 : limit });
+    const events = items.map((i) => JSON.parse(i.value) as AuditEvent).filter((e) => !type || e.type === type || e.type.startsWith(`${type}.`));
+    return limit > 0 ? events.slice(-limit) : events;
+  }
+}

@@ -1,0 +1,139 @@
+/**
+ * Certificate issuance for agent identities (SPEC §5): one SSH user certificate and one X.509
+ * output certificate for the machine's tools, and a renewal certificate that alone can renew.
+ */
+import { createHash, randomBytes, type KeyObject } from "node:crypto";
+import { create } from "@bufbuild/protobuf";
+import { IssuedCertificatesSchema, type IssuedCertificates } from "../api/gen/mezite/v1/common_pb.js";
+import { formatSshCertificate, signSshCertificate } from "../ca/sshcert.js";
+import { issueClientCertificate } from "../ca/x509.js";
+import { requirePrincipals, sessionTtlMs, type RoleAccess } from "../rbac/access.js";
+import type { ClusterCas } from "./cas.js";
+import type { IdentityRecord, IssuedCertRecord } from "./records.js";
+
+/** Certificates are valid from a minute ago, so a node with a slightly slow clock accepts them. */
+export const BACKDATE_MS = 60_000;
+
+export const EXT = {
+  identity: "mezite-identity@mezite",
+  roles: "mezite-roles@mezite",
+  nodeLabels: "mezite-node-labels@mezite",
+} as const;
+
+export interface PublicKeys {
+  ssh: KeyObject;
+  x509: KeyObject;
+  renewal: KeyObject;
+}
+
+/** Identifies the keys of a request, for recognising a retry of the same renewal. */
+export function keysHash(sshLine: string, x509Der: Uint8Array, renewalDer: Uint8Array): string {
+  return createHash("sha256").update(sshLine).update("\0").update(x509Der).update("\0").update(renewalDer).digest("hex");
+}
+
+/** A random serial in [1, 2^63): unique per cluster without a shared counter between services. */
+export function randomSerial(): bigint {
+  const n = randomBytes(8).readBigUInt64BE() & 0x7fff_ffff_ffff_ffffn;
+  return n === 0n ? 1n : n;
+}
+
+/** What a certificate tells a node about its roles, so the node decides without the auth service. */
+export function nodeAccessExtension(roles: RoleAccess[]): string {
+  return JSON.stringify(roles.map((r) => ({ role: r.role, allow: r.allow, deny: r.deny, maxSessionTtlMs: 0 })));
+}
+
+export interface IssueInput {
+  cas: ClusterCas;
+  clusterName: string;
+  identity: IdentityRecord;
+  roles: RoleAccess[];
+  instanceId: string;
+  generation: bigint;
+  keys: PublicKeys;
+  requestedTtlMs: number;
+  now: number;
+}
+
+export interface Issued {
+  certs: IssuedCertificates;
+  record: IssuedCertRecord;
+}
+
+export async function issueAgentCertificates(i: IssueInput): Promise<Issued> {
+  const principals = requirePrincipals(i.roles);
+  const ttl = sessionTtlMs(i.roles, i.requestedTtlMs);
+  const notBefore = i.now - BACKDATE_MS;
+  const notAfter = i.now + ttl;
+  const serial = randomSerial();
+  const roleNames = i.roles.map((r) => r.role);
+  const sshBlob = signSshCertificate(
+    {
+      type: "user",
+      publicKey: i.keys.ssh,
+      serial,
+      keyId: `agent-identity/${i.identity.name}`,
+      principals,
+      validAfter: Math.floor(notBefore / 1000),
+      validBefore: Math.floor(notAfter / 1000),
+      extensions: {
+        "permit-pty": "",
+        [EXT.identity]: JSON.stringify({ name: i.identity.name, id: i.identity.id, instance: i.instanceId }),
+        [EXT.roles]: roleNames.join(","),
+        [EXT.nodeLabels]: nodeAccessExtension(i.roles),
+      },
+    },
+    i.cas.user.sshPrivate,
+  );
+  const validity = { notBefore: new Date(notBefore), notAfter: new Date(notAfter) };
+  const ca = { caCertPem: i.cas.user.x509CertPem, caKey: i.cas.user.x509Key };
+  const [x509Pem, renewalPem] = await Promise.all([
+    issueClientCertificate({
+      ...ca,
+      ...validity,
+      publicKey: i.keys.x509,
+      commonName: i.identity.name,
+      organization: i.clusterName,
+      spiffeId: `spiffe://${i.clusterName}/agent-identity/${i.identity.name}`,
+      kind: "output",
+      identityId: i.identity.id,
+      instanceId: i.instanceId,
+    }),
+    issueClientCertificate({
+      ...ca,
+      ...validity,
+      publicKey: i.keys.renewal,
+      commonName: i.identity.name,
+      organization: i.clusterName,
+      kind: "renewal",
+      identityId: i.identity.id,
+      instanceId: i.instanceId,
+      generation: i.generation,
+    }),
+  ]);
+  const certs = create(IssuedCertificatesSchema, {
+    sshCertificate: formatSshCertificate(sshBlob, `agent-identity/${i.identity.name}`),
+    x509CertificatePem: x509Pem,
+    renewalCertificatePem: renewalPem,
+    userCaSshKeys: [i.cas.user.sshPublicLine],
+    hostCaSshKeys: [i.cas.host.sshPublicLine],
+    userCaX509Pems: [i.cas.user.x509CertPem],
+    tlsCaPem: i.cas.host.x509CertPem,
+    serial,
+    expires: BigInt(notAfter),
+    generation: i.generation,
+    identityName: i.identity.name,
+    identityId: i.identity.id,
+    instanceId: i.instanceId,
+    principals,
+  });
+  const record: IssuedCertRecord = {
+    serial: serial.toString(),
+    identityId: i.identity.id,
+    identityName: i.identity.name,
+    instanceId: i.instanceId,
+    roles: roleNames,
+    principals,
+    expires: notAfter,
+  };
+  return { certs, record };
+}

@@ -1,0 +1,41 @@
+/** Locks (SPEC §3): what they target, and whether one applies to a join, renewal or certificate. */
+import { randomUUID } from "node:crypto";
+import type { Backend } from "../backend/backend.js";
+import { MeziteError } from "../lib/errors.js";
+import { encode, keys, loadAll, type LockKind, type LockRecord } from "./records.js";
+
+export interface LockSubject {
+  identityName: string;
+  instanceId?: string;
+  roles: string[];
+  logins: string[];
+}
+
+export async function activeLocks(backend: Backend, now: number): Promise<LockRecord[]> {
+  return (await loadAll<LockRecord>(backend, keys.locks)).map((l) => l.value).filter((l) => l.expires === 0 || l.expires > now);
+}
+
+export function locksOn(locks: LockRecord[], s: LockSubject): LockRecord[] {
+  return locks.filter(
+    (l) =>
+      (l.kind === "agent_identity" && l.target === s.identityName) ||
+      (l.kind === "instance" && l.target === s.instanceId) ||
+      (l.kind === "role" && s.roles.includes(l.target)) ||
+      (l.kind === "login" && s.logins.includes(l.target)),
+  );
+}
+
+export function refuseIfLocked(locks: LockRecord[], s: LockSubject): void {
+  const hit = locksOn(locks, s)[0];
+  if (hit) {
+    const why = hit.reason ? `: ${hit.reason}` : "";
+    throw new MeziteError("ERR_LOCKED", `agent identity "${s.identityName}" is locked (${hit.kind.replace("_", " ")} ${hit.target}${why}); an admin must remove the lock`);
+  }
+}
+
+/** `id` may be fixed so that many racing callers locking one thing make one lock, not many. */
+export async function createLock(backend: Backend, kind: LockKind, target: string, reason: string, ttlMs: number, now: number, id: string = randomUUID()): Promise<LockRecord> {
+  const lock: LockRecord = { id, kind, target, reason, created: now, expires: ttlMs > 0 ? now + ttlMs : 0 };
+  await backend.put(keys.lock(lock.id), encode(lock), lock.expires ? { expires: lock.expires } : {});
+  return lock;
+}

@@ -1,0 +1,173 @@
+/**
+ * Nodes (SPEC §7): join with a node token, host certificates from the Host CA, heartbeats, and
+ * the revocation state (KRL plus lock lists) that makes a lock stop SSH logins within seconds.
+ */
+import type { KeyObject } from "node:crypto";
+import { create } from "@bufbuild/protobuf";
+import {
+  JoinNodeResponseSchema,
+  NodeCredentialsSchema,
+  type JoinNodeRequest,
+  type JoinNodeResponse,
+  type NodeCredentials,
+} from "../api/gen/mezite/v1/join_pb.js";
+import { GetRevocationsResponseSchema, type GetRevocationsResponse } from "../api/gen/mezite/v1/node_pb.js";
+import { joinNodeReplyTranscript, joinNodeRequestTranscript } from "../api/transcripts.js";
+import { mac } from "../ca/jointoken.js";
+import { encodeKrl } from "../ca/krl.js";
+import { formatSshCertificate, signSshCertificate } from "../ca/sshcert.js";
+import { issueClientCertificate } from "../ca/x509.js";
+import { MeziteError, isMeziteError } from "../lib/errors.js";
+import type { AuthContext } from "./context.js";
+import { BACKDATE_MS, randomSerial } from "./issue.js";
+import { checkToken, consumeToken } from "./join.js";
+import { activeLocks, locksOn } from "./locks.js";
+import { encode, keys, load, loadAll, type IdentityRecord, type InstanceRecord, type IssuedCertRecord, type NodeRecord } from "./records.js";
+import * as v from "./validate.js";
+
+/** Host certificates live a week and are renewed by `mezd node start` well before that. */
+export const HOST_CERT_TTL_MS = 7 * 24 * 3_600_000;
+
+export async function issueNodeCredentials(ctx: AuthContext, node: NodeRecord, hostKey: KeyObject, tlsKey: KeyObject): Promise<NodeCredentials> {
+  const now = ctx.now();
+  const notAfter = now + HOST_CERT_TTL_MS;
+  const hostCert = signSshCertificate(
+    {
+      type: "host",
+      publicKey: hostKey,
+      serial: randomSerial(),
+      keyId: `node/${node.name}`,
+      principals: [...new Set([node.name, ...node.principals])],
+      validAfter: Math.floor((now - BACKDATE_MS) / 1000),
+      validBefore: Math.floor(notAfter / 1000),
+    },
+    ctx.cas.host.sshPrivate,
+  );
+  const tlsPem = await issueClientCertificate({
+    caCertPem: ctx.cas.host.x509CertPem,
+    caKey: ctx.cas.host.x509Key,
+    publicKey: tlsKey,
+    notBefore: new Date(now - BACKDATE_MS),
+    notAfter: new Date(notAfter),
+    commonName: node.name,
+    organization: ctx.clusterName,
+    spiffeId: `spiffe://${ctx.clusterName}/node/${node.name}`,
+    kind: "node",
+  });
+  return create(NodeCredentialsSchema, {
+    hostCertificate: formatSshCertificate(hostCert, `node/${node.name}`),
+    tlsCertificatePem: tlsPem,
+    tlsCaPem: ctx.cas.host.x509CertPem,
+    userCaSshKeys: [ctx.cas.user.sshPublicLine],
+    hostCaSshKeys: [ctx.cas.host.sshPublicLine],
+    nodeName: node.name,
+    labels: node.labels,
+    hostCertExpires: BigInt(notAfter),
+  });
+}
+
+export async function joinNode(ctx: AuthContext, req: JoinNodeRequest, remoteAddr: string): Promise<JoinNodeResponse> {
+  v.hexId(req.tokenId, 32, "token_id");
+  const name = v.hostname(req.hostname, "hostname");
+  req.principals.forEach((p) => v.hostname(p, "principals"));
+  const hostKey = v.sshKey(req.hostPublicKey, "host_public_key");
+  const tlsKey = v.p256Key(req.tlsPublicKey, "tls_public_key");
+  v.bytes(req.nonce, 32, "nonce");
+  v.bytes(req.proof, 64, "proof");
+  try {
+    const token = await checkToken(ctx, req.tokenId, "node", joinNodeRequestTranscript(req), req.proof);
+    const now = ctx.now();
+    const node: NodeRecord = {
+      name,
+      labels: token.value.labels ?? {},
+      principals: req.principals,
+      address: remoteAddr,
+      lastHeartbeat: now,
+      hostCertExpires: now + HOST_CERT_TTL_MS,
+      joined: now,
+    };
+    const creds = await issueNodeCredentials(ctx, node, hostKey, tlsKey);
+    await consumeToken(ctx, token);
+    await ctx.backend.put(keys.node(name), encode(node));
+    await ctx.audit.emit({ type: "node.join", identity: name, remote_addr: remoteAddr, detail: Object.entries(node.labels).map(([k, l]) => `${k}=${l}`).join(",") });
+    return create(JoinNodeResponseSchema, {
+      credentials: creds,
+      mac: mac(Buffer.from(token.value.macKey, "base64"), joinNodeReplyTranscript(req, creds)),
+    });
+  } catch (e) {
+    await ctx.audit.emit({ type: "node.join", identity: name, remote_addr: remoteAddr, success: false, error: isMeziteError(e) ? e.code : "ERR_INTERNAL" });
+    throw e;
+  }
+}
+
+export async function renewNode(ctx: AuthContext, nodeName: string, hostPublicKey: string, tlsPublicKey: Uint8Array): Promise<NodeCredentials> {
+  const hostKey = v.sshKey(hostPublicKey, "host_public_key");
+  const tlsKey = v.p256Key(tlsPublicKey, "tls_public_key");
+  const found = await load<NodeRecord>(ctx.backend, keys.node(nodeName));
+  if (!found) throw new MeziteError("ERR_NOT_FOUND", `node ${nodeName} is not registered: join it again with a new node token`);
+  const creds = await issueNodeCredentials(ctx, found.value, hostKey, tlsKey);
+  await ctx.backend.put(keys.node(nodeName), encode({ ...found.value, hostCertExpires: Number(creds.hostCertExpires) }));
+  await ctx.audit.emit({ type: "node.renew", identity: nodeName });
+  return creds;
+}
+
+export async function heartbeat(ctx: AuthContext, nodeName: string, address: string, hostCertExpires: number): Promise<void> {
+  const found = await load<NodeRecord>(ctx.backend, keys.node(nodeName));
+  if (!found) return;
+  const next: NodeRecord = { ...found.value, address: address || found.value.address, lastHeartbeat: ctx.now(), hostCertExpires: hostCertExpires || found.value.hostCertExpires };
+  await ctx.backend.put(keys.node(nodeName), encode(next));
+}
+
+/**
+ * The revocation state every node polls. Computed from the issued-certificate records, so the
+ * KRL names exactly the unexpired certificates of locked or deleted identities and nothing else.
+ * Cached briefly: many nodes polling every few seconds cost one computation a second.
+ */
+export class Revocations {
+  private cached: { at: number; value: GetRevocationsResponse } | undefined;
+  private pending: Promise<GetRevocationsResponse> | undefined;
+
+  constructor(private readonly ctx: AuthContext, private readonly maxAgeMs = 1000) {}
+
+  async get(): Promise<GetRevocationsResponse> {
+    const now = this.ctx.now();
+    if (this.cached && now - this.cached.at < this.maxAgeMs) return this.cached.value;
+    this.pending ??= this.compute(now).finally(() => (this.pending = undefined));
+    return this.pending;
+  }
+
+  private async compute(now: number): Promise<GetRevocationsResponse> {
+    const { backend, cas } = this.ctx;
+    const [locks, identities, instances, certs] = await Promise.all([
+      activeLocks(backend, now),
+      loadAll<IdentityRecord>(backend, keys.identities),
+      loadAll<InstanceRecord>(backend, "/instances/"),
+      loadAll<IssuedCertRecord>(backend, keys.certs),
+    ]);
+    const liveIdentities = new Set(identities.map((i) => i.value.id));
+    const liveInstances = new Set(instances.map((i) => i.value.id));
+    const serials = certs
+      .map((c) => c.value)
+      .filter((c) => c.expires > now)
+      .filter(
+        (c) =>
+          !liveIdentities.has(c.identityId) ||
+          !liveInstances.has(c.instanceId) ||
+          locksOn(locks, { identityName: c.identityName, instanceId: c.instanceId, roles: c.roles, logins: c.principals }).length > 0,
+      )
+      .map((c) => BigInt(c.serial));
+    const krl = encodeKrl({ version: BigInt(now), generatedAt: Math.floor(now / 1000), sections: [{ caKey: cas.user.sshPublic, serials }] });
+    const ofKind = (k: string) => locks.filter((l) => l.kind === k).map((l) => l.target);
+    const lockedNames = new Set(ofKind("agent_identity"));
+    const value = create(GetRevocationsResponseSchema, {
+      krl,
+      userCaSshKeys: [cas.user.sshPublicLine],
+      lockedIdentityIds: identities.filter((i) => lockedNames.has(i.value.name)).map((i) => i.value.id),
+      lockedInstanceIds: ofKind("instance"),
+      lockedRoles: ofKind("role"),
+      lockedLogins: ofKind("login"),
+    });
+    this.cached = { at: now, value };
+    return value;
+  }
+}

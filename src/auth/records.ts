@@ -1,0 +1,129 @@
+/**
+ * The auth service's records and where they live in the backend. Values are JSON; every
+ * read-modify-write goes through the backend's compare-and-swap on the item's revision.
+ */
+import type { Backend, Item } from "../backend/backend.js";
+import type { Role } from "../rbac/role.js";
+import { MeziteError } from "../lib/errors.js";
+
+export interface IdentityRecord {
+  id: string;
+  name: string;
+  roles: string[];
+  created: number;
+}
+
+/** The last renewal answered, so a retry of the very same request gets the very same reply. */
+export interface LastRequest {
+  id: string; // hex request id
+  keysHash: string; // hex SHA-256 over the public keys of the request
+  fromGeneration: string; // generation the request presented
+  reply: unknown; // IssuedCertificates as protobuf JSON
+}
+
+export interface InstanceRecord {
+  id: string;
+  identityId: string;
+  identityName: string;
+  generation: string; // bigint as decimal
+  created: number;
+  lastSeen: number;
+  address: string;
+  certExpires: number;
+  serial: string;
+  lastRequest?: LastRequest;
+}
+
+export interface TokenRecord {
+  id: string;
+  type: "agent_identity" | "node";
+  identityId?: string;
+  identityName?: string;
+  labels?: Record<string, string>;
+  verifyKey: string; // base64 raw Ed25519 public key
+  macKey: string; // base64; lets the server prove replies, not join
+  created: number;
+  expires: number;
+  used: boolean;
+  usedAt?: number;
+}
+
+export type LockKind = "agent_identity" | "instance" | "role" | "login";
+export const LOCK_KINDS: LockKind[] = ["agent_identity", "instance", "role", "login"];
+
+export interface LockRecord {
+  id: string;
+  kind: LockKind;
+  target: string;
+  reason: string;
+  created: number;
+  expires: number; // 0 = until removed
+}
+
+export interface NodeRecord {
+  name: string;
+  labels: Record<string, string>;
+  principals: string[];
+  address: string;
+  lastHeartbeat: number;
+  hostCertExpires: number;
+  joined: number;
+}
+
+/** Every SSH user certificate issued, kept until it expires, so nodes can be told to revoke it. */
+export interface IssuedCertRecord {
+  serial: string;
+  identityId: string;
+  identityName: string;
+  instanceId: string;
+  roles: string[];
+  principals: string[];
+  expires: number;
+}
+
+export interface StoredRole extends Role {
+  created: number;
+}
+
+export const keys = {
+  role: (name: string) => `/roles/${name}`,
+  roles: "/roles/",
+  identity: (name: string) => `/identities/${name}`,
+  identities: "/identities/",
+  instance: (identityId: string, id: string) => `/instances/${identityId}/${id}`,
+  instancesOf: (identityId: string) => `/instances/${identityId}/`,
+  token: (id: string) => `/tokens/${id}`,
+  tokens: "/tokens/",
+  lock: (id: string) => `/locks/${id}`,
+  locks: "/locks/",
+  node: (name: string) => `/nodes/${name}`,
+  nodes: "/nodes/",
+  cert: (serial: string) => `/certs/${serial}`,
+  certs: "/certs/",
+  ca: (kind: "user" | "host") => `/cas/${kind}`,
+  audit: "/audit/",
+};
+
+export interface Loaded<T> {
+  value: T;
+  revision: string;
+}
+
+function decode<T>(item: Item): T {
+  try {
+    return JSON.parse(item.value) as T;
+  } catch (e) {
+    throw new MeziteError("ERR_STORAGE", `stored record ${item.key} is not valid JSON`, { cause: e });
+  }
+}
+
+export async function load<T>(backend: Backend, key: string): Promise<Loaded<T> | undefined> {
+  const item = await backend.get(key);
+  return item ? { value: decode<T>(item), revision: item.revision } : undefined;
+}
+
+export async function loadAll<T>(backend: Backend, prefix: string): Promise<Loaded<T>[]> {
+  return (await backend.range(prefix)).map((item) => ({ value: decode<T>(item), revision: item.revision }));
+}
+
+export const encode = (v: unknown): string => JSON.stringify(v);

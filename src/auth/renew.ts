@@ -1,0 +1,136 @@
+/**
+ * Renewal (SPEC §6 "Generations"): the renewal certificate names identity, instance and
+ * generation. Check and increment are one compare-and-swap on the instance record; a request
+ * presenting a generation other than the current one is a second holder of the same state, and
+ * locks the instance. A retry of the very request that was answered gets the same reply, so a
+ * lost reply never looks like a clone.
+ */
+import { create, fromJson, toJson } from "@bufbuild/protobuf";
+import { IssuedCertificatesSchema } from "../api/gen/mezite/v1/common_pb.js";
+import { RenewResponseSchema, type RenewRequest, type RenewResponse } from "../api/gen/mezite/v1/renew_pb.js";
+import type { ParsedCert } from "../ca/x509.js";
+import { MeziteError, isMeziteError } from "../lib/errors.js";
+import { principalsFor } from "../rbac/access.js";
+import type { AuthContext } from "./context.js";
+import { issueAgentCertificates, keysHash } from "./issue.js";
+import { activeLocks, createLock, refuseIfLocked } from "./locks.js";
+import { encode, keys, load, type IdentityRecord, type InstanceRecord } from "./records.js";
+import { loadRoles } from "./roles.js";
+import * as v from "./validate.js";
+
+const MAX_CAS_ATTEMPTS = 5;
+
+function deleted(name: string): MeziteError {
+  return new MeziteError("ERR_IDENTITY_DELETED", `agent identity "${name}" (or this instance of it) was deleted: a new join token is needed`);
+}
+
+export async function renewAgent(ctx: AuthContext, req: RenewRequest, peer: ParsedCert, remoteAddr: string): Promise<RenewResponse> {
+  if (peer.kind !== "renewal" || !peer.identityId || !peer.instanceId || peer.generation === undefined) {
+    throw new MeziteError("ERR_NOT_AUTHORIZED", "renewal needs the renewal certificate from the daemon's storage dir; output certificates cannot renew");
+  }
+  const requestId = Buffer.from(v.bytes(req.requestId, 16, "request_id")).toString("hex");
+  const pub = {
+    ssh: v.sshKey(req.sshPublicKey, "ssh_public_key"),
+    x509: v.p256Key(req.x509PublicKey, "x509_public_key"),
+    renewal: v.p256Key(req.renewalPublicKey, "renewal_public_key"),
+  };
+  const ttl = v.ttl(req.requestedTtlMs);
+  const hash = keysHash(req.sshPublicKey, req.x509PublicKey, req.renewalPublicKey);
+  const presented = peer.generation.toString();
+  const name = peer.subjectCommonName;
+  const instanceKey = keys.instance(peer.identityId, peer.instanceId);
+  const base = { identity: name, instance: peer.instanceId, generation: presented, remote_addr: remoteAddr };
+  let roleNames: string[] = [];
+
+  try {
+    for (let attempt = 0; attempt < MAX_CAS_ATTEMPTS; attempt++) {
+      const [found, identity] = await Promise.all([
+        load<InstanceRecord>(ctx.backend, instanceKey),
+        load<IdentityRecord>(ctx.backend, keys.identity(name)),
+      ]);
+      if (!found || !identity || identity.value.id !== peer.identityId) throw deleted(name);
+      const inst = found.value;
+      roleNames = identity.value.roles;
+      const roles = await loadRoles(ctx.backend, roleNames);
+      const now = ctx.now();
+      refuseIfLocked(await activeLocks(ctx.backend, now), {
+        identityName: name,
+        instanceId: inst.id,
+        roles: roleNames,
+        logins: principalsFor(roles),
+      });
+
+      const last = inst.lastRequest;
+      if (last && last.id === requestId && last.keysHash === hash && last.fromGeneration === presented) {
+        return create(RenewResponseSchema, { certificates: fromJson(IssuedCertificatesSchema, last.reply as never) });
+      }
+      if (presented !== inst.generation) {
+        await lockClone(ctx, inst, presented, remoteAddr, roleNames);
+        throw new MeziteError(
+          "ERR_GENERATION_MISMATCH",
+          `generation mismatch for agent identity "${name}" instance ${inst.id}: its credentials are in use elsewhere; the instance is now locked`,
+        );
+      }
+
+      const generation = BigInt(inst.generation) + 1n;
+      const issued = await issueAgentCertificates({
+        cas: ctx.cas,
+        clusterName: ctx.clusterName,
+        identity: identity.value,
+        roles,
+        instanceId: inst.id,
+        generation,
+        keys: pub,
+        requestedTtlMs: ttl,
+        now,
+      });
+      const next: InstanceRecord = {
+        ...inst,
+        generation: generation.toString(),
+        lastSeen: now,
+        address: remoteAddr,
+        certExpires: issued.record.expires,
+        serial: issued.record.serial,
+        lastRequest: { id: requestId, keysHash: hash, fromGeneration: presented, reply: toJson(IssuedCertificatesSchema, issued.certs) },
+      };
+      // Recorded before the swap: a node must be able to revoke any certificate we might hand out.
+      await ctx.backend.put(keys.cert(issued.record.serial), encode(issued.record), { expires: issued.record.expires });
+      try {
+        await ctx.backend.compareAndSwap(instanceKey, found.revision, encode(next));
+      } catch (e) {
+        if (isMeziteError(e, "ERR_COMPARE_FAILED")) continue; // someone renewed first: look again
+        throw e;
+      }
+      await ctx.audit.emit({ type: "agent_identity.renew", ...base, roles: roleNames, generation: generation.toString(), serial: issued.record.serial });
+      return create(RenewResponseSchema, { certificates: issued.certs });
+    }
+    throw new MeziteError("ERR_INTERNAL", "renewal kept racing with concurrent updates; retry");
+  } catch (e) {
+    await ctx.audit.emit({ type: "agent_identity.renew", ...base, roles: roleNames, success: false, error: isMeziteError(e) ? e.code : "ERR_INTERNAL" });
+    throw e;
+  }
+}
+
+async function lockClone(ctx: AuthContext, inst: InstanceRecord, presented: string, remoteAddr: string, roles: string[]): Promise<void> {
+  const lock = await createLock(
+    ctx.backend,
+    "instance",
+    inst.id,
+    `generation mismatch: presented ${presented}, expected ${inst.generation} (copied or stolen credentials)`,
+    0,
+    ctx.now(),
+    `generation-mismatch-${inst.id}`,
+  );
+  ctx.log.warn("generation mismatch: instance locked", { identity: inst.identityName, instance: inst.id, presented, expected: inst.generation });
+  await ctx.audit.emit({
+    type: "agent_identity.generation_mismatch",
+    identity: inst.identityName,
+    instance: inst.id,
+    roles,
+    generation: presented,
+    remote_addr: remoteAddr,
+    success: false,
+    error: "ERR_GENERATION_MISMATCH",
+    detail: `expected generation ${inst.generation}; lock ${lock.id}`,
+  });
+}

@@ -1,0 +1,52 @@
+/** Checks on what arrives over the wire, so bad input is InvalidArgument, never a crash. */
+import type { KeyObject } from "node:crypto";
+import { parseAuthorizedKey } from "../ca/sshkey.js";
+import { publicKeyFromDer } from "../ca/x509.js";
+import { MeziteError } from "../lib/errors.js";
+
+export const MIN_TTL_MS = 60_000;
+export const MAX_TTL_MS = 7 * 24 * 3_600_000;
+export const DEFAULT_TTL_MS = 3_600_000;
+
+function invalid(what: string): never {
+  throw new MeziteError("ERR_USAGE", `invalid request: ${what}`);
+}
+
+export function sshKey(line: string, field: string): KeyObject {
+  if (line.length > 1024) invalid(`${field} is too long`);
+  try {
+    return parseAuthorizedKey(line);
+  } catch {
+    invalid(`${field} is not an Ed25519 public key`);
+  }
+}
+
+export function p256Key(der: Uint8Array, field: string): KeyObject {
+  if (der.length > 1024) invalid(`${field} is too long`);
+  try {
+    return publicKeyFromDer(der);
+  } catch {
+    invalid(`${field} is not a P-256 public key`);
+  }
+}
+
+export function bytes(b: Uint8Array, len: number, field: string): Uint8Array {
+  if (b.length !== len) invalid(`${field} must be ${len} bytes`);
+  return b;
+}
+
+export function hexId(s: string, len: number, field: string): string {
+  if (s.length !== len || !/^[0-9a-f]+$/.test(s)) invalid(`${field} must be ${len} lowercase hex characters`);
+  return s;
+}
+
+export function ttl(ms: bigint): number {
+  if (ms === 0n) return DEFAULT_TTL_MS;
+  if (ms < BigInt(MIN_TTL_MS) || ms > BigInt(MAX_TTL_MS)) invalid(`requested TTL must be between 1m and 168h`);
+  return Number(ms);
+}
+
+export function hostname(s: string, field: string): string {
+  if (!/^[a-zA-Z0-9]([a-zA-Z0-9.-]{0,251}[a-zA-Z0-9])?$/.test(s)) invalid(`${field} "${s.slice(0, 64)}" is not a valid host name`);
+  return s;
+}

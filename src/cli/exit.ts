@@ -1,0 +1,50 @@
+/**
+ * The one place errors become exit codes (SPEC §6): 0 done, 1 error, 2 bad usage or config,
+ * 3 not worth retrying (locked, deleted, token invalid or used). One line on stderr; the stack
+ * only with --debug.
+ */
+import { CommanderError } from "commander";
+import { MeziteError, type ErrorCode } from "../lib/errors.js";
+
+export const EXIT = { ok: 0, error: 1, usage: 2, final: 3 } as const;
+
+const FINAL: ErrorCode[] = [
+  "ERR_LOCKED",
+  "ERR_IDENTITY_DELETED",
+  "ERR_GENERATION_MISMATCH",
+  "ERR_TOKEN_UNKNOWN",
+  "ERR_TOKEN_USED",
+  "ERR_TOKEN_EXPIRED",
+  "ERR_TOKEN_INVALID",
+  "ERR_BAD_PROOF",
+  "ERR_STATE_CORRUPT",
+];
+const USAGE: ErrorCode[] = ["ERR_USAGE", "ERR_CONFIG", "ERR_BAD_DURATION", "ERR_BAD_ROLE", "ERR_SYMLINK"];
+
+export function exitCodeFor(e: unknown): number {
+  if (e instanceof MeziteError) {
+    if (FINAL.includes(e.code)) return EXIT.final;
+    if (USAGE.includes(e.code)) return EXIT.usage;
+    return EXIT.error;
+  }
+  if (e instanceof CommanderError) return e.exitCode === 0 ? 0 : EXIT.usage;
+  return EXIT.error;
+}
+
+export function debugEnabled(argv: string[] = process.argv): boolean {
+  return argv.includes("--debug") || process.env["MEZITE_DEBUG"] === "1";
+}
+
+/** Prints one line for the error (and the stack with --debug) and exits with its code. */
+export function fail(program: string, e: unknown): never {
+  const code = exitCodeFor(e);
+  if (e instanceof CommanderError) process.exit(code); // commander already printed its message
+  const msg = e instanceof Error ? e.message : String(e);
+  process.stderr.write(`${program}: ${msg.split("\n")[0]}\n`);
+  if (debugEnabled()) {
+    process.stderr.write(`${(e as Error)?.stack ?? ""}\n`);
+    const cause = (e as Error)?.cause;
+    if (cause) process.stderr.write(`caused by: ${(cause as Error)?.stack ?? String(cause)}\n`);
+  }
+  process.exit(code);
+}

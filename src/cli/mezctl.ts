@@ -1,0 +1,372 @@
+/** mezctl: the admin CLI (SPEC §3). Talks to the auth service's admin API over mTLS. */
+import { Command, Option } from "commander";
+import { readFileSync } from "node:fs";
+import { create } from "@bufbuild/protobuf";
+import type { Client } from "@connectrpc/connect";
+import { AdminService, TokenVerifierSchema } from "../api/gen/mezite/v1/admin_pb.js";
+import { connect } from "../api/client.js";
+import { fromConnectError } from "../api/errors.js";
+import { readAdminIdentity } from "../api/admin-identity.js";
+import { roleFromProto, roleToProto } from "../api/roles.js";
+import { deriveTokenSecrets, generateToken } from "../ca/jointoken.js";
+import { ed25519RawPublic } from "../ca/sshkey.js";
+import { formatDuration, parseDuration } from "../lib/duration.js";
+import { MeziteError } from "../lib/errors.js";
+import { parseRoleYaml, roleToDocument } from "../rbac/role.js";
+import { fail } from "./exit.js";
+import { parseFormat, printDocument, relTime, table, type Format } from "./output.js";
+import * as view from "./views.js";
+
+const DEFAULT_IDENTITY = "/var/lib/mezite/admin.identity";
+
+const program = new Command("mezctl")
+  .description("Mezite admin CLI: roles, agent identities, tokens, locks, nodes, audit")
+  .option("--identity <file>", `admin identity file (default: $MEZITE_IDENTITY or ${DEFAULT_IDENTITY})`)
+  .option("--auth-server <host:port>", "override the auth address in the identity file")
+  .addOption(new Option("--format <format>", "output format: text, json or yaml").default("text"))
+  .option("--debug", "print stack traces with errors")
+  .enablePositionalOptions(false)
+  .exitOverride();
+
+function globals() {
+  const o = program.opts<{ identity?: string; authServer?: string; format: string }>();
+  return { identityPath: o.identity ?? process.env["MEZITE_IDENTITY"] ?? DEFAULT_IDENTITY, authServer: o.authServer, format: parseFormat(o.format) };
+}
+
+interface Admin {
+  client: Client<typeof AdminService>;
+  addr: string;
+  format: Format;
+}
+
+function admin(): Admin {
+  const g = globals();
+  const id = readAdminIdentity(g.identityPath);
+  const addr = g.authServer ?? id.auth_server;
+  return { client: connect(AdminService, addr, { certPem: id.cert_pem, keyPem: id.key_pem, caPem: id.ca_pem }), addr, format: g.format };
+}
+
+/** Runs one admin call, turning transport and server errors into one-line MeziteErrors. */
+async function call<T>(a: Admin, fn: (c: Client<typeof AdminService>) => Promise<T>): Promise<T> {
+  try {
+    return await fn(a.client);
+  } catch (e) {
+    throw fromConnectError(e, a.addr);
+  }
+}
+
+function out(a: Admin, doc: unknown, text: () => string): void {
+  if (a.format === "text") process.stdout.write(text());
+  else printDocument(a.format, doc);
+}
+
+function ttlOption(s: string | undefined, flag: string): number {
+  if (s === undefined) return 0;
+  try {
+    return parseDuration(s);
+  } catch {
+    throw new MeziteError("ERR_USAGE", `${flag}: "${s}" is not a duration such as 30m or 1h`);
+  }
+}
+
+function newToken(ttlMs: number) {
+  const token = generateToken();
+  const s = deriveTokenSecrets(Buffer.from(token, "hex"));
+  const verifier = create(TokenVerifierSchema, { tokenId: s.tokenId, verifyKey: ed25519RawPublic(s.verifyKey), macKey: s.macKey, ttlMs: BigInt(ttlMs) });
+  return { token, verifier };
+}
+
+async function joinAddr(a: Admin): Promise<string> {
+  const info = await call(a, (c) => c.getClusterInfo({}));
+  return info.publicAddrs[0] ?? a.addr;
+}
+
+function splitResource(ref: string): [string, string] {
+  const i = ref.indexOf("/");
+  if (i < 0) return [ref, ""];
+  return [ref.slice(0, i), ref.slice(i + 1)];
+}
+
+// ---- roles: create -f, get, rm
+
+program
+  .command("create")
+  .description("create a resource (a role) from a YAML file")
+  .requiredOption("-f, --file <file>", "role YAML file")
+  .option("--force", "overwrite an existing role", false)
+  .action(async (o: { file: string; force: boolean }) => {
+    let text: string;
+    try {
+      text = readFileSync(o.file, "utf8");
+    } catch (e) {
+      throw new MeziteError("ERR_USAGE", `cannot read ${o.file}: ${(e as NodeJS.ErrnoException).code === "ENOENT" ? "no such file" : (e as Error).message}`);
+    }
+    const role = parseRoleYaml(text);
+    const a = admin();
+    const res = await call(a, (c) => c.createRole({ role: roleToProto(role), force: o.force }));
+    out(a, { kind: "role", name: role.role, replaced: res.replaced }, () => `role "${role.role}" ${res.replaced ? "updated" : "created"}\n`);
+  });
+
+program
+  .command("get")
+  .description("show roles: `get roles` or `get role/NAME`")
+  .argument("<resource>", "roles | role/NAME")
+  .action(async (ref: string) => {
+    const [kind, name] = splitResource(ref);
+    const a = admin();
+    if ((kind === "roles" || kind === "role") && !name) {
+      const roles = (await call(a, (c) => c.listRoles({}))).roles.map(roleFromProto);
+      out(a, roles.map(roleToDocument), () =>
+        table(["NAME", "LOGINS", "DENY", "MAX TTL", "DESCRIPTION"], roles.map((r) => [r.role, r.allow.logins.join(","), r.deny.logins.join(","), r.maxSessionTtlMs ? formatDuration(r.maxSessionTtlMs) : "-", r.description])),
+      );
+    } else if (kind === "role" || kind === "roles") {
+      const res = await call(a, (c) => c.getRole({ name }));
+      const doc = roleToDocument(roleFromProto(res.role!));
+      if (a.format === "json") printDocument("json", doc);
+      else printDocument("yaml", doc);
+    } else {
+      throw new MeziteError("ERR_USAGE", `unknown resource "${ref}": use roles or role/NAME`);
+    }
+  });
+
+program
+  .command("rm")
+  .description("remove a resource: `rm role/NAME`")
+  .argument("<resource>", "role/NAME")
+  .action(async (ref: string) => {
+    const [kind, name] = splitResource(ref);
+    if (kind !== "role" || !name) throw new MeziteError("ERR_USAGE", `unknown resource "${ref}": use role/NAME`);
+    const a = admin();
+    await call(a, (c) => c.deleteRole({ name }));
+    out(a, { removed: `role/${name}` }, () => `role "${name}" removed\n`);
+  });
+
+// ---- agent identities
+
+const ai = program.command("agent-identities").alias("agent-identity").description("manage agent identities");
+
+ai.command("add")
+  .description("create an agent identity and print its one-time join token")
+  .requiredOption("--name <name>", "identity name ([a-z0-9][a-z0-9._-]{0,62})")
+  .requiredOption("--roles <roles>", "comma-separated role names")
+  .option("--token-ttl <duration>", "how long the join token stays valid", "1h")
+  .action(async (o: { name: string; roles: string; tokenTtl: string }) => {
+    const { token, verifier } = newToken(ttlOption(o.tokenTtl, "--token-ttl"));
+    const a = admin();
+    const roles = o.roles.split(",").map((r) => r.trim()).filter(Boolean);
+    const res = await call(a, (c) => c.addAgentIdentity({ name: o.name, roles, token: verifier }));
+    const addr = await joinAddr(a);
+    out(
+      a,
+      { name: o.name, id: res.identity?.id, roles, token, token_expires: new Date(Number(res.token?.expires ?? 0n)).toISOString(), auth_server: addr },
+      () =>
+        [
+          `Agent identity "${o.name}" created.`,
+          `Roles: [${roles.join(", ")}]`,
+          `Token: ${token}`,
+          ``,
+          `Start the agent identity daemon with:`,
+          `mezd identity start --auth-server=${addr} --token=<token> --destination-dir=/var/lib/mezite/identity`,
+          ``,
+          `This token can only be used once.`,
+          ``,
+        ].join("\n"),
+    );
+  });
+
+ai.command("add-token")
+  .description("issue another one-time join token for an existing identity (a new instance)")
+  .argument("<name>")
+  .option("--token-ttl <duration>", "how long the join token stays valid", "1h")
+  .action(async (name: string, o: { tokenTtl: string }) => {
+    const { token, verifier } = newToken(ttlOption(o.tokenTtl, "--token-ttl"));
+    const a = admin();
+    const res = await call(a, (c) => c.addToken({ type: "agent_identity", agentIdentity: name, token: verifier }));
+    const addr = await joinAddr(a);
+    out(a, { name, token, token_expires: new Date(Number(res.token?.expires ?? 0n)).toISOString(), auth_server: addr }, () =>
+      [`Token: ${token}`, ``, `mezd identity start --auth-server=${addr} --token=<token> --destination-dir=/var/lib/mezite/identity`, ``, `This token can only be used once.`, ``].join("\n"),
+    );
+  });
+
+ai.command("ls")
+  .description("list agent identities")
+  .action(async () => {
+    const a = admin();
+    const list = (await call(a, (c) => c.listAgentIdentities({}))).identities;
+    out(a, list.map(view.identityDoc), () => table(view.IDENTITY_HEADERS, list.map((s) => view.identityRow(s))));
+  });
+
+ai.command("status")
+  .description("show an agent identity: roles, generation, instances, locks, principals")
+  .argument("<name>")
+  .action(async (name: string) => {
+    const a = admin();
+    const s = (await call(a, (c) => c.getAgentIdentity({ name }))).identity!;
+    out(a, view.identityDoc(s), () => view.identityText(s));
+  });
+
+ai.command("rm")
+  .description("delete an agent identity: its tokens, instances and certificates stop working at once")
+  .argument("<name>")
+  .action(async (name: string) => {
+    const a = admin();
+    await call(a, (c) => c.deleteAgentIdentity({ name }));
+    out(a, { removed: name }, () => `Agent identity "${name}" removed.\n`);
+  });
+
+ai.command("rm-instance")
+  .description("end one instance of an agent identity")
+  .argument("<name>")
+  .argument("<instance-id>")
+  .action(async (name: string, id: string) => {
+    const a = admin();
+    await call(a, (c) => c.removeInstance({ name, instanceId: id }));
+    out(a, { removed: id }, () => `Instance ${id} of "${name}" removed.\n`);
+  });
+
+ai.command("lock")
+  .description("lock an agent identity: renewals and joins stop at once, SSH logins within seconds")
+  .argument("<name>")
+  .option("--reason <text>", "why", "")
+  .option("--ttl <duration>", "lock expires after this long (default: until unlocked)")
+  .action(async (name: string, o: { reason: string; ttl?: string }) => lockCmd("agent_identity", name, o));
+
+ai.command("unlock")
+  .description("remove every lock on an agent identity")
+  .argument("<name>")
+  .action(async (name: string) => {
+    const a = admin();
+    const res = await call(a, (c) => c.deleteLock({ id: `agent_identity:${name}` }));
+    out(a, { removed: res.removed }, () => `Agent identity "${name}" unlocked (${res.removed} lock${res.removed === 1 ? "" : "s"} removed).\n`);
+  });
+
+// ---- locks
+
+async function lockCmd(kind: string, target: string, o: { reason: string; ttl?: string }) {
+  const a = admin();
+  const res = await call(a, (c) => c.createLock({ targetKind: kind, target, reason: o.reason, ttlMs: BigInt(ttlOption(o.ttl, "--ttl")) }));
+  out(a, view.lockDoc(res.lock!), () => `Lock ${res.lock!.id} created on ${kind.replace("_", " ")} ${target}.\n`);
+}
+
+const locks = program.command("locks").description("manage locks");
+locks
+  .command("add")
+  .description("lock an agent identity, an instance, a role or a login")
+  .option("--agent-identity <name>")
+  .option("--instance <id>")
+  .option("--role <name>")
+  .option("--login <login>")
+  .option("--reason <text>", "why", "")
+  .option("--ttl <duration>", "lock expires after this long (default: until removed)")
+  .action(async (o: { agentIdentity?: string; instance?: string; role?: string; login?: string; reason: string; ttl?: string }) => {
+    const targets = ([["agent_identity", o.agentIdentity], ["instance", o.instance], ["role", o.role], ["login", o.login]] as const).filter(([, v]) => v !== undefined);
+    if (targets.length !== 1) throw new MeziteError("ERR_USAGE", "give exactly one of --agent-identity, --instance, --role, --login");
+    await lockCmd(targets[0]![0], targets[0]![1]!, o);
+  });
+locks
+  .command("ls")
+  .description("list active locks")
+  .action(async () => {
+    const a = admin();
+    const list = (await call(a, (c) => c.listLocks({}))).locks;
+    out(a, list.map(view.lockDoc), () => table(["ID", "TARGET", "REASON", "EXPIRES"], list.map((l) => [l.id, `${l.targetKind}=${l.target}`, l.reason, l.expires ? relTime(l.expires) : "never"])));
+  });
+locks
+  .command("rm")
+  .description("remove a lock")
+  .argument("<id>")
+  .action(async (id: string) => {
+    const a = admin();
+    await call(a, (c) => c.deleteLock({ id }));
+    out(a, { removed: id }, () => `Lock ${id} removed.\n`);
+  });
+
+// ---- tokens
+
+function parseLabels(s: string): Record<string, string> {
+  const labels: Record<string, string> = {};
+  for (const part of s.split(",").map((p) => p.trim()).filter(Boolean)) {
+    const i = part.indexOf("=");
+    if (i <= 0) throw new MeziteError("ERR_USAGE", `--labels: "${part}" is not key=value`);
+    labels[part.slice(0, i)] = part.slice(i + 1);
+  }
+  return labels;
+}
+
+const tokens = program.command("tokens").description("manage join tokens");
+tokens
+  .command("add")
+  .description("create a one-time node join token")
+  .requiredOption("--type <type>", "node")
+  .option("--labels <k=v,...>", "the node's labels", "")
+  .option("--ttl <duration>", "how long the token stays valid", "1h")
+  .action(async (o: { type: string; labels: string; ttl: string }) => {
+    if (o.type !== "node") throw new MeziteError("ERR_USAGE", `--type must be node (agent identity tokens come from agent-identities add / add-token)`);
+    const { token, verifier } = newToken(ttlOption(o.ttl, "--ttl"));
+    const a = admin();
+    const labels = parseLabels(o.labels);
+    const res = await call(a, (c) => c.addToken({ type: "node", labels, token: verifier }));
+    const addr = await joinAddr(a);
+    out(a, { token, id: res.token?.id, labels, expires: new Date(Number(res.token?.expires ?? 0n)).toISOString(), auth_server: addr }, () =>
+      [`Token: ${token}`, ``, `Join a node with:`, `mezd node join --auth-server=${addr} --token=<token> --hostname=<name> --ssh-dir=/etc/mezite/ssh`, ``, `This token can only be used once.`, ``].join("\n"),
+    );
+  });
+tokens
+  .command("ls")
+  .description("list join tokens (never the secret)")
+  .action(async () => {
+    const a = admin();
+    const list = (await call(a, (c) => c.listTokens({}))).tokens;
+    out(a, list.map(view.tokenDoc), () =>
+      table(["ID", "TYPE", "FOR", "STATE", "EXPIRES"], list.map((t) => [t.id.slice(0, 16), t.type, t.agentIdentity || view.labelsText(t.labels), t.used ? "used" : Number(t.expires) < Date.now() ? "expired" : "unused", relTime(t.expires)])),
+    );
+  });
+tokens
+  .command("rm")
+  .description("delete a join token by id (or a unique prefix of 8+ characters)")
+  .argument("<id>")
+  .action(async (id: string) => {
+    const a = admin();
+    await call(a, (c) => c.deleteToken({ id }));
+    out(a, { removed: id }, () => `Token ${id} removed.\n`);
+  });
+
+// ---- nodes, audit
+
+program
+  .command("nodes")
+  .description("nodes")
+  .command("ls")
+  .description("list nodes")
+  .action(async () => {
+    const a = admin();
+    const list = (await call(a, (c) => c.listNodes({}))).nodes;
+    out(a, list.map(view.nodeDoc), () =>
+      table(["NAME", "LABELS", "ADDRESS", "LAST HEARTBEAT", "HOST CERT EXPIRES"], list.map((n) => [n.name, view.labelsText(n.labels), n.address, relTime(n.lastHeartbeat), relTime(n.hostCertExpires)])),
+    );
+  });
+
+program
+  .command("audit")
+  .description("audit events")
+  .command("ls")
+  .description("list audit events")
+  .option("--since <duration>", "how far back", "1h")
+  .option("--type <type>", "only this event type (or prefix, e.g. agent_identity)")
+  .option("--limit <n>", "at most this many (newest)", "1000")
+  .action(async (o: { since: string; type?: string; limit: string }) => {
+    const a = admin();
+    const since = Date.now() - ttlOption(o.since, "--since");
+    const limit = Number(o.limit);
+    if (!Number.isInteger(limit) || limit < 0) throw new MeziteError("ERR_USAGE", "--limit must be a whole number");
+    const events = (await call(a, (c) => c.listAudit({ since: BigInt(since), type: o.type ?? "", limit }))).events;
+    out(a, events.map(view.auditDoc), () =>
+      table(
+        ["TIME", "TYPE", "IDENTITY", "GEN", "SERIAL", "RESULT", "FROM"],
+        events.map((e) => [new Date(Number(e.time)).toISOString(), e.type, e.identity, e.generation ? String(e.generation) : "", e.serial, e.success ? "ok" : e.error, e.remoteAddr]),
+      ),
+    );
+  });
+
+for (const c of [program, ...program.commands, ...program.commands.flatMap((c) => c.commands)]) c.exitOverride();
+program.parseAsync(process.argv).catch((e: unknown) => fail("mezctl", e));

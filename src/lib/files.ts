@@ -1,0 +1,105 @@
+/**
+ * Writing files that hold secrets or that readers sample while we replace them: a temp file in
+ * the same directory, fsync, rename over the target, fsync the directory. A symlink (or anything
+ * but a regular file) where the target should be is refused, never followed.
+ */
+import { constants, closeSync, fsyncSync, lstatSync, mkdirSync, openSync, renameSync, unlinkSync, writeSync, readFileSync, chmodSync } from "node:fs";
+import { randomBytes } from "node:crypto";
+import { basename, dirname, join } from "node:path";
+import { MeziteError } from "./errors.js";
+
+function errno(e: unknown): string | undefined {
+  return (e as NodeJS.ErrnoException | undefined)?.code;
+}
+
+/** Refuses a symlink or non-regular file at `path`; a missing file is fine. */
+export function assertNotSymlink(path: string): void {
+  let st;
+  try {
+    st = lstatSync(path);
+  } catch (e) {
+    if (errno(e) === "ENOENT") return;
+    throw new MeziteError("ERR_STORAGE", `cannot inspect ${path}: ${(e as Error).message}`, { cause: e });
+  }
+  if (st.isSymbolicLink()) throw new MeziteError("ERR_SYMLINK", `${path} is a symlink: refusing to follow it; remove it and try again`);
+  if (!st.isFile()) throw new MeziteError("ERR_STORAGE", `${path} exists and is not a regular file; remove it and try again`);
+}
+
+/** Atomically replaces `path` with `data`, created with `mode` (0600 unless said otherwise). */
+export function writeFileAtomic(path: string, data: string | Uint8Array, mode = 0o600): void {
+  assertNotSymlink(path);
+  const dir = dirname(path);
+  const tmp = join(dir, `.${basename(path)}.${randomBytes(6).toString("hex")}.tmp`);
+  let fd: number | undefined;
+  try {
+    // O_EXCL|O_NOFOLLOW: never write through a link an attacker planted at the temp name.
+    fd = openSync(tmp, constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL | constants.O_NOFOLLOW, mode);
+    const buf = typeof data === "string" ? Buffer.from(data) : data;
+    let off = 0;
+    while (off < buf.length) off += writeSync(fd, buf, off, buf.length - off);
+    fsyncSync(fd);
+    closeSync(fd);
+    fd = undefined;
+    chmodSync(tmp, mode); // umask may have narrowed or widened nothing, but be exact
+    renameSync(tmp, path);
+    fsyncDir(dir);
+  } catch (e) {
+    if (fd !== undefined) closeSync(fd);
+    try {
+      unlinkSync(tmp);
+    } catch {
+      /* already gone */
+    }
+    if (e instanceof MeziteError) throw e;
+    const code = errno(e);
+    const why = code === "ENOSPC" ? "the disk is full" : code === "EACCES" || code === "EPERM" ? "permission denied" : (e as Error).message;
+    throw new MeziteError("ERR_STORAGE", `cannot write ${path}: ${why}`, { cause: e });
+  }
+}
+
+function fsyncDir(dir: string): void {
+  let fd: number | undefined;
+  try {
+    fd = openSync(dir, constants.O_RDONLY);
+    fsyncSync(fd);
+  } catch {
+    // some filesystems refuse fsync on directories; the rename itself is still atomic
+  } finally {
+    if (fd !== undefined) closeSync(fd);
+  }
+}
+
+/** Creates `dir` (and parents) and makes sure it has exactly `mode`; refuses a symlinked dir. */
+export function ensureDir(dir: string, mode: number): void {
+  try {
+    const st = lstatSync(dir);
+    if (st.isSymbolicLink()) throw new MeziteError("ERR_SYMLINK", `${dir} is a symlink: refusing to follow it`);
+    if (!st.isDirectory()) throw new MeziteError("ERR_STORAGE", `${dir} exists and is not a directory`);
+  } catch (e) {
+    if (e instanceof MeziteError) throw e;
+    if (errno(e) !== "ENOENT") throw new MeziteError("ERR_STORAGE", `cannot use directory ${dir}: ${(e as Error).message}`, { cause: e });
+    try {
+      mkdirSync(dir, { recursive: true, mode });
+    } catch (e2) {
+      throw new MeziteError("ERR_STORAGE", `cannot create directory ${dir}: ${(e2 as Error).message}`, { cause: e2 });
+    }
+  }
+  chmodSync(dir, mode);
+}
+
+/** Reads a file without following a symlink; undefined when it does not exist. */
+export function readFileNoFollow(path: string): string | undefined {
+  let fd: number;
+  try {
+    fd = openSync(path, constants.O_RDONLY | constants.O_NOFOLLOW);
+  } catch (e) {
+    if (errno(e) === "ENOENT") return undefined;
+    if (errno(e) === "ELOOP") throw new MeziteError("ERR_SYMLINK", `${path} is a symlink: refusing to follow it`);
+    throw new MeziteError("ERR_STORAGE", `cannot read ${path}: ${(e as Error).message}`, { cause: e });
+  }
+  try {
+    return readFileSync(fd, "utf8");
+  } finally {
+    closeSync(fd);
+  }
+}
