@@ -1,0 +1,151 @@
+import assert from "node:assert/strict";
+import { spawnSync } from "node:child_process";
+import { generateKeyPairSync } from "node:crypto";
+import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { after, before, describe, test } from "node:test";
+import type { TestContext } from "node:test";
+import { encodeKrl } from "../../src/ca/krl.js";
+import type { KrlSection } from "../../src/ca/krl.js";
+import { formatSshCertificate, signSshCertificate } from "../../src/ca/sshcert.js";
+import { sshFingerprint } from "../../src/ca/sshkey.js";
+import { isMeziteError } from "../../src/lib/errors.js";
+import { SSH_KEYGEN_PATH, missingComponent } from "../harness/require.js";
+
+const ca = generateKeyPairSync("ed25519");
+const otherCa = generateKeyPairSync("ed25519");
+const subject = generateKeyPairSync("ed25519");
+const NOW = 1_700_000_000;
+
+let dir: string;
+before(() => (dir = mkdtempSync(join(tmpdir(), "mezite-krl-"))));
+after(() => rmSync(dir, { recursive: true, force: true }));
+
+function keygen(t: TestContext, args: string[]): { code: number | null; out: string } | undefined {
+  if (SSH_KEYGEN_PATH === undefined) {
+    missingComponent(t, "ssh-keygen", "apt-get install openssh-client");
+    return undefined;
+  }
+  const r = spawnSync(SSH_KEYGEN_PATH, args, { encoding: "utf8", env: { ...process.env, TZ: "UTC" } });
+  return { code: r.status, out: r.stdout + r.stderr };
+}
+
+let n = 0;
+function writeKrl(sections: KrlSection[], comment?: string): string {
+  const path = join(dir, `krl-${n++}`);
+  writeFileSync(path, encodeKrl({ version: 3n, generatedAt: NOW, ...(comment !== undefined ? { comment } : {}), sections }));
+  return path;
+}
+
+function writeCert(name: string, serial: bigint, keyId: string, signer = ca.privateKey): string {
+  const path = join(dir, `${name}-cert.pub`);
+  const blob = signSshCertificate(
+    { type: "user", publicKey: subject.publicKey, serial, keyId, principals: ["deploy"], validAfter: NOW, validBefore: NOW + 3600 },
+    signer,
+  );
+  writeFileSync(path, `${formatSshCertificate(blob)}\n`);
+  return path;
+}
+
+/** `ssh-keygen -Q`: true = REVOKED (exit 1), false = ok (exit 0); anything else fails the test. */
+function revoked(t: TestContext, krl: string, cert: string): boolean | undefined {
+  const r = keygen(t, ["-Q", "-f", krl, cert]);
+  if (r === undefined) return undefined;
+  if (r.code === 1 && r.out.includes("REVOKED")) return true;
+  if (r.code === 0 && r.out.trim().endsWith(": ok")) return false;
+  assert.fail(`unexpected ssh-keygen -Q result ${r.code}: ${r.out}`);
+}
+
+describe("KRL checked by ssh-keygen", () => {
+  test("the listing shows the header and exactly the revocations encoded", (t) => {
+    const krl = writeKrl(
+      [
+        { caKey: ca.publicKey, serials: [7n, 1n, 2n, 3n, 42n, 3n], keyIds: ["agent-identity/b", "agent-identity/a"] },
+        { caKey: null, keyIds: ["agent-identity/locked"] },
+        { caKey: otherCa.publicKey, serials: [(1n << 64n) - 1n] },
+      ],
+      "mezite user CA",
+    );
+    const r = keygen(t, ["-Q", "-l", "-f", krl]);
+    if (r === undefined) return;
+    assert.equal(r.code, 0, r.out);
+    const lines = r.out.split("\n").filter((l) => l !== "");
+    assert.deepEqual(lines, [
+      "# KRL version 3",
+      "# Generated at 20231114T221320",
+      "# Comment: mezite user CA",
+      `# CA key ssh-ed25519 ${sshFingerprint(ca.publicKey)}`,
+      "serial: 1-3",
+      "serial: 7",
+      "serial: 42",
+      "id: agent-identity/a",
+      "id: agent-identity/b",
+      "# Wildcard CA",
+      "id: agent-identity/locked",
+      `# CA key ssh-ed25519 ${sshFingerprint(otherCa.publicKey)}`,
+      "serial: 18446744073709551615",
+    ]);
+  });
+
+  test("revokes by serial, only for its CA", (t) => {
+    const krl = writeKrl([{ caKey: ca.publicKey, serials: [5n] }]);
+    assert.equal(revoked(t, krl, writeCert("s5", 5n, "agent-identity/a")), true);
+    assert.equal(revoked(t, krl, writeCert("s6", 6n, "agent-identity/a")), false);
+    assert.equal(revoked(t, krl, writeCert("other-s5", 5n, "agent-identity/a", otherCa.privateKey)), false);
+  });
+
+  test("revokes serial ranges at their edges", (t) => {
+    const krl = writeKrl([{ caKey: ca.publicKey, serials: Array.from({ length: 11 }, (_, i) => 10n + BigInt(i)) }]);
+    for (const [serial, want] of [[9n, false], [10n, true], [15n, true], [20n, true], [21n, false]] as const) {
+      assert.equal(revoked(t, krl, writeCert(`r${serial}`, serial, "x")), want, `serial ${serial}`);
+    }
+  });
+
+  test("revokes by key id, per CA or for every CA (null caKey)", (t) => {
+    const perCa = writeKrl([{ caKey: ca.publicKey, keyIds: ["agent-identity/b"] }]);
+    assert.equal(revoked(t, perCa, writeCert("kb", 6n, "agent-identity/b")), true);
+    assert.equal(revoked(t, perCa, writeCert("ka", 6n, "agent-identity/a")), false);
+    assert.equal(revoked(t, perCa, writeCert("other-kb", 6n, "agent-identity/b", otherCa.privateKey)), false);
+    const wildcard = writeKrl([{ caKey: null, keyIds: ["agent-identity/b"], serials: [99n] }]);
+    assert.equal(revoked(t, wildcard, writeCert("other-kb2", 6n, "agent-identity/b", otherCa.privateKey)), true);
+    assert.equal(revoked(t, wildcard, writeCert("other-s99", 99n, "agent-identity/z", otherCa.privateKey)), true);
+    assert.equal(revoked(t, wildcard, writeCert("ka2", 6n, "agent-identity/a")), false);
+  });
+
+  test("a KRL with no sections is valid and revokes nothing", (t) => {
+    const krl = writeKrl([{ caKey: ca.publicKey, serials: [], keyIds: [] }]);
+    assert.equal(revoked(t, krl, writeCert("e", 1n, "x")), false);
+  });
+});
+
+describe("encoding", () => {
+  const enc = (sections: KrlSection[]) => encodeKrl({ version: 1n, generatedAt: NOW, sections });
+
+  test("header layout", () => {
+    const b = encodeKrl({ version: 0x0102n, generatedAt: NOW, comment: "c", sections: [] });
+    assert.equal(b.subarray(0, 8).toString("latin1"), "SSHKRL\n\0");
+    assert.equal(b.readUInt32BE(8), 1);
+    assert.equal(b.readBigUInt64BE(12), 0x0102n);
+    assert.equal(b.readBigUInt64BE(20), BigInt(NOW));
+    assert.equal(b.readBigUInt64BE(28), 0n);
+    assert.deepEqual(b.subarray(36), Buffer.from("00000000" + "00000001" + "63", "hex"));
+  });
+
+  test("serials are sorted and deduplicated; runs become ranges", () => {
+    assert.deepEqual(enc([{ caKey: ca.publicKey, serials: [5n, 3n, 5n, 4n, 9n] }]), enc([{ caKey: ca.publicKey, serials: [3n, 4n, 5n, 9n] }]));
+    assert.deepEqual(enc([{ caKey: null, keyIds: ["b", "a", "b"] }]), enc([{ caKey: null, keyIds: ["a", "b"] }]));
+    const many = enc([{ caKey: ca.publicKey, serials: Array.from({ length: 1000 }, (_, i) => BigInt(i + 1)) }]);
+    assert.ok(many.length < 150, `1000 consecutive serials take ${many.length} bytes`);
+  });
+
+  test("refuses what would make OpenSSH reject the whole KRL", () => {
+    const usage = (e: unknown) => isMeziteError(e, "ERR_USAGE");
+    assert.throws(() => enc([{ caKey: ca.publicKey, serials: [0n] }]), usage, "serial 0");
+    assert.throws(() => enc([{ caKey: ca.publicKey, serials: [1n << 64n] }]), usage, "serial over 64 bits");
+    assert.throws(() => enc([{ caKey: null, keyIds: ["a\0b"] }]), usage, "NUL in key id");
+    assert.throws(() => encodeKrl({ version: -1n, generatedAt: NOW, sections: [] }), usage, "negative version");
+    assert.throws(() => encodeKrl({ version: 1n, generatedAt: 1.5, sections: [] }), usage, "fractional time");
+    assert.throws(() => encodeKrl({ version: 1n, generatedAt: NOW, comment: "\0", sections: [] }), usage, "NUL in comment");
+  });
+});
