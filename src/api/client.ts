@@ -30,6 +30,8 @@ export function connect<T extends DescService>(service: T, addr: string, tls: Cl
   const transport = createGrpcTransport({
     baseUrl: `https://${normalizeAddr(addr)}`,
     defaultTimeoutMs: DEFAULT_CALL_TIMEOUT_MS,
+    // Daemons make a new client per renewal: let each connection go soon after its call.
+    idleConnectionTimeoutMs: 5_000,
     nodeOptions: {
       ...(tls.certPem !== undefined ? { cert: tls.certPem } : {}),
       ...(tls.keyPem !== undefined ? { key: tls.keyPem } : {}),

@@ -1,0 +1,32 @@
+/**
+ * --ca-pin: before the first contact with an auth service, check that its TLS certificate was
+ * issued by the CA whose public key hashes to the pin (sha256 over the DER SubjectPublicKeyInfo).
+ * Join is safe without it (the reply is MAC'd with the token); the pin stops a wrong server early.
+ */
+import { createHash, X509Certificate } from "node:crypto";
+import { connect as tlsConnect, type DetailedPeerCertificate } from "node:tls";
+import { MeziteError } from "../lib/errors.js";
+import { normalizeAddr } from "./client.js";
+
+export async function checkCaPin(addr: string, pin: string, timeoutMs = 10_000): Promise<void> {
+  const hostPort = normalizeAddr(addr);
+  const i = hostPort.lastIndexOf(":");
+  const host = hostPort.slice(0, i).replace(/^\[|\]$/g, "");
+  const port = Number(hostPort.slice(i + 1));
+  const chain = await new Promise<DetailedPeerCertificate>((resolve, reject) => {
+    const sock = tlsConnect({ host, port, rejectUnauthorized: false, ALPNProtocols: ["h2"], servername: /^[\d.:]+$/.test(host) ? "" : host });
+    sock.setTimeout(timeoutMs, () => sock.destroy(new Error("timed out")));
+    sock.once("secureConnect", () => {
+      resolve(sock.getPeerCertificate(true));
+      sock.end();
+    });
+    sock.once("error", (e) => reject(new MeziteError("ERR_UNREACHABLE", `cannot reach the auth service at ${hostPort}: ${e.message}`, { cause: e })));
+  });
+  const leaf = new X509Certificate(chain.raw);
+  for (let c: DetailedPeerCertificate | undefined = chain.issuerCertificate, seen = 0; c && seen < 5; c = c.issuerCertificate === c ? undefined : c.issuerCertificate, seen++) {
+    const ca = new X509Certificate(c.raw);
+    const spki = ca.publicKey.export({ format: "der", type: "spki" });
+    if (`sha256:${createHash("sha256").update(spki).digest("hex")}` === pin && leaf.checkIssued(ca) && leaf.verify(ca.publicKey)) return;
+  }
+  throw new MeziteError("ERR_WRONG_CA", `the auth service at ${hostPort} is not signed by the pinned CA (${pin.slice(0, 20)}…): check --ca-pin and --auth-server`);
+}

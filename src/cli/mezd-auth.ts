@@ -1,0 +1,33 @@
+import type { Command } from "commander";
+import { hostname } from "node:os";
+import { applyConfigFile } from "./config.js";
+
+export function registerAuth(program: Command): void {
+  const auth = program.command("auth").description("the auth service");
+  auth
+    .command("start")
+    .description("start the auth service (creates the CAs and admin.identity on first start)")
+    .option("--data-dir <dir>", "CA cluster key, SQLite file and admin.identity", "/var/lib/mezite")
+    .option("--listen <host:port>", "gRPC over TLS", "0.0.0.0:3025")
+    .option("--public-addr <addrs>", "address(es) clients use, comma-separated (default: the listen address)")
+    .option("--cluster-name <name>", "names the CAs and the SPIFFE trust domain", hostname())
+    .option("--backend <spec>", "sqlite (in the data dir), memory, or postgres://...", "sqlite")
+    .option("--single-port", "serve gRPC and plain HTTP (health, metrics) on one TLS port by ALPN", false)
+    .option("--diag-addr <host:port>", "serve /livez, /readyz, /metrics over HTTP")
+    .option("--config <file>", "YAML file with the same keys; flags win")
+    .option("--debug", "print stack traces with errors")
+    .action(async (_opts: unknown, cmd: Command) => {
+      applyConfigFile(cmd);
+      const o = cmd.opts<Record<string, string | boolean | undefined>>();
+      const { runAuth } = await import("../auth/main.js");
+      await runAuth({
+        dataDir: String(o["dataDir"]),
+        listen: String(o["listen"]),
+        publicAddrs: o["publicAddr"] ? String(o["publicAddr"]).split(",").map((s) => s.trim()).filter(Boolean) : [],
+        clusterName: String(o["clusterName"]),
+        backend: String(o["backend"]),
+        singlePort: o["singlePort"] === true || o["singlePort"] === "true",
+        ...(o["diagAddr"] ? { diagAddr: String(o["diagAddr"]) } : {}),
+      });
+    });
+}

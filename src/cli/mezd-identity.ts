@@ -1,0 +1,30 @@
+import type { Command } from "commander";
+import { applyConfigFile } from "./config.js";
+
+export function registerIdentity(program: Command): void {
+  const identity = program.command("identity").description("the agent identity daemon");
+  identity
+    .command("start")
+    .description("join with a one-time token, write SSH and X.509 certificates, and renew them until stopped")
+    .option("--auth-server <host:port>", "address of the auth service (required)")
+    .option("--token <token>", "one-time join token (default $MEZITE_TOKEN; prefer --token-file or the variable: arguments show in ps)")
+    .option("--token-file <file>", "read the join token from this file")
+    .option("--destination-dir <dir>", "where certificates are written (required)")
+    .option("--storage-dir <dir>", "renewal certificate and state (default DEST/.mezite, mode 0700)")
+    .option("--cert-ttl <duration>", "requested certificate TTL, capped by the roles", "1h")
+    .option("--renewal-interval <duration>", "how often to renew; must be shorter than --cert-ttl", "20m")
+    .option("--one-shot", "join or renew once, write the outputs, and exit", false)
+    .option("--diag-addr <host:port>", "serve /livez, /readyz, /metrics over HTTP")
+    .option("--ca-pin <sha256:hex>", "check the auth service's TLS CA before joining")
+    .option("--config <file>", "YAML file with the same keys; flags win")
+    .option("--debug", "print stack traces with errors")
+    .action(async (_opts: unknown, cmd: Command) => {
+      // The token is a secret: drop it from what `ps` shows as soon as it is read.
+      if (process.argv.some((a) => a.startsWith("--token=") || a === "--token")) process.title = "mezd identity start";
+      applyConfigFile(cmd);
+      const { resolveIdentityOptions } = await import("../identity/options.js");
+      const opts = resolveIdentityOptions(cmd.opts());
+      const { runIdentity } = await import("../identity/main.js");
+      await runIdentity(opts);
+    });
+}

@@ -1,0 +1,231 @@
+/**
+ * The agent identity daemon (SPEC §6): join once with the token, then renew forever with fresh
+ * keys. Each renewal request is saved before it is sent and replayed until answered, so a crash
+ * or a lost reply never looks like a clone to the server's generation check.
+ */
+import { randomBytes } from "node:crypto";
+import type { IssuedCertificates } from "../api/gen/mezite/v1/common_pb.js";
+import { JoinService } from "../api/gen/mezite/v1/join_pb.js";
+import { RenewService } from "../api/gen/mezite/v1/renew_pb.js";
+import { connect } from "../api/client.js";
+import { fromConnectError } from "../api/errors.js";
+import { checkCaPin } from "../api/pin.js";
+import { caPin, privateKeyToPem } from "../ca/x509.js";
+import { MeziteError, isMeziteError, type ErrorCode } from "../lib/errors.js";
+import type { Logger } from "../lib/log.js";
+import { Registry } from "../lib/metrics.js";
+import type { IdentityOptions } from "./options.js";
+import { writeOutputs, checkDestination } from "./outputs.js";
+import { buildJoinRequest, buildRenewRequest, checkCertsMatchKeys, deserializeKeys, generateIssueKeys, serializeKeys, verifyJoinReply, type IssueKeys } from "./protocol.js";
+import { Storage, type IdentityState } from "./storage.js";
+
+/** Errors that retrying cannot fix: the daemon stops with exit code 3. */
+const FINAL: ErrorCode[] = ["ERR_LOCKED", "ERR_IDENTITY_DELETED", "ERR_GENERATION_MISMATCH", "ERR_TOKEN_UNKNOWN", "ERR_TOKEN_USED", "ERR_TOKEN_EXPIRED", "ERR_TOKEN_INVALID", "ERR_BAD_PROOF", "ERR_STATE_CORRUPT", "ERR_NOT_AUTHORIZED", "ERR_WRONG_CA"];
+
+export function isFinal(e: unknown): boolean {
+  return isMeziteError(e) && FINAL.includes(e.code);
+}
+
+export interface DaemonDeps {
+  log: Logger;
+  now?: () => number;
+  /** 0..1, for jitter. */
+  random?: () => number;
+}
+
+export class IdentityDaemon {
+  readonly registry = new Registry();
+  private readonly renewals = this.registry.counter("mezite_identity_renewals_total", "certificates issued to this daemon (join and renewals)");
+  private readonly failures = this.registry.counter("mezite_identity_renewal_failures_total", "failed join or renewal attempts by error code");
+  private readonly storage: Storage;
+  private readonly now: () => number;
+  private readonly random: () => number;
+  private state: IdentityState | undefined;
+  private wake: (() => void) | undefined;
+  private renewRequested = false;
+
+  constructor(private readonly opts: IdentityOptions, private readonly deps: DaemonDeps) {
+    this.storage = new Storage(opts.storageDir);
+    this.now = deps.now ?? Date.now;
+    this.random = deps.random ?? Math.random;
+    this.registry.gauge("mezite_identity_cert_expiry_seconds", "seconds until the current certificates expire", () =>
+      this.state ? Math.round((this.state.expires - this.now()) / 1000) : undefined,
+    );
+    this.registry.gauge("mezite_identity_generation", "generation of the current certificates", () => (this.state ? Number(this.state.generation) : undefined));
+  }
+
+  /** Why /readyz should fail, or undefined when the outputs are current. */
+  notReady(): string | undefined {
+    if (!this.state) return "no certificates issued yet";
+    if (this.state.expires <= this.now()) return "the certificates have expired";
+    return undefined;
+  }
+
+  /** SIGHUP: renew now. */
+  renewSoon(): void {
+    this.renewRequested = true;
+    this.wake?.();
+  }
+
+  /** Joins or renews once, writes the outputs. Throws what went wrong. */
+  async issueOnce(signal: AbortSignal): Promise<void> {
+    const state = this.storage.loadState();
+    if (state && state.expires <= this.now()) {
+      if (!this.opts.token) {
+        throw new MeziteError("ERR_STATE_CORRUPT", `the renewal certificate in ${this.opts.storageDir} expired at ${new Date(state.expires).toISOString()}: join again with a new token`);
+      }
+      this.deps.log.warn("stored certificates expired; joining again with the token", { expired: new Date(state.expires).toISOString() });
+    } else if (state) {
+      this.state = state;
+      return this.renew(signal);
+    }
+    await this.join(signal);
+  }
+
+  /** Runs until `signal` aborts, or a final error (which it throws). */
+  async run(signal: AbortSignal): Promise<void> {
+    checkDestination(this.opts.destinationDir);
+    this.storage.open();
+    try {
+      await this.withRetry(signal, () => this.issueOnce(signal), this.opts.oneShot ? this.opts.unreachableRetryMs : Infinity);
+      if (this.opts.oneShot) return;
+      while (!signal.aborted) {
+        await this.sleepUntil(this.nextRenewalAt(), signal);
+        if (signal.aborted) break;
+        this.renewRequested = false;
+        await this.withRetry(signal, () => this.renew(signal), Infinity);
+      }
+    } finally {
+      this.storage.close();
+    }
+  }
+
+  /** Interval after the last issue, ±10 % jitter so a fleet started together spreads out. */
+  private nextRenewalAt(): number {
+    const s = this.state!;
+    const jitter = (this.random() * 0.2 - 0.1) * this.opts.renewalIntervalMs;
+    return Math.min(s.issued + this.opts.renewalIntervalMs + jitter, s.expires - 5_000);
+  }
+
+  /**
+   * Retries transient failures with exponential backoff and full jitter, keeping the current
+   * outputs; final errors and `budgetMs` running out are thrown.
+   */
+  private async withRetry(signal: AbortSignal, fn: () => Promise<void>, budgetMs: number): Promise<void> {
+    const started = this.now();
+    const maxDelay = Math.min(Math.max(this.opts.renewalIntervalMs / 2, 1_000), 300_000);
+    for (let attempt = 0; ; attempt++) {
+      try {
+        await fn();
+        return;
+      } catch (e) {
+        const code = isMeziteError(e) ? e.code : "ERR_INTERNAL";
+        this.failures.inc({ code });
+        if (isFinal(e) || signal.aborted) throw e;
+        if (isMeziteError(e) && (e.code === "ERR_USAGE" || e.code === "ERR_CONFIG" || e.code === "ERR_SYMLINK")) throw e;
+        const delay = Math.round(this.random() * Math.min(1_000 * 2 ** attempt, maxDelay)) + 250;
+        if (this.now() - started + delay > budgetMs) throw e;
+        this.deps.log.warn("issue failed; retrying", { error: (e as Error).message, code, retry_in_ms: delay, attempt: attempt + 1 });
+        await this.sleepUntil(this.now() + delay, signal);
+      }
+    }
+  }
+
+  /**
+   * Sleeps in short steps against the wall clock, so a machine that slept (suspend, a paused
+   * VM) renews at once on waking instead of when a monotonic timer would fire.
+   */
+  private async sleepUntil(at: number, signal: AbortSignal): Promise<void> {
+    while (!signal.aborted && !this.renewRequested && this.now() < at) {
+      await new Promise<void>((resolve) => {
+        const t = setTimeout(resolve, Math.min(at - this.now(), 1_000));
+        this.wake = () => {
+          clearTimeout(t);
+          resolve();
+        };
+        signal.addEventListener("abort", this.wake, { once: true });
+      });
+      this.wake = undefined;
+    }
+  }
+
+  private async join(signal: AbortSignal): Promise<void> {
+    const token = this.opts.token;
+    if (!token) {
+      throw new MeziteError("ERR_USAGE", `no state in ${this.opts.storageDir} and no token: pass --token-file, --token or set MEZITE_TOKEN to join`);
+    }
+    if (this.opts.caPin) await checkCaPin(this.opts.authServer, this.opts.caPin);
+    const keys = generateIssueKeys();
+    const { request, macKey } = buildJoinRequest(token, keys, this.opts.certTtlMs);
+    const client = connect(JoinService, this.opts.authServer, {});
+    let certs: IssuedCertificates;
+    try {
+      certs = verifyJoinReply(request, await client.join(request, { signal }), macKey, keys);
+    } catch (e) {
+      throw fromConnectError(e, this.opts.authServer);
+    }
+    if (this.opts.caPin && caPin(certs.tlsCaPem) !== this.opts.caPin) {
+      throw new MeziteError("ERR_WRONG_CA", "the auth service's TLS CA does not match --ca-pin");
+    }
+    this.apply(certs, keys, "joined");
+  }
+
+  private async renew(signal: AbortSignal): Promise<void> {
+    const state = this.state!;
+    let pending = this.storage.loadPending();
+    if (pending && pending.from_generation !== state.generation) {
+      this.storage.clearPending(); // answered and applied before a crash
+      pending = undefined;
+    }
+    if (!pending) {
+      pending = { request_id: randomBytes(16).toString("hex"), from_generation: state.generation, ttl_ms: this.opts.certTtlMs, keys: serializeKeys(generateIssueKeys()) };
+      this.storage.savePending(pending);
+    }
+    const keys = deserializeKeys(pending.keys);
+    const request = buildRenewRequest(Buffer.from(pending.request_id, "hex"), keys, pending.ttl_ms);
+    const client = connect(RenewService, this.opts.authServer, { certPem: state.renewal_cert_pem, keyPem: state.renewal_key_pem, caPem: state.tls_ca_pem });
+    let certs: IssuedCertificates;
+    try {
+      const reply = await client.renew(request, { signal });
+      if (!reply.certificates) throw new MeziteError("ERR_MALFORMED_CERT", "the auth service sent an empty renewal reply");
+      certs = reply.certificates;
+    } catch (e) {
+      throw fromConnectError(e, this.opts.authServer);
+    }
+    checkCertsMatchKeys(certs, keys);
+    if (certs.identityId !== state.identity_id || certs.instanceId !== state.instance_id) {
+      throw new MeziteError("ERR_MALFORMED_CERT", "the auth service answered for another identity or instance");
+    }
+    this.apply(certs, keys, "renewed");
+    this.storage.clearPending();
+  }
+
+  /** State first (it holds the renewal key the server now expects), then the outputs. */
+  private apply(certs: IssuedCertificates, keys: IssueKeys, what: "joined" | "renewed"): void {
+    const state: IdentityState = {
+      version: 1,
+      auth_server: this.opts.authServer,
+      identity_name: certs.identityName,
+      identity_id: certs.identityId,
+      instance_id: certs.instanceId,
+      generation: certs.generation.toString(),
+      tls_ca_pem: certs.tlsCaPem,
+      renewal_cert_pem: certs.renewalCertificatePem,
+      renewal_key_pem: privateKeyToPem(keys.renewal),
+      expires: Number(certs.expires),
+      issued: this.now(),
+    };
+    this.storage.saveState(state);
+    writeOutputs(this.opts.destinationDir, certs, keys);
+    this.state = state;
+    this.renewals.inc({ kind: what === "joined" ? "join" : "renew" });
+    this.deps.log.info(`agent identity ${what}`, {
+      identity: certs.identityName,
+      instance: certs.instanceId,
+      serial: certs.serial.toString(),
+      generation: certs.generation.toString(),
+      expires: new Date(Number(certs.expires)).toISOString(),
+      principals: certs.principals.join(","),
+    });
+  }
+}

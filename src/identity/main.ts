@@ -1,0 +1,29 @@
+/** Runs `mezd identity start` in the foreground: signals, diagnostics, exit codes. */
+import { createLogger } from "../lib/log.js";
+import { startDiagServer } from "../lib/diag.js";
+import { IdentityDaemon } from "./daemon.js";
+import type { IdentityOptions } from "./options.js";
+
+export async function runIdentity(opts: IdentityOptions): Promise<void> {
+  const log = createLogger(process.stderr, { component: "identity" });
+  const daemon = new IdentityDaemon(opts, { log });
+  const abort = new AbortController();
+  const stop = (sig: string) => {
+    log.info("stopping", { signal: sig });
+    abort.abort();
+  };
+  process.once("SIGTERM", () => stop("SIGTERM"));
+  process.once("SIGINT", () => stop("SIGINT"));
+  process.on("SIGHUP", () => {
+    log.info("SIGHUP: renewing now");
+    daemon.renewSoon();
+  });
+  const diag = opts.diagAddr ? await startDiagServer(opts.diagAddr, { registry: daemon.registry, notReady: () => daemon.notReady() }) : undefined;
+  try {
+    await daemon.run(abort.signal);
+  } finally {
+    diag?.server.close();
+  }
+  if (opts.oneShot) process.stdout.write(`certificates written to ${opts.destinationDir}\n`);
+  process.exit(0);
+}

@@ -1,0 +1,101 @@
+/**
+ * `mezd identity start` options, resolved once into a fully defaulted, range-checked object
+ * (SPEC §6). Every rule here is a usage error (exit 2) with one line saying what to change.
+ */
+import { readFileSync } from "node:fs";
+import { join } from "node:path";
+import { parseToken } from "../ca/jointoken.js";
+import { formatDuration, parseDuration } from "../lib/duration.js";
+import { MeziteError } from "../lib/errors.js";
+
+export interface IdentityOptions {
+  /** host:port of the auth service. */
+  authServer: string;
+  /** The one-time token (raw 32 bytes); only needed to join. */
+  token: Buffer | undefined;
+  destinationDir: string;
+  /** Default: DEST/.mezite. */
+  storageDir: string;
+  /** Requested certificate TTL; the roles may cap it. Default 1h, at least 1m. */
+  certTtlMs: number;
+  /** Default 20m, at least 10s, shorter than certTtlMs. */
+  renewalIntervalMs: number;
+  oneShot: boolean;
+  diagAddr: string | undefined;
+  /** sha256:HEX of the auth service's TLS CA key, checked before joining. */
+  caPin: string | undefined;
+  /** How long a join or one-shot renewal keeps retrying an unreachable auth service. */
+  unreachableRetryMs: number;
+}
+
+export const MIN_CERT_TTL_MS = 60_000;
+export const MIN_RENEWAL_INTERVAL_MS = 10_000;
+
+export interface RawIdentityOptions {
+  authServer?: string | undefined;
+  token?: string | undefined;
+  tokenFile?: string | undefined;
+  destinationDir?: string | undefined;
+  storageDir?: string | undefined;
+  certTtl?: string | undefined;
+  renewalInterval?: string | undefined;
+  oneShot?: boolean | string | undefined;
+  diagAddr?: string | undefined;
+  caPin?: string | undefined;
+}
+
+function usage(msg: string): never {
+  throw new MeziteError("ERR_USAGE", msg);
+}
+
+function duration(value: string, flag: string): number {
+  try {
+    return parseDuration(value);
+  } catch {
+    usage(`${flag}: "${value}" is not a duration such as 90s, 20m or 1h`);
+  }
+}
+
+export function resolveIdentityOptions(raw: RawIdentityOptions, env: NodeJS.ProcessEnv = process.env): IdentityOptions {
+  if (!raw.authServer) usage("--auth-server is required (host:port of the auth service)");
+  if (!raw.destinationDir) usage("--destination-dir is required (where certificates are written)");
+  const sources = [raw.token !== undefined, raw.tokenFile !== undefined].filter(Boolean).length;
+  if (sources > 1) usage("give the token once: --token or --token-file, not both");
+  let tokenText = raw.token ?? env["MEZITE_TOKEN"];
+  if (raw.tokenFile !== undefined) {
+    try {
+      tokenText = readFileSync(raw.tokenFile, "utf8");
+    } catch (e) {
+      usage(`--token-file ${raw.tokenFile}: ${(e as NodeJS.ErrnoException).code === "ENOENT" ? "no such file" : (e as Error).message}`);
+    }
+  }
+  let token: Buffer | undefined;
+  if (tokenText !== undefined && tokenText.trim() !== "") {
+    try {
+      token = parseToken(tokenText);
+    } catch {
+      // parseToken's message never repeats the input; neither does this one.
+      throw new MeziteError("ERR_TOKEN_INVALID", "the join token is malformed: it must be the 64 hex characters printed by mezctl");
+    }
+  }
+  const certTtlMs = duration(raw.certTtl ?? "1h", "--cert-ttl");
+  const renewalIntervalMs = duration(raw.renewalInterval ?? "20m", "--renewal-interval");
+  if (certTtlMs < MIN_CERT_TTL_MS) usage(`--cert-ttl must be at least ${formatDuration(MIN_CERT_TTL_MS)}`);
+  if (renewalIntervalMs < MIN_RENEWAL_INTERVAL_MS) usage(`--renewal-interval must be at least ${formatDuration(MIN_RENEWAL_INTERVAL_MS)}`);
+  if (renewalIntervalMs >= certTtlMs) {
+    usage(`--renewal-interval (${formatDuration(renewalIntervalMs)}) must be shorter than --cert-ttl (${formatDuration(certTtlMs)}), or certificates would expire before renewal`);
+  }
+  if (raw.caPin !== undefined && !/^sha256:[0-9a-f]{64}$/.test(raw.caPin)) usage("--ca-pin must be sha256: followed by 64 lowercase hex characters");
+  return {
+    authServer: raw.authServer,
+    token,
+    destinationDir: raw.destinationDir,
+    storageDir: raw.storageDir ?? join(raw.destinationDir, ".mezite"),
+    certTtlMs,
+    renewalIntervalMs,
+    oneShot: raw.oneShot === true || raw.oneShot === "true",
+    diagAddr: raw.diagAddr,
+    caPin: raw.caPin,
+    unreachableRetryMs: 30_000,
+  };
+}

@@ -1,0 +1,133 @@
+/**
+ * The daemon's storage dir (0700): its renewal credentials and state, the renewal request in
+ * flight, and a lock file so two daemons never share one state. The renewal certificate lives
+ * only here, never in the destination dir, so a leaked output dir cannot renew itself.
+ */
+import { closeSync, constants, openSync, readFileSync, unlinkSync, writeSync } from "node:fs";
+import { join } from "node:path";
+import { MeziteError } from "../lib/errors.js";
+import { ensureDir, readFileNoFollow, writeFileAtomic } from "../lib/files.js";
+import type { SerializedKeys } from "./protocol.js";
+
+export interface IdentityState {
+  version: 1;
+  auth_server: string;
+  identity_name: string;
+  identity_id: string;
+  instance_id: string;
+  generation: string;
+  /** The CA the auth service's TLS certificate must chain to (learned at join, MAC-verified). */
+  tls_ca_pem: string;
+  renewal_cert_pem: string;
+  renewal_key_pem: string;
+  /** When the current certificates expire (unix ms). */
+  expires: number;
+  /** When they were issued (unix ms): the renewal schedule counts from here. */
+  issued: number;
+}
+
+/** A renewal request, written before it is sent, replayed until it is answered. */
+export interface PendingRenewal {
+  request_id: string; // hex
+  /** The generation of the renewal certificate it is sent with. */
+  from_generation: string;
+  ttl_ms: number;
+  keys: SerializedKeys;
+}
+
+const STATE = "state.json";
+const PENDING = "pending_renewal.json";
+const LOCK = "lock";
+
+function corrupt(dir: string, what: string, cause?: unknown): MeziteError {
+  return new MeziteError("ERR_STATE_CORRUPT", `the storage dir ${dir} is corrupt (${what}): remove it and join again with a new token`, { cause });
+}
+
+export class Storage {
+  private lockHeld = false;
+
+  constructor(readonly dir: string) {}
+
+  /** Creates the dir (0700) and takes the lock; refuses if another live daemon holds it. */
+  open(): void {
+    ensureDir(this.dir, 0o700);
+    const path = join(this.dir, LOCK);
+    for (let attempt = 0; attempt < 2; attempt++) {
+      try {
+        const fd = openSync(path, constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL | constants.O_NOFOLLOW, 0o600);
+        writeSync(fd, `${process.pid}\n`);
+        closeSync(fd);
+        this.lockHeld = true;
+        return;
+      } catch (e) {
+        if ((e as NodeJS.ErrnoException).code !== "EEXIST") throw new MeziteError("ERR_STORAGE", `cannot lock ${this.dir}: ${(e as Error).message}`, { cause: e });
+      }
+      const pid = Number(readFileSync(path, "utf8").trim());
+      if (Number.isInteger(pid) && pid > 0 && pid !== process.pid && alive(pid)) {
+        throw new MeziteError("ERR_CONFIG", `another mezd identity (pid ${pid}) is using the storage dir ${this.dir}: stop it, or give this one its own --storage-dir`);
+      }
+      unlinkSync(path); // left by a daemon that died: take it over
+    }
+    throw new MeziteError("ERR_STORAGE", `cannot lock ${this.dir}`);
+  }
+
+  close(): void {
+    if (!this.lockHeld) return;
+    try {
+      unlinkSync(join(this.dir, LOCK));
+    } catch {
+      /* already gone */
+    }
+    this.lockHeld = false;
+  }
+
+  private readJson<T>(name: string): T | undefined {
+    const text = readFileNoFollow(join(this.dir, name));
+    if (text === undefined) return undefined;
+    try {
+      return JSON.parse(text) as T;
+    } catch (e) {
+      throw corrupt(this.dir, `${name} is not valid JSON`, e);
+    }
+  }
+
+  loadState(): IdentityState | undefined {
+    const s = this.readJson<Partial<IdentityState>>(STATE);
+    if (s === undefined) return undefined;
+    const strings = ["auth_server", "identity_name", "identity_id", "instance_id", "generation", "tls_ca_pem", "renewal_cert_pem", "renewal_key_pem"] as const;
+    if (s.version !== 1 || strings.some((k) => typeof s[k] !== "string" || s[k] === "") || typeof s.expires !== "number") throw corrupt(this.dir, `${STATE} is incomplete`);
+    return s as IdentityState;
+  }
+
+  saveState(s: IdentityState): void {
+    writeFileAtomic(join(this.dir, STATE), JSON.stringify(s, null, 2) + "\n", 0o600);
+  }
+
+  loadPending(): PendingRenewal | undefined {
+    const p = this.readJson<Partial<PendingRenewal>>(PENDING);
+    if (p === undefined) return undefined;
+    if (typeof p.request_id !== "string" || typeof p.from_generation !== "string" || !p.keys) throw corrupt(this.dir, `${PENDING} is incomplete`);
+    return p as PendingRenewal;
+  }
+
+  savePending(p: PendingRenewal): void {
+    writeFileAtomic(join(this.dir, PENDING), JSON.stringify(p) + "\n", 0o600);
+  }
+
+  clearPending(): void {
+    try {
+      unlinkSync(join(this.dir, PENDING));
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code !== "ENOENT") throw new MeziteError("ERR_STORAGE", `cannot remove ${PENDING}: ${(e as Error).message}`, { cause: e });
+    }
+  }
+}
+
+function alive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (e) {
+    return (e as NodeJS.ErrnoException).code === "EPERM";
+  }
+}
