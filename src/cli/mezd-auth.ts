@@ -1,6 +1,7 @@
 import type { Command } from "commander";
 import { hostname } from "node:os";
 import { applyConfigFile } from "./config.js";
+import { MeziteError } from "../lib/errors.js";
 
 export function registerAuth(program: Command): void {
   const auth = program.command("auth").description("the auth service");
@@ -14,11 +15,14 @@ export function registerAuth(program: Command): void {
     .option("--backend <spec>", "sqlite (in the data dir), memory, or postgres://...", "sqlite")
     .option("--single-port", "serve gRPC and plain HTTP (health, metrics) on one TLS port by ALPN", false)
     .option("--diag-addr <host:port>", "serve /livez, /readyz, /metrics over HTTP")
+    .option("--workers <n>", "processes serving the port (node:cluster); one per core uses every core", "1")
     .option("--config <file>", "YAML file with the same keys; flags win")
     .option("--debug", "print stack traces with errors")
     .action(async (_opts: unknown, cmd: Command) => {
       applyConfigFile(cmd);
       const o = cmd.opts<Record<string, string | boolean | undefined>>();
+      const workers = Number(o["workers"]);
+      if (!Number.isInteger(workers) || workers < 1 || workers > 64) throw new MeziteError("ERR_USAGE", "--workers must be a whole number from 1 to 64");
       const { runAuth } = await import("../auth/main.js");
       await runAuth({
         dataDir: String(o["dataDir"]),
@@ -28,6 +32,6 @@ export function registerAuth(program: Command): void {
         backend: String(o["backend"]),
         singlePort: o["singlePort"] === true || o["singlePort"] === "true",
         ...(o["diagAddr"] ? { diagAddr: String(o["diagAddr"]) } : {}),
-      });
+      }, workers);
     });
 }
