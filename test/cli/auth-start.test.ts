@@ -1,0 +1,134 @@
+/** `mezd auth start` as an operator runs it: flags, --config, --single-port, --diag-addr, signals. */
+import { test } from "node:test";
+import assert from "node:assert/strict";
+import { mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from "node:fs";
+import { request as httpsRequest, type RequestOptions } from "node:https";
+import type { TLSSocket } from "node:tls";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { createServer } from "node:net";
+import { MEZD, mezctlOk, run, startAuth } from "../harness/auth.js";
+
+function freePort(): Promise<number> {
+  return new Promise((ok) => {
+    const s = createServer().listen(0, "127.0.0.1", () => {
+      const p = (s.address() as { port: number }).port;
+      s.close(() => ok(p));
+    });
+  });
+}
+
+function httpsGet(port: number, path: string, ca: string): Promise<{ status: number; body: string; alpn: string }> {
+  return new Promise((ok, fail) => {
+    const options: RequestOptions & { ALPNProtocols: string[] } = { host: "127.0.0.1", port, path, ca, ALPNProtocols: ["http/1.1"] };
+    const req = httpsRequest(options, (res) => {
+      const alpn = String((res.socket as TLSSocket).alpnProtocol);
+      let body = "";
+      res.on("data", (d: Buffer) => (body += d.toString()));
+      res.on("end", () => ok({ status: res.statusCode ?? 0, body, alpn }));
+    });
+    req.on("error", fail);
+    req.end();
+  });
+}
+
+test("first start creates the CAs, the cluster key and admin.identity (0600); a restart keeps them", async () => {
+  const auth = await startAuth();
+  try {
+    for (const f of ["admin.identity", "cluster.key", "mezite.db"]) assert.equal(statSync(join(auth.dataDir, f)).mode & 0o777, 0o600, f);
+    assert.equal(statSync(auth.dataDir).mode & 0o777, 0o700);
+    const pin = /"ca_pin":"(sha256:[0-9a-f]{64})"/.exec(auth.output())?.[1];
+    assert.ok(pin, "the start log names the CA pin");
+    await auth.stop.call({ ...auth }); // SIGTERM
+    assert.equal(auth.proc.exitCode, 0, "SIGTERM stops it cleanly");
+  } finally {
+    rmSync(auth.dataDir, { recursive: true, force: true });
+  }
+});
+
+test("a restart on the same data dir serves the same cluster (same CA pin, admin identity works)", async () => {
+  const dataDir = mkdtempSync(join(tmpdir(), "mezite-restart-"));
+  try {
+    const a = await startAuth({ dataDir });
+    const pin1 = /"ca_pin":"([^"]+)"/.exec(a.output())?.[1];
+    await a.stop();
+    const b = await startAuth({ dataDir });
+    const pin2 = /"ca_pin":"([^"]+)"/.exec(b.output())?.[1];
+    assert.equal(pin2, pin1);
+    assert.match(await mezctlOk(b, "get", "roles"), /NAME/);
+    await b.stop();
+  } finally {
+    rmSync(dataDir, { recursive: true, force: true });
+  }
+});
+
+test("--single-port serves gRPC (h2) and plain HTTP/1.1 health and metrics on one TLS port", async () => {
+  const auth = await startAuth({ extraArgs: ["--single-port"] });
+  try {
+    const id = JSON.parse(readFileSync(auth.identityPath, "utf8")) as { ca_pem: string };
+    const live = await httpsGet(auth.port, "/livez", id.ca_pem);
+    assert.deepEqual([live.status, live.body.trim(), live.alpn], [200, "ok", "http/1.1"]);
+    assert.equal((await httpsGet(auth.port, "/readyz", id.ca_pem)).status, 200);
+    await mezctlOk(auth, "agent-identities", "ls");
+    const metrics = await httpsGet(auth.port, "/metrics", id.ca_pem);
+    assert.match(metrics.body, /mezite_auth_requests_total\{method="ListAgentIdentities",result="ok"\} 1/);
+  } finally {
+    await auth.stop();
+  }
+});
+
+test("--diag-addr serves /livez, /readyz and /metrics over HTTP", async () => {
+  const port = await freePort();
+  const auth = await startAuth({ extraArgs: [`--diag-addr=127.0.0.1:${port}`] });
+  try {
+    const get = async (p: string) => {
+      const r = await fetch(`http://127.0.0.1:${port}${p}`);
+      return { status: r.status, body: await r.text() };
+    };
+    assert.equal((await get("/livez")).status, 200);
+    assert.equal((await get("/readyz")).status, 200);
+    await mezctlOk(auth, "get", "roles");
+    assert.match((await get("/metrics")).body, /# TYPE mezite_auth_requests_total counter\n.*ListRoles/);
+    assert.equal((await get("/nope")).status, 404);
+  } finally {
+    await auth.stop();
+  }
+});
+
+test("--config: the same keys as the flags, flags win, unknown keys are named", async () => {
+  const dir = mkdtempSync(join(tmpdir(), "mezite-config-"));
+  try {
+    const cfg = join(dir, "auth.yaml");
+    writeFileSync(cfg, `data-dir: ${dir}/data\nlisten: 127.0.0.1:1\ncluster_name: from-config\n`);
+    const auth = await startAuth({ dataDir: join(dir, "flagdir"), extraArgs: [`--config=${cfg}`] });
+    const id = JSON.parse(readFileSync(auth.identityPath, "utf8")) as { cluster_name: string };
+    assert.equal(id.cluster_name, "test.mezite", "the --cluster-name flag wins over the file");
+    await auth.stop();
+
+    writeFileSync(cfg, "data-dir: /tmp/x\nlisten-address: 1.2.3.4:5\n");
+    const bad = await run(MEZD, ["auth", "start", `--config=${cfg}`]);
+    assert.equal(bad.code, 2);
+    assert.match(bad.stderr, /unknown key "listen-address"/);
+    assert.equal(bad.stderr.trim().split("\n").length, 1);
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
+
+test("bad flags and addresses: exit 2 with one line, no stack trace", async () => {
+  for (const args of [["--listen=nonsense"], ["--bogus"], ["--workers=0"], ["--backend=mysql://x"]]) {
+    const r = await run(MEZD, ["auth", "start", "--data-dir=/tmp/mezite-never", ...args]);
+    assert.equal(r.code, 2, `${args.join(" ")}: ${r.stderr}`);
+    assert.equal(r.stderr.trim().split("\n").length, 1, r.stderr);
+    assert.doesNotMatch(r.stderr, /\n\s+at /);
+  }
+  const busy = await startAuth();
+  try {
+    const r = await run(MEZD, ["auth", "start", `--data-dir=${busy.dataDir}-2`, `--listen=127.0.0.1:${busy.port}`]);
+    assert.equal(r.code, 2);
+    assert.match(r.stderr, /cannot listen on 127\.0\.0\.1:\d+: .*EADDRINUSE/);
+  } finally {
+    await busy.stop();
+    rmSync(`${busy.dataDir}-2`, { recursive: true, force: true });
+  }
+});
