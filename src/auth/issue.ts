@@ -2,11 +2,12 @@
  * Certificate issuance for agent identities (SPEC §5): one SSH user certificate and one X.509
  * output certificate for the machine's tools, and a renewal certificate that alone can renew.
  */
-import { createHash, randomBytes, type KeyObject } from "node:crypto";
+import { createHash, type KeyObject } from "node:crypto";
 import { create } from "@bufbuild/protobuf";
 import { IssuedCertificatesSchema, type IssuedCertificates } from "../api/gen/mezite/v1/common_pb.js";
 import { formatSshCertificate, signSshCertificate } from "../ca/sshcert.js";
-import { issueClientCertificate } from "../ca/x509.js";
+// Random 64-bit serials: unique per cluster without a counter shared between auth services.
+import { issueClientCertificate, randomSerial } from "../ca/x509.js";
 import { requirePrincipals, sessionTtlMs, type RoleAccess } from "../rbac/access.js";
 import type { ClusterCas } from "./cas.js";
 import type { IdentityRecord, IssuedCertRecord } from "./records.js";
@@ -29,12 +30,6 @@ export interface PublicKeys {
 /** Identifies the keys of a request, for recognising a retry of the same renewal. */
 export function keysHash(sshLine: string, x509Der: Uint8Array, renewalDer: Uint8Array): string {
   return createHash("sha256").update(sshLine).update("\0").update(x509Der).update("\0").update(renewalDer).digest("hex");
-}
-
-/** A random serial in [1, 2^63): unique per cluster without a shared counter between services. */
-export function randomSerial(): bigint {
-  const n = randomBytes(8).readBigUInt64BE() & 0x7fff_ffff_ffff_ffffn;
-  return n === 0n ? 1n : n;
 }
 
 /** What a certificate tells a node about its roles, so the node decides without the auth service. */

@@ -16,10 +16,10 @@ import { joinNodeReplyTranscript, joinNodeRequestTranscript } from "../api/trans
 import { mac } from "../ca/jointoken.js";
 import { encodeKrl } from "../ca/krl.js";
 import { formatSshCertificate, signSshCertificate } from "../ca/sshcert.js";
-import { issueClientCertificate } from "../ca/x509.js";
+import { issueClientCertificate, randomSerial } from "../ca/x509.js";
 import { MeziteError, isMeziteError } from "../lib/errors.js";
 import type { AuthContext } from "./context.js";
-import { BACKDATE_MS, randomSerial } from "./issue.js";
+import { BACKDATE_MS } from "./issue.js";
 import { checkToken, consumeToken } from "./join.js";
 import { activeLocks, locksOn } from "./locks.js";
 import { encode, keys, load, loadAll, type IdentityRecord, type InstanceRecord, type IssuedCertRecord, type NodeRecord } from "./records.js";
