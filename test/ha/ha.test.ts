@@ -5,13 +5,13 @@
  */
 import { after, before, describe, test, type TestContext } from "node:test";
 import assert from "node:assert/strict";
-import { copyFileSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { copyFileSync, mkdirSync, mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { Code } from "@connectrpc/connect";
 import { startPostgres, type PostgresServer } from "../harness/postgres.js";
 import { missingComponent, PG_BIN_DIR } from "../harness/require.js";
-import { MEZD, mezctl, mezctlOk, run, SEED_ROLE, startAuth, tokenFrom, type AuthProcess } from "../harness/auth.js";
+import { MEZD, mezctl, mezctlOk, run, SEED_ROLE_PATH, startAuth, tokenFrom, type AuthProcess } from "../harness/auth.js";
 import { startProxy, type Proxy } from "../harness/proxy.js";
 import { join as joinAuth, outcome, pending, renew, tally, type Held } from "../auth/client.js";
 
@@ -32,8 +32,7 @@ describe("two auth services on one PostgreSQL", { concurrency: false }, () => {
     copyFileSync(join(a.dataDir, "cluster.key"), join(bDir, "cluster.key"));
     b = await startAuth({ backend: pg.url, dataDir: bDir });
     proxy = await startProxy(() => [a.port, b.port]);
-    writeFileSync(join(tmp, "role.yaml"), SEED_ROLE);
-    await mezctlOk(a, "create", "-f", join(tmp, "role.yaml"));
+    await mezctlOk(a, "create", "-f", SEED_ROLE_PATH);
   });
 
   after(async () => {

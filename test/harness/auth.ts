@@ -4,7 +4,7 @@
  * when a test fails.
  */
 import { spawn, type ChildProcess } from "node:child_process";
-import { existsSync, mkdtempSync, rmSync } from "node:fs";
+import { existsSync, mkdtempSync, readFileSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
 
@@ -138,24 +138,9 @@ export async function mezctlOk(auth: { identityPath: string }, ...args: string[]
   return r.stdout;
 }
 
-export const SEED_ROLE = `kind: role
-metadata:
-  name: ci-deployer
-  description: "CI/CD deploy pipeline SSH access"
-spec:
-  options:
-    max_session_ttl: 1h
-  allow:
-    node_labels:
-      env:
-        - staging
-        - production
-    logins:
-      - deploy
-  deny:
-    logins:
-      - root
-`;
+/** The seed's ci-deployer role, as shipped in examples/. */
+export const SEED_ROLE_PATH = join(ROOT, "examples/ci-deployer.yaml");
+export const SEED_ROLE = readFileSync(SEED_ROLE_PATH, "utf8");
 
 /** Token from `agent-identities add` / `tokens add` text output. */
 export function tokenFrom(stdout: string): string {

@@ -1,27 +1,11 @@
 import { test } from "node:test";
+import { readFileSync } from "node:fs";
 import assert from "node:assert/strict";
 import { parseRoleYaml, roleFromDocument, roleToDocument } from "../../src/rbac/role.js";
 import { canLogin, labelsMatch, principalsFor, requirePrincipals, sessionTtlMs } from "../../src/rbac/access.js";
 import { isMeziteError } from "../../src/lib/errors.js";
 
-const SEED_ROLE = `kind: role
-metadata:
-  name: ci-deployer
-  description: "CI/CD deploy pipeline SSH access"
-spec:
-  options:
-    max_session_ttl: 1h
-  allow:
-    node_labels:
-      env:
-        - staging
-        - production
-    logins:
-      - deploy
-  deny:
-    logins:
-      - root
-`;
+const SEED_ROLE = readFileSync(new URL("../../examples/ci-deployer.yaml", import.meta.url), "utf8");
 
 test("the seed's ci-deployer role parses as written", () => {
   const r = parseRoleYaml(SEED_ROLE);
