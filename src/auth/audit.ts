@@ -73,7 +73,9 @@ export class Audit {
 
   async list(since: number, type: string, limit: number): Promise<AuditEvent[]> {
     const startAfter = `${keys.audit}${String(Math.max(0, since - 1)).padStart(15, "0")}~`;
-    const items = await this.backend.range(keys.audit, { startAfter, limit: type ? 0 : limit });
+    // No limit on the scan: a range limit would keep the oldest events (and 0 means none), while
+    // the caller wants the newest `limit` of the matching ones.
+    const items = await this.backend.range(keys.audit, { startAfter });
     const events = items.map((i) => JSON.parse(i.value) as AuditEvent).filter((e) => !type || e.type === type || e.type.startsWith(`${type}.`));
     return limit > 0 ? events.slice(-limit) : events;
   }

@@ -116,6 +116,11 @@ export async function joinAgent(ctx: AuthContext, req: JoinRequest, remoteAddr: 
       mac: mac(Buffer.from(macKey, "base64"), joinReplyTranscript(req, issued.certs)),
     });
   } catch (e) {
+    // A refused token (used, expired, bad proof) still names its identity in the audit trail.
+    if (!identityName) {
+      const token = await load<TokenRecord>(ctx.backend, keys.token(req.tokenId)).catch(() => undefined);
+      identityName = token?.value.identityName ?? "";
+    }
     await ctx.audit.emit({
       type: "agent_identity.join",
       identity: identityName,

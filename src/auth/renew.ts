@@ -44,6 +44,10 @@ export async function renewAgent(ctx: AuthContext, req: RenewRequest, peer: Pars
 
   try {
     for (let attempt = 0; attempt < MAX_CAS_ATTEMPTS; attempt++) {
+      // Locks are read before the instance: a clone lock seen here was made after the winning
+      // swap, so the instance read below shows the new generation and every loser of a race
+      // hears "generation mismatch", never a mix of that and "locked".
+      const locks = await activeLocks(ctx.backend, ctx.now());
       const [found, identity] = await Promise.all([
         load<InstanceRecord>(ctx.backend, instanceKey),
         load<IdentityRecord>(ctx.backend, keys.identity(name)),
@@ -53,24 +57,18 @@ export async function renewAgent(ctx: AuthContext, req: RenewRequest, peer: Pars
       roleNames = identity.value.roles;
       const roles = await loadRoles(ctx.backend, roleNames);
       const now = ctx.now();
-      refuseIfLocked(await activeLocks(ctx.backend, now), {
-        identityName: name,
-        instanceId: inst.id,
-        roles: roleNames,
-        logins: principalsFor(roles),
-      });
 
       const last = inst.lastRequest;
-      if (last && last.id === requestId && last.keysHash === hash && last.fromGeneration === presented) {
-        return create(RenewResponseSchema, { certificates: fromJson(IssuedCertificatesSchema, last.reply as never) });
-      }
-      if (presented !== inst.generation) {
+      const retry = last !== undefined && last.id === requestId && last.keysHash === hash && last.fromGeneration === presented;
+      if (!retry && presented !== inst.generation) {
         await lockClone(ctx, inst, presented, remoteAddr, roleNames);
         throw new MeziteError(
           "ERR_GENERATION_MISMATCH",
           `generation mismatch for agent identity "${name}" instance ${inst.id}: its credentials are in use elsewhere; the instance is now locked`,
         );
       }
+      refuseIfLocked(locks, { identityName: name, instanceId: inst.id, roles: roleNames, logins: principalsFor(roles) });
+      if (retry) return create(RenewResponseSchema, { certificates: fromJson(IssuedCertificatesSchema, last.reply as never) });
 
       const generation = BigInt(inst.generation) + 1n;
       const issued = await issueAgentCertificates({

@@ -4,7 +4,7 @@
  * service: none for Join, a renewal certificate for Renew, a node certificate for the node API,
  * the admin certificate for the admin API.
  */
-import { createSecureServer, type Http2SecureServer, type Http2ServerRequest, type Http2ServerResponse } from "node:http2";
+import { createSecureServer, type Http2SecureServer, type Http2ServerRequest, type Http2ServerResponse, type ServerHttp2Session } from "node:http2";
 import type { TLSSocket } from "node:tls";
 import type { AddressInfo } from "node:net";
 import { hostname as osHostname } from "node:os";
@@ -292,6 +292,11 @@ export async function startAuthService(cfg: AuthConfig, log: Logger = createLogg
       handler,
     );
     server.on("sessionError", () => {}); // a client that vanishes mid-handshake is not our error
+    const sessions = new Set<ServerHttp2Session>();
+    server.on("session", (s: ServerHttp2Session) => {
+      sessions.add(s);
+      s.once("close", () => sessions.delete(s));
+    });
     const srv = server;
     await new Promise<void>((resolve, reject) => {
       srv.once("error", (e) => reject(new MeziteError("ERR_CONFIG", `cannot listen on ${cfg.listen}: ${(e as Error).message}`, { cause: e })));
@@ -312,7 +317,9 @@ export async function startAuthService(cfg: AuthConfig, log: Logger = createLogg
         ready = false;
         await new Promise<void>((resolve) => {
           srv.close(() => resolve());
-          // Idle HTTP/2 sessions would hold close() open: give in-flight calls a moment.
+          // Clients keep idle HTTP/2 sessions open, which would hold close() open: a graceful
+          // close (GOAWAY) ends each once its in-flight calls are answered; 2 s at most.
+          for (const s of sessions) s.close();
           setTimeout(resolve, 2000).unref();
         });
         diagServer?.server.close();
