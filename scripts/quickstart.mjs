@@ -4,7 +4,7 @@
 // joins one-shot, and where sshd is installed makes a private node and logs into it with the
 // issued certificate. Shows each step; stops everything it started, even on Ctrl-C.
 import { spawn, spawnSync } from "node:child_process";
-import { existsSync, mkdtempSync, mkdirSync, writeFileSync } from "node:fs";
+import { chmodSync, existsSync, mkdtempSync, mkdirSync, writeFileSync } from "node:fs";
 import { createServer } from "node:net";
 import { tmpdir } from "node:os";
 import { dirname, join, resolve } from "node:path";
@@ -64,24 +64,31 @@ function freePort() {
   });
 }
 
+/** Waits for a line matching `re` on the process's stdout or stderr. */
 function waitFor(proc, re, what) {
   return new Promise((ok) => {
     let out = "";
+    let done = false;
+    const timer = setTimeout(() => die(`${what} did not start in 20 s:\n${out}`), 20_000);
     const onData = (d) => {
       out += d.toString();
       const m = re.exec(out);
-      if (m) ok(m);
+      if (m && !done) {
+        done = true;
+        clearTimeout(timer);
+        ok(m);
+      }
     };
     proc.stdout.on("data", onData);
-    proc.stderr.on("data", (d) => (out += d.toString()));
-    proc.on("exit", (code) => die(`${what} exited with ${code}:\n${out}`));
-    setTimeout(() => die(`${what} did not start in 20 s:\n${out}`), 20_000).unref();
+    proc.stderr.on("data", onData);
+    proc.on("exit", (code) => cleaning || die(`${what} exited with ${code}:\n${out}`));
   });
 }
 
 async function main() {
   if (!existsSync(join(ROOT, "dist/cli/mezd.js"))) die("dist/ is missing: run npm ci (it builds) or npm run build");
   const dir = mkdtempSync(join(tmpdir(), "mezite-quickstart-"));
+  chmodSync(dir, 0o755); // sshd runs the principals command as nobody, which must reach the node dir
   console.log(`Mezite quickstart — working in ${dir}`);
 
   step("Start the auth service (SQLite backend, CAs created on first start)");
@@ -132,9 +139,10 @@ async function sshLogin(dir, addr, env, certs) {
   const nodeToken = /^Token: ([0-9a-f]{64})$/m.exec(added)?.[1];
   if (!nodeToken) die("no token in the output of tokens add");
   const sshDir = join(dir, "node");
-  sh(MEZD, ["node", "join", `--auth-server=${addr}`, "--hostname=web-server-01", `--ssh-dir=${sshDir}`], {
+  // The host certificate names every address clients use: here the node is reached on loopback.
+  sh(MEZD, ["node", "join", `--auth-server=${addr}`, "--hostname=web-server-01", "--principals=localhost,127.0.0.1", `--ssh-dir=${sshDir}`], {
     env: { MEZITE_TOKEN: nodeToken },
-    display: `MEZITE_TOKEN=… mezd node join --auth-server=${addr} --hostname=web-server-01 --ssh-dir=${sshDir}`,
+    display: `MEZITE_TOKEN=… mezd node join --auth-server=${addr} --hostname=web-server-01 --principals=localhost,127.0.0.1 --ssh-dir=${sshDir}`,
   });
   if (spawnSync("id", ["deploy"]).status !== 0) {
     sh("useradd", ["-m", "-s", "/bin/sh", "deploy"]);
