@@ -153,7 +153,7 @@ ai.command("add")
   .action(async (o: { name: string; roles: string; tokenTtl: string }) => {
     const { token, verifier } = newToken(ttlOption(o.tokenTtl, "--token-ttl"));
     const a = admin();
-    const roles = o.roles.split(",").map((r) => r.trim()).filter(Boolean);
+    const roles = [...new Set(o.roles.split(",").map((r) => r.trim()).filter(Boolean))];
     const res = await call(a, (c) => c.addAgentIdentity({ name: o.name, roles, token: verifier }));
     const addr = await joinAddr(a);
     out(
