@@ -4,26 +4,15 @@
  * only with --debug.
  */
 import { CommanderError } from "commander";
-import { MeziteError, type ErrorCode } from "../lib/errors.js";
+import { MeziteError, isFinalError, type ErrorCode } from "../lib/errors.js";
 
 export const EXIT = { ok: 0, error: 1, usage: 2, final: 3 } as const;
 
-const FINAL: ErrorCode[] = [
-  "ERR_LOCKED",
-  "ERR_IDENTITY_DELETED",
-  "ERR_GENERATION_MISMATCH",
-  "ERR_TOKEN_UNKNOWN",
-  "ERR_TOKEN_USED",
-  "ERR_TOKEN_EXPIRED",
-  "ERR_TOKEN_INVALID",
-  "ERR_BAD_PROOF",
-  "ERR_STATE_CORRUPT",
-];
 const USAGE: ErrorCode[] = ["ERR_USAGE", "ERR_CONFIG", "ERR_BAD_DURATION", "ERR_BAD_ROLE", "ERR_SYMLINK"];
 
 export function exitCodeFor(e: unknown): number {
   if (e instanceof MeziteError) {
-    if (FINAL.includes(e.code)) return EXIT.final;
+    if (isFinalError(e)) return EXIT.final;
     if (USAGE.includes(e.code)) return EXIT.usage;
     return EXIT.error;
   }

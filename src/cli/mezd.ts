@@ -1,25 +1,27 @@
 /**
  * mezd: the auth service, the agent identity daemon and the node agent. Each subcommand's
- * program is imported only when it runs, so `mezd node principals` (run by sshd on every
- * login) starts lean.
+ * program is imported only when it runs. `mezd node principals` runs on every SSH login, so it
+ * skips the command-line framework altogether.
  */
-import { Command } from "commander";
-import { fail } from "./exit.js";
-import { registerAuth } from "./mezd-auth.js";
-import { registerIdentity } from "./mezd-identity.js";
-import { registerNode } from "./mezd-node.js";
-
-const program = new Command("mezd")
-  .description("Mezite daemons: the auth service, the agent identity daemon and the node agent")
-  .option("--debug", "print stack traces with errors")
-  .exitOverride();
-
-registerAuth(program);
-registerIdentity(program);
-registerNode(program);
-
-/** Every command exits through fail() with SPEC §6's codes, commander's own errors included. */
-const all = (c: Command): Command[] => [c, ...c.commands.flatMap(all)];
-for (const c of all(program)) c.exitOverride();
-
-program.parseAsync(process.argv).catch((e: unknown) => fail("mezd", e));
+const argv = process.argv;
+if (argv[2] === "node" && argv[3] === "principals" && !argv.includes("--help") && !argv.includes("-h")) {
+  (await import("../node/principals.js")).principalsMain(argv.slice(4));
+} else {
+  const [{ Command }, { fail }, { registerAuth }, { registerIdentity }, { registerNode }] = await Promise.all([
+    import("commander"),
+    import("./exit.js"),
+    import("./mezd-auth.js"),
+    import("./mezd-identity.js"),
+    import("./mezd-node.js"),
+  ]);
+  const program = new Command("mezd")
+    .description("Mezite daemons: the auth service, the agent identity daemon and the node agent")
+    .option("--debug", "print stack traces with errors");
+  registerAuth(program);
+  registerIdentity(program);
+  registerNode(program);
+  // Every command exits through fail() with SPEC §6's codes, commander's own errors included.
+  const all = (c: InstanceType<typeof Command>): InstanceType<typeof Command>[] => [c, ...c.commands.flatMap(all)];
+  for (const c of all(program)) c.exitOverride();
+  await program.parseAsync(argv).catch((e: unknown) => fail("mezd", e));
+}

@@ -51,3 +51,25 @@ export class MeziteError extends Error {
 export function isMeziteError(e: unknown, code?: ErrorCode): e is MeziteError {
   return e instanceof MeziteError && (code === undefined || e.code === code);
 }
+
+/**
+ * Errors that retrying cannot fix (SPEC §6 exit code 3): the identity is locked or deleted, its
+ * token is invalid or used, its state is unusable, or the server is not the one we trust.
+ */
+export const FINAL_CODES: readonly ErrorCode[] = [
+  "ERR_LOCKED",
+  "ERR_IDENTITY_DELETED",
+  "ERR_GENERATION_MISMATCH",
+  "ERR_TOKEN_UNKNOWN",
+  "ERR_TOKEN_USED",
+  "ERR_TOKEN_EXPIRED",
+  "ERR_TOKEN_INVALID",
+  "ERR_BAD_PROOF",
+  "ERR_STATE_CORRUPT",
+  "ERR_NOT_AUTHORIZED",
+  "ERR_WRONG_CA",
+];
+
+export function isFinalError(e: unknown): boolean {
+  return e instanceof MeziteError && FINAL_CODES.includes(e.code);
+}

@@ -1,0 +1,277 @@
+/**
+ * `mezd node start` (SPEC §7): keeps a joined node's ssh dir current. Three services share one
+ * retry loop: revocations (KRL, lock list, User CA keys) every ~2 s so a lock stops logins within
+ * seconds; a heartbeat every ~30 s for `mezctl nodes ls`; and host certificate renewal once less
+ * than half its life remains. A failing call backs off and leaves the current files in place.
+ */
+import { closeSync, constants, openSync, readFileSync } from "node:fs";
+import { create } from "@bufbuild/protobuf";
+import type { Client } from "@connectrpc/connect";
+import { NodeService, RenewHostCertificateRequestSchema, type GetRevocationsResponse } from "../api/gen/mezite/v1/node_pb.js";
+import { connect } from "../api/client.js";
+import { fromConnectError } from "../api/errors.js";
+import { formatAuthorizedKey, parseAuthorizedKey, parseOpenSSHPrivateKey } from "../ca/sshkey.js";
+import { generateP256, privateKeyToPem, publicKeyToDer } from "../ca/x509.js";
+import { MeziteError, isMeziteError } from "../lib/errors.js";
+import { readFileNoFollow, writeFileAtomic } from "../lib/files.js";
+import type { Logger } from "../lib/log.js";
+import { Registry } from "../lib/metrics.js";
+import {
+  PUBLIC_MODE, formatLockState, formatUserCaKeys, pathOf, readNodeConfig, readNodeTls, writeNodeConfig, writeNodeTls, type NodeConfig,
+} from "./layout.js";
+import { checkNodeCredentials, hostCertValidity } from "./protocol.js";
+
+export interface NodeAgentOptions {
+  sshDir: string;
+  /** Overrides the address saved at join. */
+  authServer: string | undefined;
+  /** What heartbeats report as this node's address; empty = the address the service sees. */
+  advertiseAddr: string;
+  /** Default 2 s. */
+  revocationIntervalMs: number;
+  /** Default 30 s. */
+  heartbeatIntervalMs: number;
+  /** Longest wait between retries of a failing call. Default 30 s. */
+  maxBackoffMs: number;
+}
+
+export const NODE_DEFAULTS = { revocationIntervalMs: 2_000, heartbeatIntervalMs: 30_000, maxBackoffMs: 30_000 } as const;
+
+export interface NodeAgentDeps {
+  log: Logger;
+  now?: () => number;
+  /** 0..1, for jitter. */
+  random?: () => number;
+}
+
+/** KRL header: magic (8), format version (4), KRL version (8), generated date (8), then the content. */
+const KRL_HEADER_VOLATILE = 28;
+const KRL_MAGIC = Buffer.from("SSHKRL\n\0", "latin1");
+
+export class NodeAgent {
+  readonly registry = new Registry();
+  private readonly calls = this.registry.counter("mezite_node_calls_total", "calls to the auth service by operation and result");
+  private readonly updates = this.registry.counter("mezite_node_file_updates_total", "ssh dir files replaced, by file");
+  private readonly now: () => number;
+  private readonly random: () => number;
+  private config: NodeConfig;
+  private client: Client<typeof NodeService> | undefined;
+  private lastRevocationSync: number | undefined;
+
+  constructor(private readonly opts: NodeAgentOptions, private readonly deps: NodeAgentDeps) {
+    this.now = deps.now ?? Date.now;
+    this.random = deps.random ?? Math.random;
+    this.config = readNodeConfig(opts.sshDir);
+    readNodeTls(opts.sshDir); // fail at start, not at the first call
+    this.registry.gauge("mezite_node_host_cert_expiry_seconds", "seconds until the host certificate expires", () => {
+      const c = this.hostCertOrUndefined();
+      return c && Math.round((c.validBeforeMs - this.now()) / 1000);
+    });
+    this.registry.gauge("mezite_node_revocations_age_seconds", "seconds since the revocation state was last fetched", () =>
+      this.lastRevocationSync === undefined ? undefined : Math.round((this.now() - this.lastRevocationSync) / 1000),
+    );
+  }
+
+  get authServer(): string {
+    return this.opts.authServer ?? this.config.auth_server;
+  }
+
+  /** Why /readyz should fail, or undefined. */
+  notReady(): string | undefined {
+    const cert = this.hostCertOrUndefined();
+    if (!cert) return "the host certificate is missing or unreadable";
+    if (cert.validBeforeMs <= this.now()) return "the host certificate has expired";
+    if (this.lastRevocationSync === undefined) return "revocations not fetched yet";
+    const age = this.now() - this.lastRevocationSync;
+    if (age > 30_000) return `revocations last fetched ${Math.round(age / 1000)}s ago`;
+    return undefined;
+  }
+
+  private hostCert(): ReturnType<typeof hostCertValidity> {
+    const path = pathOf(this.opts.sshDir, "hostCert");
+    try {
+      return hostCertValidity(readFileNoFollow(path) ?? "");
+    } catch (e) {
+      throw new MeziteError("ERR_STATE_CORRUPT", `${path} is missing or not a certificate: run mezd node join again with a new node token`, { cause: e });
+    }
+  }
+
+  private hostCertOrUndefined(): ReturnType<typeof hostCertValidity> | undefined {
+    try {
+      return this.hostCert();
+    } catch {
+      return undefined;
+    }
+  }
+
+  private rpc(): Client<typeof NodeService> {
+    if (!this.client) {
+      const tls = readNodeTls(this.opts.sshDir);
+      this.client = connect(NodeService, this.authServer, { certPem: tls.cert_pem, keyPem: tls.key_pem, caPem: this.config.tls_ca_pem });
+    }
+    return this.client;
+  }
+
+  private async call<T>(op: string, f: (c: Client<typeof NodeService>) => Promise<T>): Promise<T> {
+    try {
+      const r = await f(this.rpc());
+      this.calls.inc({ op, result: "ok" });
+      return r;
+    } catch (e) {
+      const err = fromConnectError(e, this.authServer);
+      this.calls.inc({ op, result: err.code });
+      throw err;
+    }
+  }
+
+  /** Fetches the revocation state and replaces the files that changed; true when any did. */
+  async syncRevocations(signal?: AbortSignal): Promise<boolean> {
+    const r = await this.call("revocations", (c) => c.getRevocations({}, signal ? { signal } : {}));
+    checkRevocations(r);
+    const d = this.opts.sshDir;
+    // CA keys first: during a rotation the new key must be trusted before certificates use it.
+    const changed = [
+      this.replace("userCa", formatUserCaKeys(r.userCaSshKeys)),
+      this.replace("locks", formatLockState({ version: 1, identity_ids: r.lockedIdentityIds, instance_ids: r.lockedInstanceIds, roles: r.lockedRoles, logins: r.lockedLogins })),
+      this.replaceKrl(Buffer.from(r.krl)),
+    ].some(Boolean);
+    this.lastRevocationSync = this.now();
+    if (changed) this.deps.log.info("revocation state updated", { ssh_dir: d, locked_identities: r.lockedIdentityIds.length, locked_roles: r.lockedRoles.length, locked_logins: r.lockedLogins.length, locked_instances: r.lockedInstanceIds.length });
+    return changed;
+  }
+
+  private replace(file: "userCa" | "locks", text: string): boolean {
+    const path = pathOf(this.opts.sshDir, file);
+    if (readFileNoFollow(path) === text) return false;
+    writeFileAtomic(path, text, PUBLIC_MODE);
+    this.updates.inc({ file });
+    return true;
+  }
+
+  /** The service stamps every KRL with a fresh version and date: only the content counts as a change. */
+  private replaceKrl(krl: Buffer): boolean {
+    const path = pathOf(this.opts.sshDir, "krl");
+    const current = readBinary(path);
+    if (current && current.length >= KRL_HEADER_VOLATILE && current.subarray(KRL_HEADER_VOLATILE).equals(krl.subarray(KRL_HEADER_VOLATILE))) return false;
+    writeFileAtomic(path, krl, PUBLIC_MODE);
+    this.updates.inc({ file: "krl" });
+    return true;
+  }
+
+  async heartbeat(signal?: AbortSignal): Promise<void> {
+    const expires = BigInt(this.hostCert().validBeforeMs);
+    await this.call("heartbeat", (c) => c.heartbeat({ address: this.opts.advertiseAddr, hostCertExpires: expires }, signal ? { signal } : {}));
+  }
+
+  /** Renews once less than half the host certificate's life remains; true when it did. */
+  async renewIfDue(signal?: AbortSignal): Promise<boolean> {
+    const { validAfterMs, validBeforeMs } = this.hostCert();
+    if (this.now() < validAfterMs + (validBeforeMs - validAfterMs) / 2) return false;
+    await this.renew(signal);
+    return true;
+  }
+
+  /**
+   * The host key stays: sshd loads key and certificate from two files, and a login between two
+   * renames would see a certificate for another key. A fresh TLS key is ours alone and goes in
+   * one file with its certificate.
+   */
+  async renew(signal?: AbortSignal): Promise<void> {
+    const d = this.opts.sshDir;
+    const hostKey = parseOpenSSHPrivateKey(readFileNoFollow(pathOf(d, "hostKey")) ?? "");
+    const tls = generateP256().privateKey;
+    const hostPublic = formatAuthorizedKey(hostKey);
+    const res = await this.call("renew", (c) =>
+      c.renewHostCertificate(create(RenewHostCertificateRequestSchema, { hostPublicKey: hostPublic, tlsPublicKey: publicKeyToDer(tls) }), signal ? { signal } : {}),
+    );
+    const creds = res.credentials;
+    if (!creds) throw new MeziteError("ERR_MALFORMED_CERT", "the auth service sent an empty renewal reply");
+    checkNodeCredentials(creds, { host: hostKey, tls }, this.now());
+    writeNodeTls(d, { cert_pem: creds.tlsCertificatePem, key_pem: privateKeyToPem(tls) });
+    this.client = undefined; // the next call presents the new certificate
+    writeFileAtomic(pathOf(d, "hostCert"), `${creds.hostCertificate}\n`, PUBLIC_MODE);
+    this.config = { ...this.config, labels: creds.labels, host_ca_ssh_keys: creds.hostCaSshKeys, host_cert_expires: Number(creds.hostCertExpires) };
+    writeNodeConfig(d, this.config);
+    this.updates.inc({ file: "hostCert" });
+    this.deps.log.info("host certificate renewed", { node: creds.nodeName, expires: new Date(Number(creds.hostCertExpires)).toISOString() });
+  }
+
+  /** Runs every service until `signal` aborts. */
+  async run(signal: AbortSignal): Promise<void> {
+    this.deps.log.info("node agent started", { node: this.config.name, auth_server: this.authServer, ssh_dir: this.opts.sshDir });
+    await Promise.all([
+      this.every("revocations", this.opts.revocationIntervalMs, signal, () => this.syncRevocations(signal)),
+      this.every("heartbeat", this.opts.heartbeatIntervalMs, signal, () => this.heartbeat(signal)),
+      // Checked as often as heartbeats: the certificate lives days, half of it is never close.
+      this.every("renewal", this.opts.heartbeatIntervalMs, signal, () => this.renewIfDue(signal)),
+    ]);
+  }
+
+  /**
+   * Runs `fn` now and then every interval (±10 % jitter). Failures retry with exponential
+   * backoff and full jitter up to maxBackoffMs, logged when the error changes and on recovery.
+   */
+  private async every(name: string, intervalMs: number, signal: AbortSignal, fn: () => Promise<unknown>): Promise<void> {
+    let failures = 0;
+    let lastError = "";
+    while (!signal.aborted) {
+      let wait: number;
+      try {
+        await fn();
+        if (failures > 0) this.deps.log.info(`${name} recovered`, { after_failures: failures });
+        failures = 0;
+        lastError = "";
+        wait = intervalMs * (0.9 + this.random() * 0.2);
+      } catch (e) {
+        if (signal.aborted) break;
+        failures++;
+        const message = (e as Error)?.message ?? String(e);
+        const code = isMeziteError(e) ? e.code : "ERR_INTERNAL";
+        wait = Math.max(intervalMs, Math.round(this.random() * Math.min(intervalMs * 2 ** failures, this.opts.maxBackoffMs)));
+        if (message !== lastError) this.deps.log.warn(`${name} failed; keeping the current files and retrying`, { error: message, code, retry_in_ms: wait });
+        lastError = message;
+      }
+      await sleep(wait, signal);
+    }
+  }
+}
+
+function sleep(ms: number, signal: AbortSignal): Promise<void> {
+  return new Promise((resolve) => {
+    if (signal.aborted) return resolve();
+    const t = setTimeout(done, ms);
+    function done() {
+      clearTimeout(t);
+      signal.removeEventListener("abort", done);
+      resolve();
+    }
+    signal.addEventListener("abort", done, { once: true });
+  });
+}
+
+/** The file's bytes, or undefined when it is missing or not a plain file we can read (then it is rewritten). */
+function readBinary(path: string): Buffer | undefined {
+  try {
+    const fd = openSync(path, constants.O_RDONLY | constants.O_NOFOLLOW);
+    try {
+      return readFileSync(fd);
+    } finally {
+      closeSync(fd);
+    }
+  } catch {
+    return undefined;
+  }
+}
+
+/** sshd refuses every key when it cannot load the KRL or trusts no CA: never write such state. */
+function checkRevocations(r: GetRevocationsResponse): void {
+  if (r.krl.length < KRL_HEADER_VOLATILE || !Buffer.from(r.krl.subarray(0, 8)).equals(KRL_MAGIC)) {
+    throw new MeziteError("ERR_MALFORMED_CERT", "the auth service sent a revocation list that is not a KRL");
+  }
+  if (r.userCaSshKeys.length === 0) throw new MeziteError("ERR_MALFORMED_CERT", "the auth service sent no User CA key");
+  try {
+    r.userCaSshKeys.forEach((l) => parseAuthorizedKey(l));
+  } catch (e) {
+    throw new MeziteError("ERR_MALFORMED_KEY", "the auth service sent a User CA key that does not parse", { cause: e });
+  }
+}

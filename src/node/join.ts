@@ -1,0 +1,192 @@
+/**
+ * `mezd node join` (SPEC §7): one JoinNode call with a node token, then the ssh dir an sshd
+ * running as root includes. Nothing is written before the reply is proven, and every target is
+ * checked for symlinks before the call, so a refused write never burns the one-time token.
+ */
+import { lstatSync } from "node:fs";
+import { dirname, join, resolve } from "node:path";
+import { fileURLToPath } from "node:url";
+import { JoinService, type NodeCredentials } from "../api/gen/mezite/v1/join_pb.js";
+import { connect } from "../api/client.js";
+import { fromConnectError } from "../api/errors.js";
+import { checkCaPin } from "../api/pin.js";
+import { parseToken } from "../ca/jointoken.js";
+import { encodeKrl } from "../ca/krl.js";
+import { encodeOpenSSHPrivateKey } from "../ca/sshkey.js";
+import { caPin, privateKeyToPem } from "../ca/x509.js";
+import { MeziteError } from "../lib/errors.js";
+import { assertNotSymlink, ensureDir, readFileNoFollow, writeFileAtomic } from "../lib/files.js";
+import {
+  DIR_MODE, FILES, NO_LOCKS, PUBLIC_MODE, SECRET_MODE, checkConfigPath, formatLockState, formatUserCaKeys, pathOf, renderSshdConfig, writeNodeConfig, writeNodeTls,
+} from "./layout.js";
+import { buildJoinNodeRequest, generateNodeKeys, verifyJoinNodeReply } from "./protocol.js";
+
+export interface JoinOptions {
+  authServer: string;
+  token: Buffer;
+  hostname: string;
+  /** Extra host certificate principals (other names or addresses clients use). */
+  principals: string[];
+  sshDir: string;
+  caPin: string | undefined;
+  /** The user sshd runs the principals command as. */
+  principalsUser: string;
+}
+
+export interface RawJoinOptions {
+  authServer?: string | undefined;
+  token?: string | undefined;
+  tokenFile?: string | undefined;
+  hostname?: string | undefined;
+  principals?: string | undefined;
+  sshDir?: string | undefined;
+  caPin?: string | undefined;
+  principalsUser?: string | undefined;
+}
+
+const usage = (msg: string): never => {
+  throw new MeziteError("ERR_USAGE", msg);
+};
+
+export function resolveJoinOptions(raw: RawJoinOptions, env: NodeJS.ProcessEnv = process.env): JoinOptions {
+  if (!raw.authServer) usage("--auth-server is required (host:port of the auth service)");
+  if (!raw.hostname) usage("--hostname is required (the node's name, also its host certificate principal)");
+  if (!raw.sshDir) usage("--ssh-dir is required (where the host key, certificates and the sshd_config snippet go)");
+  if (raw.token !== undefined && raw.tokenFile !== undefined) usage("give the token once: --token or --token-file, not both");
+  let text = raw.token ?? env["MEZITE_TOKEN"];
+  if (raw.tokenFile !== undefined) {
+    const t = readFileNoFollow(raw.tokenFile);
+    if (t === undefined) usage(`--token-file ${raw.tokenFile}: no such file`);
+    text = t;
+  }
+  if (text === undefined || text.trim() === "") usage("a node token is required: --token-file, --token or $MEZITE_TOKEN (from mezctl tokens add --type=node)");
+  let token: Buffer;
+  try {
+    token = parseToken(text!);
+  } catch {
+    throw new MeziteError("ERR_TOKEN_INVALID", "the join token is malformed: it must be the 64 hex characters printed by mezctl tokens add");
+  }
+  if (raw.caPin !== undefined && !/^sha256:[0-9a-f]{64}$/.test(raw.caPin)) usage("--ca-pin must be sha256: followed by 64 lowercase hex characters");
+  const user = raw.principalsUser ?? "nobody";
+  if (!/^[a-z_][a-z0-9_.-]*$/.test(user) || user === "root") usage("--principals-user must name an unprivileged local user (default nobody)");
+  const sshDir = resolve(raw.sshDir!);
+  checkConfigPath(sshDir, "--ssh-dir");
+  return {
+    authServer: raw.authServer!,
+    token,
+    hostname: raw.hostname!,
+    principals: (raw.principals ?? "").split(",").map((p) => p.trim()).filter(Boolean),
+    sshDir,
+    caPin: raw.caPin,
+    principalsUser: user,
+  };
+}
+
+/** bin/mezd of this installation: dist/node/join.js (or src/node/join.ts) sits two levels below. */
+export function mezdPath(): string {
+  return fileURLToPath(new URL("../../bin/mezd", import.meta.url));
+}
+
+/**
+ * sshd refuses an AuthorizedPrincipalsCommand that is, or sits below, anything not owned by root
+ * or writable by group or others ("Unsafe AuthorizedPrincipalsCommand"). Say so at join time.
+ */
+export function unsafeCommandReason(path: string): string | undefined {
+  for (let p = path; ; p = dirname(p)) {
+    const st = lstatSync(p, { throwIfNoEntry: false });
+    if (!st) return `${p} does not exist`;
+    if (st.uid !== 0) return `${p} is not owned by root`;
+    if ((st.mode & 0o022) !== 0) return `${p} is writable by group or others`;
+    if (p === dirname(p)) return undefined;
+  }
+}
+
+/** The principals command runs unprivileged: every directory above the ssh dir must let it through. */
+export function unreachableDirReason(dir: string): string | undefined {
+  for (let p = dir; ; p = dirname(p)) {
+    const st = lstatSync(p, { throwIfNoEntry: false });
+    if (st && (st.mode & 0o001) === 0) return `${p} is not searchable by other users`;
+    if (p === dirname(p)) return undefined;
+  }
+}
+
+export interface JoinResult {
+  credentials: NodeCredentials;
+  written: { file: string; what: string }[];
+  include: string;
+  warnings: string[];
+}
+
+export async function joinNode(o: JoinOptions, now: () => number = Date.now): Promise<JoinResult> {
+  const mezd = mezdPath();
+  const snippet = renderSshdConfig(o.sshDir, mezd, o.principalsUser); // refuses bad paths before the call
+  ensureDir(o.sshDir, DIR_MODE);
+  for (const f of Object.keys(FILES) as (keyof typeof FILES)[]) assertNotSymlink(pathOf(o.sshDir, f));
+
+  if (o.caPin) await checkCaPin(o.authServer, o.caPin);
+  const keys = generateNodeKeys();
+  const { request, macKey } = buildJoinNodeRequest(o.token, o.hostname, o.principals, keys);
+  let creds: NodeCredentials;
+  try {
+    const reply = await connect(JoinService, o.authServer, {}).joinNode(request);
+    creds = verifyJoinNodeReply(request, reply, macKey, keys, now());
+  } catch (e) {
+    throw fromConnectError(e, o.authServer);
+  }
+  if (o.caPin && caPin(creds.tlsCaPem) !== o.caPin) throw new MeziteError("ERR_WRONG_CA", "the auth service's TLS CA does not match --ca-pin");
+
+  const d = o.sshDir;
+  const written: { file: string; what: string }[] = [];
+  const put = (file: keyof typeof FILES, data: string | Uint8Array, mode: number, what: string) => {
+    writeFileAtomic(pathOf(d, file), data, mode);
+    written.push({ file: pathOf(d, file), what: `${what} (${mode.toString(8).padStart(4, "0")})` });
+  };
+  put("hostKey", encodeOpenSSHPrivateKey(keys.host, `node/${creds.nodeName}`), SECRET_MODE, "SSH host key");
+  put("hostCert", `${creds.hostCertificate}\n`, PUBLIC_MODE, "host certificate from the Host CA");
+  put("userCa", formatUserCaKeys(creds.userCaSshKeys), PUBLIC_MODE, "User CA keys for TrustedUserCAKeys");
+  // A KRL or lock list already here (a re-join) is kept: `node start` refreshes both anyway.
+  if (readFileNoFollow(pathOf(d, "krl")) === undefined) {
+    put("krl", encodeKrl({ version: 0n, generatedAt: Math.floor(now() / 1000), sections: [] }), PUBLIC_MODE, "revocation list for RevokedKeys, empty");
+  }
+  if (readFileNoFollow(pathOf(d, "locks")) === undefined) put("locks", formatLockState(NO_LOCKS), PUBLIC_MODE, "locked identities, roles and logins, none yet");
+  writeNodeTls(d, { cert_pem: creds.tlsCertificatePem, key_pem: privateKeyToPem(keys.tls) });
+  written.push({ file: pathOf(d, "tls"), what: "mTLS certificate and key for mezd node start (0600)" });
+  writeNodeConfig(d, {
+    version: 1,
+    name: creds.nodeName,
+    labels: creds.labels,
+    principals: o.principals,
+    auth_server: o.authServer,
+    tls_ca_pem: creds.tlsCaPem,
+    host_ca_ssh_keys: creds.hostCaSshKeys,
+    host_cert_expires: Number(creds.hostCertExpires),
+  });
+  written.push({ file: pathOf(d, "node"), what: "node name, labels and auth server (0644)" });
+  put("sshdConfig", snippet, PUBLIC_MODE, "sshd_config snippet to Include");
+
+  const warnings: string[] = [];
+  const unsafe = unsafeCommandReason(mezd);
+  if (unsafe) warnings.push(`sshd will refuse ${mezd} as AuthorizedPrincipalsCommand: ${unsafe}; install mezite in a root-owned location`);
+  const unreachable = unreachableDirReason(d);
+  if (unreachable) warnings.push(`the principals command (run as ${o.principalsUser}) cannot read ${d}: ${unreachable}`);
+  return { credentials: creds, written, include: `Include ${join(d, FILES.sshdConfig)}`, warnings };
+}
+
+export function joinReport(r: JoinResult, sshDir: string): string {
+  const c = r.credentials;
+  const labels = Object.entries(c.labels).map(([k, v]) => `${k}=${v}`).join(",") || "none";
+  const width = Math.max(...r.written.map((w) => w.file.length));
+  return [
+    `Node "${c.nodeName}" joined (labels: ${labels}; host certificate valid until ${new Date(Number(c.hostCertExpires)).toISOString()}).`,
+    `Wrote:`,
+    ...r.written.map((w) => `  ${w.file.padEnd(width)}  ${w.what}`),
+    ``,
+    `Add this line near the top of /etc/ssh/sshd_config (before any Match block) and reload sshd:`,
+    `  ${r.include}`,
+    ``,
+    `Then keep revocations and the host certificate current with:`,
+    `  mezd node start --ssh-dir=${sshDir}`,
+    ...r.warnings.map((w) => `\nWarning: ${w}`),
+    ``,
+  ].join("\n");
+}

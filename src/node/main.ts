@@ -1,0 +1,39 @@
+/** `mezd node start`: options, diagnostics and signals around the NodeAgent. */
+import { resolve } from "node:path";
+import { startDiagServer } from "../lib/diag.js";
+import { MeziteError } from "../lib/errors.js";
+import { createLogger } from "../lib/log.js";
+import { NODE_DEFAULTS, NodeAgent, type NodeAgentOptions } from "./agent.js";
+
+export interface RawNodeStartOptions {
+  sshDir?: string | undefined;
+  authServer?: string | undefined;
+  advertiseAddr?: string | undefined;
+  diagAddr?: string | undefined;
+}
+
+export function resolveNodeStartOptions(raw: RawNodeStartOptions): NodeAgentOptions {
+  if (!raw.sshDir) throw new MeziteError("ERR_USAGE", "--ssh-dir is required (the directory mezd node join wrote)");
+  return { sshDir: resolve(raw.sshDir), authServer: raw.authServer, advertiseAddr: raw.advertiseAddr ?? "", ...NODE_DEFAULTS };
+}
+
+/** Runs until SIGTERM or SIGINT, then returns (exit 0). */
+export async function runNodeAgent(raw: RawNodeStartOptions): Promise<void> {
+  const log = createLogger(process.stderr, { program: "mezd node" });
+  const agent = new NodeAgent(resolveNodeStartOptions(raw), { log });
+  const stop = new AbortController();
+  const onSignal = (sig: NodeJS.Signals) => {
+    log.info("stopping", { signal: sig });
+    stop.abort();
+  };
+  process.once("SIGTERM", onSignal);
+  process.once("SIGINT", onSignal);
+  const diag = raw.diagAddr ? await startDiagServer(raw.diagAddr, { registry: agent.registry, notReady: () => agent.notReady() }) : undefined;
+  if (diag) log.info("diagnostics listening", { port: diag.port });
+  try {
+    await agent.run(stop.signal);
+  } finally {
+    diag?.server.close();
+  }
+  log.info("stopped");
+}
