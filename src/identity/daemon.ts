@@ -11,20 +11,13 @@ import { connect } from "../api/client.js";
 import { fromConnectError } from "../api/errors.js";
 import { checkCaPin } from "../api/pin.js";
 import { caPin, privateKeyToPem } from "../ca/x509.js";
-import { MeziteError, isMeziteError, type ErrorCode } from "../lib/errors.js";
+import { MeziteError, isFinalError, isMeziteError } from "../lib/errors.js";
 import type { Logger } from "../lib/log.js";
 import { Registry } from "../lib/metrics.js";
 import type { IdentityOptions } from "./options.js";
 import { writeOutputs, checkDestination } from "./outputs.js";
 import { buildJoinRequest, buildRenewRequest, checkCertsMatchKeys, deserializeKeys, generateIssueKeys, serializeKeys, verifyJoinReply, type IssueKeys } from "./protocol.js";
 import { Storage, type IdentityState } from "./storage.js";
-
-/** Errors that retrying cannot fix: the daemon stops with exit code 3. */
-const FINAL: ErrorCode[] = ["ERR_LOCKED", "ERR_IDENTITY_DELETED", "ERR_GENERATION_MISMATCH", "ERR_TOKEN_UNKNOWN", "ERR_TOKEN_USED", "ERR_TOKEN_EXPIRED", "ERR_TOKEN_INVALID", "ERR_BAD_PROOF", "ERR_STATE_CORRUPT", "ERR_NOT_AUTHORIZED", "ERR_WRONG_CA"];
-
-export function isFinal(e: unknown): boolean {
-  return isMeziteError(e) && FINAL.includes(e.code);
-}
 
 export interface DaemonDeps {
   log: Logger;
@@ -82,7 +75,10 @@ export class IdentityDaemon {
     await this.join(signal);
   }
 
-  /** Runs until `signal` aborts, or a final error (which it throws). */
+  /**
+   * Runs until `signal` aborts, or a final error (which it throws). A stop in the middle of a
+   * call is a clean stop, not an error: the saved renewal request is replayed on the next start.
+   */
   async run(signal: AbortSignal): Promise<void> {
     checkDestination(this.opts.destinationDir);
     this.storage.open();
@@ -95,6 +91,8 @@ export class IdentityDaemon {
         this.renewRequested = false;
         await this.withRetry(signal, () => this.renew(signal), Infinity);
       }
+    } catch (e) {
+      if (!signal.aborted) throw e;
     } finally {
       this.storage.close();
     }
@@ -121,10 +119,12 @@ export class IdentityDaemon {
       } catch (e) {
         const code = isMeziteError(e) ? e.code : "ERR_INTERNAL";
         this.failures.inc({ code });
-        if (isFinal(e) || signal.aborted) throw e;
+        if (isFinalError(e) || signal.aborted) throw e;
         if (isMeziteError(e) && (e.code === "ERR_USAGE" || e.code === "ERR_CONFIG" || e.code === "ERR_SYMLINK")) throw e;
-        const delay = Math.round(this.random() * Math.min(1_000 * 2 ** attempt, maxDelay)) + 250;
-        if (this.now() - started + delay > budgetMs) throw e;
+        // The last wait is cut to what is left of the budget, so the final attempt lands on it.
+        const left = budgetMs - (this.now() - started);
+        if (left <= 0) throw e;
+        const delay = Math.min(Math.round(this.random() * Math.min(1_000 * 2 ** attempt, maxDelay)) + 250, left);
         this.deps.log.warn("issue failed; retrying", { error: (e as Error).message, code, retry_in_ms: delay, attempt: attempt + 1 });
         await this.sleepUntil(this.now() + delay, signal);
       }

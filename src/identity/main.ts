@@ -19,11 +19,12 @@ export async function runIdentity(opts: IdentityOptions): Promise<void> {
     daemon.renewSoon();
   });
   const diag = opts.diagAddr ? await startDiagServer(opts.diagAddr, { registry: daemon.registry, notReady: () => daemon.notReady() }) : undefined;
+  if (diag) log.info("diagnostics listening", { addr: `${opts.diagAddr!.replace(/:\d+$/, "")}:${diag.port}` });
   try {
     await daemon.run(abort.signal);
   } finally {
     diag?.server.close();
   }
-  if (opts.oneShot) process.stdout.write(`certificates written to ${opts.destinationDir}\n`);
+  if (opts.oneShot && !abort.signal.aborted) process.stdout.write(`certificates written to ${opts.destinationDir}\n`);
   process.exit(0);
 }

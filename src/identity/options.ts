@@ -3,7 +3,7 @@
  * (SPEC §6). Every rule here is a usage error (exit 2) with one line saying what to change.
  */
 import { readFileSync } from "node:fs";
-import { join } from "node:path";
+import { join, resolve } from "node:path";
 import { parseToken } from "../ca/jointoken.js";
 import { formatDuration, parseDuration } from "../lib/duration.js";
 import { MeziteError } from "../lib/errors.js";
@@ -89,13 +89,20 @@ export function resolveIdentityOptions(raw: RawIdentityOptions, env: NodeJS.Proc
   return {
     authServer: raw.authServer,
     token,
-    destinationDir: raw.destinationDir,
-    storageDir: raw.storageDir ?? join(raw.destinationDir, ".mezite"),
+    // Absolute, because ssh_config names the outputs by these paths and ssh may run elsewhere.
+    destinationDir: resolve(raw.destinationDir),
+    storageDir: resolve(raw.storageDir ?? join(raw.destinationDir, ".mezite")),
     certTtlMs,
     renewalIntervalMs,
     oneShot: raw.oneShot === true || raw.oneShot === "true",
     diagAddr: raw.diagAddr,
     caPin: raw.caPin,
-    unreachableRetryMs: 30_000,
+    unreachableRetryMs: retryBudgetMs(env),
   };
+}
+
+/** 30 s; MEZITE_UNREACHABLE_RETRY_MS (undocumented) shortens it for tests. */
+function retryBudgetMs(env: NodeJS.ProcessEnv): number {
+  const v = env["MEZITE_UNREACHABLE_RETRY_MS"];
+  return v !== undefined && /^\d{1,9}$/.test(v) ? Number(v) : 30_000;
 }

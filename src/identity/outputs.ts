@@ -2,6 +2,7 @@
  * The destination dir (SPEC §6): what ssh, scp, Ansible and TLS clients read. Each file is
  * replaced atomically; keys are 0600; a symlink in place of an output is refused.
  */
+import { lstatSync } from "node:fs";
 import { join } from "node:path";
 import type { IssuedCertificates } from "../api/gen/mezite/v1/common_pb.js";
 import { encodeOpenSSHPrivateKey } from "../ca/sshkey.js";
@@ -28,9 +29,18 @@ export function renderKnownHosts(hostCaKeys: string[]): string {
   return hostCaKeys.map((k) => `@cert-authority * ${k}`).join("\n") + "\n";
 }
 
-/** Refuses before anything is written, so a bad destination never leaves half the outputs. */
+/**
+ * Refuses before anything is written, so a bad destination never leaves half the outputs.
+ * A missing dir is created 0755; an existing one keeps the mode its owner chose.
+ */
 export function checkDestination(dest: string): void {
-  ensureDir(dest, 0o755);
+  let mode = 0o755;
+  try {
+    mode = lstatSync(dest).mode & 0o7777;
+  } catch {
+    // missing: created below
+  }
+  ensureDir(dest, mode);
   for (const f of OUTPUT_FILES) assertNotSymlink(join(dest, f));
 }
 

@@ -3,8 +3,9 @@
  * flight, and a lock file so two daemons never share one state. The renewal certificate lives
  * only here, never in the destination dir, so a leaked output dir cannot renew itself.
  */
-import { closeSync, constants, openSync, readFileSync, unlinkSync, writeSync } from "node:fs";
-import { join } from "node:path";
+import { randomBytes } from "node:crypto";
+import { linkSync, rmSync, unlinkSync, writeFileSync } from "node:fs";
+import { dirname, join } from "node:path";
 import { MeziteError } from "../lib/errors.js";
 import { ensureDir, readFileNoFollow, writeFileAtomic } from "../lib/files.js";
 import type { SerializedKeys } from "./protocol.js";
@@ -52,21 +53,18 @@ export class Storage {
   open(): void {
     ensureDir(this.dir, 0o700);
     const path = join(this.dir, LOCK);
-    for (let attempt = 0; attempt < 2; attempt++) {
-      try {
-        const fd = openSync(path, constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL | constants.O_NOFOLLOW, 0o600);
-        writeSync(fd, `${process.pid}\n`);
-        closeSync(fd);
+    for (let attempt = 0; attempt < 3; attempt++) {
+      if (createLock(path)) {
         this.lockHeld = true;
         return;
-      } catch (e) {
-        if ((e as NodeJS.ErrnoException).code !== "EEXIST") throw new MeziteError("ERR_STORAGE", `cannot lock ${this.dir}: ${(e as Error).message}`, { cause: e });
       }
-      const pid = Number(readFileSync(path, "utf8").trim());
+      const text = readFileNoFollow(path);
+      if (text === undefined) continue; // released meanwhile
+      const pid = Number(text.trim());
       if (Number.isInteger(pid) && pid > 0 && pid !== process.pid && alive(pid)) {
         throw new MeziteError("ERR_CONFIG", `another mezd identity (pid ${pid}) is using the storage dir ${this.dir}: stop it, or give this one its own --storage-dir`);
       }
-      unlinkSync(path); // left by a daemon that died: take it over
+      rmSync(path, { force: true }); // left by a daemon that died: take it over
     }
     throw new MeziteError("ERR_STORAGE", `cannot lock ${this.dir}`);
   }
@@ -120,6 +118,25 @@ export class Storage {
     } catch (e) {
       if ((e as NodeJS.ErrnoException).code !== "ENOENT") throw new MeziteError("ERR_STORAGE", `cannot remove ${PENDING}: ${(e as Error).message}`, { cause: e });
     }
+  }
+}
+
+/**
+ * Creates the lock file already holding our pid: a finished temp file linked into place (link
+ * fails if the name exists), so a daemon starting at the same moment never reads it empty and
+ * mistakes it for a dead one's.
+ */
+function createLock(path: string): boolean {
+  const tmp = `${path}.${process.pid}.${randomBytes(4).toString("hex")}`;
+  try {
+    writeFileSync(tmp, `${process.pid}\n`, { mode: 0o600, flag: "wx" });
+    linkSync(tmp, path);
+    return true;
+  } catch (e) {
+    if ((e as NodeJS.ErrnoException).code === "EEXIST") return false;
+    throw new MeziteError("ERR_STORAGE", `cannot lock ${dirname(path)}: ${(e as Error).message}`, { cause: e });
+  } finally {
+    rmSync(tmp, { force: true });
   }
 }
 
