@@ -62,7 +62,12 @@ export class IdentityDaemon {
 
   /** Joins or renews once, writes the outputs. Throws what went wrong. */
   async issueOnce(signal: AbortSignal): Promise<void> {
-    const state = this.storage.loadState();
+    let state: IdentityState | undefined;
+    try {
+      state = this.storage.loadState();
+    } catch (e) {
+      if (!this.rejoinable(e)) throw e;
+    }
     if (state && state.expires <= this.now()) {
       if (!this.opts.token) {
         throw new MeziteError("ERR_STATE_CORRUPT", `the renewal certificate in ${this.opts.storageDir} expired at ${new Date(state.expires).toISOString()}: join again with a new token`);
@@ -70,9 +75,27 @@ export class IdentityDaemon {
       this.deps.log.warn("stored certificates expired; joining again with the token", { expired: new Date(state.expires).toISOString() });
     } else if (state) {
       this.state = state;
-      return this.renew(signal);
+      try {
+        return await this.renew(signal);
+      } catch (e) {
+        if (!this.rejoinable(e)) throw e;
+      }
     }
     await this.join(signal);
+  }
+
+  /**
+   * With a token at hand, state that can never renew again (its identity deleted and re-added
+   * under a new token, or a corrupt storage dir) is replaced by a fresh join. A lock or a
+   * generation mismatch is never bypassed this way.
+   */
+  private rejoinable(e: unknown): boolean {
+    const ok = this.opts.token !== undefined && isMeziteError(e) && (e.code === "ERR_IDENTITY_DELETED" || e.code === "ERR_STATE_CORRUPT");
+    if (ok) {
+      this.deps.log.warn("stored state cannot renew; joining again with the token", { reason: (e as MeziteError).message });
+      this.storage.clearPending();
+    }
+    return ok;
   }
 
   /**

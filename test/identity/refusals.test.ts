@@ -120,8 +120,15 @@ describe("mezd identity start refuses", { concurrency: true }, () => {
       refused(await oneShot(auth.addr, dest), 3, /^mezd: agent identity "deleted" .*was deleted/);
       refused(await oneShot(auth.addr, newDir(), [`--token=${spare}`]), 3, /^mezd: the join token('s agent identity)? .*(deleted|unknown)/);
       // Re-adding the name makes a new identity: the old state still does not work.
-      await addIdentity(auth, "deleted");
+      const fresh = await addIdentity(auth, "deleted");
       refused(await oneShot(auth.addr, dest), 3, /was deleted/);
+      // The seed's rotation: with the re-added identity's token the same destination joins afresh.
+      const rejoined = await oneShot(auth.addr, dest, [`--token=${fresh}`]);
+      assert.equal(rejoined.code, 0, rejoined.stderr);
+      assert.match(rejoined.stderr, /stored state cannot renew; joining again with the token/);
+      const state = JSON.parse(readFileSync(join(dest, ".mezite", "state.json"), "utf8")) as { generation: string };
+      assert.equal(state.generation, "1");
+      assert.equal((await oneShot(auth.addr, dest)).code, 0, "and renews from then on without the token");
     });
 
     test("a locked identity: renewal and join, in one-shot and in a running daemon", async () => {
