@@ -1,5 +1,4 @@
 import assert from "node:assert/strict";
-import { spawnSync } from "node:child_process";
 import { generateKeyPairSync } from "node:crypto";
 import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
@@ -11,7 +10,7 @@ import type { KrlSection } from "../../src/ca/krl.js";
 import { formatSshCertificate, signSshCertificate } from "../../src/ca/sshcert.js";
 import { sshFingerprint } from "../../src/ca/sshkey.js";
 import { isMeziteError } from "../../src/lib/errors.js";
-import { SSH_KEYGEN_PATH, missingComponent } from "../harness/require.js";
+import { sshKeygen as keygen } from "../harness/require.js";
 
 const ca = generateKeyPairSync("ed25519");
 const otherCa = generateKeyPairSync("ed25519");
@@ -21,15 +20,6 @@ const NOW = 1_700_000_000;
 let dir: string;
 before(() => (dir = mkdtempSync(join(tmpdir(), "mezite-krl-"))));
 after(() => rmSync(dir, { recursive: true, force: true }));
-
-function keygen(t: TestContext, args: string[]): { code: number | null; out: string } | undefined {
-  if (SSH_KEYGEN_PATH === undefined) {
-    missingComponent(t, "ssh-keygen", "apt-get install openssh-client");
-    return undefined;
-  }
-  const r = spawnSync(SSH_KEYGEN_PATH, args, { encoding: "utf8", env: { ...process.env, TZ: "UTC" } });
-  return { code: r.status, out: r.stdout + r.stderr };
-}
 
 let n = 0;
 function writeKrl(sections: KrlSection[], comment?: string): string {

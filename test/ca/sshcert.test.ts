@@ -1,19 +1,17 @@
 import assert from "node:assert/strict";
-import { spawnSync } from "node:child_process";
 import { generateKeyPairSync, sign } from "node:crypto";
 import type { KeyObject } from "node:crypto";
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, before, describe, test } from "node:test";
-import type { TestContext } from "node:test";
 import { formatSshCertificate, parseSshCertificate, signSshCertificate, verifySshCertificate } from "../../src/ca/sshcert.js";
 import type { SshCertFields, SshCertificate } from "../../src/ca/sshcert.js";
 import { ed25519RawPublic, encodeOpenSSHPrivateKey, formatAuthorizedKey, parseAuthorizedKey, sshFingerprint, sshPublicKeyBlob } from "../../src/ca/sshkey.js";
 import { SshWriter } from "../../src/ca/sshwire.js";
 import { isMeziteError } from "../../src/lib/errors.js";
 import type { ErrorCode } from "../../src/lib/errors.js";
-import { SSH_KEYGEN_PATH, missingComponent } from "../harness/require.js";
+import { sshKeygen as keygen } from "../harness/require.js";
 
 const ca = generateKeyPairSync("ed25519");
 const otherCa = generateKeyPairSync("ed25519");
@@ -42,16 +40,6 @@ function fields(over: Partial<SshCertFields> = {}): SshCertFields {
 
 function throwsCode(fn: () => unknown, code: ErrorCode, why?: string): void {
   assert.throws(fn, (e: unknown) => isMeziteError(e, code), why);
-}
-
-function keygen(t: TestContext, args: string[]): { code: number | null; out: string } | undefined {
-  if (SSH_KEYGEN_PATH === undefined) {
-    missingComponent(t, "ssh-keygen", "apt-get install openssh-client");
-    return undefined;
-  }
-  // TZ=UTC: ssh-keygen prints validity in local time.
-  const r = spawnSync(SSH_KEYGEN_PATH, args, { encoding: "utf8", env: { ...process.env, TZ: "UTC" } });
-  return { code: r.status, out: r.stdout + r.stderr };
 }
 
 /** What `ssh-keygen -L` (OpenSSH 9.x) must print for these fields, built independently of our parser. */

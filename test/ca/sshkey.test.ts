@@ -1,12 +1,10 @@
 import assert from "node:assert/strict";
-import { spawnSync } from "node:child_process";
 import { createPublicKey, generateKeyPairSync, sign, verify } from "node:crypto";
 import type { KeyObject } from "node:crypto";
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, before, describe, test } from "node:test";
-import type { TestContext } from "node:test";
 import {
   ed25519PublicFromRaw,
   ed25519RawPublic,
@@ -19,20 +17,11 @@ import {
 } from "../../src/ca/sshkey.js";
 import { SshWriter } from "../../src/ca/sshwire.js";
 import { isMeziteError } from "../../src/lib/errors.js";
-import { SSH_KEYGEN_PATH, missingComponent } from "../harness/require.js";
+import { sshKeygen as keygen } from "../harness/require.js";
 
 let dir: string;
 before(() => (dir = mkdtempSync(join(tmpdir(), "mezite-sshkey-"))));
 after(() => rmSync(dir, { recursive: true, force: true }));
-
-function keygen(t: TestContext, args: string[]): { code: number | null; out: string } | undefined {
-  if (SSH_KEYGEN_PATH === undefined) {
-    missingComponent(t, "ssh-keygen", "apt-get install openssh-client");
-    return undefined;
-  }
-  const r = spawnSync(SSH_KEYGEN_PATH, args, { encoding: "utf8" });
-  return { code: r.status, out: r.stdout + r.stderr };
-}
 
 const hexPub = (k: KeyObject) => ed25519RawPublic(k).toString("hex");
 

@@ -1,3 +1,4 @@
+import { spawnSync } from "node:child_process";
 import { existsSync } from "node:fs";
 import type { TestContext } from "node:test";
 
@@ -21,3 +22,13 @@ export const SSH_PATH = findBinary(["/usr/bin/ssh", "/usr/local/bin/ssh"]);
 export const SSH_KEYGEN_PATH = findBinary(["/usr/bin/ssh-keygen", "/usr/local/bin/ssh-keygen"]);
 export const OPENSSL_PATH = findBinary(["/usr/bin/openssl", "/usr/local/bin/openssl"]);
 export const PG_BIN_DIR = findBinary(["/usr/lib/postgresql/17/bin", "/usr/lib/postgresql/16/bin", "/usr/lib/postgresql/15/bin"]);
+
+/** Runs ssh-keygen (TZ=UTC: it prints validity in local time); undefined when it is missing. */
+export function sshKeygen(t: TestContext, args: string[]): { code: number | null; out: string } | undefined {
+  if (SSH_KEYGEN_PATH === undefined) {
+    missingComponent(t, "ssh-keygen", "apt-get install openssh-client");
+    return undefined;
+  }
+  const r = spawnSync(SSH_KEYGEN_PATH, args, { encoding: "utf8", env: { ...process.env, TZ: "UTC" } });
+  return { code: r.status, out: r.stdout + r.stderr };
+}
