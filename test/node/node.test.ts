@@ -187,7 +187,7 @@ describe("nodes: stock sshd enforces roles, locks and deletions", () => {
     assert.match(refused.stderr, /^mezd: .*user_ca\.pub is a symlink/);
     rmSync(join(dir, "user_ca.pub"));
     const wrongPin = await run(MEZD, [...joinArgs(token, "sym-01", dir), `--ca-pin=sha256:${"0".repeat(64)}`]);
-    assert.equal(wrongPin.code, 1, wrongPin.stderr);
+    assert.equal(wrongPin.code, 3, `a server that is not the pinned cluster is not worth retrying: ${wrongPin.stderr}`);
     assert.match(wrongPin.stderr, /not signed by the pinned CA/);
     const pin = /"ca_pin":"(sha256:[0-9a-f]{64})"/.exec(auth.output())![1]!;
     const joined = await run(MEZD, [...joinArgs(token, "sym-01", dir), `--ca-pin=${pin}`]);
