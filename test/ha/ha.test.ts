@@ -14,6 +14,7 @@ import { missingComponent, PG_BIN_DIR } from "../harness/require.js";
 import { MEZD, mezctl, mezctlOk, run, SEED_ROLE_PATH, startAuth, tokenFrom, type AuthProcess } from "../harness/auth.js";
 import { startProxy, type Proxy } from "../harness/proxy.js";
 import { join as joinAuth, outcome, pending, renew, tally, type Held } from "../auth/client.js";
+import { quickStatus, startDaemon } from "../identity/fixture.js";
 
 describe("two auth services on one PostgreSQL", { concurrency: false }, () => {
   let pg: PostgresServer | undefined;
@@ -151,6 +152,35 @@ describe("two auth services on one PostgreSQL", { concurrency: false }, () => {
     for (const h of finals) assert.equal(h.certs.generation, 13n, "12 renewals after the join, none lost");
     const ls = JSON.parse(await mezctlOk(b, `--identity=${a.identityPath}`, `--auth-server=${b.addr}`, "agent-identities", "ls", "--format=json")) as { name: string; locked: boolean; instances: { locked: boolean }[] }[];
     for (const s of ls.filter((x) => x.name.startsWith("ha-load-"))) assert.ok(!s.locked && s.instances.every((i) => !i.locked), `${s.name} is not locked`);
+  });
+
+  test("real daemons behind one address renew through the survivor when a service is killed", async (t) => {
+    if (!requirePg(t)) return;
+    const daemons = [];
+    for (let i = 0; i < 2; i++) {
+      const token = await addIdentity(`ha-daemon-${i}`);
+      const d = startDaemon(proxy.addr, join(tmp, `daemon-${i}`), ["--cert-ttl=1m", "--renewal-interval=10s"], { MEZITE_TOKEN: token });
+      daemons.push(d);
+    }
+    try {
+      for (const d of daemons) await d.waitFor(/"msg":"agent identity joined"/, 1, 20_000);
+      await b.kill9();
+      // SIGHUP renews at once: every renewal now has to go through A.
+      for (const d of daemons) d.proc.kill("SIGHUP");
+      for (const d of daemons) await d.waitFor(/"msg":"agent identity renewed"/, 1, 20_000);
+      await b.restart();
+      await a.kill9();
+      for (const d of daemons) d.proc.kill("SIGHUP");
+      for (const d of daemons) await d.waitFor(/"msg":"agent identity renewed"/, 2, 20_000);
+      for (let i = 0; i < daemons.length; i++) {
+        const s = await quickStatus(b, `ha-daemon-${i}`);
+        assert.equal(s.generation, 3, "join + two renewals, each through the surviving service");
+        assert.ok(!s.locked && s.instances.every((x) => !x.locked));
+      }
+    } finally {
+      for (const d of daemons) await d.stop();
+      await a.restart();
+    }
   });
 
   test("a PostgreSQL restart during load: calls fail cleanly while it is down and succeed after", async (t) => {
