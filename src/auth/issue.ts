@@ -4,6 +4,7 @@
  */
 import { createHash, type KeyObject } from "node:crypto";
 import { create } from "@bufbuild/protobuf";
+import { CERT_EXTENSIONS } from "../api/cert-extensions.js";
 import { IssuedCertificatesSchema, type IssuedCertificates } from "../api/gen/mezite/v1/common_pb.js";
 import { formatSshCertificate, signSshCertificate } from "../ca/sshcert.js";
 // Random 64-bit serials: unique per cluster without a counter shared between auth services.
@@ -15,11 +16,7 @@ import type { IdentityRecord, IssuedCertRecord } from "./records.js";
 /** Certificates are valid from a minute ago, so a node with a slightly slow clock accepts them. */
 export const BACKDATE_MS = 60_000;
 
-export const EXT = {
-  identity: "mezite-identity@mezite",
-  roles: "mezite-roles@mezite",
-  nodeLabels: "mezite-node-labels@mezite",
-} as const;
+const EXT = CERT_EXTENSIONS;
 
 export interface PublicKeys {
   ssh: KeyObject;

@@ -6,18 +6,14 @@
  * included, is empty output, exit 0 and one line on stderr for sshd's log.
  */
 import type { KeyObject } from "node:crypto";
+import { CERT_EXTENSIONS } from "../api/cert-extensions.js";
 import { parseSshCertificate, verifySshCertificate, type SshCertificate } from "../ca/sshcert.js";
 import { parseAuthorizedKey } from "../ca/sshkey.js";
 import { readFileNoFollow } from "../lib/files.js";
 import { canLogin, type LabelRule, type RoleAccess } from "../rbac/access.js";
 import { pathOf, readLockState, readNodeConfig, type LockState } from "./layout.js";
 
-/** The certificate extensions the auth service writes (src/auth/issue.ts). */
-export const EXT = {
-  identity: "mezite-identity@mezite",
-  roles: "mezite-roles@mezite",
-  nodeLabels: "mezite-node-labels@mezite",
-} as const;
+const EXT = CERT_EXTENSIONS;
 
 /** sshd's %k is one certificate; anything far larger is not one. */
 const MAX_CERT_CHARS = 16_384;

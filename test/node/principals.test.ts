@@ -11,7 +11,8 @@ import { after, describe, test } from "node:test";
 import { signSshCertificate, type SshCertFields } from "../../src/ca/sshcert.js";
 import { formatAuthorizedKey } from "../../src/ca/sshkey.js";
 import { formatLockState, NO_LOCKS, writeNodeConfig, type LockState } from "../../src/node/layout.js";
-import { EXT, decide, principalsCommand, type PrincipalsInput } from "../../src/node/principals.js";
+import { CERT_EXTENSIONS as EXT } from "../../src/api/cert-extensions.js";
+import { decide, principalsCommand, type PrincipalsInput } from "../../src/node/principals.js";
 import type { RoleAccess } from "../../src/rbac/access.js";
 
 const NOW = 1_800_000_000; // frozen: unix seconds
