@@ -31,7 +31,7 @@ export function keysHash(sshLine: string, x509Der: Uint8Array, renewalDer: Uint8
 
 /** What a certificate tells a node about its roles, so the node decides without the auth service. */
 export function nodeAccessExtension(roles: RoleAccess[]): string {
-  return JSON.stringify(roles.map((r) => ({ role: r.role, allow: r.allow, deny: r.deny, maxSessionTtlMs: 0 })));
+  return JSON.stringify(roles.map((r) => ({ role: r.role, allow: r.allow, deny: r.deny })));
 }
 
 export interface IssueInput {
