@@ -133,14 +133,30 @@ async function main() {
   console.log(`\nDone. Everything quickstart started is stopped; files are left in ${dir}.`);
 }
 
+/**
+ * sshd runs AuthorizedPrincipalsCommand only from a root-owned path that nobody else can write;
+ * a checkout under /tmp is not one, so it gets a small root-owned wrapper (as an operator would).
+ */
+async function principalsCommandPath() {
+  const { unsafeCommandReason } = await import(join(ROOT, "dist/node/join.js"));
+  const why = unsafeCommandReason(MEZD);
+  if (!why) return MEZD;
+  const wrapper = "/usr/local/libexec/mezite-quickstart/mezd";
+  console.log(`(sshd would refuse ${MEZD}: ${why}; using a root-owned wrapper at ${wrapper})`);
+  mkdirSync(dirname(wrapper), { recursive: true, mode: 0o755 });
+  writeFileSync(wrapper, `#!/bin/sh\nexec ${MEZD} "$@"\n`, { mode: 0o755 });
+  return wrapper;
+}
+
 async function sshLogin(dir, addr, env, certs) {
   step("Make a private node: a node token, mezd node join, and a stock sshd that includes its config");
   const added = sh(MEZCTL, ["tokens", "add", "--type=node", "--labels=env=staging"], { env });
   const nodeToken = /^Token: ([0-9a-f]{64})$/m.exec(added)?.[1];
   if (!nodeToken) die("no token in the output of tokens add");
   const sshDir = join(dir, "node");
+  const mezdPath = await principalsCommandPath();
   // The host certificate names every address clients use: here the node is reached on loopback.
-  sh(MEZD, ["node", "join", `--auth-server=${addr}`, "--hostname=web-server-01", "--principals=localhost,127.0.0.1", `--ssh-dir=${sshDir}`], {
+  sh(MEZD, ["node", "join", `--auth-server=${addr}`, "--hostname=web-server-01", "--principals=localhost,127.0.0.1", `--ssh-dir=${sshDir}`, `--mezd-path=${mezdPath}`], {
     env: { MEZITE_TOKEN: nodeToken },
     display: `MEZITE_TOKEN=… mezd node join --auth-server=${addr} --hostname=web-server-01 --principals=localhost,127.0.0.1 --ssh-dir=${sshDir}`,
   });

@@ -18,6 +18,7 @@ export function registerNode(program: Command): void {
     .option("--ssh-dir <dir>", "where the files go, e.g. /etc/mezite/ssh (required; made 0755, private keys 0600)")
     .option("--ca-pin <sha256:hex>", "check the auth service's TLS CA before joining")
     .option("--principals-user <user>", "unprivileged user sshd runs the principals command as", "nobody")
+    .option("--mezd-path <path>", "the mezd sshd runs as AuthorizedPrincipalsCommand (default: this one); sshd needs it and its parent dirs root-owned and not group/world-writable")
     .option("--debug", "print stack traces with errors")
     .addHelpText("after", "\nThe token itself is never sent: the request is signed with a key derived from it, and the reply is trusted only when its MAC proves the server knew the token.")
     .action(async (o: Record<string, string | undefined>) => {

@@ -4,7 +4,7 @@
  * checked for symlinks before the call, so a refused write never burns the one-time token.
  */
 import { lstatSync } from "node:fs";
-import { dirname, join, resolve } from "node:path";
+import { dirname, isAbsolute, join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
 import { JoinService, type NodeCredentials } from "../api/gen/mezite/v1/join_pb.js";
 import { connect } from "../api/client.js";
@@ -31,6 +31,8 @@ export interface JoinOptions {
   caPin: string | undefined;
   /** The user sshd runs the principals command as. */
   principalsUser: string;
+  /** The mezd that sshd runs as AuthorizedPrincipalsCommand: absolute, in a root-owned path. */
+  mezdPath: string;
 }
 
 export interface RawJoinOptions {
@@ -42,6 +44,7 @@ export interface RawJoinOptions {
   sshDir?: string | undefined;
   caPin?: string | undefined;
   principalsUser?: string | undefined;
+  mezdPath?: string | undefined;
 }
 
 const usage = (msg: string): never => {
@@ -69,6 +72,7 @@ export function resolveJoinOptions(raw: RawJoinOptions, env: NodeJS.ProcessEnv =
   if (raw.caPin !== undefined && !/^sha256:[0-9a-f]{64}$/.test(raw.caPin)) usage("--ca-pin must be sha256: followed by 64 lowercase hex characters");
   const user = raw.principalsUser ?? "nobody";
   if (!/^[a-z_][a-z0-9_.-]*$/.test(user) || user === "root") usage("--principals-user must name an unprivileged local user (default nobody)");
+  if (raw.mezdPath !== undefined && !isAbsolute(raw.mezdPath)) usage("--mezd-path must be an absolute path");
   const sshDir = resolve(raw.sshDir!);
   checkConfigPath(sshDir, "--ssh-dir");
   return {
@@ -79,6 +83,7 @@ export function resolveJoinOptions(raw: RawJoinOptions, env: NodeJS.ProcessEnv =
     sshDir,
     caPin: raw.caPin,
     principalsUser: user,
+    mezdPath: raw.mezdPath ?? mezdPath(),
   };
 }
 
@@ -118,7 +123,7 @@ export interface JoinResult {
 }
 
 export async function joinNode(o: JoinOptions, now: () => number = Date.now): Promise<JoinResult> {
-  const mezd = mezdPath();
+  const mezd = o.mezdPath;
   const snippet = renderSshdConfig(o.sshDir, mezd, o.principalsUser); // refuses bad paths before the call
   ensureDir(o.sshDir, DIR_MODE);
   for (const f of Object.keys(FILES) as (keyof typeof FILES)[]) assertNotSymlink(pathOf(o.sshDir, f));
@@ -166,7 +171,7 @@ export async function joinNode(o: JoinOptions, now: () => number = Date.now): Pr
 
   const warnings: string[] = [];
   const unsafe = unsafeCommandReason(mezd);
-  if (unsafe) warnings.push(`sshd will refuse ${mezd} as AuthorizedPrincipalsCommand: ${unsafe}; install mezite in a root-owned location`);
+  if (unsafe) warnings.push(`sshd will refuse ${mezd} as AuthorizedPrincipalsCommand: ${unsafe}; install mezite in a root-owned location, or pass --mezd-path with a root-owned wrapper that runs it`);
   const unreachable = unreachableDirReason(d);
   if (unreachable) warnings.push(`the principals command (run as ${o.principalsUser}) cannot read ${d}: ${unreachable}`);
   return { credentials: creds, written, include: `Include ${join(d, FILES.sshdConfig)}`, warnings };

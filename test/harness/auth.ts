@@ -4,7 +4,9 @@
  * when a test fails.
  */
 import { spawn, type ChildProcess } from "node:child_process";
-import { existsSync, mkdtempSync, readFileSync, rmSync } from "node:fs";
+import { createHash } from "node:crypto";
+import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { unsafeCommandReason } from "../../src/node/join.js";
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
 
@@ -16,6 +18,19 @@ const live = new Set<ChildProcess>();
 process.on("exit", () => {
   for (const p of live) p.kill("SIGKILL");
 });
+
+/**
+ * The mezd that sshd may run as AuthorizedPrincipalsCommand. sshd refuses a command below any
+ * group- or world-writable directory, so a checkout under /tmp gets a root-owned wrapper.
+ */
+export function principalsMezd(): string {
+  if (unsafeCommandReason(MEZD) === undefined) return MEZD;
+  const dir = "/usr/local/libexec/mezite-test";
+  mkdirSync(dir, { recursive: true, mode: 0o755 });
+  const wrapper = join(dir, `mezd-${createHash("sha256").update(ROOT).digest("hex").slice(0, 12)}`);
+  writeFileSync(wrapper, `#!/bin/sh\nexec ${MEZD} "$@"\n`, { mode: 0o755 });
+  return wrapper;
+}
 
 /** The tests run the real binaries: npm test builds dist/ first; a lone test file needs it too. */
 export function ensureBuilt(): void {

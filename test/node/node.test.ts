@@ -20,7 +20,9 @@ import { encodeOpenSSHPrivateKey, formatAuthorizedKey } from "../../src/ca/sshke
 import { buildJoinRequest, generateIssueKeys, verifyJoinReply } from "../../src/identity/protocol.js";
 import { silentLogger } from "../../src/lib/log.js";
 import { NODE_DEFAULTS, NodeAgent } from "../../src/node/agent.js";
-import { MEZD, SEED_ROLE, mezctlOk, run, startAuth, tokenFrom, type AuthProcess } from "../harness/auth.js";
+import { MEZD, SEED_ROLE, mezctlOk, principalsMezd, run, startAuth, tokenFrom, type AuthProcess } from "../harness/auth.js";
+
+const PRINCIPALS_MEZD = principalsMezd();
 import { SSH_KEYGEN_PATH, SSH_PATH, SSHD_PATH, missingComponent } from "../harness/require.js";
 import { ensureUser, sshRun, startSshd, type Sshd } from "../harness/sshd.js";
 
@@ -82,7 +84,7 @@ async function addAgent(name: string, role: string): Promise<Agent> {
 }
 
 function joinArgs(token: string, name: string, dir: string): string[] {
-  return ["node", "join", `--auth-server=${auth.addr}`, `--token=${token}`, `--hostname=${name}`, "--principals=127.0.0.1,localhost", `--ssh-dir=${dir}`];
+  return ["node", "join", `--auth-server=${auth.addr}`, `--token=${token}`, `--hostname=${name}`, "--principals=127.0.0.1,localhost", `--ssh-dir=${dir}`, `--mezd-path=${PRINCIPALS_MEZD}`];
 }
 
 async function addNode(name: string, labels: string): Promise<Node> {
@@ -168,7 +170,7 @@ describe("nodes: stock sshd enforces roles, locks and deletions", () => {
     assert.equal(q.status, 0, q.stdout + q.stderr);
     assert.match(q.stdout, /: ok$/m);
     const snippet = readFileSync(join(dir, "sshd_config"), "utf8");
-    assert.match(snippet, new RegExp(`^AuthorizedPrincipalsCommand ${MEZD} node principals --ssh-dir=${dir} %u %k$`, "m"));
+    assert.match(snippet, new RegExp(`^AuthorizedPrincipalsCommand ${PRINCIPALS_MEZD} node principals --ssh-dir=${dir} %u %k$`, "m"));
     assert.match(snippet, /^AuthorizedPrincipalsCommandUser nobody$/m);
     for (const k of ["HostKey", "HostCertificate", "TrustedUserCAKeys", "RevokedKeys"]) assert.match(snippet, new RegExp(`^${k} ${dir}/`, "m"));
     assert.match(joinOut, new RegExp(`^  Include ${dir}/sshd_config$`, "m"));
