@@ -19,7 +19,7 @@ export function registerAuth(program: Command): void {
     .option("--config <file>", "YAML file with the same keys; flags win")
     .option("--debug", "print stack traces with errors")
     .action(async (_opts: unknown, cmd: Command) => {
-      applyConfigFile(cmd);
+      await applyConfigFile(cmd);
       const o = cmd.opts<Record<string, string | boolean | undefined>>();
       const workers = Number(o["workers"]);
       if (!Number.isInteger(workers) || workers < 1 || workers > 64) throw new MeziteError("ERR_USAGE", "--workers must be a whole number from 1 to 64");

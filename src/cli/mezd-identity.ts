@@ -21,7 +21,7 @@ export function registerIdentity(program: Command): void {
     .action(async (_opts: unknown, cmd: Command) => {
       // The token is a secret: drop it from what `ps` shows as soon as it is read.
       if (process.argv.some((a) => a.startsWith("--token=") || a === "--token")) process.title = "mezd identity start";
-      applyConfigFile(cmd);
+      await applyConfigFile(cmd);
       const { resolveIdentityOptions } = await import("../identity/options.js");
       const opts = resolveIdentityOptions(cmd.opts());
       const { runIdentity } = await import("../identity/main.js");

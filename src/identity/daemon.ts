@@ -161,12 +161,15 @@ export class IdentityDaemon {
   private async sleepUntil(at: number, signal: AbortSignal): Promise<void> {
     while (!signal.aborted && !this.renewRequested && this.now() < at) {
       await new Promise<void>((resolve) => {
-        const t = setTimeout(resolve, Math.min(at - this.now(), 1_000));
-        this.wake = () => {
+        // Each step removes its own abort listener: a daemon sleeps a million steps a fortnight.
+        const done = () => {
           clearTimeout(t);
+          signal.removeEventListener("abort", done);
           resolve();
         };
-        signal.addEventListener("abort", this.wake, { once: true });
+        const t = setTimeout(done, Math.min(at - this.now(), 1_000));
+        this.wake = done;
+        signal.addEventListener("abort", done, { once: true });
       });
       this.wake = undefined;
     }

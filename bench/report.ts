@@ -1,0 +1,148 @@
+/**
+ * The bench's table: every figure of a section on its own line, then each target with its value
+ * and whether it is met. Ratios are of figures measured side by side in the same run.
+ */
+import type { DaemonFigures, NodeFigures } from "./agents.js";
+import type { ScaleFigures } from "./scale.js";
+import type { WorkersFigures } from "./throughput.js";
+
+export interface FloorFigures {
+  handshakeUs: number;
+  handshakeTicketsUs: number;
+  h2CallUs: number;
+  grpcCallUs: number;
+  ed25519Us: number;
+  p256Us: number;
+  issueUs: number;
+  floorUs: number;
+  floorPerCore: number;
+}
+
+export interface Results {
+  floor?: FloorFigures;
+  throughput?: WorkersFigures[];
+  scale?: ScaleFigures;
+  daemon?: DaemonFigures;
+  node?: NodeFigures;
+}
+
+export interface TargetRow {
+  target: string;
+  value: string;
+  met: boolean;
+}
+
+const ms = (us: number) => `${(us / 1000).toFixed(us < 1000 ? 3 : 2)} ms`;
+const pct = (x: number) => `${(100 * x).toFixed(0)} %`;
+const x = (r: number) => `${r.toFixed(2)}×`;
+const f0 = (n: number) => n.toFixed(0);
+const f1 = (n: number) => n.toFixed(1);
+
+function line(label: string, ...values: string[]): string {
+  return `  ${label.padEnd(56)}${values.map((v) => v.padStart(14)).join("")}`;
+}
+
+/** Renewals per service CPU-second, as a share of what the floor allows one core. */
+export const floorShare = (w: WorkersFigures, f: FloorFigures) => w.perCpuSecond / f.floorPerCore;
+/** 1 → 2 workers if each had its own core: per-CPU-second efficiency, times the cores. */
+export const cpuScaling = (w1: WorkersFigures, w2: WorkersFigures) => (2 * w2.perCpuSecond) / w1.perCpuSecond;
+
+export function sections(r: Results): string[] {
+  const out: string[] = [];
+  const { floor: f, throughput: t, scale: s, daemon: d, node: n } = r;
+  if (f) {
+    out.push("1. Crypto floor: CPU one renewal cannot avoid, one core (CPU time, not wall)");
+    out.push(line("TLS 1.3 handshake with client cert, server side", ms(f.handshakeUs)));
+    out.push(line("  the same with TLS 1.3 session tickets (service today)", ms(f.handshakeTicketsUs)));
+    out.push(line("Ed25519 signature (SSH certificate)", ms(f.ed25519Us)));
+    out.push(line("2 × ECDSA P-256 signature (X.509 certificates)", ms(2 * f.p256Us)));
+    out.push(line("floor per renewal", ms(f.floorUs)));
+    out.push(line("floor: renewals/s per core", f0(f.floorPerCore)));
+    out.push(line("[why] Renew, canned reply, gRPC hand-framed on HTTP/2", ms(f.h2CallUs)));
+    out.push(line("[why]   the same through connect-node (the service)", ms(f.grpcCallUs)));
+    out.push(line("[why] issueAgentCertificates (3 signatures inside)", ms(f.issueUs)));
+    out.push("");
+  }
+  if (t) {
+    const [w1, w2] = t;
+    out.push("2. Auth service throughput, SQLite, new mTLS connection per renewal");
+    out.push(line("", ...t.map((w) => `--workers=${w.workers}`)));
+    out.push(line("renewals/s at saturation (wall)", ...t.map((w) => f0(w.rate))));
+    out.push(line("service CPU, cores (primary + workers)", ...t.map((w) => w.serviceCores.toFixed(2))));
+    out.push(line("  of which the primary (hands out connections)", ...t.map((w) => (w.workers > 1 ? w.primaryCores.toFixed(2) : "-"))));
+    out.push(line("load generators' CPU, cores", ...t.map((w) => w.loadgenCores.toFixed(2))));
+    out.push(line("whole machine busy", ...t.map((w) => pct(w.machineBusy))));
+    out.push(line("service CPU per renewal", ...t.map((w) => ms(1e6 / w.perCpuSecond))));
+    out.push(line("renewals per service CPU-second", ...t.map((w) => f0(w.perCpuSecond))));
+    if (f) {
+      out.push(line("vs crypto floor, per CPU-second (fair)", ...t.map((w) => pct(floorShare(w, f)))));
+      out.push(line("vs crypto floor, wall (rate / floor / workers)", ...t.map((w) => pct(w.rate / (f.floorPerCore * w.workers)))));
+    }
+    out.push(line("open-loop rate for latency (half of saturation)", ...t.map((w) => `${f0(w.halfRate)}/s`)));
+    out.push(line("latency p50 at half load", ...t.map((w) => `${f1(w.p50)} ms`)));
+    out.push(line("latency p99 at half load", ...t.map((w) => `${f1(w.p99)} ms`)));
+    out.push(line("failed renewals", ...t.map((w) => String(w.errors))));
+    for (const w of t) if (w.firstError) out.push(`  first failure, --workers=${w.workers}: ${w.firstError}`);
+    if (w1 && w2) {
+      out.push(line("1 → 2 workers, wall (2 cores shared with load)", x(w2.rate / w1.rate)));
+      out.push(line("1 → 2 workers, per CPU-second × 2 cores (fair)", x(cpuScaling(w1, w2))));
+    }
+    out.push("");
+  }
+  if (s) {
+    const n100 = s.identities.toLocaleString("en");
+    out.push(`3. Scale: ${n100} identities against a nearly empty service (same run)`);
+    out.push(line("", "empty", n100, "ratio"));
+    out.push(line("join latency (median)", `${f1(s.join.empty)} ms`, `${f1(s.join.full)} ms`, x(s.join.full / s.join.empty)));
+    out.push(line("renewal latency (median)", `${f1(s.renew.empty)} ms`, `${f1(s.renew.full)} ms`, x(s.renew.full / s.renew.empty)));
+    out.push(line("mezctl agent-identities ls (wall)", `${f0(s.ls.empty)} ms`, `${f0(s.ls.full)} ms`, x(s.ls.full / s.ls.empty)));
+    out.push(line("mezctl agent-identities status NAME (wall)", `${f0(s.status.empty)} ms`, `${f0(s.status.full)} ms`, x(s.status.full / s.status.empty)));
+    out.push(line("bulk insert / database size", `${f1(s.insertSeconds)} s`, `${f0(s.dbMiB)} MiB`));
+    out.push("");
+  }
+  if (d) {
+    out.push("4. Agent identity daemon (bin/mezd) against a bare node, same run");
+    out.push(line("", "mezd", "bare node", "ratio"));
+    out.push(line("--one-shot renewal, wall (median)", `${f0(d.oneShotMs)} ms`, `${f0(d.bareNodeMs)} ms`, x(d.oneShotMs / d.bareNodeMs)));
+    out.push(line("--one-shot join, wall (once)", `${f0(d.joinOneShotMs)} ms`));
+    out.push(line("idle RSS", `${f1(d.idleRssKiB / 1024)} MiB`, `${f1(d.bareRssKiB / 1024)} MiB`, x(d.idleRssKiB / d.bareRssKiB)));
+    out.push(line("idle CPU, steady (median second × 60)", `${f1(d.idleSteadyCpuMsPerMin)} ms/min`, `${f1(d.bareSteadyCpuMsPerMin)} ms/min`));
+    out.push(line("idle CPU, whole window (with the post-renewal GC)", `${f1(d.idleCpuMsPerMin)} ms/min`, `${f1(d.bareCpuMsPerMin)} ms/min`));
+    out.push("");
+  }
+  if (n) {
+    out.push("5. Node: sshd's AuthorizedPrincipalsCommand");
+    out.push(line("", "mezd", "bare node", "ratio"));
+    out.push(line("mezd node principals, wall (median)", `${f0(n.principalsMs)} ms`, `${f0(n.bareNodeMs)} ms`, x(n.principalsMs / n.bareNodeMs)));
+    out.push(line("  beyond Node's own start-up", `${f0(n.principalsMs - n.bareNodeMs)} ms`));
+    out.push("");
+  }
+  return out;
+}
+
+export function targets(r: Results): TargetRow[] {
+  const rows: TargetRow[] = [];
+  const { floor: f, throughput: t, scale: s, daemon: d, node: n } = r;
+  const w1 = t?.[0];
+  const w2 = t?.[1];
+  if (f && w1) rows.push({ target: "auth renewals ≥ 50 % of the crypto floor (per CPU-s, 1 worker)", value: pct(floorShare(w1, f)), met: floorShare(w1, f) >= 0.5 });
+  if (w1 && w2) rows.push({ target: "≥ 1.7× from 1 to 2 cores (per CPU-s × cores)", value: x(cpuScaling(w1, w2)), met: cpuScaling(w1, w2) >= 1.7 });
+  for (const w of t ?? []) rows.push({ target: `p99 ≤ 25 ms at half load, --workers=${w.workers}`, value: `${f1(w.p99)} ms`, met: w.p99 <= 25 });
+  if (s) {
+    const k = `${Math.round(s.identities / 1000)}k`;
+    rows.push({ target: `${k} identities: join ≤ 1.2× the empty case`, value: x(s.join.full / s.join.empty), met: s.join.full <= 1.2 * s.join.empty });
+    rows.push({ target: `${k} identities: renewal ≤ 1.2× the empty case`, value: x(s.renew.full / s.renew.empty), met: s.renew.full <= 1.2 * s.renew.empty });
+    rows.push({ target: `${k} identities: agent-identities ls ≤ 1 s`, value: `${f0(s.ls.full)} ms`, met: s.ls.full <= 1000 });
+    rows.push({ target: `${k} identities: agent-identities status ≤ 1 s`, value: `${f0(s.status.full)} ms`, met: s.status.full <= 1000 });
+  }
+  if (d) {
+    rows.push({ target: "one-shot ≤ 3× bare node", value: x(d.oneShotMs / d.bareNodeMs), met: d.oneShotMs <= 3 * d.bareNodeMs });
+    rows.push({ target: "daemon idle RSS ≤ 1.5× bare node", value: x(d.idleRssKiB / d.bareRssKiB), met: d.idleRssKiB <= 1.5 * d.bareRssKiB });
+  }
+  if (n) rows.push({ target: "mezd node principals ≤ 100 ms", value: `${f0(n.principalsMs)} ms`, met: n.principalsMs <= 100 });
+  return rows;
+}
+
+export function targetLines(rows: TargetRow[]): string[] {
+  return ["Targets", ...rows.map((r) => `  ${r.target.padEnd(62)}${r.value.padStart(10)}   ${r.met ? "met" : "MISSED"}`)];
+}

@@ -1,0 +1,117 @@
+/**
+ * `npm run bench [-- --quick] [-- --only=floor,throughput,scale,agents]`: what Mezite exists for,
+ * against the physical limit, in one run. Prints a table (progress goes to stderr) and writes
+ * bench/results.json. Every figure that is judged is a ratio of two things measured side by side
+ * in this run, because absolute figures on a shared 2-core machine drift from run to run.
+ * Everything it starts is stopped on exit, on failure and on Ctrl-C (see lib.ts).
+ */
+import { existsSync, readdirSync, statSync, writeFileSync } from "node:fs";
+import { cpus, loadavg } from "node:os";
+import { join, relative } from "node:path";
+import { agents } from "./agents.js";
+import { ROOT, TSX, mustRun, note } from "./lib.js";
+import { sections, targetLines, targets, type FloorFigures, type Results } from "./report.js";
+import { scale } from "./scale.js";
+import { throughput } from "./throughput.js";
+
+const SECTIONS = ["floor", "throughput", "scale", "agents"] as const;
+type Section = (typeof SECTIONS)[number];
+
+const args = process.argv.slice(2);
+const quick = args.includes("--quick");
+const onlyArg = args.find((a) => a.startsWith("--only="))?.slice("--only=".length);
+const only = new Set<Section>(onlyArg ? (onlyArg.split(",") as Section[]) : SECTIONS);
+for (const a of args) {
+  if (a !== "--quick" && !a.startsWith("--only=")) {
+    process.stderr.write(`usage: npm run bench -- [--quick] [--only=${SECTIONS.join(",")}]\n`);
+    process.exit(2);
+  }
+}
+for (const s of only) {
+  if (!SECTIONS.includes(s)) {
+    process.stderr.write(`unknown section ${s}: use ${SECTIONS.join(", ")}\n`);
+    process.exit(2);
+  }
+}
+
+/** Sizes and durations: --quick for development (under a minute), the full run for the record. */
+const config = quick
+  ? {
+      floor: { windowMs: 800, rounds: 1 },
+      throughput: { identities: 48, jitWarmupMs: 1500, rounds: 1, warmupMs: 1000, windowMs: 2000, concurrency: 6 },
+      scale: { identities: 10_000, joins: 8, renewals: 16, lsRuns: 1, statusRuns: 2 },
+      agents: { runs: 3, principalsRuns: 6, settleMs: 2000, idleMs: 2000 },
+    }
+  : {
+      floor: { windowMs: 3000, rounds: 2 },
+      throughput: { identities: 128, jitWarmupMs: 10_000, rounds: 2, warmupMs: 3000, windowMs: 8000, concurrency: 8 },
+      scale: { identities: 100_000, joins: 30, renewals: 60, lsRuns: 3, statusRuns: 5 },
+      agents: { runs: 10, principalsRuns: 20, settleMs: 2000, idleMs: 24_000 },
+    };
+
+/** Source files newer than their build: the run would measure old code. */
+function staleBuild(): string[] {
+  const stale: string[] = [];
+  const walk = (dir: string) => {
+    for (const e of readdirSync(dir, { withFileTypes: true })) {
+      const p = join(dir, e.name);
+      if (e.isDirectory()) walk(p);
+      else if (p.endsWith(".ts")) {
+        const out = join(ROOT, "dist", relative(join(ROOT, "src"), p)).replace(/\.ts$/, ".js");
+        if (!existsSync(out) || statSync(out).mtimeMs < statSync(p).mtimeMs) stale.push(relative(ROOT, p));
+      }
+    }
+  };
+  walk(join(ROOT, "src"));
+  return stale;
+}
+
+async function floor(): Promise<FloorFigures> {
+  note("crypto floor: TLS handshakes, signatures, and the gRPC stack, in one process");
+  const r = await mustRun(process.execPath, [...TSX, join(ROOT, "bench/workers/floor.ts"), String(config.floor.windowMs), String(config.floor.rounds)], { timeoutMs: 300_000 });
+  return JSON.parse(r.stdout.trim().split("\n").pop()!) as FloorFigures;
+}
+
+const started = new Date();
+const stale = staleBuild();
+if (stale.length > 0) {
+  process.stderr.write(`bench: WARNING: dist/ is older than ${stale.length} source file(s) (${stale.slice(0, 3).join(", ")}${stale.length > 3 ? ", ..." : ""}): run npx tsc -p tsconfig.build.json first, or this measures old code\n`);
+}
+const load0 = loadavg()[0]!;
+process.stderr.write(`bench: ${quick ? "quick" : "full"} run of ${[...only].join(", ")}\n`);
+
+const results: Results = {};
+const failures: string[] = [];
+const runSection = async (name: Section, fn: () => Promise<void>) => {
+  if (!only.has(name)) return;
+  const t0 = performance.now();
+  try {
+    await fn();
+  } catch (e) {
+    failures.push(`${name}: ${(e as Error).stack ?? String(e)}`);
+    process.stderr.write(`bench: section ${name} failed: ${(e as Error).message}\n`);
+  }
+  note(`${name} took ${((performance.now() - t0) / 1000).toFixed(0)} s`);
+};
+await runSection("floor", async () => void (results.floor = await floor()));
+await runSection("throughput", async () => void (results.throughput = await throughput(config.throughput)));
+await runSection("scale", async () => void (results.scale = await scale(config.scale)));
+await runSection("agents", async () => {
+  const a = await agents(config.agents);
+  results.daemon = a.daemon;
+  results.node = a.node;
+});
+
+const rows = targets(results);
+const header = [
+  `Mezite benchmark: ${quick ? "QUICK run (smaller sizes, shorter windows; not for the record)" : "full run"}, ${started.toISOString()}`,
+  `node ${process.version}, OpenSSL ${process.versions.openssl}, ${cpus().length} cores (${cpus()[0]?.model.trim()}), load average ${load0.toFixed(1)} → ${loadavg()[0]!.toFixed(1)}, ${((Date.now() - started.getTime()) / 1000).toFixed(0)} s`,
+  ...(stale.length ? [`WARNING: dist/ older than src/ (${stale.length} files): figures are for the old build`] : []),
+  "",
+];
+process.stdout.write([...header, ...sections(results), ...targetLines(rows), ...failures.map((f) => `FAILED ${f.split("\n")[0]}`), ""].join("\n"));
+writeFileSync(
+  join(ROOT, "bench/results.json"),
+  JSON.stringify({ started: started.toISOString(), quick, node: process.version, openssl: process.versions.openssl, cores: cpus().length, loadavg: [load0, loadavg()[0]], staleBuild: stale, config, results, targets: rows, failures }, null, 2) + "\n",
+);
+process.exit(failures.length ? 1 : 0);

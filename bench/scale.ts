@@ -1,0 +1,148 @@
+/**
+ * Bench section 3: does a big fleet cost the auth service anything per call? Two services side by
+ * side: one nearly empty, one holding 100,000 agent identities bulk-inserted into its SQLite file
+ * while it was stopped. Join and renewal latencies are measured alternately on both (so the
+ * machine's drift hits both), and `mezctl agent-identities ls` / `status NAME` are timed on both.
+ *
+ * The bulk records are copies of real ones: one identity is added, joined and renewed through the
+ * service first, and its records (identity, instance with the last renewal's reply kept for
+ * retries, used token, issued certificate) are the templates, so sizes and shapes are what a live
+ * fleet stores.
+ */
+import { randomBytes, randomUUID } from "node:crypto";
+import { join } from "node:path";
+import Database from "better-sqlite3";
+import { keys, type IdentityRecord, type InstanceRecord, type IssuedCertRecord, type TokenRecord } from "../src/auth/records.js";
+import { median, note } from "./lib.js";
+import { joinOnce, renewOnce, type Renewer } from "./rpc.js";
+import { addIdentity, createSeedRole, mezctl, startService, type Service } from "./service.js";
+
+export interface ScaleOptions {
+  identities: number;
+  joins: number;
+  renewals: number;
+  lsRuns: number;
+  statusRuns: number;
+}
+
+export interface ScaleFigures {
+  identities: number;
+  insertSeconds: number;
+  dbMiB: number;
+  join: { empty: number; full: number };
+  renew: { empty: number; full: number };
+  ls: { empty: number; full: number };
+  status: { empty: number; full: number };
+}
+
+interface Row {
+  key: string;
+  value: string;
+  revision: string;
+  expires: number | null;
+}
+
+/** Adds, joins and renews one identity, so the service holds one of each record a fleet holds. */
+async function liveOne(svc: Service, name: string): Promise<Renewer> {
+  const r = await joinOnce(svc.addr, await addIdentity(svc, name));
+  await renewOnce(svc.addr, r);
+  return r;
+}
+
+function bulkInsert(dataDir: string, templateName: string, n: number): number {
+  const t0 = performance.now();
+  const db = new Database(join(dataDir, "mezite.db"));
+  try {
+    const get = db.prepare<[string], Row>("SELECT key, value, revision, expires FROM items WHERE key = ?");
+    const scan = db.prepare<[string, string], Row>("SELECT key, value, revision, expires FROM items WHERE key >= ? AND key < ?");
+    const identityRow = get.get(keys.identity(templateName))!;
+    const identity = JSON.parse(identityRow.value) as IdentityRecord;
+    const first = (prefix: string, ok: (r: Row) => boolean) => {
+      const row = scan.all(prefix, `${prefix}\uffff`).find(ok);
+      if (!row) throw new Error(`bench: no template record under ${prefix}`);
+      return row;
+    };
+    const instanceRow = first(keys.instancesOf(identity.id), () => true);
+    const tokenRow = first(keys.tokens, (r) => (JSON.parse(r.value) as TokenRecord).identityId === identity.id);
+    const certRow = first(keys.certs, (r) => (JSON.parse(r.value) as IssuedCertRecord).identityId === identity.id);
+    const instance = JSON.parse(instanceRow.value) as InstanceRecord;
+    if (!instance.lastRequest) throw new Error("bench: the template instance has no kept reply");
+    const token = JSON.parse(tokenRow.value) as TokenRecord;
+    const cert = JSON.parse(certRow.value) as IssuedCertRecord;
+    const insert = db.prepare<[string, string, string, number | null]>("INSERT INTO items (key, value, revision, expires) VALUES (?, ?, ?, ?)");
+    const put = (key: string, value: unknown, expires: number | null) => insert.run(key, JSON.stringify(value), randomUUID(), expires);
+    // Each kind inserted in key order: appends to the b-tree instead of random page splits (3x faster).
+    const sorted = (make: () => string) => Array.from({ length: n }, make).sort();
+    const ids = sorted(randomUUID);
+    const tokenIds = sorted(() => randomBytes(16).toString("hex"));
+    const serials = sorted(() => String(BigInt.asUintN(63, randomBytes(8).readBigUInt64BE()) || 1n));
+    const instanceIds = ids.map(() => randomUUID());
+    const name = (i: number) => `fleet-${String(i).padStart(6, "0")}`;
+    db.transaction(() => {
+      for (let i = 0; i < n; i++) put(keys.identity(name(i)), { ...identity, id: ids[i], name: name(i) }, null);
+      for (let i = 0; i < n; i++) {
+        put(keys.instance(ids[i]!, instanceIds[i]!), { ...instance, id: instanceIds[i], identityId: ids[i], identityName: name(i), serial: serials[i] }, null);
+      }
+      for (let i = 0; i < n; i++) put(keys.token(tokenIds[i]!), { ...token, id: tokenIds[i], identityId: ids[i], identityName: name(i) }, tokenRow.expires);
+      for (let i = 0; i < n; i++) {
+        put(keys.cert(serials[i]!), { ...cert, serial: serials[i], identityId: ids[i], identityName: name(i), instanceId: instanceIds[i] }, certRow.expires);
+      }
+    })();
+  } finally {
+    db.close();
+  }
+  return (performance.now() - t0) / 1000;
+}
+
+export async function scale(o: ScaleOptions): Promise<ScaleFigures> {
+  note(`starting two auth services; bulk-inserting ${o.identities.toLocaleString("en")} identities into one`);
+  const empty = await startService();
+  let full = await startService();
+  try {
+    for (const svc of [empty, full]) await createSeedRole(svc);
+    await liveOne(full, "template");
+    await full.stop();
+    const insertSeconds = bulkInsert(full.dataDir, "template", o.identities);
+    full = await startService({ dataDir: full.dataDir });
+    const dbMiB = Number((await import("node:fs")).statSync(join(full.dataDir, "mezite.db")).size) / 2 ** 20;
+    note(`inserted in ${insertSeconds.toFixed(1)} s (database ${dbMiB.toFixed(0)} MiB); timing join, renew, ls and status on both`);
+
+    const both = { empty, full } as const;
+    const renewers = { empty: await liveOne(empty, "live-0"), full: await liveOne(full, "live-0") };
+    const lat = { join: { empty: [] as number[], full: [] as number[] }, renew: { empty: [] as number[], full: [] as number[] } };
+    for (let i = 0; i < Math.max(o.joins, o.renewals); i++) {
+      for (const side of ["empty", "full"] as const) {
+        const svc = both[side];
+        if (i < o.joins) {
+          const token = await addIdentity(svc, `join-${i}`);
+          const t0 = performance.now();
+          await joinOnce(svc.addr, token);
+          lat.join[side].push(performance.now() - t0);
+        }
+        if (i < o.renewals) {
+          const t0 = performance.now();
+          await renewOnce(svc.addr, renewers[side]);
+          lat.renew[side].push(performance.now() - t0);
+        }
+      }
+    }
+    const cli = async (runs: number, ...args: string[]) => {
+      const out = { empty: [] as number[], full: [] as number[] };
+      for (let i = 0; i < runs; i++) for (const side of ["empty", "full"] as const) out[side].push((await mezctl(both[side], ...args)).ms);
+      return { empty: median(out.empty), full: median(out.full) };
+    };
+    const ls = await cli(o.lsRuns, "agent-identities", "ls");
+    const status = await cli(o.statusRuns, "agent-identities", "status", "live-0");
+    return {
+      identities: o.identities,
+      insertSeconds,
+      dbMiB,
+      join: { empty: median(lat.join.empty), full: median(lat.join.full) },
+      renew: { empty: median(lat.renew.empty), full: median(lat.renew.full) },
+      ls,
+      status,
+    };
+  } finally {
+    await Promise.all([empty.stop(), full.stop()]);
+  }
+}
