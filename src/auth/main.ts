@@ -31,13 +31,15 @@ export async function runAuth(cfg: AuthConfig, workers = 1): Promise<void> {
   if (workers > 1 && cluster.isPrimary) return runPrimary(cfg, workers, log);
 
   const svc = await startAuthService(cfg, log);
+  // Handlers first: whoever reads the ready line may send SIGTERM at once.
+  const stopped = new Promise<void>((resolve) => onStopSignal(log, resolve));
   if (cluster.isWorker) {
     process.send?.({ mezite: "ready", addr: svc.addr, port: svc.port } satisfies ReadyMessage);
   } else {
     log.info("auth service started", { cluster: cfg.clusterName, backend: redact(cfg.backend), ca_pin: caPin(svc.context.cas.host.x509CertPem) });
     process.stdout.write(`auth service listening on ${svc.addr}\n`);
   }
-  await new Promise<void>((resolve) => onStopSignal(log, resolve));
+  await stopped;
   await svc.stop();
   process.exit(0);
 }
@@ -69,8 +71,9 @@ async function runPrimary(cfg: AuthConfig, workers: number, log: Logger): Promis
     log.error("auth worker died; starting another", { worker: w.id, code, signal });
     fork();
   });
+  const stopped = new Promise<void>((resolve) => onStopSignal(log, resolve));
   for (let i = 0; i < workers; i++) fork();
-  await new Promise<void>((resolve) => onStopSignal(log, resolve));
+  await stopped;
   stopping = true;
   const all = Object.values(cluster.workers ?? {}).filter((w) => w !== undefined);
   await Promise.all(all.map((w) => new Promise<void>((r) => (w.once("exit", () => r()), w.kill("SIGTERM")))));
