@@ -23,7 +23,7 @@ const ONES = Buffer.alloc(32, 1);
 //   `openssl pkey -inform DER -pubout -outform DER` over the RFC 8410 PKCS#8 of that seed)
 const VECTOR = {
   tokenId: "077f132cc67c1693e45cea7fcfb798d9",
-  macKey: "c681e714c179d3e2dde620ab3c205cf9f11e7662a35404cf1765f944b977b716",
+  macKey: "c681e714c179d3e2dde620ab3c205cf9f11e7662a35404cf1765f944b977b716", // test vector of the all-0x01 token, no secret
   verifyKeySpki: "302a300506032b6570032100c3987b11e05198f1375c95199e13b6fecd29951d67c72979a95bb7adc75ae884",
 };
 
