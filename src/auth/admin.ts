@@ -222,7 +222,10 @@ export async function listAgentIdentities(ctx: AuthContext, only?: string): Prom
     const m = new Map<string, T[]>();
     for (const it of items) {
       const k = key(it);
-      if (k !== undefined) m.set(k, [...(m.get(k) ?? []), it]);
+      if (k === undefined) continue;
+      const list = m.get(k);
+      if (list) list.push(it);
+      else m.set(k, [it]);
     }
     return m;
   };

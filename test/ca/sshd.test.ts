@@ -16,7 +16,7 @@ import type { KrlSection } from "../../src/ca/krl.js";
 import { formatSshCertificate, signSshCertificate } from "../../src/ca/sshcert.js";
 import type { SshCertFields } from "../../src/ca/sshcert.js";
 import { encodeOpenSSHPrivateKey, formatAuthorizedKey } from "../../src/ca/sshkey.js";
-import { SSH_KEYGEN_PATH, SSH_PATH, SSHD_PATH, missingComponent } from "../harness/require.js";
+import { SSH_KEYGEN_PATH, missingComponent, sshdTestsCannotRun } from "../harness/require.js";
 import { ensureUser, sshRun, startSshd } from "../harness/sshd.js";
 import type { Sshd } from "../harness/sshd.js";
 
@@ -28,14 +28,7 @@ const userKey = generateKeyPairSync("ed25519");
 // sshd checks validity against the real clock, so these certs are relative to it.
 const now = Math.floor(Date.now() / 1000);
 
-/** Why a test cannot run here, or undefined when it can. */
-function cannotRun(): [string, string] | undefined {
-  if (SSHD_PATH === undefined) return ["sshd", "apt-get install openssh-server"];
-  if (SSH_PATH === undefined || SSH_KEYGEN_PATH === undefined) return ["ssh", "apt-get install openssh-client"];
-  if (process.getuid?.() !== 0) return ["root", "these tests run sshd as root and log in as the local user deploy"];
-  return undefined;
-}
-const missing = cannotRun();
+const missing = sshdTestsCannotRun();
 function skipped(t: TestContext): boolean {
   if (missing !== undefined) missingComponent(t, ...missing);
   return missing !== undefined;

@@ -6,17 +6,9 @@ import { request as httpsRequest, type RequestOptions } from "node:https";
 import type { TLSSocket } from "node:tls";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { createServer } from "node:net";
 import { MEZD, mezctlOk, run, startAuth } from "../harness/auth.js";
+import { freePort } from "../harness/net.js";
 
-function freePort(): Promise<number> {
-  return new Promise((ok) => {
-    const s = createServer().listen(0, "127.0.0.1", () => {
-      const p = (s.address() as { port: number }).port;
-      s.close(() => ok(p));
-    });
-  });
-}
 
 function httpsGet(port: number, path: string, ca: string): Promise<{ status: number; body: string; alpn: string }> {
   return new Promise((ok, fail) => {

@@ -6,10 +6,10 @@
  */
 import { execFile, execFileSync, spawnSync } from "node:child_process";
 import { chownSync, mkdtempSync, readFileSync, rmSync } from "node:fs";
-import { createServer } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { PG_BIN_DIR } from "./require.js";
+import { freePort } from "./net.js";
 
 export interface PostgresServer {
   /** postgresql://postgres@127.0.0.1:PORT/postgres (trust authentication). */
@@ -103,13 +103,3 @@ export async function startPostgres(): Promise<PostgresServer> {
   };
 }
 
-function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const srv = createServer();
-    srv.once("error", reject);
-    srv.listen(0, "127.0.0.1", () => {
-      const addr = srv.address();
-      srv.close(() => (typeof addr === "object" && addr ? resolve(addr.port) : reject(new Error("no port"))));
-    });
-  });
-}

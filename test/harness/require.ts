@@ -32,3 +32,14 @@ export function sshKeygen(t: TestContext, args: string[]): { code: number | null
   const r = spawnSync(SSH_KEYGEN_PATH, args, { encoding: "utf8", env: { ...process.env, TZ: "UTC" } });
   return { code: r.status, out: r.stdout + r.stderr };
 }
+
+/**
+ * Why the tests that run sshd as root and log in with ssh cannot run here: [what, how to get it],
+ * or undefined when they can.
+ */
+export function sshdTestsCannotRun(): [string, string] | undefined {
+  if (SSHD_PATH === undefined) return ["sshd", "apt-get install openssh-server"];
+  if (SSH_PATH === undefined || SSH_KEYGEN_PATH === undefined) return ["ssh", "apt-get install openssh-client"];
+  if (process.getuid?.() !== 0) return ["root", "these tests run sshd as root and log in as local users"];
+  return undefined;
+}

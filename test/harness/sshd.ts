@@ -6,10 +6,11 @@
 import { spawn, spawnSync } from "node:child_process";
 import type { ChildProcess } from "node:child_process";
 import { chmodSync, mkdirSync, readFileSync, writeFileSync } from "node:fs";
-import { createConnection, createServer } from "node:net";
+import { createConnection } from "node:net";
 import type { Socket } from "node:net";
 import { join, resolve } from "node:path";
 import { SSH_PATH, SSHD_PATH } from "./require.js";
+import { freePort } from "./net.js";
 
 export interface SshdOptions {
   /** Directory for the config and the log (made absolute: sshd resets connections otherwise). */
@@ -45,16 +46,6 @@ for (const sig of ["SIGINT", "SIGTERM", "SIGHUP"] as const) {
   });
 }
 
-function freePort(): Promise<number> {
-  return new Promise((ok, fail) => {
-    const srv = createServer();
-    srv.once("error", fail);
-    srv.listen(0, "127.0.0.1", () => {
-      const addr = srv.address();
-      srv.close(() => (typeof addr === "object" && addr !== null ? ok(addr.port) : fail(new Error("no port"))));
-    });
-  });
-}
 
 function canConnect(port: number): Promise<boolean> {
   return new Promise((ok) => {

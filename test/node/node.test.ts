@@ -23,7 +23,7 @@ import { NODE_DEFAULTS, NodeAgent } from "../../src/node/agent.js";
 import { MEZD, SEED_ROLE, mezctlOk, principalsMezd, run, startAuth, tokenFrom, type AuthProcess } from "../harness/auth.js";
 
 const PRINCIPALS_MEZD = principalsMezd();
-import { SSH_KEYGEN_PATH, SSH_PATH, SSHD_PATH, missingComponent } from "../harness/require.js";
+import { SSH_KEYGEN_PATH, missingComponent, sshdTestsCannotRun } from "../harness/require.js";
 import { ensureUser, sshRun, startSshd, type Sshd } from "../harness/sshd.js";
 
 const ALL_NODES_ROLE = `kind: role
@@ -36,13 +36,7 @@ spec:
     logins: [deploy]
 `;
 
-function cannotRun(): [string, string] | undefined {
-  if (SSHD_PATH === undefined) return ["sshd", "apt-get install openssh-server"];
-  if (SSH_PATH === undefined || SSH_KEYGEN_PATH === undefined) return ["ssh", "apt-get install openssh-client"];
-  if (process.getuid?.() !== 0) return ["root", "these tests run sshd as root with a principals command as nobody"];
-  return undefined;
-}
-const missing = cannotRun();
+const missing = sshdTestsCannotRun();
 
 interface Agent {
   name: string;
