@@ -11,8 +11,7 @@ import { SshReader, SshWriter, decodeBase64Strict } from "./sshwire.js";
 
 export const ED25519_KEY_TYPE = "ssh-ed25519";
 
-// DER prefixes of an Ed25519 SubjectPublicKeyInfo and PKCS#8 key (RFC 8410); the raw key follows.
-const SPKI_PREFIX = Buffer.from("302a300506032b6570032100", "hex");
+// DER prefix of an Ed25519 PKCS#8 key (RFC 8410); the 32-byte seed follows.
 const PKCS8_PREFIX = Buffer.from("302e020100300506032b657004220420", "hex");
 const AUTH_MAGIC = Buffer.from("openssh-key-v1\0", "latin1");
 const PEM_BEGIN = "-----BEGIN OPENSSH PRIVATE KEY-----";
@@ -29,17 +28,28 @@ function requireEd25519(key: KeyObject, kind: "public" | "private" | "any"): voi
   }
 }
 
+// KeyObjects are immutable, so each one's public half is exported once. Through JWK: Node 20's
+// DER export costs ~165 µs per call in OpenSSL 3.0, JWK ~2 µs (npm run bench: the CA key is
+// exported on every renewal).
+const rawPublics = new WeakMap<KeyObject, Buffer>();
+
 /** The 32-byte public key; a private key is accepted and its public half returned. */
-export function ed25519RawPublic(pub: KeyObject): Buffer {
-  requireEd25519(pub, "any");
-  const spki = (pub.type === "private" ? createPublicKey(pub) : pub).export({ format: "der", type: "spki" });
-  return Buffer.from(spki.subarray(SPKI_PREFIX.length));
+export function ed25519RawPublic(key: KeyObject): Buffer {
+  let raw = rawPublics.get(key);
+  if (!raw) {
+    requireEd25519(key, "any");
+    raw = Buffer.from(key.export({ format: "jwk" }).x ?? "", "base64url");
+    if (raw.length !== 32) throw malformed("expected an Ed25519 key");
+    rawPublics.set(key, raw);
+  }
+  return Buffer.from(raw); // callers may write to their copy
 }
 
+/** Via JWK: ~15x faster than importing a DER SubjectPublicKeyInfo in Node 20. */
 export function ed25519PublicFromRaw(raw: Uint8Array): KeyObject {
   if (raw.length !== 32) throw malformed(`an Ed25519 public key is 32 bytes, not ${raw.length}`);
   try {
-    return createPublicKey({ key: Buffer.concat([SPKI_PREFIX, raw]), format: "der", type: "spki" });
+    return createPublicKey({ key: { kty: "OKP", crv: "Ed25519", x: Buffer.from(raw).toString("base64url") }, format: "jwk" });
   } catch (e) {
     throw malformed("invalid Ed25519 public key", e);
   }
@@ -54,7 +64,7 @@ function ed25519PrivateFromSeed(seed: Uint8Array): KeyObject {
 }
 
 function ed25519Seed(priv: KeyObject): Buffer {
-  return Buffer.from(priv.export({ format: "der", type: "pkcs8" }).subarray(PKCS8_PREFIX.length));
+  return Buffer.from(priv.export({ format: "jwk" }).d ?? "", "base64url");
 }
 
 export function sshPublicKeyBlob(pub: KeyObject): Buffer {

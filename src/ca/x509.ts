@@ -76,13 +76,21 @@ function requireP256(k: KeyObject, type: "public" | "private", what: string): vo
 // SEQUENCE { SEQUENCE { id-ecPublicKey, prime256v1 }, BIT STRING (0 unused bits, 65-byte point) }
 const P256_SPKI_PREFIX = Buffer.from("3059301306072a8648ce3d020106082a8648ce3d030107034200", "hex");
 
+// KeyObjects are immutable: each one's point is exported once (the CA key's on every issue otherwise).
+const points = new WeakMap<KeyObject, Buffer>();
+
 /** The uncompressed point 04||X||Y, via JWK: ~25x faster than Node's DER export. */
 function p256Point(k: KeyObject): Buffer {
-  const jwk = k.export({ format: "jwk" });
-  const x = Buffer.from(jwk.x ?? "", "base64url");
-  const y = Buffer.from(jwk.y ?? "", "base64url");
-  if (x.length !== 32 || y.length !== 32) throw new MeziteError("ERR_MALFORMED_KEY", "expected an ECDSA P-256 key");
-  return Buffer.concat([Buffer.from([4]), x, y]);
+  let point = points.get(k);
+  if (!point) {
+    const jwk = k.export({ format: "jwk" });
+    const x = Buffer.from(jwk.x ?? "", "base64url");
+    const y = Buffer.from(jwk.y ?? "", "base64url");
+    if (x.length !== 32 || y.length !== 32) throw new MeziteError("ERR_MALFORMED_KEY", "expected an ECDSA P-256 key");
+    point = Buffer.concat([Buffer.from([4]), x, y]);
+    points.set(k, point);
+  }
+  return Buffer.from(point); // callers may write to their copy
 }
 
 /** PKCS#8 PEM ("PRIVATE KEY"), unencrypted: whoever stores it protects the file. */
@@ -474,15 +482,34 @@ export function parseCertificateDer(bytes: Uint8Array): ParsedCert {
   const buf = toBuffer(bytes, "ERR_MALFORMED_CERT", "certificate");
   // OpenSSL's parse is the gatekeeper for the whole structure; ours reads what it cannot expose.
   const node = nodeCert(buf);
+  return readFields(buf, () => node.issuer);
+}
+
+/**
+ * A TLS peer's certificate, which OpenSSL has already parsed and verified: only our own walk of
+ * its DER, no second OpenSSL parse (~0.4 ms per renewal in Node 20). Issuer and public key are
+ * read when first asked for; renewal needs neither.
+ */
+export function parseVerifiedCertificate(cert: NodeX509Certificate): ParsedCert {
+  return readFields(cert.raw, () => cert.issuer);
+}
+
+function readFields(buf: Buffer, issuerText: () => string): ParsedCert {
   const d = decodeCertificate(buf);
   return malformedIfThrows(() => {
+    let issuer: string | undefined;
+    let publicKey: KeyObject | undefined;
     const parsed: ParsedCert = {
       subjectCommonName: commonName(d.subject),
       serial: serialToHex(d.serial),
       notBefore: d.notBefore,
       notAfter: d.notAfter,
-      issuer: node.issuer.split("\n").join(", "),
-      publicKey: certPublicKey(d.spki.raw),
+      get issuer() {
+        return (issuer ??= issuerText().split("\n").join(", "));
+      },
+      get publicKey() {
+        return (publicKey ??= malformedIfThrows(() => certPublicKey(d.spki.raw)));
+      },
     };
     const text = (id: string): string | undefined => {
       const e = d.extensions.get(id);
