@@ -66,11 +66,14 @@ function bulkInsert(dataDir: string, templateName: string, n: number): number {
     const tokenRow = first(keys.tokens, (r) => (JSON.parse(r.value) as TokenRecord).identityId === identity.id);
     const certRow = first(keys.certs, (r) => (JSON.parse(r.value) as IssuedCertRecord).identityId === identity.id);
     const instance = JSON.parse(instanceRow.value) as InstanceRecord;
-    if (!instance.lastRequest) throw new Error("bench: the template instance has no kept reply");
+    if (!instance.lastRequest) throw new Error("bench: the template instance was never renewed");
+    const replyRow = get.get(keys.reply(instance.serial));
+    if (!replyRow) throw new Error("bench: the template instance's kept reply is missing");
     const token = JSON.parse(tokenRow.value) as TokenRecord;
     const cert = JSON.parse(certRow.value) as IssuedCertRecord;
     const insert = db.prepare<[string, string, string, number | null]>("INSERT INTO items (key, value, revision, expires) VALUES (?, ?, ?, ?)");
-    const put = (key: string, value: unknown, expires: number | null) => insert.run(key, JSON.stringify(value), randomUUID(), expires);
+    const putText = (key: string, value: string, expires: number | null) => insert.run(key, value, randomUUID(), expires);
+    const put = (key: string, value: unknown, expires: number | null) => putText(key, JSON.stringify(value), expires);
     // Each kind inserted in key order: appends to the b-tree instead of random page splits (3x faster).
     const sorted = (make: () => string) => Array.from({ length: n }, make).sort();
     const ids = sorted(randomUUID);
@@ -84,9 +87,12 @@ function bulkInsert(dataDir: string, templateName: string, n: number): number {
         put(keys.instance(ids[i]!, instanceIds[i]!), { ...instance, id: instanceIds[i], identityId: ids[i], identityName: name(i), serial: serials[i] }, null);
       }
       for (let i = 0; i < n; i++) put(keys.token(tokenIds[i]!), { ...token, id: tokenIds[i], identityId: ids[i], identityName: name(i) }, tokenRow.expires);
+      for (let i = 0; i < n; i++) putText(keys.identityToken(ids[i]!, tokenIds[i]!), "", tokenRow.expires);
       for (let i = 0; i < n; i++) {
         put(keys.cert(serials[i]!), { ...cert, serial: serials[i], identityId: ids[i], identityName: name(i), instanceId: instanceIds[i] }, certRow.expires);
       }
+      // The same reply for every serial: its size is what counts here, not its content.
+      for (let i = 0; i < n; i++) putText(keys.reply(serials[i]!), replyRow.value, replyRow.expires);
     })();
   } finally {
     db.close();

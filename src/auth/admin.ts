@@ -98,7 +98,10 @@ function tokenRecord(ctx: AuthContext, v: TokenVerifier | undefined, fields: Pic
 
 async function storeToken(ctx: AuthContext, t: TokenRecord): Promise<pb.TokenInfo> {
   // Kept a day past expiry so `status` can say "expired" rather than forgetting the token.
-  await ctx.backend.create(keys.token(t.id), encode(t), { expires: t.expires + 24 * 3_600_000 });
+  const kept = { expires: t.expires + 24 * 3_600_000 };
+  // The index entry first: a crash in between leaves an entry pointing at nothing, which readers skip.
+  if (t.identityId) await ctx.backend.put(keys.identityToken(t.identityId, t.id), "", kept);
+  await ctx.backend.create(keys.token(t.id), encode(t), kept);
   await ctx.audit.emit({ type: "token.create", identity: t.identityName ?? "", detail: `type=${t.type} id=${t.id.slice(0, 8)}` });
   return tokenInfo(t);
 }
@@ -136,8 +139,10 @@ export async function deleteToken(ctx: AuthContext, id: string): Promise<void> {
   const matches = (await loadAll<TokenRecord>(ctx.backend, keys.tokens)).filter((t) => id.length >= 8 && t.value.id.startsWith(id));
   if (matches.length === 0) throw notFound(`token ${id}`);
   if (matches.length > 1) throw new MeziteError("ERR_USAGE", `token prefix ${id} is ambiguous: give more characters`);
-  await ctx.backend.delete(keys.token(matches[0]!.value.id));
-  await ctx.audit.emit({ type: "token.delete", identity: matches[0]!.value.identityName ?? "", detail: `id=${id.slice(0, 8)}` });
+  const t = matches[0]!.value;
+  await ctx.backend.delete(keys.token(t.id));
+  if (t.identityId) await ctx.backend.delete(keys.identityToken(t.identityId, t.id));
+  await ctx.audit.emit({ type: "token.delete", identity: t.identityName ?? "", detail: `id=${id.slice(0, 8)}` });
 }
 
 // ---- agent identities
@@ -205,15 +210,35 @@ export function statusOf(
   });
 }
 
-/** Loads everything once and groups it, so listing 100,000 identities is one pass, not n queries. */
-export async function listAgentIdentities(ctx: AuthContext, only?: string): Promise<pb.AgentIdentityStatus[]> {
+/** An identity's own tokens, through the per-identity index. */
+async function tokensOf(ctx: AuthContext, identityId: string): Promise<TokenRecord[]> {
+  const ids = (await ctx.backend.range(keys.identityTokens(identityId))).map((i) => i.key.slice(i.key.lastIndexOf("/") + 1));
+  const found = await Promise.all(ids.map((id) => load<TokenRecord>(ctx.backend, keys.token(id))));
+  return found.filter((t) => t !== undefined).map((t) => t.value);
+}
+
+/** One identity's status: a handful of point reads and short ranges, whatever the fleet's size. */
+export async function getAgentIdentity(ctx: AuthContext, name: string): Promise<pb.AgentIdentityStatus> {
+  const found = await load<IdentityRecord>(ctx.backend, keys.identity(name));
+  if (!found) throw notFound(`agent identity "${name}"`);
+  const id = found.value;
   const now = ctx.now();
-  const identities = only
-    ? [await load<IdentityRecord>(ctx.backend, keys.identity(only))].filter((x) => x !== undefined)
-    : await loadAll<IdentityRecord>(ctx.backend, keys.identities);
-  if (only && identities.length === 0) throw notFound(`agent identity "${only}"`);
   const [instances, tokens, locks, roles] = await Promise.all([
-    only ? loadAll<InstanceRecord>(ctx.backend, keys.instancesOf(identities[0]!.value.id)) : loadAll<InstanceRecord>(ctx.backend, "/instances/"),
+    loadAll<InstanceRecord>(ctx.backend, keys.instancesOf(id.id)),
+    tokensOf(ctx, id.id),
+    activeLocks(ctx.backend, now),
+    Promise.all(id.roles.map((r) => load<StoredRole>(ctx.backend, keys.role(r)))),
+  ]);
+  const present = roles.filter((r) => r !== undefined).map((r) => r.value); // as listAgentIdentities does
+  return statusOf(id, instances.map((i) => i.value), tokens, locks, present, now);
+}
+
+/** Loads everything once and groups it, so listing 100,000 identities is one pass, not n queries. */
+export async function listAgentIdentities(ctx: AuthContext): Promise<pb.AgentIdentityStatus[]> {
+  const now = ctx.now();
+  const [identities, instances, tokens, locks, roles] = await Promise.all([
+    loadAll<IdentityRecord>(ctx.backend, keys.identities),
+    loadAll<InstanceRecord>(ctx.backend, "/instances/"),
     loadAll<TokenRecord>(ctx.backend, keys.tokens),
     activeLocks(ctx.backend, now),
     loadAll<StoredRole>(ctx.backend, keys.roles),
@@ -250,14 +275,17 @@ export async function deleteAgentIdentity(ctx: AuthContext, name: string): Promi
   // Deleting the identity record is what takes effect at once: join and renew both check it.
   await ctx.backend.delete(keys.identity(name));
   const id = found.value.id;
-  const [tokens, instances, locks] = await Promise.all([
-    loadAll<TokenRecord>(ctx.backend, keys.tokens),
+  const [tokenIndex, instances, locks] = await Promise.all([
+    ctx.backend.range(keys.identityTokens(id)),
     loadAll<InstanceRecord>(ctx.backend, keys.instancesOf(id)),
     loadAll<LockRecord>(ctx.backend, keys.locks),
   ]);
   const instanceIds = new Set(instances.map((i) => i.value.id));
   await Promise.all([
-    ...tokens.filter((t) => t.value.identityId === id).map((t) => ctx.backend.delete(keys.token(t.value.id))),
+    ...tokenIndex.map(async (entry) => {
+      await ctx.backend.delete(keys.token(entry.key.slice(entry.key.lastIndexOf("/") + 1)));
+      await ctx.backend.delete(entry.key);
+    }),
     ...instances.map((i) => ctx.backend.delete(keys.instance(id, i.value.id))),
     ...locks
       .filter((l) => (l.value.kind === "agent_identity" && l.value.target === name) || (l.value.kind === "instance" && instanceIds.has(l.value.target)))

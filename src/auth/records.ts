@@ -13,12 +13,15 @@ export interface IdentityRecord {
   created: number;
 }
 
-/** The last renewal answered, so a retry of the very same request gets the very same reply. */
+/**
+ * The last renewal answered, so a retry of the very same request gets the very same reply. The
+ * reply itself (~6 KB of certificates) is a record of its own, keys.reply(instance's serial):
+ * instance records stay small for listings and every renewal's read-modify-write.
+ */
 export interface LastRequest {
   id: string; // hex request id
   keysHash: string; // hex SHA-256 over the public keys of the request
   fromGeneration: string; // generation the request presented
-  reply: unknown; // IssuedCertificates as protobuf JSON
 }
 
 export interface InstanceRecord {
@@ -100,6 +103,11 @@ export const keys = {
   nodes: "/nodes/",
   cert: (serial: string) => `/certs/${serial}`,
   certs: "/certs/",
+  /** The reply that issued certificate SERIAL: base64 binary IssuedCertificates, kept until it expires. */
+  reply: (serial: string) => `/replies/${serial}`,
+  /** Index: the tokens of an identity, so its status reads its own tokens, not everyone's. */
+  identityToken: (identityId: string, tokenId: string) => `/identity-tokens/${identityId}/${tokenId}`,
+  identityTokens: (identityId: string) => `/identity-tokens/${identityId}/`,
   ca: (kind: "user" | "host") => `/cas/${kind}`,
   audit: "/audit/",
 };

@@ -5,8 +5,8 @@
  * locks the instance. A retry of the very request that was answered gets the same reply, so a
  * lost reply never looks like a clone.
  */
-import { create, fromJson, toJson } from "@bufbuild/protobuf";
-import { IssuedCertificatesSchema } from "../api/gen/mezite/v1/common_pb.js";
+import { create, fromBinary, toBinary } from "@bufbuild/protobuf";
+import { IssuedCertificatesSchema, type IssuedCertificates } from "../api/gen/mezite/v1/common_pb.js";
 import { RenewResponseSchema, type RenewRequest, type RenewResponse } from "../api/gen/mezite/v1/renew_pb.js";
 import type { ParsedCert } from "../ca/x509.js";
 import { MeziteError, isMeziteError } from "../lib/errors.js";
@@ -68,7 +68,7 @@ export async function renewAgent(ctx: AuthContext, req: RenewRequest, peer: Pars
         );
       }
       refuseIfLocked(locks, { identityName: name, instanceId: inst.id, roles: roleNames, logins: principalsFor(roles) });
-      if (retry) return create(RenewResponseSchema, { certificates: fromJson(IssuedCertificatesSchema, last.reply as never) });
+      if (retry) return create(RenewResponseSchema, { certificates: await storedReply(ctx, inst.serial) });
 
       const generation = BigInt(inst.generation) + 1n;
       const issued = await issueAgentCertificates({
@@ -89,10 +89,13 @@ export async function renewAgent(ctx: AuthContext, req: RenewRequest, peer: Pars
         address: remoteAddr,
         certExpires: issued.record.expires,
         serial: issued.record.serial,
-        lastRequest: { id: requestId, keysHash: hash, fromGeneration: presented, reply: toJson(IssuedCertificatesSchema, issued.certs) },
+        lastRequest: { id: requestId, keysHash: hash, fromGeneration: presented },
       };
-      // Recorded before the swap: a node must be able to revoke any certificate we might hand out.
-      await ctx.backend.put(keys.cert(issued.record.serial), encode(issued.record), { expires: issued.record.expires });
+      // Recorded before the swap: a node must be able to revoke any certificate we might hand out,
+      // and a retry must find the reply the swap points at.
+      const expires = { expires: issued.record.expires };
+      await ctx.backend.put(keys.cert(issued.record.serial), encode(issued.record), expires);
+      await ctx.backend.put(keys.reply(issued.record.serial), Buffer.from(toBinary(IssuedCertificatesSchema, issued.certs)).toString("base64"), expires);
       try {
         await ctx.backend.compareAndSwap(instanceKey, found.revision, encode(next));
       } catch (e) {
@@ -107,6 +110,13 @@ export async function renewAgent(ctx: AuthContext, req: RenewRequest, peer: Pars
     await ctx.audit.emit({ type: "agent_identity.renew", ...base, roles: roleNames, success: false, error: isMeziteError(e) ? e.code : "ERR_INTERNAL" });
     throw e;
   }
+}
+
+async function storedReply(ctx: AuthContext, serial: string): Promise<IssuedCertificates> {
+  const item = await ctx.backend.get(keys.reply(serial));
+  // Kept as long as its certificates are valid; a retry after that cannot present the renewal certificate.
+  if (!item) throw new MeziteError("ERR_INTERNAL", "the reply to this renewal is no longer kept; retry with a new request");
+  return fromBinary(IssuedCertificatesSchema, Buffer.from(item.value, "base64"));
 }
 
 async function lockClone(ctx: AuthContext, inst: InstanceRecord, presented: string, remoteAddr: string, roles: string[]): Promise<void> {

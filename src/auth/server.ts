@@ -22,7 +22,7 @@ import { toConnectError } from "../api/errors.js";
 import { writeAdminIdentity } from "../api/admin-identity.js";
 import type { Backend } from "../backend/backend.js";
 import { openBackend } from "../backend/open.js";
-import { caPin, generateP256, issueClientCertificate, issueServerCertificate, parseCertificateDer, privateKeyToPem, type CertKind, type ParsedCert } from "../ca/x509.js";
+import { caPin, generateP256, issueClientCertificate, issueServerCertificate, parseVerifiedCertificate, privateKeyToPem, type CertKind, type ParsedCert } from "../ca/x509.js";
 import { handleDiag, splitHostPort, startDiagServer, type DiagSource } from "../lib/diag.js";
 import { MeziteError, isMeziteError } from "../lib/errors.js";
 import { ensureDir } from "../lib/files.js";
@@ -66,10 +66,10 @@ function peerOf(req: Http2ServerRequest): Peer {
   const socket = req.socket as TLSSocket;
   const remoteAddr = socket.remoteAddress ?? "";
   if (!socket.authorized) return { remoteAddr, cert: undefined };
-  const raw = socket.getPeerCertificate()?.raw;
-  if (!raw) return { remoteAddr, cert: undefined };
+  const x509 = socket.getPeerX509Certificate();
+  if (!x509) return { remoteAddr, cert: undefined };
   try {
-    return { remoteAddr, cert: parseCertificateDer(raw) };
+    return { remoteAddr, cert: parseVerifiedCertificate(x509) };
   } catch {
     return { remoteAddr, cert: undefined };
   }
@@ -164,7 +164,7 @@ function routes(ctx: AuthContext, revocations: Revocations, metrics: AuthMetrics
         create(adminPb.ListAgentIdentitiesResponseSchema, { identities: await admin.listAgentIdentities(ctx) }),
       ),
       getAgentIdentity: adminCall("GetAgentIdentity", async (req: adminPb.GetAgentIdentityRequest) =>
-        create(adminPb.GetAgentIdentityResponseSchema, { identity: (await admin.listAgentIdentities(ctx, req.name))[0] }),
+        create(adminPb.GetAgentIdentityResponseSchema, { identity: await admin.getAgentIdentity(ctx, req.name) }),
       ),
       deleteAgentIdentity: adminCall("DeleteAgentIdentity", async (req: adminPb.DeleteAgentIdentityRequest) => {
         await admin.deleteAgentIdentity(ctx, req.name);

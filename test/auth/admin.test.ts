@@ -145,8 +145,10 @@ test("locks add / ls / rm: a lock stops renewal at once, removing it lets renewa
   assert.equal((await statusOf(auth, "github-deploy")).locked, false);
 });
 
-test("tokens ls lists tokens but never their secret", async () => {
+test("tokens ls lists tokens but never their secret; status follows the identity's newest token", async () => {
+  assert.equal((await json("agent-identities", "status", "github-deploy")).token_state, "used");
   const second = tokenFrom(await mezctlOk(auth, "agent-identities", "add-token", "github-deploy"));
+  assert.equal((await json("agent-identities", "status", "github-deploy")).token_state, "unused");
   const list = await json<any[]>("tokens", "ls");
   const ids = [token, second].map((t) => deriveTokenSecrets(Buffer.from(t, "hex")).tokenId);
   assert.deepEqual(list.map((t) => t.id).sort(), [...ids].sort());
@@ -156,6 +158,11 @@ test("tokens ls lists tokens but never their secret", async () => {
     const out = JSON.stringify(list);
     assert.ok(!out.includes(secret) && !out.includes(secret.slice(0, 32)) && !out.includes(secret.slice(32)), "tokens ls shows a token secret");
   }
+  // A node token (no identity) and a removed token leave the identity's status as it was.
+  await mezctlOk(auth, "tokens", "add", "--type=node", "--labels=env=test");
+  await mezctlOk(auth, "tokens", "rm", ids[1]!);
+  assert.equal((await json("agent-identities", "status", "github-deploy")).token_state, "used");
+  assert.deepEqual((await json<any[]>("tokens", "ls")).filter((t) => t.type === "agent_identity").map((t) => t.id), [ids[0]]);
 });
 
 test("audit ls --format=json: every event has the SPEC §11 keys, and the story is there", async () => {
@@ -188,7 +195,7 @@ test("rm: the identity is gone, then its role can be removed", async () => {
   assert.deepEqual(ls, []);
   assert.match(status, /github-deploy.*not found/);
   const api = adminApi(auth);
-  assert.deepEqual((await api.listTokens({})).tokens, [], "its tokens went with it");
+  assert.deepEqual((await api.listTokens({})).tokens.map((t) => t.type), ["node"], "its tokens went with it");
   assert.equal(await mezctlOk(auth, "rm", "role/ci-deployer"), 'role "ci-deployer" removed\n');
   assert.deepEqual(await names(), { identities: [], roles: [] });
   const types = (await api.listAudit({ since: 0n, type: "", limit: 0 })).events.map((e) => e.type);
