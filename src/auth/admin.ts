@@ -5,6 +5,7 @@ import * as pb from "../api/gen/mezite/v1/common_pb.js";
 import type { TokenVerifier } from "../api/gen/mezite/v1/admin_pb.js";
 import { roleFromProto, roleToProto } from "../api/roles.js";
 import { ed25519PublicFromRaw } from "../ca/sshkey.js";
+import type { Item } from "../backend/backend.js";
 import { MeziteError, isMeziteError } from "../lib/errors.js";
 import { principalsFor, requirePrincipals } from "../rbac/access.js";
 import { NAME_PATTERN } from "../rbac/role.js";
@@ -174,8 +175,8 @@ export function statusOf(
   locks: LockRecord[],
   roles: StoredRole[],
   now: number,
+  logins = principalsFor(roles),
 ): pb.AgentIdentityStatus {
-  const logins = principalsFor(roles);
   const identityLocks = locksOn(locks, { identityName: identity.name, roles: identity.roles, logins });
   const instanceLocked = (id: string) => locks.some((l) => l.kind === "instance" && l.target === id);
   const newestToken = tokens.sort((a, b) => b.created - a.created)[0];
@@ -233,40 +234,76 @@ export async function getAgentIdentity(ctx: AuthContext, name: string): Promise<
   return statusOf(id, instances.map((i) => i.value), tokens, locks, present, now);
 }
 
-/** Loads everything once and groups it, so listing 100,000 identities is one pass, not n queries. */
-export async function listAgentIdentities(ctx: AuthContext): Promise<pb.AgentIdentityStatus[]> {
+const PAGE_DEFAULT = 500;
+const PAGE_MAX = 1000;
+const READ_CHUNK = 2000;
+
+/** A range read in chunks, so one listing of a large fleet never holds the event loop for long. */
+async function* chunked(ctx: AuthContext, prefix: string): AsyncGenerator<Item[]> {
+  for (let after: string | undefined; ; ) {
+    const items = await ctx.backend.range(prefix, after === undefined ? { limit: READ_CHUNK } : { limit: READ_CHUNK, startAfter: after });
+    if (items.length > 0) yield items;
+    if (items.length < READ_CHUNK) return;
+    after = items[items.length - 1]!.key;
+  }
+}
+
+/**
+ * Every identity's status, in pages in name order. Instances and tokens are read in one pass
+ * each first and grouped (three range scans in all, not queries per identity).
+ */
+export async function* listAgentIdentities(ctx: AuthContext, pageSize = 0): AsyncGenerator<pb.AgentIdentityStatus[]> {
+  if (pageSize > PAGE_MAX) throw new MeziteError("ERR_USAGE", `page size ${pageSize} is too large: at most ${PAGE_MAX}`);
+  const size = pageSize || PAGE_DEFAULT;
   const now = ctx.now();
-  const [identities, instances, tokens, locks, roles] = await Promise.all([
-    loadAll<IdentityRecord>(ctx.backend, keys.identities),
-    loadAll<InstanceRecord>(ctx.backend, "/instances/"),
-    loadAll<TokenRecord>(ctx.backend, keys.tokens),
-    activeLocks(ctx.backend, now),
-    loadAll<StoredRole>(ctx.backend, keys.roles),
-  ]);
-  const group = <T>(items: T[], key: (t: T) => string | undefined) => {
-    const m = new Map<string, T[]>();
-    for (const it of items) {
-      const k = key(it);
-      if (k === undefined) continue;
-      const list = m.get(k);
-      if (list) list.push(it);
-      else m.set(k, [it]);
+  const [locks, roles] = await Promise.all([activeLocks(ctx.backend, now), loadAll<StoredRole>(ctx.backend, keys.roles)]);
+  const instancesBy = new Map<string, InstanceRecord[]>();
+  for await (const items of chunked(ctx, "/instances/")) {
+    for (const item of items) {
+      const i = JSON.parse(item.value) as InstanceRecord;
+      const list = instancesBy.get(i.identityId);
+      if (list) list.push(i);
+      else instancesBy.set(i.identityId, [i]);
     }
-    return m;
-  };
-  const instancesBy = group(instances.map((i) => i.value), (i) => i.identityId);
-  const tokensBy = group(tokens.map((t) => t.value), (t) => t.identityId);
+  }
+  // Only the newest token of each identity counts for its status.
+  const newestToken = new Map<string, TokenRecord>();
+  for await (const items of chunked(ctx, keys.tokens)) {
+    for (const item of items) {
+      const t = JSON.parse(item.value) as TokenRecord;
+      if (t.identityId === undefined) continue;
+      const seen = newestToken.get(t.identityId);
+      if (!seen || t.created > seen.created) newestToken.set(t.identityId, t);
+    }
+  }
   const roleBy = new Map(roles.map((r) => [r.value.role, r.value]));
-  return identities.map(({ value: id }) =>
-    statusOf(
-      id,
-      instancesBy.get(id.id) ?? [],
-      tokensBy.get(id.id) ?? [],
-      locks,
-      id.roles.map((r) => roleBy.get(r)).filter((r) => r !== undefined),
-      now,
-    ),
-  );
+  // A fleet shares a few role sets: resolve each set's roles and logins once.
+  const roleSets = new Map<string, { roles: StoredRole[]; logins: string[] }>();
+  const roleSet = (names: string[]) => {
+    const key = names.join("\n");
+    let set = roleSets.get(key);
+    if (!set) {
+      const found = names.map((r) => roleBy.get(r)).filter((r) => r !== undefined);
+      set = { roles: found, logins: principalsFor(found) };
+      roleSets.set(key, set);
+    }
+    return set;
+  };
+  let page: pb.AgentIdentityStatus[] = [];
+  for await (const items of chunked(ctx, keys.identities)) {
+    for (const item of items) {
+      const id = JSON.parse(item.value) as IdentityRecord;
+      const instances = instancesBy.get(id.id) ?? [];
+      const token = newestToken.get(id.id);
+      const set = roleSet(id.roles);
+      page.push(statusOf(id, instances, token ? [token] : [], locks, set.roles, now, set.logins));
+      if (page.length === size) {
+        yield page;
+        page = [];
+      }
+    }
+  }
+  if (page.length > 0) yield page;
 }
 
 export async function deleteAgentIdentity(ctx: AuthContext, name: string): Promise<void> {

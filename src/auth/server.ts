@@ -99,15 +99,18 @@ export interface AuthMetrics {
 
 function routes(ctx: AuthContext, revocations: Revocations, metrics: AuthMetrics) {
   // Every handler goes through here: one place for metrics, logging and error mapping.
+  const failed = (method: string, e: unknown): ConnectError => {
+    metrics.calls.inc({ method, result: isMeziteError(e) ? e.code : e instanceof ConnectError ? Code[e.code] : "internal" });
+    if (!isMeziteError(e) && !(e instanceof ConnectError)) ctx.log.error("request failed", { method, error: (e as Error)?.stack ?? String(e) });
+    return toConnectError(e);
+  };
   const wrap = <A extends unknown[], R>(method: string, fn: (...args: A) => Promise<R>) => async (...args: A): Promise<R> => {
     try {
       const r = await fn(...args);
       metrics.calls.inc({ method, result: "ok" });
       return r;
     } catch (e) {
-      metrics.calls.inc({ method, result: isMeziteError(e) ? e.code : e instanceof ConnectError ? Code[e.code] : "internal" });
-      if (!isMeziteError(e) && !(e instanceof ConnectError)) ctx.log.error("request failed", { method, error: (e as Error)?.stack ?? String(e) });
-      throw toConnectError(e);
+      throw failed(method, e);
     }
   };
   const adminCall = <Req, Res>(method: string, fn: (req: Req) => Promise<Res>) =>
@@ -115,6 +118,16 @@ function routes(ctx: AuthContext, revocations: Revocations, metrics: AuthMetrics
       requireCert(hc, "admin");
       return fn(req);
     });
+  const adminStream = <Req, Res>(method: string, fn: (req: Req) => AsyncIterable<Res>) =>
+    async function* (req: Req, hc: HandlerContext): AsyncGenerator<Res> {
+      try {
+        requireCert(hc, "admin");
+        yield* fn(req);
+        metrics.calls.inc({ method, result: "ok" });
+      } catch (e) {
+        throw failed(method, e);
+      }
+    };
 
   return (router: ConnectRouter) => {
     router.service(JoinService, {
@@ -160,9 +173,9 @@ function routes(ctx: AuthContext, revocations: Revocations, metrics: AuthMetrics
       addAgentIdentity: adminCall("AddAgentIdentity", async (req: adminPb.AddAgentIdentityRequest) =>
         create(adminPb.AddAgentIdentityResponseSchema, await admin.addAgentIdentity(ctx, req.name, req.roles, req.token)),
       ),
-      listAgentIdentities: adminCall("ListAgentIdentities", async () =>
-        create(adminPb.ListAgentIdentitiesResponseSchema, { identities: await admin.listAgentIdentities(ctx) }),
-      ),
+      listAgentIdentities: adminStream("ListAgentIdentities", async function* (req: adminPb.ListAgentIdentitiesRequest) {
+        for await (const identities of admin.listAgentIdentities(ctx, req.pageSize)) yield create(adminPb.ListAgentIdentitiesResponseSchema, { identities });
+      }),
       getAgentIdentity: adminCall("GetAgentIdentity", async (req: adminPb.GetAgentIdentityRequest) =>
         create(adminPb.GetAgentIdentityResponseSchema, { identity: await admin.getAgentIdentity(ctx, req.name) }),
       ),

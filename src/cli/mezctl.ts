@@ -192,8 +192,14 @@ ai.command("ls")
   .description("list agent identities")
   .action(async () => {
     const a = admin();
-    const list = (await call(a, (c) => c.listAgentIdentities({}))).identities;
-    out(a, list.map(view.identityDoc), () => table(view.IDENTITY_HEADERS, list.map((s) => view.identityRow(s))));
+    const list = await call(a, async (c) => {
+      const all = [];
+      for await (const page of c.listAgentIdentities({})) all.push(...page.identities);
+      return all;
+    });
+    // Documents only when asked for: building 100,000 of them costs a second.
+    if (a.format === "text") process.stdout.write(table(view.IDENTITY_HEADERS, list.map((s) => view.identityRow(s))));
+    else printDocument(a.format, list.map(view.identityDoc));
   });
 
 ai.command("status")

@@ -26,8 +26,9 @@ async function json<T = any>(...args: string[]): Promise<T> {
 
 async function names(): Promise<{ identities: string[]; roles: string[] }> {
   const api = adminApi(auth);
-  const [i, r] = await Promise.all([api.listAgentIdentities({}), api.listRoles({})]);
-  return { identities: i.identities.map((x) => x.name), roles: r.roles.map((x) => x.name) };
+  const identities: string[] = [];
+  for await (const page of api.listAgentIdentities({})) identities.push(...page.identities.map((x) => x.name));
+  return { identities, roles: (await api.listRoles({})).roles.map((x) => x.name) };
 }
 
 function file(name: string, text: string): string {
@@ -163,6 +164,23 @@ test("tokens ls lists tokens but never their secret; status follows the identity
   await mezctlOk(auth, "tokens", "rm", ids[1]!);
   assert.equal((await json("agent-identities", "status", "github-deploy")).token_state, "used");
   assert.deepEqual((await json<any[]>("tokens", "ls")).filter((t) => t.type === "agent_identity").map((t) => t.id), [ids[0]]);
+});
+
+test("ListAgentIdentities streams every identity once, in name order, in pages of the size asked for", async () => {
+  const fleet = ["fleet-3", "fleet-1", "fleet-4", "fleet-0", "fleet-2"];
+  for (const n of fleet) await mezctlOk(auth, "agent-identities", "add", `--name=${n}`, "--roles=ci-deployer");
+  const api = adminApi(auth);
+  const pages: string[][] = [];
+  for await (const page of api.listAgentIdentities({ pageSize: 2 })) pages.push(page.identities.map((i) => i.name));
+  assert.deepEqual(pages, [["fleet-0", "fleet-1"], ["fleet-2", "fleet-3"], ["fleet-4", "github-deploy"]]);
+  const consume = async () => {
+    for await (const _ of api.listAgentIdentities({ pageSize: 1001 }));
+  };
+  await refused(consume(), "ERR_USAGE");
+  const ls = await json<any[]>("agent-identities", "ls");
+  assert.deepEqual(ls.map((i) => i.name), [...fleet.sort(), "github-deploy"]);
+  assert.deepEqual(ls.map((i) => i.token_state), ["unused", "unused", "unused", "unused", "unused", "used"]);
+  for (const n of fleet) await mezctlOk(auth, "agent-identities", "rm", n);
 });
 
 test("audit ls --format=json: every event has the SPEC §11 keys, and the story is there", async () => {
