@@ -13,7 +13,7 @@ import { closeSync, openSync } from "node:fs";
 import Database from "better-sqlite3";
 import { MeziteError } from "../lib/errors.js";
 import {
-  alreadyExists, checkExpires, checkKey, checkPrefix, checkRange, checkValue, closedError, compareFailed,
+  alreadyExists, checkExpires, compareKeys, checkKey, checkPrefix, checkRange, checkValue, closedError, compareFailed,
   makeItem, newRevision, prefixEnd, resolveBackendOptions, startSweeper,
 } from "./backend.js";
 import type { Backend, BackendOptions, Item, PutOptions, RangeOptions } from "./backend.js";
@@ -50,12 +50,12 @@ function prepare(db: Database.Database) {
     // Purges an expired row too, but reports only whether a live one was deleted.
     delete: db.prepare<[string, number], { live: number }>(`DELETE FROM items WHERE key = ? RETURNING ${LIVE} AS live`),
     deleteIf: db.prepare<[string, string, number]>(`DELETE FROM items WHERE key = ? AND revision = ? AND ${LIVE}`),
-    range: db.prepare<[string, string, string, number, number], Row>(
-      `SELECT ${ROW} FROM items WHERE key >= ? AND key < ? AND key > ? AND ${LIVE} ORDER BY key LIMIT ?`,
-    ),
-    rangeAll: db.prepare<[string, string, number, number], Row>(
-      `SELECT ${ROW} FROM items WHERE key >= ? AND key > ? AND ${LIVE} ORDER BY key LIMIT ?`,
-    ),
+    // SQLite seeks the index with one lower bound only: range() passes the tighter of prefix and
+    // startAfter, or paging through a prefix would rescan every earlier page.
+    rangeFrom: db.prepare<[string, string, number, number], Row>(`SELECT ${ROW} FROM items WHERE key >= ? AND key < ? AND ${LIVE} ORDER BY key LIMIT ?`),
+    rangeAfter: db.prepare<[string, string, number, number], Row>(`SELECT ${ROW} FROM items WHERE key > ? AND key < ? AND ${LIVE} ORDER BY key LIMIT ?`),
+    rangeFromAll: db.prepare<[string, number, number], Row>(`SELECT ${ROW} FROM items WHERE key >= ? AND ${LIVE} ORDER BY key LIMIT ?`),
+    rangeAfterAll: db.prepare<[string, number, number], Row>(`SELECT ${ROW} FROM items WHERE key > ? AND ${LIVE} ORDER BY key LIMIT ?`),
     count: db.prepare<[string, string, number], { n: number }>(`SELECT count(*) AS n FROM items WHERE key >= ? AND key < ? AND ${LIVE}`),
     countAll: db.prepare<[string, number], { n: number }>(`SELECT count(*) AS n FROM items WHERE key >= ? AND ${LIVE}`),
     sweep: db.prepare<[number]>("DELETE FROM items WHERE expires <= ?"),
@@ -154,11 +154,11 @@ export class SqliteBackend implements Backend {
     const end = prefixEnd(prefix);
     return this.#run(() => {
       const now = this.#now();
-      const after = startAfter ?? "";
       const lim = limit ?? -1; // negative: no limit
-      const rows = end === undefined
-        ? this.#stmt.rangeAll.all(prefix, after, now, lim)
-        : this.#stmt.range.all(prefix, end, after, now, lim);
+      const after = startAfter !== undefined && compareKeys(startAfter, prefix) >= 0 ? startAfter : undefined;
+      let rows: Row[];
+      if (end === undefined) rows = after === undefined ? this.#stmt.rangeFromAll.all(prefix, now, lim) : this.#stmt.rangeAfterAll.all(after, now, lim);
+      else rows = after === undefined ? this.#stmt.rangeFrom.all(prefix, end, now, lim) : this.#stmt.rangeAfter.all(after, end, now, lim);
       return rows.map(toItem);
     });
   }
