@@ -88,8 +88,8 @@ function bulkInsert(dataDir: string, templateName: string, n: number): number {
       }
       for (let i = 0; i < n; i++) put(keys.token(tokenIds[i]!), { ...token, id: tokenIds[i], identityId: ids[i], identityName: name(i) }, tokenRow.expires);
       for (let i = 0; i < n; i++) putText(keys.identityToken(ids[i]!, tokenIds[i]!), "", tokenRow.expires);
-      for (let i = 0; i < n; i++) {
-        put(keys.cert(serials[i]!), { ...cert, serial: serials[i], identityId: ids[i], identityName: name(i), instanceId: instanceIds[i] }, certRow.expires);
+      for (const i of Array.from({ length: n }, (_, j) => j).sort((a, b) => (instanceIds[a]! < instanceIds[b]! ? -1 : 1))) {
+        put(keys.cert(instanceIds[i]!, serials[i]!), { ...cert, serial: serials[i], identityId: ids[i], identityName: name(i), instanceId: instanceIds[i] }, certRow.expires);
       }
       // The same reply for every serial: its size is what counts here, not its content.
       for (let i = 0; i < n; i++) putText(keys.reply(serials[i]!), replyRow.value, replyRow.expires);

@@ -5,7 +5,6 @@ import * as pb from "../api/gen/mezite/v1/common_pb.js";
 import type { TokenVerifier } from "../api/gen/mezite/v1/admin_pb.js";
 import { roleFromProto, roleToProto } from "../api/roles.js";
 import { ed25519PublicFromRaw } from "../ca/sshkey.js";
-import type { Item } from "../backend/backend.js";
 import { MeziteError, isMeziteError } from "../lib/errors.js";
 import { principalsFor, requirePrincipals } from "../rbac/access.js";
 import { NAME_PATTERN } from "../rbac/role.js";
@@ -18,6 +17,7 @@ import {
   keys,
   load,
   loadAll,
+  loadChunks,
   type IdentityRecord,
   type InstanceRecord,
   type LockKind,
@@ -26,6 +26,7 @@ import {
   type StoredRole,
   type TokenRecord,
 } from "./records.js";
+import { tombstone } from "./revocations.js";
 import { loadRoles } from "./roles.js";
 
 const MAX_TOKEN_TTL_MS = 30 * 24 * 3_600_000;
@@ -236,18 +237,6 @@ export async function getAgentIdentity(ctx: AuthContext, name: string): Promise<
 
 const PAGE_DEFAULT = 500;
 const PAGE_MAX = 1000;
-const READ_CHUNK = 2000;
-
-/** A range read in chunks, so one listing of a large fleet never holds the event loop for long. */
-async function* chunked(ctx: AuthContext, prefix: string): AsyncGenerator<Item[]> {
-  for (let after: string | undefined; ; ) {
-    const items = await ctx.backend.range(prefix, after === undefined ? { limit: READ_CHUNK } : { limit: READ_CHUNK, startAfter: after });
-    if (items.length > 0) yield items;
-    if (items.length < READ_CHUNK) return;
-    after = items[items.length - 1]!.key;
-  }
-}
-
 /**
  * Every identity's status, in pages in name order. Instances and tokens are read in one pass
  * each first and grouped (three range scans in all, not queries per identity).
@@ -258,9 +247,8 @@ export async function* listAgentIdentities(ctx: AuthContext, pageSize = 0): Asyn
   const now = ctx.now();
   const [locks, roles] = await Promise.all([activeLocks(ctx.backend, now), loadAll<StoredRole>(ctx.backend, keys.roles)]);
   const instancesBy = new Map<string, InstanceRecord[]>();
-  for await (const items of chunked(ctx, "/instances/")) {
-    for (const item of items) {
-      const i = JSON.parse(item.value) as InstanceRecord;
+  for await (const chunk of loadChunks<InstanceRecord>(ctx.backend, "/instances/")) {
+    for (const i of chunk) {
       const list = instancesBy.get(i.identityId);
       if (list) list.push(i);
       else instancesBy.set(i.identityId, [i]);
@@ -268,9 +256,8 @@ export async function* listAgentIdentities(ctx: AuthContext, pageSize = 0): Asyn
   }
   // Only the newest token of each identity counts for its status.
   const newestToken = new Map<string, TokenRecord>();
-  for await (const items of chunked(ctx, keys.tokens)) {
-    for (const item of items) {
-      const t = JSON.parse(item.value) as TokenRecord;
+  for await (const chunk of loadChunks<TokenRecord>(ctx.backend, keys.tokens)) {
+    for (const t of chunk) {
       if (t.identityId === undefined) continue;
       const seen = newestToken.get(t.identityId);
       if (!seen || t.created > seen.created) newestToken.set(t.identityId, t);
@@ -290,9 +277,8 @@ export async function* listAgentIdentities(ctx: AuthContext, pageSize = 0): Asyn
     return set;
   };
   let page: pb.AgentIdentityStatus[] = [];
-  for await (const items of chunked(ctx, keys.identities)) {
-    for (const item of items) {
-      const id = JSON.parse(item.value) as IdentityRecord;
+  for await (const chunk of loadChunks<IdentityRecord>(ctx.backend, keys.identities)) {
+    for (const id of chunk) {
       const instances = instancesBy.get(id.id) ?? [];
       const token = newestToken.get(id.id);
       const set = roleSet(id.roles);
@@ -309,21 +295,23 @@ export async function* listAgentIdentities(ctx: AuthContext, pageSize = 0): Asyn
 export async function deleteAgentIdentity(ctx: AuthContext, name: string): Promise<void> {
   const found = await load<IdentityRecord>(ctx.backend, keys.identity(name));
   if (!found) throw notFound(`agent identity "${name}"`);
-  // Deleting the identity record is what takes effect at once: join and renew both check it.
-  await ctx.backend.delete(keys.identity(name));
   const id = found.value.id;
-  const [tokenIndex, instances, locks] = await Promise.all([
-    ctx.backend.range(keys.identityTokens(id)),
-    loadAll<InstanceRecord>(ctx.backend, keys.instancesOf(id)),
-    loadAll<LockRecord>(ctx.backend, keys.locks),
-  ]);
-  const instanceIds = new Set(instances.map((i) => i.value.id));
+  const instancesNow = async () => (await loadAll<InstanceRecord>(ctx.backend, keys.instancesOf(id))).map((i) => i.value);
+  // Its certificates go into the KRL before the identity goes; deleting the identity record is
+  // what takes effect at once (join and renew both check it). A join that raced past that check
+  // has made its instance by the second look, or finds the identity gone itself (joinAgent).
+  const before = await instancesNow();
+  await tombstone(ctx, before);
+  await ctx.backend.delete(keys.identity(name));
+  const [tokenIndex, instances, locks] = await Promise.all([ctx.backend.range(keys.identityTokens(id)), instancesNow(), loadAll<LockRecord>(ctx.backend, keys.locks)]);
+  const instanceIds = new Set(instances.map((i) => i.id));
+  await tombstone(ctx, instances.filter((i) => !before.some((b) => b.id === i.id)));
   await Promise.all([
     ...tokenIndex.map(async (entry) => {
       await ctx.backend.delete(keys.token(entry.key.slice(entry.key.lastIndexOf("/") + 1)));
       await ctx.backend.delete(entry.key);
     }),
-    ...instances.map((i) => ctx.backend.delete(keys.instance(id, i.value.id))),
+    ...instances.map((i) => ctx.backend.delete(keys.instance(id, i.id))),
     ...locks
       .filter((l) => (l.value.kind === "agent_identity" && l.value.target === name) || (l.value.kind === "instance" && instanceIds.has(l.value.target)))
       .map((l) => ctx.backend.delete(keys.lock(l.value.id))),
@@ -334,7 +322,10 @@ export async function deleteAgentIdentity(ctx: AuthContext, name: string): Promi
 export async function removeInstance(ctx: AuthContext, name: string, instanceId: string): Promise<void> {
   const found = await load<IdentityRecord>(ctx.backend, keys.identity(name));
   if (!found) throw notFound(`agent identity "${name}"`);
-  if (!(await ctx.backend.delete(keys.instance(found.value.id, instanceId)))) throw notFound(`instance ${instanceId} of "${name}"`);
+  const inst = await load<InstanceRecord>(ctx.backend, keys.instance(found.value.id, instanceId));
+  if (!inst) throw notFound(`instance ${instanceId} of "${name}"`);
+  await tombstone(ctx, [inst.value]);
+  await ctx.backend.delete(keys.instance(found.value.id, instanceId));
   await ctx.audit.emit({ type: "agent_identity.instance_delete", identity: name, instance: instanceId });
 }
 

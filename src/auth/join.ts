@@ -13,6 +13,7 @@ import type { AuthContext } from "./context.js";
 import { issueAgentCertificates } from "./issue.js";
 import { activeLocks, refuseIfLocked } from "./locks.js";
 import { encode, keys, load, type IdentityRecord, type InstanceRecord, type Loaded, type TokenRecord } from "./records.js";
+import { tombstone } from "./revocations.js";
 import { loadRoles } from "./roles.js";
 import * as v from "./validate.js";
 import { principalsFor } from "../rbac/access.js";
@@ -98,8 +99,16 @@ export async function joinAgent(ctx: AuthContext, req: JoinRequest, remoteAddr: 
       certExpires: issued.record.expires,
       serial: issued.record.serial,
     };
-    await ctx.backend.put(keys.cert(issued.record.serial), encode(issued.record), { expires: issued.record.expires });
+    await ctx.backend.put(keys.cert(instanceId, issued.record.serial), encode(issued.record), { expires: issued.record.expires });
     await ctx.backend.create(keys.instance(identity.value.id, instanceId), encode(instance));
+    // An rm racing this join may have listed the identity's instances before this one existed:
+    // whichever of us looks second sees the other, and the certificate never goes out unrevoked.
+    const still = await load<IdentityRecord>(ctx.backend, keys.identity(identityName));
+    if (!still || still.value.id !== identity.value.id) {
+      await tombstone(ctx, [instance]);
+      await ctx.backend.delete(keys.instance(identity.value.id, instanceId));
+      throw new MeziteError("ERR_TOKEN_UNKNOWN", "the join token's agent identity was deleted: ask an admin for a new one");
+    }
     await ctx.audit.emit({
       type: "agent_identity.join",
       identity: identityName,

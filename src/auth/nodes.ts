@@ -1,6 +1,6 @@
 /**
- * Nodes (SPEC §7): join with a node token, host certificates from the Host CA, heartbeats, and
- * the revocation state (KRL plus lock lists) that makes a lock stop SSH logins within seconds.
+ * Nodes (SPEC §7): join with a node token, host certificates from the Host CA and heartbeats.
+ * What they poll to stop SSH logins within seconds is in revocations.ts.
  */
 import type { KeyObject } from "node:crypto";
 import { create } from "@bufbuild/protobuf";
@@ -11,18 +11,15 @@ import {
   type JoinNodeResponse,
   type NodeCredentials,
 } from "../api/gen/mezite/v1/join_pb.js";
-import { GetRevocationsResponseSchema, type GetRevocationsResponse } from "../api/gen/mezite/v1/node_pb.js";
 import { joinNodeReplyTranscript, joinNodeRequestTranscript } from "../api/transcripts.js";
 import { mac } from "../ca/jointoken.js";
-import { encodeKrl } from "../ca/krl.js";
 import { formatSshCertificate, signSshCertificate } from "../ca/sshcert.js";
 import { issueClientCertificate, randomSerial } from "../ca/x509.js";
 import { MeziteError, isMeziteError } from "../lib/errors.js";
 import type { AuthContext } from "./context.js";
 import { BACKDATE_MS } from "./issue.js";
 import { checkToken, consumeToken } from "./join.js";
-import { activeLocks, locksOn } from "./locks.js";
-import { encode, keys, load, loadAll, type IdentityRecord, type InstanceRecord, type IssuedCertRecord, type NodeRecord } from "./records.js";
+import { encode, keys, load, type NodeRecord } from "./records.js";
 import * as v from "./validate.js";
 
 /** Host certificates live a week and are renewed by `mezd node start` well before that. */
@@ -116,58 +113,4 @@ export async function heartbeat(ctx: AuthContext, nodeName: string, address: str
   if (!found) return;
   const next: NodeRecord = { ...found.value, address: address || found.value.address, lastHeartbeat: ctx.now(), hostCertExpires: hostCertExpires || found.value.hostCertExpires };
   await ctx.backend.put(keys.node(nodeName), encode(next));
-}
-
-/**
- * The revocation state every node polls. Computed from the issued-certificate records, so the
- * KRL names exactly the unexpired certificates of locked or deleted identities and nothing else.
- * Cached briefly: many nodes polling every few seconds cost one computation a second.
- */
-export class Revocations {
-  private cached: { at: number; value: GetRevocationsResponse } | undefined;
-  private pending: Promise<GetRevocationsResponse> | undefined;
-
-  constructor(private readonly ctx: AuthContext, private readonly maxAgeMs = 1000) {}
-
-  async get(): Promise<GetRevocationsResponse> {
-    const now = this.ctx.now();
-    if (this.cached && now - this.cached.at < this.maxAgeMs) return this.cached.value;
-    this.pending ??= this.compute(now).finally(() => (this.pending = undefined));
-    return this.pending;
-  }
-
-  private async compute(now: number): Promise<GetRevocationsResponse> {
-    const { backend, cas } = this.ctx;
-    const [locks, identities, instances, certs] = await Promise.all([
-      activeLocks(backend, now),
-      loadAll<IdentityRecord>(backend, keys.identities),
-      loadAll<InstanceRecord>(backend, "/instances/"),
-      loadAll<IssuedCertRecord>(backend, keys.certs),
-    ]);
-    const liveIdentities = new Set(identities.map((i) => i.value.id));
-    const liveInstances = new Set(instances.map((i) => i.value.id));
-    const serials = certs
-      .map((c) => c.value)
-      .filter((c) => c.expires > now)
-      .filter(
-        (c) =>
-          !liveIdentities.has(c.identityId) ||
-          !liveInstances.has(c.instanceId) ||
-          locksOn(locks, { identityName: c.identityName, instanceId: c.instanceId, roles: c.roles, logins: c.principals }).length > 0,
-      )
-      .map((c) => BigInt(c.serial));
-    const krl = encodeKrl({ version: BigInt(now), generatedAt: Math.floor(now / 1000), sections: [{ caKey: cas.user.sshPublic, serials }] });
-    const ofKind = (k: string) => locks.filter((l) => l.kind === k).map((l) => l.target);
-    const lockedNames = new Set(ofKind("agent_identity"));
-    const value = create(GetRevocationsResponseSchema, {
-      krl,
-      userCaSshKeys: [cas.user.sshPublicLine],
-      lockedIdentityIds: identities.filter((i) => lockedNames.has(i.value.name)).map((i) => i.value.id),
-      lockedInstanceIds: ofKind("instance"),
-      lockedRoles: ofKind("role"),
-      lockedLogins: ofKind("login"),
-    });
-    this.cached = { at: now, value };
-    return value;
-  }
 }

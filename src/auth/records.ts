@@ -101,8 +101,13 @@ export const keys = {
   locks: "/locks/",
   node: (name: string) => `/nodes/${name}`,
   nodes: "/nodes/",
-  cert: (serial: string) => `/certs/${serial}`,
+  /** Under its instance: deleting or locking an instance revokes exactly this range. */
+  cert: (instanceId: string, serial: string) => `/certs/${instanceId}/${serial}`,
+  certsOf: (instanceId: string) => `/certs/${instanceId}/`,
   certs: "/certs/",
+  /** A deleted instance whose certificates are not all expired yet: they stay in the KRL. */
+  revokedInstance: (instanceId: string) => `/revoked-instances/${instanceId}`,
+  revokedInstances: "/revoked-instances/",
   /** The reply that issued certificate SERIAL: base64 binary IssuedCertificates, kept until it expires. */
   reply: (serial: string) => `/replies/${serial}`,
   /** Index: the tokens of an identity, so its status reads its own tokens, not everyone's. */
@@ -135,3 +140,15 @@ export async function loadAll<T>(backend: Backend, prefix: string): Promise<Load
 }
 
 export const encode = (v: unknown): string => JSON.stringify(v);
+
+const CHUNK = 2000;
+
+/** A range read in chunks, so a scan over a large fleet never holds the event loop for long. */
+export async function* loadChunks<T>(backend: Backend, prefix: string): AsyncGenerator<T[]> {
+  for (let after: string | undefined; ; ) {
+    const items = await backend.range(prefix, after === undefined ? { limit: CHUNK } : { limit: CHUNK, startAfter: after });
+    if (items.length > 0) yield items.map((i) => decode<T>(i));
+    if (items.length < CHUNK) return;
+    after = items[items.length - 1]!.key;
+  }
+}

@@ -94,7 +94,7 @@ export async function renewAgent(ctx: AuthContext, req: RenewRequest, peer: Pars
       // Recorded before the swap: a node must be able to revoke any certificate we might hand out,
       // and a retry must find the reply the swap points at.
       const expires = { expires: issued.record.expires };
-      await ctx.backend.put(keys.cert(issued.record.serial), encode(issued.record), expires);
+      await ctx.backend.put(keys.cert(inst.id, issued.record.serial), encode(issued.record), expires);
       await ctx.backend.put(keys.reply(issued.record.serial), Buffer.from(toBinary(IssuedCertificatesSchema, issued.certs)).toString("base64"), expires);
       try {
         await ctx.backend.compareAndSwap(instanceKey, found.revision, encode(next));

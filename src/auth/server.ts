@@ -33,7 +33,8 @@ import { Audit } from "./audit.js";
 import { loadOrCreateCas, type ClusterCas } from "./cas.js";
 import type { AuthContext } from "./context.js";
 import { joinAgent } from "./join.js";
-import { heartbeat, joinNode, renewNode, Revocations } from "./nodes.js";
+import { heartbeat, joinNode, renewNode } from "./nodes.js";
+import { Revocations } from "./revocations.js";
 import { renewAgent } from "./renew.js";
 
 export interface AuthConfig {

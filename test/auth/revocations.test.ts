@@ -1,0 +1,145 @@
+/**
+ * What nodes are told to revoke (SPEC §7): the KRL names exactly the unexpired certificates of
+ * locked or deleted identities, instances, roles and logins, read back by ssh-keygen -Q -l. Runs
+ * the service's own admin and revocation code on an in-memory backend with a frozen clock.
+ */
+import assert from "node:assert/strict";
+import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { after, test, type TestContext } from "node:test";
+import { PassThrough } from "node:stream";
+import { create } from "@bufbuild/protobuf";
+import { TokenVerifierSchema } from "../../src/api/gen/mezite/v1/admin_pb.js";
+import { roleToProto } from "../../src/api/roles.js";
+import { addAgentIdentity, addLock, createRole, deleteAgentIdentity, removeInstance, removeLocks } from "../../src/auth/admin.js";
+import { Audit } from "../../src/auth/audit.js";
+import { loadOrCreateCas } from "../../src/auth/cas.js";
+import type { AuthContext } from "../../src/auth/context.js";
+import { encode, keys, type IdentityRecord, type InstanceRecord, type IssuedCertRecord } from "../../src/auth/records.js";
+import { joinAgent } from "../../src/auth/join.js";
+import { Revocations } from "../../src/auth/revocations.js";
+import type { Backend } from "../../src/backend/backend.js";
+import { MemoryBackend } from "../../src/backend/memory.js";
+import { deriveTokenSecrets, generateToken } from "../../src/ca/jointoken.js";
+import { ed25519RawPublic } from "../../src/ca/sshkey.js";
+import { buildJoinRequest, generateIssueKeys } from "../../src/identity/protocol.js";
+import { createLogger } from "../../src/lib/log.js";
+import { parseRoleYaml } from "../../src/rbac/role.js";
+import { SEED_ROLE } from "../harness/auth.js";
+import { sshKeygen } from "../harness/require.js";
+
+const dir = mkdtempSync(join(tmpdir(), "mezite-revocations-"));
+after(() => rmSync(dir, { recursive: true, force: true }));
+
+const HOUR = 3_600_000;
+let clock = Date.UTC(2026, 10, 28, 12);
+
+async function context(wrap: (b: Backend) => Backend = (b) => b): Promise<AuthContext> {
+  const now = () => clock;
+  const backend = wrap(new MemoryBackend({ now, sweepIntervalMs: 0 }));
+  const log = createLogger(new PassThrough());
+  const cas = await loadOrCreateCas(backend, mkdtempSync(join(dir, "data-")), "test.mezite", clock);
+  return { backend, cas, clusterName: "test.mezite", publicAddrs: [], now, audit: new Audit(backend, log, now), log };
+}
+
+let serial = 100;
+
+/** An identity with `instances` instances, each holding a live and an expired certificate. */
+async function fleetMember(ctx: AuthContext, name: string, roles: string[], principals: string[], instances = 1) {
+  const identity: IdentityRecord = { id: `id-${name}`, name, roles, created: clock };
+  await ctx.backend.put(keys.identity(name), encode(identity));
+  const live: Record<string, string> = {};
+  for (let i = 0; i < instances; i++) {
+    const inst: InstanceRecord = { id: `${name}-inst-${i}`, identityId: identity.id, identityName: name, generation: "2", created: clock, lastSeen: clock, address: "", certExpires: clock + HOUR, serial: "" };
+    await ctx.backend.put(keys.instance(identity.id, inst.id), encode(inst));
+    for (const expires of [clock + HOUR, clock - 1]) {
+      const cert: IssuedCertRecord = { serial: String(serial++), identityId: identity.id, identityName: name, instanceId: inst.id, roles, principals, expires };
+      await ctx.backend.put(keys.cert(inst.id, cert.serial), encode(cert));
+      if (expires > clock) live[inst.id] = cert.serial;
+    }
+  }
+  return live;
+}
+
+/** The serials of the KRL the nodes would get now, as ssh-keygen reads them. */
+async function revoked(t: TestContext, r: Revocations): Promise<string[] | undefined> {
+  clock += 1_001; // past the one-second cache
+  const path = join(dir, "revoked.krl");
+  writeFileSync(path, (await r.get()).krl);
+  const out = sshKeygen(t, ["-Q", "-l", "-f", path]);
+  if (!out) return undefined;
+  assert.equal(out.code, 0, out.out);
+  return [...out.out.matchAll(/^serial: (\d+)$/gm)].map((m) => m[1]!).sort();
+}
+
+test("the KRL follows locks and deletions, and nothing else", async (t) => {
+  const ctx = await context();
+  const r = new Revocations(ctx);
+  const web = await fleetMember(ctx, "web", ["deployer"], ["deploy"], 2);
+  const db = await fleetMember(ctx, "db", ["dba"], ["postgres"]);
+  const ci = await fleetMember(ctx, "ci", ["deployer", "dba"], ["deploy", "postgres"]);
+  if ((await revoked(t, r)) === undefined) return;
+  assert.deepEqual(await revoked(t, r), [], "nothing is locked or deleted");
+
+  await addLock(ctx, "agent_identity", "db", "", 0);
+  assert.deepEqual(await revoked(t, r), [db["db-inst-0"]]);
+  assert.deepEqual((await r.get()).lockedIdentityIds, ["id-db"]);
+  await removeLocks(ctx, "agent_identity:db");
+  await addLock(ctx, "instance", "web-inst-1", "", 0);
+  assert.deepEqual(await revoked(t, r), [web["web-inst-1"]]);
+  await removeLocks(ctx, "instance:web-inst-1");
+  assert.deepEqual(await revoked(t, r), []);
+
+  // Role and login locks catch every identity holding the role or login, and end with the lock.
+  await addLock(ctx, "role", "dba", "", 0);
+  assert.deepEqual(await revoked(t, r), [ci["ci-inst-0"], db["db-inst-0"]].sort());
+  clock += 10_000; // past the grace period: the one rescan finds the same
+  assert.deepEqual(await revoked(t, r), [ci["ci-inst-0"], db["db-inst-0"]].sort());
+  await removeLocks(ctx, "role:dba");
+  await addLock(ctx, "login", "deploy", "", 30_000);
+  assert.deepEqual(await revoked(t, r), [ci["ci-inst-0"], web["web-inst-0"], web["web-inst-1"]].sort());
+  clock += 30_000; // the lock expires
+  assert.deepEqual(await revoked(t, r), []);
+
+  // Deletions stay revoked until the certificates expire, with nothing left to lock.
+  await removeInstance(ctx, "web", "web-inst-0");
+  await deleteAgentIdentity(ctx, "db");
+  assert.deepEqual(await revoked(t, r), [db["db-inst-0"], web["web-inst-0"]].sort());
+  assert.deepEqual((await r.get()).lockedIdentityIds, []);
+  clock += HOUR;
+  assert.deepEqual(await revoked(t, r), [], "expired certificates leave the KRL");
+});
+
+test("an rm racing a join: the join is refused and the certificate it made is revoked", async (t) => {
+  // rm runs to completion at the worst moment: after the join checked the identity, before its
+  // instance exists, so rm's listing of the identity's instances cannot see it.
+  let rmNow: (() => Promise<void>) | undefined;
+  const ctx = await context(
+    (b) =>
+      new Proxy(b, {
+        get: (target, prop) => {
+          if (prop !== "create") return (Reflect.get(target, prop) as Function).bind(target);
+          return async (key: string, value: string, opts?: { expires?: number }) => {
+            if (key.startsWith("/instances/") && rmNow) await rmNow();
+            return target.create(key, value, opts);
+          };
+        },
+      }),
+  );
+  await createRole(ctx, roleToProto(parseRoleYaml(SEED_ROLE)), false);
+  const token = generateToken();
+  const s = deriveTokenSecrets(Buffer.from(token, "hex"));
+  await addAgentIdentity(ctx, "racer", ["ci-deployer"], create(TokenVerifierSchema, { tokenId: s.tokenId, verifyKey: ed25519RawPublic(s.verifyKey), macKey: s.macKey }));
+  rmNow = async () => {
+    rmNow = undefined;
+    await deleteAgentIdentity(ctx, "racer");
+  };
+  const { request } = buildJoinRequest(Buffer.from(token, "hex"), generateIssueKeys(), HOUR);
+  await assert.rejects(joinAgent(ctx, request, "127.0.0.1"), /agent identity was deleted/);
+  const issued = (await ctx.backend.range(keys.certs)).map((i) => (JSON.parse(i.value) as IssuedCertRecord).serial);
+  assert.equal(issued.length, 1, "the join issued one certificate before it found out");
+  assert.deepEqual(await ctx.backend.range("/instances/"), [], "no instance is left behind");
+  const list = await revoked(t, new Revocations(ctx));
+  if (list !== undefined) assert.deepEqual(list, issued);
+});
