@@ -15,10 +15,11 @@ import { connectNodeAdapter } from "@connectrpc/connect-node";
 import { create } from "@bufbuild/protobuf";
 import { AdminService } from "../api/gen/mezite/v1/admin_pb.js";
 import * as adminPb from "../api/gen/mezite/v1/admin_pb.js";
-import { JoinService } from "../api/gen/mezite/v1/join_pb.js";
+import { JoinRequestSchema, JoinResponseSchema, JoinService, type JoinRequest } from "../api/gen/mezite/v1/join_pb.js";
 import { NodeService, RenewHostCertificateResponseSchema } from "../api/gen/mezite/v1/node_pb.js";
-import { RenewService } from "../api/gen/mezite/v1/renew_pb.js";
+import { RenewRequestSchema, RenewResponseSchema, RenewService, type RenewRequest } from "../api/gen/mezite/v1/renew_pb.js";
 import { toConnectError } from "../api/errors.js";
+import { unaryGrpc, type UnaryRoute } from "../api/grpc-unary.js";
 import { writeAdminIdentity } from "../api/admin-identity.js";
 import type { Backend } from "../backend/backend.js";
 import { openBackend } from "../backend/open.js";
@@ -76,8 +77,8 @@ function peerOf(req: Http2ServerRequest): Peer {
   }
 }
 
-function requireCert(ctx: HandlerContext, kind: CertKind): Peer & { cert: ParsedCert } {
-  const peer = ctx.values.get(peerKey);
+function requireCert(from: HandlerContext | Peer, kind: CertKind): Peer & { cert: ParsedCert } {
+  const peer = "values" in from ? from.values.get(peerKey) : from;
   if (!peer.cert || peer.cert.kind !== kind) {
     const what = kind === "renewal" ? "the daemon's renewal certificate (output certificates cannot renew)" : `a ${kind} certificate`;
     throw new ConnectError(`this call needs ${what}`, Code.Unauthenticated, { "mezite-error-code": "ERR_NOT_AUTHORIZED" });
@@ -130,16 +131,24 @@ function routes(ctx: AuthContext, revocations: Revocations, metrics: AuthMetrics
       }
     };
 
-  return (router: ConnectRouter) => {
+  // Served by grpc-unary.ts as plain gRPC, and by connect in any other protocol or encoding.
+  const join = wrap("Join", (req: JoinRequest, peer: Peer) => joinAgent(ctx, req, peer.remoteAddr));
+  const renew = wrap("Renew", (req: RenewRequest, from: Peer) => {
+    const peer = requireCert(from, "renewal");
+    return renewAgent(ctx, req, peer.cert, peer.remoteAddr);
+  });
+  const hot = new Map<string, UnaryRoute>([
+    [`/${JoinService.typeName}/${JoinService.method.join.name}`, { input: JoinRequestSchema, output: JoinResponseSchema, handle: (req, http) => join(req as JoinRequest, peerOf(http)) }],
+    [`/${RenewService.typeName}/${RenewService.method.renew.name}`, { input: RenewRequestSchema, output: RenewResponseSchema, handle: (req, http) => renew(req as RenewRequest, peerOf(http)) }],
+  ]);
+
+  const router = (router: ConnectRouter) => {
     router.service(JoinService, {
-      join: wrap("Join", (req, hc) => joinAgent(ctx, req, hc.values.get(peerKey).remoteAddr)),
+      join: (req, hc) => join(req, hc.values.get(peerKey)),
       joinNode: wrap("JoinNode", (req, hc) => joinNode(ctx, req, hc.values.get(peerKey).remoteAddr)),
     });
     router.service(RenewService, {
-      renew: wrap("Renew", (req, hc) => {
-        const peer = requireCert(hc, "renewal");
-        return renewAgent(ctx, req, peer.cert, peer.remoteAddr);
-      }),
+      renew: (req, hc) => renew(req, hc.values.get(peerKey)),
     });
     router.service(NodeService, {
       heartbeat: wrap("Heartbeat", async (req, hc) => {
@@ -209,6 +218,7 @@ function routes(ctx: AuthContext, revocations: Revocations, metrics: AuthMetrics
       ),
     });
   };
+  return { router, hot };
 }
 
 function isIp(host: string): boolean {
@@ -284,8 +294,9 @@ export async function startAuthService(cfg: AuthConfig, log: Logger = createLogg
     const diag: DiagSource = { registry, notReady: () => (ready ? undefined : "starting") };
 
     const tls = await serverTls(cas, cfg.clusterName, cfg.publicAddrs.length ? cfg.publicAddrs : [cfg.listen], now());
-    const handler = connectNodeAdapter({
-      routes: routes(ctx, new Revocations(ctx), metrics),
+    const api = routes(ctx, new Revocations(ctx), metrics);
+    const connectHandler = connectNodeAdapter({
+      routes: api.router,
       readMaxBytes: MAX_REQUEST_BYTES,
       // Replies are never compressed: certificates and keys barely shrink, and gzip cost the
       // service ~0.25 ms per renewal (npm run bench). Compressed requests are still accepted.
@@ -296,6 +307,7 @@ export async function startAuthService(cfg: AuthConfig, log: Logger = createLogg
         if (!handleDiag(diag, req, r)) r.writeHead(404).end();
       },
     });
+    const handler = unaryGrpc(api.hot, MAX_REQUEST_BYTES, connectHandler);
     server = createSecureServer(
       {
         key: tls.key,
