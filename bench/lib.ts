@@ -8,8 +8,9 @@ import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
 
 export const ROOT = resolve(import.meta.dirname, "..");
-export const MEZD_JS = join(ROOT, "dist/cli/mezd.js");
-export const MEZCTL_JS = join(ROOT, "dist/cli/mezctl.js");
+/** What bin/mezd and bin/mezctl run: the bundles `npm run build` makes. */
+export const MEZD_JS = join(ROOT, "dist/bundle/mezd.js");
+export const MEZCTL_JS = join(ROOT, "dist/bundle/mezctl.js");
 /** Node flags that let a child run a bench/*.ts worker. */
 export const TSX = ["--import", "tsx"];
 

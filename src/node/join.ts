@@ -87,7 +87,10 @@ export function resolveJoinOptions(raw: RawJoinOptions, env: NodeJS.ProcessEnv =
   };
 }
 
-/** bin/mezd of this installation: dist/node/join.js (or src/node/join.ts) sits two levels below. */
+/**
+ * bin/mezd of this installation: this file sits two levels below the root, as src/node/join.ts,
+ * dist/node/join.js or a chunk of the bundle in dist/bundle/ (scripts/bundle.mjs keeps it there).
+ */
 export function mezdPath(): string {
   return fileURLToPath(new URL("../../bin/mezd", import.meta.url));
 }

@@ -5,7 +5,7 @@
  */
 import { spawn, type ChildProcess } from "node:child_process";
 import { createHash } from "node:crypto";
-import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from "node:fs";
 import { unsafeCommandReason } from "../../src/node/join.js";
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
@@ -32,9 +32,16 @@ export function principalsMezd(): string {
   return wrapper;
 }
 
-/** The tests run the real binaries: npm test builds dist/ first; a lone test file needs it too. */
+/**
+ * The tests run the real binaries, bin/* on dist/bundle/: npm test builds both first; a lone test
+ * file needs them too. tsc alone leaves the bundle older than dist/, i.e. the binaries on old code.
+ */
 export function ensureBuilt(): void {
-  if (!existsSync(join(ROOT, "dist/cli/mezd.js"))) throw new Error("dist/ is missing: run npm run build first");
+  const mtime = (p: string) => (existsSync(join(ROOT, p)) ? statSync(join(ROOT, p)).mtimeMs : undefined);
+  const dist = mtime("dist/cli/mezd.js");
+  const bundles = [mtime("dist/bundle/mezd.js"), mtime("dist/bundle/mezctl.js")];
+  if (dist === undefined || bundles.includes(undefined)) throw new Error("dist/ is missing: run npm run build first");
+  if (bundles.some((b) => b! < dist)) throw new Error("dist/bundle/ is older than dist/ (tsc alone was run): run npm run build");
 }
 
 export interface AuthProcess {
