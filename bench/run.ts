@@ -51,15 +51,15 @@ const config = quick
 
 /** Source files newer than their build: the run would measure old code. */
 function staleBuild(): string[] {
+  // The bench runs the bundles (bin/mezd, bin/mezctl): what `npm run build` made last.
+  const bundle = join(ROOT, "dist/bundle/mezd.js");
+  const built = existsSync(bundle) ? statSync(bundle).mtimeMs : 0;
   const stale: string[] = [];
   const walk = (dir: string) => {
     for (const e of readdirSync(dir, { withFileTypes: true })) {
       const p = join(dir, e.name);
       if (e.isDirectory()) walk(p);
-      else if (p.endsWith(".ts")) {
-        const out = join(ROOT, "dist", relative(join(ROOT, "src"), p)).replace(/\.ts$/, ".js");
-        if (!existsSync(out) || statSync(out).mtimeMs < statSync(p).mtimeMs) stale.push(relative(ROOT, p));
-      }
+      else if (p.endsWith(".ts") && statSync(p).mtimeMs > built) stale.push(relative(ROOT, p));
     }
   };
   walk(join(ROOT, "src"));
@@ -75,7 +75,7 @@ async function floor(): Promise<FloorFigures> {
 const started = new Date();
 const stale = staleBuild();
 if (stale.length > 0) {
-  process.stderr.write(`bench: WARNING: dist/ is older than ${stale.length} source file(s) (${stale.slice(0, 3).join(", ")}${stale.length > 3 ? ", ..." : ""}): run npx tsc -p tsconfig.build.json first, or this measures old code\n`);
+  process.stderr.write(`bench: WARNING: the bundles in dist/bundle/ are older than ${stale.length} source file(s) (${stale.slice(0, 3).join(", ")}${stale.length > 3 ? ", ..." : ""}): run npm run build first, or this measures old code\n`);
 }
 const load0 = loadavg()[0]!;
 process.stderr.write(`bench: ${quick ? "quick" : "full"} run of ${[...only].join(", ")}\n`);
@@ -106,7 +106,7 @@ const rows = targets(results);
 const header = [
   `Mezite benchmark: ${quick ? "QUICK run (smaller sizes, shorter windows; not for the record)" : "full run"}, ${started.toISOString()}`,
   `node ${process.version}, OpenSSL ${process.versions.openssl}, ${cpus().length} cores (${cpus()[0]?.model.trim()}), load average ${load0.toFixed(1)} → ${loadavg()[0]!.toFixed(1)}, ${((Date.now() - started.getTime()) / 1000).toFixed(0)} s`,
-  ...(stale.length ? [`WARNING: dist/ older than src/ (${stale.length} files): figures are for the old build`] : []),
+  ...(stale.length ? [`WARNING: dist/bundle/ older than src/ (${stale.length} files): figures are for the old build`] : []),
   "",
 ];
 process.stdout.write([...header, ...sections(results), ...targetLines(rows), ...failures.map((f) => `FAILED ${f.split("\n")[0]}`), ""].join("\n"));

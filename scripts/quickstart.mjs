@@ -86,7 +86,7 @@ function waitFor(proc, re, what) {
 }
 
 async function main() {
-  if (!existsSync(join(ROOT, "dist/cli/mezd.js"))) die("dist/ is missing: run npm ci (it builds) or npm run build");
+  if (!existsSync(join(ROOT, "dist/bundle/mezd.js"))) die("dist/bundle/ is missing: run npm ci (it builds) or npm run build");
   const dir = mkdtempSync(join(tmpdir(), "mezite-quickstart-"));
   chmodSync(dir, 0o755); // sshd runs the principals command as nobody, which must reach the node dir
   console.log(`Mezite quickstart — working in ${dir}`);
