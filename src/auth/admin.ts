@@ -18,6 +18,7 @@ import {
   load,
   loadAll,
   loadChunks,
+  tokenKeptUntil,
   type IdentityRecord,
   type InstanceRecord,
   type LockKind,
@@ -99,8 +100,7 @@ function tokenRecord(ctx: AuthContext, v: TokenVerifier | undefined, fields: Pic
 }
 
 async function storeToken(ctx: AuthContext, t: TokenRecord): Promise<pb.TokenInfo> {
-  // Kept a day past expiry so `status` can say "expired" rather than forgetting the token.
-  const kept = { expires: t.expires + 24 * 3_600_000 };
+  const kept = { expires: tokenKeptUntil(t) };
   // The index entry first: a crash in between leaves an entry pointing at nothing, which readers skip.
   if (t.identityId) await ctx.backend.put(keys.identityToken(t.identityId, t.id), "", kept);
   await ctx.backend.create(keys.token(t.id), encode(t), kept);

@@ -3,7 +3,7 @@
  * ever a field here: events name identities, instances and serials, never tokens or keys.
  */
 import { randomBytes } from "node:crypto";
-import type { Backend } from "../backend/backend.js";
+import type { Backend, WriteOp } from "../backend/backend.js";
 import type { Logger } from "../lib/log.js";
 import { keys } from "./records.js";
 
@@ -47,7 +47,22 @@ export class Audit {
     private readonly now: () => number,
   ) {}
 
+  /** Logs and stores an event on its own. */
   async emit(e: Partial<AuditEvent> & { type: AuditType }): Promise<void> {
+    const entry = this.entry(e);
+    entry.publish();
+    try {
+      await this.backend.write([entry.op]);
+    } catch (err) {
+      this.log.error("could not store audit event", { type: e.type, error: (err as Error).message });
+    }
+  }
+
+  /**
+   * An event as a write for the caller's own batch, so a change and its audit event commit
+   * together; `publish` logs it, once the batch has committed.
+   */
+  entry(e: Partial<AuditEvent> & { type: AuditType }): { op: WriteOp; publish(): void } {
     const event: AuditEvent = {
       time: this.now(),
       identity: "",
@@ -61,14 +76,12 @@ export class Audit {
       detail: "",
       ...e,
     };
-    this.log.record({ audit: true, ...event, time: new Date(event.time).toISOString() });
     // Time-ordered keys make `audit ls --since` a range scan.
     const key = `${keys.audit}${String(event.time).padStart(15, "0")}-${randomBytes(4).toString("hex")}`;
-    try {
-      await this.backend.put(key, JSON.stringify(event), { expires: event.time + AUDIT_RETENTION_MS });
-    } catch (err) {
-      this.log.error("could not store audit event", { type: event.type, error: (err as Error).message });
-    }
+    return {
+      op: { op: "put", key, value: JSON.stringify(event), expires: event.time + AUDIT_RETENTION_MS },
+      publish: () => this.log.record({ audit: true, ...event, time: new Date(event.time).toISOString() }),
+    };
   }
 
   async list(since: number, type: string, limit: number): Promise<AuditEvent[]> {

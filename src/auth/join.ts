@@ -8,11 +8,12 @@ import { JoinResponseSchema, type JoinRequest, type JoinResponse } from "../api/
 import { joinReplyTranscript, joinRequestTranscript } from "../api/transcripts.js";
 import { ed25519PublicFromRaw } from "../ca/sshkey.js";
 import { mac, verifyProof } from "../ca/jointoken.js";
+import type { WriteOp } from "../backend/backend.js";
 import { MeziteError, isMeziteError } from "../lib/errors.js";
 import type { AuthContext } from "./context.js";
 import { issueAgentCertificates } from "./issue.js";
 import { activeLocks, refuseIfLocked } from "./locks.js";
-import { encode, keys, load, type IdentityRecord, type InstanceRecord, type Loaded, type TokenRecord } from "./records.js";
+import { encode, keys, load, tokenKeptUntil, type IdentityRecord, type InstanceRecord, type Loaded, type TokenRecord } from "./records.js";
 import { tombstone } from "./revocations.js";
 import { loadRoles } from "./roles.js";
 import * as v from "./validate.js";
@@ -30,7 +31,7 @@ export async function checkToken(
   proof: Uint8Array,
 ): Promise<Loaded<TokenRecord>> {
   const found = await load<TokenRecord>(ctx.backend, keys.token(tokenId));
-  if (!found || found.value.type !== type) throw new MeziteError("ERR_TOKEN_UNKNOWN", "the join token is unknown or was deleted: ask an admin for a new one");
+  if (!found || found.value.type !== type) throw unknownToken();
   const verifyKey = ed25519PublicFromRaw(Buffer.from(found.value.verifyKey, "base64"));
   if (!verifyProof(verifyKey, proofData, proof)) throw new MeziteError("ERR_BAD_PROOF", "the join request's token proof does not verify: the token is wrong or the request was altered");
   if (found.value.used) throw new MeziteError("ERR_TOKEN_USED", "the join token was already used: tokens work once; ask an admin for a new one (mezctl agent-identities add-token)");
@@ -38,15 +39,23 @@ export async function checkToken(
   return found;
 }
 
-/** Marks the token used; the one compare-and-swap that makes a token work exactly once. */
-export async function consumeToken(ctx: AuthContext, token: Loaded<TokenRecord>): Promise<void> {
+function unknownToken(): MeziteError {
+  return new MeziteError("ERR_TOKEN_UNKNOWN", "the join token is unknown or was deleted: ask an admin for a new one");
+}
+
+/** Marks the token used: the compare-and-swap that makes a token work exactly once. */
+function usedToken(ctx: AuthContext, token: Loaded<TokenRecord>): WriteOp {
+  return { op: "cas", key: keys.token(token.value.id), revision: token.revision, value: encode({ ...token.value, used: true, usedAt: ctx.now() }), expires: tokenKeptUntil(token.value) };
+}
+
+/** Commits a join's writes, the token's use among them: a lost race for the token writes nothing. */
+export async function commitJoin(ctx: AuthContext, token: Loaded<TokenRecord>, ops: WriteOp[]): Promise<void> {
   try {
-    await ctx.backend.compareAndSwap(keys.token(token.value.id), token.revision, encode({ ...token.value, used: true, usedAt: ctx.now() }), {
-      expires: token.value.expires,
-    });
+    await ctx.backend.write([usedToken(ctx, token), ...ops]);
   } catch (e) {
-    if (isMeziteError(e, "ERR_COMPARE_FAILED")) throw new MeziteError("ERR_TOKEN_USED", "the join token was already used: tokens work once; ask an admin for a new one");
-    throw e;
+    if (!isMeziteError(e, "ERR_COMPARE_FAILED")) throw e;
+    if (await ctx.backend.get(keys.token(token.value.id))) throw new MeziteError("ERR_TOKEN_USED", "the join token was already used: tokens work once; ask an admin for a new one");
+    throw unknownToken();
   }
 }
 
@@ -87,7 +96,6 @@ export async function joinAgent(ctx: AuthContext, req: JoinRequest, remoteAddr: 
       requestedTtlMs: ttl,
       now,
     });
-    await consumeToken(ctx, token);
     const instance: InstanceRecord = {
       id: instanceId,
       identityId: identity.value.id,
@@ -99,8 +107,10 @@ export async function joinAgent(ctx: AuthContext, req: JoinRequest, remoteAddr: 
       certExpires: issued.record.expires,
       serial: issued.record.serial,
     };
-    await ctx.backend.put(keys.cert(instanceId, issued.record.serial), encode(issued.record), { expires: issued.record.expires });
-    await ctx.backend.create(keys.instance(identity.value.id, instanceId), encode(instance));
+    await commitJoin(ctx, token, [
+      { op: "put", key: keys.cert(instanceId, issued.record.serial), value: encode(issued.record), expires: issued.record.expires },
+      { op: "create", key: keys.instance(identity.value.id, instanceId), value: encode(instance) },
+    ]);
     // An rm racing this join may have listed the identity's instances before this one existed:
     // whichever of us looks second sees the other, and the certificate never goes out unrevoked.
     const still = await load<IdentityRecord>(ctx.backend, keys.identity(identityName));

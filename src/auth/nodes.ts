@@ -18,7 +18,7 @@ import { issueClientCertificate, randomSerial } from "../ca/x509.js";
 import { MeziteError, isMeziteError } from "../lib/errors.js";
 import type { AuthContext } from "./context.js";
 import { BACKDATE_MS } from "./issue.js";
-import { checkToken, consumeToken } from "./join.js";
+import { checkToken, commitJoin } from "./join.js";
 import { encode, keys, load, type NodeRecord } from "./records.js";
 import * as v from "./validate.js";
 
@@ -84,8 +84,7 @@ export async function joinNode(ctx: AuthContext, req: JoinNodeRequest, remoteAdd
       joined: now,
     };
     const creds = await issueNodeCredentials(ctx, node, hostKey, tlsKey);
-    await consumeToken(ctx, token);
-    await ctx.backend.put(keys.node(name), encode(node));
+    await commitJoin(ctx, token, [{ op: "put", key: keys.node(name), value: encode(node) }]);
     await ctx.audit.emit({ type: "node.join", identity: name, remote_addr: remoteAddr, detail: Object.entries(node.labels).map(([k, l]) => `${k}=${l}`).join(",") });
     return create(JoinNodeResponseSchema, {
       credentials: creds,

@@ -51,6 +51,9 @@ export interface TokenRecord {
   usedAt?: number;
 }
 
+/** Tokens are kept a day past expiry, so `status` can say "expired" (or "used") rather than forget them. */
+export const tokenKeptUntil = (t: TokenRecord): number => t.expires + 24 * 3_600_000;
+
 export type LockKind = "agent_identity" | "instance" | "role" | "login";
 export const LOCK_KINDS: LockKind[] = ["agent_identity", "instance", "role", "login"];
 

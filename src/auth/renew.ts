@@ -91,18 +91,22 @@ export async function renewAgent(ctx: AuthContext, req: RenewRequest, peer: Pars
         serial: issued.record.serial,
         lastRequest: { id: requestId, keysHash: hash, fromGeneration: presented },
       };
-      // Recorded before the swap: a node must be able to revoke any certificate we might hand out,
-      // and a retry must find the reply the swap points at.
-      const expires = { expires: issued.record.expires };
-      await ctx.backend.put(keys.cert(inst.id, issued.record.serial), encode(issued.record), expires);
-      await ctx.backend.put(keys.reply(issued.record.serial), Buffer.from(toBinary(IssuedCertificatesSchema, issued.certs)).toString("base64"), expires);
+      // One transaction: the generation's swap, the certificate's record (a node must be able to
+      // revoke any certificate handed out), the reply a retry gets, and the audit event.
+      const { serial, expires } = issued.record;
+      const audit = ctx.audit.entry({ type: "agent_identity.renew", ...base, roles: roleNames, generation: generation.toString(), serial });
       try {
-        await ctx.backend.compareAndSwap(instanceKey, found.revision, encode(next));
+        await ctx.backend.write([
+          { op: "cas", key: instanceKey, revision: found.revision, value: encode(next) },
+          { op: "put", key: keys.cert(inst.id, serial), value: encode(issued.record), expires },
+          { op: "put", key: keys.reply(serial), value: Buffer.from(toBinary(IssuedCertificatesSchema, issued.certs)).toString("base64"), expires },
+          audit.op,
+        ]);
       } catch (e) {
         if (isMeziteError(e, "ERR_COMPARE_FAILED")) continue; // someone renewed first: look again
         throw e;
       }
-      await ctx.audit.emit({ type: "agent_identity.renew", ...base, roles: roleNames, generation: generation.toString(), serial: issued.record.serial });
+      audit.publish();
       return create(RenewResponseSchema, { certificates: issued.certs });
     }
     throw new MeziteError("ERR_INTERNAL", "renewal kept racing with concurrent updates; retry");

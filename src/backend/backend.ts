@@ -35,6 +35,12 @@ export interface RangeOptions {
   startAfter?: string;
 }
 
+/** One write of an atomic batch (Backend.write): put, create-if-absent or compare-and-swap. */
+export type WriteOp =
+  | { op: "put"; key: string; value: string; expires?: number }
+  | { op: "create"; key: string; value: string; expires?: number }
+  | { op: "cas"; key: string; revision: string; value: string; expires?: number };
+
 export interface Backend {
   /** Expired items are invisible. */
   get(key: string): Promise<Item | undefined>;
@@ -44,6 +50,12 @@ export interface Backend {
   create(key: string, value: string, opts?: PutOptions): Promise<Item>;
   /** Throws ERR_COMPARE_FAILED if the revision differs or the item is gone. */
   compareAndSwap(key: string, expectedRevision: string, value: string, opts?: PutOptions): Promise<Item>;
+  /**
+   * Every op or none, as one transaction (one commit: one fsync for SQLite). A create over a live
+   * item or a failed compare-and-swap throws as the single call would, and nothing is written.
+   * Returns the written items in the order of `ops`.
+   */
+  write(ops: WriteOp[]): Promise<Item[]>;
   /** True if a live item was deleted. */
   delete(key: string): Promise<boolean>;
   /** True if a live item with this revision was deleted. */
@@ -129,6 +141,11 @@ export function checkExpires(opts: PutOptions | undefined): number | undefined {
     throw new MeziteError("ERR_INTERNAL", `invalid expiry ${e}: it must be an integer of unix milliseconds`);
   }
   return e;
+}
+
+/** The item a batch op would write, its key, value and expiry checked. */
+export function opItem(op: WriteOp): Item {
+  return makeItem(checkKey(op.key), checkValue(op.value), newRevision(), checkExpires(op));
 }
 
 export function checkRange(opts: RangeOptions | undefined): { limit: number | undefined; startAfter: string | undefined } {

@@ -4,9 +4,9 @@
  */
 import {
   alreadyExists, checkExpires, checkKey, checkPrefix, checkRange, checkValue, closedError, compareFailed,
-  compareKeys, makeItem, newRevision, prefixEnd, resolveBackendOptions, startSweeper,
+  compareKeys, makeItem, newRevision, opItem, prefixEnd, resolveBackendOptions, startSweeper,
 } from "./backend.js";
-import type { Backend, BackendOptions, Item, PutOptions, RangeOptions } from "./backend.js";
+import type { Backend, BackendOptions, Item, PutOptions, RangeOptions, WriteOp } from "./backend.js";
 
 export class MemoryBackend implements Backend {
   readonly #items = new Map<string, Item>();
@@ -40,6 +40,26 @@ export class MemoryBackend implements Backend {
     checkKey(key);
     if (this.#live(key)?.revision !== expectedRevision) throw compareFailed(key);
     return this.#write(key, checkValue(value), checkExpires(opts));
+  }
+
+  async write(ops: WriteOp[]): Promise<Item[]> {
+    const items = ops.map(opItem);
+    // Synchronous from here on, so nothing interleaves: undo what was applied if an op fails.
+    const before = new Map(ops.map((o) => [o.key, this.#live(o.key)]));
+    try {
+      return ops.map((o, i) => {
+        const cur = this.#live(o.key);
+        if (o.op === "create" && cur) throw alreadyExists(o.key);
+        if (o.op === "cas" && cur?.revision !== o.revision) throw compareFailed(o.key);
+        return this.#write(o.key, items[i]!.value, items[i]!.expires);
+      });
+    } catch (e) {
+      for (const [key, item] of before) {
+        if (item) this.#items.set(key, item);
+        else if (this.#items.delete(key)) this.#sorted = undefined;
+      }
+      throw e;
+    }
   }
 
   async delete(key: string): Promise<boolean> {

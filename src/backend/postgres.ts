@@ -11,9 +11,9 @@ import pg from "pg";
 import { MeziteError } from "../lib/errors.js";
 import {
   alreadyExists, checkExpires, checkKey, checkPrefix, checkRange, checkValue, closedError, compareFailed,
-  makeItem, newRevision, prefixEnd, resolveBackendOptions, startSweeper,
+  makeItem, newRevision, opItem, prefixEnd, resolveBackendOptions, startSweeper,
 } from "./backend.js";
-import type { Backend, BackendOptions, Item, PutOptions, RangeOptions } from "./backend.js";
+import type { Backend, BackendOptions, Item, PutOptions, RangeOptions, WriteOp } from "./backend.js";
 
 export interface PostgresOptions extends BackendOptions {
   /** Connections per backend object. Default 10. */
@@ -129,6 +129,43 @@ export class PostgresBackend implements Backend {
     const r = await this.#query("cas", [item.value, item.revision, item.expires ?? null, key, expectedRevision, this.#now()]);
     if (r.rowCount !== 1) throw compareFailed(key);
     return item;
+  }
+
+  async write(ops: WriteOp[]): Promise<Item[]> {
+    const items = ops.map(opItem);
+    if (this.#closed) throw closedError();
+    let client: pg.PoolClient;
+    try {
+      client = await this.#pool.connect();
+    } catch (e) {
+      throw pgError(e, this.#target);
+    }
+    const run = async (name: keyof typeof SQL | "BEGIN" | "COMMIT", values: unknown[]) => {
+      try {
+        return await (name === "BEGIN" || name === "COMMIT" ? client.query(name) : client.query({ name, text: SQL[name], values }));
+      } catch (e) {
+        throw pgError(e, this.#target);
+      }
+    };
+    let broken: Error | undefined;
+    try {
+      await run("BEGIN", []);
+      for (const [i, o] of ops.entries()) {
+        const it = items[i]!;
+        const expires = it.expires ?? null;
+        if (o.op === "put") await run("put", [it.key, it.value, it.revision, expires]);
+        else if (o.op === "create" && (await run("create", [it.key, it.value, it.revision, expires, this.#now()])).rowCount !== 1) throw alreadyExists(o.key);
+        else if (o.op === "cas" && (await run("cas", [it.value, it.revision, expires, it.key, o.revision, this.#now()])).rowCount !== 1) throw compareFailed(o.key);
+      }
+      await run("COMMIT", []);
+      return items;
+    } catch (e) {
+      // A connection that cannot even roll back is dropped from the pool rather than reused.
+      await client.query("ROLLBACK").catch((rollbackFailed: Error) => (broken = rollbackFailed));
+      throw e;
+    } finally {
+      client.release(broken);
+    }
   }
 
   async delete(key: string): Promise<boolean> {

@@ -14,9 +14,9 @@ import Database from "better-sqlite3";
 import { MeziteError } from "../lib/errors.js";
 import {
   alreadyExists, checkExpires, compareKeys, checkKey, checkPrefix, checkRange, checkValue, closedError, compareFailed,
-  makeItem, newRevision, prefixEnd, resolveBackendOptions, startSweeper,
+  makeItem, newRevision, opItem, prefixEnd, resolveBackendOptions, startSweeper,
 } from "./backend.js";
-import type { Backend, BackendOptions, Item, PutOptions, RangeOptions } from "./backend.js";
+import type { Backend, BackendOptions, Item, PutOptions, RangeOptions, WriteOp } from "./backend.js";
 
 const SCHEMA_VERSION = 1;
 const LIVE = "(expires IS NULL OR expires > ?)";
@@ -136,6 +136,23 @@ export class SqliteBackend implements Backend {
       if (changes === 0) throw compareFailed(key);
       return item;
     });
+  }
+
+  async write(ops: WriteOp[]): Promise<Item[]> {
+    const items = ops.map(opItem);
+    return this.#run(() =>
+      // better-sqlite3 rolls the transaction back when the function throws.
+      this.#db.transaction(() =>
+        ops.map((o, i) => {
+          const it = items[i]!;
+          const expires = it.expires ?? null;
+          if (o.op === "put") this.#stmt.put.run(it.key, it.value, it.revision, expires);
+          else if (o.op === "create" && this.#stmt.create.run(it.key, it.value, it.revision, expires, this.#now()).changes === 0) throw alreadyExists(o.key);
+          else if (o.op === "cas" && this.#stmt.cas.run(it.value, it.revision, expires, it.key, o.revision, this.#now()).changes === 0) throw compareFailed(o.key);
+          return it;
+        }),
+      )(),
+    );
   }
 
   async delete(key: string): Promise<boolean> {

@@ -108,6 +108,29 @@ async function backendSuite(t: TestContext, newStore: NewStore): Promise<void> {
     assert.equal(await b.get("/cas"), undefined);
   });
 
+  await t.test("write applies a batch of puts, creates and compare-and-swaps whole, or not at all", async (st) => {
+    const { b, clock } = await setup(st);
+    const base = await b.put("/w/cas", "0");
+    await b.put("/w/taken", "mine");
+    const snapshot = async () => (await b.range("/w/")).map((i) => [i.key, i.value, i.revision]);
+    const before = await snapshot();
+    await rejectsWith(b.write([{ op: "put", key: "/w/new", value: "n" }, { op: "cas", key: "/w/cas", revision: "stale", value: "1" }]), "ERR_COMPARE_FAILED");
+    await rejectsWith(b.write([{ op: "cas", key: "/w/cas", revision: base.revision, value: "1" }, { op: "create", key: "/w/taken", value: "theirs" }]), "ERR_ALREADY_EXISTS");
+    await rejectsWith(b.write([{ op: "put", key: "/w/new", value: "n" }, { op: "put", key: "no-slash", value: "x" }]), "ERR_INTERNAL");
+    assert.deepEqual(await snapshot(), before, "a failed batch wrote nothing");
+
+    const written = await b.write([
+      { op: "put", key: "/w/new", value: "n", expires: T0 + 1000 },
+      { op: "cas", key: "/w/cas", revision: base.revision, value: "1" },
+      { op: "create", key: "/w/created", value: "c" },
+    ]);
+    assert.deepEqual(written.map((i) => [i.key, i.value]), [["/w/new", "n"], ["/w/cas", "1"], ["/w/created", "c"]]);
+    for (const item of written) assert.deepEqual(await b.get(item.key), item);
+    clock.advance(1000);
+    assert.equal(await b.get("/w/new"), undefined, "expiry applies to batch writes too");
+    await rejectsWith(b.write([{ op: "cas", key: "/w/cas", revision: base.revision, value: "2" }]), "ERR_COMPARE_FAILED");
+  });
+
   await t.test("deleteIf needs the current revision", async (st) => {
     const { b } = await setup(st);
     const v1 = await b.put("/d", "1");
@@ -216,6 +239,25 @@ async function backendSuite(t: TestContext, newStore: NewStore): Promise<void> {
     assert.equal(won.length, 1);
     for (const r of results) if (r.status === "rejected") assert.ok(isMeziteError(r.reason, "ERR_COMPARE_FAILED"), String(r.reason));
     assert.deepEqual(await b.get("/race/cas"), (won[0] as PromiseFulfilledResult<unknown>).value);
+  });
+
+  await t.test("50 concurrent batches over two handles, each a put and a CAS from one revision: one lands whole", async (st) => {
+    const { b, open } = await setup(st);
+    const other = await open();
+    const base = await b.put("/race/batch", "0");
+    const results = await Promise.allSettled(
+      Array.from({ length: 50 }, (_, i) =>
+        (i % 2 ? other : b).write([
+          { op: "put", key: `/race/batch-side/${String(i).padStart(2, "0")}`, value: "side" },
+          { op: "cas", key: "/race/batch", revision: base.revision, value: `writer-${i}` },
+        ]),
+      ),
+    );
+    const won = results.flatMap((r, i) => (r.status === "fulfilled" ? [i] : []));
+    assert.equal(won.length, 1);
+    for (const r of results) if (r.status === "rejected") assert.ok(isMeziteError(r.reason, "ERR_COMPARE_FAILED"), String(r.reason));
+    assert.equal((await b.get("/race/batch"))?.value, `writer-${won[0]}`);
+    assert.deepEqual(keysOf(await b.range("/race/batch-side/")), [`/race/batch-side/${String(won[0]).padStart(2, "0")}`]);
   });
 
   await t.test("two handles on one store: CAS has one winner and loses no increment", async (st) => {
