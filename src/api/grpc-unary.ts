@@ -46,7 +46,7 @@ async function serve(route: UnaryRoute, maxBytes: number, req: Http2ServerReques
   } catch (e) {
     trailers = errorTrailers(toConnectError(e));
   }
-  if (res.closed || res.destroyed) return; // the client went away
+  if (res.stream.destroyed) return; // the client went away
   res.writeHead(200, { "content-type": "application/grpc" });
   res.addTrailers(trailers);
   if (body) res.end(body);
