@@ -53,13 +53,13 @@ export function sections(r: Results): string[] {
   if (f) {
     out.push("1. Crypto floor: CPU one renewal cannot avoid, one core (CPU time, not wall)");
     out.push(line("TLS 1.3 handshake with client cert, server side", ms(f.handshakeUs)));
-    out.push(line("  the same with TLS 1.3 session tickets (service today)", ms(f.handshakeTicketsUs)));
+    out.push(line("  the same with TLS 1.3 session tickets (Node's default)", ms(f.handshakeTicketsUs)));
     out.push(line("Ed25519 signature (SSH certificate)", ms(f.ed25519Us)));
     out.push(line("2 × ECDSA P-256 signature (X.509 certificates)", ms(2 * f.p256Us)));
     out.push(line("floor per renewal", ms(f.floorUs)));
     out.push(line("floor: renewals/s per core", f0(f.floorPerCore)));
-    out.push(line("[why] Renew, canned reply, gRPC hand-framed on HTTP/2", ms(f.h2CallUs)));
-    out.push(line("[why]   the same through connect-node (the service)", ms(f.grpcCallUs)));
+    out.push(line("[why] Renew, canned reply, gRPC framed by hand", ms(f.h2CallUs)));
+    out.push(line("[why]   the same through connect-node", ms(f.grpcCallUs)));
     out.push(line("[why] issueAgentCertificates (3 signatures inside)", ms(f.issueUs)));
     out.push("");
   }
