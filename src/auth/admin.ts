@@ -212,10 +212,14 @@ export function statusOf(
   });
 }
 
+/** The ids of an identity's tokens, from the per-identity index. */
+async function tokenIdsOf(ctx: AuthContext, identityId: string): Promise<string[]> {
+  return (await ctx.backend.range(keys.identityTokens(identityId))).map((i) => i.key.slice(keys.identityTokens(identityId).length));
+}
+
 /** An identity's own tokens, through the per-identity index. */
 async function tokensOf(ctx: AuthContext, identityId: string): Promise<TokenRecord[]> {
-  const ids = (await ctx.backend.range(keys.identityTokens(identityId))).map((i) => i.key.slice(i.key.lastIndexOf("/") + 1));
-  const found = await Promise.all(ids.map((id) => load<TokenRecord>(ctx.backend, keys.token(id))));
+  const found = await Promise.all((await tokenIdsOf(ctx, identityId)).map((id) => load<TokenRecord>(ctx.backend, keys.token(id))));
   return found.filter((t) => t !== undefined).map((t) => t.value);
 }
 
@@ -237,6 +241,7 @@ export async function getAgentIdentity(ctx: AuthContext, name: string): Promise<
 
 const PAGE_DEFAULT = 500;
 const PAGE_MAX = 1000;
+
 /**
  * Every identity's status, in pages in name order. Instances and tokens are read in one pass
  * each first and grouped (three range scans in all, not queries per identity).
@@ -303,13 +308,13 @@ export async function deleteAgentIdentity(ctx: AuthContext, name: string): Promi
   const before = await instancesNow();
   await tombstone(ctx, before);
   await ctx.backend.delete(keys.identity(name));
-  const [tokenIndex, instances, locks] = await Promise.all([ctx.backend.range(keys.identityTokens(id)), instancesNow(), loadAll<LockRecord>(ctx.backend, keys.locks)]);
+  const [tokenIds, instances, locks] = await Promise.all([tokenIdsOf(ctx, id), instancesNow(), loadAll<LockRecord>(ctx.backend, keys.locks)]);
   const instanceIds = new Set(instances.map((i) => i.id));
   await tombstone(ctx, instances.filter((i) => !before.some((b) => b.id === i.id)));
   await Promise.all([
-    ...tokenIndex.map(async (entry) => {
-      await ctx.backend.delete(keys.token(entry.key.slice(entry.key.lastIndexOf("/") + 1)));
-      await ctx.backend.delete(entry.key);
+    ...tokenIds.map(async (tokenId) => {
+      await ctx.backend.delete(keys.token(tokenId));
+      await ctx.backend.delete(keys.identityToken(id, tokenId));
     }),
     ...instances.map((i) => ctx.backend.delete(keys.instance(id, i.id))),
     ...locks
