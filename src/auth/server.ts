@@ -97,6 +97,7 @@ export interface AuthService {
 export interface AuthMetrics {
   registry: Registry;
   calls: ReturnType<Registry["counter"]>;
+  duration: ReturnType<Registry["histogram"]>;
 }
 
 function routes(ctx: AuthContext, revocations: Revocations, metrics: AuthMetrics) {
@@ -107,12 +108,15 @@ function routes(ctx: AuthContext, revocations: Revocations, metrics: AuthMetrics
     return toConnectError(e);
   };
   const wrap = <A extends unknown[], R>(method: string, fn: (...args: A) => Promise<R>) => async (...args: A): Promise<R> => {
+    const start = performance.now();
     try {
       const r = await fn(...args);
       metrics.calls.inc({ method, result: "ok" });
       return r;
     } catch (e) {
       throw failed(method, e);
+    } finally {
+      metrics.duration.observe((performance.now() - start) / 1000, { method });
     }
   };
   const adminCall = <Req, Res>(method: string, fn: (req: Req) => Promise<Res>) =>
@@ -122,12 +126,15 @@ function routes(ctx: AuthContext, revocations: Revocations, metrics: AuthMetrics
     });
   const adminStream = <Req, Res>(method: string, fn: (req: Req) => AsyncIterable<Res>) =>
     async function* (req: Req, hc: HandlerContext): AsyncGenerator<Res> {
+      const start = performance.now();
       try {
         requireCert(hc, "admin");
         yield* fn(req);
         metrics.calls.inc({ method, result: "ok" });
       } catch (e) {
         throw failed(method, e);
+      } finally {
+        metrics.duration.observe((performance.now() - start) / 1000, { method });
       }
     };
 
@@ -289,7 +296,15 @@ export async function startAuthService(cfg: AuthConfig, log: Logger = createLogg
     const auditLog = createLogger(process.stdout);
     const ctx: AuthContext = { backend, cas, clusterName: cfg.clusterName, publicAddrs: cfg.publicAddrs, now, audit: new Audit(backend, auditLog, now), log };
     const registry = new Registry();
-    const metrics: AuthMetrics = { registry, calls: registry.counter("mezite_auth_requests_total", "API calls by method and result") };
+    const metrics: AuthMetrics = {
+      registry,
+      calls: registry.counter("mezite_auth_requests_total", "API calls by method and result"),
+      duration: registry.histogram(
+        "mezite_auth_request_duration_seconds",
+        "time from a call reaching its handler to its reply, by method (TLS handshake not included)",
+        [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 10],
+      ),
+    };
     let ready = false;
     const diag: DiagSource = { registry, notReady: () => (ready ? undefined : "starting") };
 

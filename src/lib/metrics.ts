@@ -1,10 +1,10 @@
-/** A small Prometheus text-format registry: counters with labels and gauges read on scrape. */
+/** A small Prometheus text-format registry: counters and histograms with labels, gauges read on scrape. */
 type Labels = Record<string, string>;
 
 interface Metric {
   name: string;
   help: string;
-  type: "counter" | "gauge";
+  type: "counter" | "gauge" | "histogram";
   render(): string[];
 }
 
@@ -29,6 +29,33 @@ export class Counter {
   }
 }
 
+/** Observations counted into fixed buckets (upper bounds, ascending), with their sum. */
+export class Histogram {
+  private readonly series = new Map<string, { labels: Labels; counts: number[]; sum: number; count: number }>();
+  constructor(readonly bounds: number[]) {}
+  observe(value: number, labels: Labels = {}): void {
+    const key = labelText(labels);
+    let s = this.series.get(key);
+    if (!s) this.series.set(key, (s = { labels, counts: this.bounds.map(() => 0), sum: 0, count: 0 }));
+    const i = this.bounds.findIndex((b) => value <= b);
+    if (i >= 0) s.counts[i]!++;
+    s.sum += value;
+    s.count++;
+  }
+  /** Prometheus lines: cumulative `_bucket{le}` per bound and +Inf, then `_sum` and `_count`. */
+  render(name: string): string[] {
+    return [...this.series.values()].flatMap(({ labels, counts, sum, count }) => {
+      let cumulative = 0;
+      return [
+        ...this.bounds.map((b, i) => `${name}_bucket${labelText({ ...labels, le: String(b) })} ${(cumulative += counts[i]!)}`),
+        `${name}_bucket${labelText({ ...labels, le: "+Inf" })} ${count}`,
+        `${name}_sum${labelText(labels)} ${sum}`,
+        `${name}_count${labelText(labels)} ${count}`,
+      ];
+    });
+  }
+}
+
 export class Registry {
   private readonly metrics: Metric[] = [];
 
@@ -36,6 +63,12 @@ export class Registry {
     const c = new Counter();
     this.metrics.push({ name, help, type: "counter", render: () => c.samples().map(([l, v]) => `${name}${labelText(l)} ${v}`) });
     return c;
+  }
+
+  histogram(name: string, help: string, bounds: number[]): Histogram {
+    const h = new Histogram(bounds);
+    this.metrics.push({ name, help, type: "histogram", render: () => h.render(name) });
+    return h;
   }
 
   gauge(name: string, help: string, read: () => number | undefined): void {

@@ -80,7 +80,11 @@ test("--diag-addr serves /livez, /readyz and /metrics over HTTP", async () => {
     assert.equal((await get("/livez")).status, 200);
     assert.equal((await get("/readyz")).status, 200);
     await mezctlOk(auth, "get", "roles");
-    assert.match((await get("/metrics")).body, /# TYPE mezite_auth_requests_total counter\n.*ListRoles/);
+    const metrics = (await get("/metrics")).body;
+    assert.match(metrics, /# TYPE mezite_auth_requests_total counter\n.*ListRoles/);
+    assert.match(metrics, /# TYPE mezite_auth_request_duration_seconds histogram\n/);
+    assert.match(metrics, /^mezite_auth_request_duration_seconds_count\{method="ListRoles"\} 1$/m);
+    assert.match(metrics, /^mezite_auth_request_duration_seconds_bucket\{method="ListRoles",le="\+Inf"\} 1$/m);
     assert.equal((await get("/nope")).status, 404);
   } finally {
     await auth.stop();
