@@ -81,6 +81,9 @@ export function sections(r: Results): string[] {
     out.push(line("open-loop rate for latency (half of saturation)", ...t.map((w) => `${f0(w.halfRate)}/s`)));
     out.push(line("latency p50 at half load", ...t.map((w) => `${f1(w.p50)} ms`)));
     out.push(line("latency p99 at half load", ...t.map((w) => `${f1(w.p99)} ms`)));
+    const bound = (ms: number | undefined) => (ms === undefined ? "-" : `≤ ${ms} ms`);
+    out.push(line("  of which the service's Renew handler, p50", ...t.map((w) => bound(w.handlerP50))));
+    out.push(line("  of which the service's Renew handler, p99", ...t.map((w) => bound(w.handlerP99))));
     out.push(line("failed renewals", ...t.map((w) => String(w.errors))));
     for (const w of t) if (w.firstError) out.push(`  first failure, --workers=${w.workers}: ${w.firstError}`);
     if (w1 && w2) {

@@ -26,6 +26,8 @@ export interface Service {
   cpu(): number;
   /** CPU seconds of the primary alone (with --workers > 1 it hands each connection to a worker). */
   primaryCpu(): number;
+  /** The Prometheus text of /metrics (needs `diagPort`). */
+  metrics(): Promise<string>;
   stop(): Promise<void>;
 }
 
@@ -36,6 +38,8 @@ export interface ServiceOptions {
   nodeArgs?: string[];
   /** Another build of mezd.js, to compare a change side by side with dist/. */
   mezdJs?: string;
+  /** Serve /metrics on this port (--diag-addr); with --workers > 1 each scrape reaches one worker. */
+  diagPort?: number;
 }
 
 export async function startService(o: ServiceOptions = {}): Promise<Service> {
@@ -45,6 +49,7 @@ export async function startService(o: ServiceOptions = {}): Promise<Service> {
   const logPath = join(dataDir, `service-${Date.now()}.log`);
   const fd = openSync(logPath, "a", 0o600);
   const args = [...(o.nodeArgs ?? []), mezd, "auth", "start", `--data-dir=${dataDir}`, "--listen=127.0.0.1:0", "--cluster-name=bench.mezite", "--backend=sqlite", `--workers=${o.workers ?? 1}`];
+  if (o.diagPort !== undefined) args.push(`--diag-addr=127.0.0.1:${o.diagPort}`);
   const proc: ChildProcess = spawnTracked(process.execPath, args, { stdio: ["ignore", fd, fd] });
   closeSync(fd);
   const addr = await readyAddr(proc, logPath);
@@ -58,6 +63,10 @@ export async function startService(o: ServiceOptions = {}): Promise<Service> {
     pids,
     cpu: () => pids().reduce((s, p) => s + cpuSeconds(p), 0),
     primaryCpu: () => cpuSeconds(proc.pid!),
+    metrics: async () => {
+      if (o.diagPort === undefined) throw new Error("bench: this service was started without a diagnostics port");
+      return (await fetch(`http://127.0.0.1:${o.diagPort}/metrics`)).text();
+    },
     stop: () => stopChild(proc, 10_000),
   };
 }

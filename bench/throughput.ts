@@ -15,6 +15,7 @@ import { setPriority } from "node:os";
 import { join } from "node:path";
 import type { Run, RunResult, Setup } from "./workers/loadgen.js";
 import { ROOT, TSX, cpuSeconds, note, percentile, spawnTracked, sum } from "./lib.js";
+import { freePort } from "../test/harness/net.js";
 import { createSeedRole, joinMany, startService, type Joined, type Service, type ServiceOptions } from "./service.js";
 
 export interface ThroughputOptions {
@@ -54,6 +55,9 @@ export interface WorkersFigures {
   halfRate: number;
   p50: number;
   p99: number;
+  /** The one-worker service's own Renew handler time at half load, as histogram bucket bounds (ms). */
+  handlerP50?: number;
+  handlerP99?: number;
   halfRenewals: number;
   /** Failed renewals in all windows, saturation and half load; the first one's message. */
   errors: number;
@@ -163,9 +167,25 @@ export async function window(t: Target, r: Omit<Run, "type" | "startAt" | "warmu
 
 const mean = (xs: number[]) => sum(xs) / xs.length;
 
+/** Cumulative counts of the service's Renew handler-time histogram, by upper bound in seconds. */
+type Buckets = Map<number, number>;
+
+function renewBuckets(metrics: string): Buckets {
+  const re = /^mezite_auth_request_duration_seconds_bucket\{method="Renew",le="([^"]+)"\} (\d+)$/gm;
+  return new Map([...metrics.matchAll(re)].map((m) => [m[1] === "+Inf" ? Infinity : Number(m[1]), Number(m[2])]));
+}
+
+/** The upper bound (ms) of the first bucket holding the q-quantile: a histogram says no more. */
+function bucketQuantile(b: Buckets, q: number): number {
+  const bounds = [...b.keys()].sort((x, y) => x - y);
+  const total = b.get(Infinity) ?? 0;
+  return 1000 * (bounds.find((le) => (b.get(le) ?? 0) >= q * total) ?? Infinity);
+}
+
 export async function throughput(o: ThroughputOptions): Promise<WorkersFigures[]> {
   note(`starting auth services (--workers=1 and --workers=2) and joining ${o.identities} agent identities in each`);
-  const targets = [await prepare({ workers: 1 }, o), await prepare({ workers: 2 }, o)];
+  // The one-worker service also serves /metrics: its Renew handler times, apart from the client's.
+  const targets = [await prepare({ workers: 1, diagPort: await freePort() }, o), await prepare({ workers: 2 }, o)];
   try {
     for (const t of targets) await window(t, { mode: "closed", concurrency: o.concurrency, rate: 0 }, { warmupMs: 0, windowMs: o.jitWarmupMs });
     const sat = new Map<number, WindowFigures[]>(targets.map((t) => [t.workers, []]));
@@ -177,12 +197,16 @@ export async function throughput(o: ThroughputOptions): Promise<WorkersFigures[]
       }
     }
     const out: WorkersFigures[] = [];
-    const half = new Map<number, { lat: number[]; renewals: number; errors: number; firstError: string }>(targets.map((t) => [t.workers, { lat: [], renewals: 0, errors: 0, firstError: "" }]));
+    const half = new Map<number, { lat: number[]; renewals: number; errors: number; firstError: string; handler: Buckets }>(
+      targets.map((t) => [t.workers, { lat: [], renewals: 0, errors: 0, firstError: "", handler: new Map() }]),
+    );
     const rateOf = (w: number) => mean(sat.get(w)!.map((f) => f.rate));
     for (let round = 0; round < o.rounds; round++) {
       for (const t of targets) {
+        const before = t.workers === 1 ? renewBuckets(await t.svc.metrics()) : undefined;
         const { results } = await window(t, { mode: "open", concurrency: 0, rate: rateOf(t.workers) / 2 / LOADGENS }, o);
         const h = half.get(t.workers)!;
+        if (before) for (const [le, n] of renewBuckets(await t.svc.metrics())) h.handler.set(le, (h.handler.get(le) ?? 0) + n - (before.get(le) ?? 0));
         h.lat.push(...results.flatMap((r) => r.latencies));
         h.renewals += sum(results.map((r) => r.completed));
         h.errors += sum(results.map((r) => r.errors));
@@ -206,6 +230,7 @@ export async function throughput(o: ThroughputOptions): Promise<WorkersFigures[]
         halfRate: rateOf(t.workers) / 2,
         p50: percentile(h.lat, 50),
         p99: percentile(h.lat, 99),
+        ...(h.handler.size ? { handlerP50: bucketQuantile(h.handler, 0.5), handlerP99: bucketQuantile(h.handler, 0.99) } : {}),
         halfRenewals: h.renewals,
         errors: h.errors + satErrors,
         firstError: s.find((f) => f.firstError)?.firstError || h.firstError,

@@ -302,7 +302,7 @@ export async function startAuthService(cfg: AuthConfig, log: Logger = createLogg
       duration: registry.histogram(
         "mezite_auth_request_duration_seconds",
         "time from a call reaching its handler to its reply, by method (TLS handshake not included)",
-        [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 10],
+        [0.001, 0.0025, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 10],
       ),
     };
     let ready = false;
