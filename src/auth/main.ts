@@ -3,19 +3,30 @@
  * process creates the CAs once, then forks N workers that share the listening port (node:cluster),
  * so one service uses every core; all state is in the backend, so any worker answers any call.
  */
-import cluster from "node:cluster";
+import cluster, { type Worker } from "node:cluster";
+import { startDiagServer } from "../lib/diag.js";
 import { createLogger, type Logger } from "../lib/log.js";
+import { renderMetrics, type MetricState } from "../lib/metrics.js";
 import { openBackend } from "../backend/open.js";
 import { caPin } from "../ca/x509.js";
 import { ensureDir } from "../lib/files.js";
 import { loadOrCreateCas } from "./cas.js";
 import { startAuthService, type AuthConfig } from "./server.js";
 
-interface ReadyMessage {
-  mezite: "ready";
-  addr: string;
-  port: number;
-}
+/**
+ * What a cluster's processes say to each other. /metrics must count every worker's calls, so the
+ * primary serves --diag-addr itself and sums the state each worker sends when asked; a worker
+ * answering /metrics on the TLS port (--single-port) asks the primary for that sum.
+ */
+type Message =
+  | { mezite: "ready"; addr: string; port: number }
+  | { mezite: "metrics?"; id: number } // primary -> worker
+  | { mezite: "metrics"; id: number; state: MetricState[] } // worker -> primary
+  | { mezite: "collect"; id: number } // worker -> primary
+  | { mezite: "collected"; id: number; text: string }; // primary -> worker
+
+/** How long the primary waits for a worker's metrics before serving without them. */
+const METRICS_WAIT_MS = 2_000;
 
 function onStopSignal(log: Logger, fn: () => void): void {
   const stop = (sig: string) => {
@@ -30,11 +41,15 @@ export async function runAuth(cfg: AuthConfig, workers = 1): Promise<void> {
   const log = createLogger(process.stderr, cluster.isWorker ? { worker: cluster.worker?.id } : {});
   if (workers > 1 && cluster.isPrimary) return runPrimary(cfg, workers, log);
 
-  const svc = await startAuthService(cfg, log);
+  const worker = cluster.isWorker ? workerSide() : undefined;
+  // In a cluster the primary serves --diag-addr: a worker's would count only its own calls.
+  const { diagAddr, ...withoutDiag } = cfg;
+  const svc = await startAuthService(worker ? withoutDiag : cfg, log, worker?.collect);
+  worker?.answer(() => svc.metricsState());
   // Handlers first: whoever reads the ready line may send SIGTERM at once.
   const stopped = new Promise<void>((resolve) => onStopSignal(log, resolve));
   if (cluster.isWorker) {
-    process.send?.({ mezite: "ready", addr: svc.addr, port: svc.port } satisfies ReadyMessage);
+    send({ mezite: "ready", addr: svc.addr, port: svc.port });
   } else {
     log.info("auth service started", { cluster: cfg.clusterName, backend: redact(cfg.backend), ca_pin: caPin(svc.context.cas.host.x509CertPem) });
     process.stdout.write(`auth service listening on ${svc.addr}\n`);
@@ -45,6 +60,57 @@ export async function runAuth(cfg: AuthConfig, workers = 1): Promise<void> {
 }
 
 const redact = (backend: string) => backend.replace(/\/\/[^@]*@/, "//***@");
+
+const send = (m: Message) => process.send?.(m);
+
+/** A worker: answers the primary's requests for its metrics, and asks it for everyone's. */
+function workerSide() {
+  let nextId = 0;
+  const waiting = new Map<number, (text: string) => void>();
+  let state: () => MetricState[] = () => [];
+  process.on("message", (m: Message) => {
+    if (m?.mezite === "metrics?") send({ mezite: "metrics", id: m.id, state: state() });
+    else if (m?.mezite === "collected") waiting.get(m.id)?.(m.text);
+  });
+  return {
+    answer(s: () => MetricState[]) {
+      state = s;
+    },
+    collect: () =>
+      new Promise<string>((resolve, reject) => {
+        const id = nextId++;
+        const timer = setTimeout(() => (waiting.delete(id), reject(new Error("the primary did not answer"))), 2 * METRICS_WAIT_MS);
+        waiting.set(id, (text) => (clearTimeout(timer), waiting.delete(id), resolve(text)));
+        send({ mezite: "collect", id });
+      }),
+  };
+}
+
+/** The primary: sums the metrics of every live worker, each asked afresh. */
+function metricsCollector() {
+  let nextId = 0;
+  const pending = new Map<number, { states: MetricState[][]; left: Set<Worker>; done: () => void }>();
+  return {
+    onMessage(w: Worker, m: Message) {
+      if (m?.mezite !== "metrics") return;
+      const p = pending.get(m.id);
+      if (!p?.left.delete(w)) return;
+      p.states.push(m.state);
+      if (p.left.size === 0) p.done();
+    },
+    collect: () =>
+      new Promise<string>((resolve) => {
+        const id = nextId++;
+        const left = new Set(Object.values(cluster.workers ?? {}).filter((w): w is Worker => w !== undefined && w.isConnected()));
+        const states: MetricState[][] = [];
+        const done = () => (clearTimeout(timer), pending.delete(id), resolve(renderMetrics(states)));
+        const timer = setTimeout(done, METRICS_WAIT_MS);
+        pending.set(id, { states, left, done });
+        for (const w of left) w.send({ mezite: "metrics?", id } satisfies Message);
+        if (left.size === 0) done();
+      }),
+  };
+}
 
 async function runPrimary(cfg: AuthConfig, workers: number, log: Logger): Promise<void> {
   // The first start creates the cluster key and CAs: do it once, before workers race for them.
@@ -58,9 +124,15 @@ async function runPrimary(cfg: AuthConfig, workers: number, log: Logger): Promis
   }
   let stopping = false;
   let ready = 0;
+  const metrics = metricsCollector();
+  const diag = cfg.diagAddr
+    ? await startDiagServer(cfg.diagAddr, { notReady: () => (ready >= workers ? undefined : "starting workers"), metrics: metrics.collect })
+    : undefined;
   const fork = () => {
     const w = cluster.fork();
-    w.on("message", (m: ReadyMessage) => {
+    w.on("message", (m: Message) => {
+      if (m?.mezite === "collect") void metrics.collect().then((text) => w.isConnected() && w.send({ mezite: "collected", id: m.id, text } satisfies Message));
+      metrics.onMessage(w, m);
       if (m?.mezite !== "ready" || ++ready !== workers) return;
       log.info("auth service started", { cluster: cfg.clusterName, backend: redact(cfg.backend), ca_pin: pin, workers });
       process.stdout.write(`auth service listening on ${m.addr}\n`);
@@ -77,5 +149,6 @@ async function runPrimary(cfg: AuthConfig, workers: number, log: Logger): Promis
   stopping = true;
   const all = Object.values(cluster.workers ?? {}).filter((w) => w !== undefined);
   await Promise.all(all.map((w) => new Promise<void>((r) => (w.once("exit", () => r()), w.kill("SIGTERM")))));
+  diag?.server.close();
   process.exit(0);
 }

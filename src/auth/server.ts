@@ -28,7 +28,7 @@ import { handleDiag, splitHostPort, startDiagServer, type DiagSource } from "../
 import { MeziteError, isMeziteError } from "../lib/errors.js";
 import { ensureDir } from "../lib/files.js";
 import { createLogger, type Logger } from "../lib/log.js";
-import { Registry } from "../lib/metrics.js";
+import { Registry, type MetricState } from "../lib/metrics.js";
 import * as admin from "./admin.js";
 import { Audit } from "./audit.js";
 import { loadOrCreateCas, type ClusterCas } from "./cas.js";
@@ -91,6 +91,8 @@ export interface AuthService {
   addr: string;
   diagPort: number | undefined;
   context: AuthContext;
+  /** This process's metrics as data, for a cluster's primary to sum. */
+  metricsState(): MetricState[];
   stop(): Promise<void>;
 }
 
@@ -285,7 +287,11 @@ function dialable(host: string, port: number): string {
   return `${h}:${port}`;
 }
 
-export async function startAuthService(cfg: AuthConfig, log: Logger = createLogger(process.stderr)): Promise<AuthService> {
+/**
+ * `clusterMetrics`: in a cluster worker, what /metrics serves on the TLS port (--single-port):
+ * every worker's counts, which the primary collects.
+ */
+export async function startAuthService(cfg: AuthConfig, log: Logger = createLogger(process.stderr), clusterMetrics?: () => Promise<string>): Promise<AuthService> {
   ensureDir(cfg.dataDir, 0o700);
   const { host, port: wantPort } = splitHostPort(cfg.listen, "--listen");
   const backend: Backend = await openBackend(cfg.backend, cfg.dataDir);
@@ -306,7 +312,7 @@ export async function startAuthService(cfg: AuthConfig, log: Logger = createLogg
       ),
     };
     let ready = false;
-    const diag: DiagSource = { registry, notReady: () => (ready ? undefined : "starting") };
+    const diag: DiagSource = { notReady: () => (ready ? undefined : "starting"), metrics: clusterMetrics ?? (() => registry.render()) };
 
     const tls = await serverTls(cas, cfg.clusterName, cfg.publicAddrs.length ? cfg.publicAddrs : [cfg.listen], now());
     const api = routes(ctx, new Revocations(ctx), metrics);
@@ -363,6 +369,7 @@ export async function startAuthService(cfg: AuthConfig, log: Logger = createLogg
       addr,
       diagPort: diagServer?.port,
       context: ctx,
+      metricsState: () => registry.state(),
       stop: async () => {
         ready = false;
         await new Promise<void>((resolve) => {

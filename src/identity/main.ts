@@ -1,6 +1,6 @@
 /** Runs `mezd identity start` in the foreground: signals, diagnostics, exit codes. */
 import { createLogger } from "../lib/log.js";
-import { startDiagServer } from "../lib/diag.js";
+import { diagSource, startDiagServer } from "../lib/diag.js";
 import { IdentityDaemon } from "./daemon.js";
 import type { IdentityOptions } from "./options.js";
 
@@ -18,7 +18,7 @@ export async function runIdentity(opts: IdentityOptions): Promise<void> {
     log.info("SIGHUP: renewing now");
     daemon.renewSoon();
   });
-  const diag = opts.diagAddr ? await startDiagServer(opts.diagAddr, { registry: daemon.registry, notReady: () => daemon.notReady() }) : undefined;
+  const diag = opts.diagAddr ? await startDiagServer(opts.diagAddr, diagSource(daemon.registry, () => daemon.notReady())) : undefined;
   if (diag) log.info("diagnostics listening", { addr: `${opts.diagAddr!.replace(/:\d+$/, "")}:${diag.port}` });
   try {
     await daemon.run(abort.signal);

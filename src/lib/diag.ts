@@ -7,7 +7,13 @@ import { MeziteError } from "./errors.js";
 export interface DiagSource {
   /** undefined = ready; otherwise why not (served with 503). */
   notReady(): string | undefined;
-  registry: Registry;
+  /** Prometheus text; a cluster's primary asks its workers for theirs. */
+  metrics(): string | Promise<string>;
+}
+
+/** A process's own registry as a diagnostics source. */
+export function diagSource(registry: Registry, notReady: () => string | undefined): DiagSource {
+  return { notReady, metrics: () => registry.render() };
 }
 
 export const DIAG_PATHS = new Set(["/livez", "/readyz", "/metrics"]);
@@ -27,7 +33,12 @@ export function handleDiag(src: DiagSource, req: { url?: string | undefined }, r
     const why = src.notReady();
     res.writeHead(why ? 503 : 200, { "content-type": "text/plain" }).end(why ? `not ready: ${why}\n` : "ok\n");
   } else {
-    res.writeHead(200, { "content-type": "text/plain; version=0.0.4" }).end(src.registry.render());
+    Promise.resolve()
+      .then(() => src.metrics())
+      .then(
+        (text) => res.writeHead(200, { "content-type": "text/plain; version=0.0.4" }).end(text),
+        (e: unknown) => res.writeHead(503, { "content-type": "text/plain" }).end(`metrics unavailable: ${(e as Error).message}\n`),
+      );
   }
   return true;
 }

@@ -1,11 +1,18 @@
-/** A small Prometheus text-format registry: counters and histograms with labels, gauges read on scrape. */
+/**
+ * A small Prometheus text-format registry: counters and histograms with labels, gauges read on
+ * scrape. A registry's state is plain data, so the auth service's primary can sum its workers'.
+ */
 type Labels = Record<string, string>;
+type MetricType = "counter" | "gauge" | "histogram";
 
-interface Metric {
+/** One metric as data. Per label set: [value] for a counter or gauge; for a histogram the count of each bucket, then sum and count. */
+export interface MetricState {
   name: string;
   help: string;
-  type: "counter" | "gauge" | "histogram";
-  render(): string[];
+  type: MetricType;
+  /** Histograms: the buckets' upper bounds, ascending. */
+  bounds?: number[];
+  series: { labels: Labels; values: number[] }[];
 }
 
 const labelText = (l: Labels) => {
@@ -13,77 +20,100 @@ const labelText = (l: Labels) => {
   return parts.length ? `{${parts.join(",")}}` : "";
 };
 
-export class Counter {
-  private readonly values = new Map<string, { labels: Labels; value: number }>();
-  inc(labels: Labels = {}, by = 1): void {
+/** Series by label set, each a vector of numbers that observations add to. */
+class Series {
+  private readonly byLabels = new Map<string, { labels: Labels; values: number[] }>();
+  constructor(private readonly width: number) {}
+  at(labels: Labels): number[] {
     const key = labelText(labels);
-    const cur = this.values.get(key);
-    if (cur) cur.value += by;
-    else this.values.set(key, { labels, value: by });
+    let s = this.byLabels.get(key);
+    if (!s) this.byLabels.set(key, (s = { labels, values: new Array<number>(this.width).fill(0) }));
+    return s.values;
   }
-  get(labels: Labels = {}): number {
-    return this.values.get(labelText(labels))?.value ?? 0;
+  state(): MetricState["series"] {
+    return [...this.byLabels.values()].map((s) => ({ labels: s.labels, values: [...s.values] }));
   }
-  samples(): [Labels, number][] {
-    return [...this.values.values()].map((v) => [v.labels, v.value]);
+}
+
+export class Counter {
+  readonly series = new Series(1);
+  inc(labels: Labels = {}, by = 1): void {
+    this.series.at(labels)[0]! += by;
   }
 }
 
 /** Observations counted into fixed buckets (upper bounds, ascending), with their sum. */
 export class Histogram {
-  private readonly series = new Map<string, { labels: Labels; counts: number[]; sum: number; count: number }>();
-  constructor(readonly bounds: number[]) {}
-  observe(value: number, labels: Labels = {}): void {
-    const key = labelText(labels);
-    let s = this.series.get(key);
-    if (!s) this.series.set(key, (s = { labels, counts: this.bounds.map(() => 0), sum: 0, count: 0 }));
-    const i = this.bounds.findIndex((b) => value <= b);
-    if (i >= 0) s.counts[i]!++;
-    s.sum += value;
-    s.count++;
+  readonly series: Series;
+  constructor(readonly bounds: number[]) {
+    this.series = new Series(bounds.length + 2);
   }
-  /** Prometheus lines: cumulative `_bucket{le}` per bound and +Inf, then `_sum` and `_count`. */
-  render(name: string): string[] {
-    return [...this.series.values()].flatMap(({ labels, counts, sum, count }) => {
-      let cumulative = 0;
-      return [
-        ...this.bounds.map((b, i) => `${name}_bucket${labelText({ ...labels, le: String(b) })} ${(cumulative += counts[i]!)}`),
-        `${name}_bucket${labelText({ ...labels, le: "+Inf" })} ${count}`,
-        `${name}_sum${labelText(labels)} ${sum}`,
-        `${name}_count${labelText(labels)} ${count}`,
-      ];
-    });
+  observe(value: number, labels: Labels = {}): void {
+    const v = this.series.at(labels);
+    const i = this.bounds.findIndex((b) => value <= b);
+    if (i >= 0) v[i]!++;
+    v[this.bounds.length]! += value;
+    v[this.bounds.length + 1]!++;
   }
 }
 
 export class Registry {
-  private readonly metrics: Metric[] = [];
+  private readonly metrics: (() => MetricState)[] = [];
 
   counter(name: string, help: string): Counter {
     const c = new Counter();
-    this.metrics.push({ name, help, type: "counter", render: () => c.samples().map(([l, v]) => `${name}${labelText(l)} ${v}`) });
+    this.metrics.push(() => ({ name, help, type: "counter", series: c.series.state() }));
     return c;
   }
 
   histogram(name: string, help: string, bounds: number[]): Histogram {
     const h = new Histogram(bounds);
-    this.metrics.push({ name, help, type: "histogram", render: () => h.render(name) });
+    this.metrics.push(() => ({ name, help, type: "histogram", bounds, series: h.series.state() }));
     return h;
   }
 
   gauge(name: string, help: string, read: () => number | undefined): void {
-    this.metrics.push({
-      name,
-      help,
-      type: "gauge",
-      render: () => {
-        const v = read();
-        return v === undefined ? [] : [`${name} ${v}`];
-      },
+    this.metrics.push(() => {
+      const v = read();
+      return { name, help, type: "gauge", series: v === undefined ? [] : [{ labels: {}, values: [v] }] };
     });
   }
 
-  render(): string {
-    return this.metrics.map((m) => [`# HELP ${m.name} ${m.help}`, `# TYPE ${m.name} ${m.type}`, ...m.render()].join("\n")).join("\n") + "\n";
+  state(): MetricState[] {
+    return this.metrics.map((m) => m());
   }
+
+  render(): string {
+    return renderMetrics([this.state()]);
+  }
+}
+
+/** Prometheus text for one or more registries' states, summing series with the same name and labels. */
+export function renderMetrics(states: MetricState[][]): string {
+  const merged = new Map<string, { metric: MetricState; series: Map<string, { labels: Labels; values: number[] }> }>();
+  for (const m of states.flat()) {
+    let entry = merged.get(m.name);
+    if (!entry) merged.set(m.name, (entry = { metric: m, series: new Map() }));
+    for (const s of m.series) {
+      const key = labelText(s.labels);
+      const cur = entry.series.get(key);
+      if (cur) s.values.forEach((v, i) => (cur.values[i]! += v));
+      else entry.series.set(key, { labels: s.labels, values: [...s.values] });
+    }
+  }
+  const lines = [...merged.values()].map(({ metric: { name, help, type, bounds = [] }, series }) => {
+    const samples = [...series.values()].flatMap(({ labels, values }) => {
+      if (type !== "histogram") return [`${name}${labelText(labels)} ${values[0]}`];
+      let cumulative = 0;
+      const count = values[bounds.length + 1]!;
+      return [
+        ...bounds.map((b, i) => `${name}_bucket${labelText({ ...labels, le: String(b) })} ${(cumulative += values[i]!)}`),
+        `${name}_bucket${labelText({ ...labels, le: "+Inf" })} ${count}`,
+        `${name}_sum${labelText(labels)} ${values[bounds.length]}`,
+        `${name}_count${labelText(labels)} ${count}`,
+      ];
+    });
+    return [`# HELP ${name} ${help}`, `# TYPE ${name} ${type}`, ...samples].join("\n");
+  });
+  return lines.join("\n") + "\n";
 }

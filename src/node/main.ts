@@ -1,6 +1,6 @@
 /** `mezd node start`: options, diagnostics and signals around the NodeAgent. */
 import { resolve } from "node:path";
-import { startDiagServer } from "../lib/diag.js";
+import { diagSource, startDiagServer } from "../lib/diag.js";
 import { MeziteError } from "../lib/errors.js";
 import { createLogger } from "../lib/log.js";
 import { NODE_DEFAULTS, NodeAgent, type NodeAgentOptions } from "./agent.js";
@@ -28,7 +28,7 @@ export async function runNodeAgent(raw: RawNodeStartOptions): Promise<void> {
   };
   process.once("SIGTERM", onSignal);
   process.once("SIGINT", onSignal);
-  const diag = raw.diagAddr ? await startDiagServer(raw.diagAddr, { registry: agent.registry, notReady: () => agent.notReady() }) : undefined;
+  const diag = raw.diagAddr ? await startDiagServer(raw.diagAddr, diagSource(agent.registry, () => agent.notReady())) : undefined;
   if (diag) log.info("diagnostics listening", { port: diag.port });
   try {
     await agent.run(stop.signal);

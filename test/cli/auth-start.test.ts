@@ -91,6 +91,26 @@ test("--diag-addr serves /livez, /readyz and /metrics over HTTP", async () => {
   }
 });
 
+test("--workers=2: /metrics counts every worker's calls, on --diag-addr and on the TLS port", async () => {
+  const port = await freePort();
+  const auth = await startAuth({ extraArgs: ["--workers=2", "--single-port", `--diag-addr=127.0.0.1:${port}`] });
+  try {
+    const id = JSON.parse(readFileSync(auth.identityPath, "utf8")) as { ca_pem: string };
+    for (let i = 0; i < 6; i++) await mezctlOk(auth, "get", "roles"); // a new connection each: both workers answer some
+    const calls = /^mezite_auth_requests_total\{method="ListRoles",result="ok"\} (\d+)$/m;
+    for (let i = 0; i < 4; i++) {
+      const diag = await (await fetch(`http://127.0.0.1:${port}/metrics`)).text();
+      assert.equal(calls.exec(diag)?.[1], "6", diag);
+      assert.match(diag, /^mezite_auth_request_duration_seconds_count\{method="ListRoles"\} 6$/m);
+      const tls = (await httpsGet(auth.port, "/metrics", id.ca_pem)).body;
+      assert.equal(calls.exec(tls)?.[1], "6", tls);
+    }
+    assert.equal((await fetch(`http://127.0.0.1:${port}/readyz`)).status, 200);
+  } finally {
+    await auth.stop();
+  }
+});
+
 test("--config: the same keys as the flags, flags win, unknown keys are named", async () => {
   const dir = mkdtempSync(join(tmpdir(), "mezite-config-"));
   try {

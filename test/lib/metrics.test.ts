@@ -1,7 +1,7 @@
 /** The Prometheus text the diagnostics endpoints serve, checked line by line. */
 import assert from "node:assert/strict";
 import { test } from "node:test";
-import { Registry } from "../../src/lib/metrics.js";
+import { Registry, renderMetrics } from "../../src/lib/metrics.js";
 
 test("a histogram renders cumulative buckets, +Inf, sum and count per label set", () => {
   const r = new Registry();
@@ -28,4 +28,36 @@ test("a histogram renders cumulative buckets, +Inf, sum and count per label set"
       "",
     ].join("\n"),
   );
+});
+
+test("registries' states render summed, series by series: what a cluster's primary serves", () => {
+  const worker = () => {
+    const r = new Registry();
+    return { r, calls: r.counter("calls_total", "calls"), time: r.histogram("t_seconds", "time", [0.1, 1]) };
+  };
+  const [a, b] = [worker(), worker()];
+  a.calls.inc({ method: "Renew" }, 2);
+  b.calls.inc({ method: "Renew" }, 3);
+  b.calls.inc({ method: "Join" });
+  a.time.observe(0.05);
+  b.time.observe(0.5);
+  b.time.observe(5);
+  assert.equal(
+    renderMetrics([a.r.state(), b.r.state()]),
+    [
+      "# HELP calls_total calls",
+      "# TYPE calls_total counter",
+      'calls_total{method="Renew"} 5',
+      'calls_total{method="Join"} 1',
+      "# HELP t_seconds time",
+      "# TYPE t_seconds histogram",
+      't_seconds_bucket{le="0.1"} 1',
+      't_seconds_bucket{le="1"} 2',
+      't_seconds_bucket{le="+Inf"} 3',
+      "t_seconds_sum 5.55",
+      "t_seconds_count 3",
+      "",
+    ].join("\n"),
+  );
+  assert.deepEqual(a.r.state()[0]!.series, [{ labels: { method: "Renew" }, values: [2] }], "rendering merged copies, it does not add into a worker's state");
 });
