@@ -24,7 +24,7 @@ import { RenewResponseSchema, RenewService } from "../../src/api/gen/mezite/v1/r
 import { loadOrCreateCas } from "../../src/auth/cas.js";
 import { issueAgentCertificates } from "../../src/auth/issue.js";
 import { MemoryBackend } from "../../src/backend/memory.js";
-import { generateP256, issueClientCertificate, issueServerCertificate, privateKeyToPem } from "../../src/ca/x509.js";
+import { generateP256, issueClientCertificate, issueServerCertificate, p256PointFromDer, privateKeyToPem, publicKeyToDer } from "../../src/ca/x509.js";
 import { parseRoleYaml } from "../../src/rbac/role.js";
 import { SEED_ROLE } from "../../test/harness/auth.js";
 import { median, sleep, tempDir } from "../lib.js";
@@ -79,7 +79,9 @@ const tls = (tickets: boolean) => ({
 // A real renewal's reply, for the gRPC stack measurement.
 const roles = [{ ...parseRoleYaml(SEED_ROLE), created: now }];
 const identity = { id: randomUUID(), name: "bench-identity", roles: ["ci-deployer"], created: now };
-const pub = { ssh: generateKeyPairSync("ed25519").publicKey, x509: generateP256().publicKey, renewal: generateP256().publicKey };
+// As the service gets them: the P-256 keys as checked points (validate.ts).
+const point = () => p256PointFromDer(publicKeyToDer(generateP256().publicKey));
+const pub = { ssh: generateKeyPairSync("ed25519").publicKey, x509: point(), renewal: point() };
 const issueOnce = () =>
   issueAgentCertificates({ cas, clusterName: "bench.mezite", identity, roles, instanceId: randomUUID(), generation: 8n, keys: pub, requestedTtlMs: 3_600_000, now: Date.now() });
 const reply = create(RenewResponseSchema, { certificates: (await issueOnce()).certs });

@@ -8,7 +8,7 @@ import { CERT_EXTENSIONS } from "../api/cert-extensions.js";
 import { IssuedCertificatesSchema, type IssuedCertificates } from "../api/gen/mezite/v1/common_pb.js";
 import { formatSshCertificate, signSshCertificate } from "../ca/sshcert.js";
 // Random 64-bit serials: unique per cluster without a counter shared between auth services.
-import { issueClientCertificate, randomSerial } from "../ca/x509.js";
+import { issueClientCertificate, randomSerial, type P256Point } from "../ca/x509.js";
 import { requirePrincipals, sessionTtlMs, type RoleAccess } from "../rbac/access.js";
 import type { ClusterCas } from "./cas.js";
 import type { IdentityRecord, IssuedCertRecord } from "./records.js";
@@ -20,8 +20,8 @@ const EXT = CERT_EXTENSIONS;
 
 export interface PublicKeys {
   ssh: KeyObject;
-  x509: KeyObject;
-  renewal: KeyObject;
+  x509: P256Point;
+  renewal: P256Point;
 }
 
 /** Identifies the keys of a request, for recognising a retry of the same renewal. */

@@ -14,7 +14,7 @@ import {
 import { joinNodeReplyTranscript, joinNodeRequestTranscript } from "../api/transcripts.js";
 import { mac } from "../ca/jointoken.js";
 import { formatSshCertificate, signSshCertificate } from "../ca/sshcert.js";
-import { issueClientCertificate, randomSerial } from "../ca/x509.js";
+import { issueClientCertificate, randomSerial, type P256Point } from "../ca/x509.js";
 import { MeziteError, isMeziteError } from "../lib/errors.js";
 import type { AuthContext } from "./context.js";
 import { BACKDATE_MS } from "./issue.js";
@@ -25,7 +25,7 @@ import * as v from "./validate.js";
 /** Host certificates live a week and are renewed by `mezd node start` well before that. */
 export const HOST_CERT_TTL_MS = 7 * 24 * 3_600_000;
 
-export async function issueNodeCredentials(ctx: AuthContext, node: NodeRecord, hostKey: KeyObject, tlsKey: KeyObject): Promise<NodeCredentials> {
+export async function issueNodeCredentials(ctx: AuthContext, node: NodeRecord, hostKey: KeyObject, tlsKey: P256Point): Promise<NodeCredentials> {
   const now = ctx.now();
   const notAfter = now + HOST_CERT_TTL_MS;
   const hostCert = signSshCertificate(

@@ -1,7 +1,7 @@
 /** Checks on what arrives over the wire, so bad input is InvalidArgument, never a crash. */
 import type { KeyObject } from "node:crypto";
 import { parseAuthorizedKey } from "../ca/sshkey.js";
-import { publicKeyFromDer } from "../ca/x509.js";
+import { p256PointFromDer, type P256Point } from "../ca/x509.js";
 import { MeziteError } from "../lib/errors.js";
 
 export const MIN_TTL_MS = 60_000;
@@ -21,10 +21,11 @@ export function sshKey(line: string, field: string): KeyObject {
   }
 }
 
-export function p256Key(der: Uint8Array, field: string): KeyObject {
+/** A P-256 key to be certified: checked, as a point (no KeyObject: nothing here uses the key). */
+export function p256Key(der: Uint8Array, field: string): P256Point {
   if (der.length > 1024) invalid(`${field} is too long`);
   try {
-    return publicKeyFromDer(der);
+    return p256PointFromDer(der);
   } catch {
     invalid(`${field} is not a P-256 public key`);
   }

@@ -23,7 +23,7 @@ import {
   pemEncode,
   pemToPrivateKey,
   privateKeyToPem,
-  publicKeyFromDer,
+  p256PointFromDer,
   publicKeyToDer,
   verifyCertificateSignature,
   type KeyPair,
@@ -387,8 +387,10 @@ describe("x509", () => {
       const spki = publicKeyToDer(k.publicKey);
       assert.deepEqual(spki, k.publicKey.export({ format: "der", type: "spki" }));
       assert.deepEqual(publicKeyToDer(k.privateKey), spki);
-      assert.deepEqual(publicKeyToDer(publicKeyFromDer(spki)), spki);
-      assert.deepEqual(publicKeyFromDer(new Uint8Array(spki)).export({ format: "jwk" }), k.publicKey.export({ format: "jwk" }));
+      const jwk = k.publicKey.export({ format: "jwk" });
+      const point = Buffer.concat([Buffer.from([4]), Buffer.from(jwk.x!, "base64url"), Buffer.from(jwk.y!, "base64url")]);
+      assert.deepEqual(p256PointFromDer(spki), point);
+      assert.deepEqual(p256PointFromDer(new Uint8Array(spki)), point);
     });
   });
 
@@ -475,15 +477,18 @@ describe("x509", () => {
       assertCode("ERR_MALFORMED_KEY", () => pemToPrivateKey(privateKeyToPem(rsa.privateKey)), "RSA");
       assertCode("ERR_MALFORMED_KEY", () => privateKeyToPem(ed.publicKey), "a public key");
       const spki = publicKeyToDer(clientKeys.publicKey);
-      assertCode("ERR_MALFORMED_KEY", () => publicKeyFromDer(new Uint8Array(0)), "empty");
-      assertCode("ERR_MALFORMED_KEY", () => publicKeyFromDer(Buffer.from("garbage")), "garbage");
-      assertCode("ERR_MALFORMED_KEY", () => publicKeyFromDer(spki.subarray(0, 40)), "truncated");
-      assertCode("ERR_MALFORMED_KEY", () => publicKeyFromDer(Buffer.concat([spki, Buffer.from([0])])), "trailing byte");
-      assertCode("ERR_MALFORMED_KEY", () => publicKeyFromDer(ed.publicKey.export({ format: "der", type: "spki" })), "Ed25519");
-      assertCode("ERR_MALFORMED_KEY", () => publicKeyFromDer(p384.publicKey.export({ format: "der", type: "spki" })), "P-384");
-      assertCode("ERR_MALFORMED_KEY", () => publicKeyFromDer(rsa.publicKey.export({ format: "der", type: "spki" })), "RSA");
+      assertCode("ERR_MALFORMED_KEY", () => p256PointFromDer(new Uint8Array(0)), "empty");
+      assertCode("ERR_MALFORMED_KEY", () => p256PointFromDer(Buffer.from("garbage")), "garbage");
+      assertCode("ERR_MALFORMED_KEY", () => p256PointFromDer(spki.subarray(0, 40)), "truncated");
+      assertCode("ERR_MALFORMED_KEY", () => p256PointFromDer(Buffer.concat([spki, Buffer.from([0])])), "trailing byte");
+      assertCode("ERR_MALFORMED_KEY", () => p256PointFromDer(ed.publicKey.export({ format: "der", type: "spki" })), "Ed25519");
+      assertCode("ERR_MALFORMED_KEY", () => p256PointFromDer(p384.publicKey.export({ format: "der", type: "spki" })), "P-384");
+      assertCode("ERR_MALFORMED_KEY", () => p256PointFromDer(rsa.publicKey.export({ format: "der", type: "spki" })), "RSA");
       const compressed = clientKeys.publicKey.export({ format: "der", type: "spki", ...({ compressed: true } as object) });
-      if (compressed.length < spki.length) assertCode("ERR_MALFORMED_KEY", () => publicKeyFromDer(compressed), "compressed point");
+      if (compressed.length < spki.length) assertCode("ERR_MALFORMED_KEY", () => p256PointFromDer(compressed), "compressed point");
+      const offCurve = Buffer.from(spki);
+      offCurve[offCurve.length - 1]! ^= 1; // same x, a y that is not on P-256
+      assertCode("ERR_MALFORMED_KEY", () => p256PointFromDer(offCurve), "a point off the curve");
       assertCode("ERR_MALFORMED_KEY", () => publicKeyToDer(ed.publicKey), "Ed25519 to DER");
     });
 
