@@ -145,6 +145,8 @@ export function run(bin: string, args: string[], opts: { env?: Record<string, st
       live.delete(p);
       res({ code: code ?? (signal ? 128 : 1), stdout, stderr });
     });
+    // A child that exits before reading its stdin (most do not read it) makes this write EPIPE.
+    p.stdin.on("error", () => {});
     p.stdin.end(opts.input ?? "");
   });
 }
