@@ -15,7 +15,7 @@ import { formatDuration, parseDuration } from "../lib/duration.js";
 import { MeziteError } from "../lib/errors.js";
 import { parseRoleYaml, roleToDocument } from "../rbac/role.js";
 import { fail } from "./exit.js";
-import { parseFormat, printDocument, relTime, table, type Format } from "./output.js";
+import { parseFormat, printDocument, progressLine, relTime, table, type Format } from "./output.js";
 import * as view from "./views.js";
 
 const DEFAULT_IDENTITY = "/var/lib/mezite/admin.identity";
@@ -196,11 +196,12 @@ ai.command("ls")
   .description("list agent identities")
   .action(async () => {
     const a = admin();
+    const progress = progressLine("agent identities");
     const list = await call(a, async (c) => {
       const all = [];
-      for await (const page of c.listAgentIdentities({})) all.push(...page.identities);
+      for await (const page of c.listAgentIdentities({})) progress((all.push(...page.identities), all.length));
       return all;
-    });
+    }).finally(() => progress.done());
     // Documents only when asked for: building 100,000 of them costs a second.
     if (a.format === "text") process.stdout.write(table(view.IDENTITY_HEADERS, list.map((s) => view.identityRow(s))));
     else printDocument(a.format, list.map(view.identityDoc));

@@ -36,3 +36,18 @@ export function table(headers: string[], rows: string[][]): string {
 export function printDocument(format: Exclude<Format, "text">, doc: unknown): void {
   process.stdout.write(format === "json" ? JSON.stringify(doc, null, 2) + "\n" : toYaml(doc));
 }
+
+/**
+ * "Fetching agent identities: 12,000…" on stderr, redrawn in place, for a listing that takes a
+ * while; only on a terminal (scripts and pipes get nothing) and only after the first second.
+ */
+export function progressLine(what: string, stream: NodeJS.WriteStream = process.stderr, afterMs = 1000): ((count: number) => void) & { done(): void } {
+  const start = Date.now();
+  let shown = false;
+  const update = (count: number) => {
+    if (!stream.isTTY || Date.now() - start < afterMs) return;
+    stream.write(`\rFetching ${what}: ${count.toLocaleString("en")}…`);
+    shown = true;
+  };
+  return Object.assign(update, { done: () => shown && stream.write("\r\x1b[K") });
+}
