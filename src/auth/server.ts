@@ -24,7 +24,7 @@ import { writeAdminIdentity } from "../api/admin-identity.js";
 import type { Backend } from "../backend/backend.js";
 import { openBackend } from "../backend/open.js";
 import { caPin, generateP256, issueClientCertificate, issueServerCertificate, parseVerifiedCertificate, privateKeyToPem, type CertKind, type ParsedCert } from "../ca/x509.js";
-import { handleDiag, splitHostPort, startDiagServer, type DiagSource } from "../lib/diag.js";
+import { diagSource, handleDiag, splitHostPort, startDiagServer, type DiagSource } from "../lib/diag.js";
 import { MeziteError, isMeziteError } from "../lib/errors.js";
 import { ensureDir } from "../lib/files.js";
 import { createLogger, type Logger } from "../lib/log.js";
@@ -89,7 +89,6 @@ function requireCert(from: HandlerContext | Peer, kind: CertKind): Peer & { cert
 export interface AuthService {
   port: number;
   addr: string;
-  diagPort: number | undefined;
   context: AuthContext;
   /** This process's metrics as data, for a cluster's primary to sum. */
   metricsState(): MetricState[];
@@ -97,7 +96,6 @@ export interface AuthService {
 }
 
 export interface AuthMetrics {
-  registry: Registry;
   calls: ReturnType<Registry["counter"]>;
   duration: ReturnType<Registry["histogram"]>;
 }
@@ -303,7 +301,6 @@ export async function startAuthService(cfg: AuthConfig, log: Logger = createLogg
     const ctx: AuthContext = { backend, cas, clusterName: cfg.clusterName, publicAddrs: cfg.publicAddrs, now, audit: new Audit(backend, auditLog, now), log };
     const registry = new Registry();
     const metrics: AuthMetrics = {
-      registry,
       calls: registry.counter("mezite_auth_requests_total", "API calls by method and result"),
       duration: registry.histogram(
         "mezite_auth_request_duration_seconds",
@@ -312,7 +309,8 @@ export async function startAuthService(cfg: AuthConfig, log: Logger = createLogg
       ),
     };
     let ready = false;
-    const diag: DiagSource = { notReady: () => (ready ? undefined : "starting"), metrics: clusterMetrics ?? (() => registry.render()) };
+    const notReady = () => (ready ? undefined : "starting");
+    const diag: DiagSource = clusterMetrics ? { notReady, metrics: clusterMetrics } : diagSource(registry, notReady);
 
     const tls = await serverTls(cas, cfg.clusterName, cfg.publicAddrs.length ? cfg.publicAddrs : [cfg.listen], now());
     const api = routes(ctx, new Revocations(ctx), metrics);
@@ -367,7 +365,6 @@ export async function startAuthService(cfg: AuthConfig, log: Logger = createLogg
     return {
       port,
       addr,
-      diagPort: diagServer?.port,
       context: ctx,
       metricsState: () => registry.state(),
       stop: async () => {

@@ -18,12 +18,12 @@ export function diagSource(registry: Registry, notReady: () => string | undefine
 
 export const DIAG_PATHS = new Set(["/livez", "/readyz", "/metrics"]);
 
-/** Answers a diag request; false when the path is not a diag path. */
 /** The part of a Node HTTP/1 or HTTP/2 compat response this needs. */
 interface DiagResponse {
   writeHead(status: number, headers: Record<string, string>): { end(body: string): unknown };
 }
 
+/** Answers a diag request; false when the path is not a diag path. */
 export function handleDiag(src: DiagSource, req: { url?: string | undefined }, res: DiagResponse): boolean {
   const path = (req.url ?? "").split("?")[0] ?? "";
   if (!DIAG_PATHS.has(path)) return false;
