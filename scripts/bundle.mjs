@@ -13,6 +13,7 @@ import { build } from "esbuild";
 import { existsSync, readFileSync, renameSync, rmSync } from "node:fs";
 import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
+import { buildInfo } from "./build-info.mjs";
 
 const ROOT = join(dirname(fileURLToPath(import.meta.url)), "..");
 const OUT = join(ROOT, "dist/bundle");
@@ -29,6 +30,8 @@ const common = {
   // CommonJS dependencies (commander) require() Node's modules: give the ESM chunks a require.
   banner: { js: 'import { createRequire as __mezCreateRequire } from "node:module"; const require = __mezCreateRequire(import.meta.url);' },
   logLevel: "warning",
+  // `--version` (src/lib/version.ts): fixed now, so a running program never asks git.
+  define: { MEZITE_BUILD: JSON.stringify(buildInfo()) },
 };
 
 /** mezd's fast path imports ../node/principals.js: point it at the stand-alone principals.js. */

@@ -17,6 +17,7 @@ import { parseRoleYaml, roleToDocument } from "../rbac/role.js";
 import { fail } from "./exit.js";
 import { parseFormat, printDocument, progressLine, relTime, table, type Format } from "./output.js";
 import * as view from "./views.js";
+import { versionLine } from "../lib/version.js";
 
 const DEFAULT_IDENTITY = "/var/lib/mezite/admin.identity";
 
@@ -25,6 +26,7 @@ installLightHeaders();
 
 const program = new Command("mezctl")
   .description("Mezite admin CLI: roles, agent identities, tokens, locks, nodes, audit")
+  .version(versionLine("mezctl"), "--version", "print the version and commit")
   .option("--identity <file>", `admin identity file (default: $MEZITE_IDENTITY or ${DEFAULT_IDENTITY})`)
   .option("--auth-server <host:port>", "override the auth address in the identity file")
   .addOption(new Option("--format <format>", "output format: text, json or yaml").default("text"))

@@ -1,24 +1,35 @@
 /**
  * mezd: the auth service, the agent identity daemon and the node agent. Each subcommand's
  * program is imported only when it runs. `mezd node principals` runs on every SSH login, so it
- * skips the command-line framework altogether.
+ * skips the command-line framework altogether. No top-level await: the standalone executable
+ * (scripts/release.mjs) runs this file as one CommonJS script.
  */
-const argv = process.argv;
-if (argv[2] === "node" && argv[3] === "principals" && !argv.includes("--help") && !argv.includes("-h")) {
-  (await import("../node/principals.js")).principalsMain(argv.slice(4));
-} else {
-  const [{ Command }, { fail }, { registerAuth }, { registerIdentity }, { registerNode }, { installLightHeaders }] = await Promise.all([
+import { isSea } from "node:sea";
+
+async function main(argv: string[]): Promise<void> {
+  if (argv[2] === "node" && argv[3] === "principals" && !argv.includes("--help") && !argv.includes("-h")) {
+    (await import("../node/principals.js")).principalsMain(argv.slice(4));
+    return;
+  }
+  // The standalone mezd (scripts/release.mjs) is itself the principals command a node join
+  // writes into sshd's config; join's own default points into a checkout's bin/.
+  if (isSea() && argv[2] === "node" && argv[3] === "join" && !argv.some((a) => a === "--mezd-path" || a.startsWith("--mezd-path="))) {
+    argv = [...argv, `--mezd-path=${process.execPath}`];
+  }
+  const [{ Command }, { fail }, { registerAuth }, { registerIdentity }, { registerNode }, { installLightHeaders }, { versionLine }] = await Promise.all([
     import("commander"),
     import("./exit.js"),
     import("./mezd-auth.js"),
     import("./mezd-identity.js"),
     import("./mezd-node.js"),
     import("../lib/headers.js"),
+    import("../lib/version.js"),
   ]);
   // Before connect builds its first request: Node's own Headers would load undici (~30 ms, 7 MB).
   installLightHeaders();
   const program = new Command("mezd")
     .description("Mezite daemons: the auth service, the agent identity daemon and the node agent")
+    .version(versionLine("mezd"), "--version", "print the version and commit")
     .option("--debug", "print stack traces with errors");
   registerAuth(program);
   registerIdentity(program);
@@ -28,3 +39,5 @@ if (argv[2] === "node" && argv[3] === "principals" && !argv.includes("--help") &
   for (const c of all(program)) c.exitOverride();
   await program.parseAsync(argv).catch((e: unknown) => fail("mezd", e));
 }
+
+void main(process.argv);
