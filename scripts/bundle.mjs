@@ -1,6 +1,6 @@
 #!/usr/bin/env node
 /**
- * Bundles bin/mezd and bin/mezctl into dist/bundle/ (run after tsc, by `npm run build`): loading a
+ * Bundles bin/mezd, bin/mezctl and bin/msh into dist/bundle/ (run after tsc, by `npm run build`): loading a
  * few large files costs Node far less than resolving and loading hundreds of small ones.
  * - Code splitting keeps each subcommand's program in chunks of its own, loaded when it runs, and
  *   code shared between them in one copy (one MeziteError class, so `instanceof` holds).
@@ -76,7 +76,7 @@ const next = `${OUT}.${process.pid}`;
 const old = `${OUT}.old.${process.pid}`;
 try {
   await Promise.all([
-    build({ ...common, outdir: next, entryPoints: { mezd: "src/cli/mezd.ts", mezctl: "src/cli/mezctl.ts" }, splitting: true, plugins: [principalsAlone, lazyCommonJs] }),
+    build({ ...common, outdir: next, entryPoints: { mezd: "src/cli/mezd.ts", mezctl: "src/cli/mezctl.ts", msh: "src/cli/msh.ts" }, splitting: true, plugins: [principalsAlone, lazyCommonJs] }),
     build({ ...common, outdir: next, entryPoints: { principals: "src/node/principals.ts" } }),
   ]);
   if (existsSync(OUT)) renameSync(OUT, old);
