@@ -1,0 +1,197 @@
+/**
+ * The release tarball on a machine without Node (SPEC §17): `npm run release`'s tarball is
+ * extracted into an empty directory and everything runs from there with PATH = that directory
+ * and /usr/bin:/bin, inside a private mount namespace where this machine's node is covered by an
+ * empty file (so `command -v node` fails there). From the standalone executables alone: an auth
+ * service on SQLite (the embedded addon), the seed's role and an identity made with mezctl, a
+ * node joined with mezd (its default principals command is the standalone mezd itself) behind a
+ * private sshd, a one-shot join with mezd, and logins with msh ssh: as deploy, and not as root.
+ * The release is built first when dist/release is missing or older than its inputs.
+ */
+import assert from "node:assert/strict";
+import { spawn, spawnSync, type ChildProcess } from "node:child_process";
+import { chmodSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from "node:fs";
+import { join } from "node:path";
+import { after, before, describe, test } from "node:test";
+import { ROOT, SEED_ROLE_PATH, tokenFrom } from "../harness/auth.js";
+import { missingComponent, sshdTestsCannotRun } from "../harness/require.js";
+import { ensureUser, startSshd, type Sshd } from "../harness/sshd.js";
+
+const VERSION = (JSON.parse(readFileSync(join(ROOT, "package.json"), "utf8")) as { version: string }).version;
+const TARBALL = join(ROOT, `dist/release/mezite-${VERSION}-linux-amd64.tar.gz`);
+// sshd runs the principals command only from root-owned, not group/world-writable dirs: not /tmp.
+const SAFE_PARENT = "/usr/local/libexec/mezite-test";
+const FAST_SSH = ["-o", "BatchMode=yes", "-o", "ConnectTimeout=5", "-o", "KexAlgorithms=curve25519-sha256", "-o", "LogLevel=ERROR"];
+
+const unshare = spawnSync("unshare", ["--mount", "--propagation", "private", "true"]).status === 0;
+const missing = sshdTestsCannotRun() ?? (unshare ? undefined : (["unshare --mount", "util-linux, and root to make a mount namespace that hides node"] as [string, string]));
+
+let root: string; // the extraction dir and everything the scenario writes
+let bin: string;
+let home: string;
+let nonode: string;
+const live = new Set<ChildProcess>();
+
+/**
+ * argv for running `cmd` where no node exists: a private mount namespace in which every node
+ * PATH finds is covered by an empty, non-executable file; PATH = the release dir and /usr/bin:/bin.
+ */
+function noNode(cmd: string, args: string[]): [string, string[]] {
+  const script = 'for n in node nodejs; do p=$(command -v "$n") && mount --bind "$0" "$(readlink -f "$p")" || true; done; exec "$@"';
+  return ["unshare", ["--mount", "--propagation", "private", "/bin/sh", "-c", script, nonode, cmd, ...args]];
+}
+
+function env(extra: Record<string, string> = {}): Record<string, string> {
+  return { PATH: `${bin}:/usr/bin:/bin`, HOME: home, ...extra };
+}
+
+interface Result {
+  code: number;
+  stdout: string;
+  stderr: string;
+}
+
+function run(cmd: string, args: string[], extraEnv: Record<string, string> = {}): Promise<Result> {
+  const [c, a] = noNode(cmd, args);
+  return new Promise((res) => {
+    const p = spawn(c, a, { env: env(extraEnv), cwd: root, stdio: ["ignore", "pipe", "pipe"] });
+    live.add(p);
+    let stdout = "";
+    let stderr = "";
+    p.stdout.on("data", (d: Buffer) => (stdout += d.toString()));
+    p.stderr.on("data", (d: Buffer) => (stderr += d.toString()));
+    const timer = setTimeout(() => p.kill("SIGKILL"), 30_000);
+    p.on("close", (code) => {
+      clearTimeout(timer);
+      live.delete(p);
+      res({ code: code ?? 128, stdout, stderr });
+    });
+  });
+}
+
+async function ok(cmd: string, args: string[], extraEnv: Record<string, string> = {}): Promise<string> {
+  const r = await run(cmd, args, extraEnv);
+  assert.equal(r.code, 0, `${cmd} ${args.join(" ")} exited ${r.code}:\n${r.stderr}`);
+  return r.stdout;
+}
+
+let auth: ChildProcess | undefined;
+let authAddr = "";
+let authOut = "";
+let sshd: Sshd | undefined;
+const dataDir = () => join(root, "auth-data");
+const admin = () => `--identity=${join(dataDir(), "admin.identity")}`;
+
+describe("release: the tarball's executables work with no node on the machine", () => {
+  before(async () => {
+    if (missing) return; // each test says so loudly (and fails under CI)
+    // Build it unless dist/release was built from these very inputs (CI's npm test covers it).
+    const built = spawnSync(process.execPath, [join(ROOT, "scripts/release.mjs"), "--if-stale"], { cwd: ROOT, encoding: "utf8", timeout: 170_000 });
+    assert.equal(built.status, 0, `release failed:\n${built.stdout}${built.stderr}`);
+    process.stdout.write(`# ${built.stdout.trim().split("\n").join("\n# ")}\n`);
+
+    mkdirSync(SAFE_PARENT, { recursive: true, mode: 0o755 });
+    root = mkdtempSync(join(SAFE_PARENT, "release-"));
+    chmodSync(root, 0o755); // the principals command runs as nobody and reads the node's ssh dir
+    bin = join(root, "bin");
+    home = join(root, "home");
+    mkdirSync(bin);
+    mkdirSync(home, { mode: 0o700 });
+    nonode = join(root, "no-node-here");
+    writeFileSync(nonode, "", { mode: 0o644 });
+    ensureUser("deploy");
+  });
+
+  after(async () => {
+    for (const p of live) p.kill("SIGKILL");
+    if (auth && auth.exitCode === null) {
+      const gone = new Promise((r) => auth!.once("exit", r));
+      auth.kill("SIGTERM");
+      await gone;
+    }
+    await sshd?.stop();
+    if (root) rmSync(root, { recursive: true, force: true });
+  });
+
+  test("the tarball holds the three executables, the units and SHA256SUMS at its root, and they check", (t) => {
+    if (missing) return missingComponent(t, ...missing);
+    const x = spawnSync("tar", ["-xzf", TARBALL, "-C", bin], { encoding: "utf8" });
+    assert.equal(x.status, 0, x.stderr);
+    assert.deepEqual(readdirSync(bin).sort(), ["SHA256SUMS", "mezctl", "mezd", "mezd-auth.service", "mezd-identity@.service", "mezd-node.service", "msh"]);
+    for (const p of ["mezd", "msh", "mezctl"]) assert.equal(statSync(join(bin, p)).mode & 0o755, 0o755, `${p} is executable`);
+    const sums = spawnSync("sha256sum", ["--check", "--strict", "SHA256SUMS"], { cwd: bin, encoding: "utf8" });
+    assert.equal(sums.status, 0, sums.stdout + sums.stderr);
+    // The seed's install line takes two members out by name.
+    const two = mkdtempSync(join(root, "seed-"));
+    assert.equal(spawnSync("tar", ["-xzf", TARBALL, "-C", two, "mezd", "msh"]).status, 0);
+    assert.deepEqual(readdirSync(two).sort(), ["mezd", "msh"]);
+    const outer = readFileSync(join(ROOT, "dist/release/SHA256SUMS"), "utf8");
+    assert.match(outer, new RegExp(`^[0-9a-f]{64}  mezite-${VERSION.replace(/\./g, "\\.")}-linux-amd64\\.tar\\.gz\\n$`));
+  });
+
+  test("no node is reachable there, and each program prints its version and commit", async (t) => {
+    if (missing) return missingComponent(t, ...missing);
+    const r = await run("/bin/sh", ["-c", "command -v node || command -v nodejs"]);
+    assert.notEqual(r.code, 0, `node is reachable: ${r.stdout}`);
+    assert.equal(r.stdout, "");
+    for (const p of ["mezd", "msh", "mezctl"]) {
+      const v = await ok(p, ["--version"]);
+      assert.match(v, new RegExp(`^${p} ${VERSION.replace(/\./g, "\\.")} \\(commit [0-9a-f]{7}(-dirty)?\\)\\n$`));
+    }
+  });
+
+  test("auth service, role, identity, node join, one-shot join and msh ssh, all from the tarball", async (t) => {
+    if (missing) return missingComponent(t, ...missing);
+    // The auth service on the default SQLite backend: the addon comes out of the executable.
+    const [c, a] = noNode("mezd", ["auth", "start", `--data-dir=${dataDir()}`, "--listen=127.0.0.1:0", "--cluster-name=release.test"]);
+    auth = spawn(c, a, { env: env(), cwd: root, stdio: ["ignore", "pipe", "pipe"] });
+    authAddr = await new Promise<string>((res, rej) => {
+      const timer = setTimeout(() => rej(new Error(`auth service did not start:\n${authOut}`)), 20_000);
+      const seen = (d: Buffer) => {
+        authOut += d.toString();
+        const m = /auth service listening on (127\.0\.0\.1:\d+)/.exec(authOut);
+        if (m) {
+          clearTimeout(timer);
+          res(m[1]!);
+        }
+      };
+      auth!.stdout!.on("data", seen);
+      auth!.stderr!.on("data", seen);
+      auth!.once("exit", (code) => rej(new Error(`auth service exited ${code}:\n${authOut}`)));
+    });
+    const cache = join(home, ".cache", "mezite");
+    assert.equal(statSync(cache).mode & 0o777, 0o700);
+    assert.deepEqual(readdirSync(cache).filter((f) => /^better_sqlite3-[0-9a-f]{64}\.node$/.test(f)).length, 1, readdirSync(cache).join(","));
+    assert.ok(existsSync(join(dataDir(), "mezite.db")), "SQLite database written");
+
+    await ok("mezctl", [admin(), "create", "-f", SEED_ROLE_PATH]);
+    const nodeToken = tokenFrom(await ok("mezctl", [admin(), "tokens", "add", "--type=node", "--labels=env=staging"]));
+    const nodeDir = join(root, "node-ssh");
+    writeFileSync(join(root, "node.token"), nodeToken, { mode: 0o600 });
+    // No --mezd-path: the standalone mezd names itself as sshd's principals command.
+    await ok("mezd", ["node", "join", `--auth-server=${authAddr}`, `--token-file=${join(root, "node.token")}`, "--hostname=web-1", "--principals=127.0.0.1,localhost", `--ssh-dir=${nodeDir}`]);
+    assert.match(readFileSync(join(nodeDir, "sshd_config"), "utf8"), new RegExp(`AuthorizedPrincipalsCommand ${join(bin, "mezd")} node principals`));
+    const sshdDir = join(root, "sshd");
+    mkdirSync(sshdDir);
+    sshd = await startSshd({ dir: sshdDir, hostKeyPath: join(nodeDir, "ssh_host_ed25519_key"), extraConfig: [`Include ${join(nodeDir, "sshd_config")}`] });
+
+    const token = tokenFrom(await ok("mezctl", [admin(), "agent-identities", "add", "--name=github-deploy", "--roles=ci-deployer", "--token-ttl=1h"]));
+    const dest = join(root, "mezite-certs");
+    await ok("mezd", ["identity", "start", `--auth-server=${authAddr}`, `--destination-dir=${dest}`, "--one-shot"], { MEZITE_TOKEN: token });
+
+    const ssh = (login: string) => run("msh", ["ssh", `--identity-dir=${dest}`, "-p", String(sshd!.port), ...FAST_SSH, `${login}@127.0.0.1`, "whoami"]);
+    const deploy = await ssh("deploy");
+    assert.equal(deploy.code, 0, `msh ssh deploy@ failed:\n${deploy.stderr}\n${readFileSync(sshd.logPath, "utf8").slice(-2000)}`);
+    assert.equal(deploy.stdout, "deploy\n");
+    // The seed's role denies root: sshd asked the standalone mezd and got no principal.
+    const rootLogin = await ssh("root");
+    assert.equal(rootLogin.code, 255, rootLogin.stdout);
+    assert.match(rootLogin.stderr, /Permission denied/);
+
+    const status = JSON.parse(await ok("msh", ["status", `--identity-dir=${dest}`, "--format=json"])) as Record<string, unknown>;
+    assert.equal(status["identity"], "github-deploy");
+    assert.deepEqual(status["roles"], ["ci-deployer"]);
+    assert.deepEqual(status["principals"], ["deploy"]);
+    assert.ok((status["seconds_left"] as number) > 3000, JSON.stringify(status));
+  });
+});
