@@ -119,6 +119,9 @@ describe("release: the tarball's executables work with no node on the machine", 
     assert.equal(x.status, 0, x.stderr);
     assert.deepEqual(readdirSync(bin).sort(), ["SHA256SUMS", "mezctl", "mezd", "mezd-auth.service", "mezd-identity@.service", "mezd-node.service", "msh"]);
     for (const p of ["mezd", "msh", "mezctl"]) assert.equal(statSync(join(bin, p)).mode & 0o755, 0o755, `${p} is executable`);
+    for (const u of ["mezd-auth.service", "mezd-identity@.service", "mezd-node.service"]) {
+      assert.equal(readFileSync(join(bin, u), "utf8"), readFileSync(join(ROOT, "deploy/systemd", u), "utf8"), `${u} is deploy/systemd's`);
+    }
     const sums = spawnSync("sha256sum", ["--check", "--strict", "SHA256SUMS"], { cwd: bin, encoding: "utf8" });
     assert.equal(sums.status, 0, sums.stdout + sums.stderr);
     // The seed's install line takes two members out by name.
