@@ -83,7 +83,7 @@ const identity = { id: randomUUID(), name: "bench-identity", roles: ["ci-deploye
 const point = () => p256PointFromDer(publicKeyToDer(generateP256().publicKey));
 const pub = { ssh: generateKeyPairSync("ed25519").publicKey, x509: point(), renewal: point() };
 const issueOnce = () =>
-  issueAgentCertificates({ cas, clusterName: "bench.mezite", identity, roles, instanceId: randomUUID(), generation: 8n, keys: pub, requestedTtlMs: 3_600_000, now: Date.now() });
+  issueAgentCertificates({ cas, clusterName: "bench.mezite", identity, roles, instanceId: randomUUID(), generation: 8n, keys: pub, requestedTtlMs: 3_600_000, now: Date.now(), revokedHostKeys: [] });
 const reply = create(RenewResponseSchema, { certificates: (await issueOnce()).certs });
 
 type Kind = "tls+tickets" | "tls" | "h2" | "grpc";

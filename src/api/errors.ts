@@ -3,10 +3,13 @@
  * in the `mezite-error-code` trailer so clients can act on it (exit codes, retry or not); the
  * message is the same one line a human reads. `cause` never leaves the process.
  */
+import { randomBytes } from "node:crypto";
 import { Code, ConnectError } from "@connectrpc/connect";
 import { MeziteError, type ErrorCode } from "../lib/errors.js";
 
 const CODE_HEADER = "mezite-error-code";
+/** A short reference that ties a caller's generic error to the service log's detailed line. */
+export const ERROR_REF_HEADER = "mezite-error-ref";
 
 const GRPC_CODE: Partial<Record<ErrorCode, Code>> = {
   ERR_USAGE: Code.InvalidArgument,
@@ -34,14 +37,50 @@ const GRPC_CODE: Partial<Record<ErrorCode, Code>> = {
   ERR_STORAGE: Code.Unavailable,
 };
 
-/** Server side: what a handler's error becomes on the wire. Unknown errors say nothing inside. */
-export function toConnectError(e: unknown): ConnectError {
+/**
+ * Codes whose messages are built from constant text and the request alone, so any caller may read
+ * them (they say what to do: ask for a new token, remove a lock). Every other code (storage,
+ * configuration, internal) can carry a backend address, a file path or a record key: a caller
+ * that is not an admin gets a generic sentence instead, and a non-final code (SPEC §13: a broken
+ * server database is not the daemon's fault).
+ */
+const PUBLIC_CODES: ReadonlySet<ErrorCode> = new Set<ErrorCode>([
+  "ERR_USAGE",
+  "ERR_BAD_DURATION",
+  "ERR_MALFORMED_KEY",
+  "ERR_MALFORMED_CERT",
+  "ERR_MALFORMED_PEM",
+  "ERR_NOT_FOUND",
+  "ERR_ALREADY_EXISTS",
+  "ERR_NO_LOGINS",
+  "ERR_TOKEN_UNKNOWN",
+  "ERR_TOKEN_USED",
+  "ERR_TOKEN_EXPIRED",
+  "ERR_TOKEN_INVALID",
+  "ERR_BAD_PROOF",
+  "ERR_LOCKED",
+  "ERR_IDENTITY_DELETED",
+  "ERR_GENERATION_MISMATCH",
+  "ERR_NOT_AUTHORIZED",
+]);
+
+/**
+ * Server side: what a handler's error becomes on the wire. "detailed" (admins) carries the
+ * error's own message; "public" (everyone else) carries it only for PUBLIC_CODES, and otherwise
+ * says the service failed, with a reference the service logged beside the detail.
+ */
+export function toConnectError(e: unknown, audience: "detailed" | "public" = "public"): ConnectError {
   if (e instanceof ConnectError) return e;
-  if (e instanceof MeziteError) {
+  if (e instanceof MeziteError && (audience === "detailed" || PUBLIC_CODES.has(e.code))) {
     const code = GRPC_CODE[e.code] ?? Code.Internal;
     return new ConnectError(e.message, code, { [CODE_HEADER]: e.code });
   }
-  return new ConnectError("internal error in the auth service (see its log)", Code.Internal, { [CODE_HEADER]: "ERR_INTERNAL" });
+  const ref = randomBytes(4).toString("hex");
+  // Server side these come from the backend alone: down, unreachable or corrupt.
+  if (e instanceof MeziteError && (e.code === "ERR_STORAGE" || e.code === "ERR_UNREACHABLE" || e.code === "ERR_STATE_CORRUPT")) {
+    return new ConnectError(`the auth service's storage failed; retry later (reference ${ref} in its log)`, Code.Unavailable, { [CODE_HEADER]: "ERR_STORAGE", [ERROR_REF_HEADER]: ref });
+  }
+  return new ConnectError(`internal error in the auth service; retry later (reference ${ref} in its log)`, Code.Internal, { [CODE_HEADER]: "ERR_INTERNAL", [ERROR_REF_HEADER]: ref });
 }
 
 /** Client side: a failed call as a MeziteError with the server's code, or ERR_UNREACHABLE. */

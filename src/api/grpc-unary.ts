@@ -85,6 +85,8 @@ function readMessage(req: Http2ServerRequest, maxBytes: number): Promise<Buffer>
       if (size > maxBytes + 5) fail(new ConnectError(`request is larger than ${maxBytes} bytes`, Code.ResourceExhausted));
     });
     req.on("error", (e) => reject(new ConnectError(`request stream failed: ${e.message}`, Code.Canceled)));
+    // Reset before its end (by the client, or by the service's request deadline).
+    req.on("close", () => reject(new ConnectError("the request was cancelled before it ended", Code.Canceled)));
     req.on("end", () => {
       const all = Buffer.concat(chunks, size);
       if (size < 5 || all.readUInt32BE(1) !== size - 5) {

@@ -21,7 +21,10 @@ export type AuditType =
   | "token.create"
   | "token.delete"
   | "node.join"
-  | "node.renew";
+  | "node.renew"
+  | "node.delete"
+  | "admin.revoke_certificates"
+  | "join.refused_unknown_tokens";
 
 export interface AuditEvent {
   time: number;
@@ -35,17 +38,55 @@ export interface AuditEvent {
   success: boolean;
   error: string;
   detail: string;
+  /** Who made an admin call (the admin certificate's name and serial); empty for daemons' calls. */
+  actor: string;
 }
 
 /** How long events are kept in the backend. */
 export const AUDIT_RETENTION_MS = 90 * 24 * 3_600_000;
 
+/** Joins with unknown token ids are audited as one event per this period, per service. */
+export const UNKNOWN_TOKEN_PERIOD_MS = 10_000;
+
 export class Audit {
+  /** Joins refused for an unknown token id since the last summary, by remote address. */
+  private unknownTokens = new Map<string, number>();
+  private summaryTimer: NodeJS.Timeout | undefined;
+
   constructor(
     private readonly backend: Backend,
     private readonly log: Logger,
     private readonly now: () => number,
   ) {}
+
+  /**
+   * A join refused because its token id is unknown: anyone can send those, as fast as they like,
+   * so each costs a count in memory, not a write. One event sums them up every period.
+   */
+  tallyUnknownToken(remoteAddr: string): void {
+    const host = remoteAddr.slice(0, 64);
+    if (this.unknownTokens.size < 1000 || this.unknownTokens.has(host)) this.unknownTokens.set(host, (this.unknownTokens.get(host) ?? 0) + 1);
+    else this.unknownTokens.set("other", (this.unknownTokens.get("other") ?? 0) + 1);
+    this.summaryTimer ??= setTimeout(() => void this.flushUnknownTokens(), UNKNOWN_TOKEN_PERIOD_MS).unref();
+  }
+
+  /** Writes the pending summary of unknown-token joins, if any (also on stop). */
+  async flushUnknownTokens(): Promise<void> {
+    clearTimeout(this.summaryTimer);
+    this.summaryTimer = undefined;
+    if (this.unknownTokens.size === 0) return;
+    const counts = [...this.unknownTokens].sort((a, b) => b[1] - a[1]);
+    this.unknownTokens = new Map();
+    const total = counts.reduce((n, [, c]) => n + c, 0);
+    const from = counts.slice(0, 20).map(([addr, c]) => `${addr} (${c})`).join(", ");
+    await this.emit({
+      type: "join.refused_unknown_tokens",
+      success: false,
+      error: "ERR_TOKEN_UNKNOWN",
+      remote_addr: counts[0]![0],
+      detail: `${total} join${total === 1 ? "" : "s"} with unknown token ids from ${from}${counts.length > 20 ? ", ..." : ""}`,
+    });
+  }
 
   /** Logs and stores an event on its own. */
   async emit(e: Partial<AuditEvent> & { type: AuditType }): Promise<void> {
@@ -74,6 +115,7 @@ export class Audit {
       success: true,
       error: "",
       detail: "",
+      actor: "",
       ...e,
     };
     // Time-ordered keys make `audit ls --since` a range scan.
@@ -84,12 +126,29 @@ export class Audit {
     };
   }
 
-  async list(since: number, type: string, limit: number): Promise<AuditEvent[]> {
+  /**
+   * Events since `since` of `type` (or its prefix), oldest first, in pages as they are read. With
+   * a `limit`, the newest `limit` of them: the scan keeps no more than that many at a time.
+   */
+  async *list(since: number, type: string, limit: number): AsyncGenerator<AuditEvent[]> {
     const startAfter = `${keys.audit}${String(Math.max(0, since - 1)).padStart(15, "0")}~`;
-    // No limit on the scan: a range limit would keep the oldest events (and 0 means none), while
-    // the caller wants the newest `limit` of the matching ones.
-    const items = await this.backend.range(keys.audit, { startAfter });
-    const events = items.map((i) => JSON.parse(i.value) as AuditEvent).filter((e) => !type || e.type === type || e.type.startsWith(`${type}.`));
-    return limit > 0 ? events.slice(-limit) : events;
+    const matches = (e: AuditEvent) => !type || e.type === type || e.type.startsWith(`${type}.`);
+    let newest: AuditEvent[] = [];
+    for (let after = startAfter; ; ) {
+      const items = await this.backend.range(keys.audit, { startAfter: after, limit: AUDIT_PAGE });
+      const events = items.map((i) => JSON.parse(i.value) as AuditEvent).filter(matches);
+      if (limit > 0) {
+        newest.push(...events);
+        if (newest.length > limit) newest = newest.slice(-limit);
+      } else if (events.length > 0) {
+        yield events;
+      }
+      if (items.length < AUDIT_PAGE) break;
+      after = items[items.length - 1]!.key;
+    }
+    for (let i = 0; i < newest.length; i += AUDIT_PAGE) yield newest.slice(i, i + AUDIT_PAGE);
   }
 }
+
+/** Events read from the backend, and sent, at a time. */
+const AUDIT_PAGE = 1000;

@@ -1,4 +1,5 @@
 import type { Backend } from "../backend/backend.js";
+import type { ParsedCert } from "../ca/x509.js";
 import type { Logger } from "../lib/log.js";
 import type { Audit } from "./audit.js";
 import type { ClusterCas } from "./cas.js";
@@ -12,4 +13,18 @@ export interface AuthContext {
   now: () => number;
   audit: Audit;
   log: Logger;
+}
+
+/**
+ * Who made a call: the remote address, and the client certificate, already checked to be of the
+ * kind the called service takes and issued by that kind's CA (server.ts).
+ */
+export interface Caller {
+  remoteAddr: string;
+  cert: ParsedCert | undefined;
+}
+
+/** An admin call's caller, with the fields every audit event of an admin call carries. */
+export interface AdminCaller extends Caller {
+  audit: { actor: string; remote_addr: string };
 }

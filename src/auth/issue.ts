@@ -44,6 +44,8 @@ export interface IssueInput {
   keys: PublicKeys;
   requestedTtlMs: number;
   now: number;
+  /** Host keys of removed or replaced nodes (nodes.ts revokedHostKeys). */
+  revokedHostKeys: string[];
 }
 
 export interface Issued {
@@ -117,6 +119,7 @@ export async function issueAgentCertificates(i: IssueInput): Promise<Issued> {
     identityId: i.identity.id,
     instanceId: i.instanceId,
     principals,
+    revokedHostKeys: i.revokedHostKeys,
   });
   const record: IssuedCertRecord = {
     serial: serial.toString(),

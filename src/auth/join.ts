@@ -6,60 +6,21 @@ import { randomUUID } from "node:crypto";
 import { create } from "@bufbuild/protobuf";
 import { JoinResponseSchema, type JoinRequest, type JoinResponse } from "../api/gen/mezite/v1/join_pb.js";
 import { joinReplyTranscript, joinRequestTranscript } from "../api/transcripts.js";
-import { ed25519PublicFromRaw } from "../ca/sshkey.js";
-import { mac, verifyProof } from "../ca/jointoken.js";
-import type { WriteOp } from "../backend/backend.js";
+import { mac } from "../ca/jointoken.js";
 import { MeziteError, isMeziteError } from "../lib/errors.js";
-import type { AuthContext } from "./context.js";
+import { principalsFor } from "../rbac/access.js";
+import type { AuthContext, Caller } from "./context.js";
 import { issueAgentCertificates } from "./issue.js";
 import { activeLocks, refuseIfLocked } from "./locks.js";
-import { encode, keys, load, tokenKeptUntil, type IdentityRecord, type InstanceRecord, type Loaded, type TokenRecord } from "./records.js";
-import { tombstone } from "./revocations.js";
+import { revokedHostKeys } from "./nodes.js";
+import { encode, keys, load, type IdentityRecord, type InstanceRecord, type TokenRecord } from "./records.js";
+import { revokeIfLockedMeanwhile, tombstone } from "./revocations.js";
 import { loadRoles } from "./roles.js";
+import { checkToken, commitJoin } from "./tokens.js";
 import * as v from "./validate.js";
-import { principalsFor } from "../rbac/access.js";
 
-/**
- * Finds the token and checks the proof and its state. Failures are distinct codes for the
- * caller's exit code and the audit trail; none of them repeats anything secret.
- */
-export async function checkToken(
-  ctx: AuthContext,
-  tokenId: string,
-  type: TokenRecord["type"],
-  proofData: Buffer,
-  proof: Uint8Array,
-): Promise<Loaded<TokenRecord>> {
-  const found = await load<TokenRecord>(ctx.backend, keys.token(tokenId));
-  if (!found || found.value.type !== type) throw unknownToken();
-  const verifyKey = ed25519PublicFromRaw(Buffer.from(found.value.verifyKey, "base64"));
-  if (!verifyProof(verifyKey, proofData, proof)) throw new MeziteError("ERR_BAD_PROOF", "the join request's token proof does not verify: the token is wrong or the request was altered");
-  if (found.value.used) throw new MeziteError("ERR_TOKEN_USED", "the join token was already used: tokens work once; ask an admin for a new one (mezctl agent-identities add-token)");
-  if (found.value.expires <= ctx.now()) throw new MeziteError("ERR_TOKEN_EXPIRED", "the join token has expired: ask an admin for a new one");
-  return found;
-}
-
-function unknownToken(): MeziteError {
-  return new MeziteError("ERR_TOKEN_UNKNOWN", "the join token is unknown or was deleted: ask an admin for a new one");
-}
-
-/** Marks the token used: the compare-and-swap that makes a token work exactly once. */
-function usedToken(ctx: AuthContext, token: Loaded<TokenRecord>): WriteOp {
-  return { op: "cas", key: keys.token(token.value.id), revision: token.revision, value: encode({ ...token.value, used: true, usedAt: ctx.now() }), expires: tokenKeptUntil(token.value) };
-}
-
-/** Commits a join's writes, the token's use among them: a lost race for the token writes nothing. */
-export async function commitJoin(ctx: AuthContext, token: Loaded<TokenRecord>, ops: WriteOp[]): Promise<void> {
-  try {
-    await ctx.backend.write([usedToken(ctx, token), ...ops]);
-  } catch (e) {
-    if (!isMeziteError(e, "ERR_COMPARE_FAILED")) throw e;
-    if (await ctx.backend.get(keys.token(token.value.id))) throw new MeziteError("ERR_TOKEN_USED", "the join token was already used: tokens work once; ask an admin for a new one");
-    throw unknownToken();
-  }
-}
-
-export async function joinAgent(ctx: AuthContext, req: JoinRequest, remoteAddr: string): Promise<JoinResponse> {
+export async function joinAgent(ctx: AuthContext, req: JoinRequest, caller: Caller): Promise<JoinResponse> {
+  const remoteAddr = caller.remoteAddr;
   v.hexId(req.tokenId, 32, "token_id");
   const pub = {
     ssh: v.sshKey(req.sshPublicKey, "ssh_public_key"),
@@ -82,7 +43,8 @@ export async function joinAgent(ctx: AuthContext, req: JoinRequest, remoteAddr: 
     roleNames = identity.value.roles;
     const roles = await loadRoles(ctx.backend, roleNames);
     const now = ctx.now();
-    refuseIfLocked(await activeLocks(ctx.backend, now), { identityName, roles: roleNames, logins: principalsFor(roles) });
+    const subject = { identityName, roles: roleNames, logins: principalsFor(roles) };
+    refuseIfLocked(await activeLocks(ctx.backend, now), subject);
 
     const instanceId = randomUUID();
     const issued = await issueAgentCertificates({
@@ -95,6 +57,7 @@ export async function joinAgent(ctx: AuthContext, req: JoinRequest, remoteAddr: 
       keys: pub,
       requestedTtlMs: ttl,
       now,
+      revokedHostKeys: await revokedHostKeys(ctx),
     });
     const instance: InstanceRecord = {
       id: instanceId,
@@ -119,6 +82,8 @@ export async function joinAgent(ctx: AuthContext, req: JoinRequest, remoteAddr: 
       await ctx.backend.delete(keys.instance(identity.value.id, instanceId));
       throw new MeziteError("ERR_TOKEN_UNKNOWN", "the join token's agent identity was deleted: ask an admin for a new one");
     }
+    // Likewise a lock made since the check above: its certificate is revoked by serial.
+    await revokeIfLockedMeanwhile(ctx, { ...subject, instanceId }, issued.record);
     await ctx.audit.emit({
       type: "agent_identity.join",
       identity: identityName,
@@ -135,6 +100,11 @@ export async function joinAgent(ctx: AuthContext, req: JoinRequest, remoteAddr: 
       mac: mac(Buffer.from(macKey, "base64"), joinReplyTranscript(req, issued.certs)),
     });
   } catch (e) {
+    // Guessed token ids cost no write each: they are counted, and audited together.
+    if (isMeziteError(e, "ERR_TOKEN_UNKNOWN") && !identityName) {
+      ctx.audit.tallyUnknownToken(remoteAddr);
+      throw e;
+    }
     // A refused token (used, expired, bad proof) still names its identity in the audit trail.
     if (!identityName) {
       const token = await load<TokenRecord>(ctx.backend, keys.token(req.tokenId)).catch(() => undefined);

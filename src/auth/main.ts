@@ -7,10 +7,11 @@ import cluster, { type Worker } from "node:cluster";
 import { startDiagServer } from "../lib/diag.js";
 import { createLogger, type Logger } from "../lib/log.js";
 import { renderMetrics, type MetricState } from "../lib/metrics.js";
-import { openBackend } from "../backend/open.js";
 import { caPin } from "../ca/x509.js";
 import { ensureDir } from "../lib/files.js";
+import { openBackend, redactBackend } from "../backend/open.js";
 import { loadOrCreateCas } from "./cas.js";
+import { resolveClusterName } from "./cluster.js";
 import { startAuthService, type AuthConfig } from "./server.js";
 
 /**
@@ -51,15 +52,13 @@ export async function runAuth(cfg: AuthConfig, workers = 1): Promise<void> {
   if (cluster.isWorker) {
     send({ mezite: "ready", addr: svc.addr, port: svc.port });
   } else {
-    log.info("auth service started", { cluster: cfg.clusterName, backend: redact(cfg.backend), ca_pin: caPin(svc.context.cas.host.x509CertPem) });
+    log.info("auth service started", { cluster: svc.context.clusterName, backend: redactBackend(cfg.backend), ca_pin: caPin(svc.context.cas.host.x509CertPem) });
     process.stdout.write(`auth service listening on ${svc.addr}\n`);
   }
   await stopped;
   await svc.stop();
   process.exit(0);
 }
-
-const redact = (backend: string) => backend.replace(/\/\/[^@]*@/, "//***@");
 
 const send = (m: Message) => process.send?.(m);
 
@@ -117,8 +116,10 @@ async function runPrimary(cfg: AuthConfig, workers: number, log: Logger): Promis
   ensureDir(cfg.dataDir, 0o700);
   const backend = await openBackend(cfg.backend, cfg.dataDir);
   let pin: string;
+  let clusterName: string;
   try {
-    pin = caPin((await loadOrCreateCas(backend, cfg.dataDir, cfg.clusterName, Date.now())).host.x509CertPem);
+    clusterName = await resolveClusterName(backend, cfg.clusterName);
+    pin = caPin((await loadOrCreateCas(backend, cfg.dataDir, clusterName, Date.now())).host.x509CertPem);
   } finally {
     await backend.close();
   }
@@ -134,7 +135,7 @@ async function runPrimary(cfg: AuthConfig, workers: number, log: Logger): Promis
       if (m?.mezite === "collect") void metrics.collect().then((text) => w.isConnected() && w.send({ mezite: "collected", id: m.id, text } satisfies Message));
       metrics.onMessage(w, m);
       if (m?.mezite !== "ready" || ++ready !== workers) return;
-      log.info("auth service started", { cluster: cfg.clusterName, backend: redact(cfg.backend), ca_pin: pin, workers });
+      log.info("auth service started", { cluster: clusterName, backend: redactBackend(cfg.backend), ca_pin: pin, workers });
       process.stdout.write(`auth service listening on ${m.addr}\n`);
     });
   };

@@ -43,6 +43,8 @@ export interface TokenRecord {
   identityId?: string;
   identityName?: string;
   labels?: Record<string, string>;
+  /** A node token made with --replace=NAME: it may take over that node's name and principals. */
+  replaces?: string;
   verifyKey: string; // base64 raw Ed25519 public key
   macKey: string; // base64; lets the server prove replies, not join
   created: number;
@@ -67,13 +69,24 @@ export interface LockRecord {
 }
 
 export interface NodeRecord {
+  /** Unique per join: the node certificate carries it, so a removed or replaced node's is dead. */
+  id: string;
   name: string;
+  /** From the node's token alone; nothing the node sends changes them. */
   labels: Record<string, string>;
   principals: string[];
+  /** The host key certified at join (authorized_keys form); renewals keep it. */
+  hostKey: string;
   address: string;
   lastHeartbeat: number;
   hostCertExpires: number;
   joined: number;
+}
+
+/** Who holds a node name or extra principal (lower case): a claim is live while its node is. */
+export interface NodeClaim {
+  nodeId: string;
+  node: string;
 }
 
 /** Every SSH user certificate issued, kept until it expires, so nodes can be told to revoke it. */
@@ -104,6 +117,11 @@ export const keys = {
   locks: "/locks/",
   node: (name: string) => `/nodes/${name}`,
   nodes: "/nodes/",
+  /** Names and principals are case-insensitive, as DNS names are. */
+  nodeClaim: (principal: string) => `/node-claims/${principal.toLowerCase()}`,
+  /** A removed or replaced node's host key, kept until its last host certificate expires. */
+  revokedHostKey: (nodeId: string) => `/revoked-host-keys/${nodeId}`,
+  revokedHostKeys: "/revoked-host-keys/",
   /** Under its instance: deleting or locking an instance revokes exactly this range. */
   cert: (instanceId: string, serial: string) => `/certs/${instanceId}/${serial}`,
   certsOf: (instanceId: string) => `/certs/${instanceId}/`,
@@ -111,12 +129,19 @@ export const keys = {
   /** A deleted instance whose certificates are not all expired yet: they stay in the KRL. */
   revokedInstance: (instanceId: string) => `/revoked-instances/${instanceId}`,
   revokedInstances: "/revoked-instances/",
+  /** A certificate issued while a lock that catches it was being made: in the KRL until it expires. */
+  revokedCert: (serial: string) => `/revoked-certs/${serial}`,
+  revokedCerts: "/revoked-certs/",
   /** The reply that issued certificate SERIAL: base64 binary IssuedCertificates, kept until it expires. */
   reply: (serial: string) => `/replies/${serial}`,
   /** Index: the tokens of an identity, so its status reads its own tokens, not everyone's. */
   identityToken: (identityId: string, tokenId: string) => `/identity-tokens/${identityId}/${tokenId}`,
   identityTokens: (identityId: string) => `/identity-tokens/${identityId}/`,
   ca: (kind: "user" | "host") => `/cas/${kind}`,
+  /** The cluster's name, set by its first auth service (cluster.ts). */
+  clusterName: "/cluster/name",
+  /** Admin certificates issued before this instant (unix ms) are refused (admin-cert.ts). */
+  adminRevokedBefore: "/cluster/admin-revoked-before",
   audit: "/audit/",
 };
 

@@ -8,13 +8,14 @@
 import { create, fromBinary, toBinary } from "@bufbuild/protobuf";
 import { IssuedCertificatesSchema, type IssuedCertificates } from "../api/gen/mezite/v1/common_pb.js";
 import { RenewResponseSchema, type RenewRequest, type RenewResponse } from "../api/gen/mezite/v1/renew_pb.js";
-import type { ParsedCert } from "../ca/x509.js";
 import { MeziteError, isMeziteError } from "../lib/errors.js";
 import { principalsFor } from "../rbac/access.js";
-import type { AuthContext } from "./context.js";
+import type { AuthContext, Caller } from "./context.js";
 import { issueAgentCertificates, keysHash } from "./issue.js";
 import { activeLocks, createLock, refuseIfLocked } from "./locks.js";
 import { encode, keys, load, type IdentityRecord, type InstanceRecord } from "./records.js";
+import { revokedHostKeys } from "./nodes.js";
+import { revokeIfLockedMeanwhile } from "./revocations.js";
 import { loadRoles } from "./roles.js";
 import * as v from "./validate.js";
 
@@ -24,8 +25,10 @@ function deleted(name: string): MeziteError {
   return new MeziteError("ERR_IDENTITY_DELETED", `agent identity "${name}" (or this instance of it) was deleted: a new join token is needed`);
 }
 
-export async function renewAgent(ctx: AuthContext, req: RenewRequest, peer: ParsedCert, remoteAddr: string): Promise<RenewResponse> {
-  if (peer.kind !== "renewal" || !peer.identityId || !peer.instanceId || peer.generation === undefined) {
+export async function renewAgent(ctx: AuthContext, req: RenewRequest, caller: Caller): Promise<RenewResponse> {
+  const { remoteAddr } = caller;
+  const peer = caller.cert;
+  if (peer?.kind !== "renewal" || !peer.identityId || !peer.instanceId || peer.generation === undefined) {
     throw new MeziteError("ERR_NOT_AUTHORIZED", "renewal needs the renewal certificate from the daemon's storage dir; output certificates cannot renew");
   }
   const requestId = Buffer.from(v.bytes(req.requestId, 16, "request_id")).toString("hex");
@@ -67,7 +70,8 @@ export async function renewAgent(ctx: AuthContext, req: RenewRequest, peer: Pars
           `generation mismatch for agent identity "${name}" instance ${inst.id}: its credentials are in use elsewhere; the instance is now locked`,
         );
       }
-      refuseIfLocked(locks, { identityName: name, instanceId: inst.id, roles: roleNames, logins: principalsFor(roles) });
+      const subject = { identityName: name, instanceId: inst.id, roles: roleNames, logins: principalsFor(roles) };
+      refuseIfLocked(locks, subject);
       if (retry) return create(RenewResponseSchema, { certificates: await storedReply(ctx, inst.serial) });
 
       const generation = BigInt(inst.generation) + 1n;
@@ -81,6 +85,7 @@ export async function renewAgent(ctx: AuthContext, req: RenewRequest, peer: Pars
         keys: pub,
         requestedTtlMs: ttl,
         now,
+        revokedHostKeys: await revokedHostKeys(ctx),
       });
       const next: InstanceRecord = {
         ...inst,
@@ -107,6 +112,7 @@ export async function renewAgent(ctx: AuthContext, req: RenewRequest, peer: Pars
         throw e;
       }
       audit.publish();
+      await revokeIfLockedMeanwhile(ctx, subject, issued.record);
       return create(RenewResponseSchema, { certificates: issued.certs });
     }
     throw new MeziteError("ERR_INTERNAL", "renewal kept racing with concurrent updates; retry");

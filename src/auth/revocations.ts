@@ -7,17 +7,21 @@
  * (/certs/INSTANCE/SERIAL), and a deleted instance leaves a tombstone (/revoked-instances/INSTANCE)
  * until its last certificate expires. Only a role or login lock needs a scan of every issued
  * certificate; its result is kept for the lock's lifetime (no certificate is issued to a locked
- * role or login), rescanned once after a grace period for renewals that were in flight.
+ * role or login).
+ *
+ * Races: a join or renewal that read the locks and the identity before an rm, rm-instance or lock
+ * may commit after it. Each side looks again after its own write, so whichever looks second sees
+ * the other: rm and rm-instance tombstone again after deleting (a renewal's compare-and-swap on a
+ * deleted instance fails, so any certificate it committed is seen by that second look), and a join
+ * or renewal re-reads the locks after committing and revokes its own certificate by serial
+ * (revokeIfLockedMeanwhile) if one now applies.
  */
 import { create } from "@bufbuild/protobuf";
 import { GetRevocationsResponseSchema, type GetRevocationsResponse } from "../api/gen/mezite/v1/node_pb.js";
 import { encodeKrl } from "../ca/krl.js";
 import type { AuthContext } from "./context.js";
-import { activeLocks } from "./locks.js";
+import { activeLocks, locksOn, refuseIfLocked, type LockSubject } from "./locks.js";
 import { encode, keys, load, loadAll, loadChunks, type IdentityRecord, type InstanceRecord, type IssuedCertRecord, type LockRecord } from "./records.js";
-
-/** Renewals and joins that read the locks just before a lock was made finish well within this. */
-const IN_FLIGHT_GRACE_MS = 5_000;
 
 /**
  * Keeps the certificates of instances about to be deleted in the KRL until they expire. Called
@@ -34,8 +38,19 @@ export async function tombstone(ctx: AuthContext, instances: InstanceRecord[]): 
   );
 }
 
+/**
+ * After a join's or renewal's commit: if a lock made since its check catches the certificate just
+ * issued, that certificate is revoked by serial and the call refused. (A lock's scan may have run
+ * before the commit and missed it.)
+ */
+export async function revokeIfLockedMeanwhile(ctx: AuthContext, subject: LockSubject, cert: IssuedCertRecord): Promise<void> {
+  const locks = locksOn(await activeLocks(ctx.backend, ctx.now()), subject);
+  if (locks.length === 0) return;
+  await ctx.backend.put(keys.revokedCert(cert.serial), encode({ identityName: cert.identityName }), { expires: cert.expires });
+  refuseIfLocked(locks, subject);
+}
+
 interface Scan {
-  at: number;
   certs: { serial: bigint; expires: number }[];
 }
 
@@ -57,7 +72,7 @@ export class Revocations {
 
   private async compute(now: number): Promise<GetRevocationsResponse> {
     const { backend, cas } = this.ctx;
-    const [locks, tombstones] = await Promise.all([activeLocks(backend, now), backend.range(keys.revokedInstances)]);
+    const [locks, tombstones, revokedCerts] = await Promise.all([activeLocks(backend, now), backend.range(keys.revokedInstances), backend.range(keys.revokedCerts)]);
     const ofKind = (k: LockRecord["kind"]) => locks.filter((l) => l.kind === k);
     const lockedIdentities = (await Promise.all(ofKind("agent_identity").map((l) => load<IdentityRecord>(backend, keys.identity(l.target)))))
       .filter((i) => i !== undefined)
@@ -71,6 +86,7 @@ export class Revocations {
     const certsOfInstances = await Promise.all([...instanceIds].map((id) => loadAll<IssuedCertRecord>(backend, keys.certsOf(id))));
     const serials = new Set<bigint>();
     for (const c of certsOfInstances.flat()) if (c.value.expires > now) serials.add(BigInt(c.value.serial));
+    for (const c of revokedCerts) serials.add(BigInt(c.key.slice(keys.revokedCerts.length)));
     for (const s of await this.scanned([...ofKind("role"), ...ofKind("login")], now)) serials.add(s);
 
     const krl = encodeKrl({ version: BigInt(now), generatedAt: Math.floor(now / 1000), sections: [{ caKey: cas.user.sshPublic, serials: [...serials] }] });
@@ -89,11 +105,7 @@ export class Revocations {
   /** Serials of the unexpired certificates each role or login lock catches, scanning only when needed. */
   private async scanned(locks: LockRecord[], now: number): Promise<bigint[]> {
     for (const id of this.scans.keys()) if (!locks.some((l) => l.id === id)) this.scans.delete(id);
-    const stale = locks.filter((l) => {
-      const s = this.scans.get(l.id);
-      const graceOver = l.created + IN_FLIGHT_GRACE_MS;
-      return !s || (s.at < graceOver && now >= graceOver);
-    });
+    const stale = locks.filter((l) => !this.scans.has(l.id));
     if (stale.length > 0) {
       const found = new Map<string, Scan["certs"]>(stale.map((l) => [l.id, []]));
       for await (const chunk of loadChunks<IssuedCertRecord>(this.ctx.backend, keys.certs)) {
@@ -104,7 +116,7 @@ export class Revocations {
           }
         }
       }
-      for (const [id, certs] of found) this.scans.set(id, { at: now, certs });
+      for (const [id, certs] of found) this.scans.set(id, { certs });
     }
     return locks.flatMap((l) => this.scans.get(l.id)!.certs.filter((c) => c.expires > now).map((c) => c.serial));
   }

@@ -1,42 +1,58 @@
 /**
  * `mezd auth start`: the CAs, the gRPC API over TLS (HTTP/2), and the diagnostics endpoints.
- * One TLS port serves every service; which client certificate a call needs is checked per
- * service: none for Join, a renewal certificate for Renew, a node certificate for the node API,
- * the admin certificate for the admin API.
+ * One TLS port serves every service; which client certificate a call needs is declared per
+ * service (SERVICE_CALLER) and checked before any handler runs: none for Join, a renewal
+ * certificate for Renew, a node certificate for the node API, the admin certificate for the admin
+ * API, each issued by its own CA.
  */
-import { createSecureServer, type Http2SecureServer, type Http2ServerRequest, type Http2ServerResponse, type ServerHttp2Session } from "node:http2";
-import { constants } from "node:crypto";
+import { X509Certificate, constants } from "node:crypto";
+import { constants as h2, createSecureServer, type Http2SecureServer, type Http2ServerRequest, type Http2ServerResponse, type ServerHttp2Session } from "node:http2";
+import type { IncomingMessage, ServerResponse } from "node:http";
 import type { TLSSocket } from "node:tls";
 import type { AddressInfo } from "node:net";
 import { hostname as osHostname } from "node:os";
 import { join } from "node:path";
-import { Code, ConnectError, createContextKey, createContextValues, type ConnectRouter, type HandlerContext } from "@connectrpc/connect";
+import { Code, ConnectError, createContextKey, createContextValues, type ConnectRouter, type HandlerContext, type Interceptor } from "@connectrpc/connect";
 import { connectNodeAdapter } from "@connectrpc/connect-node";
-import { create } from "@bufbuild/protobuf";
+import { create, type DescMessage, type DescService, type MessageShape } from "@bufbuild/protobuf";
 import { AdminService } from "../api/gen/mezite/v1/admin_pb.js";
 import * as adminPb from "../api/gen/mezite/v1/admin_pb.js";
-import { JoinRequestSchema, JoinResponseSchema, JoinService, type JoinRequest } from "../api/gen/mezite/v1/join_pb.js";
-import { NodeService, RenewHostCertificateResponseSchema } from "../api/gen/mezite/v1/node_pb.js";
+import { JoinRequestSchema, JoinResponseSchema, JoinService, type JoinNodeRequest, type JoinRequest } from "../api/gen/mezite/v1/join_pb.js";
+import {
+  NodeService,
+  RenewHostCertificateResponseSchema,
+  type GetRevocationsRequest,
+  type HeartbeatRequest,
+  type RenewHostCertificateRequest,
+} from "../api/gen/mezite/v1/node_pb.js";
 import { RenewRequestSchema, RenewResponseSchema, RenewService, type RenewRequest } from "../api/gen/mezite/v1/renew_pb.js";
-import { toConnectError } from "../api/errors.js";
+import { ERROR_REF_HEADER, toConnectError } from "../api/errors.js";
 import { unaryGrpc, type UnaryRoute } from "../api/grpc-unary.js";
-import { writeAdminIdentity } from "../api/admin-identity.js";
 import type { Backend } from "../backend/backend.js";
 import { openBackend } from "../backend/open.js";
-import { caPin, generateP256, issueClientCertificate, issueServerCertificate, parseVerifiedCertificate, privateKeyToPem, type CertKind, type ParsedCert } from "../ca/x509.js";
+import { caPin, generateP256, issueServerCertificate, parseVerifiedCertificate, privateKeyToPem, type CertKind, type ParsedCert } from "../ca/x509.js";
 import { diagSource, handleDiag, splitHostPort, startDiagServer, type DiagSource } from "../lib/diag.js";
 import { MeziteError, isMeziteError } from "../lib/errors.js";
 import { ensureDir } from "../lib/files.js";
 import { createLogger, type Logger } from "../lib/log.js";
 import { Registry, type MetricState } from "../lib/metrics.js";
-import * as admin from "./admin.js";
+import { AdminIdentityKeeper, checkAdminCert, revokeAdminCertificates } from "./admin-cert.js";
+import { auditToProto } from "./admin/audit.js";
+import * as identities from "./admin/identities.js";
+import * as locks from "./admin/locks.js";
+import * as nodes from "./admin/nodes.js";
+import * as roles from "./admin/roles.js";
 import { Audit } from "./audit.js";
-import { loadOrCreateCas, type ClusterCas } from "./cas.js";
-import type { AuthContext } from "./context.js";
+import { loadOrCreateCas, type CaKind, type ClusterCas } from "./cas.js";
+import { resolveClusterName } from "./cluster.js";
+import type { AdminCaller, AuthContext, Caller } from "./context.js";
 import { joinAgent } from "./join.js";
-import { heartbeat, joinNode, renewNode } from "./nodes.js";
+import { callingNode, heartbeat, joinNode, renewNode } from "./nodes.js";
 import { Revocations } from "./revocations.js";
 import { renewAgent } from "./renew.js";
+import * as tokens from "./tokens.js";
+
+type RequestHandler = (req: IncomingMessage | Http2ServerRequest, res: ServerResponse | Http2ServerResponse) => void;
 
 export interface AuthConfig {
   /** CA cluster key, SQLite file and admin.identity. */
@@ -45,45 +61,72 @@ export interface AuthConfig {
   listen: string;
   /** Addresses clients use; put into the TLS certificate and join hints. Default: the listen address. */
   publicAddrs: string[];
-  clusterName: string;
+  /** Given explicitly (--cluster-name); otherwise the backend's, or on a new cluster this host's name. */
+  clusterName?: string | undefined;
   /** "sqlite", "memory" or a postgres:// URL. */
   backend: string;
   /** Serve plain HTTP/1.1 (health, metrics) on the TLS port too, chosen by ALPN. */
   singlePort: boolean;
   diagAddr?: string;
+  /** Open connections at most (default 4096); more are closed at once. */
+  maxConnections?: number;
+  /** Concurrent streams per connection at most (default 64), as an HTTP/2 setting. */
+  maxStreams?: number;
 }
 
 /** Largest request accepted: every legitimate message is a few KiB. */
 export const MAX_REQUEST_BYTES = 64 * 1024;
 const TLS_CERT_TTL_MS = 365 * 24 * 3_600_000;
-const ADMIN_CERT_TTL_MS = 365 * 24 * 3_600_000;
 
+/**
+ * The client certificate each service takes ("none": none needed, and any sent is ignored). Each
+ * kind is accepted only from the CA that issues it (CERT_ISSUER), and only on its own service.
+ */
+const SERVICE_CALLER: Record<string, CertKind | "none"> = {
+  [JoinService.typeName]: "none",
+  [RenewService.typeName]: "renewal",
+  [NodeService.typeName]: "node",
+  [AdminService.typeName]: "admin",
+};
+const CERT_ISSUER: Record<CertKind, CaKind> = { admin: "user", renewal: "user", output: "user", node: "host", server: "host" };
+
+/** What the TLS layer knows of a connection: OpenSSL has verified the chain to one of the CAs. */
 interface Peer {
   remoteAddr: string;
-  cert: ParsedCert | undefined;
+  x509: X509Certificate | undefined;
 }
-const peerKey = createContextKey<Peer>({ remoteAddr: "", cert: undefined });
+const peerKey = createContextKey<Peer>({ remoteAddr: "", x509: undefined });
+const callerKey = createContextKey<Caller>({ remoteAddr: "", cert: undefined });
 
 function peerOf(req: Http2ServerRequest): Peer {
   const socket = req.socket as TLSSocket;
   const remoteAddr = socket.remoteAddress ?? "";
-  if (!socket.authorized) return { remoteAddr, cert: undefined };
-  const x509 = socket.getPeerX509Certificate();
-  if (!x509) return { remoteAddr, cert: undefined };
-  try {
-    return { remoteAddr, cert: parseVerifiedCertificate(x509) };
-  } catch {
-    return { remoteAddr, cert: undefined };
-  }
+  return { remoteAddr, x509: socket.authorized ? socket.getPeerX509Certificate() : undefined };
 }
 
-function requireCert(from: HandlerContext | Peer, kind: CertKind): Peer & { cert: ParsedCert } {
-  const peer = "values" in from ? from.values.get(peerKey) : from;
-  if (!peer.cert || peer.cert.kind !== kind) {
-    const what = kind === "renewal" ? "the daemon's renewal certificate (output certificates cannot renew)" : `a ${kind} certificate`;
-    throw new ConnectError(`this call needs ${what}`, Code.Unauthenticated, { "mezite-error-code": "ERR_NOT_AUTHORIZED" });
+function notAuthorized(accepts: CertKind): MeziteError {
+  const what = accepts === "renewal" ? "the daemon's renewal certificate (output certificates cannot renew)" : `a ${accepts} certificate`;
+  return new MeziteError("ERR_NOT_AUTHORIZED", `this call needs ${what}`);
+}
+
+/** The caller of a service, or ERR_NOT_AUTHORIZED when its certificate is not of the service's kind and CA. */
+async function authenticate(ctx: AuthContext, caCerts: Record<CaKind, X509Certificate>, peer: Peer, accepts: CertKind | "none"): Promise<Caller> {
+  if (accepts === "none") return { remoteAddr: peer.remoteAddr, cert: undefined };
+  if (!peer.x509 || !peer.x509.checkIssued(caCerts[CERT_ISSUER[accepts]])) throw notAuthorized(accepts);
+  let cert: ParsedCert;
+  try {
+    cert = parseVerifiedCertificate(peer.x509);
+  } catch {
+    throw notAuthorized(accepts);
   }
-  return peer as Peer & { cert: ParsedCert };
+  if (cert.kind !== accepts) throw notAuthorized(accepts);
+  if (accepts === "admin") await checkAdminCert(ctx, cert);
+  return { remoteAddr: peer.remoteAddr, cert };
+}
+
+function adminCaller(caller: Caller): AdminCaller {
+  const actor = `${caller.cert?.subjectCommonName ?? "?"} (serial ${caller.cert?.serial ?? "?"})`;
+  return { ...caller, audit: { actor, remote_addr: caller.remoteAddr } };
 }
 
 export interface AuthService {
@@ -100,133 +143,168 @@ export interface AuthMetrics {
   duration: ReturnType<Registry["histogram"]>;
 }
 
-function routes(ctx: AuthContext, revocations: Revocations, metrics: AuthMetrics) {
-  // Every handler goes through here: one place for metrics, logging and error mapping.
-  const failed = (method: string, e: unknown): ConnectError => {
+function routes(ctx: AuthContext, revocations: Revocations, metrics: AuthMetrics, adminIdentity: () => AdminIdentityKeeper | undefined) {
+  const caCerts = { user: new X509Certificate(ctx.cas.user.x509CertPem), host: new X509Certificate(ctx.cas.host.x509CertPem) };
+  // Every handler goes through here: one place for metrics, logging and error mapping. Only an
+  // admin hears an error's own message; anyone else gets its code and a sentence (errors.ts).
+  const failed = (method: string, e: unknown, admin: boolean): ConnectError => {
     metrics.calls.inc({ method, result: isMeziteError(e) ? e.code : e instanceof ConnectError ? Code[e.code] : "internal" });
-    if (!isMeziteError(e) && !(e instanceof ConnectError)) ctx.log.error("request failed", { method, error: (e as Error)?.stack ?? String(e) });
-    return toConnectError(e);
+    const wire = toConnectError(e, admin ? "detailed" : "public");
+    const ref = wire.metadata.get(ERROR_REF_HEADER);
+    if (ref) ctx.log.error("request failed", { method, ref, error: (e as Error)?.stack ?? String(e) });
+    return wire;
   };
-  const wrap = <A extends unknown[], R>(method: string, fn: (...args: A) => Promise<R>) => async (...args: A): Promise<R> => {
+  const timed = <R>(method: string, admin: boolean, run: () => Promise<R>): Promise<R> => {
     const start = performance.now();
-    try {
-      const r = await fn(...args);
-      metrics.calls.inc({ method, result: "ok" });
-      return r;
-    } catch (e) {
-      throw failed(method, e);
-    } finally {
-      metrics.duration.observe((performance.now() - start) / 1000, { method });
-    }
+    return run().then(
+      (r) => (metrics.calls.inc({ method, result: "ok" }), r),
+      (e: unknown) => {
+        throw failed(method, e, admin);
+      },
+    ).finally(() => metrics.duration.observe((performance.now() - start) / 1000, { method }));
   };
-  const adminCall = <Req, Res>(method: string, fn: (req: Req) => Promise<Res>) =>
-    wrap(method, async (req: Req, hc: HandlerContext) => {
-      requireCert(hc, "admin");
-      return fn(req);
-    });
+  /** A unary handler of a service whose caller authenticate() has checked. */
+  const unary = <Req, Res>(method: string, fn: (req: Req, caller: Caller) => Promise<Res>) => (req: Req, hc: HandlerContext) =>
+    timed(method, SERVICE_CALLER[hc.service.typeName] === "admin", () => fn(req, hc.values.get(callerKey)));
+  const admin = <Req, Res>(method: string, fn: (req: Req, by: AdminCaller) => Promise<Res>) => unary(method, (req: Req, caller) => fn(req, adminCaller(caller)));
   const adminStream = <Req, Res>(method: string, fn: (req: Req) => AsyncIterable<Res>) =>
-    async function* (req: Req, hc: HandlerContext): AsyncGenerator<Res> {
+    async function* (req: Req): AsyncGenerator<Res> {
       const start = performance.now();
       try {
-        requireCert(hc, "admin");
         yield* fn(req);
         metrics.calls.inc({ method, result: "ok" });
       } catch (e) {
-        throw failed(method, e);
+        throw failed(method, e, true);
       } finally {
         metrics.duration.observe((performance.now() - start) / 1000, { method });
       }
     };
 
+  /** Checks the caller for connect's calls: each service's kind, before its handler runs. */
+  const authInterceptor: Interceptor = (next) => async (req) => {
+    const accepts = SERVICE_CALLER[req.service.typeName] ?? "admin";
+    try {
+      req.contextValues.set(callerKey, await authenticate(ctx, caCerts, req.contextValues.get(peerKey), accepts));
+    } catch (e) {
+      throw failed(req.method.name, e, false);
+    }
+    return next(req);
+  };
+
   // Served by grpc-unary.ts as plain gRPC, and by connect in any other protocol or encoding.
-  const join = wrap("Join", (req: JoinRequest, peer: Peer) => joinAgent(ctx, req, peer.remoteAddr));
-  const renew = wrap("Renew", (req: RenewRequest, from: Peer) => {
-    const peer = requireCert(from, "renewal");
-    return renewAgent(ctx, req, peer.cert, peer.remoteAddr);
-  });
+  const join = (req: JoinRequest, caller: Caller) => timed("Join", false, () => joinAgent(ctx, req, caller));
+  const renew = (req: RenewRequest, caller: Caller) => timed("Renew", false, () => renewAgent(ctx, req, caller));
+  const fast = <I extends DescMessage, O extends DescMessage>(service: DescService, input: I, output: O, handle: (req: MessageShape<I>, caller: Caller) => Promise<MessageShape<O>>, method: string): [string, UnaryRoute] => [
+    `/${service.typeName}/${method}`,
+    {
+      input,
+      output,
+      handle: async (req, http) => {
+        let caller: Caller;
+        try {
+          caller = await authenticate(ctx, caCerts, peerOf(http), SERVICE_CALLER[service.typeName]!);
+        } catch (e) {
+          throw failed(method, e, false);
+        }
+        return handle(req as MessageShape<I>, caller);
+      },
+    } as UnaryRoute,
+  ];
   const hot = new Map<string, UnaryRoute>([
-    [`/${JoinService.typeName}/${JoinService.method.join.name}`, { input: JoinRequestSchema, output: JoinResponseSchema, handle: (req, http) => join(req as JoinRequest, peerOf(http)) }],
-    [`/${RenewService.typeName}/${RenewService.method.renew.name}`, { input: RenewRequestSchema, output: RenewResponseSchema, handle: (req, http) => renew(req as RenewRequest, peerOf(http)) }],
+    fast(JoinService, JoinRequestSchema, JoinResponseSchema, join, JoinService.method.join.name),
+    fast(RenewService, RenewRequestSchema, RenewResponseSchema, renew, RenewService.method.renew.name),
   ]);
 
   const router = (router: ConnectRouter) => {
     router.service(JoinService, {
-      join: (req, hc) => join(req, hc.values.get(peerKey)),
-      joinNode: wrap("JoinNode", (req, hc) => joinNode(ctx, req, hc.values.get(peerKey).remoteAddr)),
+      join: (req, hc) => join(req, hc.values.get(callerKey)),
+      joinNode: unary("JoinNode", (req: JoinNodeRequest, caller) => joinNode(ctx, req, caller)),
     });
     router.service(RenewService, {
-      renew: (req, hc) => renew(req, hc.values.get(peerKey)),
+      renew: (req, hc) => renew(req, hc.values.get(callerKey)),
     });
     router.service(NodeService, {
-      heartbeat: wrap("Heartbeat", async (req, hc) => {
-        const peer = requireCert(hc, "node");
-        await heartbeat(ctx, peer.cert.subjectCommonName, req.address || peer.remoteAddr, Number(req.hostCertExpires));
+      heartbeat: unary("Heartbeat", async (req: HeartbeatRequest, caller) => {
+        await heartbeat(ctx, caller, req.address, Number(req.hostCertExpires));
         return {};
       }),
-      renewHostCertificate: wrap("RenewHostCertificate", async (req, hc) => {
-        const peer = requireCert(hc, "node");
-        const credentials = await renewNode(ctx, peer.cert.subjectCommonName, req.hostPublicKey, req.tlsPublicKey);
-        return create(RenewHostCertificateResponseSchema, { credentials });
-      }),
-      getRevocations: wrap("GetRevocations", async (_req, hc) => {
-        requireCert(hc, "node");
+      renewHostCertificate: unary("RenewHostCertificate", async (req: RenewHostCertificateRequest, caller) =>
+        create(RenewHostCertificateResponseSchema, { credentials: await renewNode(ctx, caller, req.hostPublicKey, req.tlsPublicKey) }),
+      ),
+      getRevocations: unary("GetRevocations", async (_req: GetRevocationsRequest, caller) => {
+        await callingNode(ctx, caller);
         return revocations.get();
       }),
     });
     router.service(AdminService, {
-      getClusterInfo: adminCall("GetClusterInfo", async () =>
+      getClusterInfo: admin("GetClusterInfo", async () =>
         create(adminPb.GetClusterInfoResponseSchema, { clusterName: ctx.clusterName, publicAddrs: ctx.publicAddrs, caPin: caPin(ctx.cas.host.x509CertPem) }),
       ),
-      createRole: adminCall("CreateRole", async (req: adminPb.CreateRoleRequest) => {
+      createRole: admin("CreateRole", async (req: adminPb.CreateRoleRequest, by) => {
         if (!req.role) throw new MeziteError("ERR_USAGE", "invalid request: role missing");
-        return create(adminPb.CreateRoleResponseSchema, await admin.createRole(ctx, req.role, req.force));
+        return create(adminPb.CreateRoleResponseSchema, await roles.createRole(ctx, by, req.role, req.force));
       }),
-      listRoles: adminCall("ListRoles", async () => create(adminPb.ListRolesResponseSchema, { roles: await admin.listRoles(ctx) })),
-      getRole: adminCall("GetRole", async (req: adminPb.GetRoleRequest) => create(adminPb.GetRoleResponseSchema, { role: await admin.getRole(ctx, req.name) })),
-      deleteRole: adminCall("DeleteRole", async (req: adminPb.DeleteRoleRequest) => {
-        await admin.deleteRole(ctx, req.name);
+      listRoles: admin("ListRoles", async () => create(adminPb.ListRolesResponseSchema, { roles: await roles.listRoles(ctx) })),
+      getRole: admin("GetRole", async (req: adminPb.GetRoleRequest) => create(adminPb.GetRoleResponseSchema, { role: await roles.getRole(ctx, req.name) })),
+      deleteRole: admin("DeleteRole", async (req: adminPb.DeleteRoleRequest, by) => {
+        await roles.deleteRole(ctx, by, req.name);
         return {};
       }),
-      addAgentIdentity: adminCall("AddAgentIdentity", async (req: adminPb.AddAgentIdentityRequest) =>
-        create(adminPb.AddAgentIdentityResponseSchema, await admin.addAgentIdentity(ctx, req.name, req.roles, req.token)),
+      addAgentIdentity: admin("AddAgentIdentity", async (req: adminPb.AddAgentIdentityRequest, by) =>
+        create(adminPb.AddAgentIdentityResponseSchema, await identities.addAgentIdentity(ctx, by, req.name, req.roles, req.token)),
       ),
       listAgentIdentities: adminStream("ListAgentIdentities", async function* (req: adminPb.ListAgentIdentitiesRequest) {
-        for await (const identities of admin.listAgentIdentities(ctx, req.pageSize)) yield create(adminPb.ListAgentIdentitiesResponseSchema, { identities });
+        for await (const page of identities.listAgentIdentities(ctx, req.pageSize)) yield create(adminPb.ListAgentIdentitiesResponseSchema, { identities: page });
       }),
-      getAgentIdentity: adminCall("GetAgentIdentity", async (req: adminPb.GetAgentIdentityRequest) =>
-        create(adminPb.GetAgentIdentityResponseSchema, { identity: await admin.getAgentIdentity(ctx, req.name) }),
+      getAgentIdentity: admin("GetAgentIdentity", async (req: adminPb.GetAgentIdentityRequest) =>
+        create(adminPb.GetAgentIdentityResponseSchema, { identity: await identities.getAgentIdentity(ctx, req.name) }),
       ),
-      deleteAgentIdentity: adminCall("DeleteAgentIdentity", async (req: adminPb.DeleteAgentIdentityRequest) => {
-        await admin.deleteAgentIdentity(ctx, req.name);
+      deleteAgentIdentity: admin("DeleteAgentIdentity", async (req: adminPb.DeleteAgentIdentityRequest, by) => {
+        await identities.deleteAgentIdentity(ctx, by, req.name);
         return {};
       }),
-      removeInstance: adminCall("RemoveInstance", async (req: adminPb.RemoveInstanceRequest) => {
-        await admin.removeInstance(ctx, req.name, req.instanceId);
+      removeInstance: admin("RemoveInstance", async (req: adminPb.RemoveInstanceRequest, by) => {
+        await identities.removeInstance(ctx, by, req.name, req.instanceId);
         return {};
       }),
-      addToken: adminCall("AddToken", async (req: adminPb.AddTokenRequest) =>
-        create(adminPb.AddTokenResponseSchema, { token: await admin.addToken(ctx, req.type, req.agentIdentity, req.labels, req.token) }),
-      ),
-      listTokens: adminCall("ListTokens", async () => create(adminPb.ListTokensResponseSchema, { tokens: await admin.listTokens(ctx) })),
-      deleteToken: adminCall("DeleteToken", async (req: adminPb.DeleteTokenRequest) => {
-        await admin.deleteToken(ctx, req.id);
+      addToken: admin("AddToken", async (req: adminPb.AddTokenRequest, by) => {
+        if (req.type === "node") return create(adminPb.AddTokenResponseSchema, { token: await nodes.addNodeToken(ctx, by, req.labels, req.replaces, req.token) });
+        if (req.type !== "agent_identity") throw new MeziteError("ERR_USAGE", `unknown token type "${req.type.slice(0, 40)}": use node or agent_identity`);
+        return create(adminPb.AddTokenResponseSchema, { token: await identities.addIdentityToken(ctx, by, req.agentIdentity, req.token) });
+      }),
+      listTokens: admin("ListTokens", async () => create(adminPb.ListTokensResponseSchema, { tokens: await tokens.listTokens(ctx) })),
+      deleteToken: admin("DeleteToken", async (req: adminPb.DeleteTokenRequest, by) => {
+        await tokens.deleteToken(ctx, req.id, by.audit.actor);
         return {};
       }),
-      createLock: adminCall("CreateLock", async (req: adminPb.CreateLockRequest) =>
-        create(adminPb.CreateLockResponseSchema, { lock: await admin.addLock(ctx, req.targetKind, req.target, req.reason, Number(req.ttlMs)) }),
+      createLock: admin("CreateLock", async (req: adminPb.CreateLockRequest, by) =>
+        create(adminPb.CreateLockResponseSchema, { lock: await locks.addLock(ctx, by, req.targetKind, req.target, req.reason, Number(req.ttlMs)) }),
       ),
-      listLocks: adminCall("ListLocks", async () => create(adminPb.ListLocksResponseSchema, { locks: await admin.listLocks(ctx) })),
-      deleteLock: adminCall("DeleteLock", async (req: adminPb.DeleteLockRequest) =>
-        create(adminPb.DeleteLockResponseSchema, { removed: await admin.removeLocks(ctx, req.id) }),
+      listLocks: admin("ListLocks", async () => create(adminPb.ListLocksResponseSchema, { locks: await locks.listLocks(ctx) })),
+      deleteLock: admin("DeleteLock", async (req: adminPb.DeleteLockRequest, by) =>
+        create(adminPb.DeleteLockResponseSchema, { removed: await locks.removeLocks(ctx, by, req.id) }),
       ),
-      listNodes: adminCall("ListNodes", async () => create(adminPb.ListNodesResponseSchema, { nodes: await admin.listNodes(ctx) })),
-      listAudit: adminCall("ListAudit", async (req: adminPb.ListAuditRequest) =>
-        create(adminPb.ListAuditResponseSchema, { events: (await ctx.audit.list(Number(req.since), req.type, req.limit)).map(admin.auditToProto) }),
-      ),
+      listNodes: admin("ListNodes", async () => create(adminPb.ListNodesResponseSchema, { nodes: await nodes.listNodes(ctx) })),
+      deleteNode: admin("DeleteNode", async (req: adminPb.DeleteNodeRequest, by) => {
+        await nodes.removeNode(ctx, by, req.name);
+        return {};
+      }),
+      listAudit: adminStream("ListAudit", async function* (req: adminPb.ListAuditRequest) {
+        if (req.limit > MAX_AUDIT_LIMIT) throw new MeziteError("ERR_USAGE", `--limit ${req.limit} is too large: at most ${MAX_AUDIT_LIMIT} (or 0 for every event, streamed)`);
+        for await (const page of ctx.audit.list(Number(req.since), req.type, req.limit)) yield create(adminPb.ListAuditResponseSchema, { events: page.map(auditToProto) });
+      }),
+      revokeAdminCertificates: admin("RevokeAdminCertificates", async (_req: adminPb.RevokeAdminCertificatesRequest, by) => {
+        const before = await revokeAdminCertificates(ctx, by);
+        await adminIdentity()?.refresh();
+        return create(adminPb.RevokeAdminCertificatesResponseSchema, { revokedBefore: BigInt(before) });
+      }),
     });
   };
-  return { router, hot };
+  return { router, hot, authInterceptor };
 }
+
+/** `audit ls --limit`: the newest N are kept in memory while the range is read. */
+const MAX_AUDIT_LIMIT = 100_000;
 
 function isIp(host: string): boolean {
   return /^\d{1,3}(\.\d{1,3}){3}$/.test(host) || host.includes(":");
@@ -256,27 +334,29 @@ async function serverTls(cas: ClusterCas, clusterName: string, publicAddrs: stri
   return { key: privateKeyToPem(keys.privateKey), cert: certPem + cas.host.x509CertPem };
 }
 
-async function writeAdmin(ctx: AuthContext, path: string, authAddr: string): Promise<void> {
-  const now = ctx.now();
-  const keys = generateP256();
-  const certPem = await issueClientCertificate({
-    caCertPem: ctx.cas.user.x509CertPem,
-    caKey: ctx.cas.user.x509Key,
-    publicKey: keys.publicKey,
-    notBefore: new Date(now - 60_000),
-    notAfter: new Date(now + ADMIN_CERT_TTL_MS),
-    commonName: "admin",
-    organization: ctx.clusterName,
-    kind: "admin",
-  });
-  writeAdminIdentity(path, {
-    version: 1,
-    cluster_name: ctx.clusterName,
-    auth_server: authAddr,
-    cert_pem: certPem,
-    key_pem: privateKeyToPem(keys.privateKey),
-    ca_pem: ctx.cas.host.x509CertPem,
-  });
+/** How long a TLS handshake, a request's body, or a connection with nothing to say may take. */
+export const REQUEST_DEADLINE_MS = 10_000;
+const DEFAULT_MAX_CONNECTIONS = 4096;
+const DEFAULT_MAX_STREAMS = 64;
+
+/**
+ * Resets a request whose body has not ended within REQUEST_DEADLINE_MS of its headers: a client
+ * trickling half a request cannot hold a stream (and its buffers) open.
+ */
+function withRequestDeadline(handler: RequestHandler): RequestHandler {
+  return (req, res) => {
+    if (!req.readableEnded) {
+      const timer = setTimeout(() => {
+        if ("stream" in req) req.stream.close(h2.NGHTTP2_CANCEL);
+        else req.socket.destroy();
+      }, REQUEST_DEADLINE_MS);
+      timer.unref();
+      const done = () => clearTimeout(timer);
+      req.once("end", done);
+      req.once("close", done);
+    }
+    handler(req, res);
+  };
 }
 
 /** A client-usable address for a listen address: 0.0.0.0 and :: become loopback. */
@@ -296,9 +376,10 @@ export async function startAuthService(cfg: AuthConfig, log: Logger = createLogg
   const now = () => Date.now();
   let server: Http2SecureServer | undefined;
   try {
-    const cas = await loadOrCreateCas(backend, cfg.dataDir, cfg.clusterName, now());
+    const clusterName = await resolveClusterName(backend, cfg.clusterName);
+    const cas = await loadOrCreateCas(backend, cfg.dataDir, clusterName, now());
     const auditLog = createLogger(process.stdout);
-    const ctx: AuthContext = { backend, cas, clusterName: cfg.clusterName, publicAddrs: cfg.publicAddrs, now, audit: new Audit(backend, auditLog, now), log };
+    const ctx: AuthContext = { backend, cas, clusterName, publicAddrs: cfg.publicAddrs, now, audit: new Audit(backend, auditLog, now), log };
     const registry = new Registry();
     const metrics: AuthMetrics = {
       calls: registry.counter("mezite_auth_requests_total", "API calls by method and result"),
@@ -312,10 +393,12 @@ export async function startAuthService(cfg: AuthConfig, log: Logger = createLogg
     const notReady = () => (ready ? undefined : "starting");
     const diag: DiagSource = clusterMetrics ? { notReady, metrics: clusterMetrics } : diagSource(registry, notReady);
 
-    const tls = await serverTls(cas, cfg.clusterName, cfg.publicAddrs.length ? cfg.publicAddrs : [cfg.listen], now());
-    const api = routes(ctx, new Revocations(ctx), metrics);
+    const tls = await serverTls(cas, clusterName, cfg.publicAddrs.length ? cfg.publicAddrs : [cfg.listen], now());
+    let keeper: AdminIdentityKeeper | undefined;
+    const api = routes(ctx, new Revocations(ctx), metrics, () => keeper);
     const connectHandler = connectNodeAdapter({
       routes: api.router,
+      interceptors: [api.authInterceptor],
       readMaxBytes: MAX_REQUEST_BYTES,
       // Replies are never compressed: certificates and keys barely shrink, and gzip cost the
       // service ~0.25 ms per renewal (npm run bench). Compressed requests are still accepted.
@@ -326,9 +409,13 @@ export async function startAuthService(cfg: AuthConfig, log: Logger = createLogg
         if (!handleDiag(diag, req, r)) r.writeHead(404).end();
       },
     });
-    const handler = unaryGrpc(api.hot, MAX_REQUEST_BYTES, connectHandler);
+    const handler = withRequestDeadline(unaryGrpc(api.hot, MAX_REQUEST_BYTES, connectHandler));
     server = createSecureServer(
       {
+        // Slow and hostile clients (SPEC §13): a TLS handshake, a request's body, and a silent
+        // connection each get REQUEST_DEADLINE_MS; connections and streams are capped.
+        handshakeTimeout: REQUEST_DEADLINE_MS,
+        settings: { maxConcurrentStreams: cfg.maxStreams ?? DEFAULT_MAX_STREAMS },
         key: tls.key,
         cert: tls.cert,
         ca: [cas.user.x509CertPem, cas.host.x509CertPem],
@@ -346,6 +433,9 @@ export async function startAuthService(cfg: AuthConfig, log: Logger = createLogg
       handler,
     );
     server.on("sessionError", () => {}); // a client that vanishes mid-handshake is not our error
+    server.maxConnections = cfg.maxConnections ?? DEFAULT_MAX_CONNECTIONS;
+    // A session with no frames for this long is closed (with no 'timeout' listener, Node destroys it).
+    server.setTimeout(REQUEST_DEADLINE_MS);
     const sessions = new Set<ServerHttp2Session>();
     server.on("session", (s: ServerHttp2Session) => {
       sessions.add(s);
@@ -359,7 +449,8 @@ export async function startAuthService(cfg: AuthConfig, log: Logger = createLogg
     const port = (srv.address() as AddressInfo).port;
     const addr = dialable(host, port);
     if (cfg.publicAddrs.length === 0) ctx.publicAddrs = [host === "0.0.0.0" || host === "::" ? `${osHostname()}:${port}` : addr];
-    await writeAdmin(ctx, join(cfg.dataDir, "admin.identity"), addr);
+    keeper = new AdminIdentityKeeper(ctx, join(cfg.dataDir, "admin.identity"), addr);
+    await keeper.start();
     const diagServer = cfg.diagAddr ? await startDiagServer(cfg.diagAddr, diag) : undefined;
     ready = true;
     return {
@@ -369,6 +460,7 @@ export async function startAuthService(cfg: AuthConfig, log: Logger = createLogg
       metricsState: () => registry.state(),
       stop: async () => {
         ready = false;
+        keeper?.stop();
         await new Promise<void>((resolve) => {
           srv.close(() => resolve());
           // Clients keep idle HTTP/2 sessions open, which would hold close() open: a graceful
@@ -377,6 +469,7 @@ export async function startAuthService(cfg: AuthConfig, log: Logger = createLogg
           setTimeout(resolve, 2000).unref();
         });
         diagServer?.server.close();
+        await ctx.audit.flushUnknownTokens();
         await backend.close();
       },
     };

@@ -1,5 +1,6 @@
 /** Checks on what arrives over the wire, so bad input is InvalidArgument, never a crash. */
 import type { KeyObject } from "node:crypto";
+import { isIP } from "node:net";
 import { parseAuthorizedKey } from "../ca/sshkey.js";
 import { p256PointFromDer, type P256Point } from "../ca/x509.js";
 import { MeziteError } from "../lib/errors.js";
@@ -47,7 +48,15 @@ export function ttl(ms: bigint): number {
   return Number(ms);
 }
 
-export function hostname(s: string, field: string): string {
-  if (!/^[a-zA-Z0-9]([a-zA-Z0-9.-]{0,251}[a-zA-Z0-9])?$/.test(s)) invalid(`${field} "${s.slice(0, 64)}" is not a valid host name`);
+const DNS_LABEL = /^[a-zA-Z0-9]([a-zA-Z0-9-]{0,61}[a-zA-Z0-9])?$/;
+
+/**
+ * A host certificate principal: a DNS name (labels of letters, digits and inner hyphens, 253
+ * characters at most) or an IP address. Nothing else: a wildcard or odd text would match hosts
+ * the node does not own.
+ */
+export function hostPrincipal(s: string, field: string): string {
+  if (isIP(s) !== 0) return s;
+  if (s.length > 253 || !s.split(".").every((l) => DNS_LABEL.test(l))) invalid(`${field} "${s.slice(0, 64)}" is not a DNS name or an IP address`);
   return s;
 }

@@ -12,6 +12,7 @@
  *   .2 instance id  UTF8String  the instance (one join) of that identity
  *   .3 generation   INTEGER     the instance's renewal generation, non-negative
  *   .4 cert kind    UTF8String  one of CertKind
+ *   .5 node id      UTF8String  the node's unique id (a replaced or removed node's is dead)
  */
 import {
   X509Certificate as NodeX509Certificate,
@@ -34,6 +35,7 @@ export const OID = {
   instanceId: "1.3.9999.1829.2",
   generation: "1.3.9999.1829.3",
   certKind: "1.3.9999.1829.4",
+  nodeId: "1.3.9999.1829.5",
 } as const;
 
 export type CertKind = "renewal" | "output" | "admin" | "node" | "server";
@@ -335,6 +337,7 @@ export async function issueClientCertificate(
     identityId?: string;
     instanceId?: string;
     generation?: bigint;
+    nodeId?: string;
   },
 ): Promise<string> {
   if (!CERT_KINDS.includes(o.kind)) throw new MeziteError("ERR_INTERNAL", "unknown certificate kind");
@@ -350,6 +353,7 @@ export async function issueClientCertificate(
   if (o.identityId !== undefined) exts.push(extension(OID.identityId, false, der.utf8String(o.identityId)));
   if (o.instanceId !== undefined) exts.push(extension(OID.instanceId, false, der.utf8String(o.instanceId)));
   if (o.generation !== undefined) exts.push(extension(OID.generation, false, der.uint(o.generation)));
+  if (o.nodeId !== undefined) exts.push(extension(OID.nodeId, false, der.utf8String(o.nodeId)));
   return issueLeaf(o, name(o.commonName, o.organization), exts);
 }
 
@@ -413,6 +417,7 @@ export interface ParsedCert {
   identityId?: string;
   instanceId?: string;
   generation?: bigint;
+  nodeId?: string;
   /** RFC 2253 attributes in certificate order, e.g. "O=test\, inc, CN=User CA". */
   issuer: string;
   publicKey: KeyObject;
@@ -537,6 +542,8 @@ function readFields(buf: Buffer, issuerText: () => string): ParsedCert {
     if (identityId !== undefined) parsed.identityId = identityId;
     const instanceId = text(OID.instanceId);
     if (instanceId !== undefined) parsed.instanceId = instanceId;
+    const nodeId = text(OID.nodeId);
+    if (nodeId !== undefined) parsed.nodeId = nodeId;
     const generation = d.extensions.get(OID.generation);
     if (generation) parsed.generation = der.readUint(der.readOne(generation, TAG.INTEGER));
     return parsed;

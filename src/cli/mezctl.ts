@@ -312,16 +312,26 @@ tokens
   .description("create a one-time node join token")
   .requiredOption("--type <type>", "node")
   .option("--labels <k=v,...>", "the node's labels", "")
+  .option("--replace <name>", "the token may take over this node's name and principals (a replacement machine)")
   .option("--ttl <duration>", "how long the token stays valid", "1h")
-  .action(async (o: { type: string; labels: string; ttl: string }) => {
+  .action(async (o: { type: string; labels: string; replace?: string; ttl: string }) => {
     if (o.type !== "node") throw new MeziteError("ERR_USAGE", `--type must be node (agent identity tokens come from agent-identities add / add-token)`);
     const { token, verifier } = newToken(ttlOption(o.ttl, "--ttl"));
     const a = admin();
     const labels = parseLabels(o.labels);
-    const res = await call(a, (c) => c.addToken({ type: "node", labels, token: verifier }));
+    const res = await call(a, (c) => c.addToken({ type: "node", labels, token: verifier, replaces: o.replace ?? "" }));
     const addr = await joinAddr(a);
-    out(a, { token, id: res.token?.id, labels, expires: new Date(Number(res.token?.expires ?? 0n)).toISOString(), auth_server: addr }, () =>
-      [`Token: ${token}`, ``, `Join a node with:`, `mezd node join --auth-server=${addr} --token=<token> --hostname=<name> --ssh-dir=/etc/mezite/ssh`, ``, `This token can only be used once.`, ``].join("\n"),
+    const doc = { token, id: res.token?.id, labels, ...(o.replace ? { replaces: o.replace } : {}), expires: new Date(Number(res.token?.expires ?? 0n)).toISOString(), auth_server: addr };
+    out(a, doc, () =>
+      [
+        `Token: ${token}`,
+        ``,
+        o.replace ? `Join the machine that replaces node "${o.replace}" with:` : `Join a node with:`,
+        `mezd node join --auth-server=${addr} --token=<token> --hostname=${o.replace ?? "<name>"} --ssh-dir=/etc/mezite/ssh`,
+        ``,
+        `This token can only be used once.`,
+        ``,
+      ].join("\n"),
     );
   });
 tokens
@@ -331,7 +341,7 @@ tokens
     const a = admin();
     const list = (await call(a, (c) => c.listTokens({}))).tokens;
     out(a, list.map(view.tokenDoc), () =>
-      table(["ID", "TYPE", "FOR", "STATE", "EXPIRES"], list.map((t) => [t.id.slice(0, 16), t.type, t.agentIdentity || view.labelsText(t.labels), t.used ? "used" : Number(t.expires) < Date.now() ? "expired" : "unused", relTime(t.expires)])),
+      table(["ID", "TYPE", "FOR", "STATE", "EXPIRES"], list.map((t) => [t.id.slice(0, 16), t.type, t.agentIdentity || view.labelsText(t.labels) + (t.replaces ? ` (replaces ${t.replaces})` : ""), t.used ? "used" : Number(t.expires) < Date.now() ? "expired" : "unused", relTime(t.expires)])),
     );
   });
 tokens
@@ -346,9 +356,17 @@ tokens
 
 // ---- nodes, audit
 
-program
-  .command("nodes")
-  .description("nodes")
+const nodes = program.command("nodes").description("nodes");
+nodes
+  .command("rm")
+  .description("remove a node: it can no longer renew or heartbeat, and agents treat its host key as revoked")
+  .argument("<name>")
+  .action(async (name: string) => {
+    const a = admin();
+    await call(a, (c) => c.deleteNode({ name }));
+    out(a, { removed: name }, () => `Node "${name}" removed; agents list its host key as @revoked from their next renewal.\n`);
+  });
+nodes
   .command("ls")
   .description("list nodes")
   .action(async () => {
@@ -366,18 +384,36 @@ program
   .description("list audit events")
   .option("--since <duration>", "how far back", "1h")
   .option("--type <type>", "only this event type (or prefix, e.g. agent_identity)")
-  .option("--limit <n>", "at most this many (newest)", "1000")
+  .option("--limit <n>", "at most this many (the newest); 0 for all, streamed", "1000")
   .action(async (o: { since: string; type?: string; limit: string }) => {
     const a = admin();
     const since = Date.now() - ttlOption(o.since, "--since");
     const limit = Number(o.limit);
     if (!Number.isInteger(limit) || limit < 0) throw new MeziteError("ERR_USAGE", "--limit must be a whole number");
-    const events = (await call(a, (c) => c.listAudit({ since: BigInt(since), type: o.type ?? "", limit }))).events;
+    const events = await call(a, async (c) => {
+      const all = [];
+      for await (const page of c.listAudit({ since: BigInt(since), type: o.type ?? "", limit })) all.push(...page.events);
+      return all;
+    });
     out(a, events.map(view.auditDoc), () =>
       table(
-        ["TIME", "TYPE", "IDENTITY", "GEN", "SERIAL", "RESULT", "FROM"],
-        events.map((e) => [new Date(Number(e.time)).toISOString(), e.type, e.identity, e.generation ? String(e.generation) : "", e.serial, e.success ? "ok" : e.error, e.remoteAddr]),
+        ["TIME", "TYPE", "IDENTITY", "GEN", "SERIAL", "RESULT", "FROM", "BY"],
+        events.map((e) => [new Date(Number(e.time)).toISOString(), e.type, e.identity, e.generation ? String(e.generation) : "", e.serial, e.success ? "ok" : e.error, e.remoteAddr, e.actor]),
       ),
+    );
+  });
+
+program
+  .command("admin")
+  .description("the admin certificates in admin.identity files")
+  .command("revoke-certs")
+  .description("revoke every admin certificate issued until now (a leaked admin.identity); auth services write new ones into their data dirs")
+  .action(async () => {
+    const a = admin();
+    const res = await call(a, (c) => c.revokeAdminCertificates({}));
+    const before = new Date(Number(res.revokedBefore)).toISOString();
+    out(a, { revoked_before: before }, () =>
+      `Admin certificates issued before ${before} are revoked. The auth service that took this call has written a new admin.identity into its data dir; others do within a minute.\n`,
     );
   });
 

@@ -1,5 +1,4 @@
 import type { Command } from "commander";
-import { hostname } from "node:os";
 import { applyConfigFile } from "./config.js";
 import { MeziteError } from "../lib/errors.js";
 
@@ -11,7 +10,8 @@ export function registerAuth(program: Command): void {
     .option("--data-dir <dir>", "CA cluster key, SQLite file and admin.identity", "/var/lib/mezite")
     .option("--listen <host:port>", "gRPC over TLS", "0.0.0.0:3025")
     .option("--public-addr <addrs>", "address(es) clients use, comma-separated (default: the listen address)")
-    .option("--cluster-name <name>", "names the CAs and the SPIFFE trust domain", hostname())
+    .option("--cluster-name <name>", "names the CAs and the SPIFFE trust domain (default: the backend's, or on a new cluster this host's name)")
+    .option("--max-connections <n>", "open connections at most; more are closed at once", "4096")
     .option("--backend <spec>", "sqlite (in the data dir), memory, or postgres://...", "sqlite")
     .option("--single-port", "serve gRPC and plain HTTP (health, metrics) on one TLS port by ALPN", false)
     .option("--diag-addr <host:port>", "serve /livez, /readyz, /metrics over HTTP")
@@ -21,17 +21,23 @@ export function registerAuth(program: Command): void {
     .action(async (_opts: unknown, cmd: Command) => {
       await applyConfigFile(cmd);
       const o = cmd.opts<Record<string, string | boolean | undefined>>();
-      const workers = Number(o["workers"]);
-      if (!Number.isInteger(workers) || workers < 1 || workers > 64) throw new MeziteError("ERR_USAGE", "--workers must be a whole number from 1 to 64");
+      const workers = wholeNumber(o["workers"], "--workers", 1, 64);
       const { runAuth } = await import("../auth/main.js");
       await runAuth({
         dataDir: String(o["dataDir"]),
         listen: String(o["listen"]),
         publicAddrs: o["publicAddr"] ? String(o["publicAddr"]).split(",").map((s) => s.trim()).filter(Boolean) : [],
-        clusterName: String(o["clusterName"]),
+        clusterName: o["clusterName"] === undefined ? undefined : String(o["clusterName"]),
+        maxConnections: wholeNumber(o["maxConnections"], "--max-connections", 1, 1_000_000),
         backend: String(o["backend"]),
         singlePort: o["singlePort"] === true || o["singlePort"] === "true",
         ...(o["diagAddr"] ? { diagAddr: String(o["diagAddr"]) } : {}),
       }, workers);
     });
+}
+
+function wholeNumber(v: unknown, flag: string, min: number, max: number): number {
+  const n = Number(v);
+  if (!Number.isInteger(n) || n < min || n > max) throw new MeziteError("ERR_USAGE", `${flag} must be a whole number from ${min} to ${max}`);
+  return n;
 }

@@ -75,11 +75,12 @@ export function auditDoc(e: pb.AuditEvent) {
     success: e.success,
     error: e.error,
     detail: e.detail,
+    actor: e.actor,
   };
 }
 
 export function tokenDoc(t: pb.TokenInfo) {
-  return { id: t.id, type: t.type, agent_identity: t.agentIdentity, labels: t.labels, created: isoTime(t.created), expires: isoTime(t.expires), used: t.used };
+  return { id: t.id, type: t.type, agent_identity: t.agentIdentity, labels: t.labels, replaces: t.replaces, created: isoTime(t.created), expires: isoTime(t.expires), used: t.used };
 }
 
 export function nodeDoc(n: pb.Node) {

@@ -42,6 +42,13 @@ export async function createRole(auth: AuthAddr, yaml: string): Promise<void> {
   await adminApi(auth).createRole({ role: roleToProto(parseRoleYaml(yaml)), force: false });
 }
 
+/** Every page of `audit ls` through the admin API. */
+export async function auditEvents(auth: AuthAddr, req: { since?: bigint; type?: string; limit?: number } = {}) {
+  const events = [];
+  for await (const page of adminApi(auth).listAudit({ since: 0n, type: "", limit: 0, ...req })) events.push(...page.events);
+  return events;
+}
+
 /** `agent-identities add` by API; returns the token. */
 export async function addIdentity(auth: AuthAddr, name: string, roles: string[], ttlMs = HOUR_MS): Promise<string> {
   const { token, verifier } = newToken(ttlMs);

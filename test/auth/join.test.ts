@@ -17,7 +17,7 @@ import { generateToken } from "../../src/ca/jointoken.js";
 import { silentLogger } from "../../src/lib/log.js";
 import { SEED_ROLE, run, startAuth, type AuthProcess } from "../harness/auth.js";
 import { OPENSSL_PATH, SSH_KEYGEN_PATH, missingComponent } from "../harness/require.js";
-import { HOUR_MS, addIdentity, adminApi, createRole, join, outcome, refused, statusOf, tally } from "./client.js";
+import { HOUR_MS, addIdentity, auditEvents, createRole, join, outcome, refused, statusOf, tally } from "./client.js";
 
 let auth: AuthProcess;
 let dir: string;
@@ -133,7 +133,7 @@ test("50 concurrent joins with one token: exactly one succeeds, 49 get ERR_TOKEN
   const results = await Promise.all(Array.from({ length: 50 }, () => outcome(join(auth.addr, token))));
   assert.deepEqual(tally(results), { ok: 1, ERR_TOKEN_USED: 49 });
   assert.equal((await statusOf(auth, "racer")).instances.length, 1);
-  const events = (await adminApi(auth).listAudit({ since: 0n, type: "agent_identity.join", limit: 0 })).events.filter((e) => e.identity === "racer");
+  const events = (await auditEvents(auth, { type: "agent_identity.join" })).filter((e) => e.identity === "racer");
   assert.deepEqual(tally(events.map((e) => (e.success ? "ok" : { grpc: Code.Unknown, code: e.error, message: "" }))), { ok: 1, ERR_TOKEN_USED: 49 });
 });
 
@@ -153,7 +153,7 @@ test("an expired token is refused with ERR_TOKEN_EXPIRED (clock moved in-process
     skewMs = 61_000;
     await refused(join(a.addr, token), "ERR_TOKEN_EXPIRED", Code.PermissionDenied);
     assert.equal((await statusOf(a, "late")).tokenState, "expired");
-    const failed = (await adminApi(a).listAudit({ since: 0n, type: "agent_identity.join", limit: 0 })).events;
+    const failed = await auditEvents(a, { type: "agent_identity.join" });
     assert.deepEqual(failed.map((e) => [e.identity, e.success, e.error]), [["late", false, "ERR_TOKEN_EXPIRED"]]);
 
     skewMs = 59_000; // the refusal consumed nothing: within its minute the token still works

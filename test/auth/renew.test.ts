@@ -10,7 +10,7 @@ import { readAdminIdentity } from "../../src/api/admin-identity.js";
 import { createCaCertificate, generateP256, issueClientCertificate, parseCertificatePem, privateKeyToPem } from "../../src/ca/x509.js";
 import { buildRenewRequest } from "../../src/identity/protocol.js";
 import { SEED_ROLE, mezctlOk, startAuth, tokenFrom, type AuthProcess } from "../harness/auth.js";
-import { addIdentity, addToken, adminApi, createRole, join, outcome, pending, refused, renew, renewRaw, statusOf, tally, type Held } from "./client.js";
+import { addIdentity, addToken, auditEvents, createRole, join, outcome, pending, refused, renew, renewRaw, statusOf, tally, type Held } from "./client.js";
 
 let auth: AuthProcess;
 let first: Held; // instance 1 of "renewer"
@@ -75,7 +75,7 @@ test("20 different renewals presenting one generation: one wins, 19 ERR_GENERATI
   second = await renew(auth.addr, second);
   second = await renew(auth.addr, second);
   assert.equal(second.certs.generation, 3n);
-  const mismatches = (await adminApi(auth).listAudit({ since: 0n, type: "agent_identity.generation_mismatch", limit: 0 })).events;
+  const mismatches = await auditEvents(auth, { type: "agent_identity.generation_mismatch" });
   assert.ok(mismatches.length > 0 && mismatches.every((e) => e.instance === first.certs.instanceId && !e.success));
 });
 

@@ -63,6 +63,8 @@ export interface StartAuthOptions {
   port?: number;
   extraArgs?: string[];
   env?: Record<string, string>;
+  /** --cluster-name; null: leave the flag out. Default test.mezite. */
+  clusterName?: string | null;
 }
 
 export async function startAuth(o: StartAuthOptions = {}): Promise<AuthProcess> {
@@ -72,7 +74,7 @@ export async function startAuth(o: StartAuthOptions = {}): Promise<AuthProcess> 
   let proc!: ChildProcess;
   let port = o.port ?? 0;
   const launch = async () => {
-    const args = ["auth", "start", `--data-dir=${dataDir}`, `--listen=127.0.0.1:${port}`, "--cluster-name=test.mezite", ...(o.backend ? [`--backend=${o.backend}`] : []), ...(o.extraArgs ?? [])];
+    const args = ["auth", "start", `--data-dir=${dataDir}`, `--listen=127.0.0.1:${port}`, ...(o.clusterName === null ? [] : [`--cluster-name=${o.clusterName ?? "test.mezite"}`]), ...(o.backend ? [`--backend=${o.backend}`] : []), ...(o.extraArgs ?? [])];
     proc = spawn(MEZD, args, { env: { ...process.env, ...o.env }, stdio: ["ignore", "pipe", "pipe"] });
     live.add(proc);
     proc.on("exit", () => live.delete(proc));

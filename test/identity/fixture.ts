@@ -71,7 +71,8 @@ export async function quickStatus(auth: AuthProcess, name: string): Promise<Stat
 
 /** `audit` through the admin API. */
 export async function quickAudit(auth: AuthProcess, type: string): Promise<AuditEvent[]> {
-  const events = (await admin(auth).listAudit({ type })).events;
+  const events = [];
+  for await (const page of admin(auth).listAudit({ type })) events.push(...page.events);
   return events.map((e) => ({ type: e.type, identity: e.identity, instance: e.instance, generation: Number(e.generation), serial: e.serial, success: e.success, error: e.error }));
 }
 

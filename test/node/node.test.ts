@@ -78,7 +78,7 @@ async function addAgent(name: string, role: string): Promise<Agent> {
 }
 
 function joinArgs(token: string, name: string, dir: string): string[] {
-  return ["node", "join", `--auth-server=${auth.addr}`, `--token=${token}`, `--hostname=${name}`, "--principals=127.0.0.1,localhost", `--ssh-dir=${dir}`, `--mezd-path=${PRINCIPALS_MEZD}`];
+  return ["node", "join", `--auth-server=${auth.addr}`, `--token=${token}`, `--hostname=${name}`, `--principals=${name}.test.mezite`, `--ssh-dir=${dir}`, `--mezd-path=${PRINCIPALS_MEZD}`];
 }
 
 async function addNode(name: string, labels: string): Promise<Node> {
@@ -94,7 +94,9 @@ async function addNode(name: string, labels: string): Promise<Node> {
 }
 
 async function login(a: Agent, n: Node, user = "deploy"): Promise<boolean> {
-  const r = await sshRun({ port: n.sshd.port, user, keyPath: a.keyPath, certPath: a.certPath, knownHostsPath: knownHosts, command: "whoami" });
+  // Every test node listens on 127.0.0.1, and a name belongs to one node: ssh checks the host
+  // certificate against the node's name, as it would with that name in DNS.
+  const r = await sshRun({ port: n.sshd.port, user, keyPath: a.keyPath, certPath: a.certPath, knownHostsPath: knownHosts, command: "whoami", extraOptions: ["-o", `HostKeyAlias=${n.name}`] });
   if (r.code === 0) assert.equal(r.stdout, `${user}\n`);
   else assert.match(r.stderr, /Permission denied/, r.stderr); // refused by sshd, not a broken host cert
   return r.code === 0;
@@ -159,7 +161,7 @@ describe("nodes: stock sshd enforces roles, locks and deletions", () => {
     for (const f of ["ssh_host_ed25519_key-cert.pub", "user_ca.pub", "revoked.krl", "revoked_locks.json", "node.json", "sshd_config"]) assert.equal(mode(f), "644", f);
     const cert = spawnSync(SSH_KEYGEN_PATH!, ["-L", "-f", join(dir, "ssh_host_ed25519_key-cert.pub")], { encoding: "utf8" }).stdout;
     assert.match(cert, /host certificate/);
-    assert.match(cert, /Principals: \n\s+staging-01\n\s+127\.0\.0\.1\n\s+localhost\n/);
+    assert.match(cert, /Principals: \n\s+staging-01\n\s+staging-01\.test\.mezite\n\s+Critical/);
     const q = spawnSync(SSH_KEYGEN_PATH!, ["-Q", "-f", join(dir, "revoked.krl"), agents["ci"]!.certPath], { encoding: "utf8" });
     assert.equal(q.status, 0, q.stdout + q.stderr);
     assert.match(q.stdout, /: ok$/m);
@@ -313,7 +315,7 @@ describe("nodes: stock sshd enforces roles, locks and deletions", () => {
     assert.deepEqual(after.principals, before.principals);
     await later.heartbeat(); // over mTLS with the renewed TLS certificate
     const ops = agents["ops"]!;
-    const r = await sshRun({ port: dev.sshd.port, user: "deploy", keyPath: ops.keyPath, certPath: ops.certPath, knownHostsPath: knownHosts, command: "whoami", extraOptions: ["-o", "LogLevel=DEBUG1"] });
+    const r = await sshRun({ port: dev.sshd.port, user: "deploy", keyPath: ops.keyPath, certPath: ops.certPath, knownHostsPath: knownHosts, command: "whoami", extraOptions: ["-o", "LogLevel=DEBUG1", "-o", `HostKeyAlias=${dev.name}`] });
     assert.equal(r.stdout, "deploy\n");
     assert.match(r.stderr, new RegExp(`Server host certificate: .*serial ${after.serial} `));
   });

@@ -1,0 +1,54 @@
+/** Nodes as the admin API sees them (SPEC §7, §13): list, node tokens (also to replace a node), rm. */
+import { create } from "@bufbuild/protobuf";
+import type { TokenVerifier } from "../../api/gen/mezite/v1/admin_pb.js";
+import * as pb from "../../api/gen/mezite/v1/common_pb.js";
+import { MeziteError } from "../../lib/errors.js";
+import type { AdminCaller, AuthContext } from "../context.js";
+import { revokeHostKey } from "../nodes.js";
+import { keys, load, loadAll, type NodeClaim, type NodeRecord } from "../records.js";
+import { newTokenRecord, notFound, storeToken } from "../tokens.js";
+
+export async function listNodes(ctx: AuthContext): Promise<pb.Node[]> {
+  return (await loadAll<NodeRecord>(ctx.backend, keys.nodes)).map(({ value: n }) =>
+    create(pb.NodeSchema, {
+      name: n.name,
+      labels: n.labels,
+      address: n.address,
+      lastHeartbeat: BigInt(n.lastHeartbeat),
+      hostCertExpires: BigInt(n.hostCertExpires),
+      principals: n.principals,
+    }),
+  );
+}
+
+const LABEL_KEY = /^[A-Za-z0-9_.\/-]{1,63}$/;
+const LABEL_VALUE = /^[A-Za-z0-9_.\/:-]{1,63}$/;
+
+/** `tokens add --type=node [--replace=NAME]`: the labels the joining node gets, and nothing else. */
+export async function addNodeToken(ctx: AuthContext, by: AdminCaller, labels: Record<string, string>, replaces: string, v: TokenVerifier | undefined): Promise<pb.TokenInfo> {
+  for (const [k, val] of Object.entries(labels)) {
+    if (!LABEL_KEY.test(k) || !LABEL_VALUE.test(val)) throw new MeziteError("ERR_USAGE", `invalid node label ${k.slice(0, 70)}=${val.slice(0, 70)}: use letters, digits and . _ - /`);
+  }
+  if (replaces && !(await ctx.backend.get(keys.node(replaces)))) throw notFound(`node "${replaces.slice(0, 260)}"`);
+  return storeToken(ctx, newTokenRecord(ctx, v, { type: "node", labels, ...(replaces ? { replaces } : {}) }), by.audit.actor);
+}
+
+/**
+ * `nodes rm NAME`: the node can no longer renew or heartbeat (its certificate names a node id
+ * that is gone), leaves `nodes ls`, and its host key is listed as revoked to agents.
+ */
+export async function removeNode(ctx: AuthContext, by: AdminCaller, name: string): Promise<void> {
+  const found = await load<NodeRecord>(ctx.backend, keys.node(name));
+  if (!found) throw notFound(`node "${name.slice(0, 260)}"`);
+  const node = found.value;
+  // Revoked first: there is no moment where the node is gone and its host key still trusted.
+  await ctx.backend.write([revokeHostKey(node)]);
+  if (!(await ctx.backend.deleteIf(keys.node(name), found.revision))) {
+    throw new MeziteError("ERR_COMPARE_FAILED", `node "${name}" changed while being removed (a replacement joined?): look at mezctl nodes ls and retry`);
+  }
+  for (const p of new Set([node.name, ...node.principals].map((x) => x.toLowerCase()))) {
+    const claim = await load<NodeClaim>(ctx.backend, keys.nodeClaim(p));
+    if (claim?.value.nodeId === node.id) await ctx.backend.deleteIf(keys.nodeClaim(p), claim.revision);
+  }
+  await ctx.audit.emit({ type: "node.delete", ...by.audit, identity: name, detail: `node id ${node.id}` });
+}

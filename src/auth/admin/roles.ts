@@ -1,0 +1,44 @@
+/** Roles (SPEC §3): create, list, get and delete; a role in use by an identity stays. */
+import * as pb from "../../api/gen/mezite/v1/common_pb.js";
+import { roleFromProto, roleToProto } from "../../api/roles.js";
+import { MeziteError, isMeziteError } from "../../lib/errors.js";
+import type { AdminCaller, AuthContext } from "../context.js";
+import { encode, keys, load, loadAll, type IdentityRecord, type StoredRole } from "../records.js";
+import { notFound } from "../tokens.js";
+
+export async function createRole(ctx: AuthContext, by: AdminCaller, m: pb.Role, force: boolean): Promise<{ role: pb.Role; replaced: boolean }> {
+  const role = roleFromProto(m);
+  const stored: StoredRole = { ...role, created: ctx.now() };
+  let replaced = false;
+  if (force) {
+    replaced = (await ctx.backend.get(keys.role(role.role))) !== undefined;
+    await ctx.backend.put(keys.role(role.role), encode(stored));
+  } else {
+    try {
+      await ctx.backend.create(keys.role(role.role), encode(stored));
+    } catch (e) {
+      if (isMeziteError(e, "ERR_ALREADY_EXISTS")) throw new MeziteError("ERR_ALREADY_EXISTS", `role "${role.role}" already exists: use --force to overwrite it`);
+      throw e;
+    }
+  }
+  await ctx.audit.emit({ type: "role.create", ...by.audit, detail: role.role + (replaced ? " (replaced)" : "") });
+  return { role: roleToProto(role, stored.created), replaced };
+}
+
+export async function listRoles(ctx: AuthContext): Promise<pb.Role[]> {
+  return (await loadAll<StoredRole>(ctx.backend, keys.roles)).map((r) => roleToProto(r.value, r.value.created));
+}
+
+export async function getRole(ctx: AuthContext, name: string): Promise<pb.Role> {
+  const r = await load<StoredRole>(ctx.backend, keys.role(name));
+  if (!r) throw notFound(`role "${name}"`);
+  return roleToProto(r.value, r.value.created);
+}
+
+export async function deleteRole(ctx: AuthContext, by: AdminCaller, name: string): Promise<void> {
+  if (!(await ctx.backend.get(keys.role(name)))) throw notFound(`role "${name}"`);
+  const users = (await loadAll<IdentityRecord>(ctx.backend, keys.identities)).filter((i) => i.value.roles.includes(name)).map((i) => i.value.name);
+  if (users.length > 0) throw new MeziteError("ERR_IN_USE", `role "${name}" is used by agent identit${users.length > 1 ? "ies" : "y"} ${users.slice(0, 5).join(", ")}: remove ${users.length > 1 ? "them" : "it"} first`);
+  await ctx.backend.delete(keys.role(name));
+  await ctx.audit.emit({ type: "role.delete", ...by.audit, detail: name });
+}

@@ -1,0 +1,45 @@
+/**
+ * The cluster's name (SPEC §2, §13): it names the CAs and the SPIFFE trust domain, so every auth
+ * service of one cluster must use the same one. The first service stores it in the backend; a
+ * later one with another --cluster-name refuses to start, and one without the flag uses it.
+ */
+import { hostname } from "node:os";
+import type { Backend } from "../backend/backend.js";
+import { MeziteError, isMeziteError } from "../lib/errors.js";
+import { encode, keys, load } from "./records.js";
+
+/** A SPIFFE trust domain (lower case letters, digits, '.', '-', '_'), which also fits DNS. */
+const CLUSTER_NAME = /^[a-z0-9]([a-z0-9._-]{0,251}[a-z0-9])?$/;
+
+export function checkClusterName(name: string, where: string): string {
+  if (!CLUSTER_NAME.test(name)) {
+    throw new MeziteError("ERR_CONFIG", `${where} "${name.slice(0, 64)}" is not a valid cluster name: use lower case letters, digits, '.', '-' and '_' (it is the SPIFFE trust domain)`);
+  }
+  return name;
+}
+
+/**
+ * The name this service runs with: the stored one, which `requested` (an explicit --cluster-name)
+ * must match; on a new cluster `requested`, else this host's name, stored for the others.
+ */
+export async function resolveClusterName(backend: Backend, requested: string | undefined): Promise<string> {
+  if (requested !== undefined) checkClusterName(requested, "--cluster-name");
+  const stored = await load<{ name: string }>(backend, keys.clusterName);
+  if (stored) return matching(stored.value.name, requested);
+  const name = requested ?? checkClusterName(hostname().toLowerCase(), "this host's name, the default cluster name,");
+  try {
+    await backend.create(keys.clusterName, encode({ name }));
+    return name;
+  } catch (e) {
+    if (!isMeziteError(e, "ERR_ALREADY_EXISTS")) throw e;
+    const winner = await load<{ name: string }>(backend, keys.clusterName); // another service started at the same moment
+    return matching(winner!.value.name, requested);
+  }
+}
+
+function matching(stored: string, requested: string | undefined): string {
+  if (requested !== undefined && requested !== stored) {
+    throw new MeziteError("ERR_CONFIG", `--cluster-name=${requested} does not match this backend's cluster "${stored}": leave the flag out, or give --cluster-name=${stored}`);
+  }
+  return stored;
+}
