@@ -16,6 +16,7 @@ import { Code, ConnectError, createContextKey, createContextValues, type Connect
 import { connectNodeAdapter } from "@connectrpc/connect-node";
 import { create, type DescMessage, type DescService, type MessageShape } from "@bufbuild/protobuf";
 import { AdminService } from "../api/gen/mezite/v1/admin_pb.js";
+import { AgentService } from "../api/gen/mezite/v1/agent_pb.js";
 import * as adminPb from "../api/gen/mezite/v1/admin_pb.js";
 import { JoinRequestSchema, JoinResponseSchema, JoinService, type JoinNodeRequest, type JoinRequest } from "../api/gen/mezite/v1/join_pb.js";
 import {
@@ -37,6 +38,7 @@ import { ensureDir } from "../lib/files.js";
 import { createLogger, type Logger } from "../lib/log.js";
 import { Registry, type MetricState } from "../lib/metrics.js";
 import { AdminIdentityKeeper, checkAdminCert, revokeAdminCertificates } from "./admin-cert.js";
+import { listAccessibleNodes } from "./agent-service.js";
 import { auditToProto } from "./admin/audit.js";
 import * as identities from "./admin/identities.js";
 import * as locks from "./admin/locks.js";
@@ -87,6 +89,7 @@ const SERVICE_CALLER: Record<string, CertKind | "none"> = {
   [RenewService.typeName]: "renewal",
   [NodeService.typeName]: "node",
   [AdminService.typeName]: "admin",
+  [AgentService.typeName]: "output",
 };
 const CERT_ISSUER: Record<CertKind, CaKind> = { admin: "user", renewal: "user", output: "user", node: "host", server: "host" };
 
@@ -235,6 +238,9 @@ function routes(ctx: AuthContext, revocations: Revocations, metrics: AuthMetrics
         await callingNode(ctx, caller);
         return revocations.get();
       }),
+    });
+    router.service(AgentService, {
+      listAccessibleNodes: unary("ListAccessibleNodes", (_req, caller) => listAccessibleNodes(ctx, caller)),
     });
     router.service(AdminService, {
       getClusterInfo: admin("GetClusterInfo", async () =>

@@ -81,6 +81,23 @@ program
     if (d.validBeforeMs <= now) process.exitCode = 1;
   });
 
+program
+  .command("ls")
+  .description("list the nodes this identity may log into, and as which logins (asks the auth service)")
+  .option("--identity-dir <dir>", DIR_HELP)
+  .option("--auth-server <host:port>", "the auth service (default $MEZITE_AUTH_SERVER, else the one the daemon joined)")
+  .option("--tls-ca <file>", "the CA of the auth service's TLS certificate, PEM (default: the one the daemon learned at join)")
+  .option("--storage-dir <dir>", "the daemon's storage dir, for those two defaults (default DIR/.mezite)")
+  .addOption(new Option("--format <format>", "text, json or yaml").default("text"))
+  .addHelpText("after", "\nAuthenticated by the dir's x509_cert.pem (the output certificate), which may read this list and\nnothing else: it cannot renew. Roles are the identity's current ones, evaluated by the auth service.")
+  .action(async (o: { identityDir?: string; authServer?: string; tlsCa?: string; storageDir?: string; format: string }) => {
+    const format = parseFormat(o.format);
+    const { listAccessibleNodes, lsDoc, lsText } = await import("../msh/ls.js");
+    const r = await listAccessibleNodes(readIdentityDir(o.identityDir), { authServer: o.authServer ?? (process.env["MEZITE_AUTH_SERVER"] || undefined), tlsCaFile: o.tlsCa, storageDir: o.storageDir });
+    if (format === "text") process.stdout.write(lsText(r));
+    else printDocument(format, lsDoc(r));
+  });
+
 const all = (c: Command): Command[] => [c, ...c.commands.flatMap(all)];
 for (const c of all(program)) c.exitOverride();
 program.parseAsync(process.argv).catch((e: unknown) => fail("msh", e));

@@ -33,7 +33,7 @@ export function usage(message: string): MeziteError {
 
 /** --identity-dir, or $MEZITE_IDENTITY_DIR; made absolute. */
 export function identityDirOption(value: string | undefined): string {
-  const v = value ?? process.env["MEZITE_IDENTITY_DIR"];
+  const v = value ?? (process.env["MEZITE_IDENTITY_DIR"] || undefined);
   if (v === undefined || v === "") throw usage("--identity-dir is required (the destination dir of mezd identity, e.g. /var/lib/mezite/identity)");
   return isAbsolute(v) ? v : resolve(v);
 }
