@@ -2,7 +2,7 @@
  * The bench's table: every figure of a section on its own line, then each target with its value
  * and whether it is met. Ratios are of figures measured side by side in the same run.
  */
-import type { DaemonFigures, NodeFigures } from "./agents.js";
+import type { DaemonFigures, NodeFigures, StandaloneFigures } from "./agents.js";
 import type { ScaleFigures } from "./scale.js";
 import type { WorkersFigures } from "./throughput.js";
 
@@ -24,6 +24,7 @@ export interface Results {
   scale?: ScaleFigures;
   daemon?: DaemonFigures;
   node?: NodeFigures;
+  standalone?: StandaloneFigures;
 }
 
 export interface TargetRow {
@@ -120,6 +121,16 @@ export function sections(r: Results): string[] {
     out.push(line("  beyond Node's own start-up", `${f0(n.principalsMs - n.bareNodeMs)} ms`));
     out.push("");
   }
+  const sa = r.standalone;
+  if (sa) {
+    out.push(`6. Standalone mezd (release tarball ${f1(sa.tarballBytes / 1e6)} MB, mezd ${f1(sa.mezdBytes / 1e6)} MB) against the bundle and a bare node, same rounds`);
+    out.push(line("", "standalone", "bundle", "bare node", "standalone/bare"));
+    out.push(line("--one-shot renewal, wall (median)", `${f0(sa.oneShotMs)} ms`, `${f0(sa.bundleOneShotMs)} ms`, `${f0(sa.bareNodeMs)} ms`, x(sa.oneShotMs / sa.bareNodeMs)));
+    if (sa.noCacheOneShotMs !== undefined) out.push(line("  the standalone built without code cache", `${f0(sa.noCacheOneShotMs)} ms`, "", "", x(sa.noCacheOneShotMs / sa.bareNodeMs)));
+    out.push(line("mezd node principals, wall (median)", `${f0(sa.principalsMs)} ms`, `${f0(sa.bundlePrincipalsMs)} ms`));
+    out.push(line("idle daemon RSS", `${f1(sa.idleRssKiB / 1024)} MiB`, `${f1(sa.bundleIdleRssKiB / 1024)} MiB`, `${f1(sa.bareRssKiB / 1024)} MiB`, x(sa.idleRssKiB / sa.bareRssKiB)));
+    out.push("");
+  }
   return out;
 }
 
@@ -143,6 +154,11 @@ export function targets(r: Results): TargetRow[] {
     rows.push({ target: "daemon idle RSS ≤ 1.5× bare node", value: x(d.idleRssKiB / d.bareRssKiB), met: d.idleRssKiB <= 1.5 * d.bareRssKiB });
   }
   if (n) rows.push({ target: "mezd node principals ≤ 100 ms", value: `${f0(n.principalsMs)} ms`, met: n.principalsMs <= 100 });
+  const sa = r.standalone;
+  if (sa) {
+    rows.push({ target: "standalone one-shot ≤ 2× bare node", value: x(sa.oneShotMs / sa.bareNodeMs), met: sa.oneShotMs <= 2 * sa.bareNodeMs });
+    rows.push({ target: "standalone one-shot no slower than the bundle", value: x(sa.oneShotMs / sa.bundleOneShotMs), met: sa.oneShotMs <= sa.bundleOneShotMs });
+  }
   return rows;
 }
 

@@ -46,7 +46,7 @@ const config = quick
       floor: { windowMs: 3000, rounds: 2 },
       throughput: { identities: 128, jitWarmupMs: 10_000, rounds: 2, warmupMs: 3000, windowMs: 8000, concurrency: 8 },
       scale: { identities: 100_000, joins: 30, renewals: 60, lsRuns: 3, statusRuns: 5 },
-      agents: { runs: 10, principalsRuns: 20, settleMs: 2000, idleMs: 24_000 },
+      agents: { runs: 10, principalsRuns: 20, settleMs: 2000, idleMs: 24_000, noCodeCache: true },
     };
 
 /** Source files newer than their build: the run would measure old code. */
@@ -100,6 +100,7 @@ await runSection("agents", async () => {
   const a = await agents(config.agents);
   results.daemon = a.daemon;
   results.node = a.node;
+  results.standalone = a.standalone;
 });
 
 const rows = targets(results);

@@ -22,7 +22,7 @@ import { spawn, spawnSync } from "node:child_process";
 import { createHash } from "node:crypto";
 import { chmodSync, copyFileSync, existsSync, mkdirSync, readFileSync, readdirSync, renameSync, rmSync, statSync, writeFileSync } from "node:fs";
 import { createRequire } from "node:module";
-import { join, relative } from "node:path";
+import { join, relative, resolve } from "node:path";
 import { build } from "esbuild";
 import { ROOT, buildInfo } from "./build-info.mjs";
 
@@ -39,7 +39,7 @@ function dirname(p) {
 const args = process.argv.slice(2);
 const flag = (name) => args.includes(name);
 const outArg = args.find((a) => a.startsWith("--out="));
-const OUT = outArg ? join(process.cwd(), outArg.slice("--out=".length)) : join(ROOT, "dist/release");
+const OUT = outArg ? resolve(outArg.slice("--out=".length)) : join(ROOT, "dist/release");
 const codeCache = !flag("--no-code-cache");
 for (const a of args) {
   if (!["--if-stale", "--no-code-cache"].includes(a) && !a.startsWith("--out=")) {
