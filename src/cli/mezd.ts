@@ -4,6 +4,7 @@
  * skips the command-line framework altogether. No top-level await: the standalone executable
  * (scripts/release.mjs) runs this file as one CommonJS script.
  */
+import { createRequire } from "node:module";
 import { isSea } from "node:sea";
 
 async function main(argv: string[]): Promise<void> {
@@ -13,6 +14,9 @@ async function main(argv: string[]): Promise<void> {
   }
   // The standalone mezd (scripts/release.mjs) is itself the principals command a node join
   // writes into sshd's config; join's own default points into a checkout's bin/.
+  // A node:cluster worker (auth start --workers) is started as `mezd SCRIPT ARGS...`, SCRIPT being
+  // the primary's argv[1]; a standalone executable reads its own path as the script: drop SCRIPT.
+  if (isSea() && (createRequire(process.execPath)("node:cluster") as { isWorker: boolean }).isWorker) argv = [argv[0]!, argv[1]!, ...argv.slice(3)];
   if (isSea() && argv[2] === "node" && argv[3] === "join" && !argv.some((a) => a === "--mezd-path" || a.startsWith("--mezd-path="))) {
     argv = [...argv, `--mezd-path=${process.execPath}`];
   }

@@ -145,8 +145,9 @@ describe("release: the tarball's executables work with no node on the machine", 
 
   test("auth service, role, identity, node join, one-shot join and msh ssh, all from the tarball", async (t) => {
     if (missing) return missingComponent(t, ...missing);
-    // The auth service on the default SQLite backend: the addon comes out of the executable.
-    const [c, a] = noNode("mezd", ["auth", "start", `--data-dir=${dataDir()}`, "--listen=127.0.0.1:0", "--cluster-name=release.test"]);
+    // The auth service on the default SQLite backend (the addon comes out of the executable), with
+    // two node:cluster workers: each is the standalone mezd started again by the primary.
+    const [c, a] = noNode("mezd", ["auth", "start", `--data-dir=${dataDir()}`, "--listen=127.0.0.1:0", "--cluster-name=release.test", "--workers=2"]);
     auth = spawn(c, a, { env: env(), cwd: root, stdio: ["ignore", "pipe", "pipe"] });
     authAddr = await new Promise<string>((res, rej) => {
       const timer = setTimeout(() => rej(new Error(`auth service did not start:\n${authOut}`)), 20_000);
