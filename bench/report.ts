@@ -124,7 +124,7 @@ export function sections(r: Results): string[] {
   const sa = r.standalone;
   if (sa) {
     out.push(`6. Standalone mezd (release tarball ${f1(sa.tarballBytes / 1e6)} MB, mezd ${f1(sa.mezdBytes / 1e6)} MB) against the bundle and a bare node, same rounds`);
-    out.push(line("", "standalone", "bundle", "bare node", "standalone/bare"));
+    out.push(line("", "standalone", "bundle", "bare node", "ratio"));
     out.push(line("--one-shot renewal, wall (median)", `${f0(sa.oneShotMs)} ms`, `${f0(sa.bundleOneShotMs)} ms`, `${f0(sa.bareNodeMs)} ms`, x(sa.oneShotMs / sa.bareNodeMs)));
     if (sa.noCacheOneShotMs !== undefined) out.push(line("  the standalone built without code cache", `${f0(sa.noCacheOneShotMs)} ms`, "", "", x(sa.noCacheOneShotMs / sa.bareNodeMs)));
     out.push(line("mezd node principals, wall (median)", `${f0(sa.principalsMs)} ms`, `${f0(sa.bundlePrincipalsMs)} ms`));
