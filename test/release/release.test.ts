@@ -14,7 +14,8 @@ import { chmodSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSyn
 import { join } from "node:path";
 import { after, before, describe, test } from "node:test";
 import { ROOT, SEED_ROLE_PATH, tokenFrom } from "../harness/auth.js";
-import { missingComponent, sshdTestsCannotRun } from "../harness/require.js";
+import { startPostgres } from "../harness/postgres.js";
+import { PG_BIN_DIR, missingComponent, sshdTestsCannotRun } from "../harness/require.js";
 import { ensureUser, startSshd, type Sshd } from "../harness/sshd.js";
 
 const VERSION = (JSON.parse(readFileSync(join(ROOT, "package.json"), "utf8")) as { version: string }).version;
@@ -197,5 +198,45 @@ describe("release: the tarball's executables work with no node on the machine", 
     assert.deepEqual(status["roles"], ["ci-deployer"]);
     assert.deepEqual(status["principals"], ["deploy"]);
     assert.ok((status["seconds_left"] as number) > 3000, JSON.stringify(status));
+
+    // msh ls over the output certificate, the address and TLS CA from the daemon's state.
+    const ls = JSON.parse(await ok("msh", ["ls", `--identity-dir=${dest}`, "--format=json"])) as { name: string; logins: string[] }[];
+    assert.deepEqual(ls.map((n) => [n.name, n.logins]), [["web-1", ["deploy"]]]);
+  });
+
+  test("the standalone mezd runs the auth service on PostgreSQL too (pg bundled)", async (t) => {
+    if (missing) return missingComponent(t, ...missing);
+    if (PG_BIN_DIR === undefined) return missingComponent(t, "PostgreSQL", "apt-get install postgresql");
+    const pg = await startPostgres();
+    const [c, a] = noNode("mezd", ["auth", "start", `--data-dir=${join(root, "pg-auth")}`, "--listen=127.0.0.1:0", "--cluster-name=release.test", `--backend=${pg.url}`]);
+    const svc = spawn(c, a, { env: env(), cwd: root, stdio: ["ignore", "pipe", "pipe"] });
+    live.add(svc);
+    let out = "";
+    try {
+      const addr = await new Promise<string>((res, rej) => {
+        const timer = setTimeout(() => rej(new Error(`auth service on PostgreSQL did not start:\n${out}`)), 20_000);
+        const seen = (d: Buffer) => {
+          out += d.toString();
+          const m = /auth service listening on (127\.0\.0\.1:\d+)/.exec(out);
+          if (m) {
+            clearTimeout(timer);
+            res(m[1]!);
+          }
+        };
+        svc.stdout.on("data", seen);
+        svc.stderr.on("data", seen);
+        svc.once("exit", (code) => rej(new Error(`auth service exited ${code}:\n${out}`)));
+      });
+      assert.match(out, /"backend":"postgres/);
+      const id = `--identity=${join(root, "pg-auth", "admin.identity")}`;
+      await ok("mezctl", [id, `--auth-server=${addr}`, "create", "-f", SEED_ROLE_PATH]);
+      assert.match(await ok("mezctl", [id, `--auth-server=${addr}`, "get", "role/ci-deployer"]), /ci-deployer/);
+    } finally {
+      const gone = new Promise((r) => svc.once("exit", r));
+      svc.kill("SIGTERM");
+      await gone;
+      live.delete(svc);
+      await pg.stop();
+    }
   });
 });
