@@ -22,7 +22,7 @@ import { spawn, spawnSync } from "node:child_process";
 import { createHash } from "node:crypto";
 import { chmodSync, copyFileSync, existsSync, mkdirSync, readFileSync, readdirSync, renameSync, rmSync, statSync, writeFileSync } from "node:fs";
 import { createRequire } from "node:module";
-import { join, relative, resolve } from "node:path";
+import { dirname, join, relative, resolve } from "node:path";
 import { build } from "esbuild";
 import { ROOT, buildInfo } from "./build-info.mjs";
 
@@ -31,10 +31,6 @@ const PROGRAMS = ["mezd", "msh", "mezctl"];
 const UNITS_DIR = join(ROOT, "deploy/systemd");
 const require = createRequire(import.meta.url);
 const SQLITE_ADDON = join(dirname(require.resolve("better-sqlite3/package.json")), "build/Release/better_sqlite3.node");
-
-function dirname(p) {
-  return p.slice(0, p.lastIndexOf("/"));
-}
 
 const args = process.argv.slice(2);
 const flag = (name) => args.includes(name);
