@@ -102,7 +102,7 @@ test("connections beyond --max-connections are closed at once; streams per conne
 });
 
 test("a flood of joins with unknown token ids is one audit event, not one write each", async () => {
-  const results = [];
+  const results: Awaited<ReturnType<typeof outcome>>[] = [];
   for (let round = 0; round < 20; round++) {
     results.push(
       ...(await Promise.all(
