@@ -35,6 +35,10 @@ export interface InstanceRecord {
   certExpires: number;
   serial: string;
   lastRequest?: LastRequest;
+  /** Set for ID-token joins (github, gitlab, oidc): such an instance leaves the store with its certificate. */
+  joinMethod?: string;
+  /** What the ID token said of who joined (join-methods.ts RECORDED_CLAIMS). */
+  claims?: Record<string, string>;
 }
 
 export interface TokenRecord {
@@ -138,6 +142,11 @@ export const keys = {
   identityToken: (identityId: string, tokenId: string) => `/identity-tokens/${identityId}/${tokenId}`,
   identityTokens: (identityId: string) => `/identity-tokens/${identityId}/`,
   ca: (kind: "user" | "host") => `/cas/${kind}`,
+  /** Join token resources (join-methods.ts). */
+  joinToken: (name: string) => `/join-tokens/${name}`,
+  joinTokens: "/join-tokens/",
+  /** An ID token that joined, by id-tokens.ts's use key: kept until the token expires, so it joins once. */
+  usedIdToken: (useKey: string) => `/used-id-tokens/${useKey}`,
   /** The cluster's name, set by its first auth service (cluster.ts). */
   clusterName: "/cluster/name",
   /** Admin certificates issued before this instant (unix ms) are refused (admin-cert.ts). */
