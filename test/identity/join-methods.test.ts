@@ -256,6 +256,21 @@ ${section}
     assert.ok(claims.every((c) => c["sub"] === "system:serviceaccount:deploy:runner") && claims.length === 4);
   });
 
+  test("GitLab: the job's id_tokens variable, verified against the GitLab instance's keys", async () => {
+    await addIdentity(auth, "gitlab-ci", ["ci-deployer"]);
+    const host = new URL(issuer.origin).host;
+    const file = join(tmp, "gitlab.yaml");
+    writeFileSync(file, `kind: join_token\nmetadata:\n  name: gitlab-main\nspec:\n  agent_identity: gitlab-ci\n  join_method: gitlab\n  gitlab:\n    domain: "${host}"\n    allow:\n      - project_path: acme/webapp\n        ref_protected: true\n`);
+    await mezctlOk(auth, "create", "-f", file);
+    const claims = { iss: issuer.origin, aud: CLUSTER, sub: "project_path:acme/webapp:ref_type:branch:ref:main", project_path: "acme/webapp", ref: "main", ref_protected: "true", pipeline_id: "77", user_login: "dev" };
+    const r = await oneShot(auth.addr, join(tmp, "gitlab"), ["--join-method=gitlab", "--token=gitlab-main", `--ca-pin=${pin}`, "--id-token-env=CI_MEZITE_TOKEN"], { CI_MEZITE_TOKEN: await issuer.sign(claims) });
+    assert.equal(r.code, 0, r.stderr);
+    const [inst] = (await statusOf(auth, "gitlab-ci")).instances;
+    assert.deepEqual(inst?.claims, { project_path: "acme/webapp", pipeline_id: "77", ref: "main", user_login: "dev" });
+    const unprotected = await oneShot(auth.addr, join(tmp, "gitlab-2"), ["--join-method=gitlab", "--token=gitlab-main", `--ca-pin=${pin}`], { MEZITE_ID_TOKEN: await issuer.sign({ ...claims, ref_protected: "false" }) });
+    assert.equal(unprotected.code, 3, unprotected.stderr);
+  });
+
   test("an issuer that cannot be reached is a retryable error (exit 1), not a refusal", async () => {
     await addIdentity(auth, "unreachable", ["ci-deployer"]);
     const file = join(tmp, "down.yaml");
