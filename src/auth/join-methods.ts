@@ -6,10 +6,10 @@
  */
 import { create } from "@bufbuild/protobuf";
 import * as pb from "../api/gen/mezite/v1/common_pb.js";
-import { MeziteError, isMeziteError } from "../lib/errors.js";
+import { MeziteError } from "../lib/errors.js";
 import { NAME_PATTERN } from "../rbac/role.js";
 import type { AdminCaller, AuthContext } from "./context.js";
-import { encode, keys, load, loadAll, type IdentityRecord } from "./records.js";
+import { createResource, keys, load, loadAll, type IdentityRecord } from "./records.js";
 import { notFound } from "./tokens.js";
 
 export type JoinMethod = "github" | "gitlab" | "oidc";
@@ -238,18 +238,8 @@ export async function createJoinToken(ctx: AuthContext, by: AdminCaller, documen
   const identity = await load<IdentityRecord>(ctx.backend, keys.identity(parsed.identityName));
   if (!identity) throw notFound(`agent identity "${parsed.identityName}" (spec.agent_identity)`);
   const record: JoinTokenRecord = { ...parsed, identityId: identity.value.id, created: ctx.now() };
-  let replaced = false;
-  if (force) {
-    replaced = (await ctx.backend.get(keys.joinToken(record.name))) !== undefined;
-    await ctx.backend.put(keys.joinToken(record.name), encode(record));
-  } else {
-    try {
-      await ctx.backend.create(keys.joinToken(record.name), encode(record));
-    } catch (e) {
-      if (isMeziteError(e, "ERR_ALREADY_EXISTS")) throw new MeziteError("ERR_ALREADY_EXISTS", `join_token "${record.name}" already exists: use --force to overwrite it`);
-      throw e;
-    }
-  }
+  const exists = () => new MeziteError("ERR_ALREADY_EXISTS", `join_token "${record.name}" already exists: use --force to overwrite it`);
+  const replaced = await createResource(ctx.backend, keys.joinToken(record.name), record, force, exists);
   await ctx.audit.emit({ type: "join_token.create", ...by.audit, identity: record.identityName, detail: `${record.name} method=${record.method} issuer=${record.issuer}${replaced ? " (replaced)" : ""}` });
   return { joinToken: toProto(record), replaced };
 }

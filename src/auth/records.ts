@@ -4,7 +4,7 @@
  */
 import type { Backend, Item } from "../backend/backend.js";
 import type { Role } from "../rbac/role.js";
-import { MeziteError } from "../lib/errors.js";
+import { MeziteError, isMeziteError } from "../lib/errors.js";
 
 export interface IdentityRecord {
   id: string;
@@ -177,6 +177,25 @@ export async function loadAll<T>(backend: Backend, prefix: string): Promise<Load
 }
 
 export const encode = (v: unknown): string => JSON.stringify(v);
+
+/**
+ * `mezctl create -f`: stores a named resource, refusing one that exists unless `force`, which
+ * replaces it. Returns whether one was replaced.
+ */
+export async function createResource(backend: Backend, key: string, value: unknown, force: boolean, exists: () => MeziteError): Promise<boolean> {
+  if (force) {
+    const replaced = (await backend.get(key)) !== undefined;
+    await backend.put(key, encode(value));
+    return replaced;
+  }
+  try {
+    await backend.create(key, encode(value));
+    return false;
+  } catch (e) {
+    if (isMeziteError(e, "ERR_ALREADY_EXISTS")) throw exists();
+    throw e;
+  }
+}
 
 const CHUNK = 2000;
 
