@@ -8,6 +8,6 @@ export const CERT_EXTENSIONS = {
   identity: "mezite-identity@mezite",
   /** The role names, comma-separated. */
   roles: "mezite-roles@mezite",
-  /** JSON array of per-role {role, allow: {logins, labels}, deny: {logins, labels}}. */
-  nodeLabels: "mezite-node-labels@mezite",
+  /** JSON array of per-role {role, allow: {logins, labels}, deny: {logins, labels}}: each role's rules. */
+  roleRules: "mezite-role-rules@mezite",
 } as const;

@@ -34,6 +34,7 @@ const GRPC_CODE: Partial<Record<ErrorCode, Code>> = {
   ERR_GENERATION_MISMATCH: Code.PermissionDenied,
   ERR_NOT_AUTHORIZED: Code.Unauthenticated,
   ERR_UNREACHABLE: Code.Unavailable,
+  ERR_ISSUER_UNREACHABLE: Code.Unavailable,
   ERR_STORAGE: Code.Unavailable,
 };
 
@@ -62,6 +63,7 @@ const PUBLIC_CODES: ReadonlySet<ErrorCode> = new Set<ErrorCode>([
   "ERR_IDENTITY_DELETED",
   "ERR_GENERATION_MISMATCH",
   "ERR_NOT_AUTHORIZED",
+  "ERR_ISSUER_UNREACHABLE",
 ]);
 
 /**

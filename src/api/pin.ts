@@ -8,7 +8,8 @@ import { connect as tlsConnect, type DetailedPeerCertificate } from "node:tls";
 import { MeziteError } from "../lib/errors.js";
 import { normalizeAddr } from "./client.js";
 
-export async function checkCaPin(addr: string, pin: string, timeoutMs = 10_000): Promise<void> {
+/** Returns the pinned CA's certificate (PEM), for connections that must be verified against it. */
+export async function checkCaPin(addr: string, pin: string, timeoutMs = 10_000): Promise<string> {
   const hostPort = normalizeAddr(addr);
   const i = hostPort.lastIndexOf(":");
   const host = hostPort.slice(0, i).replace(/^\[|\]$/g, "");
@@ -26,7 +27,7 @@ export async function checkCaPin(addr: string, pin: string, timeoutMs = 10_000):
   for (let c: DetailedPeerCertificate | undefined = chain.issuerCertificate, seen = 0; c && seen < 5; c = c.issuerCertificate === c ? undefined : c.issuerCertificate, seen++) {
     const ca = new X509Certificate(c.raw);
     const spki = ca.publicKey.export({ format: "der", type: "spki" });
-    if (`sha256:${createHash("sha256").update(spki).digest("hex")}` === pin && leaf.checkIssued(ca) && leaf.verify(ca.publicKey)) return;
+    if (`sha256:${createHash("sha256").update(spki).digest("hex")}` === pin && leaf.checkIssued(ca) && leaf.verify(ca.publicKey)) return ca.toString();
   }
   throw new MeziteError("ERR_WRONG_CA", `the auth service at ${hostPort} is not signed by the pinned CA (${pin.slice(0, 20)}…): check --ca-pin and --auth-server`);
 }

@@ -23,6 +23,8 @@ export type AuditType =
   | "node.join"
   | "node.renew"
   | "node.delete"
+  | "join_token.create"
+  | "join_token.delete"
   | "admin.revoke_certificates"
   | "join.refused_unknown_tokens";
 

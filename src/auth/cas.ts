@@ -8,7 +8,7 @@ import { createCipheriv, createDecipheriv, createPrivateKey, createPublicKey, ge
 import { join } from "node:path";
 import type { Backend } from "../backend/backend.js";
 import { formatAuthorizedKey } from "../ca/sshkey.js";
-import { createCaCertificate, generateP256 } from "../ca/x509.js";
+import { createCaCertificate, generateP256, parseCertificatePem } from "../ca/x509.js";
 import { MeziteError, isMeziteError } from "../lib/errors.js";
 import { readFileNoFollow, writeFileAtomic } from "../lib/files.js";
 import { encode, keys, load } from "./records.js";
@@ -100,16 +100,35 @@ async function createCa(kind: CaKind, clusterName: string, clusterKey: Buffer, n
   };
 }
 
+/**
+ * The CA from its sealed keys. What nodes and agents are told to trust is derived from the
+ * unsealed keys, never taken from the stored copies: a database writer without the cluster key
+ * could otherwise swap in a public key of its own. The stored X.509 certificate must hold the
+ * unsealed key.
+ */
 function open(stored: StoredCa, clusterKey: Buffer): CertAuthority {
   const pk = (sealed: string, aad: string) => createPrivateKey({ key: unseal(clusterKey, sealed, aad), format: "der", type: "pkcs8" });
   const sshPrivate = pk(stored.ssh_private_sealed, `${stored.kind}/ssh`);
+  const sshPublic = createPublicKey(sshPrivate);
+  const x509Key = pk(stored.x509_key_sealed, `${stored.kind}/x509`);
+  const jwk = (k: KeyObject) => JSON.stringify((k.type === "public" ? k : createPublicKey(k)).export({ format: "jwk" }));
+  let certKey: string | undefined;
+  try {
+    certKey = jwk(parseCertificatePem(stored.x509_cert_pem).publicKey);
+  } catch {
+    certKey = undefined;
+  }
+  if (certKey !== jwk(x509Key)) {
+    throw new MeziteError("ERR_CONFIG", `the stored ${stored.kind} CA certificate does not hold the CA's sealed key: the backend was altered; restore it from a backup`);
+  }
+  const comment = stored.ssh_public.split(" ").slice(2).join(" ");
   return {
     kind: stored.kind,
     sshPrivate,
-    sshPublic: createPublicKey(sshPrivate),
-    sshPublicLine: stored.ssh_public,
+    sshPublic,
+    sshPublicLine: formatAuthorizedKey(sshPublic, comment),
     x509CertPem: stored.x509_cert_pem,
-    x509Key: pk(stored.x509_key_sealed, `${stored.kind}/x509`),
+    x509Key,
   };
 }
 

@@ -30,7 +30,7 @@ export function keysHash(sshLine: string, x509Der: Uint8Array, renewalDer: Uint8
 }
 
 /** What a certificate tells a node about its roles, so the node decides without the auth service. */
-export function nodeAccessExtension(roles: RoleAccess[]): string {
+export function roleRulesExtension(roles: RoleAccess[]): string {
   return JSON.stringify(roles.map((r) => ({ role: r.role, allow: r.allow, deny: r.deny })));
 }
 
@@ -73,7 +73,7 @@ export async function issueAgentCertificates(i: IssueInput): Promise<Issued> {
         "permit-pty": "",
         [EXT.identity]: JSON.stringify({ name: i.identity.name, id: i.identity.id, instance: i.instanceId }),
         [EXT.roles]: roleNames.join(","),
-        [EXT.nodeLabels]: nodeAccessExtension(i.roles),
+        [EXT.roleRules]: roleRulesExtension(i.roles),
       },
     },
     i.cas.user.sshPrivate,

@@ -4,7 +4,7 @@
  */
 import type { Backend, Item } from "../backend/backend.js";
 import type { Role } from "../rbac/role.js";
-import { MeziteError } from "../lib/errors.js";
+import { MeziteError, isMeziteError } from "../lib/errors.js";
 
 export interface IdentityRecord {
   id: string;
@@ -35,6 +35,10 @@ export interface InstanceRecord {
   certExpires: number;
   serial: string;
   lastRequest?: LastRequest;
+  /** Set for ID-token joins (github, gitlab, oidc): such an instance leaves the store with its certificate. */
+  joinMethod?: string;
+  /** What the ID token said of who joined (join-methods.ts RECORDED_CLAIMS). */
+  claims?: Record<string, string>;
 }
 
 export interface TokenRecord {
@@ -138,6 +142,11 @@ export const keys = {
   identityToken: (identityId: string, tokenId: string) => `/identity-tokens/${identityId}/${tokenId}`,
   identityTokens: (identityId: string) => `/identity-tokens/${identityId}/`,
   ca: (kind: "user" | "host") => `/cas/${kind}`,
+  /** Join token resources (join-methods.ts). */
+  joinToken: (name: string) => `/join-tokens/${name}`,
+  joinTokens: "/join-tokens/",
+  /** An ID token that joined, by id-tokens.ts's use key: kept until the token expires, so it joins once. */
+  usedIdToken: (useKey: string) => `/used-id-tokens/${useKey}`,
   /** The cluster's name, set by its first auth service (cluster.ts). */
   clusterName: "/cluster/name",
   /** Admin certificates issued before this instant (unix ms) are refused (admin-cert.ts). */
@@ -168,6 +177,25 @@ export async function loadAll<T>(backend: Backend, prefix: string): Promise<Load
 }
 
 export const encode = (v: unknown): string => JSON.stringify(v);
+
+/**
+ * `mezctl create -f`: stores a named resource, refusing one that exists unless `force`, which
+ * replaces it. Returns whether one was replaced.
+ */
+export async function createResource(backend: Backend, key: string, value: unknown, force: boolean, exists: () => MeziteError): Promise<boolean> {
+  if (force) {
+    const replaced = (await backend.get(key)) !== undefined;
+    await backend.put(key, encode(value));
+    return replaced;
+  }
+  try {
+    await backend.create(key, encode(value));
+    return false;
+  } catch (e) {
+    if (isMeziteError(e, "ERR_ALREADY_EXISTS")) throw exists();
+    throw e;
+  }
+}
 
 const CHUNK = 2000;
 

@@ -14,6 +14,7 @@ import type { AuthContext, Caller } from "./context.js";
 import { issueAgentCertificates, keysHash } from "./issue.js";
 import { activeLocks, createLock, refuseIfLocked } from "./locks.js";
 import { encode, keys, load, type IdentityRecord, type InstanceRecord } from "./records.js";
+import { instanceExpiry } from "./join.js";
 import { revokedHostKeys } from "./nodes.js";
 import { revokeIfLockedMeanwhile } from "./revocations.js";
 import { loadRoles } from "./roles.js";
@@ -102,7 +103,7 @@ export async function renewAgent(ctx: AuthContext, req: RenewRequest, caller: Ca
       const audit = ctx.audit.entry({ type: "agent_identity.renew", ...base, roles: roleNames, generation: generation.toString(), serial });
       try {
         await ctx.backend.write([
-          { op: "cas", key: instanceKey, revision: found.revision, value: encode(next) },
+          { op: "cas", key: instanceKey, revision: found.revision, value: encode(next), ...instanceExpiry(next) },
           { op: "put", key: keys.cert(inst.id, serial), value: encode(issued.record), expires },
           { op: "put", key: keys.reply(serial), value: Buffer.from(toBinary(IssuedCertificatesSchema, issued.certs)).toString("base64"), expires },
           audit.op,

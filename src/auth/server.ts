@@ -18,7 +18,15 @@ import { create, type DescMessage, type DescService, type MessageShape } from "@
 import { AdminService } from "../api/gen/mezite/v1/admin_pb.js";
 import { AgentService } from "../api/gen/mezite/v1/agent_pb.js";
 import * as adminPb from "../api/gen/mezite/v1/admin_pb.js";
-import { JoinRequestSchema, JoinResponseSchema, JoinService, type JoinNodeRequest, type JoinRequest } from "../api/gen/mezite/v1/join_pb.js";
+import {
+  GetClusterNameResponseSchema,
+  JoinRequestSchema,
+  JoinResponseSchema,
+  JoinService,
+  type JoinNodeRequest,
+  type JoinRequest,
+  type JoinWithIdTokenRequest,
+} from "../api/gen/mezite/v1/join_pb.js";
 import {
   NodeService,
   RenewHostCertificateResponseSchema,
@@ -48,7 +56,8 @@ import { Audit } from "./audit.js";
 import { loadOrCreateCas, type CaKind, type ClusterCas } from "./cas.js";
 import { resolveClusterName } from "./cluster.js";
 import type { AdminCaller, AuthContext, Caller } from "./context.js";
-import { joinAgent } from "./join.js";
+import { joinAgent, joinWithIdToken } from "./join.js";
+import * as joinMethods from "./join-methods.js";
 import { callingNode, heartbeat, joinNode, renewNode } from "./nodes.js";
 import { Revocations } from "./revocations.js";
 import { renewAgent } from "./renew.js";
@@ -222,6 +231,8 @@ function routes(ctx: AuthContext, revocations: Revocations, metrics: AuthMetrics
     router.service(JoinService, {
       join: (req, hc) => join(req, hc.values.get(callerKey)),
       joinNode: unary("JoinNode", (req: JoinNodeRequest, caller) => joinNode(ctx, req, caller)),
+      joinWithIdToken: unary("JoinWithIdToken", (req: JoinWithIdTokenRequest, caller) => joinWithIdToken(ctx, req, caller)),
+      getClusterName: unary("GetClusterName", async () => create(GetClusterNameResponseSchema, { clusterName: ctx.clusterName })),
     });
     router.service(RenewService, {
       renew: (req, hc) => renew(req, hc.values.get(callerKey)),
@@ -290,6 +301,14 @@ function routes(ctx: AuthContext, revocations: Revocations, metrics: AuthMetrics
       deleteLock: admin("DeleteLock", async (req: adminPb.DeleteLockRequest, by) =>
         create(adminPb.DeleteLockResponseSchema, { removed: await locks.removeLocks(ctx, by, req.id) }),
       ),
+      createJoinToken: admin("CreateJoinToken", async (req: adminPb.CreateJoinTokenRequest, by) =>
+        create(adminPb.CreateJoinTokenResponseSchema, await joinMethods.createJoinToken(ctx, by, req.documentJson, req.force)),
+      ),
+      listJoinTokens: admin("ListJoinTokens", async () => create(adminPb.ListJoinTokensResponseSchema, { joinTokens: await joinMethods.listJoinTokens(ctx) })),
+      deleteJoinToken: admin("DeleteJoinToken", async (req: adminPb.DeleteJoinTokenRequest, by) => {
+        await joinMethods.deleteJoinToken(ctx, by, req.name);
+        return {};
+      }),
       listNodes: admin("ListNodes", async () => create(adminPb.ListNodesResponseSchema, { nodes: await nodes.listNodes(ctx) })),
       deleteNode: admin("DeleteNode", async (req: adminPb.DeleteNodeRequest, by) => {
         await nodes.removeNode(ctx, by, req.name);

@@ -14,6 +14,7 @@ import { ed25519RawPublic } from "../ca/sshkey.js";
 import { formatDuration, parseDuration } from "../lib/duration.js";
 import { MeziteError } from "../lib/errors.js";
 import { parseRoleYaml, roleToDocument } from "../rbac/role.js";
+import { parse as parseYaml } from "yaml";
 import { fail } from "./exit.js";
 import { parseFormat, printDocument, progressLine, relTime, table, type Format } from "./output.js";
 import * as view from "./views.js";
@@ -97,9 +98,9 @@ function splitResource(ref: string): [string, string] {
 
 program
   .command("create")
-  .description("create a resource (a role) from a YAML file")
-  .requiredOption("-f, --file <file>", "role YAML file")
-  .option("--force", "overwrite an existing role", false)
+  .description("create a resource from a YAML file: a role, or a join_token (joins with a CI platform's ID token)")
+  .requiredOption("-f, --file <file>", "resource YAML file")
+  .option("--force", "overwrite an existing resource of that name", false)
   .action(async (o: { file: string; force: boolean }) => {
     let text: string;
     try {
@@ -107,20 +108,65 @@ program
     } catch (e) {
       throw new MeziteError("ERR_USAGE", `cannot read ${o.file}: ${(e as NodeJS.ErrnoException).code === "ENOENT" ? "no such file" : (e as Error).message}`);
     }
+    if (documentKind(text) === "join_token") return createJoinToken(text, o.force);
     const role = parseRoleYaml(text);
     const a = admin();
     const res = await call(a, (c) => c.createRole({ role: roleToProto(role), force: o.force }));
     out(a, { kind: "role", name: role.role, replaced: res.replaced }, () => `role "${role.role}" ${res.replaced ? "updated" : "created"}\n`);
   });
 
+/** The `kind` of a YAML document, if it parses; the resource's own parser reports anything wrong. */
+function documentKind(text: string): unknown {
+  try {
+    return (parseYaml(text) as { kind?: unknown } | null)?.kind;
+  } catch {
+    return undefined;
+  }
+}
+
+async function createJoinToken(text: string, force: boolean): Promise<void> {
+  let doc: unknown;
+  try {
+    doc = parseYaml(text, { strict: true, uniqueKeys: true });
+  } catch (e) {
+    throw new MeziteError("ERR_USAGE", `join_token file is not valid YAML: ${(e as Error).message.split("\n")[0]}`);
+  }
+  const a = admin();
+  const res = await call(a, (c) => c.createJoinToken({ documentJson: JSON.stringify(doc), force }));
+  const jt = res.joinToken!;
+  const info = await call(a, (c) => c.getClusterInfo({}));
+  const addr = info.publicAddrs[0] ?? a.addr;
+  const hint = `mezd identity start --auth-server=${addr} --join-method=${jt.joinMethod} --token=${jt.name} --ca-pin=${info.caPin} --destination-dir=/tmp/mezite-certs --one-shot`;
+  out(a, { kind: "join_token", name: jt.name, replaced: res.replaced, join_method: jt.joinMethod, agent_identity: jt.agentIdentity, audience: info.clusterName, hint }, () =>
+    [
+      `join_token "${jt.name}" ${res.replaced ? "updated" : "created"} (${jt.joinMethod}, for agent identity "${jt.agentIdentity}").`,
+      ``,
+      `Join from a ${jt.joinMethod === "github" ? "GitHub Actions job (permissions: id-token: write)" : jt.joinMethod === "gitlab" ? `GitLab job (id_tokens: MEZITE_ID_TOKEN: aud: ${info.clusterName})` : `workload whose ID token has audience ${info.clusterName}`} with:`,
+      hint,
+      ``,
+    ].join("\n"),
+  );
+}
+
 program
   .command("get")
-  .description("show roles: `get roles` or `get role/NAME`")
-  .argument("<resource>", "roles | role/NAME")
+  .description("show resources: `get roles`, `get role/NAME`, `get join_tokens`, `get join_token/NAME`")
+  .argument("<resource>", "roles | role/NAME | join_tokens | join_token/NAME")
   .action(async (ref: string) => {
     const [kind, name] = splitResource(ref);
     const a = admin();
-    if ((kind === "roles" || kind === "role") && !name) {
+    if (kind === "join_tokens" || kind === "join_token") {
+      const all = (await call(a, (c) => c.listJoinTokens({}))).joinTokens;
+      if (!name) {
+        out(a, all.map((t) => JSON.parse(t.documentJson) as unknown), () =>
+          table(["NAME", "AGENT IDENTITY", "METHOD", "ISSUER", "CREATED"], all.map((t) => [t.name, t.agentIdentity, t.joinMethod, t.issuer, relTime(t.created)])),
+        );
+        return;
+      }
+      const one = all.find((t) => t.name === name);
+      if (!one) throw new MeziteError("ERR_NOT_FOUND", `join_token "${name}" not found`);
+      printDocument(a.format === "json" ? "json" : "yaml", JSON.parse(one.documentJson));
+    } else if ((kind === "roles" || kind === "role") && !name) {
       const roles = (await call(a, (c) => c.listRoles({}))).roles.map(roleFromProto);
       out(a, roles.map(roleToDocument), () =>
         table(["NAME", "LOGINS", "DENY", "MAX TTL", "DESCRIPTION"], roles.map((r) => [r.role, r.allow.logins.join(","), r.deny.logins.join(","), r.maxSessionTtlMs ? formatDuration(r.maxSessionTtlMs) : "-", r.description])),
@@ -131,20 +177,37 @@ program
       if (a.format === "json") printDocument("json", doc);
       else printDocument("yaml", doc);
     } else {
-      throw new MeziteError("ERR_USAGE", `unknown resource "${ref}": use roles or role/NAME`);
+      throw new MeziteError("ERR_USAGE", `unknown resource "${ref}": use roles, role/NAME, join_tokens or join_token/NAME`);
     }
   });
 
 program
   .command("rm")
-  .description("remove a resource: `rm role/NAME`")
-  .argument("<resource>", "role/NAME")
+  .description("remove a resource: `rm role/NAME` or `rm join_token/NAME`")
+  .argument("<resource>", "role/NAME | join_token/NAME")
   .action(async (ref: string) => {
     const [kind, name] = splitResource(ref);
-    if (kind !== "role" || !name) throw new MeziteError("ERR_USAGE", `unknown resource "${ref}": use role/NAME`);
+    if (kind === "join_token" && name) {
+      const a = admin();
+      await call(a, (c) => c.deleteJoinToken({ name }));
+      out(a, { removed: `join_token/${name}` }, () => `join_token "${name}" removed\n`);
+      return;
+    }
+    if (kind !== "role" || !name) throw new MeziteError("ERR_USAGE", `unknown resource "${ref}": use role/NAME or join_token/NAME`);
     const a = admin();
     await call(a, (c) => c.deleteRole({ name }));
     out(a, { removed: `role/${name}` }, () => `role "${name}" removed\n`);
+  });
+
+program
+  .command("status")
+  .description("the cluster: its name (the audience of ID tokens) and the CA pin daemons check")
+  .action(async () => {
+    const a = admin();
+    const info = await call(a, (c) => c.getClusterInfo({}));
+    out(a, { cluster_name: info.clusterName, ca_pin: info.caPin, auth_servers: info.publicAddrs }, () =>
+      [`Cluster:     ${info.clusterName}`, `CA pin:      ${info.caPin}`, `Auth server: ${info.publicAddrs.join(", ")}`, ``].join("\n"),
+    );
   });
 
 // ---- agent identities

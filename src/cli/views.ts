@@ -28,6 +28,8 @@ export function identityDoc(s: pb.AgentIdentityStatus) {
       cert_expires: isoTime(i.certExpires),
       address: i.address,
       created: isoTime(i.created),
+      join_method: i.joinMethod,
+      claims: i.claims,
     })),
   };
 }
@@ -58,6 +60,8 @@ export function identityText(s: pb.AgentIdentityStatus): string {
   out.push(`Instances:      ${s.instances.length === 0 ? "none" : ""}`.trimEnd());
   for (const i of s.instances) {
     out.push(`  ${i.id}  generation ${i.generation}  ${i.locked ? "LOCKED" : "active"}  last seen ${relTime(i.lastSeen)}${i.address ? ` from ${i.address}` : ""}  cert expires ${relTime(i.certExpires)}`);
+    const claims = Object.entries(i.claims).map(([k, v]) => `${k}=${v}`).join(" ");
+    if (i.joinMethod && i.joinMethod !== "token") out.push(`    joined by ${i.joinMethod}${claims ? `: ${claims}` : ""}`);
   }
   return out.join("\n") + "\n";
 }

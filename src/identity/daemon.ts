@@ -14,9 +14,20 @@ import { caPin, privateKeyToPem } from "../ca/x509.js";
 import { MeziteError, isFinalError, isMeziteError } from "../lib/errors.js";
 import type { Logger } from "../lib/log.js";
 import { Registry } from "../lib/metrics.js";
-import type { IdentityOptions } from "./options.js";
+import { obtainIdToken } from "./id-token.js";
+import type { IdentityOptions, IdTokenJoin } from "./options.js";
 import { writeOutputs, checkDestination } from "./outputs.js";
-import { buildJoinRequest, buildRenewRequest, checkCertsMatchKeys, deserializeKeys, generateIssueKeys, serializeKeys, verifyJoinReply, type IssueKeys } from "./protocol.js";
+import {
+  buildJoinRequest,
+  buildRenewRequest,
+  checkCertsMatchKeys,
+  deserializeKeys,
+  generateIssueKeys,
+  publicKeysOf,
+  serializeKeys,
+  verifyJoinReply,
+  type IssueKeys,
+} from "./protocol.js";
 import { Storage, type IdentityState } from "./storage.js";
 
 export interface DaemonDeps {
@@ -69,7 +80,7 @@ export class IdentityDaemon {
       if (!this.rejoinable(e)) throw e;
     }
     if (state && state.expires <= this.now()) {
-      if (!this.opts.token) {
+      if (!this.opts.token && this.opts.join.method === "token") {
         throw new MeziteError("ERR_STATE_CORRUPT", `the renewal certificate in ${this.opts.storageDir} expired at ${new Date(state.expires).toISOString()}: join again with a new token`);
       }
       this.deps.log.warn("stored certificates expired; joining again with the token", { expired: new Date(state.expires).toISOString() });
@@ -90,7 +101,8 @@ export class IdentityDaemon {
    * generation mismatch is never bypassed this way.
    */
   private rejoinable(e: unknown): boolean {
-    const ok = this.opts.token !== undefined && isMeziteError(e) && (e.code === "ERR_IDENTITY_DELETED" || e.code === "ERR_STATE_CORRUPT");
+    const canJoin = this.opts.token !== undefined || (this.opts.join.method !== "token" && this.opts.join.name !== undefined);
+    const ok = canJoin && isMeziteError(e) && (e.code === "ERR_IDENTITY_DELETED" || e.code === "ERR_STATE_CORRUPT");
     if (ok) {
       this.deps.log.warn("stored state cannot renew; joining again with the token", { reason: (e as MeziteError).message });
       this.storage.clearPending();
@@ -176,6 +188,7 @@ export class IdentityDaemon {
   }
 
   private async join(signal: AbortSignal): Promise<void> {
+    if (this.opts.join.method !== "token") return this.joinWithIdToken(this.opts.join, signal);
     const token = this.opts.token;
     if (!token) {
       throw new MeziteError("ERR_USAGE", `no state in ${this.opts.storageDir} and no token: pass --token-file, --token or set MEZITE_TOKEN to join`);
@@ -193,6 +206,36 @@ export class IdentityDaemon {
     if (this.opts.caPin && caPin(certs.tlsCaPem) !== this.opts.caPin) {
       throw new MeziteError("ERR_WRONG_CA", "the auth service's TLS CA does not match --ca-pin");
     }
+    this.apply(certs, keys, "joined");
+  }
+
+  /**
+   * A join with the platform's ID token (SPEC §14). The token is a bearer credential, so it
+   * travels only on a connection verified against the pinned CA, to the cluster whose name it
+   * was made for.
+   */
+  private async joinWithIdToken(join: IdTokenJoin, signal: AbortSignal): Promise<void> {
+    if (!join.name) {
+      throw new MeziteError("ERR_USAGE", `no state in ${this.opts.storageDir} and no join token name: pass --token=NAME (the join_token resource) to join`);
+    }
+    const caPem = await checkCaPin(this.opts.authServer, this.opts.caPin!);
+    const client = connect(JoinService, this.opts.authServer, { caPem });
+    const keys = generateIssueKeys();
+    let certs: IssuedCertificates;
+    try {
+      const { clusterName } = await client.getClusterName({}, { signal });
+      const idToken = await obtainIdToken(join, clusterName);
+      const reply = await client.joinWithIdToken(
+        { joinToken: join.name, idToken, ...publicKeysOf(keys), requestedTtlMs: BigInt(this.opts.certTtlMs) },
+        { signal },
+      );
+      if (!reply.certificates) throw new MeziteError("ERR_MALFORMED_CERT", "the auth service sent an empty join reply");
+      certs = reply.certificates;
+    } catch (e) {
+      throw fromConnectError(e, this.opts.authServer);
+    }
+    checkCertsMatchKeys(certs, keys);
+    if (caPin(certs.tlsCaPem) !== this.opts.caPin) throw new MeziteError("ERR_WRONG_CA", "the auth service's TLS CA does not match --ca-pin");
     this.apply(certs, keys, "joined");
   }
 

@@ -11,8 +11,10 @@ import { MeziteError } from "../lib/errors.js";
 export interface IdentityOptions {
   /** host:port of the auth service. */
   authServer: string;
-  /** The one-time token (raw 32 bytes); only needed to join. */
+  /** The one-time token (raw 32 bytes); only needed to join with join method "token". */
   token: Buffer | undefined;
+  /** How to join (SPEC §14): a one-time token, or an ID token under a join token resource. */
+  join: TokenJoin | IdTokenJoin;
   destinationDir: string;
   /** Default: DEST/.mezite. */
   storageDir: string;
@@ -26,6 +28,23 @@ export interface IdentityOptions {
   caPin: string | undefined;
   /** How long a join or one-shot renewal keeps retrying an unreachable auth service. */
   unreachableRetryMs: number;
+}
+
+export type JoinMethod = "token" | "github" | "gitlab" | "oidc";
+export const JOIN_METHODS: readonly JoinMethod[] = ["token", "github", "gitlab", "oidc"];
+
+export interface TokenJoin {
+  method: "token";
+}
+
+/** A join with the platform's ID token, presented under the join token resource `name`. */
+export interface IdTokenJoin {
+  method: Exclude<JoinMethod, "token">;
+  /** The join token resource's name (--token). */
+  name: string | undefined;
+  /** gitlab and oidc: where the JWT is read (github fetches it from the Actions runtime). */
+  idTokenFile: string | undefined;
+  idTokenEnv: string;
 }
 
 export const MIN_CERT_TTL_MS = 60_000;
@@ -42,6 +61,9 @@ export interface RawIdentityOptions {
   oneShot?: boolean | string | undefined;
   diagAddr?: string | undefined;
   caPin?: string | undefined;
+  joinMethod?: string | undefined;
+  idTokenFile?: string | undefined;
+  idTokenEnv?: string | undefined;
 }
 
 function usage(msg: string): never {
@@ -61,6 +83,8 @@ export function resolveIdentityOptions(raw: RawIdentityOptions, env: NodeJS.Proc
   if (!raw.destinationDir) usage("--destination-dir is required (where certificates are written)");
   const sources = [raw.token !== undefined, raw.tokenFile !== undefined].filter(Boolean).length;
   if (sources > 1) usage("give the token once: --token or --token-file, not both");
+  const method = (raw.joinMethod ?? "token") as JoinMethod;
+  if (!JOIN_METHODS.includes(method)) usage(`--join-method must be one of ${JOIN_METHODS.join(", ")}`);
   let tokenText = raw.token ?? env["MEZITE_TOKEN"];
   if (raw.tokenFile !== undefined) {
     try {
@@ -70,7 +94,19 @@ export function resolveIdentityOptions(raw: RawIdentityOptions, env: NodeJS.Proc
     }
   }
   let token: Buffer | undefined;
-  if (tokenText !== undefined && tokenText.trim() !== "") {
+  let joinHow: IdentityOptions["join"] = { method: "token" };
+  if (method !== "token") {
+    // The token names the join token resource; the secret is the platform's ID token.
+    const name = tokenText?.trim() || undefined;
+    if (name !== undefined && !/^[a-z0-9][a-z0-9._-]{0,62}$/.test(name)) usage(`--token with --join-method=${method} names a join token resource ([a-z0-9][a-z0-9._-]{0,62})`);
+    // The ID token is a bearer credential: it goes only to a server proven to be the cluster's.
+    if (raw.caPin === undefined) usage(`--ca-pin is required with --join-method=${method} (mezctl status prints it): the ID token is sent only to the pinned auth service`);
+    if (method === "github" && (raw.idTokenFile !== undefined || raw.idTokenEnv !== undefined)) usage("--join-method=github fetches its ID token from the Actions runtime: leave out --id-token-file and --id-token-env");
+    if (raw.idTokenEnv !== undefined && !/^[A-Za-z_][A-Za-z0-9_]*$/.test(raw.idTokenEnv)) usage("--id-token-env must name an environment variable");
+    joinHow = { method, name, idTokenFile: raw.idTokenFile, idTokenEnv: raw.idTokenEnv ?? "MEZITE_ID_TOKEN" };
+  } else if (raw.idTokenFile !== undefined || raw.idTokenEnv !== undefined) {
+    usage("--id-token-file and --id-token-env need --join-method=gitlab or oidc");
+  } else if (tokenText !== undefined && tokenText.trim() !== "") {
     try {
       token = parseToken(tokenText);
     } catch {
@@ -89,6 +125,7 @@ export function resolveIdentityOptions(raw: RawIdentityOptions, env: NodeJS.Proc
   return {
     authServer: raw.authServer,
     token,
+    join: joinHow,
     // Absolute, because ssh_config names the outputs by these paths and ssh may run elsewhere.
     destinationDir: resolve(raw.destinationDir),
     storageDir: resolve(raw.storageDir ?? join(raw.destinationDir, ".mezite")),

@@ -40,7 +40,8 @@ export function deserializeKeys(s: SerializedKeys): IssueKeys {
   return { ssh: parseOpenSSHPrivateKey(s.ssh), x509: pemToPrivateKey(s.x509), renewal: pemToPrivateKey(s.renewal) };
 }
 
-const publicParts = (k: IssueKeys) => ({
+/** The public halves of a request's keys, as Join, JoinWithIdToken and Renew carry them. */
+export const publicKeysOf = (k: IssueKeys) => ({
   sshPublicKey: formatAuthorizedKey(k.ssh),
   x509PublicKey: publicKeyToDer(k.x509),
   renewalPublicKey: publicKeyToDer(k.renewal),
@@ -50,7 +51,7 @@ export function buildJoinRequest(token: Buffer, keys: IssueKeys, ttlMs: number):
   const secrets = deriveTokenSecrets(token);
   const request = create(JoinRequestSchema, {
     tokenId: secrets.tokenId,
-    ...publicParts(keys),
+    ...publicKeysOf(keys),
     nonce: randomBytes(32),
     requestedTtlMs: BigInt(ttlMs),
   });
@@ -72,7 +73,7 @@ export function verifyJoinReply(request: JoinRequest, reply: JoinResponse, macKe
 }
 
 export function buildRenewRequest(requestId: Uint8Array, keys: IssueKeys, ttlMs: number): RenewRequest {
-  return create(RenewRequestSchema, { requestId, ...publicParts(keys), requestedTtlMs: BigInt(ttlMs) });
+  return create(RenewRequestSchema, { requestId, ...publicKeysOf(keys), requestedTtlMs: BigInt(ttlMs) });
 }
 
 /** The certificates must be for the keys we hold, or the outputs would not work together. */

@@ -74,7 +74,7 @@ export function readIdentityDir(dirOption: string | undefined): IdentityDir {
   try {
     const id = JSON.parse(ext[CERT_EXTENSIONS.identity] ?? "null") as Record<string, unknown> | null;
     if (typeof id?.["name"] === "string" && typeof id["id"] === "string" && typeof id["instance"] === "string") identity = { name: id["name"], id: id["id"], instance: id["instance"] };
-    access = JSON.parse(ext[CERT_EXTENSIONS.nodeLabels] ?? "[]") as RoleAccess[];
+    access = JSON.parse(ext[CERT_EXTENSIONS.roleRules] ?? "[]") as RoleAccess[];
   } catch {
     identity = undefined;
   }

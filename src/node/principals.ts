@@ -105,8 +105,8 @@ function mezitePart(cert: SshCertificate): MezitePart {
   };
   const id = json(EXT.identity) as Record<string, unknown> | null;
   if (typeof id?.["name"] !== "string" || typeof id["id"] !== "string" || typeof id["instance"] !== "string") refuse(`the ${EXT.identity} extension is malformed`);
-  const access = json(EXT.nodeLabels);
-  if (!Array.isArray(access) || !access.every(isRoleAccess)) refuse(`the ${EXT.nodeLabels} extension is malformed`);
+  const access = json(EXT.roleRules);
+  if (!Array.isArray(access) || !access.every(isRoleAccess)) refuse(`the ${EXT.roleRules} extension is malformed`);
   const roles = (access as RoleAccess[]).map((r) => ({ ...r, maxSessionTtlMs: 0 }));
   const roleNames = [...new Set([...ext(EXT.roles).split(",").filter(Boolean), ...roles.map((r) => r.role)])];
   const { name, id: identityId, instance } = id as { name: string; id: string; instance: string };

@@ -92,7 +92,7 @@ test("join: certificates that ssh-keygen and openssl accept, principals exactly 
   assert.equal(c.serial, certs.serial.toString());
   assert.deepEqual(c.principals, ["deploy"]);
   assert.equal(c.critical, "(none)");
-  for (const ext of ["permit-pty", "mezite-identity@mezite", "mezite-roles@mezite", "mezite-node-labels@mezite"]) {
+  for (const ext of ["permit-pty", "mezite-identity@mezite", "mezite-roles@mezite", "mezite-role-rules@mezite"]) {
     assert.ok(c.extensions.includes(ext), `extension ${ext} in ${c.extensions.join(", ")}`);
   }
   // ssh-keygen prints whole seconds: validity is the role's 1h plus the 1-minute backdate.

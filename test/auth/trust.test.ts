@@ -249,3 +249,31 @@ describe("the cluster name", () => {
     await assert.rejects(startAuth({ clusterName: "Bad Name!" }), /exited with 2:[\s\S]*is not a valid cluster name/);
   });
 });
+
+describe("CA keys", () => {
+  test("a public key swapped into the stored CA is not what nodes and agents trust; a swapped CA certificate stops the service", async () => {
+    const dataDir = mkdtempSync(join(tmpdir(), "mezite-ca-swap-"));
+    try {
+      const first = await startAuth({ dataDir });
+      await createRole(first, SEED_ROLE);
+      const real = (await joinAgent(first.addr, await addIdentity(first, "before-swap", ["ci-deployer"]))).certs.userCaSshKeys;
+      const token = await addIdentity(first, "after-swap", ["ci-deployer"]);
+      await first.stop();
+      const db = new Database(join(dataDir, "mezite.db"));
+      const row = db.prepare("SELECT value FROM items WHERE key = '/cas/user'").get() as { value: string };
+      const stored = JSON.parse(row.value) as { ssh_public: string; x509_cert_pem: string };
+      const attacker = formatAuthorizedKey(generateNodeKeys().host, "test.mezite user CA");
+      db.prepare("UPDATE items SET value = ? WHERE key = '/cas/user'").run(JSON.stringify({ ...stored, ssh_public: attacker }));
+      const again = await startAuth({ dataDir });
+      const told = (await joinAgent(again.addr, token)).certs.userCaSshKeys;
+      assert.deepEqual(told, real, "agents and nodes are told the key the CA really signs with");
+      await again.stop();
+      const hostCa = (JSON.parse((db.prepare("SELECT value FROM items WHERE key = '/cas/host'").get() as { value: string }).value) as { x509_cert_pem: string }).x509_cert_pem;
+      db.prepare("UPDATE items SET value = ? WHERE key = '/cas/user'").run(JSON.stringify({ ...stored, x509_cert_pem: hostCa }));
+      db.close();
+      await assert.rejects(startAuth({ dataDir }), /exited with 2:[\s\S]*the stored user CA certificate does not hold the CA's sealed key/);
+    } finally {
+      rmSync(dataDir, { recursive: true, force: true });
+    }
+  });
+});

@@ -13,7 +13,11 @@ import { startPostgres, type PostgresServer } from "../harness/postgres.js";
 import { missingComponent, PG_BIN_DIR } from "../harness/require.js";
 import { MEZD, mezctl, mezctlOk, run, SEED_ROLE_PATH, startAuth, tokenFrom, type AuthProcess } from "../harness/auth.js";
 import { startProxy, type Proxy } from "../harness/proxy.js";
-import { join as joinAuth, outcome, pending, renew, tally, type Held } from "../auth/client.js";
+import { adminApi, join as joinAuth, outcome, pending, renew, tally, type Held } from "../auth/client.js";
+import { exportJWK, generateKeyPair, SignJWT } from "jose";
+import { JoinService } from "../../src/api/gen/mezite/v1/join_pb.js";
+import { connect } from "../../src/api/client.js";
+import { generateIssueKeys, publicKeysOf } from "../../src/identity/protocol.js";
 import { quickStatus, startDaemon } from "../identity/fixture.js";
 
 describe("two auth services on one PostgreSQL", { concurrency: false }, () => {
@@ -204,5 +208,39 @@ describe("two auth services on one PostgreSQL", { concurrency: false }, () => {
     assert.equal(h.certs.generation, 3n);
     h = await renew(b.addr, h);
     assert.equal(h.certs.generation, 4n);
+  });
+
+  test("one cluster name for every service: another --cluster-name refuses to start, none takes the stored one", async (t) => {
+    if (!requirePg(t)) return;
+    const dir = join(tmp, "named");
+    mkdirSync(dir, { mode: 0o700 });
+    copyFileSync(join(a.dataDir, "cluster.key"), join(dir, "cluster.key"));
+    const other = await run(MEZD, ["auth", "start", `--data-dir=${dir}`, "--listen=127.0.0.1:0", `--backend=${pg!.url}`, "--cluster-name=other-host.example"], { timeoutMs: 20_000 });
+    assert.equal(other.code, 2, other.stderr);
+    assert.match(other.stderr, /--cluster-name=other-host\.example does not match this backend's cluster "test\.mezite"/);
+    const c = await startAuth({ backend: pg!.url, dataDir: dir, clusterName: null });
+    try {
+      const info = JSON.parse(await mezctlOk(c, "status", "--format=json")) as { cluster_name: string };
+      assert.equal(info.cluster_name, "test.mezite", "a service on a host with another name uses the stored cluster name");
+    } finally {
+      await c.stop();
+    }
+  });
+
+  test("an ID token joins once across both services: 20 concurrent joins, 10 through each, one succeeds", async (t) => {
+    if (!requirePg(t)) return;
+    await addIdentity("ha-ci");
+    const { privateKey, publicKey } = await generateKeyPair("ES256");
+    const jwks = JSON.stringify({ keys: [{ ...(await exportJWK(publicKey)), kid: "ha" }] });
+    const doc = { kind: "join_token", metadata: { name: "ha-ci" }, spec: { agent_identity: "ha-ci", join_method: "oidc", oidc: { issuer: "https://ci.invalid", static_jwks: jwks, allow: [{ sub: "pipeline" }] } } };
+    await adminApi(a).createJoinToken({ documentJson: JSON.stringify(doc), force: false });
+    const iat = Math.floor(Date.now() / 1000);
+    const jwt = await new SignJWT({ iss: "https://ci.invalid", aud: "test.mezite", sub: "pipeline", iat, exp: iat + 300, jti: "ha-1" }).setProtectedHeader({ alg: "ES256", kid: "ha" }).sign(privateKey);
+    const results = await Promise.all(
+      Array.from({ length: 20 }, (_, i) =>
+        outcome(connect(JoinService, (i % 2 ? a : b).addr, {}).joinWithIdToken({ joinToken: "ha-ci", idToken: jwt, ...publicKeysOf(generateIssueKeys()), requestedTtlMs: 3_600_000n })),
+      ),
+    );
+    assert.deepEqual(tally(results), { ok: 1, ERR_TOKEN_USED: 19 });
   });
 });

@@ -43,7 +43,7 @@ function cert(over: Partial<SshCertFields> = {}, roles: RoleAccess[] = [CI_DEPLO
       "permit-pty": "",
       [EXT.identity]: JSON.stringify({ name: "ci", id: "id-1", instance: "inst-1" }),
       [EXT.roles]: roles.map((r) => r.role).join(","),
-      [EXT.nodeLabels]: JSON.stringify(roles.map((r) => ({ role: r.role, allow: r.allow, deny: r.deny, maxSessionTtlMs: 0 }))),
+      [EXT.roleRules]: JSON.stringify(roles.map((r) => ({ role: r.role, allow: r.allow, deny: r.deny, maxSessionTtlMs: 0 }))),
     },
     ...over,
   };
@@ -104,13 +104,13 @@ describe("decide", () => {
 
   test("certificates without Mezite's extensions, or with malformed ones, are refused", () => {
     const ext = (e: Record<string, string>) => input({ cert: cert({ extensions: e }) });
-    const good = { [EXT.identity]: '{"name":"ci","id":"i","instance":"n"}', [EXT.roles]: "ci-deployer", [EXT.nodeLabels]: JSON.stringify([CI_DEPLOYER]) };
+    const good = { [EXT.identity]: '{"name":"ci","id":"i","instance":"n"}', [EXT.roles]: "ci-deployer", [EXT.roleRules]: JSON.stringify([CI_DEPLOYER]) };
     assert.deepEqual(decide(ext(good)), { allow: true });
     refusedFor(ext({ "permit-pty": "" }), /no mezite-identity@mezite/);
     refusedFor(ext({ ...good, [EXT.identity]: "{" }), /not JSON/);
     refusedFor(ext({ ...good, [EXT.identity]: '{"name":"ci"}' }), /mezite-identity@mezite extension is malformed/);
-    refusedFor(ext({ ...good, [EXT.nodeLabels]: '[{"role":"x","allow":{"logins":"deploy","labels":{}},"deny":{"logins":[],"labels":{}}}]' }), /node-labels@mezite extension is malformed/);
-    refusedFor(ext({ ...good, [EXT.nodeLabels]: '{"__proto__":1}' }), /malformed/);
+    refusedFor(ext({ ...good, [EXT.roleRules]: '[{"role":"x","allow":{"logins":"deploy","labels":{}},"deny":{"logins":[],"labels":{}}}]' }), /role-rules@mezite extension is malformed/);
+    refusedFor(ext({ ...good, [EXT.roleRules]: '{"__proto__":1}' }), /malformed/);
   });
 
   test("garbage is refused without throwing", () => {

@@ -75,6 +75,8 @@ export function statusOf(
         certExpires: BigInt(i.certExpires),
         address: i.address,
         created: BigInt(i.created),
+        joinMethod: i.joinMethod ?? "token",
+        claims: i.claims ?? {},
       }),
     ),
   });

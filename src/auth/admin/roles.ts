@@ -1,26 +1,15 @@
 /** Roles (SPEC §3): create, list, get and delete; a role in use by an identity stays. */
 import * as pb from "../../api/gen/mezite/v1/common_pb.js";
 import { roleFromProto, roleToProto } from "../../api/roles.js";
-import { MeziteError, isMeziteError } from "../../lib/errors.js";
+import { MeziteError } from "../../lib/errors.js";
 import type { AdminCaller, AuthContext } from "../context.js";
-import { encode, keys, load, loadAll, type IdentityRecord, type StoredRole } from "../records.js";
+import { createResource, keys, load, loadAll, type IdentityRecord, type StoredRole } from "../records.js";
 import { notFound } from "../tokens.js";
 
 export async function createRole(ctx: AuthContext, by: AdminCaller, m: pb.Role, force: boolean): Promise<{ role: pb.Role; replaced: boolean }> {
   const role = roleFromProto(m);
   const stored: StoredRole = { ...role, created: ctx.now() };
-  let replaced = false;
-  if (force) {
-    replaced = (await ctx.backend.get(keys.role(role.role))) !== undefined;
-    await ctx.backend.put(keys.role(role.role), encode(stored));
-  } else {
-    try {
-      await ctx.backend.create(keys.role(role.role), encode(stored));
-    } catch (e) {
-      if (isMeziteError(e, "ERR_ALREADY_EXISTS")) throw new MeziteError("ERR_ALREADY_EXISTS", `role "${role.role}" already exists: use --force to overwrite it`);
-      throw e;
-    }
-  }
+  const replaced = await createResource(ctx.backend, keys.role(role.role), stored, force, () => new MeziteError("ERR_ALREADY_EXISTS", `role "${role.role}" already exists: use --force to overwrite it`));
   await ctx.audit.emit({ type: "role.create", ...by.audit, detail: role.role + (replaced ? " (replaced)" : "") });
   return { role: roleToProto(role, stored.created), replaced };
 }

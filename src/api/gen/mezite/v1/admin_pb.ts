@@ -4,7 +4,7 @@
 
 import type { GenFile, GenMessage, GenService } from "@bufbuild/protobuf/codegenv2";
 import { fileDesc, messageDesc, serviceDesc } from "@bufbuild/protobuf/codegenv2";
-import type { AgentIdentityStatus, AuditEvent, Lock, Node, Role, TokenInfo } from "./common_pb.js";
+import type { AgentIdentityStatus, AuditEvent, JoinTokenResource, Lock, Node, Role, TokenInfo } from "./common_pb.js";
 import { file_mezite_v1_common } from "./common_pb.js";
 import type { Message } from "@bufbuild/protobuf";
 
@@ -12,7 +12,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file mezite/v1/admin.proto.
  */
 export const file_mezite_v1_admin: GenFile = /*@__PURE__*/
-  fileDesc("ChVtZXppdGUvdjEvYWRtaW4ucHJvdG8SCW1leml0ZS52MSIXChVHZXRDbHVzdGVySW5mb1JlcXVlc3QiVAoWR2V0Q2x1c3RlckluZm9SZXNwb25zZRIUCgxjbHVzdGVyX25hbWUYASABKAkSFAoMcHVibGljX2FkZHJzGAIgAygJEg4KBmNhX3BpbhgDIAEoCSJBChFDcmVhdGVSb2xlUmVxdWVzdBIdCgRyb2xlGAEgASgLMg8ubWV6aXRlLnYxLlJvbGUSDQoFZm9yY2UYAiABKAgiRQoSQ3JlYXRlUm9sZVJlc3BvbnNlEh0KBHJvbGUYASABKAsyDy5tZXppdGUudjEuUm9sZRIQCghyZXBsYWNlZBgCIAEoCCISChBMaXN0Um9sZXNSZXF1ZXN0IjMKEUxpc3RSb2xlc1Jlc3BvbnNlEh4KBXJvbGVzGAEgAygLMg8ubWV6aXRlLnYxLlJvbGUiHgoOR2V0Um9sZVJlcXVlc3QSDAoEbmFtZRgBIAEoCSIwCg9HZXRSb2xlUmVzcG9uc2USHQoEcm9sZRgBIAEoCzIPLm1leml0ZS52MS5Sb2xlIiEKEURlbGV0ZVJvbGVSZXF1ZXN0EgwKBG5hbWUYASABKAkiFAoSRGVsZXRlUm9sZVJlc3BvbnNlIlYKDVRva2VuVmVyaWZpZXISEAoIdG9rZW5faWQYASABKAkSEgoKdmVyaWZ5X2tleRgCIAEoDBIPCgdtYWNfa2V5GAMgASgMEg4KBnR0bF9tcxgEIAEoAyJfChdBZGRBZ2VudElkZW50aXR5UmVxdWVzdBIMCgRuYW1lGAEgASgJEg0KBXJvbGVzGAIgAygJEicKBXRva2VuGAMgASgLMhgubWV6aXRlLnYxLlRva2VuVmVyaWZpZXIicQoYQWRkQWdlbnRJZGVudGl0eVJlc3BvbnNlEjAKCGlkZW50aXR5GAEgASgLMh4ubWV6aXRlLnYxLkFnZW50SWRlbnRpdHlTdGF0dXMSIwoFdG9rZW4YAiABKAsyFC5tZXppdGUudjEuVG9rZW5JbmZvIi8KGkxpc3RBZ2VudElkZW50aXRpZXNSZXF1ZXN0EhEKCXBhZ2Vfc2l6ZRgBIAEoDSJRChtMaXN0QWdlbnRJZGVudGl0aWVzUmVzcG9uc2USMgoKaWRlbnRpdGllcxgBIAMoCzIeLm1leml0ZS52MS5BZ2VudElkZW50aXR5U3RhdHVzIicKF0dldEFnZW50SWRlbnRpdHlSZXF1ZXN0EgwKBG5hbWUYASABKAkiTAoYR2V0QWdlbnRJZGVudGl0eVJlc3BvbnNlEjAKCGlkZW50aXR5GAEgASgLMh4ubWV6aXRlLnYxLkFnZW50SWRlbnRpdHlTdGF0dXMiKgoaRGVsZXRlQWdlbnRJZGVudGl0eVJlcXVlc3QSDAoEbmFtZRgBIAEoCSIdChtEZWxldGVBZ2VudElkZW50aXR5UmVzcG9uc2UiOgoVUmVtb3ZlSW5zdGFuY2VSZXF1ZXN0EgwKBG5hbWUYASABKAkSEwoLaW5zdGFuY2VfaWQYAiABKAkiGAoWUmVtb3ZlSW5zdGFuY2VSZXNwb25zZSLZAQoPQWRkVG9rZW5SZXF1ZXN0EgwKBHR5cGUYASABKAkSFgoOYWdlbnRfaWRlbnRpdHkYAiABKAkSNgoGbGFiZWxzGAMgAygLMiYubWV6aXRlLnYxLkFkZFRva2VuUmVxdWVzdC5MYWJlbHNFbnRyeRInCgV0b2tlbhgEIAEoCzIYLm1leml0ZS52MS5Ub2tlblZlcmlmaWVyEhAKCHJlcGxhY2VzGAUgASgJGi0KC0xhYmVsc0VudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoCToCOAEiNwoQQWRkVG9rZW5SZXNwb25zZRIjCgV0b2tlbhgBIAEoCzIULm1leml0ZS52MS5Ub2tlbkluZm8iEwoRTGlzdFRva2Vuc1JlcXVlc3QiOgoSTGlzdFRva2Vuc1Jlc3BvbnNlEiQKBnRva2VucxgBIAMoCzIULm1leml0ZS52MS5Ub2tlbkluZm8iIAoSRGVsZXRlVG9rZW5SZXF1ZXN0EgoKAmlkGAEgASgJIhUKE0RlbGV0ZVRva2VuUmVzcG9uc2UiWAoRQ3JlYXRlTG9ja1JlcXVlc3QSEwoLdGFyZ2V0X2tpbmQYASABKAkSDgoGdGFyZ2V0GAIgASgJEg4KBnJlYXNvbhgDIAEoCRIOCgZ0dGxfbXMYBCABKAMiMwoSQ3JlYXRlTG9ja1Jlc3BvbnNlEh0KBGxvY2sYASABKAsyDy5tZXppdGUudjEuTG9jayISChBMaXN0TG9ja3NSZXF1ZXN0IjMKEUxpc3RMb2Nrc1Jlc3BvbnNlEh4KBWxvY2tzGAEgAygLMg8ubWV6aXRlLnYxLkxvY2siHwoRRGVsZXRlTG9ja1JlcXVlc3QSCgoCaWQYASABKAkiJQoSRGVsZXRlTG9ja1Jlc3BvbnNlEg8KB3JlbW92ZWQYASABKA0iEgoQTGlzdE5vZGVzUmVxdWVzdCIzChFMaXN0Tm9kZXNSZXNwb25zZRIeCgVub2RlcxgBIAMoCzIPLm1leml0ZS52MS5Ob2RlIiEKEURlbGV0ZU5vZGVSZXF1ZXN0EgwKBG5hbWUYASABKAkiFAoSRGVsZXRlTm9kZVJlc3BvbnNlIiAKHlJldm9rZUFkbWluQ2VydGlmaWNhdGVzUmVxdWVzdCI5Ch9SZXZva2VBZG1pbkNlcnRpZmljYXRlc1Jlc3BvbnNlEhYKDnJldm9rZWRfYmVmb3JlGAEgASgDIj4KEExpc3RBdWRpdFJlcXVlc3QSDQoFc2luY2UYASABKAMSDAoEdHlwZRgCIAEoCRINCgVsaW1pdBgDIAEoDSI6ChFMaXN0QXVkaXRSZXNwb25zZRIlCgZldmVudHMYASADKAsyFS5tZXppdGUudjEuQXVkaXRFdmVudDLvDAoMQWRtaW5TZXJ2aWNlElUKDkdldENsdXN0ZXJJbmZvEiAubWV6aXRlLnYxLkdldENsdXN0ZXJJbmZvUmVxdWVzdBohLm1leml0ZS52MS5HZXRDbHVzdGVySW5mb1Jlc3BvbnNlEkkKCkNyZWF0ZVJvbGUSHC5tZXppdGUudjEuQ3JlYXRlUm9sZVJlcXVlc3QaHS5tZXppdGUudjEuQ3JlYXRlUm9sZVJlc3BvbnNlEkYKCUxpc3RSb2xlcxIbLm1leml0ZS52MS5MaXN0Um9sZXNSZXF1ZXN0GhwubWV6aXRlLnYxLkxpc3RSb2xlc1Jlc3BvbnNlEkAKB0dldFJvbGUSGS5tZXppdGUudjEuR2V0Um9sZVJlcXVlc3QaGi5tZXppdGUudjEuR2V0Um9sZVJlc3BvbnNlEkkKCkRlbGV0ZVJvbGUSHC5tZXppdGUudjEuRGVsZXRlUm9sZVJlcXVlc3QaHS5tZXppdGUudjEuRGVsZXRlUm9sZVJlc3BvbnNlElsKEEFkZEFnZW50SWRlbnRpdHkSIi5tZXppdGUudjEuQWRkQWdlbnRJZGVudGl0eVJlcXVlc3QaIy5tZXppdGUudjEuQWRkQWdlbnRJZGVudGl0eVJlc3BvbnNlEmYKE0xpc3RBZ2VudElkZW50aXRpZXMSJS5tZXppdGUudjEuTGlzdEFnZW50SWRlbnRpdGllc1JlcXVlc3QaJi5tZXppdGUudjEuTGlzdEFnZW50SWRlbnRpdGllc1Jlc3BvbnNlMAESWwoQR2V0QWdlbnRJZGVudGl0eRIiLm1leml0ZS52MS5HZXRBZ2VudElkZW50aXR5UmVxdWVzdBojLm1leml0ZS52MS5HZXRBZ2VudElkZW50aXR5UmVzcG9uc2USZAoTRGVsZXRlQWdlbnRJZGVudGl0eRIlLm1leml0ZS52MS5EZWxldGVBZ2VudElkZW50aXR5UmVxdWVzdBomLm1leml0ZS52MS5EZWxldGVBZ2VudElkZW50aXR5UmVzcG9uc2USVQoOUmVtb3ZlSW5zdGFuY2USIC5tZXppdGUudjEuUmVtb3ZlSW5zdGFuY2VSZXF1ZXN0GiEubWV6aXRlLnYxLlJlbW92ZUluc3RhbmNlUmVzcG9uc2USQwoIQWRkVG9rZW4SGi5tZXppdGUudjEuQWRkVG9rZW5SZXF1ZXN0GhsubWV6aXRlLnYxLkFkZFRva2VuUmVzcG9uc2USSQoKTGlzdFRva2VucxIcLm1leml0ZS52MS5MaXN0VG9rZW5zUmVxdWVzdBodLm1leml0ZS52MS5MaXN0VG9rZW5zUmVzcG9uc2USTAoLRGVsZXRlVG9rZW4SHS5tZXppdGUudjEuRGVsZXRlVG9rZW5SZXF1ZXN0Gh4ubWV6aXRlLnYxLkRlbGV0ZVRva2VuUmVzcG9uc2USSQoKQ3JlYXRlTG9jaxIcLm1leml0ZS52MS5DcmVhdGVMb2NrUmVxdWVzdBodLm1leml0ZS52MS5DcmVhdGVMb2NrUmVzcG9uc2USRgoJTGlzdExvY2tzEhsubWV6aXRlLnYxLkxpc3RMb2Nrc1JlcXVlc3QaHC5tZXppdGUudjEuTGlzdExvY2tzUmVzcG9uc2USSQoKRGVsZXRlTG9jaxIcLm1leml0ZS52MS5EZWxldGVMb2NrUmVxdWVzdBodLm1leml0ZS52MS5EZWxldGVMb2NrUmVzcG9uc2USRgoJTGlzdE5vZGVzEhsubWV6aXRlLnYxLkxpc3ROb2Rlc1JlcXVlc3QaHC5tZXppdGUudjEuTGlzdE5vZGVzUmVzcG9uc2USSQoKRGVsZXRlTm9kZRIcLm1leml0ZS52MS5EZWxldGVOb2RlUmVxdWVzdBodLm1leml0ZS52MS5EZWxldGVOb2RlUmVzcG9uc2USSAoJTGlzdEF1ZGl0EhsubWV6aXRlLnYxLkxpc3RBdWRpdFJlcXVlc3QaHC5tZXppdGUudjEuTGlzdEF1ZGl0UmVzcG9uc2UwARJwChdSZXZva2VBZG1pbkNlcnRpZmljYXRlcxIpLm1leml0ZS52MS5SZXZva2VBZG1pbkNlcnRpZmljYXRlc1JlcXVlc3QaKi5tZXppdGUudjEuUmV2b2tlQWRtaW5DZXJ0aWZpY2F0ZXNSZXNwb25zZWIGcHJvdG8z", [file_mezite_v1_common]);
+  fileDesc("ChVtZXppdGUvdjEvYWRtaW4ucHJvdG8SCW1leml0ZS52MSIXChVHZXRDbHVzdGVySW5mb1JlcXVlc3QiVAoWR2V0Q2x1c3RlckluZm9SZXNwb25zZRIUCgxjbHVzdGVyX25hbWUYASABKAkSFAoMcHVibGljX2FkZHJzGAIgAygJEg4KBmNhX3BpbhgDIAEoCSJBChFDcmVhdGVSb2xlUmVxdWVzdBIdCgRyb2xlGAEgASgLMg8ubWV6aXRlLnYxLlJvbGUSDQoFZm9yY2UYAiABKAgiRQoSQ3JlYXRlUm9sZVJlc3BvbnNlEh0KBHJvbGUYASABKAsyDy5tZXppdGUudjEuUm9sZRIQCghyZXBsYWNlZBgCIAEoCCISChBMaXN0Um9sZXNSZXF1ZXN0IjMKEUxpc3RSb2xlc1Jlc3BvbnNlEh4KBXJvbGVzGAEgAygLMg8ubWV6aXRlLnYxLlJvbGUiHgoOR2V0Um9sZVJlcXVlc3QSDAoEbmFtZRgBIAEoCSIwCg9HZXRSb2xlUmVzcG9uc2USHQoEcm9sZRgBIAEoCzIPLm1leml0ZS52MS5Sb2xlIiEKEURlbGV0ZVJvbGVSZXF1ZXN0EgwKBG5hbWUYASABKAkiFAoSRGVsZXRlUm9sZVJlc3BvbnNlIlYKDVRva2VuVmVyaWZpZXISEAoIdG9rZW5faWQYASABKAkSEgoKdmVyaWZ5X2tleRgCIAEoDBIPCgdtYWNfa2V5GAMgASgMEg4KBnR0bF9tcxgEIAEoAyJfChdBZGRBZ2VudElkZW50aXR5UmVxdWVzdBIMCgRuYW1lGAEgASgJEg0KBXJvbGVzGAIgAygJEicKBXRva2VuGAMgASgLMhgubWV6aXRlLnYxLlRva2VuVmVyaWZpZXIicQoYQWRkQWdlbnRJZGVudGl0eVJlc3BvbnNlEjAKCGlkZW50aXR5GAEgASgLMh4ubWV6aXRlLnYxLkFnZW50SWRlbnRpdHlTdGF0dXMSIwoFdG9rZW4YAiABKAsyFC5tZXppdGUudjEuVG9rZW5JbmZvIi8KGkxpc3RBZ2VudElkZW50aXRpZXNSZXF1ZXN0EhEKCXBhZ2Vfc2l6ZRgBIAEoDSJRChtMaXN0QWdlbnRJZGVudGl0aWVzUmVzcG9uc2USMgoKaWRlbnRpdGllcxgBIAMoCzIeLm1leml0ZS52MS5BZ2VudElkZW50aXR5U3RhdHVzIicKF0dldEFnZW50SWRlbnRpdHlSZXF1ZXN0EgwKBG5hbWUYASABKAkiTAoYR2V0QWdlbnRJZGVudGl0eVJlc3BvbnNlEjAKCGlkZW50aXR5GAEgASgLMh4ubWV6aXRlLnYxLkFnZW50SWRlbnRpdHlTdGF0dXMiKgoaRGVsZXRlQWdlbnRJZGVudGl0eVJlcXVlc3QSDAoEbmFtZRgBIAEoCSIdChtEZWxldGVBZ2VudElkZW50aXR5UmVzcG9uc2UiOgoVUmVtb3ZlSW5zdGFuY2VSZXF1ZXN0EgwKBG5hbWUYASABKAkSEwoLaW5zdGFuY2VfaWQYAiABKAkiGAoWUmVtb3ZlSW5zdGFuY2VSZXNwb25zZSLZAQoPQWRkVG9rZW5SZXF1ZXN0EgwKBHR5cGUYASABKAkSFgoOYWdlbnRfaWRlbnRpdHkYAiABKAkSNgoGbGFiZWxzGAMgAygLMiYubWV6aXRlLnYxLkFkZFRva2VuUmVxdWVzdC5MYWJlbHNFbnRyeRInCgV0b2tlbhgEIAEoCzIYLm1leml0ZS52MS5Ub2tlblZlcmlmaWVyEhAKCHJlcGxhY2VzGAUgASgJGi0KC0xhYmVsc0VudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoCToCOAEiNwoQQWRkVG9rZW5SZXNwb25zZRIjCgV0b2tlbhgBIAEoCzIULm1leml0ZS52MS5Ub2tlbkluZm8iEwoRTGlzdFRva2Vuc1JlcXVlc3QiOgoSTGlzdFRva2Vuc1Jlc3BvbnNlEiQKBnRva2VucxgBIAMoCzIULm1leml0ZS52MS5Ub2tlbkluZm8iIAoSRGVsZXRlVG9rZW5SZXF1ZXN0EgoKAmlkGAEgASgJIhUKE0RlbGV0ZVRva2VuUmVzcG9uc2UiWAoRQ3JlYXRlTG9ja1JlcXVlc3QSEwoLdGFyZ2V0X2tpbmQYASABKAkSDgoGdGFyZ2V0GAIgASgJEg4KBnJlYXNvbhgDIAEoCRIOCgZ0dGxfbXMYBCABKAMiMwoSQ3JlYXRlTG9ja1Jlc3BvbnNlEh0KBGxvY2sYASABKAsyDy5tZXppdGUudjEuTG9jayISChBMaXN0TG9ja3NSZXF1ZXN0IjMKEUxpc3RMb2Nrc1Jlc3BvbnNlEh4KBWxvY2tzGAEgAygLMg8ubWV6aXRlLnYxLkxvY2siHwoRRGVsZXRlTG9ja1JlcXVlc3QSCgoCaWQYASABKAkiJQoSRGVsZXRlTG9ja1Jlc3BvbnNlEg8KB3JlbW92ZWQYASABKA0iEgoQTGlzdE5vZGVzUmVxdWVzdCIzChFMaXN0Tm9kZXNSZXNwb25zZRIeCgVub2RlcxgBIAMoCzIPLm1leml0ZS52MS5Ob2RlIj4KFkNyZWF0ZUpvaW5Ub2tlblJlcXVlc3QSFQoNZG9jdW1lbnRfanNvbhgBIAEoCRINCgVmb3JjZRgCIAEoCCJdChdDcmVhdGVKb2luVG9rZW5SZXNwb25zZRIwCgpqb2luX3Rva2VuGAEgASgLMhwubWV6aXRlLnYxLkpvaW5Ub2tlblJlc291cmNlEhAKCHJlcGxhY2VkGAIgASgIIhcKFUxpc3RKb2luVG9rZW5zUmVxdWVzdCJLChZMaXN0Sm9pblRva2Vuc1Jlc3BvbnNlEjEKC2pvaW5fdG9rZW5zGAEgAygLMhwubWV6aXRlLnYxLkpvaW5Ub2tlblJlc291cmNlIiYKFkRlbGV0ZUpvaW5Ub2tlblJlcXVlc3QSDAoEbmFtZRgBIAEoCSIZChdEZWxldGVKb2luVG9rZW5SZXNwb25zZSIhChFEZWxldGVOb2RlUmVxdWVzdBIMCgRuYW1lGAEgASgJIhQKEkRlbGV0ZU5vZGVSZXNwb25zZSIgCh5SZXZva2VBZG1pbkNlcnRpZmljYXRlc1JlcXVlc3QiOQofUmV2b2tlQWRtaW5DZXJ0aWZpY2F0ZXNSZXNwb25zZRIWCg5yZXZva2VkX2JlZm9yZRgBIAEoAyI+ChBMaXN0QXVkaXRSZXF1ZXN0Eg0KBXNpbmNlGAEgASgDEgwKBHR5cGUYAiABKAkSDQoFbGltaXQYAyABKA0iOgoRTGlzdEF1ZGl0UmVzcG9uc2USJQoGZXZlbnRzGAEgAygLMhUubWV6aXRlLnYxLkF1ZGl0RXZlbnQy+g4KDEFkbWluU2VydmljZRJVCg5HZXRDbHVzdGVySW5mbxIgLm1leml0ZS52MS5HZXRDbHVzdGVySW5mb1JlcXVlc3QaIS5tZXppdGUudjEuR2V0Q2x1c3RlckluZm9SZXNwb25zZRJJCgpDcmVhdGVSb2xlEhwubWV6aXRlLnYxLkNyZWF0ZVJvbGVSZXF1ZXN0Gh0ubWV6aXRlLnYxLkNyZWF0ZVJvbGVSZXNwb25zZRJGCglMaXN0Um9sZXMSGy5tZXppdGUudjEuTGlzdFJvbGVzUmVxdWVzdBocLm1leml0ZS52MS5MaXN0Um9sZXNSZXNwb25zZRJACgdHZXRSb2xlEhkubWV6aXRlLnYxLkdldFJvbGVSZXF1ZXN0GhoubWV6aXRlLnYxLkdldFJvbGVSZXNwb25zZRJJCgpEZWxldGVSb2xlEhwubWV6aXRlLnYxLkRlbGV0ZVJvbGVSZXF1ZXN0Gh0ubWV6aXRlLnYxLkRlbGV0ZVJvbGVSZXNwb25zZRJbChBBZGRBZ2VudElkZW50aXR5EiIubWV6aXRlLnYxLkFkZEFnZW50SWRlbnRpdHlSZXF1ZXN0GiMubWV6aXRlLnYxLkFkZEFnZW50SWRlbnRpdHlSZXNwb25zZRJmChNMaXN0QWdlbnRJZGVudGl0aWVzEiUubWV6aXRlLnYxLkxpc3RBZ2VudElkZW50aXRpZXNSZXF1ZXN0GiYubWV6aXRlLnYxLkxpc3RBZ2VudElkZW50aXRpZXNSZXNwb25zZTABElsKEEdldEFnZW50SWRlbnRpdHkSIi5tZXppdGUudjEuR2V0QWdlbnRJZGVudGl0eVJlcXVlc3QaIy5tZXppdGUudjEuR2V0QWdlbnRJZGVudGl0eVJlc3BvbnNlEmQKE0RlbGV0ZUFnZW50SWRlbnRpdHkSJS5tZXppdGUudjEuRGVsZXRlQWdlbnRJZGVudGl0eVJlcXVlc3QaJi5tZXppdGUudjEuRGVsZXRlQWdlbnRJZGVudGl0eVJlc3BvbnNlElUKDlJlbW92ZUluc3RhbmNlEiAubWV6aXRlLnYxLlJlbW92ZUluc3RhbmNlUmVxdWVzdBohLm1leml0ZS52MS5SZW1vdmVJbnN0YW5jZVJlc3BvbnNlEkMKCEFkZFRva2VuEhoubWV6aXRlLnYxLkFkZFRva2VuUmVxdWVzdBobLm1leml0ZS52MS5BZGRUb2tlblJlc3BvbnNlEkkKCkxpc3RUb2tlbnMSHC5tZXppdGUudjEuTGlzdFRva2Vuc1JlcXVlc3QaHS5tZXppdGUudjEuTGlzdFRva2Vuc1Jlc3BvbnNlEkwKC0RlbGV0ZVRva2VuEh0ubWV6aXRlLnYxLkRlbGV0ZVRva2VuUmVxdWVzdBoeLm1leml0ZS52MS5EZWxldGVUb2tlblJlc3BvbnNlEkkKCkNyZWF0ZUxvY2sSHC5tZXppdGUudjEuQ3JlYXRlTG9ja1JlcXVlc3QaHS5tZXppdGUudjEuQ3JlYXRlTG9ja1Jlc3BvbnNlEkYKCUxpc3RMb2NrcxIbLm1leml0ZS52MS5MaXN0TG9ja3NSZXF1ZXN0GhwubWV6aXRlLnYxLkxpc3RMb2Nrc1Jlc3BvbnNlEkkKCkRlbGV0ZUxvY2sSHC5tZXppdGUudjEuRGVsZXRlTG9ja1JlcXVlc3QaHS5tZXppdGUudjEuRGVsZXRlTG9ja1Jlc3BvbnNlElgKD0NyZWF0ZUpvaW5Ub2tlbhIhLm1leml0ZS52MS5DcmVhdGVKb2luVG9rZW5SZXF1ZXN0GiIubWV6aXRlLnYxLkNyZWF0ZUpvaW5Ub2tlblJlc3BvbnNlElUKDkxpc3RKb2luVG9rZW5zEiAubWV6aXRlLnYxLkxpc3RKb2luVG9rZW5zUmVxdWVzdBohLm1leml0ZS52MS5MaXN0Sm9pblRva2Vuc1Jlc3BvbnNlElgKD0RlbGV0ZUpvaW5Ub2tlbhIhLm1leml0ZS52MS5EZWxldGVKb2luVG9rZW5SZXF1ZXN0GiIubWV6aXRlLnYxLkRlbGV0ZUpvaW5Ub2tlblJlc3BvbnNlEkYKCUxpc3ROb2RlcxIbLm1leml0ZS52MS5MaXN0Tm9kZXNSZXF1ZXN0GhwubWV6aXRlLnYxLkxpc3ROb2Rlc1Jlc3BvbnNlEkkKCkRlbGV0ZU5vZGUSHC5tZXppdGUudjEuRGVsZXRlTm9kZVJlcXVlc3QaHS5tZXppdGUudjEuRGVsZXRlTm9kZVJlc3BvbnNlEkgKCUxpc3RBdWRpdBIbLm1leml0ZS52MS5MaXN0QXVkaXRSZXF1ZXN0GhwubWV6aXRlLnYxLkxpc3RBdWRpdFJlc3BvbnNlMAEScAoXUmV2b2tlQWRtaW5DZXJ0aWZpY2F0ZXMSKS5tZXppdGUudjEuUmV2b2tlQWRtaW5DZXJ0aWZpY2F0ZXNSZXF1ZXN0GioubWV6aXRlLnYxLlJldm9rZUFkbWluQ2VydGlmaWNhdGVzUmVzcG9uc2ViBnByb3RvMw", [file_mezite_v1_common]);
 
 /**
  * @generated from message mezite.v1.GetClusterInfoRequest
@@ -682,6 +682,112 @@ export const ListNodesResponseSchema: GenMessage<ListNodesResponse> = /*@__PURE_
   messageDesc(file_mezite_v1_admin, 34);
 
 /**
+ * @generated from message mezite.v1.CreateJoinTokenRequest
+ */
+export type CreateJoinTokenRequest = Message<"mezite.v1.CreateJoinTokenRequest"> & {
+  /**
+   * The resource as JSON (the YAML file mezctl read), checked by the service.
+   *
+   * @generated from field: string document_json = 1;
+   */
+  documentJson: string;
+
+  /**
+   * @generated from field: bool force = 2;
+   */
+  force: boolean;
+};
+
+/**
+ * Describes the message mezite.v1.CreateJoinTokenRequest.
+ * Use `create(CreateJoinTokenRequestSchema)` to create a new message.
+ */
+export const CreateJoinTokenRequestSchema: GenMessage<CreateJoinTokenRequest> = /*@__PURE__*/
+  messageDesc(file_mezite_v1_admin, 35);
+
+/**
+ * @generated from message mezite.v1.CreateJoinTokenResponse
+ */
+export type CreateJoinTokenResponse = Message<"mezite.v1.CreateJoinTokenResponse"> & {
+  /**
+   * @generated from field: mezite.v1.JoinTokenResource join_token = 1;
+   */
+  joinToken?: JoinTokenResource | undefined;
+
+  /**
+   * @generated from field: bool replaced = 2;
+   */
+  replaced: boolean;
+};
+
+/**
+ * Describes the message mezite.v1.CreateJoinTokenResponse.
+ * Use `create(CreateJoinTokenResponseSchema)` to create a new message.
+ */
+export const CreateJoinTokenResponseSchema: GenMessage<CreateJoinTokenResponse> = /*@__PURE__*/
+  messageDesc(file_mezite_v1_admin, 36);
+
+/**
+ * @generated from message mezite.v1.ListJoinTokensRequest
+ */
+export type ListJoinTokensRequest = Message<"mezite.v1.ListJoinTokensRequest"> & {
+};
+
+/**
+ * Describes the message mezite.v1.ListJoinTokensRequest.
+ * Use `create(ListJoinTokensRequestSchema)` to create a new message.
+ */
+export const ListJoinTokensRequestSchema: GenMessage<ListJoinTokensRequest> = /*@__PURE__*/
+  messageDesc(file_mezite_v1_admin, 37);
+
+/**
+ * @generated from message mezite.v1.ListJoinTokensResponse
+ */
+export type ListJoinTokensResponse = Message<"mezite.v1.ListJoinTokensResponse"> & {
+  /**
+   * @generated from field: repeated mezite.v1.JoinTokenResource join_tokens = 1;
+   */
+  joinTokens: JoinTokenResource[];
+};
+
+/**
+ * Describes the message mezite.v1.ListJoinTokensResponse.
+ * Use `create(ListJoinTokensResponseSchema)` to create a new message.
+ */
+export const ListJoinTokensResponseSchema: GenMessage<ListJoinTokensResponse> = /*@__PURE__*/
+  messageDesc(file_mezite_v1_admin, 38);
+
+/**
+ * @generated from message mezite.v1.DeleteJoinTokenRequest
+ */
+export type DeleteJoinTokenRequest = Message<"mezite.v1.DeleteJoinTokenRequest"> & {
+  /**
+   * @generated from field: string name = 1;
+   */
+  name: string;
+};
+
+/**
+ * Describes the message mezite.v1.DeleteJoinTokenRequest.
+ * Use `create(DeleteJoinTokenRequestSchema)` to create a new message.
+ */
+export const DeleteJoinTokenRequestSchema: GenMessage<DeleteJoinTokenRequest> = /*@__PURE__*/
+  messageDesc(file_mezite_v1_admin, 39);
+
+/**
+ * @generated from message mezite.v1.DeleteJoinTokenResponse
+ */
+export type DeleteJoinTokenResponse = Message<"mezite.v1.DeleteJoinTokenResponse"> & {
+};
+
+/**
+ * Describes the message mezite.v1.DeleteJoinTokenResponse.
+ * Use `create(DeleteJoinTokenResponseSchema)` to create a new message.
+ */
+export const DeleteJoinTokenResponseSchema: GenMessage<DeleteJoinTokenResponse> = /*@__PURE__*/
+  messageDesc(file_mezite_v1_admin, 40);
+
+/**
  * @generated from message mezite.v1.DeleteNodeRequest
  */
 export type DeleteNodeRequest = Message<"mezite.v1.DeleteNodeRequest"> & {
@@ -696,7 +802,7 @@ export type DeleteNodeRequest = Message<"mezite.v1.DeleteNodeRequest"> & {
  * Use `create(DeleteNodeRequestSchema)` to create a new message.
  */
 export const DeleteNodeRequestSchema: GenMessage<DeleteNodeRequest> = /*@__PURE__*/
-  messageDesc(file_mezite_v1_admin, 35);
+  messageDesc(file_mezite_v1_admin, 41);
 
 /**
  * @generated from message mezite.v1.DeleteNodeResponse
@@ -709,7 +815,7 @@ export type DeleteNodeResponse = Message<"mezite.v1.DeleteNodeResponse"> & {
  * Use `create(DeleteNodeResponseSchema)` to create a new message.
  */
 export const DeleteNodeResponseSchema: GenMessage<DeleteNodeResponse> = /*@__PURE__*/
-  messageDesc(file_mezite_v1_admin, 36);
+  messageDesc(file_mezite_v1_admin, 42);
 
 /**
  * @generated from message mezite.v1.RevokeAdminCertificatesRequest
@@ -722,7 +828,7 @@ export type RevokeAdminCertificatesRequest = Message<"mezite.v1.RevokeAdminCerti
  * Use `create(RevokeAdminCertificatesRequestSchema)` to create a new message.
  */
 export const RevokeAdminCertificatesRequestSchema: GenMessage<RevokeAdminCertificatesRequest> = /*@__PURE__*/
-  messageDesc(file_mezite_v1_admin, 37);
+  messageDesc(file_mezite_v1_admin, 43);
 
 /**
  * @generated from message mezite.v1.RevokeAdminCertificatesResponse
@@ -741,7 +847,7 @@ export type RevokeAdminCertificatesResponse = Message<"mezite.v1.RevokeAdminCert
  * Use `create(RevokeAdminCertificatesResponseSchema)` to create a new message.
  */
 export const RevokeAdminCertificatesResponseSchema: GenMessage<RevokeAdminCertificatesResponse> = /*@__PURE__*/
-  messageDesc(file_mezite_v1_admin, 38);
+  messageDesc(file_mezite_v1_admin, 44);
 
 /**
  * @generated from message mezite.v1.ListAuditRequest
@@ -768,7 +874,7 @@ export type ListAuditRequest = Message<"mezite.v1.ListAuditRequest"> & {
  * Use `create(ListAuditRequestSchema)` to create a new message.
  */
 export const ListAuditRequestSchema: GenMessage<ListAuditRequest> = /*@__PURE__*/
-  messageDesc(file_mezite_v1_admin, 39);
+  messageDesc(file_mezite_v1_admin, 45);
 
 /**
  * @generated from message mezite.v1.ListAuditResponse
@@ -785,7 +891,7 @@ export type ListAuditResponse = Message<"mezite.v1.ListAuditResponse"> & {
  * Use `create(ListAuditResponseSchema)` to create a new message.
  */
 export const ListAuditResponseSchema: GenMessage<ListAuditResponse> = /*@__PURE__*/
-  messageDesc(file_mezite_v1_admin, 40);
+  messageDesc(file_mezite_v1_admin, 46);
 
 /**
  * Called over mTLS with the admin certificate from admin.identity.
@@ -923,6 +1029,32 @@ export const AdminService: GenService<{
     methodKind: "unary";
     input: typeof DeleteLockRequestSchema;
     output: typeof DeleteLockResponseSchema;
+  },
+  /**
+   * Join token resources (SPEC §14): joins with a CI platform's or workload's ID token.
+   *
+   * @generated from rpc mezite.v1.AdminService.CreateJoinToken
+   */
+  createJoinToken: {
+    methodKind: "unary";
+    input: typeof CreateJoinTokenRequestSchema;
+    output: typeof CreateJoinTokenResponseSchema;
+  },
+  /**
+   * @generated from rpc mezite.v1.AdminService.ListJoinTokens
+   */
+  listJoinTokens: {
+    methodKind: "unary";
+    input: typeof ListJoinTokensRequestSchema;
+    output: typeof ListJoinTokensResponseSchema;
+  },
+  /**
+   * @generated from rpc mezite.v1.AdminService.DeleteJoinToken
+   */
+  deleteJoinToken: {
+    methodKind: "unary";
+    input: typeof DeleteJoinTokenRequestSchema;
+    output: typeof DeleteJoinTokenResponseSchema;
   },
   /**
    * @generated from rpc mezite.v1.AdminService.ListNodes

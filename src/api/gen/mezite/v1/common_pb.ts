@@ -10,7 +10,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file mezite/v1/common.proto.
  */
 export const file_mezite_v1_common: GenFile = /*@__PURE__*/
-  fileDesc("ChZtZXppdGUvdjEvY29tbW9uLnByb3RvEgltZXppdGUudjEi9AIKEklzc3VlZENlcnRpZmljYXRlcxIXCg9zc2hfY2VydGlmaWNhdGUYASABKAkSHAoUeDUwOV9jZXJ0aWZpY2F0ZV9wZW0YAiABKAkSHwoXcmVuZXdhbF9jZXJ0aWZpY2F0ZV9wZW0YAyABKAkSGAoQdXNlcl9jYV9zc2hfa2V5cxgEIAMoCRIYChBob3N0X2NhX3NzaF9rZXlzGAUgAygJEhkKEXVzZXJfY2FfeDUwOV9wZW1zGAYgAygJEhIKCnRsc19jYV9wZW0YByABKAkSDgoGc2VyaWFsGAggASgEEg8KB2V4cGlyZXMYCSABKAMSEgoKZ2VuZXJhdGlvbhgKIAEoBBIVCg1pZGVudGl0eV9uYW1lGAsgASgJEhMKC2lkZW50aXR5X2lkGAwgASgJEhMKC2luc3RhbmNlX2lkGA0gASgJEhIKCnByaW5jaXBhbHMYDiADKAkSGQoRcmV2b2tlZF9ob3N0X2tleXMYDyADKAkiHAoKU3RyaW5nTGlzdBIOCgZ2YWx1ZXMYASADKAkiqgEKDlJvbGVDb25kaXRpb25zEg4KBmxvZ2lucxgBIAMoCRI+Cgtub2RlX2xhYmVscxgCIAMoCzIpLm1leml0ZS52MS5Sb2xlQ29uZGl0aW9ucy5Ob2RlTGFiZWxzRW50cnkaSAoPTm9kZUxhYmVsc0VudHJ5EgsKA2tleRgBIAEoCRIkCgV2YWx1ZRgCIAEoCzIVLm1leml0ZS52MS5TdHJpbmdMaXN0OgI4ASKpAQoEUm9sZRIMCgRuYW1lGAEgASgJEhMKC2Rlc2NyaXB0aW9uGAIgASgJEhoKEm1heF9zZXNzaW9uX3R0bF9tcxgDIAEoAxIoCgVhbGxvdxgEIAEoCzIZLm1leml0ZS52MS5Sb2xlQ29uZGl0aW9ucxInCgRkZW55GAUgASgLMhkubWV6aXRlLnYxLlJvbGVDb25kaXRpb25zEg8KB2NyZWF0ZWQYBiABKAMiaQoETG9jaxIKCgJpZBgBIAEoCRITCgt0YXJnZXRfa2luZBgCIAEoCRIOCgZ0YXJnZXQYAyABKAkSDgoGcmVhc29uGAQgASgJEg8KB2NyZWF0ZWQYBSABKAMSDwoHZXhwaXJlcxgGIAEoAyKFAQoISW5zdGFuY2USCgoCaWQYASABKAkSEgoKZ2VuZXJhdGlvbhgCIAEoBBIOCgZsb2NrZWQYAyABKAgSEQoJbGFzdF9zZWVuGAQgASgDEhQKDGNlcnRfZXhwaXJlcxgFIAEoAxIPCgdhZGRyZXNzGAYgASgJEg8KB2NyZWF0ZWQYByABKAMivQIKE0FnZW50SWRlbnRpdHlTdGF0dXMSDAoEbmFtZRgBIAEoCRIKCgJpZBgCIAEoCRINCgVyb2xlcxgDIAMoCRIOCgZsb2NrZWQYBCABKAgSEgoKZ2VuZXJhdGlvbhgFIAEoBBIRCglsYXN0X3NlZW4YBiABKAMSFAoMY2VydF9leHBpcmVzGAcgASgDEg8KB2NyZWF0ZWQYCCABKAMSEwoLdG9rZW5fc3RhdGUYCSABKAkSHgoFbG9ja3MYCiADKAsyDy5tZXppdGUudjEuTG9jaxIUCgxsYXN0X2FkZHJlc3MYCyABKAkSEgoKcHJpbmNpcGFscxgMIAMoCRImCglpbnN0YW5jZXMYDSADKAsyEy5tZXppdGUudjEuSW5zdGFuY2USGAoQcHJpbmNpcGFsc19lcnJvchgOIAEoCSLgAQoJVG9rZW5JbmZvEgoKAmlkGAEgASgJEgwKBHR5cGUYAiABKAkSFgoOYWdlbnRfaWRlbnRpdHkYAyABKAkSMAoGbGFiZWxzGAQgAygLMiAubWV6aXRlLnYxLlRva2VuSW5mby5MYWJlbHNFbnRyeRIPCgdjcmVhdGVkGAUgASgDEg8KB2V4cGlyZXMYBiABKAMSDAoEdXNlZBgHIAEoCBIQCghyZXBsYWNlcxgIIAEoCRotCgtMYWJlbHNFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAk6AjgBIsgBCgROb2RlEgwKBG5hbWUYASABKAkSKwoGbGFiZWxzGAIgAygLMhsubWV6aXRlLnYxLk5vZGUuTGFiZWxzRW50cnkSDwoHYWRkcmVzcxgDIAEoCRIWCg5sYXN0X2hlYXJ0YmVhdBgEIAEoAxIZChFob3N0X2NlcnRfZXhwaXJlcxgFIAEoAxISCgpwcmluY2lwYWxzGAYgAygJGi0KC0xhYmVsc0VudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoCToCOAEi0wEKCkF1ZGl0RXZlbnQSDAoEdGltZRgBIAEoAxIMCgR0eXBlGAIgASgJEhAKCGlkZW50aXR5GAMgASgJEhAKCGluc3RhbmNlGAQgASgJEg0KBXJvbGVzGAUgAygJEhIKCmdlbmVyYXRpb24YBiABKAQSEwoLcmVtb3RlX2FkZHIYByABKAkSDgoGc2VyaWFsGAggASgJEg8KB3N1Y2Nlc3MYCSABKAgSDQoFZXJyb3IYCiABKAkSDgoGZGV0YWlsGAsgASgJEg0KBWFjdG9yGAwgASgJYgZwcm90bzM");
+  fileDesc("ChZtZXppdGUvdjEvY29tbW9uLnByb3RvEgltZXppdGUudjEi9AIKEklzc3VlZENlcnRpZmljYXRlcxIXCg9zc2hfY2VydGlmaWNhdGUYASABKAkSHAoUeDUwOV9jZXJ0aWZpY2F0ZV9wZW0YAiABKAkSHwoXcmVuZXdhbF9jZXJ0aWZpY2F0ZV9wZW0YAyABKAkSGAoQdXNlcl9jYV9zc2hfa2V5cxgEIAMoCRIYChBob3N0X2NhX3NzaF9rZXlzGAUgAygJEhkKEXVzZXJfY2FfeDUwOV9wZW1zGAYgAygJEhIKCnRsc19jYV9wZW0YByABKAkSDgoGc2VyaWFsGAggASgEEg8KB2V4cGlyZXMYCSABKAMSEgoKZ2VuZXJhdGlvbhgKIAEoBBIVCg1pZGVudGl0eV9uYW1lGAsgASgJEhMKC2lkZW50aXR5X2lkGAwgASgJEhMKC2luc3RhbmNlX2lkGA0gASgJEhIKCnByaW5jaXBhbHMYDiADKAkSGQoRcmV2b2tlZF9ob3N0X2tleXMYDyADKAkiHAoKU3RyaW5nTGlzdBIOCgZ2YWx1ZXMYASADKAkiqgEKDlJvbGVDb25kaXRpb25zEg4KBmxvZ2lucxgBIAMoCRI+Cgtub2RlX2xhYmVscxgCIAMoCzIpLm1leml0ZS52MS5Sb2xlQ29uZGl0aW9ucy5Ob2RlTGFiZWxzRW50cnkaSAoPTm9kZUxhYmVsc0VudHJ5EgsKA2tleRgBIAEoCRIkCgV2YWx1ZRgCIAEoCzIVLm1leml0ZS52MS5TdHJpbmdMaXN0OgI4ASKpAQoEUm9sZRIMCgRuYW1lGAEgASgJEhMKC2Rlc2NyaXB0aW9uGAIgASgJEhoKEm1heF9zZXNzaW9uX3R0bF9tcxgDIAEoAxIoCgVhbGxvdxgEIAEoCzIZLm1leml0ZS52MS5Sb2xlQ29uZGl0aW9ucxInCgRkZW55GAUgASgLMhkubWV6aXRlLnYxLlJvbGVDb25kaXRpb25zEg8KB2NyZWF0ZWQYBiABKAMiaQoETG9jaxIKCgJpZBgBIAEoCRITCgt0YXJnZXRfa2luZBgCIAEoCRIOCgZ0YXJnZXQYAyABKAkSDgoGcmVhc29uGAQgASgJEg8KB2NyZWF0ZWQYBSABKAMSDwoHZXhwaXJlcxgGIAEoAyL6AQoISW5zdGFuY2USCgoCaWQYASABKAkSEgoKZ2VuZXJhdGlvbhgCIAEoBBIOCgZsb2NrZWQYAyABKAgSEQoJbGFzdF9zZWVuGAQgASgDEhQKDGNlcnRfZXhwaXJlcxgFIAEoAxIPCgdhZGRyZXNzGAYgASgJEg8KB2NyZWF0ZWQYByABKAMSEwoLam9pbl9tZXRob2QYCCABKAkSLwoGY2xhaW1zGAkgAygLMh8ubWV6aXRlLnYxLkluc3RhbmNlLkNsYWltc0VudHJ5Gi0KC0NsYWltc0VudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoCToCOAEihgEKEUpvaW5Ub2tlblJlc291cmNlEgwKBG5hbWUYASABKAkSFgoOYWdlbnRfaWRlbnRpdHkYAiABKAkSEwoLam9pbl9tZXRob2QYAyABKAkSDgoGaXNzdWVyGAQgASgJEhUKDWRvY3VtZW50X2pzb24YBSABKAkSDwoHY3JlYXRlZBgGIAEoAyK9AgoTQWdlbnRJZGVudGl0eVN0YXR1cxIMCgRuYW1lGAEgASgJEgoKAmlkGAIgASgJEg0KBXJvbGVzGAMgAygJEg4KBmxvY2tlZBgEIAEoCBISCgpnZW5lcmF0aW9uGAUgASgEEhEKCWxhc3Rfc2VlbhgGIAEoAxIUCgxjZXJ0X2V4cGlyZXMYByABKAMSDwoHY3JlYXRlZBgIIAEoAxITCgt0b2tlbl9zdGF0ZRgJIAEoCRIeCgVsb2NrcxgKIAMoCzIPLm1leml0ZS52MS5Mb2NrEhQKDGxhc3RfYWRkcmVzcxgLIAEoCRISCgpwcmluY2lwYWxzGAwgAygJEiYKCWluc3RhbmNlcxgNIAMoCzITLm1leml0ZS52MS5JbnN0YW5jZRIYChBwcmluY2lwYWxzX2Vycm9yGA4gASgJIuABCglUb2tlbkluZm8SCgoCaWQYASABKAkSDAoEdHlwZRgCIAEoCRIWCg5hZ2VudF9pZGVudGl0eRgDIAEoCRIwCgZsYWJlbHMYBCADKAsyIC5tZXppdGUudjEuVG9rZW5JbmZvLkxhYmVsc0VudHJ5Eg8KB2NyZWF0ZWQYBSABKAMSDwoHZXhwaXJlcxgGIAEoAxIMCgR1c2VkGAcgASgIEhAKCHJlcGxhY2VzGAggASgJGi0KC0xhYmVsc0VudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoCToCOAEiyAEKBE5vZGUSDAoEbmFtZRgBIAEoCRIrCgZsYWJlbHMYAiADKAsyGy5tZXppdGUudjEuTm9kZS5MYWJlbHNFbnRyeRIPCgdhZGRyZXNzGAMgASgJEhYKDmxhc3RfaGVhcnRiZWF0GAQgASgDEhkKEWhvc3RfY2VydF9leHBpcmVzGAUgASgDEhIKCnByaW5jaXBhbHMYBiADKAkaLQoLTGFiZWxzRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4ASLTAQoKQXVkaXRFdmVudBIMCgR0aW1lGAEgASgDEgwKBHR5cGUYAiABKAkSEAoIaWRlbnRpdHkYAyABKAkSEAoIaW5zdGFuY2UYBCABKAkSDQoFcm9sZXMYBSADKAkSEgoKZ2VuZXJhdGlvbhgGIAEoBBITCgtyZW1vdGVfYWRkchgHIAEoCRIOCgZzZXJpYWwYCCABKAkSDwoHc3VjY2VzcxgJIAEoCBINCgVlcnJvchgKIAEoCRIOCgZkZXRhaWwYCyABKAkSDQoFYWN0b3IYDCABKAliBnByb3RvMw");
 
 /**
  * What an agent identity receives on join and on every renewal. The private keys never travel:
@@ -285,6 +285,20 @@ export type Instance = Message<"mezite.v1.Instance"> & {
    * @generated from field: int64 created = 7;
    */
   created: bigint;
+
+  /**
+   * "token", or the join token resource's method (github, gitlab, oidc).
+   *
+   * @generated from field: string join_method = 8;
+   */
+  joinMethod: string;
+
+  /**
+   * What the ID token said of who joined: repository, workflow, ref, run id, sha, actor, ...
+   *
+   * @generated from field: map<string, string> claims = 9;
+   */
+  claims: { [key: string]: string };
 };
 
 /**
@@ -293,6 +307,52 @@ export type Instance = Message<"mezite.v1.Instance"> & {
  */
 export const InstanceSchema: GenMessage<Instance> = /*@__PURE__*/
   messageDesc(file_mezite_v1_common, 5);
+
+/**
+ * A join token resource (SPEC §14), as stored.
+ *
+ * @generated from message mezite.v1.JoinTokenResource
+ */
+export type JoinTokenResource = Message<"mezite.v1.JoinTokenResource"> & {
+  /**
+   * @generated from field: string name = 1;
+   */
+  name: string;
+
+  /**
+   * @generated from field: string agent_identity = 2;
+   */
+  agentIdentity: string;
+
+  /**
+   * @generated from field: string join_method = 3;
+   */
+  joinMethod: string;
+
+  /**
+   * @generated from field: string issuer = 4;
+   */
+  issuer: string;
+
+  /**
+   * The whole resource as JSON, as `get` shows it.
+   *
+   * @generated from field: string document_json = 5;
+   */
+  documentJson: string;
+
+  /**
+   * @generated from field: int64 created = 6;
+   */
+  created: bigint;
+};
+
+/**
+ * Describes the message mezite.v1.JoinTokenResource.
+ * Use `create(JoinTokenResourceSchema)` to create a new message.
+ */
+export const JoinTokenResourceSchema: GenMessage<JoinTokenResource> = /*@__PURE__*/
+  messageDesc(file_mezite_v1_common, 6);
 
 /**
  * @generated from message mezite.v1.AgentIdentityStatus
@@ -378,7 +438,7 @@ export type AgentIdentityStatus = Message<"mezite.v1.AgentIdentityStatus"> & {
  * Use `create(AgentIdentityStatusSchema)` to create a new message.
  */
 export const AgentIdentityStatusSchema: GenMessage<AgentIdentityStatus> = /*@__PURE__*/
-  messageDesc(file_mezite_v1_common, 6);
+  messageDesc(file_mezite_v1_common, 7);
 
 /**
  * @generated from message mezite.v1.TokenInfo
@@ -434,7 +494,7 @@ export type TokenInfo = Message<"mezite.v1.TokenInfo"> & {
  * Use `create(TokenInfoSchema)` to create a new message.
  */
 export const TokenInfoSchema: GenMessage<TokenInfo> = /*@__PURE__*/
-  messageDesc(file_mezite_v1_common, 7);
+  messageDesc(file_mezite_v1_common, 8);
 
 /**
  * @generated from message mezite.v1.Node
@@ -476,7 +536,7 @@ export type Node = Message<"mezite.v1.Node"> & {
  * Use `create(NodeSchema)` to create a new message.
  */
 export const NodeSchema: GenMessage<Node> = /*@__PURE__*/
-  messageDesc(file_mezite_v1_common, 8);
+  messageDesc(file_mezite_v1_common, 9);
 
 /**
  * @generated from message mezite.v1.AuditEvent
@@ -550,5 +610,5 @@ export type AuditEvent = Message<"mezite.v1.AuditEvent"> & {
  * Use `create(AuditEventSchema)` to create a new message.
  */
 export const AuditEventSchema: GenMessage<AuditEvent> = /*@__PURE__*/
-  messageDesc(file_mezite_v1_common, 9);
+  messageDesc(file_mezite_v1_common, 10);
 

@@ -12,7 +12,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file mezite/v1/join.proto.
  */
 export const file_mezite_v1_join: GenFile = /*@__PURE__*/
-  fileDesc("ChRtZXppdGUvdjEvam9pbi5wcm90bxIJbWV6aXRlLnYxIqQBCgtKb2luUmVxdWVzdBIQCgh0b2tlbl9pZBgBIAEoCRIWCg5zc2hfcHVibGljX2tleRgCIAEoCRIXCg94NTA5X3B1YmxpY19rZXkYAyABKAwSGgoScmVuZXdhbF9wdWJsaWNfa2V5GAQgASgMEg0KBW5vbmNlGAUgASgMEhgKEHJlcXVlc3RlZF90dGxfbXMYBiABKAMSDQoFcHJvb2YYByABKAwiUAoMSm9pblJlc3BvbnNlEjMKDGNlcnRpZmljYXRlcxgBIAEoCzIdLm1leml0ZS52MS5Jc3N1ZWRDZXJ0aWZpY2F0ZXMSCwoDbWFjGAIgASgMIpgBCg9Kb2luTm9kZVJlcXVlc3QSEAoIdG9rZW5faWQYASABKAkSEAoIaG9zdG5hbWUYAiABKAkSEgoKcHJpbmNpcGFscxgDIAMoCRIXCg9ob3N0X3B1YmxpY19rZXkYBCABKAkSFgoOdGxzX3B1YmxpY19rZXkYBSABKAwSDQoFbm9uY2UYBiABKAwSDQoFcHJvb2YYByABKAwipQIKD05vZGVDcmVkZW50aWFscxIYChBob3N0X2NlcnRpZmljYXRlGAEgASgJEhsKE3Rsc19jZXJ0aWZpY2F0ZV9wZW0YAiABKAkSEgoKdGxzX2NhX3BlbRgDIAEoCRIYChB1c2VyX2NhX3NzaF9rZXlzGAQgAygJEhgKEGhvc3RfY2Ffc3NoX2tleXMYBSADKAkSEQoJbm9kZV9uYW1lGAYgASgJEjYKBmxhYmVscxgHIAMoCzImLm1leml0ZS52MS5Ob2RlQ3JlZGVudGlhbHMuTGFiZWxzRW50cnkSGQoRaG9zdF9jZXJ0X2V4cGlyZXMYCCABKAMaLQoLTGFiZWxzRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4ASJQChBKb2luTm9kZVJlc3BvbnNlEi8KC2NyZWRlbnRpYWxzGAEgASgLMhoubWV6aXRlLnYxLk5vZGVDcmVkZW50aWFscxILCgNtYWMYAiABKAwyiwEKC0pvaW5TZXJ2aWNlEjcKBEpvaW4SFi5tZXppdGUudjEuSm9pblJlcXVlc3QaFy5tZXppdGUudjEuSm9pblJlc3BvbnNlEkMKCEpvaW5Ob2RlEhoubWV6aXRlLnYxLkpvaW5Ob2RlUmVxdWVzdBobLm1leml0ZS52MS5Kb2luTm9kZVJlc3BvbnNlYgZwcm90bzM", [file_mezite_v1_common]);
+  fileDesc("ChRtZXppdGUvdjEvam9pbi5wcm90bxIJbWV6aXRlLnYxIqQBCgtKb2luUmVxdWVzdBIQCgh0b2tlbl9pZBgBIAEoCRIWCg5zc2hfcHVibGljX2tleRgCIAEoCRIXCg94NTA5X3B1YmxpY19rZXkYAyABKAwSGgoScmVuZXdhbF9wdWJsaWNfa2V5GAQgASgMEg0KBW5vbmNlGAUgASgMEhgKEHJlcXVlc3RlZF90dGxfbXMYBiABKAMSDQoFcHJvb2YYByABKAwiUAoMSm9pblJlc3BvbnNlEjMKDGNlcnRpZmljYXRlcxgBIAEoCzIdLm1leml0ZS52MS5Jc3N1ZWRDZXJ0aWZpY2F0ZXMSCwoDbWFjGAIgASgMIpgBCg9Kb2luTm9kZVJlcXVlc3QSEAoIdG9rZW5faWQYASABKAkSEAoIaG9zdG5hbWUYAiABKAkSEgoKcHJpbmNpcGFscxgDIAMoCRIXCg9ob3N0X3B1YmxpY19rZXkYBCABKAkSFgoOdGxzX3B1YmxpY19rZXkYBSABKAwSDQoFbm9uY2UYBiABKAwSDQoFcHJvb2YYByABKAwipQIKD05vZGVDcmVkZW50aWFscxIYChBob3N0X2NlcnRpZmljYXRlGAEgASgJEhsKE3Rsc19jZXJ0aWZpY2F0ZV9wZW0YAiABKAkSEgoKdGxzX2NhX3BlbRgDIAEoCRIYChB1c2VyX2NhX3NzaF9rZXlzGAQgAygJEhgKEGhvc3RfY2Ffc3NoX2tleXMYBSADKAkSEQoJbm9kZV9uYW1lGAYgASgJEjYKBmxhYmVscxgHIAMoCzImLm1leml0ZS52MS5Ob2RlQ3JlZGVudGlhbHMuTGFiZWxzRW50cnkSGQoRaG9zdF9jZXJ0X2V4cGlyZXMYCCABKAMaLQoLTGFiZWxzRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4ASJQChBKb2luTm9kZVJlc3BvbnNlEi8KC2NyZWRlbnRpYWxzGAEgASgLMhoubWV6aXRlLnYxLk5vZGVDcmVkZW50aWFscxILCgNtYWMYAiABKAwipQEKFkpvaW5XaXRoSWRUb2tlblJlcXVlc3QSEgoKam9pbl90b2tlbhgBIAEoCRIQCghpZF90b2tlbhgCIAEoCRIWCg5zc2hfcHVibGljX2tleRgDIAEoCRIXCg94NTA5X3B1YmxpY19rZXkYBCABKAwSGgoScmVuZXdhbF9wdWJsaWNfa2V5GAUgASgMEhgKEHJlcXVlc3RlZF90dGxfbXMYBiABKAMiFwoVR2V0Q2x1c3Rlck5hbWVSZXF1ZXN0Ii4KFkdldENsdXN0ZXJOYW1lUmVzcG9uc2USFAoMY2x1c3Rlcl9uYW1lGAEgASgJMrECCgtKb2luU2VydmljZRI3CgRKb2luEhYubWV6aXRlLnYxLkpvaW5SZXF1ZXN0GhcubWV6aXRlLnYxLkpvaW5SZXNwb25zZRJDCghKb2luTm9kZRIaLm1leml0ZS52MS5Kb2luTm9kZVJlcXVlc3QaGy5tZXppdGUudjEuSm9pbk5vZGVSZXNwb25zZRJNCg9Kb2luV2l0aElkVG9rZW4SIS5tZXppdGUudjEuSm9pbldpdGhJZFRva2VuUmVxdWVzdBoXLm1leml0ZS52MS5Kb2luUmVzcG9uc2USVQoOR2V0Q2x1c3Rlck5hbWUSIC5tZXppdGUudjEuR2V0Q2x1c3Rlck5hbWVSZXF1ZXN0GiEubWV6aXRlLnYxLkdldENsdXN0ZXJOYW1lUmVzcG9uc2ViBnByb3RvMw", [file_mezite_v1_common]);
 
 /**
  * @generated from message mezite.v1.JoinRequest
@@ -223,6 +223,80 @@ export const JoinNodeResponseSchema: GenMessage<JoinNodeResponse> = /*@__PURE__*
   messageDesc(file_mezite_v1_join, 4);
 
 /**
+ * @generated from message mezite.v1.JoinWithIdTokenRequest
+ */
+export type JoinWithIdTokenRequest = Message<"mezite.v1.JoinWithIdTokenRequest"> & {
+  /**
+   * The join token resource's name (not secret).
+   *
+   * @generated from field: string join_token = 1;
+   */
+  joinToken: string;
+
+  /**
+   * @generated from field: string id_token = 2;
+   */
+  idToken: string;
+
+  /**
+   * @generated from field: string ssh_public_key = 3;
+   */
+  sshPublicKey: string;
+
+  /**
+   * @generated from field: bytes x509_public_key = 4;
+   */
+  x509PublicKey: Uint8Array;
+
+  /**
+   * @generated from field: bytes renewal_public_key = 5;
+   */
+  renewalPublicKey: Uint8Array;
+
+  /**
+   * @generated from field: int64 requested_ttl_ms = 6;
+   */
+  requestedTtlMs: bigint;
+};
+
+/**
+ * Describes the message mezite.v1.JoinWithIdTokenRequest.
+ * Use `create(JoinWithIdTokenRequestSchema)` to create a new message.
+ */
+export const JoinWithIdTokenRequestSchema: GenMessage<JoinWithIdTokenRequest> = /*@__PURE__*/
+  messageDesc(file_mezite_v1_join, 5);
+
+/**
+ * @generated from message mezite.v1.GetClusterNameRequest
+ */
+export type GetClusterNameRequest = Message<"mezite.v1.GetClusterNameRequest"> & {
+};
+
+/**
+ * Describes the message mezite.v1.GetClusterNameRequest.
+ * Use `create(GetClusterNameRequestSchema)` to create a new message.
+ */
+export const GetClusterNameRequestSchema: GenMessage<GetClusterNameRequest> = /*@__PURE__*/
+  messageDesc(file_mezite_v1_join, 6);
+
+/**
+ * @generated from message mezite.v1.GetClusterNameResponse
+ */
+export type GetClusterNameResponse = Message<"mezite.v1.GetClusterNameResponse"> & {
+  /**
+   * @generated from field: string cluster_name = 1;
+   */
+  clusterName: string;
+};
+
+/**
+ * Describes the message mezite.v1.GetClusterNameResponse.
+ * Use `create(GetClusterNameResponseSchema)` to create a new message.
+ */
+export const GetClusterNameResponseSchema: GenMessage<GetClusterNameResponse> = /*@__PURE__*/
+  messageDesc(file_mezite_v1_join, 7);
+
+/**
  * The only service callable without a client certificate. Requests prove knowledge of the
  * one-time token with a signature by a key derived from it; the token itself is never sent.
  *
@@ -244,6 +318,27 @@ export const JoinService: GenService<{
     methodKind: "unary";
     input: typeof JoinNodeRequestSchema;
     output: typeof JoinNodeResponseSchema;
+  },
+  /**
+   * A join with a CI platform's or workload's ID token (a JWT) under a join token resource (SPEC
+   * §14). The daemon has verified the service against its --ca-pin first, so no MAC is needed.
+   *
+   * @generated from rpc mezite.v1.JoinService.JoinWithIdToken
+   */
+  joinWithIdToken: {
+    methodKind: "unary";
+    input: typeof JoinWithIdTokenRequestSchema;
+    output: typeof JoinResponseSchema;
+  },
+  /**
+   * The cluster's name: the audience an ID token must be made for.
+   *
+   * @generated from rpc mezite.v1.JoinService.GetClusterName
+   */
+  getClusterName: {
+    methodKind: "unary";
+    input: typeof GetClusterNameRequestSchema;
+    output: typeof GetClusterNameResponseSchema;
   },
 }> = /*@__PURE__*/
   serviceDesc(file_mezite_v1_join, 0);

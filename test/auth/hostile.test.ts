@@ -1,0 +1,137 @@
+/**
+ * Slow and hostile clients (SPEC §13) against the real auth service: a connection that sends
+ * nothing, a TLS session that never speaks HTTP/2, and half a request are each closed within
+ * 10 s while the service keeps serving; connections and streams are capped; a flood of joins
+ * with unknown token ids is audited as one event, not one write each; audit ls has a real limit.
+ */
+import assert from "node:assert/strict";
+import { randomBytes } from "node:crypto";
+import { once } from "node:events";
+import { mkdtempSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join as pathJoin } from "node:path";
+import { connect as h2connect } from "node:http2";
+import { connect as netConnect, type Socket } from "node:net";
+import { connect as tlsConnect, type TLSSocket } from "node:tls";
+import { after, before, test } from "node:test";
+import { JoinService } from "../../src/api/gen/mezite/v1/join_pb.js";
+import { connect } from "../../src/api/client.js";
+import { buildJoinRequest, generateIssueKeys } from "../../src/identity/protocol.js";
+import { SEED_ROLE, mezctl, startAuth, type AuthProcess } from "../harness/auth.js";
+import { HOUR_MS, addIdentity, auditEvents, createRole, join, outcome, tally } from "./client.js";
+
+/** The service's deadline is 10 s; allow for a loaded machine. */
+const CLOSED_WITHIN_MS = 12_000;
+
+let auth: AuthProcess;
+// Its own data dir: the flood test restarts the service and reads what it kept.
+const dataDir = mkdtempSync(pathJoin(tmpdir(), "mezite-hostile-"));
+before(async () => {
+  auth = await startAuth({ dataDir });
+  await createRole(auth, SEED_ROLE);
+});
+after(async () => {
+  await auth?.stop();
+  rmSync(dataDir, { recursive: true, force: true });
+});
+
+/** Milliseconds until the socket closes, or Infinity if it is still open after `limitMs`. */
+function closedAfter(socket: Socket | TLSSocket, limitMs: number): Promise<number> {
+  const start = Date.now();
+  return new Promise((resolve) => {
+    const timer = setTimeout(() => (socket.destroy(), resolve(Infinity)), limitMs);
+    socket.on("error", () => {});
+    socket.resume(); // a paused socket would never see the service's end
+    socket.once("close", () => (clearTimeout(timer), resolve(Date.now() - start)));
+  });
+}
+
+const tlsTo = (port: number) => tlsConnect({ host: "127.0.0.1", port, ALPNProtocols: ["h2"], rejectUnauthorized: false });
+
+test("silent connections, a TLS session without HTTP/2 and half a request are closed within 10 s; the service keeps serving", async () => {
+  const [silent, quietTls, halfRequest] = await Promise.all([
+    closedAfter(netConnect(auth.port, "127.0.0.1"), CLOSED_WITHIN_MS + 5_000),
+    (async () => {
+      const s = tlsTo(auth.port);
+      await once(s, "secureConnect");
+      return closedAfter(s, CLOSED_WITHIN_MS + 5_000);
+    })(),
+    (async () => {
+      const session = h2connect(`https://127.0.0.1:${auth.port}`, { rejectUnauthorized: false });
+      session.on("error", () => {});
+      const stream = session.request({ ":method": "POST", ":path": `/${JoinService.typeName}/Join`, "content-type": "application/grpc" });
+      stream.on("error", () => {});
+      stream.write(Buffer.from([0, 0, 0, 1, 0])); // a frame header promising 256 bytes, then nothing
+      const start = Date.now();
+      const end = await Promise.race([once(stream, "close").then(() => Date.now() - start), new Promise<number>((r) => setTimeout(() => r(Infinity), CLOSED_WITHIN_MS + 5_000))]);
+      session.destroy();
+      return end;
+    })(),
+    // Meanwhile a real join goes through.
+    join(auth.addr, await addIdentity(auth, "meanwhile", ["ci-deployer"])),
+  ]);
+  assert.ok(silent <= CLOSED_WITHIN_MS, `a connection that sent nothing was open for ${silent} ms`);
+  assert.ok(quietTls <= CLOSED_WITHIN_MS, `a TLS session that sent no HTTP/2 was open for ${quietTls} ms`);
+  assert.ok(halfRequest <= CLOSED_WITHIN_MS, `half a request held its stream for ${halfRequest} ms`);
+  process.stdout.write(`# closed after: silent ${silent} ms, TLS without HTTP/2 ${quietTls} ms, half request ${halfRequest} ms\n`);
+});
+
+test("connections beyond --max-connections are closed at once; streams per connection are capped", async () => {
+  const capped = await startAuth({ extraArgs: ["--max-connections=6"] });
+  after(() => capped.stop());
+  const held = await Promise.all(
+    Array.from({ length: 6 }, async () => {
+      const s = tlsTo(capped.port);
+      await once(s, "secureConnect");
+      return s;
+    }),
+  );
+  try {
+    const extra = tlsTo(capped.port);
+    const closed = await closedAfter(extra, 3_000);
+    assert.ok(closed < 3_000, "the seventh connection was served");
+  } finally {
+    for (const s of held) s.destroy();
+  }
+  await new Promise((r) => setTimeout(r, 200)); // the service sees the six go
+  const session = h2connect(`https://127.0.0.1:${capped.port}`, { rejectUnauthorized: false });
+  session.on("error", () => {});
+  await once(session, "remoteSettings");
+  assert.equal(session.remoteSettings.maxConcurrentStreams, 64);
+  session.destroy();
+});
+
+test("a flood of joins with unknown token ids is one audit event, not one write each", async () => {
+  const results: Awaited<ReturnType<typeof outcome>>[] = [];
+  for (let round = 0; round < 20; round++) {
+    results.push(
+      ...(await Promise.all(
+        Array.from({ length: 5 }, () => {
+          const { request } = buildJoinRequest(randomBytes(32), generateIssueKeys(), HOUR_MS);
+          return outcome(connect(JoinService, auth.addr, {}).join(request));
+        }),
+      )),
+    );
+  }
+  assert.deepEqual(tally(results), { ERR_TOKEN_UNKNOWN: 100 });
+  await auth.stop(); // a stop writes the pending summary
+  await auth.restart();
+  const events = await auditEvents(auth);
+  const joins = events.filter((e) => e.type === "agent_identity.join" && !e.success);
+  assert.deepEqual(joins, [], "no event per refused join");
+  const summary = events.filter((e) => e.type === "join.refused_unknown_tokens");
+  assert.equal(summary.length, 1);
+  assert.match(summary[0]!.detail, /^100 joins with unknown token ids from 127\.0\.0\.1 \(100\)$/);
+});
+
+test("audit ls --limit gives the newest events; too large a limit is refused", async () => {
+  const listed = await mezctl(auth, "audit", "ls", "--since=1h", "--limit=0", "--format=json");
+  assert.equal(listed.code, 0, listed.stderr);
+  const all = JSON.parse(listed.stdout) as { time: string; type: string }[];
+  assert.ok(all.length >= 4, `${all.length} events`);
+  const three = JSON.parse((await mezctl(auth, "audit", "ls", "--since=1h", "--limit=3", "--format=json")).stdout);
+  assert.deepEqual(three, all.slice(-3));
+  const tooMany = await mezctl(auth, "audit", "ls", "--limit=100001");
+  assert.equal(tooMany.code, 2, tooMany.stderr);
+  assert.match(tooMany.stderr, /at most 100000/);
+});

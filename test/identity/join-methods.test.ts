@@ -1,0 +1,321 @@
+/**
+ * CI joins without a stored secret (SPEC §14), end to end with the real binaries: a join token
+ * resource made with `mezctl create -f`, ID tokens from a local issuer (discovery and JWKS over
+ * HTTPS with a CA this test made, or a static JWKS), GitHub's ID-token endpoint stood in for,
+ * `mezd identity start --join-method=github --one-shot`, and ssh into a real sshd as deploy.
+ */
+import assert from "node:assert/strict";
+import { mkdirSync, mkdtempSync, readFileSync, rmSync, symlinkSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { after, before, describe, test } from "node:test";
+import { Code } from "@connectrpc/connect";
+import { SignJWT, base64url } from "jose";
+import { JoinService } from "../../src/api/gen/mezite/v1/join_pb.js";
+import { connect } from "../../src/api/client.js";
+import { generateIssueKeys, publicKeysOf } from "../../src/identity/protocol.js";
+import { parse as parseYaml } from "yaml";
+import { MEZD, ROOT, SEED_ROLE, mezctl, mezctlOk, run, startAuth, type AuthProcess } from "../harness/auth.js";
+import { makeKey, startIssuer, type Issuer } from "../harness/oidc.js";
+import { addIdentity, adminApi, auditEvents, createRole, outcome, refused, statusOf, tally } from "../auth/client.js";
+import { humanLines, oneShot, seedSsh, sshdMissing, startNode, type Node } from "./fixture.js";
+
+let tmp: string;
+let issuer: Issuer;
+let auth: AuthProcess;
+let pin: string;
+let node: Node | undefined;
+const CLUSTER = "test.mezite";
+
+const MAIN_RUN = { repository: "acme/webapp", repository_owner: "acme", ref: "refs/heads/main", workflow: "deploy", actor: "octocat", sha: "a1b2c3", environment: "production" };
+
+before(async () => {
+  tmp = mkdtempSync(join(tmpdir(), "mezite-join-methods-"));
+  issuer = await startIssuer(tmp);
+  auth = await startAuth({ env: { NODE_EXTRA_CA_CERTS: issuer.caPath } });
+  await createRole(auth, SEED_ROLE);
+  await addIdentity(auth, "github-deploy", ["ci-deployer"]);
+  pin = JSON.parse(await mezctlOk(auth, "status", "--format=json")).ca_pin;
+  const file = join(tmp, "github-deploy-main.yaml");
+  writeFileSync(
+    file,
+    `kind: join_token
+metadata:
+  name: github-deploy-main
+spec:
+  agent_identity: github-deploy
+  join_method: github
+  github:
+    enterprise_server_host: "${new URL(issuer.origin).host}"
+    allow:
+      - repository: acme/webapp
+        ref: refs/heads/main
+      - repository_owner: acme
+        environment: production
+        workflow: "deploy-*"
+`,
+  );
+  const created = await mezctlOk(auth, "create", "-f", file);
+  assert.match(created, new RegExp(`mezd identity start --auth-server=\\S+ --join-method=github --token=github-deploy-main --ca-pin=${pin} --destination-dir=\\S+ --one-shot`));
+});
+
+after(async () => {
+  await node?.sshd.stop();
+  await auth?.stop();
+  await issuer?.close();
+  rmSync(tmp, { recursive: true, force: true });
+});
+
+/** A pipeline run: the daemon as a GitHub job runs it, with the runtime's two variables. */
+function pipelineRun(dest: string, extraArgs: string[] = [], env: Record<string, string> = {}) {
+  return oneShot(auth.addr, dest, ["--join-method=github", "--token=github-deploy-main", `--ca-pin=${pin}`, ...extraArgs], {
+    NODE_EXTRA_CA_CERTS: issuer.caPath,
+    ACTIONS_ID_TOKEN_REQUEST_URL: issuer.githubRequestUrl,
+    ACTIONS_ID_TOKEN_REQUEST_TOKEN: issuer.githubRequestToken,
+    MEZITE_UNREACHABLE_RETRY_MS: "500",
+    ...env,
+  });
+}
+
+/** JoinWithIdToken as the daemon calls it, with fresh keys. */
+function joinWith(idToken: string, joinToken = "github-deploy-main") {
+  return connect(JoinService, auth.addr, {}).joinWithIdToken({ joinToken, idToken, ...publicKeysOf(generateIssueKeys()), requestedTtlMs: 3_600_000n });
+}
+
+const instances = async () => (await statusOf(auth, "github-deploy")).instances;
+
+describe("GitHub Actions joins", () => {
+  test("two pipeline runs join with their own ID tokens, log in as deploy, and are two instances with their claims", async (t) => {
+    const runs = [];
+    for (const runId of ["1001", "1002"]) {
+      issuer.githubClaims = { ...MAIN_RUN, run_id: runId, sub: "repo:acme/webapp:ref:refs/heads/main" };
+      const dest = join(tmp, `run-${runId}`);
+      const r = await pipelineRun(dest);
+      assert.equal(r.code, 0, r.stderr);
+      assert.doesNotMatch(r.stderr, /eyJ/, "no JWT in the daemon's output");
+      runs.push(dest);
+    }
+    const status = JSON.parse(await mezctlOk(auth, "agent-identities", "status", "github-deploy", "--format=json"));
+    const byRun = Object.fromEntries(status.instances.map((i: { claims: Record<string, string>; join_method: string }) => [i.claims["run_id"], i]));
+    assert.deepEqual(Object.keys(byRun).sort(), ["1001", "1002"]);
+    assert.equal(byRun["1001"].join_method, "github");
+    assert.deepEqual(byRun["1002"].claims, { repository: "acme/webapp", workflow: "deploy", ref: "refs/heads/main", run_id: "1002", sha: "a1b2c3", actor: "octocat", environment: "production" });
+    const text = await mezctlOk(auth, "agent-identities", "status", "github-deploy");
+    assert.match(text, /joined by github: repository=acme\/webapp workflow=deploy ref=refs\/heads\/main run_id=1001/);
+    const joins = (await auditEvents(auth, { type: "agent_identity.join" })).filter((e) => e.success && e.identity === "github-deploy");
+    assert.ok(joins.some((e) => /join_token=github-deploy-main method=github .*run_id=1002/.test(e.detail)), "the audit event holds the claims");
+
+    if (sshdMissing(t)) return;
+    node = await startNode(auth, join(tmp, "node"));
+    for (const dest of runs) {
+      const ssh = await seedSsh(dest, node.sshd.port, "deploy");
+      assert.equal(ssh.code, 0, ssh.stderr);
+      assert.equal(ssh.stdout.trim(), "deploy");
+    }
+  });
+
+  test("an ID token joins once: the same token twice is refused as used; of 20 concurrent joins with one, exactly one succeeds", async () => {
+    const token = await issuer.sign({ iss: issuer.githubIssuer, aud: CLUSTER, ...MAIN_RUN, run_id: "2001" });
+    await joinWith(token);
+    const again = await refused(joinWith(token), "ERR_TOKEN_USED", Code.PermissionDenied);
+    assert.match(again.message, /already used to join/);
+    const racing = await issuer.sign({ iss: issuer.githubIssuer, aud: CLUSTER, ...MAIN_RUN, run_id: "2002" });
+    const results = await Promise.all(Array.from({ length: 20 }, () => outcome(joinWith(racing))));
+    assert.deepEqual(tally(results), { ok: 1, ERR_TOKEN_USED: 19 });
+    // A token without jti is recognised by what it signs; a re-encoded signature does not help.
+    const noJti = await new SignJWT({ iss: issuer.githubIssuer, aud: CLUSTER, ...MAIN_RUN, run_id: "2003", iat: Math.floor(Date.now() / 1000), exp: Math.floor(Date.now() / 1000) + 300 })
+      .setProtectedHeader({ alg: "ES256", kid: issuer.published[0]!.kid })
+      .sign(issuer.published[0]!.privateKey);
+    await joinWith(noJti);
+    await refused(joinWith(noJti), "ERR_TOKEN_USED");
+  });
+
+  test("bad ID tokens are refused with a clear error and an audit event, and create nothing", async () => {
+    const key = issuer.published[0]!;
+    const now = Math.floor(Date.now() / 1000);
+    const good = { iss: issuer.githubIssuer, aud: CLUSTER, ...MAIN_RUN };
+    const stranger = await makeKey();
+    const parts = (await issuer.sign(good)).split(".");
+    const tampered = `${parts[0]}.${base64url.encode(JSON.stringify({ ...good, repository: "acme/webapp", run_id: "9", iat: now, exp: now + 300, jti: "t" }))}.${parts[2]}`;
+    const unsigned = `${base64url.encode(JSON.stringify({ alg: "none", typ: "JWT" }))}.${base64url.encode(JSON.stringify({ ...good, iat: now, exp: now + 300 }))}.`;
+    const hs256 = await new SignJWT({ ...good, iat: now, exp: now + 300 })
+      .setProtectedHeader({ alg: "HS256", kid: key.kid })
+      .sign(new TextEncoder().encode(JSON.stringify(key.jwk)));
+    const cases: [string, string, RegExp][] = [
+      ["wrong audience", await issuer.sign({ ...good, aud: "another.cluster" }), /audience \(aud\) is not this cluster's name, test\.mezite/],
+      ["wrong issuer", await issuer.sign({ ...good, iss: `${issuer.origin}/someone-else` }), /issuer \(iss\) is not the join token's/],
+      ["expired", await issuer.sign({ ...good, iat: now - 600, exp: now - 60 }), /has expired/],
+      ["not yet valid", await issuer.sign({ ...good, nbf: now + 600 }), /not valid yet/],
+      ["alg none", unsigned, /algorithm the service does not accept/],
+      ["HS256 with the public key", hs256, /algorithm the service does not accept/],
+      ["bad signature", tampered, /signature does not verify/],
+      ["key id not in the JWKS", await issuer.sign(good, stranger), /key the issuer does not publish/],
+      ["no rule matches", await issuer.sign({ ...good, repository: "acme/other", repository_owner: "acme", environment: "staging" }), /matches no rule of join token "github-deploy-main"$/],
+    ];
+    const before = (await instances()).length;
+    const auditBefore = (await auditEvents(auth, { type: "agent_identity.join" })).length;
+    for (const [what, jwt, message] of cases) {
+      const r = await refused(joinWith(jwt), "ERR_TOKEN_INVALID").catch((e: Error) => assert.fail(`${what}: ${e.message}`));
+      assert.match(r.message, message, what);
+      assert.doesNotMatch(r.message, /acme\/other|repository_owner/, `${what}: the reply does not tell the rules`);
+    }
+    assert.equal((await instances()).length, before, "nothing was created");
+    const refusals = (await auditEvents(auth, { type: "agent_identity.join" })).slice(auditBefore);
+    assert.equal(refusals.length, cases.length);
+    assert.ok(refusals.every((e) => !e.success && e.error === "ERR_TOKEN_INVALID" && e.identity === "github-deploy"));
+    assert.match(refusals.at(-1)!.detail, /repository=acme\/other .*environment=staging/, "the audit event holds the claims that matched no rule");
+
+    // The daemon's side of a refusal: one line, exit 3 (not worth retrying).
+    issuer.githubClaims = { ...MAIN_RUN, repository: "evil/fork", repository_owner: "evil", run_id: "3001" };
+    const r = await pipelineRun(join(tmp, "refused"));
+    assert.equal(r.code, 3, r.stderr);
+    assert.deepEqual(humanLines(r.stderr), ['mezd: the ID token matches no rule of join token "github-deploy-main"']);
+  });
+
+  test("without --ca-pin the daemon refuses to start; with a wrong pin it sends nothing", async () => {
+    const noPin = await oneShot(auth.addr, join(tmp, "no-pin"), ["--join-method=github", "--token=github-deploy-main"], { ACTIONS_ID_TOKEN_REQUEST_URL: issuer.githubRequestUrl, ACTIONS_ID_TOKEN_REQUEST_TOKEN: "x" });
+    assert.equal(noPin.code, 2);
+    assert.match(noPin.stderr, /--ca-pin is required with --join-method=github/);
+    const asked = issuer.githubRequests;
+    const auditBefore = (await auditEvents(auth)).length;
+    const wrong = await pipelineRun(join(tmp, "wrong-pin"), [`--ca-pin=sha256:${"0".repeat(64)}`]);
+    assert.equal(wrong.code, 3, wrong.stderr);
+    assert.match(wrong.stderr, /not signed by the pinned CA/);
+    assert.equal(issuer.githubRequests, asked, "no ID token was even fetched");
+    assert.equal((await auditEvents(auth)).length, auditBefore, "the auth service heard nothing");
+  });
+});
+
+describe("the GitHub Action", () => {
+  test("action.yml's join step, run as a runner runs it, joins and sets its outputs", async () => {
+    const action = parseYaml(readFileSync(join(ROOT, "action.yml"), "utf8")) as { runs: { steps: { id?: string; env: Record<string, string>; run: string }[] }; outputs: Record<string, unknown> };
+    assert.deepEqual(Object.keys(action.outputs), ["destination-dir", "ssh-config"]);
+    const step = action.runs.steps.find((st) => st.id === "join")!;
+    const inputs: Record<string, string> = { "auth-server": auth.addr, token: "github-deploy-main", "ca-pin": pin, "destination-dir": join(tmp, "action-certs"), "cert-ttl": "30m" };
+    // What the runner does with ${{ inputs.x }} in the step's env.
+    const env = Object.fromEntries(Object.entries(step.env).map(([k, v]) => [k, v.replace(/^\$\{\{ inputs\.([a-z-]+) \}\}$/, (_m, name: string) => inputs[name]!)]));
+    const bin = join(tmp, "action-bin");
+    mkdirSync(bin);
+    symlinkSync(MEZD, join(bin, "mezd"));
+    const outputFile = join(tmp, "github-output");
+    writeFileSync(outputFile, "");
+    issuer.githubClaims = { ...MAIN_RUN, run_id: "4001" };
+    const r = await run("/bin/bash", ["-c", step.run], {
+      env: {
+        ...env,
+        PATH: `${bin}:${process.env["PATH"]}`,
+        GITHUB_OUTPUT: outputFile,
+        NODE_EXTRA_CA_CERTS: issuer.caPath,
+        ACTIONS_ID_TOKEN_REQUEST_URL: issuer.githubRequestUrl,
+        ACTIONS_ID_TOKEN_REQUEST_TOKEN: issuer.githubRequestToken,
+      },
+    });
+    assert.equal(r.code, 0, r.stderr);
+    assert.equal(readFileSync(outputFile, "utf8"), `destination-dir=${inputs["destination-dir"]}\nssh-config=${inputs["destination-dir"]}/ssh_config\n`);
+    assert.match(readFileSync(join(inputs["destination-dir"]!, "ssh_config"), "utf8"), /CertificateFile/);
+  });
+});
+
+describe("OIDC issuers", () => {
+  test("keys from discovery over HTTPS; a JWKS rotated at the issuer is picked up without a restart; static_jwks for issuers out of reach", async () => {
+    await addIdentity(auth, "k8s-worker", ["ci-deployer"]);
+    const oidcIssuer = `${issuer.origin}/k8s`;
+    const stat = await makeKey("EdDSA");
+    const file = join(tmp, "k8s.yaml");
+    const doc = (name: string, section: string) => `kind: join_token
+metadata:
+  name: ${name}
+spec:
+  agent_identity: k8s-worker
+  join_method: oidc
+  oidc:
+${section}
+    allow:
+      - sub: "system:serviceaccount:deploy:*"
+`;
+    writeFileSync(file, doc("k8s-deploy", `    issuer: ${oidcIssuer}`));
+    await mezctlOk(auth, "create", "-f", file);
+    writeFileSync(file, doc("offline", `    issuer: https://issuer.invalid\n    static_jwks: '${JSON.stringify({ keys: [stat.jwk] })}'`));
+    await mezctlOk(auth, "create", "-f", file);
+    const sa = { aud: CLUSTER, sub: "system:serviceaccount:deploy:runner" };
+    await joinWith(await issuer.sign({ iss: oidcIssuer, ...sa }), "k8s-deploy");
+
+    const rotated = await makeKey("RS256");
+    issuer.published = [rotated];
+    await new Promise((r) => setTimeout(r, 2_100)); // past the service's refetch cooldown
+    await joinWith(await issuer.sign({ iss: oidcIssuer, ...sa }, rotated), "k8s-deploy");
+    await joinWith(await issuer.sign({ iss: "https://issuer.invalid", ...sa }, stat), "offline");
+    await refused(joinWith(await issuer.sign({ iss: oidcIssuer, ...sa, sub: "system:serviceaccount:kube-system:admin" }, rotated), "k8s-deploy"), "ERR_TOKEN_INVALID");
+
+    // Workload tokens come from a file or a variable; the instance records issuer and subject.
+    const tokenFile = join(tmp, "sa-token");
+    writeFileSync(tokenFile, await issuer.sign({ iss: oidcIssuer, ...sa }, rotated));
+    const r = await oneShot(auth.addr, join(tmp, "k8s"), ["--join-method=oidc", "--token=k8s-deploy", `--ca-pin=${pin}`, `--id-token-file=${tokenFile}`]);
+    assert.equal(r.code, 0, r.stderr);
+    const claims = (await statusOf(auth, "k8s-worker")).instances.map((i) => i.claims);
+    assert.ok(claims.every((c) => c["sub"] === "system:serviceaccount:deploy:runner") && claims.length === 4);
+  });
+
+  test("GitLab: the job's id_tokens variable, verified against the GitLab instance's keys", async () => {
+    await addIdentity(auth, "gitlab-ci", ["ci-deployer"]);
+    const host = new URL(issuer.origin).host;
+    const file = join(tmp, "gitlab.yaml");
+    writeFileSync(file, `kind: join_token\nmetadata:\n  name: gitlab-main\nspec:\n  agent_identity: gitlab-ci\n  join_method: gitlab\n  gitlab:\n    domain: "${host}"\n    allow:\n      - project_path: acme/webapp\n        ref_protected: true\n`);
+    await mezctlOk(auth, "create", "-f", file);
+    const claims = { iss: issuer.origin, aud: CLUSTER, sub: "project_path:acme/webapp:ref_type:branch:ref:main", project_path: "acme/webapp", ref: "main", ref_protected: "true", pipeline_id: "77", user_login: "dev" };
+    const r = await oneShot(auth.addr, join(tmp, "gitlab"), ["--join-method=gitlab", "--token=gitlab-main", `--ca-pin=${pin}`, "--id-token-env=CI_MEZITE_TOKEN"], { CI_MEZITE_TOKEN: await issuer.sign(claims) });
+    assert.equal(r.code, 0, r.stderr);
+    const [inst] = (await statusOf(auth, "gitlab-ci")).instances;
+    assert.deepEqual(inst?.claims, { project_path: "acme/webapp", pipeline_id: "77", ref: "main", user_login: "dev" });
+    const unprotected = await oneShot(auth.addr, join(tmp, "gitlab-2"), ["--join-method=gitlab", "--token=gitlab-main", `--ca-pin=${pin}`], { MEZITE_ID_TOKEN: await issuer.sign({ ...claims, ref_protected: "false" }) });
+    assert.equal(unprotected.code, 3, unprotected.stderr);
+  });
+
+  test("an issuer that cannot be reached is a retryable error (exit 1), not a refusal", async () => {
+    await addIdentity(auth, "unreachable", ["ci-deployer"]);
+    const file = join(tmp, "down.yaml");
+    writeFileSync(file, `kind: join_token\nmetadata:\n  name: down\nspec:\n  agent_identity: unreachable\n  join_method: oidc\n  oidc:\n    issuer: https://127.0.0.1:9/down\n    allow:\n      - sub: worker\n`);
+    await mezctlOk(auth, "create", "-f", file);
+    const jwt = await issuer.sign({ iss: "https://127.0.0.1:9/down", aud: CLUSTER, sub: "worker" });
+    const api = await refused(joinWith(jwt, "down"), "ERR_ISSUER_UNREACHABLE", Code.Unavailable);
+    assert.match(api.message, /cannot fetch the keys of https:\/\/127\.0\.0\.1:9\/down/);
+    const r = await oneShot(auth.addr, join(tmp, "down"), ["--join-method=oidc", "--token=down", `--ca-pin=${pin}`], { MEZITE_ID_TOKEN: jwt, MEZITE_UNREACHABLE_RETRY_MS: "500" });
+    assert.equal(r.code, 1, r.stderr);
+  });
+});
+
+describe("join_token resources", () => {
+  test("rules that are empty or too broad are refused at create, naming the field; get and rm work", async () => {
+    const file = join(tmp, "bad.yaml");
+    const attempt = async (section: string, identity = "github-deploy") => {
+      writeFileSync(file, `kind: join_token\nmetadata:\n  name: bad\nspec:\n  agent_identity: ${identity}\n  join_method: github\n  github:\n${section}`);
+      return mezctl(auth, "create", "-f", file);
+    };
+    const cases: [string, RegExp][] = [
+      ["    allow: []\n", /spec\.github\.allow: needs at least one rule/],
+      ["    allow:\n      - {}\n", /spec\.github\.allow\[0\]: is empty/],
+      ["    allow:\n      - ref: refs/heads/main\n", /spec\.github\.allow\[0\]: is too broad: set at least one of repository, repository_owner, sub/],
+      ['    allow:\n      - repository_owner: "*"\n', /spec\.github\.allow\[0\]: is too broad/],
+      ["    allow:\n      - repository: acme/webapp\n        branch: main\n", /spec\.github\.allow\[0\]\.branch: unknown field/],
+      ["    allow:\n      - repository: acme/webapp\n    colour: blue\n", /spec\.github\.colour: unknown field/],
+    ];
+    for (const [section, message] of cases) {
+      const r = await attempt(section);
+      assert.equal(r.code, 2, r.stderr);
+      assert.match(r.stderr, message);
+    }
+    const missing = await attempt("    allow:\n      - repository: acme/webapp\n", "nobody");
+    assert.match(missing.stderr, /agent identity "nobody" \(spec\.agent_identity\) not found/);
+    const listed = await mezctlOk(auth, "get", "join_tokens");
+    assert.match(listed, /github-deploy-main\s+github-deploy\s+github\s+https:\/\/127\.0\.0\.1:\d+\/_services\/token/);
+    const one = await mezctlOk(auth, "get", "join_token/github-deploy-main");
+    assert.match(one, /join_method: github/);
+    assert.match(one, /repository: acme\/webapp/);
+    assert.equal((await mezctl(auth, "rm", "join_token/down")).code, 0);
+    // The examples the README points at are valid resources.
+    await addIdentity(auth, "gitlab-deploy", ["ci-deployer"]);
+    assert.match(await mezctlOk(auth, "create", "-f", join(ROOT, "examples/join-token-gitlab.yaml")), /join_token "gitlab-deploy-main" created \(gitlab/);
+    assert.match(await mezctlOk(auth, "create", "--force", "-f", join(ROOT, "examples/join-token-github.yaml")), /join_token "github-deploy-main" updated \(github/);
+    assert.ok(!(await adminApi(auth).listJoinTokens({})).joinTokens.some((t) => t.name === "down"));
+  });
+});
