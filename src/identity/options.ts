@@ -24,8 +24,8 @@ export interface IdentityOptions {
   diagAddr: string | undefined;
   /** sha256:HEX of the auth service's TLS CA key, checked before joining. */
   caPin: string | undefined;
-  /** How long a join or one-shot renewal keeps retrying an unreachable auth service. */
-  unreachableRetryMs: number;
+  /** --one-shot-retry: how long a one-shot join or renewal keeps retrying a failing auth service. Default 30s. */
+  oneShotRetryMs: number;
 }
 
 export const MIN_CERT_TTL_MS = 60_000;
@@ -42,6 +42,7 @@ export interface RawIdentityOptions {
   oneShot?: boolean | string | undefined;
   diagAddr?: string | undefined;
   caPin?: string | undefined;
+  oneShotRetry?: string | undefined;
 }
 
 function usage(msg: string): never {
@@ -86,6 +87,8 @@ export function resolveIdentityOptions(raw: RawIdentityOptions, env: NodeJS.Proc
     usage(`--renewal-interval (${formatDuration(renewalIntervalMs)}) must be shorter than --cert-ttl (${formatDuration(certTtlMs)}), or certificates would expire before renewal`);
   }
   if (raw.caPin !== undefined && !/^sha256:[0-9a-f]{64}$/.test(raw.caPin)) usage("--ca-pin must be sha256: followed by 64 lowercase hex characters");
+  const oneShot = raw.oneShot === true || raw.oneShot === "true";
+  const oneShotRetryMs = duration(raw.oneShotRetry ?? "30s", "--one-shot-retry");
   return {
     authServer: raw.authServer,
     token,
@@ -94,15 +97,9 @@ export function resolveIdentityOptions(raw: RawIdentityOptions, env: NodeJS.Proc
     storageDir: resolve(raw.storageDir ?? join(raw.destinationDir, ".mezite")),
     certTtlMs,
     renewalIntervalMs,
-    oneShot: raw.oneShot === true || raw.oneShot === "true",
+    oneShot,
     diagAddr: raw.diagAddr,
     caPin: raw.caPin,
-    unreachableRetryMs: retryBudgetMs(env),
+    oneShotRetryMs,
   };
-}
-
-/** 30 s; MEZITE_UNREACHABLE_RETRY_MS (undocumented) shortens it for tests. */
-function retryBudgetMs(env: NodeJS.ProcessEnv): number {
-  const v = env["MEZITE_UNREACHABLE_RETRY_MS"];
-  return v !== undefined && /^\d{1,9}$/.test(v) ? Number(v) : 30_000;
 }
