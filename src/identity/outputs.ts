@@ -7,7 +7,7 @@ import { join } from "node:path";
 import type { IssuedCertificates } from "../api/gen/mezite/v1/common_pb.js";
 import { encodeOpenSSHPrivateKey } from "../ca/sshkey.js";
 import { privateKeyToPem } from "../ca/x509.js";
-import { assertNotSymlink, ensureDir, writeFileAtomic } from "../lib/files.js";
+import { assertNotSymlink, ensureDir, writeFileAtomic, writeFilesAtomic } from "../lib/files.js";
 import type { IssueKeys } from "./protocol.js";
 
 export const OUTPUT_FILES = ["ssh_key", "ssh_cert", "x509_cert.pem", "x509_key.pem", "cert_serial", "ssh_known_hosts", "ssh_config", "x509_ca.pem"] as const;
@@ -47,10 +47,14 @@ export function checkDestination(dest: string): void {
 export function writeOutputs(dest: string, certs: IssuedCertificates, keys: IssueKeys): void {
   checkDestination(dest);
   const w = (name: string, data: string, mode: number) => writeFileAtomic(join(dest, name), data, mode);
-  // Key before certificate: a reader between the two sees a new key with the old certificate
-  // for a moment, never a certificate whose key is not there yet.
-  w("ssh_key", encodeOpenSSHPrivateKey(keys.ssh), 0o600);
-  w("ssh_cert", certs.sshCertificate + "\n", 0o644);
+  const cert = { path: join(dest, "ssh_cert"), data: certs.sshCertificate + "\n", mode: 0o644 };
+  // Both written and synced first, then renamed back to back: certificate first, key second.
+  // ssh reads the certificate when it starts and the private key when it signs, a moment
+  // later, and fails when they differ. Certificate first, a login fails only if it starts
+  // before the first rename and signs after the second (or fits wholly between the two,
+  // microseconds apart). Key first, it fails if it starts before the second rename and signs
+  // after the first: a wider window. No order closes it.
+  writeFilesAtomic([cert, { path: join(dest, "ssh_key"), data: encodeOpenSSHPrivateKey(keys.ssh), mode: 0o600 }]);
   w("x509_key.pem", privateKeyToPem(keys.x509), 0o600);
   w("x509_cert.pem", certs.x509CertificatePem, 0o644);
   w("x509_ca.pem", certs.userCaX509Pems.join(""), 0o644);
