@@ -16,7 +16,8 @@ import { MeziteError, isFinalError, isMeziteError } from "../lib/errors.js";
 import type { Logger } from "../lib/log.js";
 import { Registry } from "../lib/metrics.js";
 import type { IdentityOptions } from "./options.js";
-import { writeOutputs, checkDestination } from "./outputs.js";
+import { AgentKeyring, startAgentServer, type AgentServer } from "./agent.js";
+import { writeOutputs, checkDestination, removeSshKeyFile } from "./outputs.js";
 import { buildJoinRequest, buildRenewRequest, checkCertsMatchKeys, deserializeKeys, generateIssueKeys, serializeKeys, verifyJoinReply, type IssueKeys } from "./protocol.js";
 import { Storage, type IdentityState } from "./storage.js";
 
@@ -31,6 +32,9 @@ export class IdentityDaemon {
   readonly registry = new Registry();
   private readonly renewals = this.registry.counter("mezite_identity_renewals_total", "certificates issued to this daemon (join and renewals)");
   private readonly failures = this.registry.counter("mezite_identity_renewal_failures_total", "failed join or renewal attempts by error code");
+  private readonly agentRequests = this.registry.counter("mezite_identity_agent_requests_total", "SSH agent requests by result: listed, signed, refused");
+  /** What the SSH agent socket serves; undefined without --ssh-agent-socket. */
+  readonly keyring: AgentKeyring | undefined;
   private readonly storage: Storage;
   private readonly now: () => number;
   private readonly random: () => number;
@@ -44,6 +48,7 @@ export class IdentityDaemon {
     this.storage = new Storage(opts.storageDir);
     this.now = deps.now ?? Date.now;
     this.random = deps.random ?? Math.random;
+    this.keyring = opts.sshAgentSocket !== undefined ? new AgentKeyring(this.now) : undefined;
     this.registry.gauge("mezite_identity_cert_expiry_seconds", "seconds until the current certificates expire", () =>
       this.state ? Math.round((this.state.expires - this.now()) / 1000) : undefined,
     );
@@ -113,7 +118,13 @@ export class IdentityDaemon {
   async run(signal: AbortSignal): Promise<void> {
     checkDestination(this.opts.destinationDir);
     this.storage.open();
+    let agent: AgentServer | undefined;
     try {
+      // Never on disk with --no-ssh-key-file, not even one an earlier run left (SPEC §16).
+      if (!this.opts.sshKeyFile) removeSshKeyFile(this.opts.destinationDir);
+      if (this.opts.sshAgentSocket !== undefined) {
+        agent = await startAgentServer({ path: this.opts.sshAgentSocket, keyring: this.keyring!, requests: this.agentRequests, log: this.deps.log });
+      }
       await this.withRetry(signal, () => this.issueOnce(signal), this.opts.oneShot ? this.opts.oneShotRetryMs : Infinity);
       if (this.opts.oneShot) return;
       while (!signal.aborted) {
@@ -125,6 +136,7 @@ export class IdentityDaemon {
     } catch (e) {
       if (!signal.aborted) throw e;
     } finally {
+      await agent?.close();
       this.storage.close();
     }
   }
@@ -257,7 +269,9 @@ export class IdentityDaemon {
       issued: this.now(),
     };
     this.storage.saveState(state);
-    writeOutputs(this.opts.destinationDir, certs, keys);
+    // The agent swaps key and certificate in one assignment; the files follow.
+    this.keyring?.set(keys.ssh, certs.sshCertificate, certs.identityName);
+    writeOutputs(this.opts.destinationDir, certs, keys, { sshKeyFile: this.opts.sshKeyFile, sshAgentSocket: this.opts.sshAgentSocket });
     this.state = state;
     this.renewals.inc({ kind: what === "joined" ? "join" : "renew" });
     this.deps.log.info(`agent identity ${what}`, {

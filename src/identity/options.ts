@@ -26,6 +26,10 @@ export interface IdentityOptions {
   caPin: string | undefined;
   /** --one-shot-retry: how long a one-shot join or renewal keeps retrying a failing auth service. Default 30s. */
   oneShotRetryMs: number;
+  /** --ssh-agent-socket: serve the SSH key and certificate over the SSH agent protocol here (absolute). */
+  sshAgentSocket: string | undefined;
+  /** False with --no-ssh-key-file: the SSH private key lives in the agent alone (SPEC §16). */
+  sshKeyFile: boolean;
 }
 
 export const MIN_CERT_TTL_MS = 60_000;
@@ -43,6 +47,9 @@ export interface RawIdentityOptions {
   diagAddr?: string | undefined;
   caPin?: string | undefined;
   oneShotRetry?: string | undefined;
+  sshAgentSocket?: string | undefined;
+  /** commander's --no-ssh-key-file sets sshKeyFile: false. */
+  sshKeyFile?: boolean | string | undefined;
 }
 
 function usage(msg: string): never {
@@ -89,6 +96,12 @@ export function resolveIdentityOptions(raw: RawIdentityOptions, env: NodeJS.Proc
   if (raw.caPin !== undefined && !/^sha256:[0-9a-f]{64}$/.test(raw.caPin)) usage("--ca-pin must be sha256: followed by 64 lowercase hex characters");
   const oneShot = raw.oneShot === true || raw.oneShot === "true";
   const oneShotRetryMs = duration(raw.oneShotRetry ?? "30s", "--one-shot-retry");
+  const sshKeyFile = !(raw.sshKeyFile === false || raw.sshKeyFile === "false");
+  if (raw.sshAgentSocket === "") usage("--ssh-agent-socket needs a path");
+  // sun_path holds 108 bytes with its NUL: a longer path cannot be bound.
+  if (raw.sshAgentSocket !== undefined && Buffer.byteLength(resolve(raw.sshAgentSocket)) > 107) usage("--ssh-agent-socket: the path is longer than a Unix socket allows (107 bytes)");
+  if (raw.sshAgentSocket !== undefined && oneShot) usage("--ssh-agent-socket needs a running daemon: it cannot be used with --one-shot");
+  if (!sshKeyFile && raw.sshAgentSocket === undefined) usage("--no-ssh-key-file needs --ssh-agent-socket: without a key file the agent is the only holder of the SSH key");
   return {
     authServer: raw.authServer,
     token,
@@ -101,5 +114,7 @@ export function resolveIdentityOptions(raw: RawIdentityOptions, env: NodeJS.Proc
     diagAddr: raw.diagAddr,
     caPin: raw.caPin,
     oneShotRetryMs,
+    sshAgentSocket: raw.sshAgentSocket === undefined ? undefined : resolve(raw.sshAgentSocket),
+    sshKeyFile,
   };
 }
