@@ -54,27 +54,45 @@ function malformed(detail: string): MeziteError {
  * close the connection, as there is no way to find the next frame.
  */
 export class AgentFrameReader {
-  private buf: Buffer = Buffer.alloc(0);
+  private chunks: Buffer[] = [];
+  private total = 0;
+  /** Bytes needed before the next frame can be cut: its length field, then the whole frame. */
+  private need = 4;
 
   constructor(private readonly max = MAX_AGENT_MESSAGE) {}
 
+  /**
+   * Chunks are only joined once a whole frame is there, so a frame sent a byte at a time costs
+   * one copy, not one per byte.
+   */
   push(chunk: Buffer): Buffer[] {
-    this.buf = this.buf.length === 0 ? chunk : Buffer.concat([this.buf, chunk]);
+    if (chunk.length > 0) {
+      this.chunks.push(chunk);
+      this.total += chunk.length;
+    }
     const out: Buffer[] = [];
-    while (this.buf.length >= 4) {
-      const len = this.buf.readUInt32BE(0);
+    while (this.total >= this.need) {
+      const buf = this.chunks.length === 1 ? this.chunks[0]! : Buffer.concat(this.chunks);
+      this.chunks = [buf];
+      const len = buf.readUInt32BE(0);
       if (len > this.max) throw malformed(`a frame of ${len} bytes is over the ${this.max}-byte limit`);
-      if (this.buf.length < 4 + len) break;
+      if (buf.length < 4 + len) {
+        this.need = 4 + len;
+        break;
+      }
       // A copy: the caller may keep it while the buffer moves on.
-      out.push(Buffer.from(this.buf.subarray(4, 4 + len)));
-      this.buf = this.buf.subarray(4 + len);
+      out.push(Buffer.from(buf.subarray(4, 4 + len)));
+      const rest = buf.subarray(4 + len);
+      this.chunks = rest.length > 0 ? [rest] : [];
+      this.total = rest.length;
+      this.need = 4;
     }
     return out;
   }
 
   /** Bytes received but not yet a whole frame. */
   get pending(): number {
-    return this.buf.length;
+    return this.total;
   }
 }
 

@@ -87,6 +87,8 @@ export interface AgentServer {
 
 /** At most this many clients at once; each login holds one connection for a moment. */
 const MAX_CONNECTIONS = 128;
+/** Replies a client has not read, in bytes, before we stop reading its requests. */
+const MAX_UNREAD_REPLIES = 1 << 20;
 /** A client silent this long is dropped (ssh keeps its connection only for the authentication). */
 const IDLE_MS = 5 * 60_000;
 
@@ -129,6 +131,11 @@ function serve(sock: Socket, keyring: AgentKeyring, requests: Counter, log: Logg
       return;
     }
     for (const body of bodies) sock.write(answer(body, keyring, requests));
+    // A client that sends requests without reading the replies is not buffered for without end.
+    if (sock.writableLength > MAX_UNREAD_REPLIES && !sock.isPaused()) {
+      sock.pause();
+      sock.once("drain", () => sock.resume());
+    }
   });
 }
 

@@ -62,3 +62,17 @@ test("replies: identities and signatures round-trip; an Ed25519 signature blob v
   assert.throws(() => parseSignResponse(FAILURE_REPLY.subarray(4)), /expected SIGN_RESPONSE/);
   assert.ok(sshPublicKeyBlob(publicKey).length === 51);
 });
+
+test("framing: a frame at the cap sent a byte at a time is one frame, joined once", () => {
+  const body = Buffer.concat([Buffer.of(AGENT.EXTENSION), randomBytes(MAX_AGENT_MESSAGE - 1)]);
+  const bytes = frame(body);
+  const r = new AgentFrameReader();
+  const t0 = performance.now();
+  const out: Buffer[] = [];
+  for (let i = 0; i < bytes.length; i++) out.push(...r.push(bytes.subarray(i, i + 1)));
+  const ms = performance.now() - t0;
+  assert.equal(out.length, 1);
+  assert.ok(out[0]!.equals(body));
+  // Joining per byte would copy 256 KiB x 256 Ki times (~34 GB): minutes, not milliseconds.
+  assert.ok(ms < 5_000, `${Math.round(ms)} ms for one dribbled frame`);
+});
