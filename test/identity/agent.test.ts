@@ -326,6 +326,19 @@ describe("the socket path", { concurrency: 1 }, () => {
     assert.equal(await d.stop(), 0);
   });
 
+  test("--config: ssh-agent-socket and no-ssh-key-file as YAML keys mean what the flags mean", async () => {
+    for (const noKey of [true, false]) {
+      const dest = join(tmp, `config-${noKey}`);
+      const config = join(tmp, `config-${noKey}.yaml`);
+      writeFileSync(config, `ssh-agent-socket: ${join(tmp, `config-${noKey}-run`, "agent.sock")}\nno-ssh-key-file: ${noKey}\n`);
+      const d = startDaemon(auth.addr, dest, [`--config=${config}`], { MEZITE_TOKEN: await addIdentity(auth, `config-${noKey}`) });
+      await d.waitFor(JOINED);
+      assert.equal(existsSync(join(dest, "ssh_key")), !noKey, `no-ssh-key-file: ${noKey}`);
+      assert.equal(sshAdd(join(tmp, `config-${noKey}-run`, "agent.sock"), "-L").code, 0);
+      assert.equal(await d.stop(), 0);
+    }
+  });
+
   test("--no-ssh-key-file without a socket, and a socket with --one-shot, are usage errors", async () => {
     const { run, MEZD } = await import("../harness/auth.js");
     const a = await run(MEZD, ["identity", "start", `--auth-server=${auth.addr}`, `--destination-dir=${join(tmp, "u1")}`, "--no-ssh-key-file"]);

@@ -56,7 +56,7 @@ describe("mezd identity start refuses", { concurrency: true }, () => {
     test("--help exits 0 and names the flags", async () => {
       const r = await identity("--help");
       assert.equal(r.code, 0, r.stderr);
-      for (const flag of ["--auth-server", "--token", "--token-file", "--destination-dir", "--storage-dir", "--cert-ttl", "--renewal-interval", "--one-shot", "--diag-addr", "--config"]) assert.ok(r.stdout.includes(flag), flag);
+      for (const flag of ["--auth-server", "--token", "--token-file", "--destination-dir", "--storage-dir", "--cert-ttl", "--renewal-interval", "--one-shot", "--one-shot-retry", "--ssh-agent-socket", "--no-ssh-key-file", "--diag-addr", "--config"]) assert.ok(r.stdout.includes(flag), flag);
     });
 
     test("missing --destination-dir", async () => {
