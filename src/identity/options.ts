@@ -64,6 +64,13 @@ function duration(value: string, flag: string): number {
   }
 }
 
+/** Why `p` cannot be named in the generated ssh_config (outputs.ts quotes blanks and doubles %), or undefined. */
+function unwritableInSshConfig(p: string): string | undefined {
+  if (/["\x00-\x1f\x7f]/.test(p)) return "a double quote or a control character";
+  if (p.includes("${")) return '"${" (ssh would expand it as an environment variable)';
+  return undefined;
+}
+
 export function resolveIdentityOptions(raw: RawIdentityOptions, env: NodeJS.ProcessEnv = process.env): IdentityOptions {
   if (!raw.authServer) usage("--auth-server is required (host:port of the auth service)");
   if (!raw.destinationDir) usage("--destination-dir is required (where certificates are written)");
@@ -102,11 +109,17 @@ export function resolveIdentityOptions(raw: RawIdentityOptions, env: NodeJS.Proc
   if (raw.sshAgentSocket !== undefined && Buffer.byteLength(resolve(raw.sshAgentSocket)) > 107) usage("--ssh-agent-socket: the path is longer than a Unix socket allows (107 bytes)");
   if (raw.sshAgentSocket !== undefined && oneShot) usage("--ssh-agent-socket needs a running daemon: it cannot be used with --one-shot");
   if (!sshKeyFile && raw.sshAgentSocket === undefined) usage("--no-ssh-key-file needs --ssh-agent-socket: without a key file the agent is the only holder of the SSH key");
+  const dest = resolve(raw.destinationDir);
+  const socket = raw.sshAgentSocket === undefined ? undefined : resolve(raw.sshAgentSocket);
+  for (const [flag, p] of [["--destination-dir", dest], ["--ssh-agent-socket", socket]] as const) {
+    const why = p === undefined ? undefined : unwritableInSshConfig(p);
+    if (why) usage(`${flag}: the path holds ${why}, which ssh_config cannot name: choose another path`);
+  }
   return {
     authServer: raw.authServer,
     token,
     // Absolute, because ssh_config names the outputs by these paths and ssh may run elsewhere.
-    destinationDir: resolve(raw.destinationDir),
+    destinationDir: dest,
     storageDir: resolve(raw.storageDir ?? join(raw.destinationDir, ".mezite")),
     certTtlMs,
     renewalIntervalMs,
@@ -114,7 +127,7 @@ export function resolveIdentityOptions(raw: RawIdentityOptions, env: NodeJS.Proc
     diagAddr: raw.diagAddr,
     caPin: raw.caPin,
     oneShotRetryMs,
-    sshAgentSocket: raw.sshAgentSocket === undefined ? undefined : resolve(raw.sshAgentSocket),
+    sshAgentSocket: socket,
     sshKeyFile,
   };
 }

@@ -25,16 +25,26 @@ export interface OutputOptions {
  */
 export function renderSshConfig(dest: string, out: OutputOptions = { sshKeyFile: true, sshAgentSocket: undefined }): string {
   const auth = out.sshAgentSocket !== undefined
-    ? [`    IdentityAgent ${out.sshAgentSocket}`, "    IdentityFile none"]
-    : [`    IdentityFile ${join(dest, "ssh_key")}`, `    CertificateFile ${join(dest, "ssh_cert")}`, "    IdentitiesOnly yes"];
+    ? [`    IdentityAgent ${configPath(out.sshAgentSocket)}`, "    IdentityFile none"]
+    : [`    IdentityFile ${configPath(join(dest, "ssh_key"))}`, `    CertificateFile ${configPath(join(dest, "ssh_cert"))}`, "    IdentitiesOnly yes"];
   return [
     "# Written by mezd identity; replaced on every renewal. Use with: ssh -F " + join(dest, "ssh_config") + " deploy@host",
     "Host *",
     ...auth,
-    `    UserKnownHostsFile ${join(dest, "ssh_known_hosts")}`,
+    `    UserKnownHostsFile ${configPath(join(dest, "ssh_known_hosts"))}`,
     "    StrictHostKeyChecking yes",
     "",
   ].join("\n");
+}
+
+/**
+ * A path as an ssh_config argument: ssh expands %-tokens in these options (so % is doubled) and
+ * splits on blanks (so such a path is quoted). What cannot be written at all (a double quote,
+ * a control character, "${") is refused by the options, before anything runs.
+ */
+function configPath(p: string): string {
+  const escaped = p.replace(/%/g, "%%");
+  return /\s/.test(escaped) ? `"${escaped}"` : escaped;
 }
 
 export function renderKnownHosts(hostCaKeys: string[]): string {

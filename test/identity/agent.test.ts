@@ -339,6 +339,26 @@ describe("the socket path", { concurrency: 1 }, () => {
     }
   });
 
+  test("a destination and a socket path with a blank and a % still work through ssh_config; a double quote is refused", async (t) => {
+    if (sshdMissing(t)) return;
+    node ??= await startNode(auth, join(tmp, "node"));
+    const odd = join(tmp, "odd dir 100%d");
+    for (const withAgent of [true, false]) {
+      const dest = join(odd, withAgent ? "agent certs" : "file certs");
+      const args = withAgent ? [`--ssh-agent-socket=${join(odd, "run %h", "agent.sock")}`] : [];
+      const d = startDaemon(auth.addr, dest, args, { MEZITE_TOKEN: await addIdentity(auth, `odd-${withAgent}`) });
+      await d.waitFor(JOINED);
+      const r = sshViaConfig(dest, node.sshd.port);
+      assert.equal(r.status, 0, `${withAgent ? "agent" : "files"}: ${r.stderr}\n${readFileSync(join(dest, "ssh_config"), "utf8")}`);
+      assert.equal(r.stdout, "deploy\n");
+      assert.equal(await d.stop(), 0);
+    }
+    const { run, MEZD } = await import("../harness/auth.js");
+    const q = await run(MEZD, ["identity", "start", `--auth-server=${auth.addr}`, `--destination-dir=${join(tmp, 'say "hi"')}`]);
+    assert.equal(q.code, 2);
+    assert.match(q.stderr, /^mezd: --destination-dir: the path holds a double quote or a control character, which ssh_config cannot name/);
+  });
+
   test("--no-ssh-key-file without a socket, and a socket with --one-shot, are usage errors", async () => {
     const { run, MEZD } = await import("../harness/auth.js");
     const a = await run(MEZD, ["identity", "start", `--auth-server=${auth.addr}`, `--destination-dir=${join(tmp, "u1")}`, "--no-ssh-key-file"]);
