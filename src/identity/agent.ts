@@ -96,7 +96,12 @@ export async function startAgentServer(opts: AgentServerOptions): Promise<AgentS
   const { path, keyring, requests, log } = opts;
   preparePrivateDir(dirname(path));
   await clearStaleSocket(path);
-  const server = createServer({ allowHalfOpen: false }, (sock) => serve(sock, keyring, requests, log));
+  const open = new Set<Socket>();
+  const server = createServer({ allowHalfOpen: false }, (sock) => {
+    open.add(sock);
+    sock.once("close", () => open.delete(sock));
+    serve(sock, keyring, requests, log);
+  });
   server.maxConnections = MAX_CONNECTIONS;
   await listen(server, path);
   const ino = lstatSync(path).ino;
@@ -105,6 +110,8 @@ export async function startAgentServer(opts: AgentServerOptions): Promise<AgentS
     close: () =>
       new Promise<void>((resolve) => {
         server.close(() => resolve());
+        // close() waits for every connection to end: a client holding one must not hold up a stop.
+        for (const sock of open) sock.destroy();
         // Only our own socket: another daemon may have taken the path over meanwhile.
         try {
           if (lstatSync(path).ino === ino) unlinkSync(path);
