@@ -92,8 +92,11 @@ export function writeOutputs(dest: string, certs: IssuedCertificates, keys: Issu
   } else {
     writeFilesAtomic([cert]);
   }
-  w("x509_key.pem", privateKeyToPem(keys.x509), 0o600);
-  w("x509_cert.pem", certs.x509CertificatePem, 0o644);
+  // The X.509 pair too is staged, then renamed back to back.
+  writeFilesAtomic([
+    { path: join(dest, "x509_key.pem"), data: privateKeyToPem(keys.x509), mode: 0o600 },
+    { path: join(dest, "x509_cert.pem"), data: certs.x509CertificatePem, mode: 0o644 },
+  ]);
   w("x509_ca.pem", certs.userCaX509Pems.join(""), 0o644);
   w("ssh_known_hosts", renderKnownHosts(certs.hostCaSshKeys), 0o644);
   w("ssh_config", renderSshConfig(dest, out), 0o644);
