@@ -154,16 +154,17 @@ export class IdentityDaemon {
    *
    * SIGHUP ("renew now") may cut one backoff wait short per run of failures, no more: a script
    * sending SIGHUP in a loop while the auth service is down must not turn the retries into a
-   * tight loop against it. A SIGHUP during the run is satisfied by the run's eventual success.
+   * tight loop against it.
    */
   private async withRetry(signal: AbortSignal, fn: () => Promise<void>, budgetMs: number): Promise<void> {
     const started = this.now();
     const backoff = new Backoff({ baseMs: 1_000, maxMs: Math.min(Math.max(this.opts.renewalIntervalMs / 2, 1_000), 300_000), minMs: 250, random: this.random });
     try {
       for (;;) {
+        // This attempt answers every SIGHUP so far; one arriving while it runs asks for another.
+        this.renewRequested = false;
         try {
           await fn();
-          this.renewRequested = false; // a SIGHUP during the run asked for what just happened
           return;
         } catch (e) {
           const code = isMeziteError(e) ? e.code : "ERR_INTERNAL";
@@ -175,7 +176,6 @@ export class IdentityDaemon {
           if (left <= 0) throw e;
           const delay = Math.min(backoff.next(), left);
           this.deps.log.warn("issue failed; retrying", { error: (e as Error).message, code, retry_in_ms: delay, attempt: backoff.failures });
-          this.renewRequested = false; // only a SIGHUP during this wait may cut it
           await this.sleepUntil(this.now() + delay, signal);
           if (this.renewRequested) this.backoffCutUsed = true;
         }
