@@ -14,7 +14,11 @@ export function registerIdentity(program: Command): void {
     .option("--cert-ttl <duration>", "requested certificate TTL, capped by the roles", "1h")
     .option("--renewal-interval <duration>", "how often to renew; must be shorter than --cert-ttl", "20m")
     .option("--one-shot", "join or renew once, write the outputs, and exit", false)
-    .option("--diag-addr <host:port>", "serve /livez, /readyz, /metrics over HTTP")
+    .option("--one-shot-retry <duration>", "how long --one-shot keeps retrying an unreachable or failing auth service before it gives up", "30s")
+    .option("--ssh-agent-socket <path>", "also serve the SSH key and certificate over the SSH agent protocol on this Unix socket (0600, in a private 0700 directory); ssh_config then uses it, and logins never race a renewal")
+    .option("--no-ssh-key-file", "keep the SSH private key in memory only (needs --ssh-agent-socket): no ssh_key in the destination dir")
+    .option("--diag-addr <host:port>", "serve /livez, /readyz, /metrics (renewals, failures, agent requests) over HTTP")
+    .addHelpText("after", "\nSignals: SIGHUP renews now (during a failure backoff it cuts one wait short, no more); SIGTERM/SIGINT stop.")
     .option("--ca-pin <sha256:hex>", "check the auth service's TLS CA before joining (required with --join-method github, gitlab, oidc)")
     .option("--join-method <method>", "token (a one-time token), or github, gitlab, oidc: join with the platform's ID token", "token")
     .option("--id-token-file <file>", "gitlab, oidc: read the ID token (a JWT) from this file")
@@ -25,6 +29,11 @@ export function registerIdentity(program: Command): void {
       // The token is a secret: drop it from what `ps` shows as soon as it is read.
       if (process.argv.some((a) => a.startsWith("--token=") || a === "--token")) process.title = "mezd identity start";
       await applyConfigFile(cmd);
+      // A config file's `no-ssh-key-file: true` lands on the negated attribute as given: flip it.
+      if (cmd.getOptionValueSource("sshKeyFile") === "config") {
+        const v = cmd.getOptionValue("sshKeyFile") as unknown;
+        cmd.setOptionValueWithSource("sshKeyFile", !(v === true || v === "true"), "config");
+      }
       const { resolveIdentityOptions } = await import("../identity/options.js");
       const opts = resolveIdentityOptions(cmd.opts());
       const { runIdentity } = await import("../identity/main.js");

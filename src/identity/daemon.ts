@@ -11,12 +11,14 @@ import { connect } from "../api/client.js";
 import { fromConnectError } from "../api/errors.js";
 import { checkCaPin } from "../api/pin.js";
 import { caPin, privateKeyToPem } from "../ca/x509.js";
+import { Backoff, sleep } from "../lib/backoff.js";
 import { MeziteError, isFinalError, isMeziteError } from "../lib/errors.js";
 import type { Logger } from "../lib/log.js";
 import { Registry } from "../lib/metrics.js";
 import { obtainIdToken } from "./id-token.js";
 import type { IdentityOptions, IdTokenJoin } from "./options.js";
-import { writeOutputs, checkDestination } from "./outputs.js";
+import { AgentKeyring, startAgentServer, type AgentServer } from "./agent.js";
+import { writeOutputs, checkDestination, removeSshKeyFile } from "./outputs.js";
 import {
   buildJoinRequest,
   buildRenewRequest,
@@ -41,17 +43,23 @@ export class IdentityDaemon {
   readonly registry = new Registry();
   private readonly renewals = this.registry.counter("mezite_identity_renewals_total", "certificates issued to this daemon (join and renewals)");
   private readonly failures = this.registry.counter("mezite_identity_renewal_failures_total", "failed join or renewal attempts by error code");
+  private readonly agentRequests = this.registry.counter("mezite_identity_agent_requests_total", "SSH agent requests by result: listed, signed, refused");
+  /** What the SSH agent socket serves; undefined without --ssh-agent-socket. */
+  readonly keyring: AgentKeyring | undefined;
   private readonly storage: Storage;
   private readonly now: () => number;
   private readonly random: () => number;
   private state: IdentityState | undefined;
   private wake: (() => void) | undefined;
   private renewRequested = false;
+  /** Set once a SIGHUP has cut a wait short in the current run of failures. */
+  private backoffCutUsed = false;
 
   constructor(private readonly opts: IdentityOptions, private readonly deps: DaemonDeps) {
     this.storage = new Storage(opts.storageDir);
     this.now = deps.now ?? Date.now;
     this.random = deps.random ?? Math.random;
+    this.keyring = opts.sshAgentSocket !== undefined ? new AgentKeyring(this.now) : undefined;
     this.registry.gauge("mezite_identity_cert_expiry_seconds", "seconds until the current certificates expire", () =>
       this.state ? Math.round((this.state.expires - this.now()) / 1000) : undefined,
     );
@@ -65,10 +73,15 @@ export class IdentityDaemon {
     return undefined;
   }
 
-  /** SIGHUP: renew now. */
-  renewSoon(): void {
+  /**
+   * SIGHUP: renew now. During a run of failures it cuts one backoff wait short and no more
+   * (false then): a SIGHUP loop must not turn retries into a tight loop against the service.
+   */
+  renewSoon(): boolean {
+    if (this.backoffCutUsed) return false;
     this.renewRequested = true;
     this.wake?.();
+    return true;
   }
 
   /** Joins or renews once, writes the outputs. Throws what went wrong. */
@@ -117,8 +130,14 @@ export class IdentityDaemon {
   async run(signal: AbortSignal): Promise<void> {
     checkDestination(this.opts.destinationDir);
     this.storage.open();
+    let agent: AgentServer | undefined;
     try {
-      await this.withRetry(signal, () => this.issueOnce(signal), this.opts.oneShot ? this.opts.unreachableRetryMs : Infinity);
+      // Never on disk with --no-ssh-key-file, not even one an earlier run left (SPEC §16).
+      if (!this.opts.sshKeyFile) removeSshKeyFile(this.opts.destinationDir);
+      if (this.opts.sshAgentSocket !== undefined) {
+        agent = await startAgentServer({ path: this.opts.sshAgentSocket, keyring: this.keyring!, requests: this.agentRequests, log: this.deps.log });
+      }
+      await this.withRetry(signal, () => this.issueOnce(signal), this.opts.oneShot ? this.opts.oneShotRetryMs : Infinity);
       if (this.opts.oneShot) return;
       while (!signal.aborted) {
         await this.sleepUntil(this.nextRenewalAt(), signal);
@@ -129,6 +148,7 @@ export class IdentityDaemon {
     } catch (e) {
       if (!signal.aborted) throw e;
     } finally {
+      await agent?.close();
       this.storage.close();
     }
   }
@@ -143,46 +163,53 @@ export class IdentityDaemon {
   /**
    * Retries transient failures with exponential backoff and full jitter, keeping the current
    * outputs; final errors and `budgetMs` running out are thrown.
+   *
+   * SIGHUP ("renew now") may cut one backoff wait short per run of failures, no more: a script
+   * sending SIGHUP in a loop while the auth service is down must not turn the retries into a
+   * tight loop against it.
    */
   private async withRetry(signal: AbortSignal, fn: () => Promise<void>, budgetMs: number): Promise<void> {
     const started = this.now();
-    const maxDelay = Math.min(Math.max(this.opts.renewalIntervalMs / 2, 1_000), 300_000);
-    for (let attempt = 0; ; attempt++) {
-      try {
-        await fn();
-        return;
-      } catch (e) {
-        const code = isMeziteError(e) ? e.code : "ERR_INTERNAL";
-        this.failures.inc({ code });
-        if (isFinalError(e) || signal.aborted) throw e;
-        if (isMeziteError(e) && (e.code === "ERR_USAGE" || e.code === "ERR_CONFIG" || e.code === "ERR_SYMLINK")) throw e;
-        // The last wait is cut to what is left of the budget, so the final attempt lands on it.
-        const left = budgetMs - (this.now() - started);
-        if (left <= 0) throw e;
-        const delay = Math.min(Math.round(this.random() * Math.min(1_000 * 2 ** attempt, maxDelay)) + 250, left);
-        this.deps.log.warn("issue failed; retrying", { error: (e as Error).message, code, retry_in_ms: delay, attempt: attempt + 1 });
-        await this.sleepUntil(this.now() + delay, signal);
+    const backoff = new Backoff({ baseMs: 1_000, maxMs: Math.min(Math.max(this.opts.renewalIntervalMs / 2, 1_000), 300_000), minMs: 250, random: this.random });
+    try {
+      for (;;) {
+        // This attempt answers every SIGHUP so far; one arriving while it runs asks for another.
+        this.renewRequested = false;
+        try {
+          await fn();
+          return;
+        } catch (e) {
+          const code = isMeziteError(e) ? e.code : "ERR_INTERNAL";
+          this.failures.inc({ code });
+          if (isFinalError(e) || signal.aborted) throw e;
+          if (isMeziteError(e) && (e.code === "ERR_USAGE" || e.code === "ERR_CONFIG" || e.code === "ERR_SYMLINK")) throw e;
+          // The last wait is cut to what is left of the budget, so the final attempt lands on it.
+          const left = budgetMs - (this.now() - started);
+          if (left <= 0) throw e;
+          const delay = Math.min(backoff.next(), left);
+          this.deps.log.warn("issue failed; retrying", { error: (e as Error).message, code, retry_in_ms: delay, attempt: backoff.failures });
+          await this.sleepUntil(this.now() + delay, signal);
+          if (this.renewRequested) this.backoffCutUsed = true;
+        }
       }
+    } finally {
+      this.backoffCutUsed = false;
     }
   }
 
   /**
    * Sleeps in short steps against the wall clock, so a machine that slept (suspend, a paused
-   * VM) renews at once on waking instead of when a monotonic timer would fire.
+   * VM) renews at once on waking instead of when a monotonic timer would fire. A SIGHUP
+   * (renewSoon) ends it.
    */
   private async sleepUntil(at: number, signal: AbortSignal): Promise<void> {
     while (!signal.aborted && !this.renewRequested && this.now() < at) {
-      await new Promise<void>((resolve) => {
-        // Each step removes its own abort listener: a daemon sleeps a million steps a fortnight.
-        const done = () => {
-          clearTimeout(t);
-          signal.removeEventListener("abort", done);
-          resolve();
-        };
-        const t = setTimeout(done, Math.min(at - this.now(), 1_000));
-        this.wake = done;
-        signal.addEventListener("abort", done, { once: true });
-      });
+      const step = new AbortController();
+      const stop = () => step.abort();
+      signal.addEventListener("abort", stop, { once: true });
+      this.wake = stop;
+      await sleep(Math.min(at - this.now(), 1_000), step.signal);
+      signal.removeEventListener("abort", stop);
       this.wake = undefined;
     }
   }
@@ -285,7 +312,9 @@ export class IdentityDaemon {
       issued: this.now(),
     };
     this.storage.saveState(state);
-    writeOutputs(this.opts.destinationDir, certs, keys);
+    // The agent swaps key and certificate in one assignment; the files follow.
+    this.keyring?.set(keys.ssh, certs.sshCertificate, certs.identityName);
+    writeOutputs(this.opts.destinationDir, certs, keys, { sshKeyFile: this.opts.sshKeyFile, sshAgentSocket: this.opts.sshAgentSocket });
     this.state = state;
     this.renewals.inc({ kind: what === "joined" ? "join" : "renew" });
     this.deps.log.info(`agent identity ${what}`, {

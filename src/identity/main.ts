@@ -15,8 +15,8 @@ export async function runIdentity(opts: IdentityOptions): Promise<void> {
   process.once("SIGTERM", () => stop("SIGTERM"));
   process.once("SIGINT", () => stop("SIGINT"));
   process.on("SIGHUP", () => {
-    log.info("SIGHUP: renewing now");
-    daemon.renewSoon();
+    if (daemon.renewSoon()) log.info("SIGHUP: renewing now");
+    else log.info("SIGHUP: retrying after failures, and one SIGHUP already cut the backoff short: the next retry stays as scheduled");
   });
   const diag = opts.diagAddr ? await startDiagServer(opts.diagAddr, diagSource(daemon.registry, () => daemon.notReady())) : undefined;
   if (diag) log.info("diagnostics listening", { addr: `${opts.diagAddr!.replace(/:\d+$/, "")}:${diag.port}` });

@@ -26,8 +26,12 @@ export interface IdentityOptions {
   diagAddr: string | undefined;
   /** sha256:HEX of the auth service's TLS CA key, checked before joining. */
   caPin: string | undefined;
-  /** How long a join or one-shot renewal keeps retrying an unreachable auth service. */
-  unreachableRetryMs: number;
+  /** --one-shot-retry: how long a one-shot join or renewal keeps retrying a failing auth service. Default 30s. */
+  oneShotRetryMs: number;
+  /** --ssh-agent-socket: serve the SSH key and certificate over the SSH agent protocol here (absolute). */
+  sshAgentSocket: string | undefined;
+  /** False with --no-ssh-key-file: the SSH private key lives in the agent alone (SPEC §16). */
+  sshKeyFile: boolean;
 }
 
 export type JoinMethod = "token" | "github" | "gitlab" | "oidc";
@@ -64,6 +68,10 @@ export interface RawIdentityOptions {
   joinMethod?: string | undefined;
   idTokenFile?: string | undefined;
   idTokenEnv?: string | undefined;
+  oneShotRetry?: string | undefined;
+  sshAgentSocket?: string | undefined;
+  /** commander's --no-ssh-key-file sets sshKeyFile: false. */
+  sshKeyFile?: boolean | string | undefined;
 }
 
 function usage(msg: string): never {
@@ -76,6 +84,13 @@ function duration(value: string, flag: string): number {
   } catch {
     usage(`${flag}: "${value}" is not a duration such as 90s, 20m or 1h`);
   }
+}
+
+/** Why `p` cannot be named in the generated ssh_config (outputs.ts quotes blanks and doubles %), or undefined. */
+function unwritableInSshConfig(p: string): string | undefined {
+  if (/["\x00-\x1f\x7f]/.test(p)) return "a double quote or a control character";
+  if (p.includes("${")) return '"${" (ssh would expand it as an environment variable)';
+  return undefined;
 }
 
 export function resolveIdentityOptions(raw: RawIdentityOptions, env: NodeJS.ProcessEnv = process.env): IdentityOptions {
@@ -122,24 +137,34 @@ export function resolveIdentityOptions(raw: RawIdentityOptions, env: NodeJS.Proc
     usage(`--renewal-interval (${formatDuration(renewalIntervalMs)}) must be shorter than --cert-ttl (${formatDuration(certTtlMs)}), or certificates would expire before renewal`);
   }
   if (raw.caPin !== undefined && !/^sha256:[0-9a-f]{64}$/.test(raw.caPin)) usage("--ca-pin must be sha256: followed by 64 lowercase hex characters");
+  const oneShot = raw.oneShot === true || raw.oneShot === "true";
+  const oneShotRetryMs = duration(raw.oneShotRetry ?? "30s", "--one-shot-retry");
+  const sshKeyFile = !(raw.sshKeyFile === false || raw.sshKeyFile === "false");
+  if (raw.sshAgentSocket === "") usage("--ssh-agent-socket needs a path");
+  // sun_path holds 108 bytes with its NUL: a longer path cannot be bound.
+  if (raw.sshAgentSocket !== undefined && Buffer.byteLength(resolve(raw.sshAgentSocket)) > 107) usage("--ssh-agent-socket: the path is longer than a Unix socket allows (107 bytes)");
+  if (raw.sshAgentSocket !== undefined && oneShot) usage("--ssh-agent-socket needs a running daemon: it cannot be used with --one-shot");
+  if (!sshKeyFile && raw.sshAgentSocket === undefined) usage("--no-ssh-key-file needs --ssh-agent-socket: without a key file the agent is the only holder of the SSH key");
+  const dest = resolve(raw.destinationDir);
+  const socket = raw.sshAgentSocket === undefined ? undefined : resolve(raw.sshAgentSocket);
+  for (const [flag, p] of [["--destination-dir", dest], ["--ssh-agent-socket", socket]] as const) {
+    const why = p === undefined ? undefined : unwritableInSshConfig(p);
+    if (why) usage(`${flag}: the path holds ${why}, which ssh_config cannot name: choose another path`);
+  }
   return {
     authServer: raw.authServer,
     token,
     join: joinHow,
     // Absolute, because ssh_config names the outputs by these paths and ssh may run elsewhere.
-    destinationDir: resolve(raw.destinationDir),
+    destinationDir: dest,
     storageDir: resolve(raw.storageDir ?? join(raw.destinationDir, ".mezite")),
     certTtlMs,
     renewalIntervalMs,
-    oneShot: raw.oneShot === true || raw.oneShot === "true",
+    oneShot,
     diagAddr: raw.diagAddr,
     caPin: raw.caPin,
-    unreachableRetryMs: retryBudgetMs(env),
+    oneShotRetryMs,
+    sshAgentSocket: socket,
+    sshKeyFile,
   };
-}
-
-/** 30 s; MEZITE_UNREACHABLE_RETRY_MS (undocumented) shortens it for tests. */
-function retryBudgetMs(env: NodeJS.ProcessEnv): number {
-  const v = env["MEZITE_UNREACHABLE_RETRY_MS"];
-  return v !== undefined && /^\d{1,9}$/.test(v) ? Number(v) : 30_000;
 }

@@ -2,31 +2,57 @@
  * The destination dir (SPEC §6): what ssh, scp, Ansible and TLS clients read. Each file is
  * replaced atomically; keys are 0600; a symlink in place of an output is refused.
  */
-import { lstatSync } from "node:fs";
+import { lstatSync, unlinkSync } from "node:fs";
 import { join } from "node:path";
 import type { IssuedCertificates } from "../api/gen/mezite/v1/common_pb.js";
 import { encodeOpenSSHPrivateKey } from "../ca/sshkey.js";
 import { privateKeyToPem } from "../ca/x509.js";
-import { assertNotSymlink, ensureDir, writeFileAtomic } from "../lib/files.js";
+import { MeziteError } from "../lib/errors.js";
+import { assertNotSymlink, ensureDir, writeFileAtomic, writeFilesAtomic } from "../lib/files.js";
 import type { IssueKeys } from "./protocol.js";
 
 export const OUTPUT_FILES = ["ssh_key", "ssh_cert", "x509_cert.pem", "x509_key.pem", "cert_serial", "ssh_known_hosts", "ssh_config", "x509_ca.pem"] as const;
 
-export function renderSshConfig(dest: string): string {
+/** How the outputs are laid out: the key file or not, the agent socket or not. */
+export interface OutputOptions {
+  sshKeyFile: boolean;
+  sshAgentSocket: string | undefined;
+}
+
+/**
+ * With an agent socket, ssh takes key and certificate from the agent alone (`IdentityFile none`:
+ * no file identity, not even ~/.ssh/id_*), so a login never pairs files across a renewal.
+ */
+export function renderSshConfig(dest: string, out: OutputOptions = { sshKeyFile: true, sshAgentSocket: undefined }): string {
+  const auth = out.sshAgentSocket !== undefined
+    ? [`    IdentityAgent ${configPath(out.sshAgentSocket)}`, "    IdentityFile none"]
+    : [`    IdentityFile ${configPath(join(dest, "ssh_key"))}`, `    CertificateFile ${configPath(join(dest, "ssh_cert"))}`, "    IdentitiesOnly yes"];
   return [
     "# Written by mezd identity; replaced on every renewal. Use with: ssh -F " + join(dest, "ssh_config") + " deploy@host",
     "Host *",
-    `    IdentityFile ${join(dest, "ssh_key")}`,
-    `    CertificateFile ${join(dest, "ssh_cert")}`,
-    `    UserKnownHostsFile ${join(dest, "ssh_known_hosts")}`,
-    "    IdentitiesOnly yes",
+    ...auth,
+    `    UserKnownHostsFile ${configPath(join(dest, "ssh_known_hosts"))}`,
     "    StrictHostKeyChecking yes",
     "",
   ].join("\n");
 }
 
-export function renderKnownHosts(hostCaKeys: string[]): string {
-  return hostCaKeys.map((k) => `@cert-authority * ${k}`).join("\n") + "\n";
+/**
+ * A path as an ssh_config argument: ssh expands %-tokens in these options (so % is doubled) and
+ * splits on blanks (so such a path is quoted). What cannot be written at all (a double quote,
+ * a control character, "${") is refused by the options, before anything runs.
+ */
+function configPath(p: string): string {
+  const escaped = p.replace(/%/g, "%%");
+  return /\s/.test(escaped) ? `"${escaped}"` : escaped;
+}
+
+/**
+ * Every trusted Host CA, and the host keys of removed or replaced nodes as `@revoked` (SPEC §13):
+ * ssh refuses such a host even with a valid host certificate.
+ */
+export function renderKnownHosts(hostCaKeys: string[], revokedHostKeys: string[] = []): string {
+  return [...hostCaKeys.map((k) => `@cert-authority * ${k}`), ...revokedHostKeys.map((k) => `@revoked * ${k}`)].join("\n") + "\n";
 }
 
 /**
@@ -44,17 +70,39 @@ export function checkDestination(dest: string): void {
   for (const f of OUTPUT_FILES) assertNotSymlink(join(dest, f));
 }
 
-export function writeOutputs(dest: string, certs: IssuedCertificates, keys: IssueKeys): void {
+/** Removes an ssh_key left by an earlier run without --no-ssh-key-file (a symlink there is refused). */
+export function removeSshKeyFile(dest: string): void {
+  const path = join(dest, "ssh_key");
+  assertNotSymlink(path);
+  try {
+    unlinkSync(path);
+  } catch (e) {
+    if ((e as NodeJS.ErrnoException).code !== "ENOENT") throw new MeziteError("ERR_STORAGE", `cannot remove ${path}: ${(e as Error).message}`, { cause: e });
+  }
+}
+
+export function writeOutputs(dest: string, certs: IssuedCertificates, keys: IssueKeys, out: OutputOptions = { sshKeyFile: true, sshAgentSocket: undefined }): void {
   checkDestination(dest);
   const w = (name: string, data: string, mode: number) => writeFileAtomic(join(dest, name), data, mode);
-  // Key before certificate: a reader between the two sees a new key with the old certificate
-  // for a moment, never a certificate whose key is not there yet.
-  w("ssh_key", encodeOpenSSHPrivateKey(keys.ssh), 0o600);
-  w("ssh_cert", certs.sshCertificate + "\n", 0o644);
-  w("x509_key.pem", privateKeyToPem(keys.x509), 0o600);
-  w("x509_cert.pem", certs.x509CertificatePem, 0o644);
+  const cert = { path: join(dest, "ssh_cert"), data: certs.sshCertificate + "\n", mode: 0o644 };
+  if (out.sshKeyFile) {
+    // Both written and synced first, then renamed back to back: certificate first, key second.
+    // ssh reads the certificate when it starts and the private key when it signs, a moment
+    // later, and fails when they differ. Certificate first, a login fails only if it starts
+    // before the first rename and signs after the second (or fits wholly between the two,
+    // microseconds apart). Key first, it fails if it starts before the second rename and signs
+    // after the first: a wider window. No order closes it: --ssh-agent-socket does.
+    writeFilesAtomic([cert, { path: join(dest, "ssh_key"), data: encodeOpenSSHPrivateKey(keys.ssh), mode: 0o600 }]);
+  } else {
+    writeFilesAtomic([cert]);
+  }
+  // The X.509 pair too is staged, then renamed back to back.
+  writeFilesAtomic([
+    { path: join(dest, "x509_key.pem"), data: privateKeyToPem(keys.x509), mode: 0o600 },
+    { path: join(dest, "x509_cert.pem"), data: certs.x509CertificatePem, mode: 0o644 },
+  ]);
   w("x509_ca.pem", certs.userCaX509Pems.join(""), 0o644);
-  w("ssh_known_hosts", renderKnownHosts(certs.hostCaSshKeys), 0o644);
-  w("ssh_config", renderSshConfig(dest), 0o644);
+  w("ssh_known_hosts", renderKnownHosts(certs.hostCaSshKeys, certs.revokedHostKeys), 0o644);
+  w("ssh_config", renderSshConfig(dest, out), 0o644);
   w("cert_serial", `${certs.serial}\n`, 0o644);
 }

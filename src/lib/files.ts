@@ -3,7 +3,7 @@
  * the same directory, fsync, rename over the target, fsync the directory. A symlink (or anything
  * but a regular file) where the target should be is refused, never followed.
  */
-import { constants, closeSync, fsyncSync, lstatSync, mkdirSync, openSync, renameSync, unlinkSync, writeSync, readFileSync, chmodSync } from "node:fs";
+import { constants, closeSync, fsyncSync, lstatSync, mkdirSync, openSync, renameSync, unlinkSync, writeSync, readFileSync, chmodSync, fchmodSync } from "node:fs";
 import { randomBytes } from "node:crypto";
 import { basename, dirname, join } from "node:path";
 import { MeziteError } from "./errors.js";
@@ -27,22 +27,73 @@ export function assertNotSymlink(path: string): void {
 
 /** Atomically replaces `path` with `data`, created with `mode` (0600 unless said otherwise). */
 export function writeFileAtomic(path: string, data: string | Uint8Array, mode = 0o600): void {
-  assertNotSymlink(path);
-  const dir = dirname(path);
-  const tmp = join(dir, `.${basename(path)}.${randomBytes(6).toString("hex")}.tmp`);
+  writeFilesAtomic([{ path, data, mode }]);
+}
+
+export interface FileWrite {
+  path: string;
+  data: string | Uint8Array;
+  /** Default 0600. */
+  mode?: number;
+}
+
+/**
+ * Replaces several files, each atomically, renamed in the order given only once every one of
+ * them is written and synced: the renames follow each other within microseconds, so a reader
+ * sees the old set or the new set except in that instant. Nothing is renamed if any write fails.
+ */
+export function writeFilesAtomic(files: FileWrite[]): void {
+  for (const f of files) assertNotSymlink(f.path);
+  const staged: { tmp: string; path: string }[] = [];
+  let current = files[0]?.path ?? "";
+  try {
+    for (const f of files) {
+      current = f.path;
+      staged.push({ tmp: stage(f.path, f.data, f.mode ?? 0o600), path: f.path });
+    }
+    for (const s of staged) {
+      current = s.path;
+      renameSync(s.tmp, s.path);
+      s.tmp = "";
+    }
+  } catch (e) {
+    for (const s of staged) {
+      if (s.tmp === "") continue;
+      try {
+        unlinkSync(s.tmp);
+      } catch {
+        /* already gone */
+      }
+    }
+    if (e instanceof MeziteError) throw e;
+    throw storageError(current, e);
+  }
+  for (const dir of new Set(files.map((f) => dirname(f.path)))) fsyncDir(dir);
+}
+
+function storageError(path: string, e: unknown): MeziteError {
+  const code = errno(e);
+  const why = code === "ENOSPC" ? "the disk is full" : code === "EACCES" || code === "EPERM" ? "permission denied" : (e as Error).message;
+  return new MeziteError("ERR_STORAGE", `cannot write ${path}: ${why}`, { cause: e });
+}
+
+/** Writes `data` to a fresh temp file beside `path`, with `mode` set before any byte lands; returns its name. */
+function stage(path: string, data: string | Uint8Array, mode: number): string {
+  const tmp = join(dirname(path), `.${basename(path)}.${randomBytes(6).toString("hex")}.tmp`);
   let fd: number | undefined;
   try {
     // O_EXCL|O_NOFOLLOW: never write through a link an attacker planted at the temp name.
     fd = openSync(tmp, constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL | constants.O_NOFOLLOW, mode);
+    // The umask only narrows the mode open() gave; set it exactly on the descriptor, before the
+    // secret is written, and never by path (a path can be swapped under us, the descriptor not).
+    fchmodSync(fd, mode);
     const buf = typeof data === "string" ? Buffer.from(data) : data;
     let off = 0;
     while (off < buf.length) off += writeSync(fd, buf, off, buf.length - off);
     fsyncSync(fd);
     closeSync(fd);
     fd = undefined;
-    chmodSync(tmp, mode); // umask may have narrowed or widened nothing, but be exact
-    renameSync(tmp, path);
-    fsyncDir(dir);
+    return tmp;
   } catch (e) {
     if (fd !== undefined) closeSync(fd);
     try {
@@ -50,10 +101,7 @@ export function writeFileAtomic(path: string, data: string | Uint8Array, mode = 
     } catch {
       /* already gone */
     }
-    if (e instanceof MeziteError) throw e;
-    const code = errno(e);
-    const why = code === "ENOSPC" ? "the disk is full" : code === "EACCES" || code === "EPERM" ? "permission denied" : (e as Error).message;
-    throw new MeziteError("ERR_STORAGE", `cannot write ${path}: ${why}`, { cause: e });
+    throw storageError(path, e);
   }
 }
 

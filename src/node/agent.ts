@@ -12,6 +12,7 @@ import { connect } from "../api/client.js";
 import { fromConnectError } from "../api/errors.js";
 import { formatAuthorizedKey, parseAuthorizedKey, parseOpenSSHPrivateKey } from "../ca/sshkey.js";
 import { generateP256, privateKeyToPem, publicKeyToDer } from "../ca/x509.js";
+import { Backoff, sleep } from "../lib/backoff.js";
 import { MeziteError, isMeziteError } from "../lib/errors.js";
 import { readFileNoFollow, writeFileAtomic } from "../lib/files.js";
 import type { Logger } from "../lib/log.js";
@@ -212,41 +213,28 @@ export class NodeAgent {
    * backoff and full jitter up to maxBackoffMs, logged when the error changes and on recovery.
    */
   private async every(name: string, intervalMs: number, signal: AbortSignal, fn: () => Promise<unknown>): Promise<void> {
-    let failures = 0;
+    // A failing call waits between the interval and min(2 * interval * 2^n, maxBackoffMs).
+    const backoff = new Backoff({ baseMs: 2 * intervalMs, maxMs: this.opts.maxBackoffMs, random: this.random });
     let lastError = "";
     while (!signal.aborted) {
       let wait: number;
       try {
         await fn();
-        if (failures > 0) this.deps.log.info(`${name} recovered`, { after_failures: failures });
-        failures = 0;
+        if (backoff.failures > 0) this.deps.log.info(`${name} recovered`, { after_failures: backoff.failures });
+        backoff.reset();
         lastError = "";
         wait = intervalMs * (0.9 + this.random() * 0.2);
       } catch (e) {
         if (signal.aborted) break;
-        failures++;
         const message = (e as Error)?.message ?? String(e);
         const code = isMeziteError(e) ? e.code : "ERR_INTERNAL";
-        wait = Math.max(intervalMs, Math.round(this.random() * Math.min(intervalMs * 2 ** failures, this.opts.maxBackoffMs)));
+        wait = Math.max(intervalMs, backoff.next());
         if (message !== lastError) this.deps.log.warn(`${name} failed; keeping the current files and retrying`, { error: message, code, retry_in_ms: wait });
         lastError = message;
       }
       await sleep(wait, signal);
     }
   }
-}
-
-function sleep(ms: number, signal: AbortSignal): Promise<void> {
-  return new Promise((resolve) => {
-    if (signal.aborted) return resolve();
-    const t = setTimeout(done, ms);
-    function done() {
-      clearTimeout(t);
-      signal.removeEventListener("abort", done);
-      resolve();
-    }
-    signal.addEventListener("abort", done, { once: true });
-  });
 }
 
 /** The file's bytes, or undefined when it is missing or not a plain file we can read (then it is rewritten). */

@@ -68,11 +68,10 @@ after(async () => {
 
 /** A pipeline run: the daemon as a GitHub job runs it, with the runtime's two variables. */
 function pipelineRun(dest: string, extraArgs: string[] = [], env: Record<string, string> = {}) {
-  return oneShot(auth.addr, dest, ["--join-method=github", "--token=github-deploy-main", `--ca-pin=${pin}`, ...extraArgs], {
+  return oneShot(auth.addr, dest, ["--join-method=github", "--token=github-deploy-main", `--ca-pin=${pin}`, "--one-shot-retry=1s", ...extraArgs], {
     NODE_EXTRA_CA_CERTS: issuer.caPath,
     ACTIONS_ID_TOKEN_REQUEST_URL: issuer.githubRequestUrl,
     ACTIONS_ID_TOKEN_REQUEST_TOKEN: issuer.githubRequestToken,
-    MEZITE_UNREACHABLE_RETRY_MS: "500",
     ...env,
   });
 }
@@ -279,7 +278,7 @@ ${section}
     const jwt = await issuer.sign({ iss: "https://127.0.0.1:9/down", aud: CLUSTER, sub: "worker" });
     const api = await refused(joinWith(jwt, "down"), "ERR_ISSUER_UNREACHABLE", Code.Unavailable);
     assert.match(api.message, /cannot fetch the keys of https:\/\/127\.0\.0\.1:9\/down/);
-    const r = await oneShot(auth.addr, join(tmp, "down"), ["--join-method=oidc", "--token=down", `--ca-pin=${pin}`], { MEZITE_ID_TOKEN: jwt, MEZITE_UNREACHABLE_RETRY_MS: "500" });
+    const r = await oneShot(auth.addr, join(tmp, "down"), ["--join-method=oidc", "--token=down", `--ca-pin=${pin}`, "--one-shot-retry=1s"], { MEZITE_ID_TOKEN: jwt });
     assert.equal(r.code, 1, r.stderr);
   });
 });

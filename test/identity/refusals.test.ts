@@ -56,7 +56,7 @@ describe("mezd identity start refuses", { concurrency: true }, () => {
     test("--help exits 0 and names the flags", async () => {
       const r = await identity("--help");
       assert.equal(r.code, 0, r.stderr);
-      for (const flag of ["--auth-server", "--token", "--token-file", "--destination-dir", "--storage-dir", "--cert-ttl", "--renewal-interval", "--one-shot", "--diag-addr", "--config"]) assert.ok(r.stdout.includes(flag), flag);
+      for (const flag of ["--auth-server", "--token", "--token-file", "--destination-dir", "--storage-dir", "--cert-ttl", "--renewal-interval", "--one-shot", "--one-shot-retry", "--ssh-agent-socket", "--no-ssh-key-file", "--diag-addr", "--config"]) assert.ok(r.stdout.includes(flag), flag);
     });
 
     test("missing --destination-dir", async () => {
@@ -159,7 +159,7 @@ describe("mezd identity start refuses", { concurrency: true }, () => {
         });
       });
       const t0 = performance.now();
-      const r = await oneShot(`127.0.0.1:${port}`, newDir(), [`--token=${randomBytes(32).toString("hex")}`], { MEZITE_UNREACHABLE_RETRY_MS: "2500" });
+      const r = await oneShot(`127.0.0.1:${port}`, newDir(), [`--token=${randomBytes(32).toString("hex")}`, "--one-shot-retry=2500ms"]);
       const took = performance.now() - t0;
       refused(r, 1, new RegExp(`^mezd: cannot reach the auth service at 127\\.0\\.0\\.1:${port}`));
       const retries = logLines(r.stderr).filter((l) => l["msg"] === "issue failed; retrying");

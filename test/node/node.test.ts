@@ -20,6 +20,7 @@ import { encodeOpenSSHPrivateKey, formatAuthorizedKey } from "../../src/ca/sshke
 import { buildJoinRequest, generateIssueKeys, verifyJoinReply } from "../../src/identity/protocol.js";
 import { silentLogger } from "../../src/lib/log.js";
 import { NODE_DEFAULTS, NodeAgent } from "../../src/node/agent.js";
+import { renderKnownHosts } from "../../src/identity/outputs.js";
 import { MEZD, SEED_ROLE, mezctlOk, principalsMezd, run, startAuth, tokenFrom, type AuthProcess } from "../harness/auth.js";
 
 const PRINCIPALS_MEZD = principalsMezd();
@@ -318,6 +319,28 @@ describe("nodes: stock sshd enforces roles, locks and deletions", () => {
     const r = await sshRun({ port: dev.sshd.port, user: "deploy", keyPath: ops.keyPath, certPath: ops.certPath, knownHostsPath: knownHosts, command: "whoami", extraOptions: ["-o", "LogLevel=DEBUG1", "-o", `HostKeyAlias=${dev.name}`] });
     assert.equal(r.stdout, "deploy\n");
     assert.match(r.stderr, new RegExp(`Server host certificate: .*serial ${after.serial} `));
+  });
+
+  test("nodes rm: from their next renewal, agents' ssh_known_hosts refuse the removed node's host key", async (t) => {
+    if (missing) return missingComponent(t, ...missing);
+    const dev = nodes["dev"]!;
+    const ops = agents["ops"]!;
+    assert.equal(await login(ops, dev), true);
+    await mezctlOk(auth, "nodes", "rm", dev.name);
+    // What a daemon writes after its next renewal (a join here: the same certificates reply).
+    const token = tokenFrom(await mezctlOk(auth, "agent-identities", "add-token", "ops"));
+    const keys = generateIssueKeys();
+    const { request, macKey } = buildJoinRequest(parseToken(token), keys, 3_600_000);
+    const certs = verifyJoinReply(request, await connect(JoinService, auth.addr, {}).join(request), macKey, keys);
+    const revokedHosts = join(work, "known_hosts_after_rm");
+    writeFileSync(revokedHosts, renderKnownHosts(certs.hostCaSshKeys, certs.revokedHostKeys));
+    assert.match(readFileSync(revokedHosts, "utf8"), /^@revoked \* ssh-ed25519 /m);
+    const r = await sshRun({ port: dev.sshd.port, user: "deploy", keyPath: ops.keyPath, certPath: ops.certPath, knownHostsPath: revokedHosts, command: "whoami", extraOptions: ["-o", `HostKeyAlias=${dev.name}`] });
+    assert.notEqual(r.code, 0);
+    assert.match(r.stderr, /REVOKED HOST KEY|revoked/i);
+    const staging = nodes["staging"]!;
+    const still = await sshRun({ port: staging.sshd.port, user: "deploy", keyPath: ops.keyPath, certPath: ops.certPath, knownHostsPath: revokedHosts, command: "whoami", extraOptions: ["-o", `HostKeyAlias=${staging.name}`] });
+    assert.equal(still.stdout, "deploy\n", "other nodes are unaffected");
   });
 
   test("with the auth service down, logins keep working and node start keeps the files", async (t) => {
