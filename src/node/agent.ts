@@ -197,15 +197,27 @@ export class NodeAgent {
     this.deps.log.info("host certificate renewed", { node: creds.nodeName, expires: new Date(Number(creds.hostCertExpires)).toISOString() });
   }
 
-  /** Runs every service until `signal` aborts. */
-  async run(signal: AbortSignal): Promise<void> {
+  /**
+   * Runs every service until `signal` aborts, or until the service says this node is no longer
+   * one (removed or replaced: ERR_NOT_AUTHORIZED), which ends them all and is thrown.
+   */
+  async run(outer: AbortSignal): Promise<void> {
     this.deps.log.info("node agent started", { node: this.config.name, auth_server: this.authServer, ssh_dir: this.opts.sshDir });
-    await Promise.all([
-      this.every("revocations", this.opts.revocationIntervalMs, signal, () => this.syncRevocations(signal)),
-      this.every("heartbeat", this.opts.heartbeatIntervalMs, signal, () => this.heartbeat(signal)),
-      // Checked as often as heartbeats: the certificate lives days, half of it is never close.
-      this.every("renewal", this.opts.heartbeatIntervalMs, signal, () => this.renewIfDue(signal)),
-    ]);
+    const stop = new AbortController();
+    const onAbort = () => stop.abort();
+    outer.addEventListener("abort", onAbort, { once: true });
+    const signal = stop.signal;
+    const ending = (p: Promise<void>) => p.catch((e: unknown) => (stop.abort(), Promise.reject(e)));
+    try {
+      await Promise.all([
+        ending(this.every("revocations", this.opts.revocationIntervalMs, signal, () => this.syncRevocations(signal))),
+        ending(this.every("heartbeat", this.opts.heartbeatIntervalMs, signal, () => this.heartbeat(signal))),
+        // Checked as often as heartbeats: the certificate lives days, half of it is never close.
+        ending(this.every("renewal", this.opts.heartbeatIntervalMs, signal, () => this.renewIfDue(signal))),
+      ]);
+    } finally {
+      outer.removeEventListener("abort", onAbort);
+    }
   }
 
   /**
@@ -226,6 +238,7 @@ export class NodeAgent {
         wait = intervalMs * (0.9 + this.random() * 0.2);
       } catch (e) {
         if (signal.aborted) break;
+        if (isMeziteError(e, "ERR_NOT_AUTHORIZED")) throw e; // removed or replaced: retrying cannot help
         const message = (e as Error)?.message ?? String(e);
         const code = isMeziteError(e) ? e.code : "ERR_INTERNAL";
         wait = Math.max(intervalMs, backoff.next());

@@ -341,6 +341,10 @@ describe("nodes: stock sshd enforces roles, locks and deletions", () => {
     const staging = nodes["staging"]!;
     const still = await sshRun({ port: staging.sshd.port, user: "deploy", keyPath: ops.keyPath, certPath: ops.certPath, knownHostsPath: revokedHosts, command: "whoami", extraOptions: ["-o", `HostKeyAlias=${staging.name}`] });
     assert.equal(still.stdout, "deploy\n", "other nodes are unaffected");
+    // The removed node's agent stops at once, with one line and exit 3: retrying cannot help.
+    const agent = await run(MEZD, ["node", "start", `--ssh-dir=${dev.dir}`, `--auth-server=${auth.addr}`], { timeoutMs: 20_000 });
+    assert.equal(agent.code, 3, agent.stderr);
+    assert.match(agent.stderr, new RegExp(`^mezd: node "${dev.name}" was removed or replaced: join it again with a new node token$`, "m"));
   });
 
   test("with the auth service down, logins keep working and node start keeps the files", async (t) => {
