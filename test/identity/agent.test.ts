@@ -8,9 +8,8 @@
 import assert from "node:assert/strict";
 import { spawn, spawnSync } from "node:child_process";
 import { randomBytes, generateKeyPairSync, verify } from "node:crypto";
-import { chmodSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, symlinkSync, writeFileSync } from "node:fs";
+import { chmodSync, existsSync, mkdirSync, readdirSync, readFileSync, statSync, symlinkSync, writeFileSync } from "node:fs";
 import { createConnection, type Socket } from "node:net";
-import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, before, describe, test } from "node:test";
 import {
@@ -19,29 +18,13 @@ import {
 import { parseSshCertificate } from "../../src/ca/sshcert.js";
 import { sshPublicKeyBlob } from "../../src/ca/sshkey.js";
 import { SshReader } from "../../src/ca/sshwire.js";
-import type { AuthProcess } from "../harness/auth.js";
 import { SSH_PATH } from "../harness/require.js";
 import {
-  JOINED, RENEWED, addIdentity, humanLines, killDaemons, sshdMissing, startAuthWithRole, startDaemon, startNode, type Daemon, type Node,
-} from "./fixture.js";
+  JOINED, RENEWED, addIdentity, humanLines, sshdMissing, startDaemon, startNode, type Daemon, identityTestbed } from "./fixture.js";
 
 const SSH_ADD = "/usr/bin/ssh-add";
 
-let tmp: string;
-let auth: AuthProcess;
-let node: Node | undefined;
-
-before(async () => {
-  tmp = mkdtempSync(join(tmpdir(), "mezite-identity-agent-"));
-  auth = await startAuthWithRole(tmp);
-});
-
-after(async () => {
-  killDaemons();
-  await node?.sshd.stop();
-  await auth.stop();
-  rmSync(tmp, { recursive: true, force: true });
-});
+const bed = identityTestbed("agent");
 
 const mode = (p: string) => statSync(p).mode & 0o777;
 
@@ -125,9 +108,9 @@ describe("the SSH agent socket", () => {
   let diagPort: number;
 
   before(async () => {
-    dest = join(tmp, "agent-certs");
-    sock = join(tmp, "run", "mezite", "agent.sock");
-    daemon = startDaemon(auth.addr, dest, [`--ssh-agent-socket=${sock}`, "--no-ssh-key-file", "--cert-ttl=1m", "--renewal-interval=50s", "--diag-addr=127.0.0.1:0"], { MEZITE_TOKEN: await addIdentity(auth, "agent-user") });
+    dest = join(bed.tmp, "agent-certs");
+    sock = join(bed.tmp, "run", "mezite", "agent.sock");
+    daemon = startDaemon(bed.auth.addr, dest, [`--ssh-agent-socket=${sock}`, "--no-ssh-key-file", "--cert-ttl=1m", "--renewal-interval=50s", "--diag-addr=127.0.0.1:0"], { MEZITE_TOKEN: await addIdentity(bed.auth, "agent-user") });
     await daemon.waitFor(/"msg":"diagnostics listening"/);
     diagPort = Number(/"addr":"127\.0\.0\.1:(\d+)"/.exec(daemon.output())![1]);
     await daemon.waitFor(JOINED);
@@ -140,7 +123,7 @@ describe("the SSH agent socket", () => {
   test("socket 0600 in a 0700 directory; ssh-add -L lists the certificate of ssh_cert and its bare key", () => {
     assert.ok(statSync(sock).isSocket());
     assert.equal(mode(sock), 0o600);
-    assert.equal(mode(join(tmp, "run", "mezite")), 0o700);
+    assert.equal(mode(join(bed.tmp, "run", "mezite")), 0o700);
     const r = sshAdd(sock, "-L");
     assert.equal(r.code, 0, r.out);
     const lines = r.out.trim().split("\n");
@@ -166,22 +149,22 @@ describe("the SSH agent socket", () => {
 
   test("stock ssh logs in through ssh_config and the agent, is refused as root; sshd saw the certificate", async (t) => {
     if (sshdMissing(t)) return;
-    node = await startNode(auth, join(tmp, "node"));
-    const ok = sshViaConfig(dest, node.sshd.port);
+    bed.node = await startNode(bed.auth, join(bed.tmp, "node"));
+    const ok = sshViaConfig(dest, bed.node.sshd.port);
     assert.equal(ok.status, 0, ok.stderr);
     assert.equal(ok.stdout, "deploy\n");
-    const root = sshViaConfig(dest, node.sshd.port, "root");
+    const root = sshViaConfig(dest, bed.node.sshd.port, "root");
     assert.equal(root.status, 255);
     assert.match(root.stderr, /Permission denied/);
     const serial = parseSshCertificate(readFileSync(join(dest, "ssh_cert"), "utf8")).serial;
-    assert.match(readFileSync(node.sshd.logPath, "utf8"), new RegExp(`Accepted publickey for deploy .*ED25519-CERT .*\\(serial ${serial}\\)`));
+    assert.match(readFileSync(bed.node.sshd.logPath, "utf8"), new RegExp(`Accepted publickey for deploy .*ED25519-CERT .*\\(serial ${serial}\\)`));
   });
 
   test("ssh-add cannot add, delete or delete all: every such request is refused and nothing changes", () => {
     const before = sshAdd(sock, "-L").out;
-    const keyPath = join(tmp, "extra_key");
+    const keyPath = join(bed.tmp, "extra_key");
     spawnSync("/usr/bin/ssh-keygen", ["-q", "-t", "ed25519", "-N", "", "-f", keyPath]);
-    const pubPath = join(tmp, "agent_cert.pub");
+    const pubPath = join(bed.tmp, "agent_cert.pub");
     writeFileSync(pubPath, readFileSync(join(dest, "ssh_cert")));
     for (const args of [[keyPath], ["-d", pubPath], ["-D"]]) {
       const r = sshAdd(sock, ...args);
@@ -270,7 +253,7 @@ describe("the SSH agent socket", () => {
     assert.ok(performance.now() - t0 < 3_000, `the stop took ${Math.round(performance.now() - t0)} ms`);
     idle.end();
     assert.ok(!existsSync(sock), "a clean stop removes the socket");
-    daemon = startDaemon(auth.addr, dest, [`--ssh-agent-socket=${sock}`, "--no-ssh-key-file", "--cert-ttl=1m", "--renewal-interval=50s"]);
+    daemon = startDaemon(bed.auth.addr, dest, [`--ssh-agent-socket=${sock}`, "--no-ssh-key-file", "--cert-ttl=1m", "--renewal-interval=50s"]);
     await daemon.waitFor(RENEWED);
     const third = sshAdd(sock, "-L").out;
     assert.notEqual(third, second);
@@ -283,8 +266,8 @@ describe("the socket path", { concurrency: 1 }, () => {
   let n = 0;
   /** A daemon that must exit 2 before joining, with one line matching `re`. */
   async function refusedAtStart(sock: string, re: RegExp): Promise<void> {
-    const dest = join(tmp, `path-${n++}`);
-    const d = startDaemon(auth.addr, dest, [`--ssh-agent-socket=${sock}`], { MEZITE_TOKEN: randomBytes(32).toString("hex") });
+    const dest = join(bed.tmp, `path-${n++}`);
+    const d = startDaemon(bed.auth.addr, dest, [`--ssh-agent-socket=${sock}`], { MEZITE_TOKEN: randomBytes(32).toString("hex") });
     const code = await d.exited;
     assert.equal(code, 2, d.output());
     const lines = humanLines(d.output());
@@ -293,7 +276,7 @@ describe("the socket path", { concurrency: 1 }, () => {
   }
 
   test("a regular file, a symlink, or a directory open to others is refused with one line; nothing is deleted", async () => {
-    const dir = join(tmp, "paths");
+    const dir = join(bed.tmp, "paths");
     mkdirSync(dir, { mode: 0o700 });
     chmodSync(dir, 0o700);
     writeFileSync(join(dir, "file.sock"), "precious");
@@ -301,14 +284,14 @@ describe("the socket path", { concurrency: 1 }, () => {
     assert.equal(readFileSync(join(dir, "file.sock"), "utf8"), "precious");
     symlinkSync(join(dir, "file.sock"), join(dir, "link.sock"));
     await refusedAtStart(join(dir, "link.sock"), /link\.sock is a symlink: refusing to replace it/);
-    const open = join(tmp, "open");
+    const open = join(bed.tmp, "open");
     mkdirSync(open);
     chmodSync(open, 0o755);
     await refusedAtStart(join(open, "agent.sock"), /open is open to other users \(mode 755\): put the socket in a private directory/);
   });
 
   test("a socket left by a crashed daemon is replaced; a live one is refused", async () => {
-    const dir = join(tmp, "stale");
+    const dir = join(bed.tmp, "stale");
     mkdirSync(dir, { mode: 0o700 });
     chmodSync(dir, 0o700);
     const path = join(dir, "agent.sock");
@@ -320,8 +303,8 @@ describe("the socket path", { concurrency: 1 }, () => {
     await new Promise((r) => holder.once("exit", r));
     assert.ok(statSync(path).isSocket(), "the killed holder left its socket");
 
-    const dest = join(tmp, "stale-certs");
-    const d = startDaemon(auth.addr, dest, [`--ssh-agent-socket=${path}`], { MEZITE_TOKEN: await addIdentity(auth, "stale-socket") });
+    const dest = join(bed.tmp, "stale-certs");
+    const d = startDaemon(bed.auth.addr, dest, [`--ssh-agent-socket=${path}`], { MEZITE_TOKEN: await addIdentity(bed.auth, "stale-socket") });
     await d.waitFor(JOINED);
     const r = sshAdd(path, "-L");
     assert.equal(r.code, 0, r.out);
@@ -334,43 +317,43 @@ describe("the socket path", { concurrency: 1 }, () => {
 
   test("--config: ssh-agent-socket and no-ssh-key-file as YAML keys mean what the flags mean", async () => {
     for (const noKey of [true, false]) {
-      const dest = join(tmp, `config-${noKey}`);
-      const config = join(tmp, `config-${noKey}.yaml`);
-      writeFileSync(config, `ssh-agent-socket: ${join(tmp, `config-${noKey}-run`, "agent.sock")}\nno-ssh-key-file: ${noKey}\n`);
-      const d = startDaemon(auth.addr, dest, [`--config=${config}`], { MEZITE_TOKEN: await addIdentity(auth, `config-${noKey}`) });
+      const dest = join(bed.tmp, `config-${noKey}`);
+      const config = join(bed.tmp, `config-${noKey}.yaml`);
+      writeFileSync(config, `ssh-agent-socket: ${join(bed.tmp, `config-${noKey}-run`, "agent.sock")}\nno-ssh-key-file: ${noKey}\n`);
+      const d = startDaemon(bed.auth.addr, dest, [`--config=${config}`], { MEZITE_TOKEN: await addIdentity(bed.auth, `config-${noKey}`) });
       await d.waitFor(JOINED);
       assert.equal(existsSync(join(dest, "ssh_key")), !noKey, `no-ssh-key-file: ${noKey}`);
-      assert.equal(sshAdd(join(tmp, `config-${noKey}-run`, "agent.sock"), "-L").code, 0);
+      assert.equal(sshAdd(join(bed.tmp, `config-${noKey}-run`, "agent.sock"), "-L").code, 0);
       assert.equal(await d.stop(), 0);
     }
   });
 
   test("a destination and a socket path with a blank and a % still work through ssh_config; a double quote is refused", async (t) => {
     if (sshdMissing(t)) return;
-    node ??= await startNode(auth, join(tmp, "node"));
-    const odd = join(tmp, "odd dir 100%d");
+    bed.node ??= await startNode(bed.auth, join(bed.tmp, "node"));
+    const odd = join(bed.tmp, "odd dir 100%d");
     for (const withAgent of [true, false]) {
       const dest = join(odd, withAgent ? "agent certs" : "file certs");
       const args = withAgent ? [`--ssh-agent-socket=${join(odd, "run %h", "agent.sock")}`] : [];
-      const d = startDaemon(auth.addr, dest, args, { MEZITE_TOKEN: await addIdentity(auth, `odd-${withAgent}`) });
+      const d = startDaemon(bed.auth.addr, dest, args, { MEZITE_TOKEN: await addIdentity(bed.auth, `odd-${withAgent}`) });
       await d.waitFor(JOINED);
-      const r = sshViaConfig(dest, node.sshd.port);
+      const r = sshViaConfig(dest, bed.node.sshd.port);
       assert.equal(r.status, 0, `${withAgent ? "agent" : "files"}: ${r.stderr}\n${readFileSync(join(dest, "ssh_config"), "utf8")}`);
       assert.equal(r.stdout, "deploy\n");
       assert.equal(await d.stop(), 0);
     }
     const { run, MEZD } = await import("../harness/auth.js");
-    const q = await run(MEZD, ["identity", "start", `--auth-server=${auth.addr}`, `--destination-dir=${join(tmp, 'say "hi"')}`]);
+    const q = await run(MEZD, ["identity", "start", `--auth-server=${bed.auth.addr}`, `--destination-dir=${join(bed.tmp, 'say "hi"')}`]);
     assert.equal(q.code, 2);
     assert.match(q.stderr, /^mezd: --destination-dir: the path holds a double quote or a control character, which ssh_config cannot name/);
   });
 
   test("--no-ssh-key-file without a socket, and a socket with --one-shot, are usage errors", async () => {
     const { run, MEZD } = await import("../harness/auth.js");
-    const a = await run(MEZD, ["identity", "start", `--auth-server=${auth.addr}`, `--destination-dir=${join(tmp, "u1")}`, "--no-ssh-key-file"]);
+    const a = await run(MEZD, ["identity", "start", `--auth-server=${bed.auth.addr}`, `--destination-dir=${join(bed.tmp, "u1")}`, "--no-ssh-key-file"]);
     assert.equal(a.code, 2);
     assert.match(a.stderr, /^mezd: --no-ssh-key-file needs --ssh-agent-socket/);
-    const b = await run(MEZD, ["identity", "start", `--auth-server=${auth.addr}`, `--destination-dir=${join(tmp, "u2")}`, "--one-shot", `--ssh-agent-socket=${join(tmp, "u2.sock")}`]);
+    const b = await run(MEZD, ["identity", "start", `--auth-server=${bed.auth.addr}`, `--destination-dir=${join(bed.tmp, "u2")}`, "--one-shot", `--ssh-agent-socket=${join(bed.tmp, "u2.sock")}`]);
     assert.equal(b.code, 2);
     assert.match(b.stderr, /^mezd: --ssh-agent-socket needs a running daemon/);
   });

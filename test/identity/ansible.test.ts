@@ -4,53 +4,40 @@
  * against a private sshd, with the SSH private key never on disk (--no-ssh-key-file).
  */
 import assert from "node:assert/strict";
-import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
-import { tmpdir } from "node:os";
+import { existsSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
-import { after, before, test } from "node:test";
-import { ROOT, run, type AuthProcess } from "../harness/auth.js";
+import { after, test } from "node:test";
+import { ROOT, run } from "../harness/auth.js";
 import { findBinary, missingComponent } from "../harness/require.js";
-import { JOINED, addIdentity, killDaemons, sshdMissing, startAuthWithRole, startDaemon, startNode, type Node } from "./fixture.js";
+import { JOINED, addIdentity, sshdMissing, startDaemon, startNode, identityTestbed } from "./fixture.js";
 
 const ANSIBLE = findBinary(["/usr/bin/ansible"]);
 const ANSIBLE_PLAYBOOK = findBinary(["/usr/bin/ansible-playbook"]);
 const EXAMPLE = join(ROOT, "examples/ansible");
 const MARKER = "/home/deploy/mezite-ansible-marker";
 
-let tmp: string;
-let auth: AuthProcess;
-let node: Node | undefined;
-
-before(async () => {
-  tmp = mkdtempSync(join(tmpdir(), "mezite-identity-ansible-"));
-  auth = await startAuthWithRole(tmp);
-});
-
-after(async () => {
-  killDaemons();
-  await node?.sshd.stop();
-  await auth.stop();
-  rmSync(tmp, { recursive: true, force: true });
+const bed = identityTestbed("ansible");
+after(() => {
   rmSync(MARKER, { force: true });
 });
 
 test("ansible -m ping and ansible-playbook through ssh_config and the agent socket, no key on disk", async (t) => {
   if (sshdMissing(t)) return;
   if (ANSIBLE === undefined || ANSIBLE_PLAYBOOK === undefined) return missingComponent(t, "ansible", "apt-get install ansible-core");
-  node = await startNode(auth, join(tmp, "node"));
-  const dest = join(tmp, "certs");
-  const daemon = startDaemon(auth.addr, dest, [`--ssh-agent-socket=${join(tmp, "agent", "sock")}`, "--no-ssh-key-file", "--cert-ttl=10m", "--renewal-interval=5m"], { MEZITE_TOKEN: await addIdentity(auth, "ansible") });
+  bed.node = await startNode(bed.auth, join(bed.tmp, "node"));
+  const dest = join(bed.tmp, "certs");
+  const daemon = startDaemon(bed.auth.addr, dest, [`--ssh-agent-socket=${join(bed.tmp, "agent", "sock")}`, "--no-ssh-key-file", "--cert-ttl=10m", "--renewal-interval=5m"], { MEZITE_TOKEN: await addIdentity(bed.auth, "ansible") });
   await daemon.waitFor(JOINED);
   assert.ok(!existsSync(join(dest, "ssh_key")));
 
   // The example's groups, pointed at the private sshd.
-  const inventory = join(tmp, "inventory.ini");
-  writeFileSync(inventory, `[staging]\nweb-server-01 ansible_host=127.0.0.1 ansible_port=${node.sshd.port}\n`);
+  const inventory = join(bed.tmp, "inventory.ini");
+  writeFileSync(inventory, `[staging]\nweb-server-01 ansible_host=127.0.0.1 ansible_port=${bed.node.sshd.port}\n`);
   rmSync(MARKER, { force: true });
   const env = {
     ANSIBLE_CONFIG: join(EXAMPLE, "ansible.cfg"), // remote_user, host key checking, pipelining
     ANSIBLE_SSH_ARGS: `-F ${join(dest, "ssh_config")}`, // the example's ssh_args, with this test's DEST
-    ANSIBLE_LOCAL_TEMP: join(tmp, "ansible-local"),
+    ANSIBLE_LOCAL_TEMP: join(bed.tmp, "ansible-local"),
     ANSIBLE_NOCOLOR: "1",
     ANSIBLE_FORCE_COLOR: "0",
   };
@@ -70,7 +57,7 @@ test("ansible -m ping and ansible-playbook through ssh_config and the agent sock
   process.stderr.write(`# ansible ping ${Math.round(pingMs)} ms, playbook ${Math.round(playMs)} ms\n`);
 
   // sshd let Ansible in with the certificate, through the agent (there is no key file).
-  const log = readFileSync(node.sshd.logPath, "utf8");
+  const log = readFileSync(bed.node.sshd.logPath, "utf8");
   assert.match(log, /Accepted publickey for deploy from 127\.0\.0\.1 .*ED25519-CERT .*ID agent-identity\/ansible/);
   assert.doesNotMatch(log, /Accepted publickey for deploy .*: ED25519 SHA256/, "only the certificate logs in");
   assert.equal(await daemon.stop(), 0, daemon.output());

@@ -5,9 +5,10 @@
  */
 import { spawn, type ChildProcess } from "node:child_process";
 import { generateKeyPairSync } from "node:crypto";
-import { mkdirSync, readFileSync, writeFileSync } from "node:fs";
+import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
 import { join } from "node:path";
-import type { TestContext } from "node:test";
+import { after, before, type TestContext } from "node:test";
 import { readAdminIdentity } from "../../src/api/admin-identity.js";
 import { connect } from "../../src/api/client.js";
 import { AdminService } from "../../src/api/gen/mezite/v1/admin_pb.js";
@@ -228,4 +229,24 @@ export function seedSsh(dest: string, port: number, user: string, extra: string[
 
 export function readState(storageDir: string): { generation: string; instance_id: string; renewal_cert_pem: string } {
   return JSON.parse(readFileSync(join(storageDir, "state.json"), "utf8")) as { generation: string; instance_id: string; renewal_cert_pem: string };
+}
+
+/**
+ * What most identity test files share: before them, a temp dir and an auth service with the seed
+ * role; after them, every daemon killed, the node's sshd stopped (set `node` when a test starts
+ * one), the service stopped and the dir removed.
+ */
+export function identityTestbed(name: string): { readonly tmp: string; readonly auth: AuthProcess; node: Node | undefined } {
+  const bed = { tmp: "", auth: undefined as unknown as AuthProcess, node: undefined as Node | undefined };
+  before(async () => {
+    bed.tmp = mkdtempSync(join(tmpdir(), `mezite-identity-${name}-`));
+    bed.auth = await startAuthWithRole(bed.tmp);
+  });
+  after(async () => {
+    killDaemons();
+    await bed.node?.sshd.stop();
+    await bed.auth?.stop();
+    if (bed.tmp) rmSync(bed.tmp, { recursive: true, force: true });
+  });
+  return bed;
 }

@@ -9,34 +9,18 @@
  */
 import assert from "node:assert/strict";
 import { spawn } from "node:child_process";
-import { mkdtempSync, readFileSync, rmSync } from "node:fs";
-import { tmpdir } from "node:os";
+import { readFileSync } from "node:fs";
 import { join } from "node:path";
-import { after, before, test } from "node:test";
-import type { AuthProcess } from "../harness/auth.js";
+import { test } from "node:test";
 import { SSH_PATH } from "../harness/require.js";
 import { sshRun } from "../harness/sshd.js";
-import { JOINED, RENEWED, addIdentity, killDaemons, sshdMissing, startAuthWithRole, startDaemon, startNode, type Node } from "./fixture.js";
+import { JOINED, RENEWED, addIdentity, sshdMissing, startDaemon, startNode, identityTestbed } from "./fixture.js";
 
 /** How long the logins race the renewals, and how often a renewal comes. */
 const RACE_MS = Number(process.env["MEZITE_RACE_MS"] ?? 60_000);
 const RENEW_EVERY_MS = 2_000;
 
-let tmp: string;
-let auth: AuthProcess;
-let node: Node | undefined;
-
-before(async () => {
-  tmp = mkdtempSync(join(tmpdir(), "mezite-identity-race-"));
-  auth = await startAuthWithRole(tmp);
-});
-
-after(async () => {
-  killDaemons();
-  await node?.sshd.stop();
-  await auth.stop();
-  rmSync(tmp, { recursive: true, force: true });
-});
+const bed = identityTestbed("race");
 
 function sshViaConfig(dest: string, port: number): Promise<{ code: number | null; stdout: string; stderr: string }> {
   return new Promise((ok, fail) => {
@@ -60,11 +44,11 @@ interface Tally {
 
 test(`a renewal every ${RENEW_EVERY_MS / 1000} s for ${RACE_MS / 1000} s: logins through the agent never fail`, async (t) => {
   if (sshdMissing(t)) return;
-  node = await startNode(auth, join(tmp, "node"));
-  const port = node.sshd.port;
-  const dest = join(tmp, "certs");
-  const sock = join(tmp, "agent", "sock");
-  const daemon = startDaemon(auth.addr, dest, [`--ssh-agent-socket=${sock}`, "--cert-ttl=1m", "--renewal-interval=50s"], { MEZITE_TOKEN: await addIdentity(auth, "racer") });
+  bed.node = await startNode(bed.auth, join(bed.tmp, "node"));
+  const port = bed.node.sshd.port;
+  const dest = join(bed.tmp, "certs");
+  const sock = join(bed.tmp, "agent", "sock");
+  const daemon = startDaemon(bed.auth.addr, dest, [`--ssh-agent-socket=${sock}`, "--cert-ttl=1m", "--renewal-interval=50s"], { MEZITE_TOKEN: await addIdentity(bed.auth, "racer") });
   await daemon.waitFor(JOINED);
 
   const files: Tally = { ok: 0, failed: [] };
@@ -98,7 +82,7 @@ test(`a renewal every ${RENEW_EVERY_MS / 1000} s for ${RACE_MS / 1000} s: logins
   const renewed = daemon.count(RENEWED);
   assert.equal(await daemon.stop(), 0, daemon.output());
 
-  const serials = new Set([...readFileSync(node.sshd.logPath, "utf8").matchAll(/Accepted publickey for deploy .*\(serial (\d+)\)/g)].map((m) => m[1]));
+  const serials = new Set([...readFileSync(bed.node.sshd.logPath, "utf8").matchAll(/Accepted publickey for deploy .*\(serial (\d+)\)/g)].map((m) => m[1]));
   process.stderr.write(
     `# ${Math.round(RACE_MS / 1000)} s, ${hups} SIGHUPs, ${renewed} renewals, ${serials.size} certificates used by sshd\n` +
       `# file outputs: ${files.ok + files.failed.length} logins, ${files.failed.length} failed\n` +

@@ -5,32 +5,16 @@
  * server, SIGHUP renews at once, and the diag endpoints tell the truth.
  */
 import assert from "node:assert/strict";
-import { mkdtempSync, readFileSync, rmSync, existsSync } from "node:fs";
-import { tmpdir } from "node:os";
+import { readFileSync, existsSync } from "node:fs";
 import { join } from "node:path";
-import { after, before, test } from "node:test";
+import { test } from "node:test";
 import { parseSshCertificate } from "../../src/ca/sshcert.js";
 import { ed25519RawPublic, parseOpenSSHPrivateKey } from "../../src/ca/sshkey.js";
 import { parseCertificatePem, pemToPrivateKey } from "../../src/ca/x509.js";
-import type { AuthProcess } from "../harness/auth.js";
 import { sshRun } from "../harness/sshd.js";
-import { JOINED, RENEWED, addIdentity, logLines, sshdMissing, startAuthWithRole, startDaemon, startNode, status, type Node, killDaemons } from "./fixture.js";
+import { JOINED, RENEWED, addIdentity, logLines, sshdMissing, startDaemon, startNode, status, identityTestbed } from "./fixture.js";
 
-let tmp: string;
-let auth: AuthProcess;
-let node: Node | undefined;
-
-before(async () => {
-  tmp = mkdtempSync(join(tmpdir(), "mezite-identity-renewal-"));
-  auth = await startAuthWithRole(tmp);
-});
-
-after(async () => {
-  killDaemons();
-  await node?.sshd.stop();
-  await auth.stop();
-  rmSync(tmp, { recursive: true, force: true });
-});
+const bed = identityTestbed("renewal");
 
 async function get(port: number, path: string): Promise<{ status: number; body: string }> {
   const res = await fetch(`http://127.0.0.1:${port}${path}`);
@@ -73,10 +57,10 @@ function sampleOutputs(dest: string) {
 
 test("continuous renewal: whole files, working ssh, climbing generation, SIGHUP, /readyz and /metrics", async (t) => {
   if (sshdMissing(t)) return;
-  node = await startNode(auth, join(tmp, "node"));
-  const dest = join(tmp, "certs");
-  const token = await addIdentity(auth, "monitor");
-  const daemon = startDaemon(auth.addr, dest, ["--cert-ttl=1m", "--renewal-interval=10s", "--diag-addr=127.0.0.1:0"], { MEZITE_TOKEN: token });
+  bed.node = await startNode(bed.auth, join(bed.tmp, "node"));
+  const dest = join(bed.tmp, "certs");
+  const token = await addIdentity(bed.auth, "monitor");
+  const daemon = startDaemon(bed.auth.addr, dest, ["--cert-ttl=1m", "--renewal-interval=10s", "--diag-addr=127.0.0.1:0"], { MEZITE_TOKEN: token });
   await daemon.waitFor(/"msg":"diagnostics listening"/);
   const diagPort = Number(/"addr":"127\.0\.0\.1:(\d+)"/.exec(daemon.output())![1]);
   await daemon.waitFor(JOINED);
@@ -86,7 +70,7 @@ test("continuous renewal: whole files, working ssh, climbing generation, SIGHUP,
   let metrics = (await get(diagPort, "/metrics")).body;
   assert.match(metrics, /^mezite_identity_renewals_total\{kind="join"\} 1$/m);
   assert.match(metrics, /^mezite_identity_generation 1$/m);
-  assert.equal((await status(auth, "monitor")).generation, 1);
+  assert.equal((await status(bed.auth, "monitor")).generation, 1);
 
   const sampler = sampleOutputs(dest);
   const serialNow = () => readFileSync(join(dest, "cert_serial"), "utf8").trim();
@@ -95,14 +79,14 @@ test("continuous renewal: whole files, working ssh, climbing generation, SIGHUP,
   const sshLoop = (async () => {
     while (renewing) {
       const serial = serialNow();
-      const r = await sshRun({ port: node!.sshd.port, user: "deploy", keyPath: join(dest, "ssh_key"), certPath: join(dest, "ssh_cert"), knownHostsPath: join(dest, "ssh_known_hosts"), command: "whoami" });
+      const r = await sshRun({ port: bed.node!.sshd.port, user: "deploy", keyPath: join(dest, "ssh_key"), certPath: join(dest, "ssh_cert"), knownHostsPath: join(dest, "ssh_known_hosts"), command: "whoami" });
       logins.push({ ...r, serial, overlapped: serialNow() !== serial });
       await new Promise((r) => setTimeout(r, 300)); // pacing: two cores are shared
     }
   })();
   try {
     await daemon.waitFor(RENEWED, 2, 27_000);
-    const mid = await status(auth, "monitor");
+    const mid = await status(bed.auth, "monitor");
     assert.equal(mid.generation, 3);
   } finally {
     renewing = false;
@@ -144,7 +128,7 @@ test("continuous renewal: whole files, working ssh, climbing generation, SIGHUP,
   assert.ok(hupMs < 3_000);
   assert.notEqual(readFileSync(join(dest, "cert_serial"), "utf8"), before);
 
-  const s = await status(auth, "monitor");
+  const s = await status(bed.auth, "monitor");
   assert.equal(s.generation, 4);
   assert.deepEqual(s.instances.map((i) => i.generation), [4]);
   metrics = (await get(diagPort, "/metrics")).body;
