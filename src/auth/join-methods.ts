@@ -6,11 +6,10 @@
  */
 import { create } from "@bufbuild/protobuf";
 import * as pb from "../api/gen/mezite/v1/common_pb.js";
-import { MeziteError } from "../lib/errors.js";
+import { MeziteError, notFound } from "../lib/errors.js";
 import { NAME_PATTERN } from "../rbac/role.js";
 import type { AdminCaller, AuthContext } from "./context.js";
 import { createResource, keys, load, loadAll, type IdentityRecord } from "./records.js";
-import { notFound } from "./tokens.js";
 
 export type JoinMethod = "github" | "gitlab" | "oidc";
 const METHODS: readonly JoinMethod[] = ["github", "gitlab", "oidc"];

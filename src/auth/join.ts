@@ -20,7 +20,7 @@ import { issueAgentCertificates, type Issued, type PublicKeys } from "./issue.js
 import { RECORDED_CLAIMS, claimText, matchingRule, type JoinTokenRecord } from "./join-methods.js";
 import { activeLocks, refuseIfLocked } from "./locks.js";
 import { revokedHostKeys } from "./nodes.js";
-import { encode, keys, load, type IdentityRecord, type InstanceRecord, type TokenRecord } from "./records.js";
+import { encode, instanceExpiry, keys, load, type IdentityRecord, type InstanceRecord, type TokenRecord } from "./records.js";
 import { revokeIfLockedMeanwhile, tombstone } from "./revocations.js";
 import { loadRoles } from "./roles.js";
 import { checkToken, commitJoin } from "./tokens.js";
@@ -115,15 +115,6 @@ async function joinInstance(ctx: AuthContext, j: InstanceJoin): Promise<Issued> 
   });
   ctx.log.info("agent identity joined", { identity: j.identityName, instance: instanceId, serial: issued.record.serial });
   return issued;
-}
-
-/**
- * Instances made by ID-token joins (each CI run is one) leave the store when their certificates
- * expire, so a fleet of runs does not pile up; each renewal moves the expiry on. Token-joined
- * instances stay until removed.
- */
-export function instanceExpiry(inst: InstanceRecord): { expires?: number } {
-  return inst.joinMethod !== undefined ? { expires: inst.certExpires } : {};
 }
 
 export async function joinAgent(ctx: AuthContext, req: JoinRequest, caller: Caller): Promise<JoinResponse> {

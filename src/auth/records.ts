@@ -87,6 +87,15 @@ export interface NodeRecord {
   joined: number;
 }
 
+/**
+ * Instances made by ID-token joins (each CI run is one) leave the store when their certificates
+ * expire, so a fleet of runs does not pile up; each renewal moves the expiry on. Token-joined
+ * instances stay until removed.
+ */
+export function instanceExpiry(inst: InstanceRecord): { expires?: number } {
+  return inst.joinMethod !== undefined ? { expires: inst.certExpires } : {};
+}
+
 /** Who holds a node name or extra principal (lower case): a claim is live while its node is. */
 export interface NodeClaim {
   nodeId: string;

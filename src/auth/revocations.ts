@@ -50,15 +50,14 @@ export async function revokeIfLockedMeanwhile(ctx: AuthContext, subject: LockSub
   refuseIfLocked(locks, subject);
 }
 
-interface Scan {
-  certs: { serial: bigint; expires: number }[];
-}
+/** What a scan for one role or login lock found: the unexpired certificates it catches. */
+type Scanned = { serial: bigint; expires: number }[];
 
 export class Revocations {
   private cached: { at: number; value: GetRevocationsResponse } | undefined;
   private pending: Promise<GetRevocationsResponse> | undefined;
   /** Role and login locks by lock id: the serials a scan of every issued certificate found. */
-  private readonly scans = new Map<string, Scan>();
+  private readonly scans = new Map<string, Scanned>();
 
   /** Many nodes polling every few seconds cost one computation per `maxAgeMs`. */
   constructor(private readonly ctx: AuthContext, private readonly maxAgeMs = 1000) {}
@@ -107,7 +106,7 @@ export class Revocations {
     for (const id of this.scans.keys()) if (!locks.some((l) => l.id === id)) this.scans.delete(id);
     const stale = locks.filter((l) => !this.scans.has(l.id));
     if (stale.length > 0) {
-      const found = new Map<string, Scan["certs"]>(stale.map((l) => [l.id, []]));
+      const found = new Map<string, Scanned>(stale.map((l) => [l.id, []]));
       for await (const chunk of loadChunks<IssuedCertRecord>(this.ctx.backend, keys.certs)) {
         for (const c of chunk) {
           if (c.expires <= now) continue;
@@ -116,8 +115,8 @@ export class Revocations {
           }
         }
       }
-      for (const [id, certs] of found) this.scans.set(id, { certs });
+      for (const [id, certs] of found) this.scans.set(id, certs);
     }
-    return locks.flatMap((l) => this.scans.get(l.id)!.certs.filter((c) => c.expires > now).map((c) => c.serial));
+    return locks.flatMap((l) => this.scans.get(l.id)!.filter((c) => c.expires > now).map((c) => c.serial));
   }
 }

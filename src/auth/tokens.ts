@@ -9,16 +9,12 @@ import * as pb from "../api/gen/mezite/v1/common_pb.js";
 import type { WriteOp } from "../backend/backend.js";
 import { verifyProof } from "../ca/jointoken.js";
 import { ed25519PublicFromRaw } from "../ca/sshkey.js";
-import { MeziteError, isMeziteError } from "../lib/errors.js";
+import { MeziteError, isMeziteError, notFound } from "../lib/errors.js";
 import type { AuthContext } from "./context.js";
 import { encode, keys, load, loadAll, tokenKeptUntil, type Loaded, type TokenRecord } from "./records.js";
 
 const MAX_TOKEN_TTL_MS = 30 * 24 * 3_600_000;
 const DEFAULT_TOKEN_TTL_MS = 3_600_000;
-
-export function notFound(what: string): MeziteError {
-  return new MeziteError("ERR_NOT_FOUND", `${what} not found`);
-}
 
 /** The record of a new token from what mezctl sends: its id and the two derived public secrets. */
 export function newTokenRecord(ctx: AuthContext, v: TokenVerifier | undefined, fields: Pick<TokenRecord, "type"> & Partial<TokenRecord>): TokenRecord {

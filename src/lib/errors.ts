@@ -49,6 +49,11 @@ export class MeziteError extends Error {
   }
 }
 
+/** "<what> not found": a named resource that does not exist. */
+export function notFound(what: string): MeziteError {
+  return new MeziteError("ERR_NOT_FOUND", `${what} not found`);
+}
+
 export function isMeziteError(e: unknown, code?: ErrorCode): e is MeziteError {
   return e instanceof MeziteError && (code === undefined || e.code === code);
 }

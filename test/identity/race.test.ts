@@ -8,10 +8,10 @@
  * MEZITE_RACE_MS shortens the race while iterating on this file; the suite runs the full minute.
  */
 import assert from "node:assert/strict";
-import { spawn } from "node:child_process";
 import { readFileSync } from "node:fs";
 import { join } from "node:path";
 import { test } from "node:test";
+import { run } from "../harness/auth.js";
 import { SSH_PATH } from "../harness/require.js";
 import { sshRun } from "../harness/sshd.js";
 import { JOINED, RENEWED, addIdentity, sshdMissing, startDaemon, startNode, identityTestbed } from "./fixture.js";
@@ -22,19 +22,9 @@ const RENEW_EVERY_MS = 2_000;
 
 const bed = identityTestbed("race");
 
-function sshViaConfig(dest: string, port: number): Promise<{ code: number | null; stdout: string; stderr: string }> {
-  return new Promise((ok, fail) => {
-    const child = spawn(SSH_PATH!, ["-F", join(dest, "ssh_config"), "-o", "BatchMode=yes", "-o", "KexAlgorithms=curve25519-sha256", "-o", "LogLevel=ERROR", "-p", String(port), "deploy@127.0.0.1", "whoami"], {
-      stdio: ["ignore", "pipe", "pipe"],
-      timeout: 15_000,
-    });
-    let stdout = "";
-    let stderr = "";
-    child.stdout.setEncoding("utf8").on("data", (d: string) => (stdout += d));
-    child.stderr.setEncoding("utf8").on("data", (d: string) => (stderr += d));
-    child.once("error", fail);
-    child.once("close", (code) => ok({ code, stdout, stderr }));
-  });
+/** A login through the generated ssh_config, which names the agent socket. */
+function sshViaConfig(dest: string, port: number) {
+  return run(SSH_PATH!, ["-F", join(dest, "ssh_config"), "-o", "BatchMode=yes", "-o", "KexAlgorithms=curve25519-sha256", "-o", "LogLevel=ERROR", "-p", String(port), "deploy@127.0.0.1", "whoami"], { timeoutMs: 15_000 });
 }
 
 interface Tally {

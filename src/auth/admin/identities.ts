@@ -6,7 +6,7 @@ import { randomUUID } from "node:crypto";
 import { create } from "@bufbuild/protobuf";
 import type { TokenVerifier } from "../../api/gen/mezite/v1/admin_pb.js";
 import * as pb from "../../api/gen/mezite/v1/common_pb.js";
-import { MeziteError, isMeziteError } from "../../lib/errors.js";
+import { MeziteError, isMeziteError, notFound } from "../../lib/errors.js";
 import { principalsFor, requirePrincipals } from "../../rbac/access.js";
 import { NAME_PATTERN } from "../../rbac/role.js";
 import type { AdminCaller, AuthContext } from "../context.js";
@@ -14,7 +14,7 @@ import { activeLocks, locksOn } from "../locks.js";
 import { encode, keys, load, loadAll, loadChunks, type IdentityRecord, type InstanceRecord, type LockRecord, type StoredRole, type TokenRecord } from "../records.js";
 import { tombstone } from "../revocations.js";
 import { loadRoles } from "../roles.js";
-import { newTokenRecord, notFound, storeToken, tokenIdsOf, tokensOf } from "../tokens.js";
+import { newTokenRecord, storeToken, tokenIdsOf, tokensOf } from "../tokens.js";
 import { lockToProto } from "./locks.js";
 
 export async function addAgentIdentity(ctx: AuthContext, by: AdminCaller, name: string, roleNames: string[], v: TokenVerifier | undefined): Promise<{ identity: pb.AgentIdentityStatus; token: pb.TokenInfo }> {

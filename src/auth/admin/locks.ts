@@ -1,11 +1,10 @@
 /** Locks (SPEC §3) as the admin API manages them; what a lock applies to is in ../locks.ts. */
 import { create } from "@bufbuild/protobuf";
 import * as pb from "../../api/gen/mezite/v1/common_pb.js";
-import { MeziteError } from "../../lib/errors.js";
+import { MeziteError, notFound } from "../../lib/errors.js";
 import type { AdminCaller, AuthContext } from "../context.js";
 import { activeLocks, createLock } from "../locks.js";
 import { LOCK_KINDS, keys, loadAll, type LockKind, type LockRecord } from "../records.js";
-import { notFound } from "../tokens.js";
 
 export function lockToProto(l: LockRecord): pb.Lock {
   return create(pb.LockSchema, { id: l.id, targetKind: l.kind, target: l.target, reason: l.reason, created: BigInt(l.created), expires: BigInt(l.expires) });

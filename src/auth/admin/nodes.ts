@@ -2,11 +2,11 @@
 import { create } from "@bufbuild/protobuf";
 import type { TokenVerifier } from "../../api/gen/mezite/v1/admin_pb.js";
 import * as pb from "../../api/gen/mezite/v1/common_pb.js";
-import { MeziteError } from "../../lib/errors.js";
+import { MeziteError, notFound } from "../../lib/errors.js";
 import type { AdminCaller, AuthContext } from "../context.js";
 import { revokeHostKey } from "../nodes.js";
 import { keys, load, loadAll, type NodeClaim, type NodeRecord } from "../records.js";
-import { newTokenRecord, notFound, storeToken } from "../tokens.js";
+import { newTokenRecord, storeToken } from "../tokens.js";
 
 export async function listNodes(ctx: AuthContext): Promise<pb.Node[]> {
   return (await loadAll<NodeRecord>(ctx.backend, keys.nodes)).map(({ value: n }) =>

@@ -1,10 +1,9 @@
 /** Roles (SPEC §3): create, list, get and delete; a role in use by an identity stays. */
 import * as pb from "../../api/gen/mezite/v1/common_pb.js";
 import { roleFromProto, roleToProto } from "../../api/roles.js";
-import { MeziteError } from "../../lib/errors.js";
+import { MeziteError, notFound } from "../../lib/errors.js";
 import type { AdminCaller, AuthContext } from "../context.js";
 import { createResource, keys, load, loadAll, type IdentityRecord, type StoredRole } from "../records.js";
-import { notFound } from "../tokens.js";
 
 export async function createRole(ctx: AuthContext, by: AdminCaller, m: pb.Role, force: boolean): Promise<{ role: pb.Role; replaced: boolean }> {
   const role = roleFromProto(m);
