@@ -26,6 +26,7 @@ export function issuedTranscript(c: IssuedCertificates): Buffer {
     c.identityId,
     c.instanceId,
     c.principals.join(","),
+    c.caState,
   ]);
 }
 
@@ -43,7 +44,7 @@ export function joinNodeReplyTranscript(req: JoinNodeRequest, c: NodeCredentials
   return Buffer.concat([
     joinNodeRequestTranscript(req),
     transcript("mezite/v1 node-credentials", [
-      c.hostCertificate, c.tlsCertificatePem, c.tlsCaPem, c.userCaSshKeys.join("\n"), c.hostCaSshKeys.join("\n"), c.nodeName, labels, BigInt(c.hostCertExpires),
+      c.hostCertificate, c.tlsCertificatePem, c.tlsCaPem, c.userCaSshKeys.join("\n"), c.hostCaSshKeys.join("\n"), c.nodeName, labels, BigInt(c.hostCertExpires), c.caState,
     ]),
   ]);
 }

@@ -10,6 +10,7 @@ import { generateP256, issueClientCertificate, privateKeyToPem, type ParsedCert 
 import { writeAdminIdentity } from "../api/admin-identity.js";
 import { MeziteError } from "../lib/errors.js";
 import type { AdminCaller, AuthContext } from "./context.js";
+import { tlsCaBundle } from "./cas.js";
 import { BACKDATE_MS } from "./issue.js";
 import { encode, keys, load } from "./records.js";
 
@@ -52,10 +53,10 @@ export class AdminIdentityKeeper {
     clearInterval(this.timer);
   }
 
-  /** Rewrites admin.identity if it is due. */
-  async refresh(): Promise<void> {
+  /** Rewrites admin.identity if it is due, or at once with `now` (a CA's signing or trusted keys changed). */
+  async refresh(now = false): Promise<void> {
     const before = await revokedBefore(this.ctx);
-    if (this.issued >= before && this.ctx.now() < this.issued + ADMIN_CERT_TTL_MS / 2) return;
+    if (!now && this.issued >= before && this.ctx.now() < this.issued + ADMIN_CERT_TTL_MS / 2) return;
     // A certificate's notBefore has whole seconds: one issued in the very second of a revocation
     // would read as issued before it.
     const wait = before - this.ctx.now();
@@ -83,7 +84,7 @@ export class AdminIdentityKeeper {
       auth_server: this.authAddr,
       cert_pem: certPem,
       key_pem: privateKeyToPem(keys.privateKey),
-      ca_pem: ctx.cas.host.x509CertPem,
+      ca_pem: tlsCaBundle(ctx.cas),
     });
     this.issued = Math.floor((now - BACKDATE_MS) / 1000) * 1000 + BACKDATE_MS;
   }

@@ -26,6 +26,7 @@ export type AuditType =
   | "join_token.create"
   | "join_token.delete"
   | "admin.revoke_certificates"
+  | "ca.rotation"
   | "join.refused_unknown_tokens";
 
 export interface AuditEvent {

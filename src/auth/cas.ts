@@ -1,28 +1,70 @@
 /**
  * The cluster's two certificate authorities. Each has an Ed25519 SSH key and an ECDSA P-256
- * X.509 certificate. They live in the backend, so every auth service on one database signs with
+ * X.509 certificate, two of each during a rotation (rotation.ts). They live in the backend, so every auth service on one database signs with
  * the same keys, but the private keys are sealed (AES-256-GCM) under the cluster key kept in the
  * data dir: a database dump alone cannot sign anything.
  */
-import { createCipheriv, createDecipheriv, createPrivateKey, createPublicKey, generateKeyPairSync, randomBytes, type KeyObject } from "node:crypto";
+import { X509Certificate, createCipheriv, createDecipheriv, createHash, createPrivateKey, createPublicKey, generateKeyPairSync, randomBytes, type KeyObject } from "node:crypto";
 import { join } from "node:path";
 import type { Backend } from "../backend/backend.js";
-import { formatAuthorizedKey } from "../ca/sshkey.js";
+import { formatAuthorizedKey, sshFingerprint } from "../ca/sshkey.js";
 import { createCaCertificate, generateP256, parseCertificatePem } from "../ca/x509.js";
 import { MeziteError, isMeziteError } from "../lib/errors.js";
 import { readFileNoFollow, writeFileAtomic } from "../lib/files.js";
 import { encode, keys, load } from "./records.js";
 
 export type CaKind = "user" | "host";
+export const CA_KINDS: CaKind[] = ["user", "host"];
 
-export interface CertAuthority {
-  kind: CaKind;
+/**
+ * Where a CA is in a rotation (SPEC §15). A verifier must trust a key before anything it signed
+ * is shown to it, and keep trusting the old key until nothing signed by it is left in use: so the
+ * new key is trusted a whole phase (init) before it signs, and the old key a whole phase
+ * (update_servers) after it stopped.
+ */
+export type Phase = "standby" | "init" | "update_clients" | "update_servers" | "rollback";
+export const PHASES: Phase[] = ["standby", "init", "update_clients", "update_servers", "rollback"];
+
+/** One key pair of a CA: an Ed25519 SSH key and an ECDSA P-256 X.509 certificate. */
+export interface CaKeys {
   sshPrivate: KeyObject;
   sshPublic: KeyObject;
   /** authorized_keys line of the SSH key. */
   sshPublicLine: string;
+  /** "SHA256:…", as ssh-keygen -l prints it. */
+  sshFingerprint: string;
   x509CertPem: string;
   x509Key: KeyObject;
+  x509Cert: X509Certificate;
+}
+
+/** How a rotation in progress goes on (stored with the CA, so any auth service continues it). */
+export interface RotationState {
+  id: string;
+  /** auto: every phase lasts grace_ms / 3, then the next begins; manual: `mezctl ca rotate --phase`. */
+  mode: "auto" | "manual";
+  grace_ms: number;
+  started: number;
+  phase_started: number;
+}
+
+/**
+ * A CA as the service uses it: the signing key's fields at top level (what signs now, per phase),
+ * and every key a verifier must accept.
+ */
+export interface CertAuthority extends CaKeys {
+  kind: CaKind;
+  phase: Phase;
+  /** Every key verifiers must accept now, the signing key first. */
+  trusted: CaKeys[];
+  /** The key in use before a rotation, and the one it brings in (undefined in standby). */
+  current: CaKeys;
+  next: CaKeys | undefined;
+  rotation: RotationState | undefined;
+  /** When the last rotation completed (unix ms), if one has. */
+  lastRotated: number | undefined;
+  /** The stored record's revision: a phase change is a compare-and-swap on it. */
+  revision: string;
 }
 
 export interface ClusterCas {
@@ -30,13 +72,26 @@ export interface ClusterCas {
   host: CertAuthority;
 }
 
-interface StoredCa {
-  kind: CaKind;
+/** The sealed form of one key pair. */
+interface StoredKeys {
   ssh_public: string;
   ssh_private_sealed: string;
   x509_cert_pem: string;
   x509_key_sealed: string;
 }
+
+/** A CA record: the current key pair at top level (as before rotations existed), the next beside it. */
+export interface StoredCa extends StoredKeys {
+  kind: CaKind;
+  /** Absent: standby. */
+  phase?: Phase;
+  next?: StoredKeys;
+  rotation?: RotationState;
+  last_rotated?: number;
+}
+
+/** The key that signs in a phase: the new one from update_clients until the rotation completes. */
+export const signsWithNext = (phase: Phase): boolean => phase === "update_clients" || phase === "update_servers";
 
 const CLUSTER_KEY_FILE = "cluster.key";
 const CA_VALIDITY_MS = 10 * 365 * 24 * 3_600_000;
@@ -80,11 +135,16 @@ function unseal(clusterKey: Buffer, sealed: string, aad: string): Buffer {
   }
 }
 
-async function createCa(kind: CaKind, clusterName: string, clusterKey: Buffer, now: number): Promise<StoredCa> {
+/**
+ * A new key pair for a CA. A rotation's key gets a subject of its own (the date it was made), so
+ * TLS stacks looking up an issuer by name never confuse the two certificates trusted side by side.
+ */
+export async function createCaKeys(kind: CaKind, clusterName: string, clusterKey: Buffer, now: number, rotated = false): Promise<StoredKeys> {
   const ssh = generateKeyPairSync("ed25519");
   const x509 = generateP256();
+  const stamp = rotated ? ` ${new Date(now).toISOString().slice(0, 19).replace(/[-:T]/g, "")}` : "";
   const certPem = await createCaCertificate({
-    commonName: `${clusterName} ${kind} CA`,
+    commonName: `${clusterName} ${kind} CA${stamp}`,
     organization: clusterName,
     keys: x509,
     notBefore: new Date(now - 60_000),
@@ -92,8 +152,7 @@ async function createCa(kind: CaKind, clusterName: string, clusterKey: Buffer, n
   });
   const der = (k: KeyObject) => k.export({ format: "der", type: "pkcs8" });
   return {
-    kind,
-    ssh_public: formatAuthorizedKey(ssh.publicKey, `${clusterName} ${kind} CA`),
+    ssh_public: formatAuthorizedKey(ssh.publicKey, `${clusterName} ${kind} CA${stamp}`),
     ssh_private_sealed: seal(clusterKey, der(ssh.privateKey), `${kind}/ssh`),
     x509_cert_pem: certPem,
     x509_key_sealed: seal(clusterKey, der(x509.privateKey), `${kind}/x509`),
@@ -101,16 +160,16 @@ async function createCa(kind: CaKind, clusterName: string, clusterKey: Buffer, n
 }
 
 /**
- * The CA from its sealed keys. What nodes and agents are told to trust is derived from the
+ * A key pair from its sealed form. What nodes and agents are told to trust is derived from the
  * unsealed keys, never taken from the stored copies: a database writer without the cluster key
  * could otherwise swap in a public key of its own. The stored X.509 certificate must hold the
  * unsealed key.
  */
-function open(stored: StoredCa, clusterKey: Buffer): CertAuthority {
+function openKeys(kind: CaKind, stored: StoredKeys, clusterKey: Buffer): CaKeys {
   const pk = (sealed: string, aad: string) => createPrivateKey({ key: unseal(clusterKey, sealed, aad), format: "der", type: "pkcs8" });
-  const sshPrivate = pk(stored.ssh_private_sealed, `${stored.kind}/ssh`);
+  const sshPrivate = pk(stored.ssh_private_sealed, `${kind}/ssh`);
   const sshPublic = createPublicKey(sshPrivate);
-  const x509Key = pk(stored.x509_key_sealed, `${stored.kind}/x509`);
+  const x509Key = pk(stored.x509_key_sealed, `${kind}/x509`);
   const jwk = (k: KeyObject) => JSON.stringify((k.type === "public" ? k : createPublicKey(k)).export({ format: "jwk" }));
   let certKey: string | undefined;
   try {
@@ -119,24 +178,97 @@ function open(stored: StoredCa, clusterKey: Buffer): CertAuthority {
     certKey = undefined;
   }
   if (certKey !== jwk(x509Key)) {
-    throw new MeziteError("ERR_CONFIG", `the stored ${stored.kind} CA certificate does not hold the CA's sealed key: the backend was altered; restore it from a backup`);
+    throw new MeziteError("ERR_CONFIG", `the stored ${kind} CA certificate does not hold the CA's sealed key: the backend was altered; restore it from a backup`);
   }
   const comment = stored.ssh_public.split(" ").slice(2).join(" ");
   return {
-    kind: stored.kind,
     sshPrivate,
     sshPublic,
     sshPublicLine: formatAuthorizedKey(sshPublic, comment),
+    sshFingerprint: sshFingerprint(sshPublic),
     x509CertPem: stored.x509_cert_pem,
     x509Key,
+    x509Cert: new X509Certificate(stored.x509_cert_pem),
   };
+}
+
+/** Unsealing costs a few ms: a key pair seen before is reused as long as its sealed form is the same. */
+const opened = new Map<string, CaKeys>();
+
+function openCached(kind: CaKind, stored: StoredKeys, clusterKey: Buffer): CaKeys {
+  const id = `${kind}\0${stored.ssh_private_sealed}\0${stored.x509_key_sealed}\0${stored.x509_cert_pem}`;
+  let keys = opened.get(id);
+  if (!keys) {
+    keys = openKeys(kind, stored, clusterKey);
+    if (opened.size >= 16) opened.clear();
+    opened.set(id, keys);
+  }
+  return keys;
+}
+
+export function openCa(stored: StoredCa, revision: string, clusterKey: Buffer): CertAuthority {
+  const phase = stored.phase ?? "standby";
+  if (!PHASES.includes(phase) || (phase !== "standby") !== (stored.next !== undefined)) {
+    throw new MeziteError("ERR_CONFIG", `the stored ${stored.kind} CA record is inconsistent (phase ${String(phase).slice(0, 20)}): restore the backend from a backup`);
+  }
+  const current = openCached(stored.kind, stored, clusterKey);
+  const next = stored.next && openCached(stored.kind, stored.next, clusterKey);
+  const signer = next && signsWithNext(phase) ? next : current;
+  const other = signer === current ? next : current;
+  return {
+    ...signer,
+    kind: stored.kind,
+    phase,
+    trusted: other ? [signer, other] : [signer],
+    current,
+    next,
+    rotation: stored.rotation,
+    lastRotated: stored.last_rotated,
+    revision,
+  };
+}
+
+/**
+ * The CAs in the backend, for one auth service: opens them, notices when another service changed
+ * them (a rotation's phase), and changes them by compare-and-swap.
+ */
+export class CaStore {
+  constructor(
+    readonly backend: Backend,
+    readonly clusterKey: Buffer,
+    readonly clusterName: string,
+  ) {}
+
+  async load(kind: CaKind): Promise<{ ca: CertAuthority; stored: StoredCa }> {
+    const found = await load<StoredCa>(this.backend, keys.ca(kind));
+    if (!found) throw new MeziteError("ERR_CONFIG", `the ${kind} CA is missing from the backend: restore it from a backup`);
+    return { ca: openCa(found.value, found.revision, this.clusterKey), stored: found.value };
+  }
+
+  async loadAll(): Promise<ClusterCas> {
+    const [user, host] = await Promise.all([this.load("user"), this.load("host")]);
+    return { user: user.ca, host: host.ca };
+  }
+
+  /** The CAs as stored now, or undefined when neither record changed since `known`. */
+  async reload(known: ClusterCas): Promise<ClusterCas | undefined> {
+    const [user, host] = await Promise.all(CA_KINDS.map((k) => this.backend.get(keys.ca(k))));
+    if (user?.revision === known.user.revision && host?.revision === known.host.revision) return undefined;
+    return this.loadAll();
+  }
+
+  /** Replaces a CA record if it is still at `revision`; throws ERR_COMPARE_FAILED otherwise. */
+  async swap(kind: CaKind, revision: string, next: StoredCa): Promise<CertAuthority> {
+    const item = await this.backend.compareAndSwap(keys.ca(kind), revision, encode(next));
+    return openCa(next, item.revision, this.clusterKey);
+  }
 }
 
 /**
  * Loads the CAs, creating them on the first start of a cluster. Two services starting at once
  * against one database agree: creation is create-if-absent, and the loser loads the winner's.
  */
-export async function loadOrCreateCas(backend: Backend, dataDir: string, clusterName: string, now: number): Promise<ClusterCas> {
+export async function openCaStore(backend: Backend, dataDir: string, clusterName: string, now: number): Promise<{ store: CaStore; cas: ClusterCas }> {
   const existing = await load<StoredCa>(backend, keys.ca("user"));
   const clusterKey = loadClusterKey(dataDir, existing === undefined);
   if (clusterKey === undefined) {
@@ -145,18 +277,35 @@ export async function loadOrCreateCas(backend: Backend, dataDir: string, cluster
       `this backend already holds a cluster's CAs but ${join(dataDir, CLUSTER_KEY_FILE)} is missing: copy it from the auth service that created the cluster`,
     );
   }
-  const get = async (kind: CaKind): Promise<CertAuthority> => {
-    const found = await load<StoredCa>(backend, keys.ca(kind));
-    if (found) return open(found.value, clusterKey);
-    const fresh = await createCa(kind, clusterName, clusterKey, now);
+  for (const kind of CA_KINDS) {
+    if (await backend.get(keys.ca(kind))) continue;
+    const fresh: StoredCa = { kind, ...(await createCaKeys(kind, clusterName, clusterKey, now)) };
     try {
       await backend.create(keys.ca(kind), encode(fresh));
-      return open(fresh, clusterKey);
     } catch (e) {
       if (!isMeziteError(e, "ERR_ALREADY_EXISTS")) throw e;
-      const winner = await load<StoredCa>(backend, keys.ca(kind));
-      return open(winner!.value, clusterKey);
     }
-  };
-  return { user: await get("user"), host: await get("host") };
+  }
+  const store = new CaStore(backend, clusterKey, clusterName);
+  return { store, cas: await store.loadAll() };
+}
+
+export async function loadOrCreateCas(backend: Backend, dataDir: string, clusterName: string, now: number): Promise<ClusterCas> {
+  return (await openCaStore(backend, dataDir, clusterName, now)).cas;
+}
+
+/** What a verifier trusts, as text: every trusted key's line or certificate, the signing one first. */
+export const trustedSshLines = (ca: CertAuthority): string[] => ca.trusted.map((k) => k.sshPublicLine);
+export const trustedX509Pems = (ca: CertAuthority): string[] => ca.trusted.map((k) => k.x509CertPem);
+/** The TLS CA bundle clients verify the auth service against: every trusted Host CA certificate. */
+export const tlsCaBundle = (cas: ClusterCas): string => trustedX509Pems(cas.host).join("");
+
+/**
+ * A short digest of everything daemons and nodes hold from the CAs (phases, signing keys, trusted
+ * keys). Each issue carries it; a daemon or node that polls and sees another renews at once.
+ */
+export function caState(cas: ClusterCas): string {
+  const h = createHash("sha256");
+  for (const ca of [cas.user, cas.host]) h.update(`${ca.kind} ${ca.phase} ${ca.trusted.map((k) => k.sshFingerprint).join(",")}\n`);
+  return h.digest("hex").slice(0, 32);
 }

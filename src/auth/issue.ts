@@ -10,7 +10,7 @@ import { formatSshCertificate, signSshCertificate } from "../ca/sshcert.js";
 // Random 64-bit serials: unique per cluster without a counter shared between auth services.
 import { issueClientCertificate, randomSerial, type P256Point } from "../ca/x509.js";
 import { requirePrincipals, sessionTtlMs, type RoleAccess } from "../rbac/access.js";
-import type { ClusterCas } from "./cas.js";
+import { caState, tlsCaBundle, trustedSshLines, trustedX509Pems, type ClusterCas } from "./cas.js";
 import type { IdentityRecord, IssuedCertRecord } from "./records.js";
 
 /** Certificates are valid from a minute ago, so a node with a slightly slow clock accepts them. */
@@ -51,6 +51,8 @@ export interface IssueInput {
 export interface Issued {
   certs: IssuedCertificates;
   record: IssuedCertRecord;
+  /** Fingerprint of the User CA key that signed, for `mezctl ca status`. */
+  userCaKey: string;
 }
 
 export async function issueAgentCertificates(i: IssueInput): Promise<Issued> {
@@ -108,10 +110,11 @@ export async function issueAgentCertificates(i: IssueInput): Promise<Issued> {
     sshCertificate: formatSshCertificate(sshBlob, `agent-identity/${i.identity.name}`),
     x509CertificatePem: x509Pem,
     renewalCertificatePem: renewalPem,
-    userCaSshKeys: [i.cas.user.sshPublicLine],
-    hostCaSshKeys: [i.cas.host.sshPublicLine],
-    userCaX509Pems: [i.cas.user.x509CertPem],
-    tlsCaPem: i.cas.host.x509CertPem,
+    userCaSshKeys: trustedSshLines(i.cas.user),
+    hostCaSshKeys: trustedSshLines(i.cas.host),
+    userCaX509Pems: trustedX509Pems(i.cas.user),
+    tlsCaPem: tlsCaBundle(i.cas),
+    caState: caState(i.cas),
     serial,
     expires: BigInt(notAfter),
     generation: i.generation,
@@ -130,5 +133,5 @@ export async function issueAgentCertificates(i: IssueInput): Promise<Issued> {
     principals,
     expires: notAfter,
   };
-  return { certs, record };
+  return { certs, record, userCaKey: i.cas.user.sshFingerprint };
 }

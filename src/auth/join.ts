@@ -87,6 +87,7 @@ async function joinInstance(ctx: AuthContext, j: InstanceJoin): Promise<Issued> 
     address: j.caller.remoteAddr,
     certExpires: issued.record.expires,
     serial: issued.record.serial,
+    userCaKey: issued.userCaKey,
     ...j.extra,
   };
   await j.commit([

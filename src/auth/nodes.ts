@@ -21,6 +21,7 @@ import { formatSshCertificate, signSshCertificate } from "../ca/sshcert.js";
 import { formatAuthorizedKey } from "../ca/sshkey.js";
 import { issueClientCertificate, randomSerial, type P256Point } from "../ca/x509.js";
 import { MeziteError, isMeziteError } from "../lib/errors.js";
+import { caState, tlsCaBundle, trustedSshLines, type ClusterCas } from "./cas.js";
 import type { AuthContext, Caller } from "./context.js";
 import { BACKDATE_MS } from "./issue.js";
 import { encode, keys, load, type Loaded, type NodeClaim, type NodeRecord, type TokenRecord } from "./records.js";
@@ -30,7 +31,8 @@ import * as v from "./validate.js";
 /** Host certificates live a week and are renewed by `mezd node start` well before that. */
 export const HOST_CERT_TTL_MS = 7 * 24 * 3_600_000;
 
-export async function issueNodeCredentials(ctx: AuthContext, node: NodeRecord, hostKey: KeyObject, tlsKey: P256Point): Promise<NodeCredentials> {
+/** `cas`: as read once by the caller, so the node record names the Host CA key that signed. */
+export async function issueNodeCredentials(ctx: AuthContext, cas: ClusterCas, node: NodeRecord, hostKey: KeyObject, tlsKey: P256Point): Promise<NodeCredentials> {
   const now = ctx.now();
   const notAfter = now + HOST_CERT_TTL_MS;
   const hostCert = signSshCertificate(
@@ -43,11 +45,11 @@ export async function issueNodeCredentials(ctx: AuthContext, node: NodeRecord, h
       validAfter: Math.floor((now - BACKDATE_MS) / 1000),
       validBefore: Math.floor(notAfter / 1000),
     },
-    ctx.cas.host.sshPrivate,
+    cas.host.sshPrivate,
   );
   const tlsPem = await issueClientCertificate({
-    caCertPem: ctx.cas.host.x509CertPem,
-    caKey: ctx.cas.host.x509Key,
+    caCertPem: cas.host.x509CertPem,
+    caKey: cas.host.x509Key,
     publicKey: tlsKey,
     notBefore: new Date(now - BACKDATE_MS),
     notAfter: new Date(notAfter),
@@ -60,9 +62,10 @@ export async function issueNodeCredentials(ctx: AuthContext, node: NodeRecord, h
   return create(NodeCredentialsSchema, {
     hostCertificate: formatSshCertificate(hostCert, `node/${node.name}`),
     tlsCertificatePem: tlsPem,
-    tlsCaPem: ctx.cas.host.x509CertPem,
-    userCaSshKeys: [ctx.cas.user.sshPublicLine],
-    hostCaSshKeys: [ctx.cas.host.sshPublicLine],
+    tlsCaPem: tlsCaBundle(cas),
+    userCaSshKeys: trustedSshLines(cas.user),
+    hostCaSshKeys: trustedSshLines(cas.host),
+    caState: caState(cas),
     nodeName: node.name,
     labels: node.labels,
     hostCertExpires: BigInt(notAfter),
@@ -149,6 +152,7 @@ export async function joinNode(ctx: AuthContext, req: JoinNodeRequest, caller: C
     labels = token.value.labels ?? {};
     const replaced = await replacedNode(ctx, token.value, name);
     const now = ctx.now();
+    const cas = ctx.cas;
     const node: NodeRecord = {
       id: randomUUID(),
       name: replaced?.value.name ?? name,
@@ -159,9 +163,10 @@ export async function joinNode(ctx: AuthContext, req: JoinNodeRequest, caller: C
       lastHeartbeat: now,
       hostCertExpires: now + HOST_CERT_TTL_MS,
       joined: now,
+      hostCaKey: cas.host.sshFingerprint,
     };
     const ops = await claimOps(ctx, node, replaced);
-    const creds = await issueNodeCredentials(ctx, node, hostKey, tlsKey);
+    const creds = await issueNodeCredentials(ctx, cas, node, hostKey, tlsKey);
     // A lost race for a name: say who won it (the token stays unused).
     await commitJoin(ctx, token, ops, async () => {
       for (const p of claimedBy(node)) {
@@ -232,8 +237,9 @@ export async function renewNode(ctx: AuthContext, caller: Caller, hostPublicKey:
   if (formatAuthorizedKey(hostKey) !== node.hostKey) {
     throw new MeziteError("ERR_NOT_AUTHORIZED", `node "${node.name}" joined with another host key: a new host key needs a new join (mezctl tokens add --type=node --replace=${node.name})`);
   }
-  const creds = await issueNodeCredentials(ctx, node, hostKey, tlsKey);
-  await updateNode(ctx, caller, (n) => ({ ...n, hostCertExpires: Number(creds.hostCertExpires) }));
+  const cas = ctx.cas;
+  const creds = await issueNodeCredentials(ctx, cas, node, hostKey, tlsKey);
+  await updateNode(ctx, caller, (n) => ({ ...n, hostCertExpires: Number(creds.hostCertExpires), hostCaKey: cas.host.sshFingerprint }));
   await ctx.audit.emit({ type: "node.renew", identity: node.name, remote_addr: caller.remoteAddr });
   return creds;
 }

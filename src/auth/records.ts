@@ -39,6 +39,8 @@ export interface InstanceRecord {
   joinMethod?: string;
   /** What the ID token said of who joined (join-methods.ts RECORDED_CLAIMS). */
   claims?: Record<string, string>;
+  /** Fingerprint of the User CA key that signed the last certificates (a rotation's progress). */
+  userCaKey?: string;
 }
 
 export interface TokenRecord {
@@ -85,6 +87,8 @@ export interface NodeRecord {
   lastHeartbeat: number;
   hostCertExpires: number;
   joined: number;
+  /** Fingerprint of the Host CA key that signed the last host certificate (a rotation's progress). */
+  hostCaKey?: string;
 }
 
 /**

@@ -94,6 +94,7 @@ export async function renewAgent(ctx: AuthContext, req: RenewRequest, caller: Ca
         address: remoteAddr,
         certExpires: issued.record.expires,
         serial: issued.record.serial,
+        userCaKey: issued.userCaKey,
         lastRequest: { id: requestId, keysHash: hash, fromGeneration: presented },
       };
       // One transaction: the generation's swap, the certificate's record (a node must be able to

@@ -19,6 +19,7 @@
 import { create } from "@bufbuild/protobuf";
 import { GetRevocationsResponseSchema, type GetRevocationsResponse } from "../api/gen/mezite/v1/node_pb.js";
 import { encodeKrl } from "../ca/krl.js";
+import { caState, trustedSshLines, type ClusterCas } from "./cas.js";
 import type { AuthContext } from "./context.js";
 import { activeLocks, locksOn, refuseIfLocked, type LockSubject } from "./locks.js";
 import { encode, keys, load, loadAll, loadChunks, type IdentityRecord, type InstanceRecord, type IssuedCertRecord, type LockRecord } from "./records.js";
@@ -54,7 +55,7 @@ export async function revokeIfLockedMeanwhile(ctx: AuthContext, subject: LockSub
 type Scanned = { serial: bigint; expires: number }[];
 
 export class Revocations {
-  private cached: { at: number; value: GetRevocationsResponse } | undefined;
+  private cached: { at: number; cas: ClusterCas; value: GetRevocationsResponse } | undefined;
   private pending: Promise<GetRevocationsResponse> | undefined;
   /** Role and login locks by lock id: the serials a scan of every issued certificate found. */
   private readonly scans = new Map<string, Scanned>();
@@ -64,7 +65,8 @@ export class Revocations {
 
   async get(): Promise<GetRevocationsResponse> {
     const now = this.ctx.now();
-    if (this.cached && now - this.cached.at < this.maxAgeMs) return this.cached.value;
+    // A CA phase change shows at once: nodes must trust a new key before anything it signed reaches them.
+    if (this.cached && now - this.cached.at < this.maxAgeMs && this.cached.cas === this.ctx.cas) return this.cached.value;
     this.pending ??= this.compute(now).finally(() => (this.pending = undefined));
     return this.pending;
   }
@@ -88,16 +90,19 @@ export class Revocations {
     for (const c of revokedCerts) serials.add(BigInt(c.key.slice(keys.revokedCerts.length)));
     for (const s of await this.scanned([...ofKind("role"), ...ofKind("login")], now)) serials.add(s);
 
-    const krl = encodeKrl({ version: BigInt(now), generatedAt: Math.floor(now / 1000), sections: [{ caKey: cas.user.sshPublic, serials: [...serials] }] });
+    // Serials are random 64-bit numbers, unique across keys: each trusted key revokes them all.
+    const sections = cas.user.trusted.map((k) => ({ caKey: k.sshPublic, serials: [...serials] }));
+    const krl = encodeKrl({ version: BigInt(now), generatedAt: Math.floor(now / 1000), sections });
     const value = create(GetRevocationsResponseSchema, {
       krl,
-      userCaSshKeys: [cas.user.sshPublicLine],
+      userCaSshKeys: trustedSshLines(cas.user),
+      caState: caState(cas),
       lockedIdentityIds: lockedIdentities,
       lockedInstanceIds: ofKind("instance").map((l) => l.target),
       lockedRoles: ofKind("role").map((l) => l.target),
       lockedLogins: ofKind("login").map((l) => l.target),
     });
-    this.cached = { at: now, value };
+    this.cached = { at: now, cas, value };
     return value;
   }
 

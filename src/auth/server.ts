@@ -34,7 +34,7 @@ import {
   type HeartbeatRequest,
   type RenewHostCertificateRequest,
 } from "../api/gen/mezite/v1/node_pb.js";
-import { RenewRequestSchema, RenewResponseSchema, RenewService, type RenewRequest } from "../api/gen/mezite/v1/renew_pb.js";
+import { GetCaStateResponseSchema, RenewRequestSchema, RenewResponseSchema, RenewService, type RenewRequest } from "../api/gen/mezite/v1/renew_pb.js";
 import { ERROR_REF_HEADER, toConnectError } from "../api/errors.js";
 import { unaryGrpc, type UnaryRoute } from "../api/grpc-unary.js";
 import type { Backend } from "../backend/backend.js";
@@ -48,12 +48,13 @@ import { Registry, type MetricState } from "../lib/metrics.js";
 import { AdminIdentityKeeper, checkAdminCert, revokeAdminCertificates } from "./admin-cert.js";
 import { listAccessibleNodes } from "./agent-service.js";
 import { auditToProto } from "./admin/audit.js";
+import * as caRotation from "./admin/ca-rotation.js";
 import * as identities from "./admin/identities.js";
 import * as locks from "./admin/locks.js";
 import * as nodes from "./admin/nodes.js";
 import * as roles from "./admin/roles.js";
 import { Audit } from "./audit.js";
-import { loadOrCreateCas, type CaKind, type ClusterCas } from "./cas.js";
+import { CA_KINDS, PHASES, caState, openCaStore, trustedX509Pems, type CaKind, type CertAuthority, type ClusterCas } from "./cas.js";
 import { resolveClusterName } from "./cluster.js";
 import type { AdminCaller, AuthContext, Caller } from "./context.js";
 import { joinAgent, joinWithIdToken } from "./join.js";
@@ -61,6 +62,7 @@ import * as joinMethods from "./join-methods.js";
 import { callingNode, heartbeat, joinNode, renewNode } from "./nodes.js";
 import { Revocations } from "./revocations.js";
 import { renewAgent } from "./renew.js";
+import { CaWatcher } from "./rotation.js";
 import * as tokens from "./tokens.js";
 
 type RequestHandler = (req: IncomingMessage | Http2ServerRequest, res: ServerResponse | Http2ServerResponse) => void;
@@ -102,18 +104,30 @@ const SERVICE_CALLER: Record<string, CertKind | "none"> = {
 };
 const CERT_ISSUER: Record<CertKind, CaKind> = { admin: "user", renewal: "user", output: "user", node: "host", server: "host" };
 
-/** What the TLS layer knows of a connection: OpenSSL has verified the chain to one of the CAs. */
+/** What the TLS layer knows of a connection: the client certificate, and whether OpenSSL verified it against the trusted CAs. */
 interface Peer {
   remoteAddr: string;
   x509: X509Certificate | undefined;
+  authorized: boolean;
 }
-const peerKey = createContextKey<Peer>({ remoteAddr: "", x509: undefined });
+const peerKey = createContextKey<Peer>({ remoteAddr: "", x509: undefined, authorized: false });
 const callerKey = createContextKey<Caller>({ remoteAddr: "", cert: undefined });
 
 function peerOf(req: Http2ServerRequest): Peer {
   const socket = req.socket as TLSSocket;
   const remoteAddr = socket.remoteAddress ?? "";
-  return { remoteAddr, x509: socket.authorized ? socket.getPeerX509Certificate() : undefined };
+  return { remoteAddr, x509: socket.getPeerX509Certificate(), authorized: socket.authorized };
+}
+
+/**
+ * Whether a trusted key of `ca` issued the certificate. OpenSSL has checked signature and dates of
+ * an authorized one against every CA, so the issuer's name and key id tell which; any other is
+ * checked here in full.
+ */
+function issuedBy(x509: X509Certificate, ca: CertAuthority, authorized: boolean, now: number): boolean {
+  return ca.trusted.some(
+    (k) => x509.checkIssued(k.x509Cert) && (authorized || (x509.verify(k.x509Cert.publicKey) && Date.parse(x509.validFrom) <= now && now <= Date.parse(x509.validTo))),
+  );
 }
 
 function notAuthorized(accepts: CertKind): MeziteError {
@@ -122,9 +136,13 @@ function notAuthorized(accepts: CertKind): MeziteError {
 }
 
 /** The caller of a service, or ERR_NOT_AUTHORIZED when its certificate is not of the service's kind and CA. */
-async function authenticate(ctx: AuthContext, caCerts: Record<CaKind, X509Certificate>, peer: Peer, accepts: CertKind | "none"): Promise<Caller> {
+async function authenticate(ctx: AuthContext, peer: Peer, accepts: CertKind | "none"): Promise<Caller> {
   if (accepts === "none") return { remoteAddr: peer.remoteAddr, cert: undefined };
-  if (!peer.x509 || !peer.x509.checkIssued(caCerts[CERT_ISSUER[accepts]])) throw notAuthorized(accepts);
+  if (!peer.x509) throw notAuthorized(accepts);
+  // Not verified by OpenSSL: perhaps signed by a key another auth service brought in with a
+  // rotation's phase a moment ago, which this one has not loaded yet.
+  if (!peer.authorized) await ctx.refreshCas();
+  if (!issuedBy(peer.x509, ctx.cas[CERT_ISSUER[accepts]], peer.authorized, ctx.now())) throw notAuthorized(accepts);
   let cert: ParsedCert;
   try {
     cert = parseVerifiedCertificate(peer.x509);
@@ -156,7 +174,6 @@ export interface AuthMetrics {
 }
 
 function routes(ctx: AuthContext, revocations: Revocations, metrics: AuthMetrics, adminIdentity: () => AdminIdentityKeeper | undefined) {
-  const caCerts = { user: new X509Certificate(ctx.cas.user.x509CertPem), host: new X509Certificate(ctx.cas.host.x509CertPem) };
   // Every handler goes through here: one place for metrics, logging and error mapping. Only an
   // admin hears an error's own message; anyone else gets its code and a sentence (errors.ts).
   const failed = (method: string, e: unknown, admin: boolean): ConnectError => {
@@ -196,7 +213,7 @@ function routes(ctx: AuthContext, revocations: Revocations, metrics: AuthMetrics
   const authInterceptor: Interceptor = (next) => async (req) => {
     const accepts = SERVICE_CALLER[req.service.typeName] ?? "admin";
     try {
-      req.contextValues.set(callerKey, await authenticate(ctx, caCerts, req.contextValues.get(peerKey), accepts));
+      req.contextValues.set(callerKey, await authenticate(ctx, req.contextValues.get(peerKey), accepts));
     } catch (e) {
       throw failed(req.method.name, e, false);
     }
@@ -214,7 +231,7 @@ function routes(ctx: AuthContext, revocations: Revocations, metrics: AuthMetrics
       handle: async (req, http) => {
         let caller: Caller;
         try {
-          caller = await authenticate(ctx, caCerts, peerOf(http), SERVICE_CALLER[service.typeName]!);
+          caller = await authenticate(ctx, peerOf(http), SERVICE_CALLER[service.typeName]!);
         } catch (e) {
           throw failed(method, e, false);
         }
@@ -236,6 +253,7 @@ function routes(ctx: AuthContext, revocations: Revocations, metrics: AuthMetrics
     });
     router.service(RenewService, {
       renew: (req, hc) => renew(req, hc.values.get(callerKey)),
+      getCaState: unary("GetCaState", async () => create(GetCaStateResponseSchema, { caState: caState(ctx.cas) })),
     });
     router.service(NodeService, {
       heartbeat: unary("Heartbeat", async (req: HeartbeatRequest, caller) => {
@@ -323,6 +341,8 @@ function routes(ctx: AuthContext, revocations: Revocations, metrics: AuthMetrics
         await adminIdentity()?.refresh();
         return create(adminPb.RevokeAdminCertificatesResponseSchema, { revokedBefore: BigInt(before) });
       }),
+      getCaStatus: admin("GetCaStatus", async () => create(adminPb.GetCaStatusResponseSchema, { cas: await caRotation.getCaStatus(ctx) })),
+      rotateCa: admin("RotateCa", async (req: adminPb.RotateCaRequest, by) => create(adminPb.RotateCaResponseSchema, { cas: await caRotation.rotateCa(ctx, by, req) })),
     });
   };
   return { router, hot, authInterceptor };
@@ -356,8 +376,19 @@ async function serverTls(cas: ClusterCas, clusterName: string, publicAddrs: stri
     commonName: `${clusterName} auth`,
     ...serverNames(publicAddrs),
   });
-  return { key: privateKeyToPem(keys.privateKey), cert: certPem + cas.host.x509CertPem };
+  // Clients verify the chain to any trusted Host CA key; client certificates of every kind are
+  // verified against every trusted key of both CAs, and authenticate() then checks which.
+  return { key: privateKeyToPem(keys.privateKey), cert: certPem + cas.host.x509CertPem, ca: [...trustedX509Pems(cas.user), ...trustedX509Pems(cas.host)] };
 }
+
+const SECURE_OPTIONS = {
+  minVersion: "TLSv1.3",
+  // No resumable sessions: every daemon connects afresh with a new certificate (a resumed
+  // session would carry the old one). OpenSSL then sends stateful tickets naming a session
+  // cache that Node leaves off, instead of serialising the whole session into two
+  // stateless tickets per handshake: ~25 % of the handshake's server CPU (npm run bench).
+  secureOptions: constants.SSL_OP_NO_TICKET,
+} as const;
 
 /** How long a TLS handshake, a request's body, or a connection with nothing to say may take. */
 export const REQUEST_DEADLINE_MS = 10_000;
@@ -402,9 +433,13 @@ export async function startAuthService(cfg: AuthConfig, log: Logger = createLogg
   let server: Http2SecureServer | undefined;
   try {
     const clusterName = await resolveClusterName(backend, cfg.clusterName);
-    const cas = await loadOrCreateCas(backend, cfg.dataDir, clusterName, now());
+    const { store: caStore, cas } = await openCaStore(backend, cfg.dataDir, clusterName, now());
     const auditLog = createLogger(process.stdout);
-    const ctx: AuthContext = { backend, cas, clusterName, publicAddrs: cfg.publicAddrs, now, audit: new Audit(backend, auditLog, now), log };
+    let watcher: CaWatcher | undefined;
+    const ctx: AuthContext = {
+      backend, cas, caStore, refreshCas: (at) => watcher?.refresh(at) ?? Promise.resolve(),
+      clusterName, publicAddrs: cfg.publicAddrs, now, audit: new Audit(backend, auditLog, now), log,
+    };
     const registry = new Registry();
     const metrics: AuthMetrics = {
       calls: registry.counter("mezite_auth_requests_total", "API calls by method and result"),
@@ -414,11 +449,15 @@ export async function startAuthService(cfg: AuthConfig, log: Logger = createLogg
         [0.001, 0.0025, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 10],
       ),
     };
+    registry.gauge("mezite_ca_rotation_phase", "1 for the rotation phase each CA is in (SPEC §15), 0 for the others", () =>
+      CA_KINDS.flatMap((ca) => PHASES.map((phase) => ({ labels: { ca, phase }, value: ctx.cas[ca].phase === phase ? 1 : 0 }))),
+    );
     let ready = false;
     const notReady = () => (ready ? undefined : "starting");
     const diag: DiagSource = clusterMetrics ? { notReady, metrics: clusterMetrics } : diagSource(registry, notReady);
 
-    const tls = await serverTls(cas, clusterName, cfg.publicAddrs.length ? cfg.publicAddrs : [cfg.listen], now());
+    const tlsNames = cfg.publicAddrs.length ? cfg.publicAddrs : [cfg.listen];
+    const tls = await serverTls(cas, clusterName, tlsNames, now());
     let keeper: AdminIdentityKeeper | undefined;
     const api = routes(ctx, new Revocations(ctx), metrics, () => keeper);
     const connectHandler = connectNodeAdapter({
@@ -441,17 +480,10 @@ export async function startAuthService(cfg: AuthConfig, log: Logger = createLogg
         // connection each get REQUEST_DEADLINE_MS; connections and streams are capped.
         handshakeTimeout: REQUEST_DEADLINE_MS,
         settings: { maxConcurrentStreams: cfg.maxStreams ?? DEFAULT_MAX_STREAMS },
-        key: tls.key,
-        cert: tls.cert,
-        ca: [cas.user.x509CertPem, cas.host.x509CertPem],
+        ...tls,
         requestCert: true,
         rejectUnauthorized: false, // Join has no client certificate; each service checks its own
-        minVersion: "TLSv1.3",
-        // No resumable sessions: every daemon connects afresh with a new certificate (a resumed
-        // session would carry the old one). OpenSSL then sends stateful tickets naming a session
-        // cache that Node leaves off, instead of serialising the whole session into two
-        // stateless tickets per handshake: ~25 % of the handshake's server CPU (npm run bench).
-        secureOptions: constants.SSL_OP_NO_TICKET,
+        ...SECURE_OPTIONS,
         allowHTTP1: cfg.singlePort,
         ALPNProtocols: cfg.singlePort ? ["h2", "http/1.1"] : ["h2"],
       },
@@ -476,6 +508,13 @@ export async function startAuthService(cfg: AuthConfig, log: Logger = createLogg
     if (cfg.publicAddrs.length === 0) ctx.publicAddrs = [host === "0.0.0.0" || host === "::" ? `${osHostname()}:${port}` : addr];
     keeper = new AdminIdentityKeeper(ctx, join(cfg.dataDir, "admin.identity"), addr);
     await keeper.start();
+    // A CA phase change: new connections get a server certificate of the signing Host CA key and
+    // are verified against every trusted key; admin.identity follows.
+    watcher = new CaWatcher(ctx, async (fresh) => {
+      srv.setSecureContext({ ...(await serverTls(fresh, clusterName, tlsNames, now())), ...SECURE_OPTIONS });
+      await keeper?.refresh(true);
+    }, log);
+    watcher.start();
     const diagServer = cfg.diagAddr ? await startDiagServer(cfg.diagAddr, diag) : undefined;
     ready = true;
     return {
@@ -486,6 +525,7 @@ export async function startAuthService(cfg: AuthConfig, log: Logger = createLogg
       stop: async () => {
         ready = false;
         keeper?.stop();
+        watcher?.stop();
         await new Promise<void>((resolve) => {
           srv.close(() => resolve());
           // Clients keep idle HTTP/2 sessions open, which would hold close() open: a graceful

@@ -583,6 +583,18 @@ export function caPin(caCertPem: string): string {
   return `sha256:${createHash("sha256").update(decodeCertificate(bytes).spki.raw).digest("hex")}`;
 }
 
+/** The certificates of a PEM bundle (concatenated CERTIFICATE blocks), each as its own PEM. */
+export function splitCertificateBundle(bundle: string): string[] {
+  const blocks = bundle.match(/-----BEGIN CERTIFICATE-----[\s\S]*?-----END CERTIFICATE-----/g) ?? [];
+  if (blocks.length === 0) throw new MeziteError("ERR_MALFORMED_PEM", "expected one or more PEM CERTIFICATE blocks");
+  return blocks.map((b) => `${b}\n`);
+}
+
+/** Whether a CA certificate of the bundle has the pin (caPin). */
+export function bundleHasPin(bundle: string, pin: string): boolean {
+  return splitCertificateBundle(bundle).some((pem) => caPin(pem) === pin);
+}
+
 function nodeCert(bytes: Buffer): NodeX509Certificate {
   try {
     return new NodeX509Certificate(bytes);

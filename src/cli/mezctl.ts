@@ -480,5 +480,34 @@ program
     );
   });
 
+// ---- CA rotation (SPEC §15)
+
+const ca = program.command("ca").description("the cluster's certificate authorities and their rotation");
+ca
+  .command("status")
+  .description("each CA's rotation phase, its keys, and how many instances and nodes hold certificates of each")
+  .action(async () => {
+    const a = admin();
+    const list = (await call(a, (c) => c.getCaStatus({}))).cas;
+    out(a, list.map(view.caDoc), () => view.caText(list));
+  });
+ca
+  .command("rotate")
+  .description("rotate a CA's keys with no failed login: automatically over --grace-period, or one phase at a time with --manual --phase")
+  .option("--type <type>", "user, host or all (required)")
+  .option("--grace-period <duration>", "automatic rotation: how long it takes in all, split evenly over init, update_clients and update_servers", "48h")
+  .option("--manual", "move one phase by hand (--phase)")
+  .option("--phase <phase>", "with --manual: init, update_clients, update_servers or standby; rollback (from any phase before the end) needs no --manual")
+  .action(async (o: { type?: string; gracePeriod: string; manual?: boolean; phase?: string }, cmd: Command) => {
+    if (!o.type) throw new MeziteError("ERR_USAGE", "--type is required: user, host or all");
+    if (o.manual && !o.phase) throw new MeziteError("ERR_USAGE", "--manual needs --phase: init, update_clients, update_servers, standby or rollback");
+    if (o.phase && !o.manual && o.phase !== "rollback") throw new MeziteError("ERR_USAGE", `--phase=${o.phase.slice(0, 40)} needs --manual (or leave both out for an automatic rotation)`);
+    if (o.phase && cmd.getOptionValueSource("gracePeriod") === "cli") throw new MeziteError("ERR_USAGE", "--grace-period is for automatic rotations: leave it out with --phase");
+    const a = admin();
+    const res = await call(a, (c) => c.rotateCa({ type: o.type!, phase: o.phase ?? "", gracePeriodMs: BigInt(o.phase ? 0 : ttlOption(o.gracePeriod, "--grace-period")) }));
+    const moved = res.cas.filter((c) => o.type === "all" || c.type === o.type);
+    out(a, moved.map(view.caDoc), () => view.caText(moved));
+  });
+
 for (const c of [program, ...program.commands, ...program.commands.flatMap((c) => c.commands)]) c.exitOverride();
 program.parseAsync(process.argv).catch((e: unknown) => fail("mezctl", e));

@@ -1,5 +1,6 @@
 /** How resources look to an admin: JSON documents (snake_case) and table rows. */
 import type * as pb from "../api/gen/mezite/v1/common_pb.js";
+import type { CaStatus } from "../api/gen/mezite/v1/admin_pb.js";
 import { isoTime, relTime } from "./output.js";
 
 export function lockDoc(l: pb.Lock) {
@@ -92,3 +93,37 @@ export function nodeDoc(n: pb.Node) {
 }
 
 export const labelsText = (l: Record<string, string>) => Object.entries(l).map(([k, v]) => `${k}=${v}`).join(",");
+
+export function caDoc(c: CaStatus) {
+  return {
+    type: c.type,
+    phase: c.phase,
+    mode: c.mode || null,
+    started: isoTime(c.started),
+    phase_started: isoTime(c.phaseStarted),
+    next_phase_at: isoTime(c.nextPhaseAt),
+    last_rotated: isoTime(c.lastRotated),
+    keys: c.keys.map((k) => ({ role: k.role, ssh_fingerprint: k.sshFingerprint, x509_pin: k.x509Pin, signing: k.signing, trusted: k.trusted, holders: k.holders })),
+    holders_total: c.holdersTotal,
+  };
+}
+
+/** `mezctl ca status`: per CA its phase, then each key with what it does and who holds its certificates. */
+export function caText(list: CaStatus[]): string {
+  return list
+    .map((c) => {
+      const how = c.phase === "standby"
+        ? c.lastRotated ? `last rotated ${isoTime(c.lastRotated)}` : "never rotated"
+        : `${c.mode === "auto" ? "automatic" : "manual"}, started ${relTime(c.started)}${c.nextPhaseAt ? `, next phase ${relTime(c.nextPhaseAt)}` : ""}`;
+      const holders = c.type === "user" ? "live instances" : "nodes";
+      const rows = c.keys.map((k) => [
+        `  ${k.role}`,
+        k.sshFingerprint,
+        [k.signing ? "signing" : "", k.trusted ? "trusted" : "not trusted"].filter(Boolean).join(", "),
+        `${k.holders}/${c.holdersTotal} ${holders}`,
+      ]);
+      const width = (i: number) => Math.max(...rows.map((r) => r[i]!.length));
+      return [`${c.type} CA: phase ${c.phase} (${how})`, ...rows.map((r) => r.map((f, i) => (i < r.length - 1 ? f.padEnd(width(i)) : f)).join("  "))].join("\n");
+    })
+    .join("\n") + "\n";
+}

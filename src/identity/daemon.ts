@@ -3,14 +3,14 @@
  * keys. Each renewal request is saved before it is sent and replayed until answered, so a crash
  * or a lost reply never looks like a clone to the server's generation check.
  */
-import { randomBytes } from "node:crypto";
+import { randomBytes, type KeyObject } from "node:crypto";
 import type { IssuedCertificates } from "../api/gen/mezite/v1/common_pb.js";
 import { JoinService } from "../api/gen/mezite/v1/join_pb.js";
 import { RenewService } from "../api/gen/mezite/v1/renew_pb.js";
 import { connect } from "../api/client.js";
 import { fromConnectError } from "../api/errors.js";
 import { checkCaPin } from "../api/pin.js";
-import { caPin, privateKeyToPem } from "../ca/x509.js";
+import { bundleHasPin, privateKeyToPem } from "../ca/x509.js";
 import { Backoff, sleep } from "../lib/backoff.js";
 import { MeziteError, isFinalError, isMeziteError } from "../lib/errors.js";
 import type { Logger } from "../lib/log.js";
@@ -50,6 +50,8 @@ export class IdentityDaemon {
   private readonly now: () => number;
   private readonly random: () => number;
   private state: IdentityState | undefined;
+  /** The SSH key of the current certificate, kept by renewals for a CA rotation. */
+  private sshKey: KeyObject | undefined;
   private wake: (() => void) | undefined;
   private renewRequested = false;
   /** Set once a SIGHUP has cut a wait short in the current run of failures. */
@@ -140,10 +142,10 @@ export class IdentityDaemon {
       await this.withRetry(signal, () => this.issueOnce(signal), this.opts.oneShot ? this.opts.oneShotRetryMs : Infinity);
       if (this.opts.oneShot) return;
       while (!signal.aborted) {
-        await this.sleepUntil(this.nextRenewalAt(), signal);
+        const rotated = await this.waitForRenewal(signal);
         if (signal.aborted) break;
         this.renewRequested = false;
-        await this.withRetry(signal, () => this.renew(signal), Infinity);
+        await this.withRetry(signal, () => this.renew(signal, rotated), Infinity);
       }
     } catch (e) {
       if (!signal.aborted) throw e;
@@ -151,6 +153,37 @@ export class IdentityDaemon {
       await agent?.close();
       this.storage.close();
     }
+  }
+
+  /**
+   * Sleeps until the next scheduled renewal, a SIGHUP, or a CA rotation's phase change (asked
+   * every --ca-check-interval); true for the last. A failed check is retried at the next one:
+   * the scheduled renewal does not depend on it.
+   */
+  private async waitForRenewal(signal: AbortSignal): Promise<boolean> {
+    const renewAt = this.nextRenewalAt();
+    for (;;) {
+      await this.sleepUntil(Math.min(renewAt, this.now() + this.opts.caCheckIntervalMs), signal);
+      if (signal.aborted || this.renewRequested || this.now() >= renewAt) return false;
+      if (await this.caStateChanged(signal)) return true;
+    }
+  }
+
+  private async caStateChanged(signal: AbortSignal): Promise<boolean> {
+    const state = this.state!;
+    try {
+      const { caState } = await this.renewClient(state).getCaState({}, { signal });
+      if (caState === "" || caState === state.ca_state) return false;
+      this.deps.log.info("CA rotation phase changed; renewing now", { ca_state: caState });
+      return true;
+    } catch (e) {
+      if (!signal.aborted) this.deps.log.warn("could not check for a CA rotation", { error: fromConnectError(e, this.opts.authServer).message });
+      return false;
+    }
+  }
+
+  private renewClient(state: IdentityState) {
+    return connect(RenewService, this.opts.authServer, { certPem: state.renewal_cert_pem, keyPem: state.renewal_key_pem, caPem: state.tls_ca_pem });
   }
 
   /** Interval after the last issue, ±10 % jitter so a fleet started together spreads out. */
@@ -230,7 +263,7 @@ export class IdentityDaemon {
     } catch (e) {
       throw fromConnectError(e, this.opts.authServer);
     }
-    if (this.opts.caPin && caPin(certs.tlsCaPem) !== this.opts.caPin) {
+    if (this.opts.caPin && !bundleHasPin(certs.tlsCaPem, this.opts.caPin)) {
       throw new MeziteError("ERR_WRONG_CA", "the auth service's TLS CA does not match --ca-pin");
     }
     this.apply(certs, keys, "joined");
@@ -262,11 +295,16 @@ export class IdentityDaemon {
       throw fromConnectError(e, this.opts.authServer);
     }
     checkCertsMatchKeys(certs, keys);
-    if (caPin(certs.tlsCaPem) !== this.opts.caPin) throw new MeziteError("ERR_WRONG_CA", "the auth service's TLS CA does not match --ca-pin");
+    if (!bundleHasPin(certs.tlsCaPem, this.opts.caPin!)) throw new MeziteError("ERR_WRONG_CA", "the auth service's TLS CA does not match --ca-pin");
     this.apply(certs, keys, "joined");
   }
 
-  private async renew(signal: AbortSignal): Promise<void> {
+  /**
+   * `rotated`: a renewal for a CA rotation, not the schedule. It keeps the SSH key: only the
+   * certificate changes, so an ssh that read the old certificate and reads ssh_key again to sign
+   * still finds its key (a fresh key swapped in mid-login fails that login).
+   */
+  private async renew(signal: AbortSignal, rotated = false): Promise<void> {
     const state = this.state!;
     let pending = this.storage.loadPending();
     if (pending && pending.from_generation !== state.generation) {
@@ -274,15 +312,16 @@ export class IdentityDaemon {
       pending = undefined;
     }
     if (!pending) {
-      pending = { request_id: randomBytes(16).toString("hex"), from_generation: state.generation, ttl_ms: this.opts.certTtlMs, keys: serializeKeys(generateIssueKeys()) };
+      const fresh = generateIssueKeys();
+      const keys = rotated && this.sshKey ? { ...fresh, ssh: this.sshKey } : fresh;
+      pending = { request_id: randomBytes(16).toString("hex"), from_generation: state.generation, ttl_ms: this.opts.certTtlMs, keys: serializeKeys(keys) };
       this.storage.savePending(pending);
     }
     const keys = deserializeKeys(pending.keys);
     const request = buildRenewRequest(Buffer.from(pending.request_id, "hex"), keys, pending.ttl_ms);
-    const client = connect(RenewService, this.opts.authServer, { certPem: state.renewal_cert_pem, keyPem: state.renewal_key_pem, caPem: state.tls_ca_pem });
     let certs: IssuedCertificates;
     try {
-      const reply = await client.renew(request, { signal });
+      const reply = await this.renewClient(state).renew(request, { signal });
       if (!reply.certificates) throw new MeziteError("ERR_MALFORMED_CERT", "the auth service sent an empty renewal reply");
       certs = reply.certificates;
     } catch (e) {
@@ -310,8 +349,10 @@ export class IdentityDaemon {
       renewal_key_pem: privateKeyToPem(keys.renewal),
       expires: Number(certs.expires),
       issued: this.now(),
+      ca_state: certs.caState,
     };
     this.storage.saveState(state);
+    this.sshKey = keys.ssh;
     // The agent swaps key and certificate in one assignment; the files follow.
     this.keyring?.set(keys.ssh, certs.sshCertificate, certs.identityName);
     writeOutputs(this.opts.destinationDir, certs, keys, { sshKeyFile: this.opts.sshKeyFile, sshAgentSocket: this.opts.sshAgentSocket });

@@ -32,6 +32,8 @@ export interface IdentityOptions {
   sshAgentSocket: string | undefined;
   /** False with --no-ssh-key-file: the SSH private key lives in the agent alone (SPEC §16). */
   sshKeyFile: boolean;
+  /** --ca-check-interval: how often a running daemon asks whether a CA rotation moved on (SPEC §15). Default 30s. */
+  caCheckIntervalMs: number;
 }
 
 export type JoinMethod = "token" | "github" | "gitlab" | "oidc";
@@ -53,6 +55,7 @@ export interface IdTokenJoin {
 
 export const MIN_CERT_TTL_MS = 60_000;
 export const MIN_RENEWAL_INTERVAL_MS = 10_000;
+export const MIN_CA_CHECK_INTERVAL_MS = 1_000;
 
 export interface RawIdentityOptions {
   authServer?: string | undefined;
@@ -72,6 +75,7 @@ export interface RawIdentityOptions {
   sshAgentSocket?: string | undefined;
   /** commander's --no-ssh-key-file sets sshKeyFile: false. */
   sshKeyFile?: boolean | string | undefined;
+  caCheckInterval?: string | undefined;
 }
 
 function usage(msg: string): never {
@@ -140,6 +144,8 @@ export function resolveIdentityOptions(raw: RawIdentityOptions, env: NodeJS.Proc
   const oneShot = raw.oneShot === true || raw.oneShot === "true";
   const oneShotRetryMs = duration(raw.oneShotRetry ?? "30s", "--one-shot-retry");
   const sshKeyFile = !(raw.sshKeyFile === false || raw.sshKeyFile === "false");
+  const caCheckIntervalMs = duration(raw.caCheckInterval ?? "30s", "--ca-check-interval");
+  if (caCheckIntervalMs < MIN_CA_CHECK_INTERVAL_MS) usage(`--ca-check-interval must be at least ${formatDuration(MIN_CA_CHECK_INTERVAL_MS)}`);
   if (raw.sshAgentSocket === "") usage("--ssh-agent-socket needs a path");
   // sun_path holds 108 bytes with its NUL: a longer path cannot be bound.
   if (raw.sshAgentSocket !== undefined && Buffer.byteLength(resolve(raw.sshAgentSocket)) > 107) usage("--ssh-agent-socket: the path is longer than a Unix socket allows (107 bytes)");
@@ -166,5 +172,6 @@ export function resolveIdentityOptions(raw: RawIdentityOptions, env: NodeJS.Proc
     oneShotRetryMs,
     sshAgentSocket: socket,
     sshKeyFile,
+    caCheckIntervalMs,
   };
 }

@@ -17,7 +17,7 @@ export interface IdentityState {
   identity_id: string;
   instance_id: string;
   generation: string;
-  /** The CA the auth service's TLS certificate must chain to (learned at join, MAC-verified). */
+  /** The CAs the auth service's TLS certificate may chain to (PEM bundle; learned at join, MAC-verified, kept current by renewals). */
   tls_ca_pem: string;
   renewal_cert_pem: string;
   renewal_key_pem: string;
@@ -25,6 +25,8 @@ export interface IdentityState {
   expires: number;
   /** When they were issued (unix ms): the renewal schedule counts from here. */
   issued: number;
+  /** The CAs' state (rotation phases and keys) they were issued in: GetCaState saying another means renew. */
+  ca_state?: string;
 }
 
 /** A renewal request, written before it is sent, replayed until it is answered. */

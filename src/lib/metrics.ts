@@ -72,10 +72,12 @@ export class Registry {
     return h;
   }
 
-  gauge(name: string, help: string, read: () => number | undefined): void {
+  /** `read` gives one value, or one per label set. */
+  gauge(name: string, help: string, read: () => number | { labels: Labels; value: number }[] | undefined): void {
     this.metrics.push(() => {
       const v = read();
-      return { name, help, type: "gauge", series: v === undefined ? [] : [{ labels: {}, values: [v] }] };
+      const series = v === undefined ? [] : typeof v === "number" ? [{ labels: {}, values: [v] }] : v.map((s) => ({ labels: s.labels, values: [s.value] }));
+      return { name, help, type: "gauge", series };
     });
   }
 
@@ -88,7 +90,11 @@ export class Registry {
   }
 }
 
-/** Prometheus text for one or more registries' states, summing series with the same name and labels. */
+/**
+ * Prometheus text for one or more registries' states (a cluster's workers), summing counters and
+ * histograms with the same name and labels; gauges are states that every worker reads alike, so the
+ * highest counts.
+ */
 export function renderMetrics(states: MetricState[][]): string {
   const merged = new Map<string, { metric: MetricState; series: Map<string, { labels: Labels; values: number[] }> }>();
   for (const m of states.flat()) {
@@ -97,7 +103,7 @@ export function renderMetrics(states: MetricState[][]): string {
     for (const s of m.series) {
       const key = labelText(s.labels);
       const cur = entry.series.get(key);
-      if (cur) s.values.forEach((v, i) => (cur.values[i]! += v));
+      if (cur) s.values.forEach((v, i) => (cur.values[i] = m.type === "gauge" ? Math.max(cur.values[i]!, v) : cur.values[i]! + v));
       else entry.series.set(key, { labels: s.labels, values: [...s.values] });
     }
   }

@@ -137,6 +137,12 @@ export class NodeAgent {
       this.replaceKrl(Buffer.from(r.krl)),
     ].some(Boolean);
     this.lastRevocationSync = this.now();
+    // A CA rotation moved on: a host certificate of the signing Host CA key, and the TLS trust
+    // that follows the auth service's certificate (the User CA keys are in user_ca.pub above).
+    if (r.caState !== "" && r.caState !== this.config.ca_state) {
+      this.deps.log.info("CA rotation phase changed; renewing the host certificate", { ca_state: r.caState });
+      await this.renew(signal);
+    }
     if (changed) this.deps.log.info("revocation state updated", { ssh_dir: d, locked_identities: r.lockedIdentityIds.length, locked_roles: r.lockedRoles.length, locked_logins: r.lockedLogins.length, locked_instances: r.lockedInstanceIds.length });
     return changed;
   }
@@ -191,7 +197,14 @@ export class NodeAgent {
     writeNodeTls(d, { cert_pem: creds.tlsCertificatePem, key_pem: privateKeyToPem(tls) });
     this.client = undefined; // the next call presents the new certificate
     writeFileAtomic(pathOf(d, "hostCert"), `${creds.hostCertificate}\n`, PUBLIC_MODE);
-    this.config = { ...this.config, labels: creds.labels, host_ca_ssh_keys: creds.hostCaSshKeys, host_cert_expires: Number(creds.hostCertExpires) };
+    this.config = {
+      ...this.config,
+      labels: creds.labels,
+      tls_ca_pem: creds.tlsCaPem,
+      host_ca_ssh_keys: creds.hostCaSshKeys,
+      host_cert_expires: Number(creds.hostCertExpires),
+      ca_state: creds.caState,
+    };
     writeNodeConfig(d, this.config);
     this.updates.inc({ file: "hostCert" });
     this.deps.log.info("host certificate renewed", { node: creds.nodeName, expires: new Date(Number(creds.hostCertExpires)).toISOString() });

@@ -13,7 +13,7 @@ import { checkCaPin } from "../api/pin.js";
 import { parseToken } from "../ca/jointoken.js";
 import { encodeKrl } from "../ca/krl.js";
 import { encodeOpenSSHPrivateKey } from "../ca/sshkey.js";
-import { caPin, privateKeyToPem } from "../ca/x509.js";
+import { bundleHasPin, privateKeyToPem } from "../ca/x509.js";
 import { MeziteError } from "../lib/errors.js";
 import { assertNotSymlink, ensureDir, readFileNoFollow, writeFileAtomic } from "../lib/files.js";
 import {
@@ -141,7 +141,7 @@ export async function joinNode(o: JoinOptions, now: () => number = Date.now): Pr
   } catch (e) {
     throw fromConnectError(e, o.authServer);
   }
-  if (o.caPin && caPin(creds.tlsCaPem) !== o.caPin) throw new MeziteError("ERR_WRONG_CA", "the auth service's TLS CA does not match --ca-pin");
+  if (o.caPin && !bundleHasPin(creds.tlsCaPem, o.caPin)) throw new MeziteError("ERR_WRONG_CA", "the auth service's TLS CA does not match --ca-pin");
 
   const d = o.sshDir;
   const written: { file: string; what: string }[] = [];
@@ -168,6 +168,7 @@ export async function joinNode(o: JoinOptions, now: () => number = Date.now): Pr
     tls_ca_pem: creds.tlsCaPem,
     host_ca_ssh_keys: creds.hostCaSshKeys,
     host_cert_expires: Number(creds.hostCertExpires),
+    ca_state: creds.caState,
   });
   written.push({ file: pathOf(d, "node"), what: "node name, labels and auth server (0644)" });
   put("sshdConfig", snippet, PUBLIC_MODE, "sshd_config snippet to Include");

@@ -33,11 +33,13 @@ export interface NodeConfig {
   labels: Record<string, string>;
   principals: string[];
   auth_server: string;
-  /** The auth service's TLS CA, pinned at join. */
+  /** The CAs the auth service's TLS certificate may chain to (PEM bundle), pinned at join and kept current by renewals. */
   tls_ca_pem: string;
   host_ca_ssh_keys: string[];
   /** Unix ms. */
   host_cert_expires: number;
+  /** The CA state (rotation phases) the last host certificate was issued in; absent before rotations existed. */
+  ca_state?: string;
 }
 
 /** revoked_locks.json: what GetRevocations said is locked. Public, 0644. */

@@ -10,7 +10,7 @@ import { joinNodeReplyTranscript, joinNodeRequestTranscript } from "../api/trans
 import { deriveTokenSecrets, signProof, verifyMac } from "../ca/jointoken.js";
 import { parseSshCertificate, verifySshCertificate } from "../ca/sshcert.js";
 import { ed25519RawPublic, formatAuthorizedKey, parseAuthorizedKey } from "../ca/sshkey.js";
-import { generateP256, parseCertificatePem, publicKeyToDer } from "../ca/x509.js";
+import { generateP256, parseCertificatePem, publicKeyToDer, splitCertificateBundle } from "../ca/x509.js";
 import { MeziteError } from "../lib/errors.js";
 
 export interface NodeKeys {
@@ -59,7 +59,7 @@ export function checkNodeCredentials(c: NodeCredentials, keys: NodeKeys, nowMs: 
     tlsCert = parseCertificatePem(c.tlsCertificatePem);
     hostCas = c.hostCaSshKeys.map((l) => parseAuthorizedKey(l));
     c.userCaSshKeys.forEach((l) => parseAuthorizedKey(l));
-    parseCertificatePem(c.tlsCaPem);
+    splitCertificateBundle(c.tlsCaPem).forEach((pem) => parseCertificatePem(pem));
   } catch (e) {
     throw bad("do not parse", e);
   }

@@ -9,15 +9,12 @@ import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, test, type TestContext } from "node:test";
-import { PassThrough } from "node:stream";
 import { create } from "@bufbuild/protobuf";
 import { TokenVerifierSchema } from "../../src/api/gen/mezite/v1/admin_pb.js";
 import { roleToProto } from "../../src/api/roles.js";
 import { addAgentIdentity, deleteAgentIdentity, removeInstance } from "../../src/auth/admin/identities.js";
 import { addLock, removeLocks } from "../../src/auth/admin/locks.js";
 import { createRole } from "../../src/auth/admin/roles.js";
-import { Audit } from "../../src/auth/audit.js";
-import { loadOrCreateCas } from "../../src/auth/cas.js";
 import type { AdminCaller, AuthContext } from "../../src/auth/context.js";
 import { encode, keys, type IdentityRecord, type InstanceRecord, type IssuedCertRecord } from "../../src/auth/records.js";
 import { joinAgent } from "../../src/auth/join.js";
@@ -30,9 +27,9 @@ import { ed25519RawPublic } from "../../src/ca/sshkey.js";
 import { parseCertificatePem } from "../../src/ca/x509.js";
 import { buildJoinRequest, buildRenewRequest, generateIssueKeys } from "../../src/identity/protocol.js";
 import { isMeziteError } from "../../src/lib/errors.js";
-import { createLogger } from "../../src/lib/log.js";
 import { parseRoleYaml } from "../../src/rbac/role.js";
 import { SEED_ROLE } from "../harness/auth.js";
+import { unitAuthContext } from "../harness/auth-context.js";
 import { sshKeygen } from "../harness/require.js";
 
 const dir = mkdtempSync(join(tmpdir(), "mezite-revocations-"));
@@ -46,9 +43,7 @@ let clock = Date.UTC(2026, 10, 28, 12);
 async function context(wrap: (b: Backend) => Backend = (b) => b): Promise<AuthContext> {
   const now = () => clock;
   const backend = wrap(new MemoryBackend({ now, sweepIntervalMs: 0 }));
-  const log = createLogger(new PassThrough());
-  const cas = await loadOrCreateCas(backend, mkdtempSync(join(dir, "data-")), "test.mezite", clock);
-  return { backend, cas, clusterName: "test.mezite", publicAddrs: [], now, audit: new Audit(backend, log, now), log };
+  return unitAuthContext({ backend, dataDir: mkdtempSync(join(dir, "data-")), clusterName: "test.mezite", now });
 }
 
 let serial = 100;

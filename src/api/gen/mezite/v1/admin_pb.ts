@@ -12,7 +12,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file mezite/v1/admin.proto.
  */
 export const file_mezite_v1_admin: GenFile = /*@__PURE__*/
-  fileDesc("ChVtZXppdGUvdjEvYWRtaW4ucHJvdG8SCW1leml0ZS52MSIXChVHZXRDbHVzdGVySW5mb1JlcXVlc3QiVAoWR2V0Q2x1c3RlckluZm9SZXNwb25zZRIUCgxjbHVzdGVyX25hbWUYASABKAkSFAoMcHVibGljX2FkZHJzGAIgAygJEg4KBmNhX3BpbhgDIAEoCSJBChFDcmVhdGVSb2xlUmVxdWVzdBIdCgRyb2xlGAEgASgLMg8ubWV6aXRlLnYxLlJvbGUSDQoFZm9yY2UYAiABKAgiRQoSQ3JlYXRlUm9sZVJlc3BvbnNlEh0KBHJvbGUYASABKAsyDy5tZXppdGUudjEuUm9sZRIQCghyZXBsYWNlZBgCIAEoCCISChBMaXN0Um9sZXNSZXF1ZXN0IjMKEUxpc3RSb2xlc1Jlc3BvbnNlEh4KBXJvbGVzGAEgAygLMg8ubWV6aXRlLnYxLlJvbGUiHgoOR2V0Um9sZVJlcXVlc3QSDAoEbmFtZRgBIAEoCSIwCg9HZXRSb2xlUmVzcG9uc2USHQoEcm9sZRgBIAEoCzIPLm1leml0ZS52MS5Sb2xlIiEKEURlbGV0ZVJvbGVSZXF1ZXN0EgwKBG5hbWUYASABKAkiFAoSRGVsZXRlUm9sZVJlc3BvbnNlIlYKDVRva2VuVmVyaWZpZXISEAoIdG9rZW5faWQYASABKAkSEgoKdmVyaWZ5X2tleRgCIAEoDBIPCgdtYWNfa2V5GAMgASgMEg4KBnR0bF9tcxgEIAEoAyJfChdBZGRBZ2VudElkZW50aXR5UmVxdWVzdBIMCgRuYW1lGAEgASgJEg0KBXJvbGVzGAIgAygJEicKBXRva2VuGAMgASgLMhgubWV6aXRlLnYxLlRva2VuVmVyaWZpZXIicQoYQWRkQWdlbnRJZGVudGl0eVJlc3BvbnNlEjAKCGlkZW50aXR5GAEgASgLMh4ubWV6aXRlLnYxLkFnZW50SWRlbnRpdHlTdGF0dXMSIwoFdG9rZW4YAiABKAsyFC5tZXppdGUudjEuVG9rZW5JbmZvIi8KGkxpc3RBZ2VudElkZW50aXRpZXNSZXF1ZXN0EhEKCXBhZ2Vfc2l6ZRgBIAEoDSJRChtMaXN0QWdlbnRJZGVudGl0aWVzUmVzcG9uc2USMgoKaWRlbnRpdGllcxgBIAMoCzIeLm1leml0ZS52MS5BZ2VudElkZW50aXR5U3RhdHVzIicKF0dldEFnZW50SWRlbnRpdHlSZXF1ZXN0EgwKBG5hbWUYASABKAkiTAoYR2V0QWdlbnRJZGVudGl0eVJlc3BvbnNlEjAKCGlkZW50aXR5GAEgASgLMh4ubWV6aXRlLnYxLkFnZW50SWRlbnRpdHlTdGF0dXMiKgoaRGVsZXRlQWdlbnRJZGVudGl0eVJlcXVlc3QSDAoEbmFtZRgBIAEoCSIdChtEZWxldGVBZ2VudElkZW50aXR5UmVzcG9uc2UiOgoVUmVtb3ZlSW5zdGFuY2VSZXF1ZXN0EgwKBG5hbWUYASABKAkSEwoLaW5zdGFuY2VfaWQYAiABKAkiGAoWUmVtb3ZlSW5zdGFuY2VSZXNwb25zZSLZAQoPQWRkVG9rZW5SZXF1ZXN0EgwKBHR5cGUYASABKAkSFgoOYWdlbnRfaWRlbnRpdHkYAiABKAkSNgoGbGFiZWxzGAMgAygLMiYubWV6aXRlLnYxLkFkZFRva2VuUmVxdWVzdC5MYWJlbHNFbnRyeRInCgV0b2tlbhgEIAEoCzIYLm1leml0ZS52MS5Ub2tlblZlcmlmaWVyEhAKCHJlcGxhY2VzGAUgASgJGi0KC0xhYmVsc0VudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoCToCOAEiNwoQQWRkVG9rZW5SZXNwb25zZRIjCgV0b2tlbhgBIAEoCzIULm1leml0ZS52MS5Ub2tlbkluZm8iEwoRTGlzdFRva2Vuc1JlcXVlc3QiOgoSTGlzdFRva2Vuc1Jlc3BvbnNlEiQKBnRva2VucxgBIAMoCzIULm1leml0ZS52MS5Ub2tlbkluZm8iIAoSRGVsZXRlVG9rZW5SZXF1ZXN0EgoKAmlkGAEgASgJIhUKE0RlbGV0ZVRva2VuUmVzcG9uc2UiWAoRQ3JlYXRlTG9ja1JlcXVlc3QSEwoLdGFyZ2V0X2tpbmQYASABKAkSDgoGdGFyZ2V0GAIgASgJEg4KBnJlYXNvbhgDIAEoCRIOCgZ0dGxfbXMYBCABKAMiMwoSQ3JlYXRlTG9ja1Jlc3BvbnNlEh0KBGxvY2sYASABKAsyDy5tZXppdGUudjEuTG9jayISChBMaXN0TG9ja3NSZXF1ZXN0IjMKEUxpc3RMb2Nrc1Jlc3BvbnNlEh4KBWxvY2tzGAEgAygLMg8ubWV6aXRlLnYxLkxvY2siHwoRRGVsZXRlTG9ja1JlcXVlc3QSCgoCaWQYASABKAkiJQoSRGVsZXRlTG9ja1Jlc3BvbnNlEg8KB3JlbW92ZWQYASABKA0iEgoQTGlzdE5vZGVzUmVxdWVzdCIzChFMaXN0Tm9kZXNSZXNwb25zZRIeCgVub2RlcxgBIAMoCzIPLm1leml0ZS52MS5Ob2RlIj4KFkNyZWF0ZUpvaW5Ub2tlblJlcXVlc3QSFQoNZG9jdW1lbnRfanNvbhgBIAEoCRINCgVmb3JjZRgCIAEoCCJdChdDcmVhdGVKb2luVG9rZW5SZXNwb25zZRIwCgpqb2luX3Rva2VuGAEgASgLMhwubWV6aXRlLnYxLkpvaW5Ub2tlblJlc291cmNlEhAKCHJlcGxhY2VkGAIgASgIIhcKFUxpc3RKb2luVG9rZW5zUmVxdWVzdCJLChZMaXN0Sm9pblRva2Vuc1Jlc3BvbnNlEjEKC2pvaW5fdG9rZW5zGAEgAygLMhwubWV6aXRlLnYxLkpvaW5Ub2tlblJlc291cmNlIiYKFkRlbGV0ZUpvaW5Ub2tlblJlcXVlc3QSDAoEbmFtZRgBIAEoCSIZChdEZWxldGVKb2luVG9rZW5SZXNwb25zZSIhChFEZWxldGVOb2RlUmVxdWVzdBIMCgRuYW1lGAEgASgJIhQKEkRlbGV0ZU5vZGVSZXNwb25zZSIgCh5SZXZva2VBZG1pbkNlcnRpZmljYXRlc1JlcXVlc3QiOQofUmV2b2tlQWRtaW5DZXJ0aWZpY2F0ZXNSZXNwb25zZRIWCg5yZXZva2VkX2JlZm9yZRgBIAEoAyI+ChBMaXN0QXVkaXRSZXF1ZXN0Eg0KBXNpbmNlGAEgASgDEgwKBHR5cGUYAiABKAkSDQoFbGltaXQYAyABKA0iOgoRTGlzdEF1ZGl0UmVzcG9uc2USJQoGZXZlbnRzGAEgAygLMhUubWV6aXRlLnYxLkF1ZGl0RXZlbnQy+g4KDEFkbWluU2VydmljZRJVCg5HZXRDbHVzdGVySW5mbxIgLm1leml0ZS52MS5HZXRDbHVzdGVySW5mb1JlcXVlc3QaIS5tZXppdGUudjEuR2V0Q2x1c3RlckluZm9SZXNwb25zZRJJCgpDcmVhdGVSb2xlEhwubWV6aXRlLnYxLkNyZWF0ZVJvbGVSZXF1ZXN0Gh0ubWV6aXRlLnYxLkNyZWF0ZVJvbGVSZXNwb25zZRJGCglMaXN0Um9sZXMSGy5tZXppdGUudjEuTGlzdFJvbGVzUmVxdWVzdBocLm1leml0ZS52MS5MaXN0Um9sZXNSZXNwb25zZRJACgdHZXRSb2xlEhkubWV6aXRlLnYxLkdldFJvbGVSZXF1ZXN0GhoubWV6aXRlLnYxLkdldFJvbGVSZXNwb25zZRJJCgpEZWxldGVSb2xlEhwubWV6aXRlLnYxLkRlbGV0ZVJvbGVSZXF1ZXN0Gh0ubWV6aXRlLnYxLkRlbGV0ZVJvbGVSZXNwb25zZRJbChBBZGRBZ2VudElkZW50aXR5EiIubWV6aXRlLnYxLkFkZEFnZW50SWRlbnRpdHlSZXF1ZXN0GiMubWV6aXRlLnYxLkFkZEFnZW50SWRlbnRpdHlSZXNwb25zZRJmChNMaXN0QWdlbnRJZGVudGl0aWVzEiUubWV6aXRlLnYxLkxpc3RBZ2VudElkZW50aXRpZXNSZXF1ZXN0GiYubWV6aXRlLnYxLkxpc3RBZ2VudElkZW50aXRpZXNSZXNwb25zZTABElsKEEdldEFnZW50SWRlbnRpdHkSIi5tZXppdGUudjEuR2V0QWdlbnRJZGVudGl0eVJlcXVlc3QaIy5tZXppdGUudjEuR2V0QWdlbnRJZGVudGl0eVJlc3BvbnNlEmQKE0RlbGV0ZUFnZW50SWRlbnRpdHkSJS5tZXppdGUudjEuRGVsZXRlQWdlbnRJZGVudGl0eVJlcXVlc3QaJi5tZXppdGUudjEuRGVsZXRlQWdlbnRJZGVudGl0eVJlc3BvbnNlElUKDlJlbW92ZUluc3RhbmNlEiAubWV6aXRlLnYxLlJlbW92ZUluc3RhbmNlUmVxdWVzdBohLm1leml0ZS52MS5SZW1vdmVJbnN0YW5jZVJlc3BvbnNlEkMKCEFkZFRva2VuEhoubWV6aXRlLnYxLkFkZFRva2VuUmVxdWVzdBobLm1leml0ZS52MS5BZGRUb2tlblJlc3BvbnNlEkkKCkxpc3RUb2tlbnMSHC5tZXppdGUudjEuTGlzdFRva2Vuc1JlcXVlc3QaHS5tZXppdGUudjEuTGlzdFRva2Vuc1Jlc3BvbnNlEkwKC0RlbGV0ZVRva2VuEh0ubWV6aXRlLnYxLkRlbGV0ZVRva2VuUmVxdWVzdBoeLm1leml0ZS52MS5EZWxldGVUb2tlblJlc3BvbnNlEkkKCkNyZWF0ZUxvY2sSHC5tZXppdGUudjEuQ3JlYXRlTG9ja1JlcXVlc3QaHS5tZXppdGUudjEuQ3JlYXRlTG9ja1Jlc3BvbnNlEkYKCUxpc3RMb2NrcxIbLm1leml0ZS52MS5MaXN0TG9ja3NSZXF1ZXN0GhwubWV6aXRlLnYxLkxpc3RMb2Nrc1Jlc3BvbnNlEkkKCkRlbGV0ZUxvY2sSHC5tZXppdGUudjEuRGVsZXRlTG9ja1JlcXVlc3QaHS5tZXppdGUudjEuRGVsZXRlTG9ja1Jlc3BvbnNlElgKD0NyZWF0ZUpvaW5Ub2tlbhIhLm1leml0ZS52MS5DcmVhdGVKb2luVG9rZW5SZXF1ZXN0GiIubWV6aXRlLnYxLkNyZWF0ZUpvaW5Ub2tlblJlc3BvbnNlElUKDkxpc3RKb2luVG9rZW5zEiAubWV6aXRlLnYxLkxpc3RKb2luVG9rZW5zUmVxdWVzdBohLm1leml0ZS52MS5MaXN0Sm9pblRva2Vuc1Jlc3BvbnNlElgKD0RlbGV0ZUpvaW5Ub2tlbhIhLm1leml0ZS52MS5EZWxldGVKb2luVG9rZW5SZXF1ZXN0GiIubWV6aXRlLnYxLkRlbGV0ZUpvaW5Ub2tlblJlc3BvbnNlEkYKCUxpc3ROb2RlcxIbLm1leml0ZS52MS5MaXN0Tm9kZXNSZXF1ZXN0GhwubWV6aXRlLnYxLkxpc3ROb2Rlc1Jlc3BvbnNlEkkKCkRlbGV0ZU5vZGUSHC5tZXppdGUudjEuRGVsZXRlTm9kZVJlcXVlc3QaHS5tZXppdGUudjEuRGVsZXRlTm9kZVJlc3BvbnNlEkgKCUxpc3RBdWRpdBIbLm1leml0ZS52MS5MaXN0QXVkaXRSZXF1ZXN0GhwubWV6aXRlLnYxLkxpc3RBdWRpdFJlc3BvbnNlMAEScAoXUmV2b2tlQWRtaW5DZXJ0aWZpY2F0ZXMSKS5tZXppdGUudjEuUmV2b2tlQWRtaW5DZXJ0aWZpY2F0ZXNSZXF1ZXN0GioubWV6aXRlLnYxLlJldm9rZUFkbWluQ2VydGlmaWNhdGVzUmVzcG9uc2ViBnByb3RvMw", [file_mezite_v1_common]);
+  fileDesc("ChVtZXppdGUvdjEvYWRtaW4ucHJvdG8SCW1leml0ZS52MSIXChVHZXRDbHVzdGVySW5mb1JlcXVlc3QiVAoWR2V0Q2x1c3RlckluZm9SZXNwb25zZRIUCgxjbHVzdGVyX25hbWUYASABKAkSFAoMcHVibGljX2FkZHJzGAIgAygJEg4KBmNhX3BpbhgDIAEoCSJBChFDcmVhdGVSb2xlUmVxdWVzdBIdCgRyb2xlGAEgASgLMg8ubWV6aXRlLnYxLlJvbGUSDQoFZm9yY2UYAiABKAgiRQoSQ3JlYXRlUm9sZVJlc3BvbnNlEh0KBHJvbGUYASABKAsyDy5tZXppdGUudjEuUm9sZRIQCghyZXBsYWNlZBgCIAEoCCISChBMaXN0Um9sZXNSZXF1ZXN0IjMKEUxpc3RSb2xlc1Jlc3BvbnNlEh4KBXJvbGVzGAEgAygLMg8ubWV6aXRlLnYxLlJvbGUiHgoOR2V0Um9sZVJlcXVlc3QSDAoEbmFtZRgBIAEoCSIwCg9HZXRSb2xlUmVzcG9uc2USHQoEcm9sZRgBIAEoCzIPLm1leml0ZS52MS5Sb2xlIiEKEURlbGV0ZVJvbGVSZXF1ZXN0EgwKBG5hbWUYASABKAkiFAoSRGVsZXRlUm9sZVJlc3BvbnNlIlYKDVRva2VuVmVyaWZpZXISEAoIdG9rZW5faWQYASABKAkSEgoKdmVyaWZ5X2tleRgCIAEoDBIPCgdtYWNfa2V5GAMgASgMEg4KBnR0bF9tcxgEIAEoAyJfChdBZGRBZ2VudElkZW50aXR5UmVxdWVzdBIMCgRuYW1lGAEgASgJEg0KBXJvbGVzGAIgAygJEicKBXRva2VuGAMgASgLMhgubWV6aXRlLnYxLlRva2VuVmVyaWZpZXIicQoYQWRkQWdlbnRJZGVudGl0eVJlc3BvbnNlEjAKCGlkZW50aXR5GAEgASgLMh4ubWV6aXRlLnYxLkFnZW50SWRlbnRpdHlTdGF0dXMSIwoFdG9rZW4YAiABKAsyFC5tZXppdGUudjEuVG9rZW5JbmZvIi8KGkxpc3RBZ2VudElkZW50aXRpZXNSZXF1ZXN0EhEKCXBhZ2Vfc2l6ZRgBIAEoDSJRChtMaXN0QWdlbnRJZGVudGl0aWVzUmVzcG9uc2USMgoKaWRlbnRpdGllcxgBIAMoCzIeLm1leml0ZS52MS5BZ2VudElkZW50aXR5U3RhdHVzIicKF0dldEFnZW50SWRlbnRpdHlSZXF1ZXN0EgwKBG5hbWUYASABKAkiTAoYR2V0QWdlbnRJZGVudGl0eVJlc3BvbnNlEjAKCGlkZW50aXR5GAEgASgLMh4ubWV6aXRlLnYxLkFnZW50SWRlbnRpdHlTdGF0dXMiKgoaRGVsZXRlQWdlbnRJZGVudGl0eVJlcXVlc3QSDAoEbmFtZRgBIAEoCSIdChtEZWxldGVBZ2VudElkZW50aXR5UmVzcG9uc2UiOgoVUmVtb3ZlSW5zdGFuY2VSZXF1ZXN0EgwKBG5hbWUYASABKAkSEwoLaW5zdGFuY2VfaWQYAiABKAkiGAoWUmVtb3ZlSW5zdGFuY2VSZXNwb25zZSLZAQoPQWRkVG9rZW5SZXF1ZXN0EgwKBHR5cGUYASABKAkSFgoOYWdlbnRfaWRlbnRpdHkYAiABKAkSNgoGbGFiZWxzGAMgAygLMiYubWV6aXRlLnYxLkFkZFRva2VuUmVxdWVzdC5MYWJlbHNFbnRyeRInCgV0b2tlbhgEIAEoCzIYLm1leml0ZS52MS5Ub2tlblZlcmlmaWVyEhAKCHJlcGxhY2VzGAUgASgJGi0KC0xhYmVsc0VudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoCToCOAEiNwoQQWRkVG9rZW5SZXNwb25zZRIjCgV0b2tlbhgBIAEoCzIULm1leml0ZS52MS5Ub2tlbkluZm8iEwoRTGlzdFRva2Vuc1JlcXVlc3QiOgoSTGlzdFRva2Vuc1Jlc3BvbnNlEiQKBnRva2VucxgBIAMoCzIULm1leml0ZS52MS5Ub2tlbkluZm8iIAoSRGVsZXRlVG9rZW5SZXF1ZXN0EgoKAmlkGAEgASgJIhUKE0RlbGV0ZVRva2VuUmVzcG9uc2UiWAoRQ3JlYXRlTG9ja1JlcXVlc3QSEwoLdGFyZ2V0X2tpbmQYASABKAkSDgoGdGFyZ2V0GAIgASgJEg4KBnJlYXNvbhgDIAEoCRIOCgZ0dGxfbXMYBCABKAMiMwoSQ3JlYXRlTG9ja1Jlc3BvbnNlEh0KBGxvY2sYASABKAsyDy5tZXppdGUudjEuTG9jayISChBMaXN0TG9ja3NSZXF1ZXN0IjMKEUxpc3RMb2Nrc1Jlc3BvbnNlEh4KBWxvY2tzGAEgAygLMg8ubWV6aXRlLnYxLkxvY2siHwoRRGVsZXRlTG9ja1JlcXVlc3QSCgoCaWQYASABKAkiJQoSRGVsZXRlTG9ja1Jlc3BvbnNlEg8KB3JlbW92ZWQYASABKA0iEgoQTGlzdE5vZGVzUmVxdWVzdCIzChFMaXN0Tm9kZXNSZXNwb25zZRIeCgVub2RlcxgBIAMoCzIPLm1leml0ZS52MS5Ob2RlIj4KFkNyZWF0ZUpvaW5Ub2tlblJlcXVlc3QSFQoNZG9jdW1lbnRfanNvbhgBIAEoCRINCgVmb3JjZRgCIAEoCCJdChdDcmVhdGVKb2luVG9rZW5SZXNwb25zZRIwCgpqb2luX3Rva2VuGAEgASgLMhwubWV6aXRlLnYxLkpvaW5Ub2tlblJlc291cmNlEhAKCHJlcGxhY2VkGAIgASgIIhcKFUxpc3RKb2luVG9rZW5zUmVxdWVzdCJLChZMaXN0Sm9pblRva2Vuc1Jlc3BvbnNlEjEKC2pvaW5fdG9rZW5zGAEgAygLMhwubWV6aXRlLnYxLkpvaW5Ub2tlblJlc291cmNlIiYKFkRlbGV0ZUpvaW5Ub2tlblJlcXVlc3QSDAoEbmFtZRgBIAEoCSIZChdEZWxldGVKb2luVG9rZW5SZXNwb25zZSIhChFEZWxldGVOb2RlUmVxdWVzdBIMCgRuYW1lGAEgASgJIhQKEkRlbGV0ZU5vZGVSZXNwb25zZSIgCh5SZXZva2VBZG1pbkNlcnRpZmljYXRlc1JlcXVlc3QiOQofUmV2b2tlQWRtaW5DZXJ0aWZpY2F0ZXNSZXNwb25zZRIWCg5yZXZva2VkX2JlZm9yZRgBIAEoAyI+ChBMaXN0QXVkaXRSZXF1ZXN0Eg0KBXNpbmNlGAEgASgDEgwKBHR5cGUYAiABKAkSDQoFbGltaXQYAyABKA0iOgoRTGlzdEF1ZGl0UmVzcG9uc2USJQoGZXZlbnRzGAEgAygLMhUubWV6aXRlLnYxLkF1ZGl0RXZlbnQieQoLQ2FLZXlTdGF0dXMSDAoEcm9sZRgBIAEoCRIXCg9zc2hfZmluZ2VycHJpbnQYAiABKAkSEAoIeDUwOV9waW4YAyABKAkSDwoHc2lnbmluZxgEIAEoCBIPCgd0cnVzdGVkGAUgASgIEg8KB2hvbGRlcnMYBiABKA0ixwEKCENhU3RhdHVzEgwKBHR5cGUYASABKAkSDQoFcGhhc2UYAiABKAkSDAoEbW9kZRgDIAEoCRIPCgdzdGFydGVkGAQgASgDEhUKDXBoYXNlX3N0YXJ0ZWQYBSABKAMSFQoNbmV4dF9waGFzZV9hdBgGIAEoAxIUCgxsYXN0X3JvdGF0ZWQYByABKAMSJAoEa2V5cxgIIAMoCzIWLm1leml0ZS52MS5DYUtleVN0YXR1cxIVCg1ob2xkZXJzX3RvdGFsGAkgASgNIhQKEkdldENhU3RhdHVzUmVxdWVzdCI3ChNHZXRDYVN0YXR1c1Jlc3BvbnNlEiAKA2NhcxgBIAMoCzITLm1leml0ZS52MS5DYVN0YXR1cyJHCg9Sb3RhdGVDYVJlcXVlc3QSDAoEdHlwZRgBIAEoCRINCgVwaGFzZRgCIAEoCRIXCg9ncmFjZV9wZXJpb2RfbXMYAyABKAMiNAoQUm90YXRlQ2FSZXNwb25zZRIgCgNjYXMYASADKAsyEy5tZXppdGUudjEuQ2FTdGF0dXMyjRAKDEFkbWluU2VydmljZRJVCg5HZXRDbHVzdGVySW5mbxIgLm1leml0ZS52MS5HZXRDbHVzdGVySW5mb1JlcXVlc3QaIS5tZXppdGUudjEuR2V0Q2x1c3RlckluZm9SZXNwb25zZRJJCgpDcmVhdGVSb2xlEhwubWV6aXRlLnYxLkNyZWF0ZVJvbGVSZXF1ZXN0Gh0ubWV6aXRlLnYxLkNyZWF0ZVJvbGVSZXNwb25zZRJGCglMaXN0Um9sZXMSGy5tZXppdGUudjEuTGlzdFJvbGVzUmVxdWVzdBocLm1leml0ZS52MS5MaXN0Um9sZXNSZXNwb25zZRJACgdHZXRSb2xlEhkubWV6aXRlLnYxLkdldFJvbGVSZXF1ZXN0GhoubWV6aXRlLnYxLkdldFJvbGVSZXNwb25zZRJJCgpEZWxldGVSb2xlEhwubWV6aXRlLnYxLkRlbGV0ZVJvbGVSZXF1ZXN0Gh0ubWV6aXRlLnYxLkRlbGV0ZVJvbGVSZXNwb25zZRJbChBBZGRBZ2VudElkZW50aXR5EiIubWV6aXRlLnYxLkFkZEFnZW50SWRlbnRpdHlSZXF1ZXN0GiMubWV6aXRlLnYxLkFkZEFnZW50SWRlbnRpdHlSZXNwb25zZRJmChNMaXN0QWdlbnRJZGVudGl0aWVzEiUubWV6aXRlLnYxLkxpc3RBZ2VudElkZW50aXRpZXNSZXF1ZXN0GiYubWV6aXRlLnYxLkxpc3RBZ2VudElkZW50aXRpZXNSZXNwb25zZTABElsKEEdldEFnZW50SWRlbnRpdHkSIi5tZXppdGUudjEuR2V0QWdlbnRJZGVudGl0eVJlcXVlc3QaIy5tZXppdGUudjEuR2V0QWdlbnRJZGVudGl0eVJlc3BvbnNlEmQKE0RlbGV0ZUFnZW50SWRlbnRpdHkSJS5tZXppdGUudjEuRGVsZXRlQWdlbnRJZGVudGl0eVJlcXVlc3QaJi5tZXppdGUudjEuRGVsZXRlQWdlbnRJZGVudGl0eVJlc3BvbnNlElUKDlJlbW92ZUluc3RhbmNlEiAubWV6aXRlLnYxLlJlbW92ZUluc3RhbmNlUmVxdWVzdBohLm1leml0ZS52MS5SZW1vdmVJbnN0YW5jZVJlc3BvbnNlEkMKCEFkZFRva2VuEhoubWV6aXRlLnYxLkFkZFRva2VuUmVxdWVzdBobLm1leml0ZS52MS5BZGRUb2tlblJlc3BvbnNlEkkKCkxpc3RUb2tlbnMSHC5tZXppdGUudjEuTGlzdFRva2Vuc1JlcXVlc3QaHS5tZXppdGUudjEuTGlzdFRva2Vuc1Jlc3BvbnNlEkwKC0RlbGV0ZVRva2VuEh0ubWV6aXRlLnYxLkRlbGV0ZVRva2VuUmVxdWVzdBoeLm1leml0ZS52MS5EZWxldGVUb2tlblJlc3BvbnNlEkkKCkNyZWF0ZUxvY2sSHC5tZXppdGUudjEuQ3JlYXRlTG9ja1JlcXVlc3QaHS5tZXppdGUudjEuQ3JlYXRlTG9ja1Jlc3BvbnNlEkYKCUxpc3RMb2NrcxIbLm1leml0ZS52MS5MaXN0TG9ja3NSZXF1ZXN0GhwubWV6aXRlLnYxLkxpc3RMb2Nrc1Jlc3BvbnNlEkkKCkRlbGV0ZUxvY2sSHC5tZXppdGUudjEuRGVsZXRlTG9ja1JlcXVlc3QaHS5tZXppdGUudjEuRGVsZXRlTG9ja1Jlc3BvbnNlElgKD0NyZWF0ZUpvaW5Ub2tlbhIhLm1leml0ZS52MS5DcmVhdGVKb2luVG9rZW5SZXF1ZXN0GiIubWV6aXRlLnYxLkNyZWF0ZUpvaW5Ub2tlblJlc3BvbnNlElUKDkxpc3RKb2luVG9rZW5zEiAubWV6aXRlLnYxLkxpc3RKb2luVG9rZW5zUmVxdWVzdBohLm1leml0ZS52MS5MaXN0Sm9pblRva2Vuc1Jlc3BvbnNlElgKD0RlbGV0ZUpvaW5Ub2tlbhIhLm1leml0ZS52MS5EZWxldGVKb2luVG9rZW5SZXF1ZXN0GiIubWV6aXRlLnYxLkRlbGV0ZUpvaW5Ub2tlblJlc3BvbnNlEkYKCUxpc3ROb2RlcxIbLm1leml0ZS52MS5MaXN0Tm9kZXNSZXF1ZXN0GhwubWV6aXRlLnYxLkxpc3ROb2Rlc1Jlc3BvbnNlEkkKCkRlbGV0ZU5vZGUSHC5tZXppdGUudjEuRGVsZXRlTm9kZVJlcXVlc3QaHS5tZXppdGUudjEuRGVsZXRlTm9kZVJlc3BvbnNlEkgKCUxpc3RBdWRpdBIbLm1leml0ZS52MS5MaXN0QXVkaXRSZXF1ZXN0GhwubWV6aXRlLnYxLkxpc3RBdWRpdFJlc3BvbnNlMAEScAoXUmV2b2tlQWRtaW5DZXJ0aWZpY2F0ZXMSKS5tZXppdGUudjEuUmV2b2tlQWRtaW5DZXJ0aWZpY2F0ZXNSZXF1ZXN0GioubWV6aXRlLnYxLlJldm9rZUFkbWluQ2VydGlmaWNhdGVzUmVzcG9uc2USTAoLR2V0Q2FTdGF0dXMSHS5tZXppdGUudjEuR2V0Q2FTdGF0dXNSZXF1ZXN0Gh4ubWV6aXRlLnYxLkdldENhU3RhdHVzUmVzcG9uc2USQwoIUm90YXRlQ2ESGi5tZXppdGUudjEuUm90YXRlQ2FSZXF1ZXN0GhsubWV6aXRlLnYxLlJvdGF0ZUNhUmVzcG9uc2ViBnByb3RvMw", [file_mezite_v1_common]);
 
 /**
  * @generated from message mezite.v1.GetClusterInfoRequest
@@ -894,6 +894,199 @@ export const ListAuditResponseSchema: GenMessage<ListAuditResponse> = /*@__PURE_
   messageDesc(file_mezite_v1_admin, 46);
 
 /**
+ * @generated from message mezite.v1.CaKeyStatus
+ */
+export type CaKeyStatus = Message<"mezite.v1.CaKeyStatus"> & {
+  /**
+   * "current" (in use before the rotation) or "next" (the one it brings in).
+   *
+   * @generated from field: string role = 1;
+   */
+  role: string;
+
+  /**
+   * @generated from field: string ssh_fingerprint = 2;
+   */
+  sshFingerprint: string;
+
+  /**
+   * sha256 pin of the key's X.509 CA certificate, as --ca-pin takes it.
+   *
+   * @generated from field: string x509_pin = 3;
+   */
+  x509Pin: string;
+
+  /**
+   * @generated from field: bool signing = 4;
+   */
+  signing: boolean;
+
+  /**
+   * @generated from field: bool trusted = 5;
+   */
+  trusted: boolean;
+
+  /**
+   * User CA: live instances whose last certificates this key signed. Host CA: nodes.
+   *
+   * @generated from field: uint32 holders = 6;
+   */
+  holders: number;
+};
+
+/**
+ * Describes the message mezite.v1.CaKeyStatus.
+ * Use `create(CaKeyStatusSchema)` to create a new message.
+ */
+export const CaKeyStatusSchema: GenMessage<CaKeyStatus> = /*@__PURE__*/
+  messageDesc(file_mezite_v1_admin, 47);
+
+/**
+ * @generated from message mezite.v1.CaStatus
+ */
+export type CaStatus = Message<"mezite.v1.CaStatus"> & {
+  /**
+   * "user" or "host".
+   *
+   * @generated from field: string type = 1;
+   */
+  type: string;
+
+  /**
+   * @generated from field: string phase = 2;
+   */
+  phase: string;
+
+  /**
+   * "auto", "manual", or empty in standby.
+   *
+   * @generated from field: string mode = 3;
+   */
+  mode: string;
+
+  /**
+   * @generated from field: int64 started = 4;
+   */
+  started: bigint;
+
+  /**
+   * @generated from field: int64 phase_started = 5;
+   */
+  phaseStarted: bigint;
+
+  /**
+   * When an automatic rotation takes its next step; 0 = not scheduled.
+   *
+   * @generated from field: int64 next_phase_at = 6;
+   */
+  nextPhaseAt: bigint;
+
+  /**
+   * @generated from field: int64 last_rotated = 7;
+   */
+  lastRotated: bigint;
+
+  /**
+   * @generated from field: repeated mezite.v1.CaKeyStatus keys = 8;
+   */
+  keys: CaKeyStatus[];
+
+  /**
+   * Live instances (User CA) or nodes (Host CA) in all.
+   *
+   * @generated from field: uint32 holders_total = 9;
+   */
+  holdersTotal: number;
+};
+
+/**
+ * Describes the message mezite.v1.CaStatus.
+ * Use `create(CaStatusSchema)` to create a new message.
+ */
+export const CaStatusSchema: GenMessage<CaStatus> = /*@__PURE__*/
+  messageDesc(file_mezite_v1_admin, 48);
+
+/**
+ * @generated from message mezite.v1.GetCaStatusRequest
+ */
+export type GetCaStatusRequest = Message<"mezite.v1.GetCaStatusRequest"> & {
+};
+
+/**
+ * Describes the message mezite.v1.GetCaStatusRequest.
+ * Use `create(GetCaStatusRequestSchema)` to create a new message.
+ */
+export const GetCaStatusRequestSchema: GenMessage<GetCaStatusRequest> = /*@__PURE__*/
+  messageDesc(file_mezite_v1_admin, 49);
+
+/**
+ * @generated from message mezite.v1.GetCaStatusResponse
+ */
+export type GetCaStatusResponse = Message<"mezite.v1.GetCaStatusResponse"> & {
+  /**
+   * @generated from field: repeated mezite.v1.CaStatus cas = 1;
+   */
+  cas: CaStatus[];
+};
+
+/**
+ * Describes the message mezite.v1.GetCaStatusResponse.
+ * Use `create(GetCaStatusResponseSchema)` to create a new message.
+ */
+export const GetCaStatusResponseSchema: GenMessage<GetCaStatusResponse> = /*@__PURE__*/
+  messageDesc(file_mezite_v1_admin, 50);
+
+/**
+ * @generated from message mezite.v1.RotateCaRequest
+ */
+export type RotateCaRequest = Message<"mezite.v1.RotateCaRequest"> & {
+  /**
+   * "user", "host" or "all".
+   *
+   * @generated from field: string type = 1;
+   */
+  type: string;
+
+  /**
+   * The phase to move to (manual); empty = start an automatic rotation.
+   *
+   * @generated from field: string phase = 2;
+   */
+  phase: string;
+
+  /**
+   * Automatic rotation: the time its phases take in all.
+   *
+   * @generated from field: int64 grace_period_ms = 3;
+   */
+  gracePeriodMs: bigint;
+};
+
+/**
+ * Describes the message mezite.v1.RotateCaRequest.
+ * Use `create(RotateCaRequestSchema)` to create a new message.
+ */
+export const RotateCaRequestSchema: GenMessage<RotateCaRequest> = /*@__PURE__*/
+  messageDesc(file_mezite_v1_admin, 51);
+
+/**
+ * @generated from message mezite.v1.RotateCaResponse
+ */
+export type RotateCaResponse = Message<"mezite.v1.RotateCaResponse"> & {
+  /**
+   * @generated from field: repeated mezite.v1.CaStatus cas = 1;
+   */
+  cas: CaStatus[];
+};
+
+/**
+ * Describes the message mezite.v1.RotateCaResponse.
+ * Use `create(RotateCaResponseSchema)` to create a new message.
+ */
+export const RotateCaResponseSchema: GenMessage<RotateCaResponse> = /*@__PURE__*/
+  messageDesc(file_mezite_v1_admin, 52);
+
+/**
  * Called over mTLS with the admin certificate from admin.identity.
  *
  * @generated from service mezite.v1.AdminService
@@ -1091,6 +1284,24 @@ export const AdminService: GenService<{
     methodKind: "unary";
     input: typeof RevokeAdminCertificatesRequestSchema;
     output: typeof RevokeAdminCertificatesResponseSchema;
+  },
+  /**
+   * CA rotation (SPEC §15).
+   *
+   * @generated from rpc mezite.v1.AdminService.GetCaStatus
+   */
+  getCaStatus: {
+    methodKind: "unary";
+    input: typeof GetCaStatusRequestSchema;
+    output: typeof GetCaStatusResponseSchema;
+  },
+  /**
+   * @generated from rpc mezite.v1.AdminService.RotateCa
+   */
+  rotateCa: {
+    methodKind: "unary";
+    input: typeof RotateCaRequestSchema;
+    output: typeof RotateCaResponseSchema;
   },
 }> = /*@__PURE__*/
   serviceDesc(file_mezite_v1_admin, 0);

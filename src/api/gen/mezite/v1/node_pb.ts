@@ -12,7 +12,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file mezite/v1/node.proto.
  */
 export const file_mezite_v1_node: GenFile = /*@__PURE__*/
-  fileDesc("ChRtZXppdGUvdjEvbm9kZS5wcm90bxIJbWV6aXRlLnYxIj4KEEhlYXJ0YmVhdFJlcXVlc3QSDwoHYWRkcmVzcxgBIAEoCRIZChFob3N0X2NlcnRfZXhwaXJlcxgCIAEoAyITChFIZWFydGJlYXRSZXNwb25zZSJOChtSZW5ld0hvc3RDZXJ0aWZpY2F0ZVJlcXVlc3QSFwoPaG9zdF9wdWJsaWNfa2V5GAEgASgJEhYKDnRsc19wdWJsaWNfa2V5GAIgASgMIk8KHFJlbmV3SG9zdENlcnRpZmljYXRlUmVzcG9uc2USLwoLY3JlZGVudGlhbHMYASABKAsyGi5tZXppdGUudjEuTm9kZUNyZWRlbnRpYWxzIhcKFUdldFJldm9jYXRpb25zUmVxdWVzdCKmAQoWR2V0UmV2b2NhdGlvbnNSZXNwb25zZRILCgNrcmwYASABKAwSGAoQdXNlcl9jYV9zc2hfa2V5cxgCIAMoCRIbChNsb2NrZWRfaWRlbnRpdHlfaWRzGAMgAygJEhsKE2xvY2tlZF9pbnN0YW5jZV9pZHMYBCADKAkSFAoMbG9ja2VkX3JvbGVzGAUgAygJEhUKDWxvY2tlZF9sb2dpbnMYBiADKAkylQIKC05vZGVTZXJ2aWNlEkYKCUhlYXJ0YmVhdBIbLm1leml0ZS52MS5IZWFydGJlYXRSZXF1ZXN0GhwubWV6aXRlLnYxLkhlYXJ0YmVhdFJlc3BvbnNlEmcKFFJlbmV3SG9zdENlcnRpZmljYXRlEiYubWV6aXRlLnYxLlJlbmV3SG9zdENlcnRpZmljYXRlUmVxdWVzdBonLm1leml0ZS52MS5SZW5ld0hvc3RDZXJ0aWZpY2F0ZVJlc3BvbnNlElUKDkdldFJldm9jYXRpb25zEiAubWV6aXRlLnYxLkdldFJldm9jYXRpb25zUmVxdWVzdBohLm1leml0ZS52MS5HZXRSZXZvY2F0aW9uc1Jlc3BvbnNlYgZwcm90bzM", [file_mezite_v1_join]);
+  fileDesc("ChRtZXppdGUvdjEvbm9kZS5wcm90bxIJbWV6aXRlLnYxIj4KEEhlYXJ0YmVhdFJlcXVlc3QSDwoHYWRkcmVzcxgBIAEoCRIZChFob3N0X2NlcnRfZXhwaXJlcxgCIAEoAyITChFIZWFydGJlYXRSZXNwb25zZSJOChtSZW5ld0hvc3RDZXJ0aWZpY2F0ZVJlcXVlc3QSFwoPaG9zdF9wdWJsaWNfa2V5GAEgASgJEhYKDnRsc19wdWJsaWNfa2V5GAIgASgMIk8KHFJlbmV3SG9zdENlcnRpZmljYXRlUmVzcG9uc2USLwoLY3JlZGVudGlhbHMYASABKAsyGi5tZXppdGUudjEuTm9kZUNyZWRlbnRpYWxzIhcKFUdldFJldm9jYXRpb25zUmVxdWVzdCK4AQoWR2V0UmV2b2NhdGlvbnNSZXNwb25zZRILCgNrcmwYASABKAwSGAoQdXNlcl9jYV9zc2hfa2V5cxgCIAMoCRIbChNsb2NrZWRfaWRlbnRpdHlfaWRzGAMgAygJEhsKE2xvY2tlZF9pbnN0YW5jZV9pZHMYBCADKAkSFAoMbG9ja2VkX3JvbGVzGAUgAygJEhUKDWxvY2tlZF9sb2dpbnMYBiADKAkSEAoIY2Ffc3RhdGUYByABKAkylQIKC05vZGVTZXJ2aWNlEkYKCUhlYXJ0YmVhdBIbLm1leml0ZS52MS5IZWFydGJlYXRSZXF1ZXN0GhwubWV6aXRlLnYxLkhlYXJ0YmVhdFJlc3BvbnNlEmcKFFJlbmV3SG9zdENlcnRpZmljYXRlEiYubWV6aXRlLnYxLlJlbmV3SG9zdENlcnRpZmljYXRlUmVxdWVzdBonLm1leml0ZS52MS5SZW5ld0hvc3RDZXJ0aWZpY2F0ZVJlc3BvbnNlElUKDkdldFJldm9jYXRpb25zEiAubWV6aXRlLnYxLkdldFJldm9jYXRpb25zUmVxdWVzdBohLm1leml0ZS52MS5HZXRSZXZvY2F0aW9uc1Jlc3BvbnNlYgZwcm90bzM", [file_mezite_v1_join]);
 
 /**
  * @generated from message mezite.v1.HeartbeatRequest
@@ -106,7 +106,7 @@ export const GetRevocationsRequestSchema: GenMessage<GetRevocationsRequest> = /*
  */
 export type GetRevocationsResponse = Message<"mezite.v1.GetRevocationsResponse"> & {
   /**
-   * A KRL (PROTOCOL.krl) under the User CA: serials of every unexpired certificate whose
+   * A KRL (PROTOCOL.krl) under every trusted User CA key: serials of every unexpired certificate whose
    * identity, instance, role or login is locked, or whose identity is deleted.
    *
    * @generated from field: bytes krl = 1;
@@ -139,6 +139,13 @@ export type GetRevocationsResponse = Message<"mezite.v1.GetRevocationsResponse">
    * @generated from field: repeated string locked_logins = 6;
    */
   lockedLogins: string[];
+
+  /**
+   * The CAs' phases and keys as a digest: another than the node's last renewal got means renew now.
+   *
+   * @generated from field: string ca_state = 7;
+   */
+  caState: string;
 };
 
 /**

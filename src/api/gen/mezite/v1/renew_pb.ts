@@ -12,7 +12,39 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file mezite/v1/renew.proto.
  */
 export const file_mezite_v1_renew: GenFile = /*@__PURE__*/
-  fileDesc("ChVtZXppdGUvdjEvcmVuZXcucHJvdG8SCW1leml0ZS52MSKJAQoMUmVuZXdSZXF1ZXN0EhIKCnJlcXVlc3RfaWQYASABKAwSFgoOc3NoX3B1YmxpY19rZXkYAiABKAkSFwoPeDUwOV9wdWJsaWNfa2V5GAMgASgMEhoKEnJlbmV3YWxfcHVibGljX2tleRgEIAEoDBIYChByZXF1ZXN0ZWRfdHRsX21zGAUgASgDIkQKDVJlbmV3UmVzcG9uc2USMwoMY2VydGlmaWNhdGVzGAEgASgLMh0ubWV6aXRlLnYxLklzc3VlZENlcnRpZmljYXRlczJKCgxSZW5ld1NlcnZpY2USOgoFUmVuZXcSFy5tZXppdGUudjEuUmVuZXdSZXF1ZXN0GhgubWV6aXRlLnYxLlJlbmV3UmVzcG9uc2ViBnByb3RvMw", [file_mezite_v1_common]);
+  fileDesc("ChVtZXppdGUvdjEvcmVuZXcucHJvdG8SCW1leml0ZS52MSITChFHZXRDYVN0YXRlUmVxdWVzdCImChJHZXRDYVN0YXRlUmVzcG9uc2USEAoIY2Ffc3RhdGUYASABKAkiiQEKDFJlbmV3UmVxdWVzdBISCgpyZXF1ZXN0X2lkGAEgASgMEhYKDnNzaF9wdWJsaWNfa2V5GAIgASgJEhcKD3g1MDlfcHVibGljX2tleRgDIAEoDBIaChJyZW5ld2FsX3B1YmxpY19rZXkYBCABKAwSGAoQcmVxdWVzdGVkX3R0bF9tcxgFIAEoAyJECg1SZW5ld1Jlc3BvbnNlEjMKDGNlcnRpZmljYXRlcxgBIAEoCzIdLm1leml0ZS52MS5Jc3N1ZWRDZXJ0aWZpY2F0ZXMylQEKDFJlbmV3U2VydmljZRI6CgVSZW5ldxIXLm1leml0ZS52MS5SZW5ld1JlcXVlc3QaGC5tZXppdGUudjEuUmVuZXdSZXNwb25zZRJJCgpHZXRDYVN0YXRlEhwubWV6aXRlLnYxLkdldENhU3RhdGVSZXF1ZXN0Gh0ubWV6aXRlLnYxLkdldENhU3RhdGVSZXNwb25zZWIGcHJvdG8z", [file_mezite_v1_common]);
+
+/**
+ * @generated from message mezite.v1.GetCaStateRequest
+ */
+export type GetCaStateRequest = Message<"mezite.v1.GetCaStateRequest"> & {
+};
+
+/**
+ * Describes the message mezite.v1.GetCaStateRequest.
+ * Use `create(GetCaStateRequestSchema)` to create a new message.
+ */
+export const GetCaStateRequestSchema: GenMessage<GetCaStateRequest> = /*@__PURE__*/
+  messageDesc(file_mezite_v1_renew, 0);
+
+/**
+ * @generated from message mezite.v1.GetCaStateResponse
+ */
+export type GetCaStateResponse = Message<"mezite.v1.GetCaStateResponse"> & {
+  /**
+   * As IssuedCertificates.ca_state: another than the last renewal got means renew now.
+   *
+   * @generated from field: string ca_state = 1;
+   */
+  caState: string;
+};
+
+/**
+ * Describes the message mezite.v1.GetCaStateResponse.
+ * Use `create(GetCaStateResponseSchema)` to create a new message.
+ */
+export const GetCaStateResponseSchema: GenMessage<GetCaStateResponse> = /*@__PURE__*/
+  messageDesc(file_mezite_v1_renew, 1);
 
 /**
  * @generated from message mezite.v1.RenewRequest
@@ -52,7 +84,7 @@ export type RenewRequest = Message<"mezite.v1.RenewRequest"> & {
  * Use `create(RenewRequestSchema)` to create a new message.
  */
 export const RenewRequestSchema: GenMessage<RenewRequest> = /*@__PURE__*/
-  messageDesc(file_mezite_v1_renew, 0);
+  messageDesc(file_mezite_v1_renew, 2);
 
 /**
  * @generated from message mezite.v1.RenewResponse
@@ -69,7 +101,7 @@ export type RenewResponse = Message<"mezite.v1.RenewResponse"> & {
  * Use `create(RenewResponseSchema)` to create a new message.
  */
 export const RenewResponseSchema: GenMessage<RenewResponse> = /*@__PURE__*/
-  messageDesc(file_mezite_v1_renew, 1);
+  messageDesc(file_mezite_v1_renew, 3);
 
 /**
  * Called over mTLS with an agent's renewal certificate, which names the identity, the instance
@@ -85,6 +117,16 @@ export const RenewService: GenService<{
     methodKind: "unary";
     input: typeof RenewRequestSchema;
     output: typeof RenewResponseSchema;
+  },
+  /**
+   * Cheap and read-only, polled between renewals: a CA rotation's phase change shows here first.
+   *
+   * @generated from rpc mezite.v1.RenewService.GetCaState
+   */
+  getCaState: {
+    methodKind: "unary";
+    input: typeof GetCaStateRequestSchema;
+    output: typeof GetCaStateResponseSchema;
   },
 }> = /*@__PURE__*/
   serviceDesc(file_mezite_v1_renew, 0);

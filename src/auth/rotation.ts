@@ -1,0 +1,256 @@
+/**
+ * CA rotation (SPEC §15): the phases, who moves a CA from one to the next, and what `mezctl ca
+ * status` shows. The phase lives in the CA record, so every auth service on one backend follows
+ * it (CaWatcher) and any of them continues an automatic rotation after a restart; each phase
+ * change is one compare-and-swap, so two services never both take a step.
+ */
+import { randomBytes } from "node:crypto";
+import { formatDuration } from "../lib/duration.js";
+import { MeziteError, isMeziteError } from "../lib/errors.js";
+import type { Logger } from "../lib/log.js";
+import { caPin } from "../ca/x509.js";
+import { CA_KINDS, createCaKeys, type CaKind, type CaStore, type CertAuthority, type ClusterCas, type Phase, type StoredCa } from "./cas.js";
+import type { AuthContext } from "./context.js";
+import { keys, loadChunks, type InstanceRecord, type NodeRecord } from "./records.js";
+
+/** The step after each phase when nothing goes wrong. */
+const FORWARD: Record<Phase, Phase> = { standby: "init", init: "update_clients", update_clients: "update_servers", update_servers: "standby", rollback: "standby" };
+/** An automatic rotation spends this share of its grace period in each of init, update_clients, update_servers (and rollback). */
+const STEPS = 3;
+/** Daemons look for a phase change every 30 s by default: a phase shorter than this risks a login. */
+export const MIN_GRACE_MS = 30_000;
+export const DEFAULT_GRACE_MS = 48 * 3_600_000;
+
+export interface RotateRequest {
+  kinds: CaKind[];
+  /** The phase to move to; undefined = start an automatic rotation. */
+  phase: Phase | undefined;
+  graceMs: number;
+  actor: string;
+  remoteAddr: string;
+}
+
+function checkStep(ca: CertAuthority, to: Phase): void {
+  const from = ca.phase;
+  const allowed: Phase[] = from === "standby" ? ["init"] : from === "rollback" ? ["standby"] : [FORWARD[from], "rollback"];
+  if (!allowed.includes(to)) throw new MeziteError("ERR_USAGE", `the ${ca.kind} CA is in phase ${from}: the next phase can only be ${allowed.join(" or ")}`);
+}
+
+/** The record after a step from `ca` to `to`. */
+async function stepped(ctx: AuthContext, store: CaStore, stored: StoredCa, ca: CertAuthority, to: Phase, mode: "auto" | "manual", graceMs: number): Promise<StoredCa> {
+  const now = ctx.now();
+  const { phase: _p, next: _n, rotation: _r, ...base } = stored;
+  if (to === "init") {
+    const next = await createCaKeys(ca.kind, store.clusterName, store.clusterKey, now, true);
+    return { ...base, phase: "init", next, rotation: { id: randomBytes(8).toString("hex"), mode, grace_ms: graceMs, started: now, phase_started: now } };
+  }
+  if (to === "standby") {
+    // Done: the new key becomes the current one. Rolled back: the new key is dropped.
+    const keep = ca.phase === "update_servers" ? stored.next! : stored;
+    return {
+      kind: stored.kind,
+      ssh_public: keep.ssh_public,
+      ssh_private_sealed: keep.ssh_private_sealed,
+      x509_cert_pem: keep.x509_cert_pem,
+      x509_key_sealed: keep.x509_key_sealed,
+      ...(ca.phase === "update_servers" ? { last_rotated: now } : stored.last_rotated !== undefined ? { last_rotated: stored.last_rotated } : {}),
+    };
+  }
+  return { ...stored, phase: to, rotation: { ...stored.rotation!, mode, phase_started: now } };
+}
+
+/**
+ * Moves each CA of `req.kinds` one step (`req.phase`), or starts an automatic rotation of each.
+ * Every CA is checked before any changes, so `--type=all` does both or, on bad usage, neither.
+ */
+export async function rotate(ctx: AuthContext, req: RotateRequest): Promise<ClusterCas> {
+  const store = ctx.caStore;
+  const loaded = await Promise.all(req.kinds.map((k) => store.load(k)));
+  const to = req.phase ?? "init";
+  if (req.phase === undefined && !(req.graceMs >= MIN_GRACE_MS)) {
+    throw new MeziteError("ERR_USAGE", `--grace-period ${formatDuration(req.graceMs)} is too short: at least ${formatDuration(MIN_GRACE_MS)}, so every daemon sees each phase`);
+  }
+  for (const { ca } of loaded) {
+    if (req.phase === undefined && ca.phase !== "standby") {
+      throw new MeziteError("ERR_USAGE", `a rotation of the ${ca.kind} CA is already in progress (phase ${ca.phase}): see mezctl ca status, or roll it back with --phase=rollback`);
+    }
+    checkStep(ca, to);
+  }
+  for (const { ca, stored } of loaded) {
+    // A manual step takes over an automatic rotation; a rollback keeps its mode, so an automatic rotation also finishes rolling back by itself.
+    const mode = req.phase === undefined ? "auto" : to === "rollback" ? stored.rotation?.mode ?? "manual" : "manual";
+    await commitStep(ctx, store, stored, ca, to, mode, req.graceMs, { actor: req.actor, remote_addr: req.remoteAddr });
+  }
+  await ctx.refreshCas(true);
+  return ctx.cas;
+}
+
+async function commitStep(
+  ctx: AuthContext, store: CaStore, stored: StoredCa, ca: CertAuthority, to: Phase, mode: "auto" | "manual", graceMs: number, by: { actor: string; remote_addr: string },
+): Promise<CertAuthority> {
+  const record = await stepped(ctx, store, stored, ca, to, mode, graceMs);
+  let after: CertAuthority;
+  try {
+    after = await store.swap(ca.kind, ca.revision, record);
+  } catch (e) {
+    if (!isMeziteError(e, "ERR_COMPARE_FAILED")) throw e;
+    throw new MeziteError("ERR_COMPARE_FAILED", `another auth service changed the ${ca.kind} CA meanwhile: see mezctl ca status and try again`, { cause: e });
+  }
+  await ctx.audit.emit({
+    type: "ca.rotation",
+    ...by,
+    detail: `${ca.kind} CA: ${ca.phase} -> ${to} (${mode}); signs with ${after.sshFingerprint}; trusted ${after.trusted.map((k) => k.sshFingerprint).join(", ")}`,
+  });
+  return after;
+}
+
+/** When an automatic rotation's current phase ends, or undefined. */
+export function phaseEndsAt(ca: CertAuthority): number | undefined {
+  const r = ca.rotation;
+  return r && r.mode === "auto" && ca.phase !== "standby" ? r.phase_started + r.grace_ms / STEPS : undefined;
+}
+
+/**
+ * Takes every step of an automatic rotation that is due. Every auth service runs this; the one
+ * whose compare-and-swap lands takes the step and audits it, the others find it taken.
+ */
+export async function advanceDue(ctx: AuthContext): Promise<boolean> {
+  let moved = false;
+  for (const kind of CA_KINDS) {
+    const ca = ctx.cas[kind];
+    const due = phaseEndsAt(ca);
+    if (due === undefined || ctx.now() < due) continue;
+    const { ca: fresh, stored } = await ctx.caStore.load(kind);
+    if (fresh.revision !== ca.revision) continue; // changed meanwhile: look again on the next tick
+    try {
+      await commitStep(ctx, ctx.caStore, stored, fresh, FORWARD[fresh.phase], "auto", fresh.rotation!.grace_ms, { actor: "automatic rotation", remote_addr: "" });
+      moved = true;
+    } catch (e) {
+      if (!isMeziteError(e, "ERR_COMPARE_FAILED")) throw e;
+    }
+  }
+  return moved;
+}
+
+export interface CaKeyStatus {
+  role: "current" | "next";
+  sshFingerprint: string;
+  x509Pin: string;
+  signing: boolean;
+  trusted: boolean;
+  /** User CA: live instances whose last certificates it signed. Host CA: nodes whose host certificate it signed. */
+  holders: number;
+}
+
+export interface CaStatus {
+  type: CaKind;
+  phase: Phase;
+  mode: string;
+  started: number;
+  phaseStarted: number;
+  nextPhaseAt: number;
+  lastRotated: number;
+  keys: CaKeyStatus[];
+  /** Live instances (User CA) or nodes (Host CA) in all. */
+  holdersTotal: number;
+}
+
+/** `mezctl ca status`: each CA's phase and keys, and who holds certificates of each key. */
+export async function caStatus(ctx: AuthContext): Promise<CaStatus[]> {
+  const now = ctx.now();
+  const count = new Map<string, number>();
+  let instances = 0;
+  for await (const chunk of loadChunks<InstanceRecord>(ctx.backend, "/instances/")) {
+    for (const i of chunk) {
+      if (i.certExpires <= now) continue;
+      instances++;
+      if (i.userCaKey) count.set(i.userCaKey, (count.get(i.userCaKey) ?? 0) + 1);
+    }
+  }
+  let nodes = 0;
+  for await (const chunk of loadChunks<NodeRecord>(ctx.backend, keys.nodes)) {
+    for (const n of chunk) {
+      nodes++;
+      if (n.hostCaKey) count.set(n.hostCaKey, (count.get(n.hostCaKey) ?? 0) + 1);
+    }
+  }
+  return CA_KINDS.map((kind) => {
+    const ca = ctx.cas[kind];
+    const keyStatus = (role: "current" | "next", k: CertAuthority["current"]): CaKeyStatus => ({
+      role,
+      sshFingerprint: k.sshFingerprint,
+      x509Pin: caPin(k.x509CertPem),
+      signing: k === ca.trusted[0],
+      trusted: ca.trusted.includes(k),
+      holders: count.get(k.sshFingerprint) ?? 0,
+    });
+    return {
+      type: kind,
+      phase: ca.phase,
+      mode: ca.rotation?.mode ?? "",
+      started: ca.rotation?.started ?? 0,
+      phaseStarted: ca.rotation?.phase_started ?? 0,
+      nextPhaseAt: phaseEndsAt(ca) ?? 0,
+      lastRotated: ca.lastRotated ?? 0,
+      keys: [keyStatus("current", ca.current), ...(ca.next ? [keyStatus("next", ca.next)] : [])],
+      holdersTotal: kind === "user" ? instances : nodes,
+    };
+  });
+}
+
+/**
+ * Keeps one auth service's CAs current: every `intervalMs` it takes due automatic steps and
+ * reloads the CA records when another service (or this one) changed them, then calls `onChange`
+ * (new TLS certificate and trust, admin.identity). `refresh()` does the same at once, at most
+ * once per second, for a caller that met a certificate of a key it does not know yet.
+ */
+export class CaWatcher {
+  private timer: NodeJS.Timeout | undefined;
+  private running: Promise<void> | undefined;
+  private lastRun = 0;
+
+  constructor(
+    private readonly ctx: AuthContext,
+    private readonly onChange: (cas: ClusterCas) => Promise<void>,
+    private readonly log: Logger,
+    private readonly intervalMs = 1_000,
+  ) {}
+
+  start(): void {
+    this.timer = setInterval(() => void this.tick(), this.intervalMs);
+    this.timer.unref();
+  }
+
+  stop(): void {
+    clearInterval(this.timer);
+  }
+
+  /** `now`: at once, for a change this service made itself. */
+  async refresh(now = false): Promise<void> {
+    if (!now && Date.now() - this.lastRun < 1_000) return this.running;
+    await this.running;
+    return this.tick();
+  }
+
+  private tick(): Promise<void> {
+    this.running ??= this.check()
+      .catch((e: unknown) => this.log.error("could not check the CAs for a rotation", { error: (e as Error).message }))
+      .finally(() => {
+        this.lastRun = Date.now();
+        this.running = undefined;
+      });
+    return this.running;
+  }
+
+  private async check(): Promise<void> {
+    await advanceDue(this.ctx);
+    const fresh = await this.ctx.caStore.reload(this.ctx.cas);
+    if (!fresh) return;
+    const before = this.ctx.cas;
+    this.ctx.cas = fresh;
+    for (const kind of CA_KINDS) {
+      if (fresh[kind].phase !== before[kind].phase) this.log.info("CA phase changed", { ca: kind, from: before[kind].phase, to: fresh[kind].phase, signs_with: fresh[kind].sshFingerprint });
+    }
+    await this.onChange(fresh);
+  }
+}

@@ -1,0 +1,151 @@
+/**
+ * CA rotation's phases (SPEC §15) on the operations alone: which key signs and which are trusted
+ * in each phase, the steps allowed from each, automatic steps by the clock, one winner when two
+ * services step at once, and what a node's KRL lists during a rotation.
+ */
+import assert from "node:assert/strict";
+import { mkdtempSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { after, test } from "node:test";
+import { advanceDue, caStatus, rotate } from "../../src/auth/rotation.js";
+import { caState, type CaKind, type Phase } from "../../src/auth/cas.js";
+import type { AuthContext } from "../../src/auth/context.js";
+import { encode, keys } from "../../src/auth/records.js";
+import { Revocations } from "../../src/auth/revocations.js";
+import { MemoryBackend } from "../../src/backend/memory.js";
+import { isMeziteError } from "../../src/lib/errors.js";
+import { unitAuthContext } from "../harness/auth-context.js";
+
+const dir = mkdtempSync(join(tmpdir(), "mezite-rotation-"));
+after(() => rmSync(dir, { recursive: true, force: true }));
+
+let clock = Date.UTC(2026, 11, 1, 12);
+const now = () => clock;
+
+async function context(backend = new MemoryBackend({ now, sweepIntervalMs: 0 }), dataDir = mkdtempSync(join(dir, "data-"))): Promise<AuthContext> {
+  return unitAuthContext({ backend, dataDir, clusterName: "test.mezite", now });
+}
+
+const step = (ctx: AuthContext, kind: CaKind, phase: Phase) => rotate(ctx, { kinds: [kind], phase, graceMs: 0, actor: "test", remoteAddr: "" });
+
+test("each phase signs with the key the table says and trusts old and new until the end", async () => {
+  const ctx = await context();
+  const old = ctx.cas.user.current.sshFingerprint;
+  await step(ctx, "user", "init");
+  const neu = ctx.cas.user.next!.sshFingerprint;
+  assert.notEqual(neu, old);
+  const seen: Record<string, { signs: string; trusted: string[] }> = {};
+  const look = (p: string) => (seen[p] = { signs: ctx.cas.user.sshFingerprint, trusted: ctx.cas.user.trusted.map((k) => k.sshFingerprint) });
+  look("init");
+  for (const p of ["update_clients", "update_servers", "standby"] as Phase[]) {
+    await step(ctx, "user", p);
+    look(p);
+  }
+  assert.deepEqual(seen, {
+    init: { signs: old, trusted: [old, neu] },
+    update_clients: { signs: neu, trusted: [neu, old] },
+    update_servers: { signs: neu, trusted: [neu, old] },
+    standby: { signs: neu, trusted: [neu] },
+  });
+  assert.equal(ctx.cas.user.phase, "standby");
+  assert.equal(ctx.cas.user.lastRotated, clock);
+  // The host CA never moved.
+  assert.equal(ctx.cas.host.phase, "standby");
+  // The X.509 key rotates with the SSH key; the new certificate has a subject of its own.
+  assert.notEqual(ctx.cas.user.x509Cert.subject, (await context()).cas.user.x509Cert.subject);
+});
+
+test("rollback from update_servers signs with the old key again and drops the new one at standby", async () => {
+  const ctx = await context();
+  const old = ctx.cas.host.sshFingerprint;
+  for (const p of ["init", "update_clients", "update_servers"] as Phase[]) await step(ctx, "host", p);
+  const neu = ctx.cas.host.sshFingerprint;
+  await step(ctx, "host", "rollback");
+  assert.equal(ctx.cas.host.sshFingerprint, old);
+  assert.deepEqual(ctx.cas.host.trusted.map((k) => k.sshFingerprint), [old, neu]);
+  await step(ctx, "host", "standby");
+  assert.deepEqual(ctx.cas.host.trusted.map((k) => k.sshFingerprint), [old]);
+  assert.equal(ctx.cas.host.lastRotated, undefined);
+});
+
+test("a step out of order is refused with what may come next, and changes nothing", async () => {
+  const ctx = await context();
+  const refused = async (p: Phase, re: RegExp) => {
+    const before = ctx.cas.user.revision;
+    await assert.rejects(step(ctx, "user", p), (e: unknown) => isMeziteError(e, "ERR_USAGE") && re.test(e.message));
+    assert.equal((await ctx.caStore.load("user")).ca.revision, before);
+  };
+  await refused("update_clients", /phase standby: the next phase can only be init$/);
+  await refused("rollback", /can only be init/);
+  await step(ctx, "user", "init");
+  await refused("update_servers", /phase init: the next phase can only be update_clients or rollback$/);
+  await refused("init", /update_clients or rollback/);
+  await step(ctx, "user", "rollback");
+  await refused("update_clients", /phase rollback: the next phase can only be standby$/);
+  // An automatic rotation cannot start over one in progress, nor with a grace period too short to see its phases.
+  await assert.rejects(rotate(ctx, { kinds: ["user"], phase: undefined, graceMs: 3_600_000, actor: "t", remoteAddr: "" }), /already in progress \(phase rollback\)/);
+  await assert.rejects(rotate(ctx, { kinds: ["host"], phase: undefined, graceMs: 10_000, actor: "t", remoteAddr: "" }), /--grace-period 10s is too short/);
+  // --type=all checks both before it changes either.
+  await assert.rejects(rotate(ctx, { kinds: ["user", "host"], phase: "standby", graceMs: 0, actor: "t", remoteAddr: "" }), /host CA is in phase standby/);
+  assert.equal((await ctx.caStore.load("user")).ca.phase, "rollback");
+});
+
+test("an automatic rotation takes a third of its grace period per phase, and a fresh service continues it", async () => {
+  const backend = new MemoryBackend({ now, sweepIntervalMs: 0 });
+  const dataDir = mkdtempSync(join(dir, "data-"));
+  const a = await context(backend, dataDir);
+  await rotate(a, { kinds: ["user", "host"], phase: undefined, graceMs: 3 * 3_600_000, actor: "t", remoteAddr: "" });
+  assert.equal(a.cas.user.phase, "init");
+  clock += 3_600_000 - 1;
+  assert.equal(await advanceDue(a), false);
+  clock += 1;
+  assert.equal(await advanceDue(a), true);
+  await a.refreshCas();
+  assert.equal(a.cas.user.phase, "update_clients");
+  // A service started now (a restart) picks the rotation up from the backend.
+  const b = await context(backend, dataDir);
+  assert.equal(b.cas.host.phase, "update_clients");
+  const phases: string[] = [];
+  for (let i = 0; i < 3; i++) {
+    clock += 3_600_000;
+    await advanceDue(b);
+    await b.refreshCas();
+    phases.push(b.cas.user.phase);
+  }
+  assert.deepEqual(phases, ["update_servers", "standby", "standby"]);
+  const status = await caStatus(b);
+  assert.deepEqual(status.map((s) => [s.type, s.phase, s.keys.length, s.nextPhaseAt]), [["user", "standby", 1, 0], ["host", "standby", 1, 0]]);
+});
+
+test("two services stepping at once: one compare-and-swap lands, the other is told to look again", async () => {
+  const backend = new MemoryBackend({ now, sweepIntervalMs: 0 });
+  const dataDir = mkdtempSync(join(dir, "data-"));
+  const [a, b] = [await context(backend, dataDir), await context(backend, dataDir)];
+  const results = await Promise.allSettled([step(a, "user", "init"), step(b, "user", "init")]);
+  const failed = results.filter((r): r is PromiseRejectedResult => r.status === "rejected");
+  assert.equal(failed.length, 1, "exactly one of two concurrent steps must fail");
+  assert.match(String(failed[0]!.reason), /another auth service changed the user CA meanwhile|phase init: the next phase can only be/);
+  await a.refreshCas();
+  await b.refreshCas();
+  assert.equal(a.cas.user.next!.sshFingerprint, b.cas.user.next!.sshFingerprint);
+});
+
+test("nodes get every trusted User CA key, a KRL section under each, and a CA state that moves with the phase", async () => {
+  const ctx = await context();
+  // One revoked serial, so the KRL has sections to show.
+  await ctx.backend.put(keys.revokedCert("4242"), encode({ identityName: "ci" }), { expires: clock + 3_600_000 });
+  const revocations = new Revocations(ctx);
+  const before = await revocations.get();
+  assert.equal(before.userCaSshKeys.length, 1);
+  assert.equal(before.caState, caState(ctx.cas));
+  await step(ctx, "user", "init");
+  const during = await revocations.get(); // same instant: the cache must not hide the phase change
+  assert.equal(during.userCaSshKeys.length, 2);
+  assert.notEqual(during.caState, before.caState);
+  // Each certificate section names its CA key's blob (PROTOCOL.krl).
+  const blob = (line: string) => Buffer.from(line.split(" ")[1]!, "base64");
+  for (const k of ctx.cas.user.trusted) assert.ok(Buffer.from(during.krl).includes(blob(k.sshPublicLine)), "a KRL section under every trusted key");
+  assert.ok(Buffer.from(before.krl).includes(blob(ctx.cas.user.current.sshPublicLine)));
+  assert.ok(!Buffer.from(before.krl).includes(blob(ctx.cas.user.next!.sshPublicLine)));
+});
