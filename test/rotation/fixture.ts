@@ -1,0 +1,145 @@
+/**
+ * What the CA rotation end-to-end tests share (SPEC §15): a real node (`mezd node join`, `mezd
+ * node start`, a real sshd including the node's snippet), a real identity daemon in continuous
+ * mode, and a loop logging in over ssh as deploy once a second, recording every failure.
+ */
+import { spawn, type ChildProcess } from "node:child_process";
+import { chmodSync, copyFileSync, mkdirSync, readFileSync } from "node:fs";
+import { join } from "node:path";
+import { setTimeout as sleep } from "node:timers/promises";
+import { MEZD, mezctlOk, principalsMezd, run, tokenFrom, type AuthProcess } from "../harness/auth.js";
+import { ensureUser, startSshd, sshRun, type Sshd } from "../harness/sshd.js";
+import { JOINED, addIdentity, seedSsh, startDaemon, type Daemon } from "../identity/fixture.js";
+
+export const NODE_NAME = "web-server-01";
+/** ssh checks the host certificate against the node's name, as it would with that name in DNS. */
+export const AS_NODE = ["-o", `HostKeyAlias=${NODE_NAME}`, "-o", "StrictHostKeyChecking=yes"];
+
+export interface RotationNode {
+  dir: string;
+  sshd: Sshd;
+  agent: ChildProcess;
+  output(): string;
+  stop(): Promise<void>;
+}
+
+/** Joins a node through `joinAddr`, starts its sshd and `mezd node start` against `agentAddr`. */
+export async function startRotationNode(admin: AuthProcess, work: string, joinAddr: string, agentAddr: string): Promise<RotationNode> {
+  const token = tokenFrom(await mezctlOk(admin, "tokens", "add", "--type=node", "--labels=env=staging"));
+  const dir = join(work, "node");
+  chmodSync(work, 0o755); // the principals command runs as nobody and must reach the ssh dir
+  const joined = await run(MEZD, ["node", "join", `--auth-server=${joinAddr}`, `--token=${token}`, `--hostname=${NODE_NAME}`, `--ssh-dir=${dir}`, `--mezd-path=${principalsMezd()}`]);
+  if (joined.code !== 0) throw new Error(`mezd node join failed: ${joined.stderr}`);
+  ensureUser("deploy");
+  const sshdDir = join(work, "sshd");
+  mkdirSync(sshdDir);
+  const sshd = await startSshd({ dir: sshdDir, hostKeyPath: join(dir, "ssh_host_ed25519_key"), extraConfig: [`Include ${join(dir, "sshd_config")}`] });
+  const agent = spawn(MEZD, ["node", "start", `--ssh-dir=${dir}`, `--auth-server=${agentAddr}`], { stdio: ["ignore", "ignore", "pipe"] });
+  let out = "";
+  agent.stderr!.on("data", (d: Buffer) => (out += d.toString()));
+  return {
+    dir,
+    sshd,
+    agent,
+    output: () => out,
+    stop: async () => {
+      agent.kill("SIGKILL");
+      await sshd.stop();
+    },
+  };
+}
+
+export interface RotationAgent {
+  dest: string;
+  daemon: Daemon;
+}
+
+/** An identity with the seed's role and its daemon, checking for phase changes every second. */
+export async function startRotationAgent(admin: AuthProcess, work: string, addr: string): Promise<RotationAgent> {
+  const token = await addIdentity(admin, "deployer");
+  const dest = join(work, "out");
+  const daemon = startDaemon(addr, dest, [`--token=${token}`, "--ca-check-interval=1s"]);
+  await daemon.waitFor(JOINED);
+  return { dest, daemon };
+}
+
+/** The CA state the daemon's and the node's last certificates were issued in. */
+export function caStates(agent: RotationAgent, node: RotationNode): { agent: string | undefined; node: string | undefined } {
+  const read = (p: string) => (JSON.parse(readFileSync(p, "utf8")) as { ca_state?: string }).ca_state;
+  return { agent: read(join(agent.dest, ".mezite", "state.json")), node: read(join(node.dir, "node.json")) };
+}
+
+/** Waits until the daemon and the node both renewed into one CA state other than `before`'s. */
+export async function bothRenewed(agent: RotationAgent, node: RotationNode, before: { agent: string | undefined; node: string | undefined }, limitMs = 20_000): Promise<number> {
+  const start = Date.now();
+  for (;;) {
+    const s = caStates(agent, node);
+    if (s.agent !== before.agent && s.node !== before.node && s.agent === s.node) return Date.now() - start;
+    if (Date.now() - start > limitMs) throw new Error(`daemon and node did not renew into one new CA state within ${limitMs} ms: ${JSON.stringify(s)}\n${agent.daemon.output().slice(-3000)}\n${node.output().slice(-3000)}`);
+    await sleep(200);
+  }
+}
+
+/** The seed's ssh command as deploy, once a second until stopped; every failure is kept with the phase it happened in. */
+export class LoginLoop {
+  attempts = 0;
+  readonly failures: string[] = [];
+  phase = "standby";
+  private stopped = false;
+  private done: Promise<void> | undefined;
+
+  constructor(private readonly dest: string, private readonly port: number) {}
+
+  start(): void {
+    this.done = (async () => {
+      while (!this.stopped) {
+        const began = Date.now();
+        const r = await seedSsh(this.dest, this.port, "deploy", AS_NODE);
+        this.attempts++;
+        if (r.code !== 0 || r.stdout !== "deploy\n") this.failures.push(`${new Date().toISOString()} in ${this.phase}: exit ${r.code}: ${r.stderr.trim()}`);
+        await sleep(Math.max(0, 1000 - (Date.now() - began)));
+      }
+    })();
+  }
+
+  async stop(): Promise<void> {
+    this.stopped = true;
+    await this.done;
+  }
+}
+
+/** A copy of the agent's current key and certificate, kept aside. */
+export function keepAside(dest: string, to: string): { key: string; cert: string } {
+  mkdirSync(to, { recursive: true });
+  const key = join(to, "ssh_key");
+  const cert = join(to, "ssh_cert");
+  copyFileSync(join(dest, "ssh_key"), key);
+  copyFileSync(join(dest, "ssh_cert"), cert);
+  return { key, cert };
+}
+
+/** Logs in with a kept-aside key and certificate (host key checks on the agent's known hosts). */
+export function loginWith(kept: { key: string; cert: string }, dest: string, port: number) {
+  return sshRun({ port, user: "deploy", keyPath: kept.key, certPath: kept.cert, knownHostsPath: join(dest, "ssh_known_hosts"), command: "whoami", extraOptions: ["-o", `HostKeyAlias=${NODE_NAME}`] });
+}
+
+/** An sshd presenting a kept-aside host key and certificate, trusting no user: only its host certificate is under test. */
+export async function startOldHostSshd(node: RotationNode, work: string): Promise<Sshd> {
+  const dir = join(work, "old-host");
+  mkdirSync(dir);
+  copyFileSync(join(node.dir, "ssh_host_ed25519_key"), join(dir, "host_key"));
+  copyFileSync(join(node.dir, "ssh_host_ed25519_key-cert.pub"), join(dir, "host_key-cert.pub"));
+  return startSshd({ dir, hostKeyPath: join(dir, "host_key"), hostCertPath: join(dir, "host_key-cert.pub") });
+}
+
+export interface CaStatusDoc {
+  type: string;
+  phase: string;
+  mode: string | null;
+  keys: { role: string; ssh_fingerprint: string; signing: boolean; trusted: boolean; holders: number }[];
+  holders_total: number;
+}
+
+export async function caStatus(admin: AuthProcess): Promise<CaStatusDoc[]> {
+  return JSON.parse(await mezctlOk(admin, "ca", "status", "--format=json")) as CaStatusDoc[];
+}
