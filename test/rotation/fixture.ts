@@ -3,11 +3,12 @@
  * node start`, a real sshd including the node's snippet), a real identity daemon in continuous
  * mode, and a loop logging in over ssh as deploy once a second, recording every failure.
  */
-import { spawn, type ChildProcess } from "node:child_process";
+import { spawn, spawnSync, type ChildProcess } from "node:child_process";
 import { chmodSync, copyFileSync, mkdirSync, readFileSync } from "node:fs";
 import { join } from "node:path";
 import { setTimeout as sleep } from "node:timers/promises";
 import { MEZD, mezctlOk, principalsMezd, run, tokenFrom, type AuthProcess } from "../harness/auth.js";
+import { SSH_KEYGEN_PATH } from "../harness/require.js";
 import { ensureUser, startSshd, sshRun, type Sshd } from "../harness/sshd.js";
 import { JOINED, addIdentity, seedSsh, startDaemon, type Daemon } from "../identity/fixture.js";
 
@@ -142,4 +143,40 @@ export interface CaStatusDoc {
 
 export async function caStatus(admin: AuthProcess): Promise<CaStatusDoc[]> {
   return JSON.parse(await mezctlOk(admin, "ca", "status", "--format=json")) as CaStatusDoc[];
+}
+
+export const report = (line: string) => process.stdout.write(`# ${line}\n`);
+
+/** The fingerprint of the CA that signed an SSH certificate file, as ssh-keygen -L prints it. */
+export function signingCa(certPath: string): string {
+  const r = spawnSync(SSH_KEYGEN_PATH!, ["-L", "-f", certPath], { encoding: "utf8" });
+  const m = /Signing CA: ED25519 (SHA256:\S+)/.exec(r.stdout);
+  if (!m) throw new Error(`ssh-keygen -L printed no signing CA:\n${r.stdout}${r.stderr}`);
+  return m[1]!;
+}
+
+export async function until<T>(what: string, limitMs: number, probe: () => Promise<T | undefined>): Promise<{ value: T; ms: number }> {
+  const start = Date.now();
+  for (;;) {
+    const value = await probe();
+    if (value !== undefined) return { value, ms: Date.now() - start };
+    if (Date.now() - start > limitMs) throw new Error(`${what}: not within ${limitMs} ms`);
+    await sleep(250);
+  }
+}
+
+export interface RotationBed {
+  agent: RotationAgent;
+  node: RotationNode;
+  loop: LoginLoop;
+}
+
+/** One manual step through `admin`, the time until the daemon and the node both renewed into it, then two logins' worth in it. */
+export async function manualStep(bed: RotationBed, admin: AuthProcess, type: "user" | "host", phase: string): Promise<void> {
+  bed.loop.phase = `${type} ${phase}`;
+  const states = caStates(bed.agent, bed.node);
+  await mezctlOk(admin, "ca", "rotate", `--type=${type}`, ...(phase === "rollback" ? [] : ["--manual"]), `--phase=${phase}`);
+  const ms = await bothRenewed(bed.agent, bed.node, states);
+  report(`${type} CA ${phase} (through ${admin.addr}): daemon and node renewed into it within ${ms} ms`);
+  await sleep(2_000);
 }

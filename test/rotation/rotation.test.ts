@@ -6,19 +6,17 @@
  * must never fail; the old keys must stop working at the end.
  */
 import assert from "node:assert/strict";
-import { spawnSync } from "node:child_process";
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, before, describe, test } from "node:test";
-import { setTimeout as sleep } from "node:timers/promises";
 import { SEED_ROLE, mezctlOk, startAuth, type AuthProcess } from "../harness/auth.js";
 import { freePort } from "../harness/net.js";
-import { SSH_KEYGEN_PATH, missingComponent, sshdTestsCannotRun } from "../harness/require.js";
+import { missingComponent, sshdTestsCannotRun } from "../harness/require.js";
 import { sshRun, type Sshd } from "../harness/sshd.js";
 import { killDaemons, seedSsh } from "../identity/fixture.js";
 import {
-  AS_NODE, LoginLoop, bothRenewed, caStates, caStatus, keepAside, loginWith, startOldHostSshd, startRotationAgent, startRotationNode,
+  AS_NODE, LoginLoop, bothRenewed, caStates, caStatus, keepAside, loginWith, manualStep, report, signingCa, startOldHostSshd, startRotationAgent, startRotationNode, until,
   type RotationAgent, type RotationNode,
 } from "./fixture.js";
 
@@ -30,35 +28,7 @@ let node: RotationNode;
 let agent: RotationAgent;
 let loop: LoginLoop;
 let oldHost: Sshd | undefined;
-const report = (line: string) => process.stdout.write(`# ${line}\n`);
-
-/** The fingerprint of the CA that signed an SSH certificate, as ssh-keygen -L prints it. */
-function signingCa(certPath: string): string {
-  const r = spawnSync(SSH_KEYGEN_PATH!, ["-L", "-f", certPath], { encoding: "utf8" });
-  const m = /Signing CA: ED25519 (SHA256:\S+)/.exec(r.stdout);
-  if (!m) throw new Error(`ssh-keygen -L printed no signing CA:\n${r.stdout}`);
-  return m[1]!;
-}
-
-async function until<T>(what: string, limitMs: number, probe: () => Promise<T | undefined>): Promise<{ value: T; ms: number }> {
-  const start = Date.now();
-  for (;;) {
-    const value = await probe();
-    if (value !== undefined) return { value, ms: Date.now() - start };
-    if (Date.now() - start > limitMs) throw new Error(`${what}: not within ${limitMs} ms`);
-    await sleep(250);
-  }
-}
-
-/** One manual step, then the time until the daemon and the node both renewed into it, then two logins' worth in it. */
-async function manualStep(type: "user" | "host", phase: string): Promise<void> {
-  loop.phase = `${type} ${phase}`;
-  const states = caStates(agent, node);
-  await mezctlOk(auth, "ca", "rotate", `--type=${type}`, ...(phase === "rollback" ? [] : ["--manual"]), `--phase=${phase}`);
-  const ms = await bothRenewed(agent, node, states);
-  report(`${type} CA ${phase}: daemon and node renewed into it within ${ms} ms`);
-  await sleep(2_000);
-}
+const bed = () => ({ agent, node, loop });
 
 describe("CA rotation with real sshd, node agent and identity daemon", { skip: missing !== undefined && process.env["CI"] !== "true" }, () => {
   before(async () => {
@@ -95,16 +65,16 @@ describe("CA rotation with real sshd, node agent and identity daemon", { skip: m
     assert.equal((await loginWith(kept, agent.dest, node.sshd.port)).code, 0, "the kept-aside certificate works before the rotation");
     const oldKey = signingCa(join(agent.dest, "ssh_cert"));
 
-    await manualStep("user", "init");
+    await manualStep(bed(), auth, "user", "init");
     assert.equal(signingCa(join(agent.dest, "ssh_cert")), oldKey, "init still signs with the old key");
     assert.equal(readFileSync(join(node.dir, "user_ca.pub"), "utf8").trim().split("\n").length, 2, "nodes trust both keys from init");
-    await manualStep("user", "update_clients");
+    await manualStep(bed(), auth, "user", "update_clients");
     const [user] = await caStatus(auth);
     const next = user!.keys.find((k) => k.role === "next")!;
     assert.deepEqual([user!.phase, next.signing, next.holders, user!.holders_total], ["update_clients", true, 1, 1], "ca status: the agent holds a certificate of the new key");
     assert.equal(signingCa(join(agent.dest, "ssh_cert")), next.ssh_fingerprint);
-    await manualStep("user", "update_servers");
-    await manualStep("user", "standby");
+    await manualStep(bed(), auth, "user", "update_servers");
+    await manualStep(bed(), auth, "user", "standby");
     const ended = Date.now();
 
     const [after] = await caStatus(auth);
@@ -161,11 +131,11 @@ describe("CA rotation with real sshd, node agent and identity daemon", { skip: m
 
   test("a rollback from update_servers restores certificates of the old key and never breaks a login", async () => {
     const before = signingCa(join(agent.dest, "ssh_cert"));
-    for (const phase of ["init", "update_clients", "update_servers"]) await manualStep("user", phase);
+    for (const phase of ["init", "update_clients", "update_servers"]) await manualStep(bed(), auth, "user", phase);
     assert.notEqual(signingCa(join(agent.dest, "ssh_cert")), before);
-    await manualStep("user", "rollback");
+    await manualStep(bed(), auth, "user", "rollback");
     assert.equal(signingCa(join(agent.dest, "ssh_cert")), before, "rollback signs with the old key again");
-    await manualStep("user", "standby");
+    await manualStep(bed(), auth, "user", "standby");
     const [user] = await caStatus(auth);
     assert.deepEqual(user!.keys.map((k) => [k.ssh_fingerprint, k.holders]), [[before, 1]]);
     assert.equal((await seedSsh(agent.dest, node.sshd.port, "root", AS_NODE)).code !== 0, true, "root is still refused");
