@@ -16,9 +16,14 @@ import { keys, loadChunks, type InstanceRecord, type NodeRecord } from "./record
 /** The step after each phase when nothing goes wrong. */
 const FORWARD: Record<Phase, Phase> = { standby: "init", init: "update_clients", update_clients: "update_servers", update_servers: "standby", rollback: "standby" };
 /** An automatic rotation spends this share of its grace period in each of init, update_clients, update_servers (and rollback). */
-const STEPS = 3;
-/** Daemons look for a phase change every 30 s by default: a phase shorter than this risks a login. */
+export const STEPS = 3;
+/**
+ * The shortest grace period taken at all (10 s a phase: tests, and daemons run with a short
+ * --ca-check-interval). Daemons ask every 45 s by default and nodes every 2 s, so mezctl warns
+ * below SAFE_PHASE_MS a phase.
+ */
 export const MIN_GRACE_MS = 30_000;
+export const SAFE_PHASE_MS = 2 * 60_000;
 export const DEFAULT_GRACE_MS = 48 * 3_600_000;
 
 export interface RotateRequest {

@@ -17,7 +17,7 @@ export function registerIdentity(program: Command): void {
     .option("--one-shot-retry <duration>", "how long --one-shot keeps retrying an unreachable or failing auth service before it gives up", "30s")
     .option("--ssh-agent-socket <path>", "also serve the SSH key and certificate over the SSH agent protocol on this Unix socket (0600, in a private 0700 directory); ssh_config then uses it, and logins never race a renewal")
     .option("--no-ssh-key-file", "keep the SSH private key in memory only (needs --ssh-agent-socket): no ssh_key in the destination dir")
-    .option("--ca-check-interval <duration>", "how often to ask the auth service whether a CA rotation moved on (renewing at once when it has)", "30s")
+    .option("--ca-check-interval <duration>", "how often to ask the auth service whether a CA rotation moved on, renewing at once when it has (each ask is a TLS handshake: raise it for very large fleets)", "45s")
     .option("--diag-addr <host:port>", "serve /livez, /readyz, /metrics (renewals, failures, agent requests) over HTTP")
     .addHelpText("after", "\nSignals: SIGHUP renews now (during a failure backoff it cuts one wait short, no more); SIGTERM/SIGINT stop.")
     .option("--ca-pin <sha256:hex>", "check the auth service's TLS CA before joining (required with --join-method github, gitlab, oidc)")

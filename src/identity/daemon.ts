@@ -163,7 +163,9 @@ export class IdentityDaemon {
   private async waitForRenewal(signal: AbortSignal): Promise<boolean> {
     const renewAt = this.nextRenewalAt();
     for (;;) {
-      await this.sleepUntil(Math.min(renewAt, this.now() + this.opts.caCheckIntervalMs), signal);
+      // ±10 %: a fleet started together does not ask in lockstep.
+      const check = this.now() + this.opts.caCheckIntervalMs * (0.9 + this.random() * 0.2);
+      await this.sleepUntil(Math.min(renewAt, check), signal);
       if (signal.aborted || this.renewRequested || this.now() >= renewAt) return false;
       if (await this.caStateChanged(signal)) return true;
     }
