@@ -2,9 +2,10 @@
  * gRPC clients over TLS for every program that talks to the auth service. The one place that
  * knows how addresses, client certificates and server verification are wired.
  */
-import { createClient, type Client } from "@connectrpc/connect";
-import { createGrpcTransport } from "@connectrpc/connect-node";
+import { Code, ConnectError, createClient, type Client } from "@connectrpc/connect";
+import { Http2SessionManager, createGrpcTransport } from "@connectrpc/connect-node";
 import type { DescService } from "@bufbuild/protobuf";
+import type { ClientHttp2Session, SecureClientSessionOptions } from "node:http2";
 import type { PeerCertificate } from "node:tls";
 
 export interface ClientTls {
@@ -27,19 +28,55 @@ export function normalizeAddr(addr: string): string {
 
 export function connect<T extends DescService>(service: T, addr: string, tls: ClientTls): Client<T> {
   const verify = tls.caPem !== undefined;
+  const baseUrl = `https://${normalizeAddr(addr)}`;
+  const nodeOptions: SecureClientSessionOptions = {
+    ...(tls.certPem !== undefined ? { cert: tls.certPem } : {}),
+    ...(tls.keyPem !== undefined ? { key: tls.keyPem } : {}),
+    ...(verify ? { ca: tls.caPem } : {}),
+    rejectUnauthorized: verify,
+    minVersion: "TLSv1.3",
+    ...(tls.checkServer ? { checkServerIdentity: (_host: string, cert: PeerCertificate) => tls.checkServer!(cert) } : {}),
+  };
   const transport = createGrpcTransport({
-    baseUrl: `https://${normalizeAddr(addr)}`,
+    baseUrl,
     defaultTimeoutMs: DEFAULT_CALL_TIMEOUT_MS,
     // Daemons make a new client per renewal: let each connection go soon after its call.
-    idleConnectionTimeoutMs: 5_000,
-    nodeOptions: {
-      ...(tls.certPem !== undefined ? { cert: tls.certPem } : {}),
-      ...(tls.keyPem !== undefined ? { key: tls.keyPem } : {}),
-      ...(verify ? { ca: tls.caPem } : {}),
-      rejectUnauthorized: verify,
-      minVersion: "TLSv1.3",
-      ...(tls.checkServer ? { checkServerIdentity: (_host: string, cert: PeerCertificate) => tls.checkServer!(cert) } : {}),
-    },
+    sessionManager: guardedSessionManager(new Http2SessionManager(baseUrl, { idleConnectionTimeoutMs: 5_000 }, nodeOptions)),
+    nodeOptions,
   });
   return createClient(service, transport);
+}
+
+interface ConnectingState {
+  t: string;
+  conn?: Promise<ClientHttp2Session>;
+}
+
+/**
+ * connect-node 2.1.2 hangs a call for good, deadline included, when the HTTP/2 session is already
+ * destroyed or closed as its 'connect' event is handled (a server that hangs up as the TLS
+ * handshake completes, e.g. its handshake timeout firing on a loaded machine): entering "ready"
+ * throws inside a promise callback, the state stays "connecting" on a resolved promise, and
+ * gotoReady() awaits that promise again and again. Those awaits are microtasks, so no timer (the
+ * call's deadline) and no I/O ever runs again: the process spins silently until killed. Here such
+ * a session fails the connection attempt instead: the call fails as Unavailable, and the next one
+ * connects afresh. (The state machine is private to connect-node: this wraps its setState.)
+ */
+export function guardedSessionManager(m: Http2SessionManager): Http2SessionManager {
+  const inner = m as unknown as { setState?: (s: ConnectingState) => void };
+  if (typeof inner.setState !== "function") return m;
+  const setState = inner.setState.bind(m);
+  inner.setState = (s) =>
+    setState(
+      s.t === "connecting" && s.conn
+        ? {
+            ...s,
+            conn: s.conn.then((session) => {
+              if (session.destroyed || session.closed) throw new ConnectError("the connection closed as it opened", Code.Unavailable);
+              return session;
+            }),
+          }
+        : s,
+    );
+  return m;
 }
