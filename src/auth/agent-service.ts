@@ -4,7 +4,6 @@
  * checks again (it is the boundary that decides what an output certificate may read), then
  * answers from the identity's own record alone: no parameter names another identity.
  */
-import { X509Certificate } from "node:crypto";
 import { create } from "@bufbuild/protobuf";
 import { AccessibleNodeSchema, ListAccessibleNodesResponseSchema, type ListAccessibleNodesResponse } from "../api/gen/mezite/v1/agent_pb.js";
 import type { ParsedCert } from "../ca/x509.js";
@@ -18,12 +17,12 @@ function notAuthorized(): MeziteError {
   return new MeziteError("ERR_NOT_AUTHORIZED", "this call needs an agent identity's output certificate (x509_cert.pem of its destination dir)");
 }
 
-/** The RFC 2253-ish issuer text ParsedCert carries, for the User CA's own subject. */
-const userCaSubjects = new WeakMap<object, string>();
-function userCaSubject(ctx: AuthContext): string {
+/** The RFC 2253-ish issuer text ParsedCert carries, for each trusted User CA key's subject (two during a rotation). */
+const userCaSubjects = new WeakMap<object, string[]>();
+function userCaSubject(ctx: AuthContext): string[] {
   let s = userCaSubjects.get(ctx.cas.user);
   if (s === undefined) {
-    s = new X509Certificate(ctx.cas.user.x509CertPem).subject.split("\n").join(", ");
+    s = ctx.cas.user.trusted.map((k) => k.x509Cert.subject.split("\n").join(", "));
     userCaSubjects.set(ctx.cas.user, s);
   }
   return s;
@@ -32,7 +31,7 @@ function userCaSubject(ctx: AuthContext): string {
 /** The caller's certificate, when it is an output certificate of the User CA naming an identity and instance. */
 export function outputCert(ctx: AuthContext, caller: Caller): ParsedCert & { identityId: string; instanceId: string } {
   const c = caller.cert;
-  if (!c || c.kind !== "output" || !c.identityId || !c.instanceId || c.issuer !== userCaSubject(ctx)) throw notAuthorized();
+  if (!c || c.kind !== "output" || !c.identityId || !c.instanceId || !userCaSubject(ctx).includes(c.issuer)) throw notAuthorized();
   return c as ParsedCert & { identityId: string; instanceId: string };
 }
 

@@ -4,7 +4,7 @@
  * mode, and a loop logging in over ssh as deploy once a second, recording every failure.
  */
 import { spawn, spawnSync, type ChildProcess } from "node:child_process";
-import { chmodSync, copyFileSync, mkdirSync, readFileSync } from "node:fs";
+import { chmodSync, copyFileSync, mkdirSync, readFileSync, readdirSync } from "node:fs";
 import { join } from "node:path";
 import { setTimeout as sleep } from "node:timers/promises";
 import { MEZD, mezctlOk, principalsMezd, run, tokenFrom, type AuthProcess } from "../harness/auth.js";
@@ -109,14 +109,11 @@ export class LoginLoop {
   }
 }
 
-/** A copy of the agent's current key and certificate, kept aside. */
-export function keepAside(dest: string, to: string): { key: string; cert: string } {
-  mkdirSync(to, { recursive: true });
-  const key = join(to, "ssh_key");
-  const cert = join(to, "ssh_cert");
-  copyFileSync(join(dest, "ssh_key"), key);
-  copyFileSync(join(dest, "ssh_cert"), cert);
-  return { key, cert };
+/** A copy of the agent's current outputs (keys and certificates), kept aside. */
+export function keepAside(dest: string, to: string): { dir: string; key: string; cert: string } {
+  mkdirSync(to, { recursive: true, mode: 0o700 });
+  for (const f of readdirSync(dest, { withFileTypes: true })) if (f.isFile()) copyFileSync(join(dest, f.name), join(to, f.name));
+  return { dir: to, key: join(to, "ssh_key"), cert: join(to, "ssh_cert") };
 }
 
 /** Logs in with a kept-aside key and certificate (host key checks on the agent's known hosts). */

@@ -10,7 +10,7 @@ import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, before, describe, test } from "node:test";
-import { SEED_ROLE, mezctlOk, startAuth, type AuthProcess } from "../harness/auth.js";
+import { ROOT, SEED_ROLE, mezctlOk, run, startAuth, type AuthProcess } from "../harness/auth.js";
 import { freePort } from "../harness/net.js";
 import { missingComponent, sshdTestsCannotRun } from "../harness/require.js";
 import { sshRun, type Sshd } from "../harness/sshd.js";
@@ -20,6 +20,7 @@ import {
   type RotationAgent, type RotationNode,
 } from "./fixture.js";
 
+const MSH = join(ROOT, "bin/msh");
 const missing = sshdTestsCannotRun();
 let work: string;
 let auth: AuthProcess;
@@ -73,6 +74,11 @@ describe("CA rotation with real sshd, node agent and identity daemon", { skip: m
     const next = user!.keys.find((k) => k.role === "next")!;
     assert.deepEqual([user!.phase, next.signing, next.holders, user!.holders_total], ["update_clients", true, 1, 1], "ca status: the agent holds a certificate of the new key");
     assert.equal(signingCa(join(agent.dest, "ssh_cert")), next.ssh_fingerprint);
+    // The old key's output certificate still reads what it may (msh ls) while the old key is trusted.
+    const mshLs = () => run(MSH, ["ls", `--identity-dir=${kept.dir}`, `--storage-dir=${join(agent.dest, ".mezite")}`]);
+    const listed = await mshLs();
+    assert.equal(listed.code, 0, listed.stderr);
+    assert.match(listed.stdout, /web-server-01/);
     await manualStep(bed(), auth, "user", "update_servers");
     await manualStep(bed(), auth, "user", "standby");
     const ended = Date.now();
@@ -87,6 +93,7 @@ describe("CA rotation with real sshd, node agent and identity daemon", { skip: m
       return true;
     });
     report(`old User CA certificate refused by sshd ${Date.now() - ended} ms after standby (${ms} ms of probing)`);
+    assert.notEqual((await mshLs()).code, 0, "the old key's output certificate is refused after standby");
     report(`logins so far: ${loop.attempts}, failed: ${loop.failures.length}`);
     assert.deepEqual(loop.failures, []);
   });
