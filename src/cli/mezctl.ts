@@ -505,11 +505,11 @@ ca
     if (o.phase && !o.manual && o.phase !== "rollback") throw new MeziteError("ERR_USAGE", `--phase=${o.phase.slice(0, 40)} needs --manual (or leave both out for an automatic rotation)`);
     if (o.phase && cmd.getOptionValueSource("gracePeriod") === "cli") throw new MeziteError("ERR_USAGE", "--grace-period is for automatic rotations: leave it out with --phase");
     const graceMs = o.phase ? 0 : ttlOption(o.gracePeriod, "--grace-period");
+    const a = admin();
+    const res = await call(a, (c) => c.rotateCa({ type: o.type!, phase: o.phase ?? "", gracePeriodMs: BigInt(graceMs) }));
     if (graceMs > 0 && graceMs / STEPS < SAFE_PHASE_MS) {
       process.stderr.write(`Warning: each phase lasts ${formatDuration(graceMs / STEPS)}; daemons ask for phase changes every 45s by default (--ca-check-interval), so one that misses a phase may fail logins.\n`);
     }
-    const a = admin();
-    const res = await call(a, (c) => c.rotateCa({ type: o.type!, phase: o.phase ?? "", gracePeriodMs: BigInt(graceMs) }));
     const moved = res.cas.filter((c) => o.type === "all" || c.type === o.type);
     out(a, moved.map(view.caDoc), () => view.caText(moved));
   });

@@ -149,3 +149,19 @@ test("nodes get every trusted User CA key, a KRL section under each, and a CA st
   assert.ok(Buffer.from(before.krl).includes(blob(ctx.cas.user.current.sshPublicLine)));
   assert.ok(!Buffer.from(before.krl).includes(blob(ctx.cas.user.next!.sshPublicLine)));
 });
+
+test("an automatic rotation rolled back finishes rolling back by itself, on the old key", async () => {
+  const ctx = await context();
+  const old = ctx.cas.user.sshFingerprint;
+  await rotate(ctx, { kinds: ["user"], phase: undefined, graceMs: 3 * 60_000, actor: "t", remoteAddr: "" });
+  clock += 60_000;
+  await advanceDue(ctx);
+  await ctx.refreshCas();
+  assert.equal(ctx.cas.user.phase, "update_clients");
+  await step(ctx, "user", "rollback");
+  assert.equal(ctx.cas.user.rotation!.mode, "auto");
+  clock += 60_000;
+  await advanceDue(ctx);
+  await ctx.refreshCas();
+  assert.deepEqual([ctx.cas.user.phase, ctx.cas.user.trusted.map((k) => k.sshFingerprint)], ["standby", [old]]);
+});

@@ -1,0 +1,73 @@
+/**
+ * `mezctl ca status` and `mezctl ca rotate` against a real auth service (SPEC §15): what an
+ * operator reads, and bad input refused with one line and exit 2, leaving the CAs as they were.
+ */
+import assert from "node:assert/strict";
+import { after, before, describe, test } from "node:test";
+import { mezctl, mezctlOk, startAuth, type AuthProcess } from "../harness/auth.js";
+import type { CaStatusDoc } from "./fixture.js";
+
+describe("mezctl ca", () => {
+  let auth: AuthProcess;
+  before(async () => {
+    auth = await startAuth();
+  });
+  after(async () => {
+    await auth?.stop();
+  });
+
+  const status = async () => JSON.parse(await mezctlOk(auth, "ca", "status", "--format=json")) as CaStatusDoc[];
+
+  test("status: each CA in standby with one signing key; text names the phase, the key and its holders", async () => {
+    const s = await status();
+    assert.deepEqual(s.map((c) => [c.type, c.phase, c.keys.length, c.keys[0]!.signing, c.keys[0]!.trusted]), [["user", "standby", 1, true, true], ["host", "standby", 1, true, true]]);
+    const text = await mezctlOk(auth, "ca", "status");
+    assert.match(text, /^user CA: phase standby \(never rotated\)$/m);
+    assert.match(text, new RegExp(`^  current  ${s[0]!.keys[0]!.ssh_fingerprint.replace(/[+/]/g, "\\$&")}  signing, trusted  0/0 live instances$`, "m"));
+    assert.match(text, /^host CA: phase standby/m);
+  });
+
+  test("bad input is one line with exit 2, and changes nothing", async () => {
+    const before = await status();
+    const cases: [string[], RegExp][] = [
+      [["ca", "rotate"], /--type is required: user, host or all/],
+      [["ca", "rotate", "--type=users"], /unknown CA type "users": use user, host or all/],
+      [["ca", "rotate", "--type=user", "--manual"], /--manual needs --phase/],
+      [["ca", "rotate", "--type=user", "--phase=init"], /--phase=init needs --manual/],
+      [["ca", "rotate", "--type=user", "--manual", "--phase=sideways"], /unknown phase "sideways"/],
+      [["ca", "rotate", "--type=user", "--manual", "--phase=update_servers"], /the user CA is in phase standby: the next phase can only be init/],
+      [["ca", "rotate", "--type=user", "--phase=rollback"], /next phase can only be init/],
+      [["ca", "rotate", "--type=host", "--grace-period=10s"], /--grace-period 10s is too short: at least 30s/],
+      [["ca", "rotate", "--type=host", "--grace-period=soon"], /--grace-period: "soon" is not a duration/],
+      [["ca", "rotate", "--type=host", "--manual", "--phase=init", "--grace-period=1h"], /--grace-period is for automatic rotations/],
+    ];
+    for (const [args, re] of cases) {
+      const r = await mezctl(auth, ...args);
+      assert.equal(r.code, 2, `${args.join(" ")}: ${r.stderr}`);
+      assert.match(r.stderr, re, args.join(" "));
+      assert.equal(r.stderr.trim().split("\n").length, 1, `one line: ${r.stderr}`);
+    }
+    assert.deepEqual(await status(), before);
+  });
+
+  test("an automatic rotation warns of short phases, schedules its next step, and a second one is refused", async () => {
+    const r = await mezctl(auth, "ca", "rotate", "--type=user", "--grace-period=90s");
+    assert.equal(r.code, 0, r.stderr);
+    assert.match(r.stderr, /^Warning: each phase lasts 30s; daemons ask for phase changes every 45s by default/);
+    assert.match(r.stdout, /^user CA: phase init \(automatic, started .*, next phase in \d+s\)$/m);
+    const [user] = await status();
+    assert.equal(user!.mode, "auto");
+    assert.deepEqual(user!.keys.map((k) => [k.role, k.signing, k.trusted]), [["current", true, true], ["next", false, true]]);
+    const again = await mezctl(auth, "ca", "rotate", "--type=all", "--grace-period=48h");
+    assert.equal(again.code, 2);
+    assert.match(again.stderr, /a rotation of the user CA is already in progress \(phase init\)/);
+    // Rolled back by hand, it finishes by itself (automatic) a third of the grace period later; here it is ended at once.
+    await mezctlOk(auth, "ca", "rotate", "--type=user", "--phase=rollback");
+    await mezctlOk(auth, "ca", "rotate", "--type=user", "--manual", "--phase=standby");
+    const [done] = await status();
+    assert.deepEqual([done!.phase, done!.keys.length, done!.keys[0]!.ssh_fingerprint], ["standby", 1, user!.keys[0]!.ssh_fingerprint]);
+    const events = JSON.parse(await mezctlOk(auth, "audit", "ls", "--type=ca.rotation", "--format=json")) as { detail: string; actor: string }[];
+    assert.deepEqual(events.map((e) => e.detail.split(";")[0]), ["user CA: standby -> init (auto)", "user CA: init -> rollback (auto)", "user CA: rollback -> standby (manual)"]);
+    assert.ok(events.every((e) => e.actor.startsWith("admin")), JSON.stringify(events));
+  });
+});
