@@ -213,6 +213,8 @@ export class CaWatcher {
   private timer: NodeJS.Timeout | undefined;
   private running: Promise<void> | undefined;
   private lastRun = 0;
+  /** Logged once when checks start failing (a backend outage) and once when they work again, not every second. */
+  private failing = false;
 
   constructor(
     private readonly ctx: AuthContext,
@@ -239,7 +241,16 @@ export class CaWatcher {
 
   private tick(): Promise<void> {
     this.running ??= this.check()
-      .catch((e: unknown) => this.log.error("could not check the CAs for a rotation", { error: (e as Error).message }))
+      .then(
+        () => {
+          if (this.failing) this.log.info("checking the CAs for a rotation works again");
+          this.failing = false;
+        },
+        (e: unknown) => {
+          if (!this.failing) this.log.error("could not check the CAs for a rotation; retrying every second", { error: (e as Error).message });
+          this.failing = true;
+        },
+      )
       .finally(() => {
         this.lastRun = Date.now();
         this.running = undefined;
