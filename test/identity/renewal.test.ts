@@ -86,6 +86,11 @@ test("continuous renewal: whole files, working ssh, climbing generation, SIGHUP,
   })();
   try {
     await daemon.waitFor(RENEWED, 2, 27_000);
+    // The loop may be in the middle of a login with the previous certificate: give it the time
+    // for one with the last (the next renewal is 9 s or more away). Without this wait the test
+    // failed under CI load: the loop stopped before it ever tried the last certificate.
+    const last = serialNow();
+    for (const end = Date.now() + 5_000; Date.now() < end && !logins.some((l) => l.serial === last && !l.overlapped); ) await new Promise((r) => setTimeout(r, 100));
     const mid = await status(bed.auth, "monitor");
     assert.equal(mid.generation, 3);
   } finally {
