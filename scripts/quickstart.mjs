@@ -129,6 +129,9 @@ async function main() {
   sh(MEZCTL, ["agent-identities", "status", "github-deploy"], { env });
   sh(MEZCTL, ["audit", "ls", "--since=10m"], { env });
 
+  step("The CAs that signed all this: their keys and who holds certificates of each (rotate them with mezctl ca rotate, README)");
+  sh(MEZCTL, ["ca", "status"], { env });
+
   cleanup();
   console.log(`\nDone. Everything quickstart started is stopped; files are left in ${dir}.`);
 }
