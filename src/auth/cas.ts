@@ -63,6 +63,8 @@ export interface CertAuthority extends CaKeys {
   rotation: RotationState | undefined;
   /** When the last rotation completed (unix ms), if one has. */
   lastRotated: number | undefined;
+  /** StoredCa.spread_ms. */
+  spreadMs: number;
   /** The stored record's revision: a phase change is a compare-and-swap on it. */
   revision: string;
 }
@@ -88,6 +90,8 @@ export interface StoredCa extends StoredKeys {
   next?: StoredKeys;
   rotation?: RotationState;
   last_rotated?: number;
+  /** How long daemons and nodes may spread their renewal after a phase change of this (or the last) rotation. */
+  spread_ms?: number;
 }
 
 /** The key that signs in a phase: the new one from update_clients until the rotation completes. */
@@ -224,6 +228,7 @@ export function openCa(stored: StoredCa, revision: string, clusterKey: Buffer): 
     next,
     rotation: stored.rotation,
     lastRotated: stored.last_rotated,
+    spreadMs: stored.spread_ms ?? 0,
     revision,
   };
 }
@@ -301,11 +306,15 @@ export const trustedX509Pems = (ca: CertAuthority): string[] => ca.trusted.map((
 export const tlsCaBundle = (cas: ClusterCas): string => trustedX509Pems(cas.host).join("");
 
 /**
- * A short digest of everything daemons and nodes hold from the CAs (phases, signing keys, trusted
- * keys). Each issue carries it; a daemon or node that polls and sees another renews at once.
+ * A short digest of what daemons (both CAs) or nodes (the Host CA alone: a User CA rotation
+ * reaches them as user_ca.pub) hold from the CAs: phases, signing and trusted keys. Each issue
+ * carries it; a daemon or node that polls and sees another renews.
  */
-export function caState(cas: ClusterCas): string {
+export function caState(cas: ClusterCas, kinds: readonly CaKind[] = CA_KINDS): string {
   const h = createHash("sha256");
-  for (const ca of [cas.user, cas.host]) h.update(`${ca.kind} ${ca.phase} ${ca.trusted.map((k) => k.sshFingerprint).join(",")}\n`);
+  for (const kind of kinds) h.update(`${kind} ${cas[kind].phase} ${cas[kind].trusted.map((k) => k.sshFingerprint).join(",")}\n`);
   return h.digest("hex").slice(0, 32);
 }
+
+/** What a node's ca_state covers. */
+export const NODE_CA_KINDS: readonly CaKind[] = ["host"];

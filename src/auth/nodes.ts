@@ -21,7 +21,7 @@ import { formatSshCertificate, signSshCertificate } from "../ca/sshcert.js";
 import { formatAuthorizedKey } from "../ca/sshkey.js";
 import { issueClientCertificate, randomSerial, type P256Point } from "../ca/x509.js";
 import { MeziteError, isMeziteError } from "../lib/errors.js";
-import { caState, tlsCaBundle, trustedSshLines, type ClusterCas } from "./cas.js";
+import { NODE_CA_KINDS, caState, tlsCaBundle, trustedSshLines, type ClusterCas } from "./cas.js";
 import type { AuthContext, Caller } from "./context.js";
 import { BACKDATE_MS } from "./issue.js";
 import { encode, keys, load, type Loaded, type NodeClaim, type NodeRecord, type TokenRecord } from "./records.js";
@@ -65,7 +65,7 @@ export async function issueNodeCredentials(ctx: AuthContext, cas: ClusterCas, no
     tlsCaPem: tlsCaBundle(cas),
     userCaSshKeys: trustedSshLines(cas.user),
     hostCaSshKeys: trustedSshLines(cas.host),
-    caState: caState(cas),
+    caState: caState(cas, NODE_CA_KINDS),
     nodeName: node.name,
     labels: node.labels,
     hostCertExpires: BigInt(notAfter),

@@ -19,7 +19,8 @@
 import { create } from "@bufbuild/protobuf";
 import { GetRevocationsResponseSchema, type GetRevocationsResponse } from "../api/gen/mezite/v1/node_pb.js";
 import { encodeKrl } from "../ca/krl.js";
-import { caState, trustedSshLines, type ClusterCas } from "./cas.js";
+import { NODE_CA_KINDS, caState, trustedSshLines, type ClusterCas } from "./cas.js";
+import { renewSpreadMs } from "./rotation.js";
 import type { AuthContext } from "./context.js";
 import { activeLocks, locksOn, refuseIfLocked, type LockSubject } from "./locks.js";
 import { encode, keys, load, loadAll, loadChunks, type IdentityRecord, type InstanceRecord, type IssuedCertRecord, type LockRecord } from "./records.js";
@@ -96,7 +97,8 @@ export class Revocations {
     const value = create(GetRevocationsResponseSchema, {
       krl,
       userCaSshKeys: trustedSshLines(cas.user),
-      caState: caState(cas),
+      caState: caState(cas, NODE_CA_KINDS),
+      renewWithinMs: BigInt(renewSpreadMs(cas, NODE_CA_KINDS)),
       lockedIdentityIds: lockedIdentities,
       lockedInstanceIds: ofKind("instance").map((l) => l.target),
       lockedRoles: ofKind("role").map((l) => l.target),

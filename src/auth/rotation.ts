@@ -17,6 +17,8 @@ import { keys, loadChunks, type InstanceRecord, type NodeRecord } from "./record
 const FORWARD: Record<Phase, Phase> = { standby: "init", init: "update_clients", update_clients: "update_servers", update_servers: "standby", rollback: "standby" };
 /** An automatic rotation spends this share of its grace period in each of init, update_clients, update_servers (and rollback). */
 export const STEPS = 3;
+/** The longest a daemon or node may spread its renewal after a phase change (renewSpreadMs). */
+const MAX_RENEW_SPREAD_MS = 30 * 60_000;
 /**
  * The shortest grace period taken at all (10 s a phase: tests, and daemons run with a short
  * --ca-check-interval). Daemons ask every 45 s by default and nodes every 2 s, so mezctl warns
@@ -47,7 +49,8 @@ async function stepped(ctx: AuthContext, store: CaStore, stored: StoredCa, ca: C
   const { phase: _p, next: _n, rotation: _r, ...base } = stored;
   if (to === "init") {
     const next = await createCaKeys(ca.kind, store.clusterName, store.clusterKey, now, true);
-    return { ...base, phase: "init", next, rotation: { id: randomBytes(8).toString("hex"), mode, grace_ms: graceMs, started: now, phase_started: now } };
+    const spread_ms = mode === "auto" ? Math.floor(Math.min(graceMs / STEPS / 4, MAX_RENEW_SPREAD_MS)) : 0;
+    return { ...base, phase: "init", next, spread_ms, rotation: { id: randomBytes(8).toString("hex"), mode, grace_ms: graceMs, started: now, phase_started: now } };
   }
   if (to === "standby") {
     // Done: the new key becomes the current one. Rolled back: the new key is dropped.
@@ -59,9 +62,11 @@ async function stepped(ctx: AuthContext, store: CaStore, stored: StoredCa, ca: C
       x509_cert_pem: keep.x509_cert_pem,
       x509_key_sealed: keep.x509_key_sealed,
       ...(ca.phase === "update_servers" ? { last_rotated: now } : stored.last_rotated !== undefined ? { last_rotated: stored.last_rotated } : {}),
+      // Kept: the renewals this last step causes are spread as the rotation's were.
+      ...(stored.spread_ms !== undefined ? { spread_ms: stored.spread_ms } : {}),
     };
   }
-  return { ...stored, phase: to, rotation: { ...stored.rotation!, mode, phase_started: now } };
+  return { ...stored, phase: to, spread_ms: mode === "manual" ? 0 : stored.spread_ms ?? 0, rotation: { ...stored.rotation!, mode, phase_started: now } };
 }
 
 /**
@@ -107,6 +112,19 @@ async function commitStep(
     detail: `${ca.kind} CA: ${ca.phase} -> ${to} (${mode}); signs with ${after.sshFingerprint}; trusted ${after.trusted.map((k) => k.sshFingerprint).join(", ")}`,
   });
   return after;
+}
+
+/**
+ * How long after seeing a phase change a daemon or node may wait to renew, at random: a fleet
+ * renewing within one check interval of each phase change would swamp the service. An automatic
+ * rotation allows a quarter of a phase (at most 30 minutes); a manual one none, since nobody here
+ * knows its pace: the operator watches `mezctl ca status` and steps on. With both CAs rotating,
+ * the more hurried one counts; with neither, the spread of the rotation that just ended.
+ */
+export function renewSpreadMs(cas: ClusterCas, kinds: readonly CaKind[]): number {
+  const all = kinds.map((k) => cas[k]);
+  const rotating = all.filter((ca) => ca.phase !== "standby");
+  return rotating.length > 0 ? Math.min(...rotating.map((ca) => ca.spreadMs)) : Math.max(...all.map((ca) => ca.spreadMs));
 }
 
 /** When an automatic rotation's current phase ends, or undefined. */

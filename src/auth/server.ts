@@ -62,7 +62,7 @@ import * as joinMethods from "./join-methods.js";
 import { callingNode, heartbeat, joinNode, renewNode } from "./nodes.js";
 import { Revocations } from "./revocations.js";
 import { renewAgent } from "./renew.js";
-import { CaWatcher } from "./rotation.js";
+import { CaWatcher, renewSpreadMs } from "./rotation.js";
 import * as tokens from "./tokens.js";
 
 type RequestHandler = (req: IncomingMessage | Http2ServerRequest, res: ServerResponse | Http2ServerResponse) => void;
@@ -253,7 +253,7 @@ function routes(ctx: AuthContext, revocations: Revocations, metrics: AuthMetrics
     });
     router.service(RenewService, {
       renew: (req, hc) => renew(req, hc.values.get(callerKey)),
-      getCaState: unary("GetCaState", async () => create(GetCaStateResponseSchema, { caState: caState(ctx.cas) })),
+      getCaState: unary("GetCaState", async () => create(GetCaStateResponseSchema, { caState: caState(ctx.cas), renewWithinMs: BigInt(renewSpreadMs(ctx.cas, CA_KINDS)) })),
     });
     router.service(NodeService, {
       heartbeat: unary("Heartbeat", async (req: HeartbeatRequest, caller) => {

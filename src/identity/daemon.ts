@@ -167,20 +167,25 @@ export class IdentityDaemon {
       const check = this.now() + this.opts.caCheckIntervalMs * (0.9 + this.random() * 0.2);
       await this.sleepUntil(Math.min(renewAt, check), signal);
       if (signal.aborted || this.renewRequested || this.now() >= renewAt) return false;
-      if (await this.caStateChanged(signal)) return true;
+      const spreadMs = await this.caStateChanged(signal);
+      if (spreadMs === undefined) continue;
+      // At a random moment within what the service allows, so a fleet does not renew all at once.
+      await this.sleepUntil(Math.min(renewAt, this.now() + this.random() * spreadMs), signal);
+      return true;
     }
   }
 
-  private async caStateChanged(signal: AbortSignal): Promise<boolean> {
+  /** Undefined when the CAs are as the current certificates were issued; else how long the renewal may be spread. */
+  private async caStateChanged(signal: AbortSignal): Promise<number | undefined> {
     const state = this.state!;
     try {
-      const { caState } = await this.renewClient(state).getCaState({}, { signal });
-      if (caState === "" || caState === state.ca_state) return false;
-      this.deps.log.info("CA rotation phase changed; renewing now", { ca_state: caState });
-      return true;
+      const { caState, renewWithinMs } = await this.renewClient(state).getCaState({}, { signal });
+      if (caState === "" || caState === state.ca_state) return undefined;
+      this.deps.log.info("CA rotation phase changed; renewing", { ca_state: caState, within_ms: Number(renewWithinMs) });
+      return Number(renewWithinMs);
     } catch (e) {
       if (!signal.aborted) this.deps.log.warn("could not check for a CA rotation", { error: fromConnectError(e, this.opts.authServer).message });
-      return false;
+      return undefined;
     }
   }
 

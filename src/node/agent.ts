@@ -58,6 +58,8 @@ export class NodeAgent {
   private config: NodeConfig;
   private client: Client<typeof NodeService> | undefined;
   private lastRevocationSync: number | undefined;
+  /** A renewal a Host CA phase change asks for, and when it is due. */
+  private caRenewal: { state: string; at: number } | undefined;
 
   constructor(private readonly opts: NodeAgentOptions, private readonly deps: NodeAgentDeps) {
     this.now = deps.now ?? Date.now;
@@ -137,11 +139,18 @@ export class NodeAgent {
       this.replaceKrl(Buffer.from(r.krl)),
     ].some(Boolean);
     this.lastRevocationSync = this.now();
-    // A CA rotation moved on: a host certificate of the signing Host CA key, and the TLS trust
-    // that follows the auth service's certificate (the User CA keys are in user_ca.pub above).
+    // A Host CA rotation moved on: a host certificate of the signing key, and the TLS trust that
+    // follows the auth service's certificate; at a random moment within what the service allows,
+    // so a fleet does not renew all at once. (A User CA rotation is all in user_ca.pub above.)
     if (r.caState !== "" && r.caState !== this.config.ca_state) {
-      this.deps.log.info("CA rotation phase changed; renewing the host certificate", { ca_state: r.caState });
-      await this.renew(signal);
+      if (this.caRenewal?.state !== r.caState) {
+        this.caRenewal = { state: r.caState, at: this.now() + this.random() * Number(r.renewWithinMs) };
+        this.deps.log.info("CA rotation phase changed; renewing the host certificate", { ca_state: r.caState, within_ms: Number(r.renewWithinMs) });
+      }
+      if (this.now() >= this.caRenewal.at) {
+        await this.renew(signal);
+        this.caRenewal = undefined;
+      }
     }
     if (changed) this.deps.log.info("revocation state updated", { ssh_dir: d, locked_identities: r.lockedIdentityIds.length, locked_roles: r.lockedRoles.length, locked_logins: r.lockedLogins.length, locked_instances: r.lockedInstanceIds.length });
     return changed;

@@ -8,8 +8,8 @@ import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, test } from "node:test";
-import { advanceDue, caStatus, rotate } from "../../src/auth/rotation.js";
-import { caState, type CaKind, type Phase } from "../../src/auth/cas.js";
+import { advanceDue, caStatus, renewSpreadMs, rotate } from "../../src/auth/rotation.js";
+import { CA_KINDS, NODE_CA_KINDS, caState, type CaKind, type Phase } from "../../src/auth/cas.js";
 import type { AuthContext } from "../../src/auth/context.js";
 import { encode, keys } from "../../src/auth/records.js";
 import { Revocations } from "../../src/auth/revocations.js";
@@ -131,23 +131,25 @@ test("two services stepping at once: one compare-and-swap lands, the other is to
   assert.equal(a.cas.user.next!.sshFingerprint, b.cas.user.next!.sshFingerprint);
 });
 
-test("nodes get every trusted User CA key, a KRL section under each, and a CA state that moves with the phase", async () => {
+test("nodes get every trusted User CA key and a KRL section under each; their CA state moves with the Host CA alone", async () => {
   const ctx = await context();
   // One revoked serial, so the KRL has sections to show.
   await ctx.backend.put(keys.revokedCert("4242"), encode({ identityName: "ci" }), { expires: clock + 3_600_000 });
   const revocations = new Revocations(ctx);
   const before = await revocations.get();
   assert.equal(before.userCaSshKeys.length, 1);
-  assert.equal(before.caState, caState(ctx.cas));
+  assert.equal(before.caState, caState(ctx.cas, NODE_CA_KINDS));
   await step(ctx, "user", "init");
   const during = await revocations.get(); // same instant: the cache must not hide the phase change
   assert.equal(during.userCaSshKeys.length, 2);
-  assert.notEqual(during.caState, before.caState);
+  assert.equal(during.caState, before.caState, "a User CA rotation asks nodes for no renewal");
   // Each certificate section names its CA key's blob (PROTOCOL.krl).
   const blob = (line: string) => Buffer.from(line.split(" ")[1]!, "base64");
   for (const k of ctx.cas.user.trusted) assert.ok(Buffer.from(during.krl).includes(blob(k.sshPublicLine)), "a KRL section under every trusted key");
   assert.ok(Buffer.from(before.krl).includes(blob(ctx.cas.user.current.sshPublicLine)));
   assert.ok(!Buffer.from(before.krl).includes(blob(ctx.cas.user.next!.sshPublicLine)));
+  await step(ctx, "host", "init");
+  assert.notEqual((await revocations.get()).caState, before.caState, "a Host CA phase change asks nodes to renew");
 });
 
 test("an automatic rotation rolled back finishes rolling back by itself, on the old key", async () => {
@@ -164,4 +166,28 @@ test("an automatic rotation rolled back finishes rolling back by itself, on the 
   await advanceDue(ctx);
   await ctx.refreshCas();
   assert.deepEqual([ctx.cas.user.phase, ctx.cas.user.trusted.map((k) => k.sshFingerprint)], ["standby", [old]]);
+});
+
+test("renewals after a phase change spread over a quarter of an automatic phase (at most 30 min), none for manual steps", async () => {
+  const ctx = await context();
+  assert.equal(renewSpreadMs(ctx.cas, CA_KINDS), 0);
+  await rotate(ctx, { kinds: ["host"], phase: undefined, graceMs: 3 * 3_600_000, actor: "t", remoteAddr: "" });
+  assert.equal(renewSpreadMs(ctx.cas, ["host"]), 15 * 60_000);
+  await step(ctx, "user", "init"); // manual, and more hurried: it counts for daemons
+  assert.deepEqual([renewSpreadMs(ctx.cas, CA_KINDS), renewSpreadMs(ctx.cas, NODE_CA_KINDS)], [0, 15 * 60_000]);
+  await step(ctx, "user", "rollback");
+  await step(ctx, "user", "standby");
+  // The host rotation goes on by itself; its last step's renewals spread as the others did.
+  for (let i = 0; i < 3; i++) {
+    clock += 3_600_000;
+    await advanceDue(ctx);
+    await ctx.refreshCas();
+  }
+  assert.equal(ctx.cas.host.phase, "standby");
+  assert.equal(renewSpreadMs(ctx.cas, CA_KINDS), 15 * 60_000);
+  const long = await context();
+  await rotate(long, { kinds: ["user"], phase: undefined, graceMs: 48 * 3_600_000, actor: "t", remoteAddr: "" });
+  assert.equal(renewSpreadMs(long.cas, CA_KINDS), 30 * 60_000);
+  await step(long, "user", "update_clients"); // a manual step takes over: no spread from now on
+  assert.equal(renewSpreadMs(long.cas, CA_KINDS), 0);
 });

@@ -125,6 +125,9 @@ describe("CA rotation with real sshd, node agent and identity daemon", { skip: m
     ];
     const { ms } = await until("daemon and node on the new Host CA key alone", 20_000, async () => (hostCaKeys().join() === "1,1" ? true : undefined));
     report(`host CA standby: daemon and node renewed into it within ${ms} ms`);
+    // An automatic rotation spreads the fleet's renewals over a quarter of a phase: 30 s / 3 / 4.
+    assert.match(agent.daemon.output(), /"msg":"CA rotation phase changed; renewing","ca_state":"[0-9a-f]+","within_ms":2500/);
+    assert.match(node.output(), /"msg":"CA rotation phase changed; renewing the host certificate","ca_state":"[0-9a-f]+","within_ms":2500/);
 
     const [, host] = await caStatus(auth);
     assert.deepEqual([host!.keys.length, host!.keys[0]!.holders, host!.holders_total], [1, 1, 1], "ca status: the node holds a host certificate of the new key");
