@@ -196,11 +196,14 @@ function openKeys(kind: CaKind, stored: StoredKeys, clusterKey: Buffer): CaKeys 
   };
 }
 
-/** Unsealing costs a few ms: a key pair seen before is reused as long as its sealed form is the same. */
+/**
+ * Unsealing costs a few ms and services reload the CAs on every phase change: a key pair seen
+ * before is reused while its sealed form (and the cluster key that unsealed it) is the same.
+ */
 const opened = new Map<string, CaKeys>();
 
 function openCached(kind: CaKind, stored: StoredKeys, clusterKey: Buffer): CaKeys {
-  const id = `${kind}\0${stored.ssh_private_sealed}\0${stored.x509_key_sealed}\0${stored.x509_cert_pem}`;
+  const id = `${kind}\0${clusterKey.toString("hex")}\0${stored.ssh_private_sealed}\0${stored.x509_key_sealed}\0${stored.x509_cert_pem}`;
   let keys = opened.get(id);
   if (!keys) {
     keys = openKeys(kind, stored, clusterKey);
