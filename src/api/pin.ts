@@ -8,8 +8,21 @@ import { connect as tlsConnect, type DetailedPeerCertificate } from "node:tls";
 import { MeziteError } from "../lib/errors.js";
 import { normalizeAddr } from "./client.js";
 
+/**
+ * --ca-pin's value: one pin, or several separated by commas. During a Host CA rotation the old and
+ * the new key's pins can both be given (mezctl ca status lists them), so a CI workflow need not be
+ * changed at the very step the auth service's certificate moves to the new key.
+ */
+export function parseCaPins(text: string): string[] {
+  const pins = text.split(",").map((p) => p.trim());
+  if (pins.length > 4 || pins.some((p) => !/^sha256:[0-9a-f]{64}$/.test(p))) {
+    throw new MeziteError("ERR_USAGE", "--ca-pin must be sha256: followed by 64 lowercase hex characters, or up to 4 of them separated by commas");
+  }
+  return pins;
+}
+
 /** Returns the pinned CA's certificate (PEM), for connections that must be verified against it. */
-export async function checkCaPin(addr: string, pin: string, timeoutMs = 10_000): Promise<string> {
+export async function checkCaPin(addr: string, pins: string[], timeoutMs = 10_000): Promise<string> {
   const hostPort = normalizeAddr(addr);
   const i = hostPort.lastIndexOf(":");
   const host = hostPort.slice(0, i).replace(/^\[|\]$/g, "");
@@ -27,7 +40,7 @@ export async function checkCaPin(addr: string, pin: string, timeoutMs = 10_000):
   for (let c: DetailedPeerCertificate | undefined = chain.issuerCertificate, seen = 0; c && seen < 5; c = c.issuerCertificate === c ? undefined : c.issuerCertificate, seen++) {
     const ca = new X509Certificate(c.raw);
     const spki = ca.publicKey.export({ format: "der", type: "spki" });
-    if (`sha256:${createHash("sha256").update(spki).digest("hex")}` === pin && leaf.checkIssued(ca) && leaf.verify(ca.publicKey)) return ca.toString();
+    if (pins.includes(`sha256:${createHash("sha256").update(spki).digest("hex")}`) && leaf.checkIssued(ca) && leaf.verify(ca.publicKey)) return ca.toString();
   }
-  throw new MeziteError("ERR_WRONG_CA", `the auth service at ${hostPort} is not signed by the pinned CA (${pin.slice(0, 20)}…): check --ca-pin and --auth-server`);
+  throw new MeziteError("ERR_WRONG_CA", `the auth service at ${hostPort} is not signed by the pinned CA (${pins.map((p) => `${p.slice(0, 20)}…`).join(", ")}): check --ca-pin and --auth-server`);
 }

@@ -590,9 +590,9 @@ export function splitCertificateBundle(bundle: string): string[] {
   return blocks.map((b) => `${b}\n`);
 }
 
-/** Whether a CA certificate of the bundle has the pin (caPin). */
-export function bundleHasPin(bundle: string, pin: string): boolean {
-  return splitCertificateBundle(bundle).some((pem) => caPin(pem) === pin);
+/** Whether a CA certificate of the bundle has one of the pins (caPin). */
+export function bundleHasPin(bundle: string, pins: string[]): boolean {
+  return splitCertificateBundle(bundle).some((pem) => pins.includes(caPin(pem)));
 }
 
 function nodeCert(bytes: Buffer): NodeX509Certificate {

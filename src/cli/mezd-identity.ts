@@ -20,7 +20,7 @@ export function registerIdentity(program: Command): void {
     .option("--ca-check-interval <duration>", "how often to ask the auth service whether a CA rotation moved on, renewing at once when it has (each ask is a TLS handshake: raise it for very large fleets)", "45s")
     .option("--diag-addr <host:port>", "serve /livez, /readyz, /metrics (renewals, failures, agent requests) over HTTP")
     .addHelpText("after", "\nSignals: SIGHUP renews now (during a failure backoff it cuts one wait short, no more); SIGTERM/SIGINT stop.")
-    .option("--ca-pin <sha256:hex>", "check the auth service's TLS CA before joining (required with --join-method github, gitlab, oidc)")
+    .option("--ca-pin <sha256:hex>", "check the auth service's TLS CA before joining (required with --join-method github, gitlab, oidc; several, comma-separated, during a CA rotation)")
     .option("--join-method <method>", "token (a one-time token), or github, gitlab, oidc: join with the platform's ID token", "token")
     .option("--id-token-file <file>", "gitlab, oidc: read the ID token (a JWT) from this file")
     .option("--id-token-env <name>", "gitlab, oidc: the variable holding the ID token (default MEZITE_ID_TOKEN)")

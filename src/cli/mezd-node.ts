@@ -16,7 +16,7 @@ export function registerNode(program: Command): void {
     .option("--hostname <name>", "the node's name: its host certificate principal and its name in mezctl nodes ls (required)")
     .option("--principals <a,b>", "more host certificate principals: other names or addresses clients connect to")
     .option("--ssh-dir <dir>", "where the files go, e.g. /etc/mezite/ssh (required; made 0755, private keys 0600)")
-    .option("--ca-pin <sha256:hex>", "check the auth service's TLS CA before joining")
+    .option("--ca-pin <sha256:hex>", "check the auth service's TLS CA before joining (several, comma-separated, during a CA rotation)")
     .option("--principals-user <user>", "unprivileged user sshd runs the principals command as", "nobody")
     .option("--mezd-path <path>", "the mezd sshd runs as AuthorizedPrincipalsCommand (default: this one); sshd needs it and its parent dirs root-owned and not group/world-writable")
     .option("--debug", "print stack traces with errors")

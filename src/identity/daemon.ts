@@ -260,7 +260,7 @@ export class IdentityDaemon {
     if (!token) {
       throw new MeziteError("ERR_USAGE", `no state in ${this.opts.storageDir} and no token: pass --token-file, --token or set MEZITE_TOKEN to join`);
     }
-    if (this.opts.caPin) await checkCaPin(this.opts.authServer, this.opts.caPin);
+    if (this.opts.caPins.length > 0) await checkCaPin(this.opts.authServer, this.opts.caPins);
     const keys = generateIssueKeys();
     const { request, macKey } = buildJoinRequest(token, keys, this.opts.certTtlMs);
     const client = connect(JoinService, this.opts.authServer, {});
@@ -270,7 +270,7 @@ export class IdentityDaemon {
     } catch (e) {
       throw fromConnectError(e, this.opts.authServer);
     }
-    if (this.opts.caPin && !bundleHasPin(certs.tlsCaPem, this.opts.caPin)) {
+    if (this.opts.caPins.length > 0 && !bundleHasPin(certs.tlsCaPem, this.opts.caPins)) {
       throw new MeziteError("ERR_WRONG_CA", "the auth service's TLS CA does not match --ca-pin");
     }
     this.apply(certs, keys, "joined");
@@ -285,7 +285,7 @@ export class IdentityDaemon {
     if (!join.name) {
       throw new MeziteError("ERR_USAGE", `no state in ${this.opts.storageDir} and no join token name: pass --token=NAME (the join_token resource) to join`);
     }
-    const caPem = await checkCaPin(this.opts.authServer, this.opts.caPin!);
+    const caPem = await checkCaPin(this.opts.authServer, this.opts.caPins);
     const client = connect(JoinService, this.opts.authServer, { caPem });
     const keys = generateIssueKeys();
     let certs: IssuedCertificates;
@@ -302,7 +302,7 @@ export class IdentityDaemon {
       throw fromConnectError(e, this.opts.authServer);
     }
     checkCertsMatchKeys(certs, keys);
-    if (!bundleHasPin(certs.tlsCaPem, this.opts.caPin!)) throw new MeziteError("ERR_WRONG_CA", "the auth service's TLS CA does not match --ca-pin");
+    if (!bundleHasPin(certs.tlsCaPem, this.opts.caPins)) throw new MeziteError("ERR_WRONG_CA", "the auth service's TLS CA does not match --ca-pin");
     this.apply(certs, keys, "joined");
   }
 

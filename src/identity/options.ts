@@ -4,6 +4,7 @@
  */
 import { readFileSync } from "node:fs";
 import { join, resolve } from "node:path";
+import { parseCaPins } from "../api/pin.js";
 import { parseToken } from "../ca/jointoken.js";
 import { formatDuration, parseDuration } from "../lib/duration.js";
 import { MeziteError } from "../lib/errors.js";
@@ -24,8 +25,8 @@ export interface IdentityOptions {
   renewalIntervalMs: number;
   oneShot: boolean;
   diagAddr: string | undefined;
-  /** sha256:HEX of the auth service's TLS CA key, checked before joining. */
-  caPin: string | undefined;
+  /** sha256:HEX of the auth service's TLS CA key (any of them: several during a rotation), checked before joining; empty = not checked. */
+  caPins: string[];
   /** --one-shot-retry: how long a one-shot join or renewal keeps retrying a failing auth service. Default 30s. */
   oneShotRetryMs: number;
   /** --ssh-agent-socket: serve the SSH key and certificate over the SSH agent protocol here (absolute). */
@@ -145,7 +146,7 @@ export function resolveIdentityOptions(raw: RawIdentityOptions, env: NodeJS.Proc
   if (renewalIntervalMs >= certTtlMs) {
     usage(`--renewal-interval (${formatDuration(renewalIntervalMs)}) must be shorter than --cert-ttl (${formatDuration(certTtlMs)}), or certificates would expire before renewal`);
   }
-  if (raw.caPin !== undefined && !/^sha256:[0-9a-f]{64}$/.test(raw.caPin)) usage("--ca-pin must be sha256: followed by 64 lowercase hex characters");
+  const caPins = raw.caPin === undefined ? [] : parseCaPins(raw.caPin);
   const oneShot = raw.oneShot === true || raw.oneShot === "true";
   const oneShotRetryMs = duration(raw.oneShotRetry ?? "30s", "--one-shot-retry");
   const sshKeyFile = !(raw.sshKeyFile === false || raw.sshKeyFile === "false");
@@ -173,7 +174,7 @@ export function resolveIdentityOptions(raw: RawIdentityOptions, env: NodeJS.Proc
     renewalIntervalMs,
     oneShot,
     diagAddr: raw.diagAddr,
-    caPin: raw.caPin,
+    caPins,
     oneShotRetryMs,
     sshAgentSocket: socket,
     sshKeyFile,

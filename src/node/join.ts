@@ -9,7 +9,7 @@ import { fileURLToPath } from "node:url";
 import { JoinService, type NodeCredentials } from "../api/gen/mezite/v1/join_pb.js";
 import { connect } from "../api/client.js";
 import { fromConnectError } from "../api/errors.js";
-import { checkCaPin } from "../api/pin.js";
+import { checkCaPin, parseCaPins } from "../api/pin.js";
 import { parseToken } from "../ca/jointoken.js";
 import { encodeKrl } from "../ca/krl.js";
 import { encodeOpenSSHPrivateKey } from "../ca/sshkey.js";
@@ -28,7 +28,8 @@ export interface JoinOptions {
   /** Extra host certificate principals (other names or addresses clients use). */
   principals: string[];
   sshDir: string;
-  caPin: string | undefined;
+  /** Empty: not checked. */
+  caPins: string[];
   /** The user sshd runs the principals command as. */
   principalsUser: string;
   /** The mezd that sshd runs as AuthorizedPrincipalsCommand: absolute, in a root-owned path. */
@@ -69,7 +70,7 @@ export function resolveJoinOptions(raw: RawJoinOptions, env: NodeJS.ProcessEnv =
   } catch {
     throw new MeziteError("ERR_TOKEN_INVALID", "the join token is malformed: it must be the 64 hex characters printed by mezctl tokens add");
   }
-  if (raw.caPin !== undefined && !/^sha256:[0-9a-f]{64}$/.test(raw.caPin)) usage("--ca-pin must be sha256: followed by 64 lowercase hex characters");
+  const caPins = raw.caPin === undefined ? [] : parseCaPins(raw.caPin);
   const user = raw.principalsUser ?? "nobody";
   if (!/^[a-z_][a-z0-9_.-]*$/.test(user) || user === "root") usage("--principals-user must name an unprivileged local user (default nobody)");
   if (raw.mezdPath !== undefined && !isAbsolute(raw.mezdPath)) usage("--mezd-path must be an absolute path");
@@ -81,7 +82,7 @@ export function resolveJoinOptions(raw: RawJoinOptions, env: NodeJS.ProcessEnv =
     hostname: raw.hostname!,
     principals: (raw.principals ?? "").split(",").map((p) => p.trim()).filter(Boolean),
     sshDir,
-    caPin: raw.caPin,
+    caPins,
     principalsUser: user,
     mezdPath: raw.mezdPath ?? mezdPath(),
   };
@@ -131,7 +132,7 @@ export async function joinNode(o: JoinOptions, now: () => number = Date.now): Pr
   ensureDir(o.sshDir, DIR_MODE);
   for (const f of Object.keys(FILES) as (keyof typeof FILES)[]) assertNotSymlink(pathOf(o.sshDir, f));
 
-  if (o.caPin) await checkCaPin(o.authServer, o.caPin);
+  if (o.caPins.length > 0) await checkCaPin(o.authServer, o.caPins);
   const keys = generateNodeKeys();
   const { request, macKey } = buildJoinNodeRequest(o.token, o.hostname, o.principals, keys);
   let creds: NodeCredentials;
@@ -141,7 +142,7 @@ export async function joinNode(o: JoinOptions, now: () => number = Date.now): Pr
   } catch (e) {
     throw fromConnectError(e, o.authServer);
   }
-  if (o.caPin && !bundleHasPin(creds.tlsCaPem, o.caPin)) throw new MeziteError("ERR_WRONG_CA", "the auth service's TLS CA does not match --ca-pin");
+  if (o.caPins.length > 0 && !bundleHasPin(creds.tlsCaPem, o.caPins)) throw new MeziteError("ERR_WRONG_CA", "the auth service's TLS CA does not match --ca-pin");
 
   const d = o.sshDir;
   const written: { file: string; what: string }[] = [];

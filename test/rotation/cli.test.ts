@@ -4,8 +4,16 @@
  */
 import assert from "node:assert/strict";
 import { after, before, describe, test } from "node:test";
-import { mezctl, mezctlOk, startAuth, type AuthProcess } from "../harness/auth.js";
+import { mkdtempSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { SEED_ROLE_PATH, mezctl, mezctlOk, startAuth, tokenFrom, type AuthProcess } from "../harness/auth.js";
+import { oneShot } from "../identity/fixture.js";
 import type { CaStatusDoc } from "./fixture.js";
+
+interface PinnedDoc extends CaStatusDoc {
+  keys: (CaStatusDoc["keys"][number] & { x509_pin: string })[];
+}
 
 describe("mezctl ca", () => {
   let auth: AuthProcess;
@@ -69,5 +77,35 @@ describe("mezctl ca", () => {
     const events = JSON.parse(await mezctlOk(auth, "audit", "ls", "--type=ca.rotation", "--format=json")) as { detail: string; actor: string }[];
     assert.deepEqual(events.map((e) => e.detail.split(";")[0]), ["user CA: standby -> init (auto)", "user CA: init -> rollback (auto)", "user CA: rollback -> standby (manual)"]);
     assert.ok(events.every((e) => e.actor.startsWith("admin")), JSON.stringify(events));
+  });
+
+  test("a pinned join during a Host CA rotation: each key's pin works while the service's certificate is of that key; both pins always", async () => {
+    await mezctlOk(auth, "create", "-f", SEED_ROLE_PATH);
+    const work = mkdtempSync(join(tmpdir(), "mezite-pins-"));
+    let n = 0;
+    const join1 = async (pin: string) => {
+      const token = tokenFrom(await mezctlOk(auth, "agent-identities", "add", `--name=pinned-${++n}`, "--roles=ci-deployer"));
+      return oneShot(auth.addr, join(work, `out-${n}`), [`--token=${token}`, `--ca-pin=${pin}`]);
+    };
+    try {
+      await mezctlOk(auth, "ca", "rotate", "--type=host", "--manual", "--phase=init");
+      const host = (JSON.parse(await mezctlOk(auth, "ca", "status", "--format=json")) as PinnedDoc[]).find((c) => c.type === "host")!;
+      const [oldPin, newPin] = [host.keys.find((k) => k.role === "current")!.x509_pin, host.keys.find((k) => k.role === "next")!.x509_pin];
+      const both = `${oldPin},${newPin}`;
+      const outcome = async (pin: string) => (await join1(pin)).code;
+      assert.deepEqual([await outcome(oldPin), await outcome(newPin), await outcome(both)], [0, 3, 0], "init: the old key signs the service's certificate");
+      await mezctlOk(auth, "ca", "rotate", "--type=host", "--manual", "--phase=update_clients");
+      const refused = await join1(oldPin);
+      assert.equal(refused.code, 3);
+      assert.match(refused.stderr, /not signed by the pinned CA/);
+      assert.deepEqual([await outcome(newPin), await outcome(both)], [0, 0], "update_clients: the new key signs it");
+      const bad = await join1(`${newPin},sha256:beef`);
+      assert.equal(bad.code, 2);
+      assert.match(bad.stderr, /--ca-pin must be sha256: followed by 64 lowercase hex characters, or up to 4 of them separated by commas/);
+      await mezctlOk(auth, "ca", "rotate", "--type=host", "--phase=rollback");
+      await mezctlOk(auth, "ca", "rotate", "--type=host", "--manual", "--phase=standby");
+    } finally {
+      rmSync(work, { recursive: true, force: true });
+    }
   });
 });
