@@ -128,6 +128,7 @@ export const keys = {
   identities: "/identities/",
   instance: (identityId: string, id: string) => `/instances/${identityId}/${id}`,
   instancesOf: (identityId: string) => `/instances/${identityId}/`,
+  instances: "/instances/",
   token: (id: string) => `/tokens/${id}`,
   tokens: "/tokens/",
   lock: (id: string) => `/locks/${id}`,

@@ -183,7 +183,7 @@ export async function caStatus(ctx: AuthContext): Promise<CaStatus[]> {
   const now = ctx.now();
   const count = new Map<string, number>();
   let instances = 0;
-  for await (const chunk of loadChunks<InstanceRecord>(ctx.backend, "/instances/")) {
+  for await (const chunk of loadChunks<InstanceRecord>(ctx.backend, keys.instances)) {
     for (const i of chunk) {
       if (i.certExpires <= now) continue;
       instances++;

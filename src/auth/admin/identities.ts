@@ -118,7 +118,7 @@ export async function* listAgentIdentities(ctx: AuthContext, pageSize = 0): Asyn
   const now = ctx.now();
   const [locks, roles] = await Promise.all([activeLocks(ctx.backend, now), loadAll<StoredRole>(ctx.backend, keys.roles)]);
   const instancesBy = new Map<string, InstanceRecord[]>();
-  for await (const chunk of loadChunks<InstanceRecord>(ctx.backend, "/instances/")) {
+  for await (const chunk of loadChunks<InstanceRecord>(ctx.backend, keys.instances)) {
     for (const i of chunk) {
       const list = instancesBy.get(i.identityId);
       if (list) list.push(i);
