@@ -21,7 +21,7 @@ import { createServer, type TLSSocket } from "node:tls";
 import { create, toBinary } from "@bufbuild/protobuf";
 import { connectNodeAdapter } from "@connectrpc/connect-node";
 import { RenewResponseSchema, RenewService } from "../../src/api/gen/mezite/v1/renew_pb.js";
-import { loadOrCreateCas } from "../../src/auth/cas.js";
+import { openCaStore } from "../../src/auth/cas.js";
 import { issueAgentCertificates } from "../../src/auth/issue.js";
 import { MemoryBackend } from "../../src/backend/memory.js";
 import { generateP256, issueClientCertificate, issueServerCertificate, p256PointFromDer, privateKeyToPem, publicKeyToDer } from "../../src/ca/x509.js";
@@ -51,7 +51,7 @@ async function perCall(fn: () => unknown, ms: number): Promise<number> {
 }
 
 const now = Date.now();
-const cas = await loadOrCreateCas(new MemoryBackend(), tempDir("floor"), "bench.mezite", now);
+const { cas } = await openCaStore(new MemoryBackend(), tempDir("floor"), "bench.mezite", now);
 const validity = { notBefore: new Date(now - 60_000), notAfter: new Date(now + 3_600_000) };
 const serverKeys = generateP256();
 const serverCert = await issueServerCertificate({

@@ -75,7 +75,7 @@ export interface ClusterCas {
 }
 
 /** The sealed form of one key pair. */
-interface StoredKeys {
+export interface StoredKeys {
   ssh_public: string;
   ssh_private_sealed: string;
   x509_cert_pem: string;
@@ -296,10 +296,6 @@ export async function openCaStore(backend: Backend, dataDir: string, clusterName
   }
   const store = new CaStore(backend, clusterKey, clusterName);
   return { store, cas: await store.loadAll() };
-}
-
-export async function loadOrCreateCas(backend: Backend, dataDir: string, clusterName: string, now: number): Promise<ClusterCas> {
-  return (await openCaStore(backend, dataDir, clusterName, now)).cas;
 }
 
 /** What a verifier trusts, as text: every trusted key's line or certificate, the signing one first. */

@@ -10,7 +10,7 @@ import { renderMetrics, type MetricState } from "../lib/metrics.js";
 import { caPin } from "../ca/x509.js";
 import { ensureDir } from "../lib/files.js";
 import { openBackend, redactBackend } from "../backend/open.js";
-import { loadOrCreateCas } from "./cas.js";
+import { openCaStore } from "./cas.js";
 import { resolveClusterName } from "./cluster.js";
 import { startAuthService, type AuthConfig } from "./server.js";
 
@@ -119,7 +119,7 @@ async function runPrimary(cfg: AuthConfig, workers: number, log: Logger): Promis
   let clusterName: string;
   try {
     clusterName = await resolveClusterName(backend, cfg.clusterName);
-    pin = caPin((await loadOrCreateCas(backend, cfg.dataDir, clusterName, Date.now())).host.x509CertPem);
+    pin = caPin((await openCaStore(backend, cfg.dataDir, clusterName, Date.now())).cas.host.x509CertPem);
   } finally {
     await backend.close();
   }

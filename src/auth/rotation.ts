@@ -9,7 +9,7 @@ import { formatDuration } from "../lib/duration.js";
 import { MeziteError, isMeziteError } from "../lib/errors.js";
 import type { Logger } from "../lib/log.js";
 import { caPin } from "../ca/x509.js";
-import { CA_KINDS, createCaKeys, type CaKind, type CaStore, type CertAuthority, type ClusterCas, type Phase, type StoredCa } from "./cas.js";
+import { CA_KINDS, createCaKeys, type CaKind, type CaStore, type CertAuthority, type ClusterCas, type Phase, type StoredCa, type StoredKeys } from "./cas.js";
 import type { AuthContext } from "./context.js";
 import { keys, loadChunks, type InstanceRecord, type NodeRecord } from "./records.js";
 
@@ -43,28 +43,24 @@ function checkStep(ca: CertAuthority, to: Phase): void {
   if (!allowed.includes(to)) throw new MeziteError("ERR_USAGE", `the ${ca.kind} CA is in phase ${from}: the next phase can only be ${allowed.join(" or ")}`);
 }
 
+/** A key pair's sealed fields alone. */
+const keysOf = (k: StoredKeys): StoredKeys => ({ ssh_public: k.ssh_public, ssh_private_sealed: k.ssh_private_sealed, x509_cert_pem: k.x509_cert_pem, x509_key_sealed: k.x509_key_sealed });
+
 /** The record after a step from `ca` to `to`. */
 async function stepped(ctx: AuthContext, store: CaStore, stored: StoredCa, ca: CertAuthority, to: Phase, mode: "auto" | "manual", graceMs: number): Promise<StoredCa> {
   const now = ctx.now();
-  const { phase: _p, next: _n, rotation: _r, ...base } = stored;
+  const lastRotated = stored.last_rotated !== undefined ? { last_rotated: stored.last_rotated } : {};
   if (to === "init") {
     const next = await createCaKeys(ca.kind, store.clusterName, store.clusterKey, now, true);
     const spread_ms = mode === "auto" ? Math.floor(Math.min(graceMs / STEPS / 4, MAX_RENEW_SPREAD_MS)) : 0;
-    return { ...base, phase: "init", next, spread_ms, rotation: { id: randomBytes(8).toString("hex"), mode, grace_ms: graceMs, started: now, phase_started: now } };
+    const rotation = { id: randomBytes(8).toString("hex"), mode, grace_ms: graceMs, started: now, phase_started: now };
+    return { kind: stored.kind, ...keysOf(stored), ...lastRotated, phase: "init", next, spread_ms, rotation };
   }
   if (to === "standby") {
-    // Done: the new key becomes the current one. Rolled back: the new key is dropped.
-    const keep = ca.phase === "update_servers" ? stored.next! : stored;
-    return {
-      kind: stored.kind,
-      ssh_public: keep.ssh_public,
-      ssh_private_sealed: keep.ssh_private_sealed,
-      x509_cert_pem: keep.x509_cert_pem,
-      x509_key_sealed: keep.x509_key_sealed,
-      ...(ca.phase === "update_servers" ? { last_rotated: now } : stored.last_rotated !== undefined ? { last_rotated: stored.last_rotated } : {}),
-      // Kept: the renewals this last step causes are spread as the rotation's were.
-      ...(stored.spread_ms !== undefined ? { spread_ms: stored.spread_ms } : {}),
-    };
+    // Done: the new key becomes the current one. Rolled back: the new key is dropped. The spread
+    // is kept: the renewals this last step causes are spread as the rotation's were.
+    const done = ca.phase === "update_servers";
+    return { kind: stored.kind, ...keysOf(done ? stored.next! : stored), ...(done ? { last_rotated: now } : lastRotated), spread_ms: stored.spread_ms ?? 0 };
   }
   return { ...stored, phase: to, spread_ms: mode === "manual" ? 0 : stored.spread_ms ?? 0, rotation: { ...stored.rotation!, mode, phase_started: now } };
 }

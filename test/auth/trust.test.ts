@@ -17,7 +17,7 @@ import { JoinService, type NodeCredentials } from "../../src/api/gen/mezite/v1/j
 import { NodeService } from "../../src/api/gen/mezite/v1/node_pb.js";
 import { readAdminIdentity } from "../../src/api/admin-identity.js";
 import { connect, type ClientTls } from "../../src/api/client.js";
-import { loadOrCreateCas } from "../../src/auth/cas.js";
+import { openCaStore } from "../../src/auth/cas.js";
 import { openBackend } from "../../src/backend/open.js";
 import { deriveTokenSecrets, generateToken } from "../../src/ca/jointoken.js";
 import { ed25519RawPublic, formatAuthorizedKey } from "../../src/ca/sshkey.js";
@@ -142,7 +142,7 @@ describe("certificate kinds", () => {
   async function forged(kind: CertKind, ca: "user" | "host"): Promise<ClientTls> {
     const backend = await openBackend("sqlite", auth.dataDir);
     try {
-      const cas = await loadOrCreateCas(backend, auth.dataDir, "test.mezite", Date.now());
+      const { cas } = await openCaStore(backend, auth.dataDir, "test.mezite", Date.now());
       const keys = generateP256();
       const certPem = await issueClientCertificate({
         caCertPem: cas[ca].x509CertPem,

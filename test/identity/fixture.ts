@@ -12,7 +12,7 @@ import { after, before, type TestContext } from "node:test";
 import { readAdminIdentity } from "../../src/api/admin-identity.js";
 import { connect } from "../../src/api/client.js";
 import { AdminService } from "../../src/api/gen/mezite/v1/admin_pb.js";
-import { loadOrCreateCas } from "../../src/auth/cas.js";
+import { openCaStore } from "../../src/auth/cas.js";
 import { openBackend } from "../../src/backend/open.js";
 import { formatSshCertificate, signSshCertificate } from "../../src/ca/sshcert.js";
 import { encodeOpenSSHPrivateKey } from "../../src/ca/sshkey.js";
@@ -196,7 +196,7 @@ export async function startNode(auth: AuthProcess, dir: string): Promise<Node> {
   const backend = await openBackend("sqlite", auth.dataDir);
   let cas;
   try {
-    cas = await loadOrCreateCas(backend, auth.dataDir, "test.mezite", Date.now());
+    cas = (await openCaStore(backend, auth.dataDir, "test.mezite", Date.now())).cas;
   } finally {
     await backend.close();
   }
