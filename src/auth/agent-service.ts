@@ -18,12 +18,12 @@ function notAuthorized(): MeziteError {
 }
 
 /** The RFC 2253-ish issuer text ParsedCert carries, for each trusted User CA key's subject (two during a rotation). */
-const userCaSubjects = new WeakMap<object, string[]>();
-function userCaSubject(ctx: AuthContext): string[] {
-  let s = userCaSubjects.get(ctx.cas.user);
+const subjectsOf = new WeakMap<object, string[]>();
+function userCaSubjects(ctx: AuthContext): string[] {
+  let s = subjectsOf.get(ctx.cas.user);
   if (s === undefined) {
     s = ctx.cas.user.trusted.map((k) => k.x509Cert.subject.split("\n").join(", "));
-    userCaSubjects.set(ctx.cas.user, s);
+    subjectsOf.set(ctx.cas.user, s);
   }
   return s;
 }
@@ -31,7 +31,7 @@ function userCaSubject(ctx: AuthContext): string[] {
 /** The caller's certificate, when it is an output certificate of the User CA naming an identity and instance. */
 export function outputCert(ctx: AuthContext, caller: Caller): ParsedCert & { identityId: string; instanceId: string } {
   const c = caller.cert;
-  if (!c || c.kind !== "output" || !c.identityId || !c.instanceId || !userCaSubject(ctx).includes(c.issuer)) throw notAuthorized();
+  if (!c || c.kind !== "output" || !c.identityId || !c.instanceId || !userCaSubjects(ctx).includes(c.issuer)) throw notAuthorized();
   return c as ParsedCert & { identityId: string; instanceId: string };
 }
 

@@ -11,10 +11,6 @@ import { SEED_ROLE_PATH, mezctl, mezctlOk, startAuth, tokenFrom, type AuthProces
 import { oneShot } from "../identity/fixture.js";
 import type { CaStatusDoc } from "./fixture.js";
 
-interface PinnedDoc extends CaStatusDoc {
-  keys: (CaStatusDoc["keys"][number] & { x509_pin: string })[];
-}
-
 describe("mezctl ca", () => {
   let auth: AuthProcess;
   before(async () => {
@@ -89,7 +85,7 @@ describe("mezctl ca", () => {
     };
     try {
       await mezctlOk(auth, "ca", "rotate", "--type=host", "--manual", "--phase=init");
-      const host = (JSON.parse(await mezctlOk(auth, "ca", "status", "--format=json")) as PinnedDoc[]).find((c) => c.type === "host")!;
+      const host = (JSON.parse(await mezctlOk(auth, "ca", "status", "--format=json")) as CaStatusDoc[]).find((c) => c.type === "host")!;
       const [oldPin, newPin] = [host.keys.find((k) => k.role === "current")!.x509_pin, host.keys.find((k) => k.role === "next")!.x509_pin];
       const both = `${oldPin},${newPin}`;
       const outcome = async (pin: string) => (await join1(pin)).code;

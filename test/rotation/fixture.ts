@@ -143,7 +143,7 @@ export interface CaStatusDoc {
   type: string;
   phase: string;
   mode: string | null;
-  keys: { role: string; ssh_fingerprint: string; signing: boolean; trusted: boolean; holders: number }[];
+  keys: { role: string; ssh_fingerprint: string; x509_pin: string; signing: boolean; trusted: boolean; holders: number }[];
   holders_total: number;
 }
 

@@ -25,9 +25,9 @@ let a: AuthProcess;
 let b: AuthProcess;
 let bed: RotationBed;
 
-describe("CA rotation on two auth services sharing PostgreSQL", { skip: missing !== undefined && process.env["CI"] !== "true" }, () => {
+describe("CA rotation on two auth services sharing PostgreSQL", () => {
   before(async () => {
-    if (missing) throw new Error(`${missing[0]} is missing (${missing[1]}); CI requires it`);
+    if (missing) return; // each test says so (missingComponent): loudly, and as a failure under CI
     work = mkdtempSync(join(tmpdir(), "mezite-rotation-ha-"));
     pg = await startPostgres();
     a = await startAuth({ backend: pg.url });
@@ -54,7 +54,8 @@ describe("CA rotation on two auth services sharing PostgreSQL", { skip: missing 
     if (work) rmSync(work, { recursive: true, force: true });
   });
 
-  test("user then host rotation, phases driven through either service: no failed login, both services end on the new keys", async () => {
+  test("user then host rotation, phases driven through either service: no failed login, both services end on the new keys", async (t) => {
+    if (missing) return missingComponent(t, ...missing);
     const kept = keepAside(bed.agent.dest, join(work, "kept"));
     const oldUser = signingCa(join(bed.agent.dest, "ssh_cert"));
     const via = [a, b, a, b];
@@ -76,8 +77,4 @@ describe("CA rotation on two auth services sharing PostgreSQL", { skip: missing 
     assert.deepEqual(bed.loop.failures, []);
     assert.ok(bed.loop.attempts >= 25, `the loop ran ${bed.loop.attempts} logins`);
   });
-});
-
-test("CA rotation on PostgreSQL prerequisites", (t) => {
-  if (missing) missingComponent(t, ...missing);
 });
