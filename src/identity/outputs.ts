@@ -8,7 +8,7 @@ import type { IssuedCertificates } from "../api/gen/mezite/v1/common_pb.js";
 import { encodeOpenSSHPrivateKey } from "../ca/sshkey.js";
 import { privateKeyToPem } from "../ca/x509.js";
 import { MeziteError } from "../lib/errors.js";
-import { assertNotSymlink, ensureDir, writeFileAtomic, writeFilesAtomic } from "../lib/files.js";
+import { assertNotSymlink, ensureDir, writeFilesAtomic } from "../lib/files.js";
 import type { IssueKeys } from "./protocol.js";
 
 export const OUTPUT_FILES = ["ssh_key", "ssh_cert", "x509_cert.pem", "x509_key.pem", "cert_serial", "ssh_known_hosts", "ssh_config", "x509_ca.pem"] as const;
@@ -83,26 +83,22 @@ export function removeSshKeyFile(dest: string): void {
 
 export function writeOutputs(dest: string, certs: IssuedCertificates, keys: IssueKeys, out: OutputOptions = { sshKeyFile: true, sshAgentSocket: undefined }): void {
   checkDestination(dest);
-  const w = (name: string, data: string, mode: number) => writeFileAtomic(join(dest, name), data, mode);
-  const cert = { path: join(dest, "ssh_cert"), data: certs.sshCertificate + "\n", mode: 0o644 };
-  if (out.sshKeyFile) {
-    // Both written and synced first, then renamed back to back: certificate first, key second.
-    // ssh reads the certificate when it starts and the private key when it signs, a moment
-    // later, and fails when they differ. Certificate first, a login fails only if it starts
-    // before the first rename and signs after the second (or fits wholly between the two,
-    // microseconds apart). Key first, it fails if it starts before the second rename and signs
-    // after the first: a wider window. No order closes it: --ssh-agent-socket does.
-    writeFilesAtomic([cert, { path: join(dest, "ssh_key"), data: encodeOpenSSHPrivateKey(keys.ssh), mode: 0o600 }]);
-  } else {
-    writeFilesAtomic([cert]);
-  }
-  // The X.509 pair too is staged, then renamed back to back.
+  const f = (name: string, data: string, mode: number) => ({ path: join(dest, name), data, mode });
+  // Every file is written and synced first, then all are renamed back to back (one directory
+  // sync for the lot). Certificate before key: ssh reads the certificate when it starts and the
+  // private key when it signs, a moment later, and fails when they differ. Certificate first, a
+  // login fails only if it starts before the first rename and signs after the second (or fits
+  // wholly between the two, microseconds apart). Key first, it fails if it starts before the
+  // second rename and signs after the first: a wider window. No order closes it:
+  // --ssh-agent-socket does. The X.509 pair is likewise renamed back to back.
   writeFilesAtomic([
-    { path: join(dest, "x509_key.pem"), data: privateKeyToPem(keys.x509), mode: 0o600 },
-    { path: join(dest, "x509_cert.pem"), data: certs.x509CertificatePem, mode: 0o644 },
+    f("ssh_cert", certs.sshCertificate + "\n", 0o644),
+    ...(out.sshKeyFile ? [f("ssh_key", encodeOpenSSHPrivateKey(keys.ssh), 0o600)] : []),
+    f("x509_key.pem", privateKeyToPem(keys.x509), 0o600),
+    f("x509_cert.pem", certs.x509CertificatePem, 0o644),
+    f("x509_ca.pem", certs.userCaX509Pems.join(""), 0o644),
+    f("ssh_known_hosts", renderKnownHosts(certs.hostCaSshKeys, certs.revokedHostKeys), 0o644),
+    f("ssh_config", renderSshConfig(dest, out), 0o644),
+    f("cert_serial", `${certs.serial}\n`, 0o644),
   ]);
-  w("x509_ca.pem", certs.userCaX509Pems.join(""), 0o644);
-  w("ssh_known_hosts", renderKnownHosts(certs.hostCaSshKeys, certs.revokedHostKeys), 0o644);
-  w("ssh_config", renderSshConfig(dest, out), 0o644);
-  w("cert_serial", `${certs.serial}\n`, 0o644);
 }
