@@ -1,9 +1,9 @@
 /** Checks on what arrives over the wire, so bad input is InvalidArgument, never a crash. */
 import type { KeyObject } from "node:crypto";
-import { isIP } from "node:net";
 import { parseAuthorizedKey } from "../ca/sshkey.js";
 import { p256PointFromDer, type P256Point } from "../ca/x509.js";
 import { MeziteError } from "../lib/errors.js";
+import { isHostPrincipal } from "../rbac/names.js";
 
 export const MIN_TTL_MS = 60_000;
 export const MAX_TTL_MS = 7 * 24 * 3_600_000;
@@ -48,15 +48,8 @@ export function ttl(ms: bigint): number {
   return Number(ms);
 }
 
-const DNS_LABEL = /^[a-zA-Z0-9]([a-zA-Z0-9-]{0,61}[a-zA-Z0-9])?$/;
-
-/**
- * A host certificate principal: a DNS name (labels of letters, digits and inner hyphens, 253
- * characters at most) or an IP address. Nothing else: a wildcard or odd text would match hosts
- * the node does not own.
- */
+/** A host certificate principal (rbac/names isHostPrincipal): a DNS name or an IP address. */
 export function hostPrincipal(s: string, field: string): string {
-  if (isIP(s) !== 0) return s;
-  if (s.length > 253 || !s.split(".").every((l) => DNS_LABEL.test(l))) invalid(`${field} "${s.slice(0, 64)}" is not a DNS name or an IP address`);
+  if (!isHostPrincipal(s)) invalid(`${field} "${s.slice(0, 64)}" is not a DNS name or an IP address`);
   return s;
 }

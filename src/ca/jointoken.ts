@@ -74,26 +74,37 @@ export function deriveTokenSecrets(token: Buffer): TokenSecrets {
 
 /**
  * "MEZITE-TRANSCRIPT-V1", then the label and each field as: a one-byte type ('s' UTF-8 string,
- * 'b' bytes, 'i' integer as its decimal digits), a 4-byte big-endian length, the bytes. Because
- * every field carries its type and length, no two different field lists encode alike; numbers and
- * bigints of equal value encode alike on purpose, so either side may hold a uint64 either way.
+ * 'b' bytes, 'i' integer as its decimal digits, 'l' a list of strings), a 4-byte big-endian
+ * length (for a list: its item count, each item following as an 's' field), the bytes. Because
+ * every field and every list item carries its type and length, no two different field lists
+ * encode alike (["a,b"] and ["a", "b"] differ); numbers and bigints of equal value encode alike
+ * on purpose, so either side may hold a uint64 either way.
  */
-export function transcript(label: string, fields: (string | Uint8Array | bigint | number)[]): Buffer {
+export function transcript(label: string, fields: TranscriptField[]): Buffer {
   const parts: Buffer[] = [Buffer.from("MEZITE-TRANSCRIPT-V1", "latin1"), field("s", Buffer.from(label, "utf8"))];
   fields.forEach((f, i) => {
     if (typeof f === "string") parts.push(field("s", Buffer.from(f, "utf8")));
     else if (f instanceof Uint8Array) parts.push(field("b", f));
     else if (typeof f === "bigint" || Number.isSafeInteger(f)) parts.push(field("i", Buffer.from(f.toString(10), "latin1")));
-    else throw new MeziteError("ERR_INTERNAL", `transcript field ${i} is not a string, bytes or an integer`);
+    else if (Array.isArray(f) && f.every((x) => typeof x === "string")) {
+      parts.push(head("l", f.length));
+      for (const item of f) parts.push(field("s", Buffer.from(item, "utf8")));
+    } else throw new MeziteError("ERR_INTERNAL", `transcript field ${i} is not a string, bytes, an integer or a list of strings`);
   });
   return Buffer.concat(parts);
 }
 
+export type TranscriptField = string | Uint8Array | bigint | number | readonly string[];
+
+function head(type: "s" | "b" | "i" | "l", length: number): Buffer {
+  const h = Buffer.alloc(5);
+  h.write(type, 0, "latin1");
+  h.writeUInt32BE(length, 1);
+  return h;
+}
+
 function field(type: "s" | "b" | "i", bytes: Uint8Array): Buffer {
-  const head = Buffer.alloc(5);
-  head.write(type, 0, "latin1");
-  head.writeUInt32BE(bytes.length, 1);
-  return Buffer.concat([head, bytes]);
+  return Buffer.concat([head(type, bytes.length), bytes]);
 }
 
 export function signProof(key: KeyObject, data: Buffer): Buffer {

@@ -2,15 +2,16 @@
  * The client half of join and renewal (SPEC §4, §6): fresh keys made here, requests built and
  * proven with the token-derived key, and replies checked before anything in them is trusted.
  */
-import { generateKeyPairSync, randomBytes, type KeyObject } from "node:crypto";
+import { randomBytes, type KeyObject } from "node:crypto";
 import { create } from "@bufbuild/protobuf";
 import type { IssuedCertificates } from "../api/gen/mezite/v1/common_pb.js";
 import { JoinRequestSchema, type JoinRequest, type JoinResponse } from "../api/gen/mezite/v1/join_pb.js";
 import { RenewRequestSchema, type RenewRequest } from "../api/gen/mezite/v1/renew_pb.js";
+import { checkIssuedValues } from "../api/reply-values.js";
 import { joinReplyTranscript, joinRequestTranscript } from "../api/transcripts.js";
 import { deriveTokenSecrets, signProof, verifyMac } from "../ca/jointoken.js";
 import { parseSshCertificate } from "../ca/sshcert.js";
-import { ed25519RawPublic, encodeOpenSSHPrivateKey, formatAuthorizedKey, parseOpenSSHPrivateKey } from "../ca/sshkey.js";
+import { ed25519RawPublic, generateEd25519, encodeOpenSSHPrivateKey, formatAuthorizedKey, parseOpenSSHPrivateKey } from "../ca/sshkey.js";
 import { generateP256, parseCertificatePem, pemToPrivateKey, privateKeyToPem, publicKeyToDer } from "../ca/x509.js";
 import { MeziteError } from "../lib/errors.js";
 
@@ -22,7 +23,7 @@ export interface IssueKeys {
 }
 
 export function generateIssueKeys(): IssueKeys {
-  return { ssh: generateKeyPairSync("ed25519").privateKey, x509: generateP256().privateKey, renewal: generateP256().privateKey };
+  return { ssh: generateEd25519(), x509: generateP256().privateKey, renewal: generateP256().privateKey };
 }
 
 /** As stored in the pending-request file: PEM text, 0600. */
@@ -76,8 +77,12 @@ export function buildRenewRequest(requestId: Uint8Array, keys: IssueKeys, ttlMs:
   return create(RenewRequestSchema, { requestId, ...publicKeysOf(keys), requestedTtlMs: BigInt(ttlMs) });
 }
 
-/** The certificates must be for the keys we hold, or the outputs would not work together. */
+/**
+ * The certificates must be for the keys we hold, or the outputs would not work together; and
+ * every value written from the reply must be one well-formed item.
+ */
 export function checkCertsMatchKeys(c: IssuedCertificates, keys: IssueKeys): void {
+  checkIssuedValues(c);
   const same = (a: Buffer, b: Buffer) => a.equals(b);
   try {
     const ssh = parseSshCertificate(c.sshCertificate);

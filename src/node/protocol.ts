@@ -3,13 +3,14 @@
  * token-derived key, and the reply trusted only once its MAC verifies and its certificates are
  * for our keys and signed by the Host CA it names.
  */
-import { generateKeyPairSync, randomBytes, type KeyObject } from "node:crypto";
+import { randomBytes, type KeyObject } from "node:crypto";
 import { create } from "@bufbuild/protobuf";
 import { JoinNodeRequestSchema, type JoinNodeRequest, type JoinNodeResponse, type NodeCredentials } from "../api/gen/mezite/v1/join_pb.js";
+import { checkNodeValues } from "../api/reply-values.js";
 import { joinNodeReplyTranscript, joinNodeRequestTranscript } from "../api/transcripts.js";
 import { deriveTokenSecrets, signProof, verifyMac } from "../ca/jointoken.js";
 import { parseSshCertificate, verifySshCertificate } from "../ca/sshcert.js";
-import { ed25519RawPublic, formatAuthorizedKey, parseAuthorizedKey } from "../ca/sshkey.js";
+import { ed25519RawPublic, generateEd25519, formatAuthorizedKey, parseAuthorizedKey } from "../ca/sshkey.js";
 import { generateP256, parseCertificatePem, publicKeyToDer, splitCertificateBundle } from "../ca/x509.js";
 import { MeziteError } from "../lib/errors.js";
 
@@ -21,7 +22,7 @@ export interface NodeKeys {
 }
 
 export function generateNodeKeys(): NodeKeys {
-  return { host: generateKeyPairSync("ed25519").privateKey, tls: generateP256().privateKey };
+  return { host: generateEd25519(), tls: generateP256().privateKey };
 }
 
 export function buildJoinNodeRequest(token: Buffer, hostname: string, principals: string[], keys: NodeKeys): { request: JoinNodeRequest; macKey: Buffer } {
@@ -53,6 +54,7 @@ export function verifyJoinNodeReply(request: JoinNodeRequest, reply: JoinNodeRes
  */
 export function checkNodeCredentials(c: NodeCredentials, keys: NodeKeys, nowMs: number): void {
   const bad = (why: string, cause?: unknown) => new MeziteError("ERR_MALFORMED_CERT", `the auth service sent node credentials that ${why}`, cause === undefined ? undefined : { cause });
+  checkNodeValues(c);
   let hostCert, tlsCert, hostCas: KeyObject[];
   try {
     hostCert = parseSshCertificate(c.hostCertificate);

@@ -3,6 +3,7 @@ import { parse as parseYaml } from "yaml";
 import { MeziteError } from "../lib/errors.js";
 import { formatDuration, parseDuration } from "../lib/duration.js";
 import type { LabelRule, RoleAccess } from "./access.js";
+import { LOGIN_PATTERN } from "./names.js";
 
 export interface Role extends RoleAccess {
   description: string;
@@ -37,7 +38,7 @@ function stringList(value: unknown, where: string): string[] {
 function logins(value: unknown, where: string): string[] {
   const list = stringList(value, where);
   for (const login of list) {
-    if (!/^[a-z_][a-z0-9_.-]{0,31}\$?$/i.test(login)) bad(`${where}: "${login}" is not a valid login name`);
+    if (!LOGIN_PATTERN.test(login)) bad(`${where}: "${login}" is not a valid login name`);
   }
   return list;
 }

@@ -147,6 +147,14 @@ describe("join tokens", () => {
       transcript("a", ["1"]),
       transcript("a", [10]),
       transcript("a", [-1n]),
+      transcript("a", [["bc"]]),
+      transcript("a", [["b", "c"]]),
+      transcript("a", [["b,c"]]),
+      transcript("a", [["b"], ["c"]]),
+      transcript("a", [["b", "c"], []]),
+      transcript("a", [[]]),
+      transcript("a", [["k", "v=1", "w", "2"]]),
+      transcript("a", [["k", "v=1,w=2"]]),
     ];
     assert.equal(new Set(distinct.map((b) => b.toString("hex"))).size, distinct.length);
     // A field's content cannot forge the boundary and header of the next field.
@@ -155,6 +163,7 @@ describe("join tokens", () => {
     assert.notDeepEqual(transcript("a", ["b\u0000\u0000\u0000\u0001s"]), transcript("a", ["b", "s"]));
     assert.deepEqual(transcript("a", [5]), transcript("a", [5n]), "a number and a bigint of one value agree");
     assert.deepEqual(transcript("a", ["x", 1n]), transcript("a", ["x", 1n]));
+    assert.throws(() => transcript("a", [[1 as unknown as string]]), (e: unknown) => isMeziteError(e, "ERR_INTERNAL"));
     assert.throws(() => transcript("a", [1.5]), (e: unknown) => isMeziteError(e, "ERR_INTERNAL"));
     assert.throws(() => transcript("a", [Number.NaN]), (e: unknown) => isMeziteError(e, "ERR_INTERNAL"));
   });

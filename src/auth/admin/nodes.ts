@@ -3,6 +3,7 @@ import { create } from "@bufbuild/protobuf";
 import type { TokenVerifier } from "../../api/gen/mezite/v1/admin_pb.js";
 import * as pb from "../../api/gen/mezite/v1/common_pb.js";
 import { MeziteError, notFound } from "../../lib/errors.js";
+import { LABEL_KEY_PATTERN, LABEL_VALUE_PATTERN } from "../../rbac/names.js";
 import type { AdminCaller, AuthContext } from "../context.js";
 import { revokeHostKey } from "../nodes.js";
 import { keys, load, loadAll, type NodeClaim, type NodeRecord } from "../records.js";
@@ -21,13 +22,10 @@ export async function listNodes(ctx: AuthContext): Promise<pb.Node[]> {
   );
 }
 
-const LABEL_KEY = /^[A-Za-z0-9_.\/-]{1,63}$/;
-const LABEL_VALUE = /^[A-Za-z0-9_.\/:-]{1,63}$/;
-
 /** `tokens add --type=node [--replace=NAME]`: the labels the joining node gets, and nothing else. */
 export async function addNodeToken(ctx: AuthContext, by: AdminCaller, labels: Record<string, string>, replaces: string, v: TokenVerifier | undefined): Promise<pb.TokenInfo> {
   for (const [k, val] of Object.entries(labels)) {
-    if (!LABEL_KEY.test(k) || !LABEL_VALUE.test(val)) throw new MeziteError("ERR_USAGE", `invalid node label ${k.slice(0, 70)}=${val.slice(0, 70)}: use letters, digits and . _ - /`);
+    if (!LABEL_KEY_PATTERN.test(k) || !LABEL_VALUE_PATTERN.test(val)) throw new MeziteError("ERR_USAGE", `invalid node label ${k.slice(0, 70)}=${val.slice(0, 70)}: use letters, digits and . _ - /`);
   }
   if (replaces && !(await ctx.backend.get(keys.node(replaces)))) throw notFound(`node "${replaces.slice(0, 260)}"`);
   return storeToken(ctx, newTokenRecord(ctx, v, { type: "node", labels, ...(replaces ? { replaces } : {}) }), by.audit.actor);
