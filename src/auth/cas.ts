@@ -4,10 +4,10 @@
  * the same keys, but the private keys are sealed (AES-256-GCM) under the cluster key kept in the
  * data dir: a database dump alone cannot sign anything.
  */
-import { X509Certificate, createCipheriv, createDecipheriv, createHash, createPrivateKey, createPublicKey, generateKeyPairSync, randomBytes, type KeyObject } from "node:crypto";
+import { X509Certificate, createCipheriv, createDecipheriv, createHash, createPrivateKey, createPublicKey, randomBytes, type KeyObject } from "node:crypto";
 import { join } from "node:path";
 import type { Backend } from "../backend/backend.js";
-import { formatAuthorizedKey, sshFingerprint } from "../ca/sshkey.js";
+import { formatAuthorizedKey, generateEd25519, sshFingerprint } from "../ca/sshkey.js";
 import { createCaCertificate, generateP256, parseCertificatePem } from "../ca/x509.js";
 import { MeziteError, isMeziteError } from "../lib/errors.js";
 import { readFileNoFollow, writeFileAtomic } from "../lib/files.js";
@@ -144,7 +144,8 @@ function unseal(clusterKey: Buffer, sealed: string, aad: string): Buffer {
  * TLS stacks looking up an issuer by name never confuse the two certificates trusted side by side.
  */
 export async function createCaKeys(kind: CaKind, clusterName: string, clusterKey: Buffer, now: number, rotated = false): Promise<StoredKeys> {
-  const ssh = generateKeyPairSync("ed25519");
+  const sshPrivate = generateEd25519();
+  const ssh = { privateKey: sshPrivate, publicKey: createPublicKey(sshPrivate) };
   const x509 = generateP256();
   const stamp = rotated ? ` ${new Date(now).toISOString().slice(0, 19).replace(/[-:T]/g, "")}` : "";
   const certPem = await createCaCertificate({

@@ -55,6 +55,20 @@ export function ed25519PublicFromRaw(raw: Uint8Array): KeyObject {
   }
 }
 
+/**
+ * A new Ed25519 private key from a random seed, never by generateKeyPairSync: a generated key
+ * shares a mutex with its key-generation job, and exporting it (ed25519RawPublic) can deadlock
+ * against the job's destructor in a garbage collection (see x509.ts generateP256).
+ */
+export function generateEd25519(): KeyObject {
+  const seed = randomBytes(32);
+  try {
+    return ed25519PrivateFromSeed(seed);
+  } finally {
+    seed.fill(0);
+  }
+}
+
 function ed25519PrivateFromSeed(seed: Uint8Array): KeyObject {
   try {
     return createPrivateKey({ key: Buffer.concat([PKCS8_PREFIX, seed]), format: "der", type: "pkcs8" });

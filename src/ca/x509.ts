@@ -20,7 +20,7 @@ import {
   createPrivateKey,
   createPublicKey,
   ECDH,
-  generateKeyPairSync,
+  createECDH,
   randomBytes,
   sign,
   type KeyObject,
@@ -59,8 +59,28 @@ export interface KeyPair {
   privateKey: KeyObject;
 }
 
+/**
+ * A new P-256 key pair, made with ECDH and imported as JWK, never by generateKeyPairSync: in Node
+ * 20 a generated pair shares a mutex with its key-generation job, exporting either key (as
+ * p256Point does) holds it while allocating, and a garbage collection that destroys the job then
+ * takes it again on the same thread: the process hangs for good (about 1 in 10,000 keys, seen as a
+ * `mezd node join` stuck before its first packet). Imported keys share no mutex with a job, and
+ * the point is known here, so it is never exported at all.
+ */
 export function generateP256(): KeyPair {
-  return generateKeyPairSync("ec", { namedCurve: "P-256" });
+  const ecdh = createECDH("prime256v1");
+  ecdh.generateKeys();
+  const point = ecdh.getPublicKey();
+  const jwk = { kty: "EC", crv: "P-256", x: point.subarray(1, 33).toString("base64url"), y: point.subarray(33, 65).toString("base64url") };
+  const d = Buffer.alloc(32);
+  const scalar = ecdh.getPrivateKey(); // big-endian, without leading zero bytes
+  scalar.copy(d, 32 - scalar.length);
+  const privateKey = createPrivateKey({ key: { ...jwk, d: d.toString("base64url") }, format: "jwk" });
+  d.fill(0);
+  scalar.fill(0);
+  const publicKey = createPublicKey({ key: jwk, format: "jwk" });
+  points.set(privateKey, point).set(publicKey, point);
+  return { publicKey, privateKey };
 }
 
 // ---------------------------------------------------------------------------------------------
