@@ -85,10 +85,16 @@ export interface AgentServer {
   close(): Promise<void>;
 }
 
-/** At most this many clients at once; each login holds one connection for a moment. */
+/**
+ * At most this many clients at once; each login holds one connection for a moment. With the two
+ * bounds below, a connection holds at most about half a MiB however it behaves.
+ */
 const MAX_CONNECTIONS = 128;
-/** Replies a client has not read, in bytes, before we stop reading its requests. */
-const MAX_UNREAD_REPLIES = 1 << 20;
+/**
+ * Replies a client has not read, in bytes, past which we read nothing more from it until they
+ * drain. Received requests wait unparsed meanwhile, at most a frame and one read (AgentFrameReader).
+ */
+const MAX_UNSENT_REPLIES = 64 * 1024;
 /** A client silent this long is dropped (ssh keeps its connection only for the authentication). */
 const IDLE_MS = 5 * 60_000;
 
@@ -124,25 +130,49 @@ export async function startAgentServer(opts: AgentServerOptions): Promise<AgentS
 
 function serve(sock: Socket, keyring: AgentKeyring, requests: Counter, log: Logger): void {
   const frames = new AgentFrameReader();
+  let throttled = false;
+  const drop = (e: unknown) => {
+    // No way to find the next frame after a length over the cap: drop the connection.
+    requests.inc({ result: "refused" });
+    log.warn("ssh agent: closing a connection", { reason: (e as Error).message });
+    sock.destroy();
+  };
+  /** Answers the whole requests received, in order, until the client's unread replies reach the cap. */
+  const answerReceived = (): void => {
+    while (!sock.destroyed) {
+      if (sock.writableLength > MAX_UNSENT_REPLIES) {
+        // A client that sends requests without reading the replies is not buffered for: nothing
+        // more is read from it (or answered) until it has read them.
+        throttled = true;
+        sock.pause();
+        sock.once("drain", () => {
+          throttled = false;
+          answerReceived();
+          if (!throttled) sock.resume();
+        });
+        return;
+      }
+      let body: Buffer | undefined;
+      try {
+        body = frames.next();
+      } catch (e) {
+        drop(e);
+        return;
+      }
+      if (body === undefined) return;
+      sock.write(answer(body, keyring, requests));
+    }
+  };
   sock.setTimeout(IDLE_MS, () => sock.destroy());
   sock.on("error", () => sock.destroy());
   sock.on("data", (chunk: Buffer) => {
-    let bodies: Buffer[];
     try {
-      bodies = frames.push(chunk);
+      frames.append(chunk);
     } catch (e) {
-      // No way to find the next frame after a length over the cap: drop the connection.
-      requests.inc({ result: "refused" });
-      log.warn("ssh agent: closing a connection", { reason: (e as Error).message });
-      sock.destroy();
+      drop(e);
       return;
     }
-    for (const body of bodies) sock.write(answer(body, keyring, requests));
-    // A client that sends requests without reading the replies is not buffered for without end.
-    if (sock.writableLength > MAX_UNREAD_REPLIES && !sock.isPaused()) {
-      sock.pause();
-      sock.once("drain", () => sock.resume());
-    }
+    if (!throttled) answerReceived();
   });
 }
 
