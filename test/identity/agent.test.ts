@@ -18,7 +18,11 @@ import {
 import { parseSshCertificate } from "../../src/ca/sshcert.js";
 import { sshPublicKeyBlob } from "../../src/ca/sshkey.js";
 import { SshReader } from "../../src/ca/sshwire.js";
-import { run } from "../harness/auth.js";
+import { IdentityDaemon } from "../../src/identity/daemon.js";
+import { resolveIdentityOptions } from "../../src/identity/options.js";
+import { isMeziteError } from "../../src/lib/errors.js";
+import type { Logger } from "../../src/lib/log.js";
+import { mezctlOk, run } from "../harness/auth.js";
 import { SSH_PATH } from "../harness/require.js";
 import {
   JOINED, RENEWED, addIdentity, humanLines, sshdMissing, startDaemon, startNode, type Daemon, identityTestbed } from "./fixture.js";
@@ -399,6 +403,30 @@ describe("clients that send requests and never read the replies", () => {
       assert.ok(verify(null, Buffer.concat([data, Buffer.from(String(i))]), key, r.string()), `signature ${i} is for request ${i}`);
     }
   });
+});
+
+test("a renewal refused because the identity is locked: the agent holds nothing that signs any more", async () => {
+  // In this process, to look at the keyring once the daemon has stopped (it stops on a lock).
+  const sock = join(bed.tmp, "lock-run", "agent.sock");
+  const opts = resolveIdentityOptions(
+    { authServer: bed.auth.addr, token: await addIdentity(bed.auth, "lock-agent"), destinationDir: join(bed.tmp, "lock-certs"), sshAgentSocket: sock, sshKeyFile: false, renewalInterval: "50m" },
+    {},
+  );
+  let joined!: () => void;
+  const isJoined = new Promise<void>((r) => (joined = r));
+  const log: Logger = { info: (msg) => msg === "agent identity joined" && joined(), warn() {}, error() {}, record() {} };
+  const daemon = new IdentityDaemon(opts, { log });
+  const running = daemon.run(new AbortController().signal);
+  await isJoined;
+  const c = await AgentClient.open(sock);
+  const blob = parseIdentitiesAnswer((await c.send(encodeRequestIdentities())) as Buffer)[0]!.blob;
+  c.end();
+  assert.ok(daemon.keyring!.keyFor(blob));
+  await mezctlOk(bed.auth, "agent-identities", "lock", "lock-agent", "--reason=test");
+  daemon.renewSoon();
+  await assert.rejects(running, (e) => isMeziteError(e, "ERR_LOCKED"));
+  assert.ok(daemon.keyring!.empty, "nothing listed");
+  assert.equal(daemon.keyring!.keyFor(blob), undefined, "nothing signs");
 });
 
 describe("the socket path", { concurrency: 1 }, () => {
