@@ -331,6 +331,7 @@ describe("clients that send requests and never read the replies", () => {
     const LIMIT = 64 * 1024 * 1024;
     const STALLED_MS = 3_000;
     const flooders = Array.from({ length: 8 }, () => flood(sock, batch));
+    t.after(() => flooders.forEach((f) => f.sock.destroy())); // a failure must not leave them to the next test
     let peak = base;
     let stalled = false;
     const t0 = performance.now();
@@ -359,7 +360,6 @@ describe("clients that send requests and never read the replies", () => {
     const end = rss(daemon.pid);
     assert.ok(end - base <= LIMIT, `RSS ${mib(end)} MiB after the ninth client, ${mib(base)} MiB before`);
     assert.ok(flooders.every((f) => !f.closed), "a client that does not read is throttled, not dropped");
-    for (const f of flooders) f.sock.destroy();
     assert.equal(daemon.proc.exitCode, null);
   });
 
