@@ -159,7 +159,7 @@ function serve(sock: Socket, keyring: AgentKeyring, requests: Counter, log: Logg
   const frames = new AgentFrameReader();
   let throttled = false;
   const drop = (e: unknown) => {
-    // No way to find the next frame after a length over the cap: drop the connection.
+    // A length over the cap (no way to find the next frame) or input past its bound: drop the connection.
     requests.inc({ result: "refused" });
     log.warn("ssh agent: closing a connection", { reason: (e as Error).message });
     sock.destroy();
