@@ -48,10 +48,14 @@ function malformed(detail: string): MeziteError {
   return new MeziteError("ERR_MALFORMED_KEY", `malformed agent message: ${detail}`);
 }
 
+/** The most a socket read hands over at once (libuv reads 64 KiB at a time). */
+const MAX_READ = 64 * 1024;
+
 /**
  * Splits a byte stream into message bodies (type byte and contents, without the length).
- * `push` throws ERR_MALFORMED_KEY once a frame announces more than `max` bytes: the caller must
- * close the connection, as there is no way to find the next frame.
+ * `append` and `next` throw ERR_MALFORMED_KEY once a frame announces more than `max` bytes, or
+ * more than `maxPending` bytes wait to be cut into frames (a caller that stops taking frames must
+ * stop reading too): the caller must close the connection, as there is no way to go on.
  */
 export class AgentFrameReader {
   private chunks: Buffer[] = [];
@@ -59,38 +63,54 @@ export class AgentFrameReader {
   /** Bytes needed before the next frame can be cut: its length field, then the whole frame. */
   private need = 4;
 
-  constructor(private readonly max = MAX_AGENT_MESSAGE) {}
+  /** By default, one whole frame at the cap and one more read. */
+  constructor(
+    private readonly max = MAX_AGENT_MESSAGE,
+    private readonly maxPending = 4 + max + MAX_READ,
+  ) {}
+
+  /** Takes received bytes without cutting them: `next` does that, one frame at a time. */
+  append(chunk: Buffer): void {
+    if (chunk.length === 0) return;
+    if (this.total + chunk.length > this.maxPending) {
+      throw malformed(`${this.total + chunk.length} bytes of requests waiting, over the ${this.maxPending}-byte limit`);
+    }
+    this.chunks.push(chunk);
+    this.total += chunk.length;
+  }
 
   /**
-   * Chunks are only joined once a whole frame is there, so a frame sent a byte at a time costs
-   * one copy, not one per byte.
+   * The next whole frame's body, or undefined until more bytes come. Chunks are only joined once a
+   * whole frame is there, so a frame sent a byte at a time costs one copy, not one per byte.
    */
+  next(): Buffer | undefined {
+    if (this.total < this.need) return undefined;
+    const buf = this.chunks.length === 1 ? this.chunks[0]! : Buffer.concat(this.chunks);
+    this.chunks = [buf];
+    const len = buf.readUInt32BE(0);
+    if (len > this.max) throw malformed(`a frame of ${len} bytes is over the ${this.max}-byte limit`);
+    if (buf.length < 4 + len) {
+      this.need = 4 + len;
+      return undefined;
+    }
+    // A copy: the caller may keep it while the buffer moves on.
+    const body = Buffer.from(buf.subarray(4, 4 + len));
+    const rest = buf.subarray(4 + len);
+    this.chunks = rest.length > 0 ? [rest] : [];
+    this.total = rest.length;
+    this.need = 4;
+    return body;
+  }
+
+  /** `append`, then every whole frame there is. */
   push(chunk: Buffer): Buffer[] {
-    if (chunk.length > 0) {
-      this.chunks.push(chunk);
-      this.total += chunk.length;
-    }
+    this.append(chunk);
     const out: Buffer[] = [];
-    while (this.total >= this.need) {
-      const buf = this.chunks.length === 1 ? this.chunks[0]! : Buffer.concat(this.chunks);
-      this.chunks = [buf];
-      const len = buf.readUInt32BE(0);
-      if (len > this.max) throw malformed(`a frame of ${len} bytes is over the ${this.max}-byte limit`);
-      if (buf.length < 4 + len) {
-        this.need = 4 + len;
-        break;
-      }
-      // A copy: the caller may keep it while the buffer moves on.
-      out.push(Buffer.from(buf.subarray(4, 4 + len)));
-      const rest = buf.subarray(4 + len);
-      this.chunks = rest.length > 0 ? [rest] : [];
-      this.total = rest.length;
-      this.need = 4;
-    }
+    for (let body = this.next(); body !== undefined; body = this.next()) out.push(body);
     return out;
   }
 
-  /** Bytes received but not yet a whole frame. */
+  /** Bytes received but not yet cut into frames. */
   get pending(): number {
     return this.total;
   }

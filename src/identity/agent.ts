@@ -26,27 +26,54 @@ interface Held {
   certBlob: Buffer;
   /** When the certificate expires (unix ms). */
   expires: number;
+  principals: string[];
   comment: string;
 }
 
+/** How long the pair a renewal replaced may still sign (SPEC §16): an ssh that listed it just before the swap. */
+export const REPLACED_PAIR_GRACE_MS = 2 * 60_000;
+
 /**
  * The key and certificate the agent serves. A renewal replaces both in one assignment, so no
- * request ever sees the new key with the old certificate. The pair it replaces stays usable for
- * signing (never listed) until its certificate expires: a client that listed the old certificate
- * a moment before the swap may still ask for a signature with it, and that certificate is valid.
+ * request ever sees the new key with the old certificate. The pair it replaces may still sign
+ * (never listed) for REPLACED_PAIR_GRACE_MS or until its certificate expires, whichever is
+ * first: a client that listed the old certificate a moment before the swap may still ask for a
+ * signature with it. Not when the new certificate lost a principal the old one had (the old one
+ * would still log in where this identity no longer may), and not after `revoke`.
  */
 export class AgentKeyring {
   private current: Held | undefined;
   private previous: Held | undefined;
+  /** Until when `previous` may sign (unix ms). */
+  private previousUntil = 0;
 
   constructor(private readonly now: () => number = Date.now) {}
 
   /** `certLine` is the authorized-keys form of the certificate for `key`. */
   set(key: KeyObject, certLine: string, name: string): void {
     const cert = parseSshCertificate(certLine);
-    const held: Held = { key, keyBlob: sshPublicKeyBlob(key), certBlob: cert.blob, expires: Number(cert.validBefore) * 1000, comment: `mezite agent-identity/${name}` };
-    this.previous = this.current;
+    const held: Held = {
+      key,
+      keyBlob: sshPublicKeyBlob(key),
+      certBlob: cert.blob,
+      expires: Number(cert.validBefore) * 1000,
+      principals: cert.principals,
+      comment: `mezite agent-identity/${name}`,
+    };
+    const old = this.current;
+    const shrank = old !== undefined && old.principals.some((p) => !held.principals.includes(p));
+    this.previous = shrank ? undefined : old;
+    this.previousUntil = old ? Math.min(old.expires, this.now() + REPLACED_PAIR_GRACE_MS) : 0;
     this.current = held;
+  }
+
+  /**
+   * The service refused a renewal because the identity or instance is locked or deleted: nothing
+   * held may list or sign any more, the pair a renewal replaced included.
+   */
+  revoke(): void {
+    this.current = undefined;
+    this.previous = undefined;
   }
 
   get empty(): boolean {
@@ -65,10 +92,10 @@ export class AgentKeyring {
 
   /** The private key behind a listed blob (certificate or bare key), or undefined. */
   keyFor(blob: Buffer): KeyObject | undefined {
-    for (const h of [this.current, this.previous]) {
-      if (!h || (h !== this.current && h.expires <= this.now())) continue;
-      if (h.certBlob.equals(blob) || h.keyBlob.equals(blob)) return h.key;
-    }
+    const c = this.current;
+    if (c && (c.certBlob.equals(blob) || c.keyBlob.equals(blob))) return c.key;
+    const p = this.previous;
+    if (p && this.now() < this.previousUntil && (p.certBlob.equals(blob) || p.keyBlob.equals(blob))) return p.key;
     return undefined;
   }
 }
@@ -85,10 +112,16 @@ export interface AgentServer {
   close(): Promise<void>;
 }
 
-/** At most this many clients at once; each login holds one connection for a moment. */
+/**
+ * At most this many clients at once; each login holds one connection for a moment. With the two
+ * bounds below, a connection holds at most about half a MiB however it behaves.
+ */
 const MAX_CONNECTIONS = 128;
-/** Replies a client has not read, in bytes, before we stop reading its requests. */
-const MAX_UNREAD_REPLIES = 1 << 20;
+/**
+ * Replies a client has not read, in bytes, past which we read nothing more from it until they
+ * drain. Received requests wait unparsed meanwhile, at most a frame and one read (AgentFrameReader).
+ */
+const MAX_UNSENT_REPLIES = 64 * 1024;
 /** A client silent this long is dropped (ssh keeps its connection only for the authentication). */
 const IDLE_MS = 5 * 60_000;
 
@@ -124,25 +157,49 @@ export async function startAgentServer(opts: AgentServerOptions): Promise<AgentS
 
 function serve(sock: Socket, keyring: AgentKeyring, requests: Counter, log: Logger): void {
   const frames = new AgentFrameReader();
+  let throttled = false;
+  const drop = (e: unknown) => {
+    // A length over the cap (no way to find the next frame) or input past its bound: drop the connection.
+    requests.inc({ result: "refused" });
+    log.warn("ssh agent: closing a connection", { reason: (e as Error).message });
+    sock.destroy();
+  };
+  /** Answers the whole requests received, in order, until the client's unread replies reach the cap. */
+  const answerReceived = (): void => {
+    while (!sock.destroyed) {
+      if (sock.writableLength > MAX_UNSENT_REPLIES) {
+        // A client that sends requests without reading the replies is not buffered for: nothing
+        // more is read from it (or answered) until it has read them.
+        throttled = true;
+        sock.pause();
+        sock.once("drain", () => {
+          throttled = false;
+          answerReceived();
+          if (!throttled) sock.resume();
+        });
+        return;
+      }
+      let body: Buffer | undefined;
+      try {
+        body = frames.next();
+      } catch (e) {
+        drop(e);
+        return;
+      }
+      if (body === undefined) return;
+      sock.write(answer(body, keyring, requests));
+    }
+  };
   sock.setTimeout(IDLE_MS, () => sock.destroy());
   sock.on("error", () => sock.destroy());
   sock.on("data", (chunk: Buffer) => {
-    let bodies: Buffer[];
     try {
-      bodies = frames.push(chunk);
+      frames.append(chunk);
     } catch (e) {
-      // No way to find the next frame after a length over the cap: drop the connection.
-      requests.inc({ result: "refused" });
-      log.warn("ssh agent: closing a connection", { reason: (e as Error).message });
-      sock.destroy();
+      drop(e);
       return;
     }
-    for (const body of bodies) sock.write(answer(body, keyring, requests));
-    // A client that sends requests without reading the replies is not buffered for without end.
-    if (sock.writableLength > MAX_UNREAD_REPLIES && !sock.isPaused()) {
-      sock.pause();
-      sock.once("drain", () => sock.resume());
-    }
+    if (!throttled) answerReceived();
   });
 }
 

@@ -12,7 +12,7 @@ import { fromConnectError } from "../api/errors.js";
 import { checkCaPin } from "../api/pin.js";
 import { bundleHasPin, privateKeyToPem } from "../ca/x509.js";
 import { Backoff, sleep } from "../lib/backoff.js";
-import { MeziteError, isFinalError, isMeziteError } from "../lib/errors.js";
+import { MeziteError, isFinalError, isMeziteError, type ErrorCode } from "../lib/errors.js";
 import type { Logger } from "../lib/log.js";
 import { Registry } from "../lib/metrics.js";
 import { obtainIdToken } from "./id-token.js";
@@ -31,6 +31,9 @@ import {
   type IssueKeys,
 } from "./protocol.js";
 import { Storage, type IdentityState } from "./storage.js";
+
+/** Renewal refusals after which the certificates held must not be used (the agent drops them). */
+const REVOKING_CODES: readonly ErrorCode[] = ["ERR_LOCKED", "ERR_IDENTITY_DELETED", "ERR_GENERATION_MISMATCH"];
 
 export interface DaemonDeps {
   log: Logger;
@@ -332,7 +335,10 @@ export class IdentityDaemon {
       if (!reply.certificates) throw new MeziteError("ERR_MALFORMED_CERT", "the auth service sent an empty renewal reply");
       certs = reply.certificates;
     } catch (e) {
-      throw fromConnectError(e, this.opts.authServer);
+      const err = fromConnectError(e, this.opts.authServer);
+      // Locked or deleted (a generation mismatch locks the instance): the agent signs with nothing it holds (SPEC §16).
+      if (REVOKING_CODES.includes(err.code)) this.keyring?.revoke();
+      throw err;
     }
     checkCertsMatchKeys(certs, keys);
     if (certs.identityId !== state.identity_id || certs.instanceId !== state.instance_id) {

@@ -76,3 +76,24 @@ test("framing: a frame at the cap sent a byte at a time is one frame, joined onc
   // Joining per byte would copy 256 KiB x 256 Ki times (~34 GB): minutes, not milliseconds.
   assert.ok(ms < 5_000, `${Math.round(ms)} ms for one dribbled frame`);
 });
+
+test("framing: next cuts one frame at a time; bytes waiting past a whole frame and one read are refused", () => {
+  const r = new AgentFrameReader();
+  r.append(Buffer.concat([encodeRequestIdentities(), frame(Buffer.of(AGENT.LOCK)), Buffer.of(0, 0)]));
+  assert.deepEqual(r.next(), Buffer.of(AGENT.REQUEST_IDENTITIES));
+  assert.equal(r.pending, 7, "the rest waits uncut");
+  assert.deepEqual(r.next(), Buffer.of(AGENT.LOCK));
+  assert.equal(r.next(), undefined);
+  assert.equal(r.pending, 2);
+
+  // A throttled connection stops taking frames: what it may hold is bounded, not what it is sent.
+  const held = new AgentFrameReader();
+  const list = encodeRequestIdentities();
+  const limit = 4 + MAX_AGENT_MESSAGE + 64 * 1024;
+  const many = Buffer.concat(Array.from({ length: Math.floor(limit / list.length) }, () => list));
+  held.append(many);
+  held.append(Buffer.alloc(limit - many.length));
+  assert.equal(held.pending, limit);
+  assert.throws(() => held.append(Buffer.of(0)), (e) => isMeziteError(e, "ERR_MALFORMED_KEY") && /bytes of requests waiting, over the 327684-byte limit/.test(e.message));
+  assert.deepEqual(held.next(), list.subarray(4), "what it holds is still there to answer");
+});

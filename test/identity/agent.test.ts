@@ -18,6 +18,11 @@ import {
 import { parseSshCertificate } from "../../src/ca/sshcert.js";
 import { sshPublicKeyBlob } from "../../src/ca/sshkey.js";
 import { SshReader } from "../../src/ca/sshwire.js";
+import { IdentityDaemon } from "../../src/identity/daemon.js";
+import { resolveIdentityOptions } from "../../src/identity/options.js";
+import { isMeziteError } from "../../src/lib/errors.js";
+import type { Logger } from "../../src/lib/log.js";
+import { mezctlOk, run } from "../harness/auth.js";
 import { SSH_PATH } from "../harness/require.js";
 import {
   JOINED, RENEWED, addIdentity, humanLines, sshdMissing, startDaemon, startNode, type Daemon, identityTestbed } from "./fixture.js";
@@ -260,6 +265,168 @@ describe("the SSH agent socket", () => {
     assert.equal(third.split("\n")[0]!.split(" ")[1], readFileSync(join(dest, "ssh_cert"), "utf8").split(" ")[1]);
     assert.ok(!existsSync(join(dest, ".mezite", "pending_renewal.json")), "the key lives in the pending request only until it completes");
   });
+});
+
+/** A process's resident memory in bytes (VmRSS in /proc/PID/status). */
+function rss(pid: number): number {
+  return Number(/^VmRSS:\s+(\d+) kB$/m.exec(readFileSync(`/proc/${pid}/status`, "utf8"))![1]) * 1024;
+}
+
+interface Flooder {
+  sock: Socket;
+  /** Bytes the client's socket took (its own buffer stays under its high-water mark). */
+  sent: number;
+  /** When the daemon last took bytes off this connection (a 'drain'), performance.now(). */
+  lastDrain: number;
+  closed: boolean;
+}
+
+/**
+ * A client that writes `batch` over and over as fast as the socket takes it and never reads a
+ * reply (no 'data' listener: Node reads one buffer's worth, then leaves the rest in the kernel).
+ */
+function flood(path: string, batch: Buffer): Flooder {
+  const s = createConnection(path);
+  const f: Flooder = { sock: s, sent: 0, lastDrain: performance.now(), closed: false };
+  const write = () => {
+    // Bounded per turn: a daemon that keeps up must not keep this loop from yielding.
+    for (let i = 0; i < 64 && !s.destroyed; i++) {
+      f.sent += batch.length;
+      if (!s.write(batch)) return;
+    }
+    setImmediate(write);
+  };
+  s.on("error", () => {});
+  s.on("close", () => (f.closed = true));
+  s.on("drain", () => {
+    f.lastDrain = performance.now();
+    write();
+  });
+  s.once("connect", write);
+  return f;
+}
+
+describe("clients that send requests and never read the replies", () => {
+  let daemon: Daemon;
+  let sock: string;
+
+  before(async () => {
+    sock = join(bed.tmp, "flood-run", "agent.sock");
+    daemon = startDaemon(bed.auth.addr, join(bed.tmp, "flood-certs"), [`--ssh-agent-socket=${sock}`, "--no-ssh-key-file"], { MEZITE_TOKEN: await addIdentity(bed.auth, "flood") });
+    await daemon.waitFor(JOINED);
+  });
+
+  after(async () => {
+    await daemon?.stop();
+  });
+
+  test("8 of them leave the daemon's RSS within 64 MiB of where it started; a ninth client is answered", async (t) => {
+    const probe = await AgentClient.open(sock);
+    const ids = parseIdentitiesAnswer((await probe.send(encodeRequestIdentities())) as Buffer);
+    parseSignResponse((await probe.send(encodeSignRequest(ids[0]!.blob, randomBytes(32)))) as Buffer);
+    probe.end();
+    const base = rss(daemon.pid);
+    // List requests (5 bytes, each answered with ~100 times that) and signatures with the certificate.
+    const batch = Buffer.concat(Array.from({ length: 256 }, (_, i) => (i % 4 === 3 ? encodeSignRequest(ids[0]!.blob, randomBytes(32)) : encodeRequestIdentities())));
+    const LIMIT = 64 * 1024 * 1024;
+    const STALLED_MS = 3_000;
+    const flooders = Array.from({ length: 8 }, () => flood(sock, batch));
+    t.after(() => flooders.forEach((f) => f.sock.destroy())); // a failure must not leave them to the next test
+    let peak = base;
+    let stalled = false;
+    const t0 = performance.now();
+    // Until every client is stuck (the daemon stopped taking its bytes), the bound is crossed, or a minute.
+    while (performance.now() - t0 < 60_000) {
+      await new Promise((r) => setTimeout(r, 100));
+      peak = Math.max(peak, rss(daemon.pid));
+      if (peak - base > LIMIT) break;
+      const now = performance.now();
+      stalled = flooders.every((f) => f.closed || (f.sock.writableLength > 0 && now - f.lastDrain > STALLED_MS));
+      if (stalled) break;
+    }
+    const mib = (n: number) => (n / 1024 / 1024).toFixed(1);
+    const figures = `RSS ${mib(base)} MiB before, peak ${mib(peak)} MiB (+${mib(peak - base)}); clients wrote ${mib(flooders.reduce((a, f) => a + f.sent, 0))} MiB in ${Math.round(performance.now() - t0)} ms`;
+    t.diagnostic(figures);
+    assert.ok(peak - base <= LIMIT, figures);
+    assert.ok(stalled, `the daemon kept reading clients that never read: ${figures}`);
+
+    // A ninth client, with the 8 still connected: stock ssh-add and a raw list request.
+    const listed = await run("/usr/bin/ssh-add", ["-L"], { env: { SSH_AUTH_SOCK: sock }, timeoutMs: 10_000 });
+    assert.equal(listed.code, 0, listed.stderr);
+    assert.equal(listed.stdout.trim().split("\n").length, 2, listed.stdout);
+    const ninth = await AgentClient.open(sock);
+    assert.equal(parseIdentitiesAnswer((await ninth.send(encodeRequestIdentities())) as Buffer).length, 2);
+    ninth.end();
+    const end = rss(daemon.pid);
+    assert.ok(end - base <= LIMIT, `RSS ${mib(end)} MiB after the ninth client, ${mib(base)} MiB before`);
+    assert.ok(flooders.every((f) => !f.closed), "a client that does not read is throttled, not dropped");
+    assert.equal(daemon.proc.exitCode, null);
+  });
+
+  test("a client that reads its replies late gets every one, in order: the throttle resumes", async () => {
+    const n = 20_000; // ~10 MB of replies: far past the cap and the kernel's buffers
+    const probe = await AgentClient.open(sock);
+    const ids = parseIdentitiesAnswer((await probe.send(encodeRequestIdentities())) as Buffer);
+    probe.end();
+    const s = createConnection(sock);
+    s.on("error", () => {});
+    await new Promise((r) => s.once("connect", r));
+    s.pause();
+    const data = randomBytes(32);
+    // Every 100th request a signature over its index, so the order of the replies shows.
+    const reqs = Array.from({ length: n }, (_, i) => (i % 100 === 99 ? encodeSignRequest(ids[1]!.blob, Buffer.concat([data, Buffer.from(String(i))])) : encodeRequestIdentities()));
+    s.write(Buffer.concat(reqs));
+    await new Promise((r) => setTimeout(r, 300)); // let the daemon answer until it stops reading
+    const frames = new AgentFrameReader();
+    const replies: Buffer[] = [];
+    await new Promise<void>((res, rej) => {
+      const timer = setTimeout(() => rej(new Error(`${replies.length} of ${n} replies in 30 s`)), 30_000);
+      s.on("data", (d: Buffer) => {
+        replies.push(...frames.push(d));
+        if (replies.length >= n) {
+          clearTimeout(timer);
+          res();
+        }
+      });
+      s.resume();
+    });
+    s.destroy();
+    assert.equal(replies.length, n);
+    const key = parseSshCertificate(ids[0]!.blob).publicKey;
+    for (let i = 0; i < n; i++) {
+      if (i % 100 !== 99) {
+        assert.equal(parseIdentitiesAnswer(replies[i]!).length, 2, `reply ${i}`);
+        continue;
+      }
+      const r = new SshReader(parseSignResponse(replies[i]!), "ERR_MALFORMED_KEY", "signature");
+      r.text();
+      assert.ok(verify(null, Buffer.concat([data, Buffer.from(String(i))]), key, r.string()), `signature ${i} is for request ${i}`);
+    }
+  });
+});
+
+test("a renewal refused because the identity is locked: the agent holds nothing that signs any more", async () => {
+  // In this process, to look at the keyring once the daemon has stopped (it stops on a lock).
+  const sock = join(bed.tmp, "lock-run", "agent.sock");
+  const opts = resolveIdentityOptions(
+    { authServer: bed.auth.addr, token: await addIdentity(bed.auth, "lock-agent"), destinationDir: join(bed.tmp, "lock-certs"), sshAgentSocket: sock, sshKeyFile: false, renewalInterval: "50m" },
+    {},
+  );
+  let joined!: () => void;
+  const isJoined = new Promise<void>((r) => (joined = r));
+  const log: Logger = { info: (msg) => msg === "agent identity joined" && joined(), warn() {}, error() {}, record() {} };
+  const daemon = new IdentityDaemon(opts, { log });
+  const running = daemon.run(new AbortController().signal);
+  await isJoined;
+  const c = await AgentClient.open(sock);
+  const blob = parseIdentitiesAnswer((await c.send(encodeRequestIdentities())) as Buffer)[0]!.blob;
+  c.end();
+  assert.ok(daemon.keyring!.keyFor(blob));
+  await mezctlOk(bed.auth, "agent-identities", "lock", "lock-agent", "--reason=test");
+  daemon.renewSoon();
+  await assert.rejects(running, (e) => isMeziteError(e, "ERR_LOCKED"));
+  assert.ok(daemon.keyring!.empty, "nothing listed");
+  assert.equal(daemon.keyring!.keyFor(blob), undefined, "nothing signs");
 });
 
 describe("the socket path", { concurrency: 1 }, () => {
