@@ -9,6 +9,7 @@ import { createLogger, type Logger } from "../lib/log.js";
 import { renderMetrics, type MetricState } from "../lib/metrics.js";
 import { caPin } from "../ca/x509.js";
 import { ensureDir } from "../lib/files.js";
+import { takeDirLock } from "../lib/pidlock.js";
 import { openBackend, redactBackend } from "../backend/open.js";
 import { openCaStore } from "./cas.js";
 import { resolveClusterName } from "./cluster.js";
@@ -40,6 +41,13 @@ function onStopSignal(log: Logger, fn: () => void): void {
 
 export async function runAuth(cfg: AuthConfig, workers = 1): Promise<void> {
   const log = createLogger(process.stderr, cluster.isWorker ? { worker: cluster.worker?.id } : {});
+  if (cluster.isPrimary) {
+    // One data dir, one service: a second one would rewrite admin.identity, and mezctl would
+    // lose the real service once it stopped. Released at exit (a killed one's is taken over).
+    ensureDir(cfg.dataDir, 0o700);
+    const release = takeDirLock(cfg.dataDir, (pid) => `another mezd auth (pid ${pid}) is using the data dir ${cfg.dataDir}: stop it, or give this one its own --data-dir`);
+    process.once("exit", release);
+  }
   if (workers > 1 && cluster.isPrimary) return runPrimary(cfg, workers, log);
 
   const worker = cluster.isWorker ? workerSide() : undefined;

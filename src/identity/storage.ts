@@ -3,11 +3,11 @@
  * flight, and a lock file so two daemons never share one state. The renewal certificate lives
  * only here, never in the destination dir, so a leaked output dir cannot renew itself.
  */
-import { randomBytes } from "node:crypto";
-import { linkSync, rmSync, unlinkSync, writeFileSync } from "node:fs";
-import { dirname, join } from "node:path";
+import { unlinkSync } from "node:fs";
+import { join } from "node:path";
 import { MeziteError } from "../lib/errors.js";
 import { ensureDir, readFileNoFollow, writeFileAtomic } from "../lib/files.js";
+import { takeDirLock } from "../lib/pidlock.js";
 import type { SerializedKeys } from "./protocol.js";
 
 export interface IdentityState {
@@ -40,45 +40,25 @@ export interface PendingRenewal {
 
 const STATE = "state.json";
 const PENDING = "pending_renewal.json";
-const LOCK = "lock";
 
 function corrupt(dir: string, what: string, cause?: unknown): MeziteError {
   return new MeziteError("ERR_STATE_CORRUPT", `the storage dir ${dir} is corrupt (${what}): remove it and join again with a new token`, { cause });
 }
 
 export class Storage {
-  private lockHeld = false;
+  private release: (() => void) | undefined;
 
   constructor(readonly dir: string) {}
 
   /** Creates the dir (0700) and takes the lock; refuses if another live daemon holds it. */
   open(): void {
     ensureDir(this.dir, 0o700);
-    const path = join(this.dir, LOCK);
-    for (let attempt = 0; attempt < 3; attempt++) {
-      if (createLock(path)) {
-        this.lockHeld = true;
-        return;
-      }
-      const text = readFileNoFollow(path);
-      if (text === undefined) continue; // released meanwhile
-      const pid = Number(text.trim());
-      if (Number.isInteger(pid) && pid > 0 && pid !== process.pid && alive(pid)) {
-        throw new MeziteError("ERR_CONFIG", `another mezd identity (pid ${pid}) is using the storage dir ${this.dir}: stop it, or give this one its own --storage-dir`);
-      }
-      rmSync(path, { force: true }); // left by a daemon that died: take it over
-    }
-    throw new MeziteError("ERR_STORAGE", `cannot lock ${this.dir}`);
+    this.release = takeDirLock(this.dir, (pid) => `another mezd identity (pid ${pid}) is using the storage dir ${this.dir}: stop it, or give this one its own --storage-dir`);
   }
 
   close(): void {
-    if (!this.lockHeld) return;
-    try {
-      unlinkSync(join(this.dir, LOCK));
-    } catch {
-      /* already gone */
-    }
-    this.lockHeld = false;
+    this.release?.();
+    this.release = undefined;
   }
 
   private readJson<T>(name: string): T | undefined {
@@ -120,33 +100,5 @@ export class Storage {
     } catch (e) {
       if ((e as NodeJS.ErrnoException).code !== "ENOENT") throw new MeziteError("ERR_STORAGE", `cannot remove ${PENDING}: ${(e as Error).message}`, { cause: e });
     }
-  }
-}
-
-/**
- * Creates the lock file already holding our pid: a finished temp file linked into place (link
- * fails if the name exists), so a daemon starting at the same moment never reads it empty and
- * mistakes it for a dead one's.
- */
-function createLock(path: string): boolean {
-  const tmp = `${path}.${process.pid}.${randomBytes(4).toString("hex")}`;
-  try {
-    writeFileSync(tmp, `${process.pid}\n`, { mode: 0o600, flag: "wx" });
-    linkSync(tmp, path);
-    return true;
-  } catch (e) {
-    if ((e as NodeJS.ErrnoException).code === "EEXIST") return false;
-    throw new MeziteError("ERR_STORAGE", `cannot lock ${dirname(path)}: ${(e as Error).message}`, { cause: e });
-  } finally {
-    rmSync(tmp, { force: true });
-  }
-}
-
-function alive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch (e) {
-    return (e as NodeJS.ErrnoException).code === "EPERM";
   }
 }

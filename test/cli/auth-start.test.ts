@@ -148,3 +148,24 @@ test("bad flags and addresses: exit 2 with one line, no stack trace", async () =
     rmSync(`${busy.dataDir}-2`, { recursive: true, force: true });
   }
 });
+
+test("a second auth service on the same data dir is refused, naming the pid that holds it; the first keeps working", async () => {
+  const auth = await startAuth();
+  try {
+    const before = readFileSync(auth.identityPath, "utf8");
+    const second = await run(MEZD, ["auth", "start", `--data-dir=${auth.dataDir}`, "--listen=127.0.0.1:0", "--cluster-name=test.mezite"], { timeoutMs: 30_000 });
+    assert.equal(second.code, 2, second.stderr);
+    const lines = second.stderr.trim().split("\n");
+    assert.equal(lines.length, 1, second.stderr);
+    assert.match(lines[0]!, new RegExp(`another mezd auth \\(pid ${auth.proc.pid}\\) is using the data dir ${auth.dataDir}`));
+    assert.equal(readFileSync(auth.identityPath, "utf8"), before, "admin.identity is untouched");
+    await mezctlOk(auth, "status");
+    // Once the first has stopped, the dir is free again (its lock went with it).
+    await auth.stop();
+    await auth.restart();
+    await mezctlOk(auth, "status");
+  } finally {
+    await auth.stop();
+    rmSync(auth.dataDir, { recursive: true, force: true });
+  }
+});
