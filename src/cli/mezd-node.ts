@@ -19,9 +19,10 @@ export function registerNode(program: Command): void {
     .option("--ca-pin <sha256:hex>", "check the auth service's TLS CA before joining (several, comma-separated, during a CA rotation)")
     .option("--principals-user <user>", "unprivileged user sshd runs the principals command as", "nobody")
     .option("--mezd-path <path>", "the mezd sshd runs as AuthorizedPrincipalsCommand (default: this one); sshd needs it and its parent dirs root-owned and not group/world-writable")
+    .option("--force", "join even though the ssh dir already holds a joined node (it becomes this new node; the old one stays in mezctl nodes ls until nodes rm)")
     .option("--debug", "print stack traces with errors")
     .addHelpText("after", "\nThe token itself is never sent: the request is signed with a key derived from it, and the reply is trusted only when its MAC proves the server knew the token.")
-    .action(async (o: Record<string, string | undefined>) => {
+    .action(async (o: Record<string, string | boolean | undefined>) => {
       if (process.argv.some((a) => a.startsWith("--token=") || a === "--token")) process.title = "mezd node join";
       const { resolveJoinOptions, joinNode, joinReport } = await import("../node/join.js");
       const opts = resolveJoinOptions(o);

@@ -17,7 +17,7 @@ import { bundleHasPin, privateKeyToPem } from "../ca/x509.js";
 import { MeziteError } from "../lib/errors.js";
 import { assertNotSymlink, ensureDir, readFileNoFollow, writeFileAtomic } from "../lib/files.js";
 import {
-  DIR_MODE, FILES, NO_LOCKS, PUBLIC_MODE, SECRET_MODE, checkConfigPath, formatLockState, formatUserCaKeys, pathOf, renderSshdConfig, writeNodeConfig, writeNodeTls,
+  DIR_MODE, FILES, NO_LOCKS, PUBLIC_MODE, SECRET_MODE, checkConfigPath, readNodeConfig, formatLockState, formatUserCaKeys, pathOf, renderSshdConfig, writeNodeConfig, writeNodeTls,
 } from "./layout.js";
 import { buildJoinNodeRequest, generateNodeKeys, verifyJoinNodeReply } from "./protocol.js";
 
@@ -34,6 +34,8 @@ export interface JoinOptions {
   principalsUser: string;
   /** The mezd that sshd runs as AuthorizedPrincipalsCommand: absolute, in a root-owned path. */
   mezdPath: string;
+  /** Join even though the ssh dir holds a joined node already. */
+  force: boolean;
 }
 
 export interface RawJoinOptions {
@@ -46,6 +48,7 @@ export interface RawJoinOptions {
   caPin?: string | undefined;
   principalsUser?: string | undefined;
   mezdPath?: string | undefined;
+  force?: string | boolean | undefined;
 }
 
 const usage = (msg: string): never => {
@@ -85,6 +88,7 @@ export function resolveJoinOptions(raw: RawJoinOptions, env: NodeJS.ProcessEnv =
     caPins,
     principalsUser: user,
     mezdPath: raw.mezdPath ?? mezdPath(),
+    force: raw.force === true,
   };
 }
 
@@ -119,6 +123,21 @@ export function unreachableDirReason(dir: string): string | undefined {
   }
 }
 
+/**
+ * A second join into a joined node's ssh dir would silently make this machine another node (new
+ * host key, the old node left behind in nodes ls): refused before the token is spent.
+ */
+function refuseIfJoined(dir: string): void {
+  if (readFileNoFollow(pathOf(dir, "node")) === undefined) return;
+  let name = "";
+  try {
+    name = ` "${readNodeConfig(dir).name}"`;
+  } catch {
+    // unreadable: still a node's file
+  }
+  throw new MeziteError("ERR_USAGE", `${dir} already holds joined node${name}: run mezd node start with it, or join into another --ssh-dir (--force makes this machine a new node there)`);
+}
+
 export interface JoinResult {
   credentials: NodeCredentials;
   written: { file: string; what: string }[];
@@ -131,6 +150,7 @@ export async function joinNode(o: JoinOptions, now: () => number = Date.now): Pr
   const snippet = renderSshdConfig(o.sshDir, mezd, o.principalsUser); // refuses bad paths before the call
   ensureDir(o.sshDir, DIR_MODE);
   for (const f of Object.keys(FILES) as (keyof typeof FILES)[]) assertNotSymlink(pathOf(o.sshDir, f));
+  if (!o.force) refuseIfJoined(o.sshDir);
 
   if (o.caPins.length > 0) await checkCaPin(o.authServer, o.caPins);
   const keys = generateNodeKeys();

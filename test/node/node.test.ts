@@ -195,6 +195,18 @@ describe("nodes: stock sshd enforces roles, locks and deletions", () => {
     assert.equal(again.code, 3, again.stderr);
     assert.equal(again.stderr.split("\n").length, 2, again.stderr);
     for (const f of readdirSync(dir)) assert.ok(!readFileSync(join(dir, f), "latin1").includes(token), `${f} holds the token`);
+
+    // A second join into that joined node's dir is refused before the token is spent (issue 24):
+    // without --force it would silently make this machine another node.
+    const second = tokenFrom(await mezctlOk(auth, "tokens", "add", "--type=node", "--labels=env=x"));
+    const hostKey = readFileSync(join(dir, "ssh_host_ed25519_key"), "latin1");
+    const rejoin = await run(MEZD, joinArgs(second, "sym-03", dir));
+    assert.equal(rejoin.code, 2, rejoin.stderr);
+    assert.equal(rejoin.stderr.trim(), `mezd: ${dir} already holds joined node "sym-01": run mezd node start with it, or join into another --ssh-dir (--force makes this machine a new node there)`);
+    assert.equal(readFileSync(join(dir, "ssh_host_ed25519_key"), "latin1"), hostKey, "the joined node's files are untouched");
+    const forced = await run(MEZD, [...joinArgs(second, "sym-03", dir), "--force"]);
+    assert.equal(forced.code, 0, `the refused join kept the token, and --force joins: ${forced.stderr}`);
+    assert.match(readFileSync(join(dir, "node.json"), "utf8"), /"name": "sym-03"/);
   });
 
   test("roles decide who logs in where; root never", async (t) => {
