@@ -3,7 +3,7 @@
  * 3 not worth retrying (locked, deleted, token invalid or used). One line on stderr; the stack
  * only with --debug.
  */
-import { CommanderError } from "commander";
+import { CommanderError, type Command } from "commander";
 import { MeziteError, isFinalError, type ErrorCode } from "../lib/errors.js";
 
 export const EXIT = { ok: 0, error: 1, usage: 2, final: 3 } as const;
@@ -36,4 +36,18 @@ export function fail(program: string, e: unknown): never {
     if (cause) process.stderr.write(`caused by: ${(cause as Error)?.stack ?? String(cause)}\n`);
   }
   process.exit(code);
+}
+
+/**
+ * Every command of a program exits through fail() with SPEC §6's codes, commander's own errors
+ * included; an unknown `--opt=value` gets the "did you mean" that `--opt value` gets (commander
+ * compares the whole `opt=value` with the known names, which never comes close).
+ */
+export function routeCommanderErrors(program: Command): void {
+  const all = (c: Command): Command[] => [c, ...c.commands.flatMap(all)];
+  for (const c of all(program)) {
+    c.exitOverride();
+    const unknownOption = (c as unknown as { unknownOption: (flag: string) => never }).unknownOption.bind(c);
+    (c as unknown as { unknownOption: (flag: string) => never }).unknownOption = (flag) => unknownOption(flag.startsWith("--") ? flag.split("=")[0]! : flag);
+  }
 }

@@ -15,7 +15,7 @@ import { formatDuration, parseDuration } from "../lib/duration.js";
 import { MeziteError } from "../lib/errors.js";
 import { parseRoleYaml, roleToDocument } from "../rbac/role.js";
 import { parse as parseYaml } from "yaml";
-import { fail } from "./exit.js";
+import { fail, routeCommanderErrors } from "./exit.js";
 import { parseFormat, printDocument, progressLine, relTime, table, type Format } from "./output.js";
 import * as view from "./views.js";
 import { SAFE_PHASE_MS, STEPS } from "../auth/rotation.js";
@@ -34,7 +34,19 @@ const program = new Command("mezctl")
   .addOption(new Option("--format <format>", "output format: text, json or yaml").default("text"))
   .option("--debug", "print stack traces with errors")
   .enablePositionalOptions(false)
+  // Every subcommand's --help lists --format, --identity and --auth-server too.
+  .configureHelp({ showGlobalOptions: true })
   .exitOverride();
+
+/**
+ * A flag the command cannot do without. Checked in the action rather than by commander's
+ * requiredOption, which reports a missing flag before an unknown one: `--tpye=node` would say
+ * "--type not specified" instead of "did you mean --type?".
+ */
+function required(value: string | undefined, flag: string, what: string): string {
+  if (value === undefined || value === "") throw new MeziteError("ERR_USAGE", `${flag} is required: ${what}`);
+  return value;
+}
 
 function globals() {
   const o = program.opts<{ identity?: string; authServer?: string; format: string }>();
@@ -100,14 +112,15 @@ function splitResource(ref: string): [string, string] {
 program
   .command("create")
   .description("create a resource from a YAML file: a role, or a join_token (joins with a CI platform's ID token)")
-  .requiredOption("-f, --file <file>", "resource YAML file")
+  .option("-f, --file <file>", "resource YAML file (required)")
   .option("--force", "overwrite an existing resource of that name", false)
-  .action(async (o: { file: string; force: boolean }) => {
+  .action(async (o: { file?: string; force: boolean }) => {
+    const file = required(o.file, "-f FILE", "the resource's YAML file");
     let text: string;
     try {
-      text = readFileSync(o.file, "utf8");
+      text = readFileSync(file, "utf8");
     } catch (e) {
-      throw new MeziteError("ERR_USAGE", `cannot read ${o.file}: ${(e as NodeJS.ErrnoException).code === "ENOENT" ? "no such file" : (e as Error).message}`);
+      throw new MeziteError("ERR_USAGE", `cannot read ${file}: ${(e as NodeJS.ErrnoException).code === "ENOENT" ? "no such file" : (e as Error).message}`);
     }
     if (documentKind(text) === "join_token") return createJoinToken(text, o.force);
     const role = parseRoleYaml(text);
@@ -217,10 +230,11 @@ const ai = program.command("agent-identities").alias("agent-identity").descripti
 
 ai.command("add")
   .description("create an agent identity and print its one-time join token")
-  .requiredOption("--name <name>", "identity name ([a-z0-9][a-z0-9._-]{0,62})")
-  .requiredOption("--roles <roles>", "comma-separated role names")
+  .option("--name <name>", "identity name ([a-z0-9][a-z0-9._-]{0,62}) (required)")
+  .option("--roles <roles>", "comma-separated role names (required)")
   .option("--token-ttl <duration>", "how long the join token stays valid", "1h")
-  .action(async (o: { name: string; roles: string; tokenTtl: string }) => {
+  .action(async (opts: { name?: string; roles?: string; tokenTtl: string }) => {
+    const o = { ...opts, name: required(opts.name, "--name", "the identity's name"), roles: required(opts.roles, "--roles", "its roles, comma-separated") };
     const { token, verifier } = newToken(ttlOption(o.tokenTtl, "--token-ttl"));
     const a = admin();
     const roles = [...new Set(o.roles.split(",").map((r) => r.trim()).filter(Boolean))];
@@ -374,7 +388,7 @@ const tokens = program.command("tokens").description("manage join tokens");
 tokens
   .command("add")
   .description("create a one-time node join token")
-  .requiredOption("--type <type>", "node")
+  .option("--type <type>", "node: agent identity tokens come from agent-identities add and add-token", "node")
   .option("--labels <k=v,...>", "the node's labels", "")
   .option("--replace <name>", "the token may take over this node's name and principals (a replacement machine)")
   .option("--ttl <duration>", "how long the token stays valid", "1h")
@@ -514,5 +528,5 @@ ca
     out(a, moved.map(view.caDoc), () => view.caText(moved));
   });
 
-for (const c of [program, ...program.commands, ...program.commands.flatMap((c) => c.commands)]) c.exitOverride();
+routeCommanderErrors(program);
 program.parseAsync(process.argv).catch((e: unknown) => fail("mezctl", e));

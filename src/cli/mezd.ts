@@ -20,7 +20,7 @@ async function main(argv: string[]): Promise<void> {
   if (isSea() && argv[2] === "node" && argv[3] === "join" && !argv.some((a) => a === "--mezd-path" || a.startsWith("--mezd-path="))) {
     argv = [...argv, `--mezd-path=${process.execPath}`];
   }
-  const [{ Command }, { fail }, { registerAuth }, { registerIdentity }, { registerNode }, { installLightHeaders }, { versionLine }] = await Promise.all([
+  const [{ Command }, { fail, routeCommanderErrors }, { registerAuth }, { registerIdentity }, { registerNode }, { installLightHeaders }, { versionLine }] = await Promise.all([
     import("commander"),
     import("./exit.js"),
     import("./mezd-auth.js"),
@@ -38,9 +38,7 @@ async function main(argv: string[]): Promise<void> {
   registerAuth(program);
   registerIdentity(program);
   registerNode(program);
-  // Every command exits through fail() with SPEC §6's codes, commander's own errors included.
-  const all = (c: InstanceType<typeof Command>): InstanceType<typeof Command>[] => [c, ...c.commands.flatMap(all)];
-  for (const c of all(program)) c.exitOverride();
+  routeCommanderErrors(program);
   await program.parseAsync(argv).catch((e: unknown) => fail("mezd", e));
 }
 

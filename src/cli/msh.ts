@@ -9,7 +9,7 @@ import { versionLine } from "../lib/version.js";
 import { readIdentityDir, renderClientConfig, requireValid } from "../msh/identity-dir.js";
 import { clientOptions, runClient, sshArgv } from "../msh/ssh.js";
 import { statusDoc, statusText } from "../msh/status.js";
-import { fail } from "./exit.js";
+import { fail, routeCommanderErrors } from "./exit.js";
 import { parseFormat, printDocument } from "./output.js";
 
 const DIR_HELP = "the destination dir mezd identity writes (default $MEZITE_IDENTITY_DIR)";
@@ -98,6 +98,5 @@ program
     else printDocument(format, lsDoc(r));
   });
 
-const all = (c: Command): Command[] => [c, ...c.commands.flatMap(all)];
-for (const c of all(program)) c.exitOverride();
+routeCommanderErrors(program);
 program.parseAsync(process.argv).catch((e: unknown) => fail("msh", e));
