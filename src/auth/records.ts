@@ -85,7 +85,14 @@ export interface NodeRecord {
   hostKey: string;
   address: string;
   lastHeartbeat: number;
+  /** The expiry of the host certificate the node last reported holding (for `nodes ls`). */
   hostCertExpires: number;
+  /**
+   * The latest expiry of any host certificate the service issued for this node, set at issuance
+   * alone: how long its host key stays revoked after `nodes rm` or a replacement. Absent in
+   * records written before it existed.
+   */
+  hostCertsIssuedUntil?: number;
   joined: number;
   /** Fingerprint of the Host CA key that signed the last host certificate (a rotation's progress). */
   hostCaKey?: string;

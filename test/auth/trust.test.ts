@@ -137,6 +137,27 @@ describe("node names", () => {
   });
 });
 
+describe("host-key revocation", () => {
+  test("a removed or replaced node cannot cut its own @revoked record short with a heartbeat", async () => {
+    const agentKnows = async (n: JoinedNode) => {
+      agent = await renew(auth.addr, agent);
+      return agent.certs.revokedHostKeys.includes(formatAuthorizedKey(n.keys.host));
+    };
+    // What a compromised node would say: its host certificate expired a minute ago.
+    const pastExpiry = BigInt(Date.now() - 60_000);
+    const removed = await joinNode(await nodeToken({ env: "lab" }), "lab-rm");
+    await renewHost(removed);
+    await nodeApi(removed).heartbeat({ address: "10.0.0.9:22", hostCertExpires: pastExpiry });
+    await adminApi(auth).deleteNode({ name: "lab-rm" });
+    assert.ok(await agentKnows(removed), "nodes rm: the host key stays revoked until the service's own certificates expire");
+
+    const old = await joinNode(await nodeToken({ env: "lab" }), "lab-old");
+    await nodeApi(old).heartbeat({ address: "10.0.0.9:22", hostCertExpires: pastExpiry });
+    await joinNode(await nodeToken({ env: "lab" }, "lab-old"), "lab-old");
+    assert.ok(await agentKnows(old), "--replace: the same");
+  });
+});
+
 describe("certificate kinds", () => {
   /** A certificate of `kind` that this cluster's `ca` really signed: the test unseals the CAs from the data dir. */
   async function forged(kind: CertKind, ca: "user" | "host"): Promise<ClientTls> {
