@@ -261,9 +261,11 @@ export async function renewNode(ctx: AuthContext, caller: Caller, hostPublicKey:
  * node says changes who it is, nor how long its host key stays revoked (hostCertsIssuedUntil).
  */
 export async function heartbeat(ctx: AuthContext, caller: Caller, address: string, hostCertExpires: number): Promise<void> {
+  // Empty: the address the service sees. Anything else is shown to users as is: host:port only.
+  if (address !== "") v.sshAddress(address, "address");
   await updateNode(ctx, caller, (n) => ({
     ...n,
-    address: address.slice(0, 256) || caller.remoteAddr,
+    address: address || caller.remoteAddr,
     lastHeartbeat: ctx.now(),
     hostCertExpires: hostCertExpires > 0 && hostCertExpires <= n.hostCertExpires ? hostCertExpires : n.hostCertExpires,
   }));

@@ -3,6 +3,7 @@ import type { KeyObject } from "node:crypto";
 import { isIP } from "node:net";
 import { parseAuthorizedKey } from "../ca/sshkey.js";
 import { p256PointFromDer, type P256Point } from "../ca/x509.js";
+import { isDnsName, isHostPort } from "../lib/address.js";
 import { MeziteError } from "../lib/errors.js";
 
 export const MIN_TTL_MS = 60_000;
@@ -48,8 +49,6 @@ export function ttl(ms: bigint): number {
   return Number(ms);
 }
 
-const DNS_LABEL = /^[a-zA-Z0-9]([a-zA-Z0-9-]{0,61}[a-zA-Z0-9])?$/;
-
 /**
  * A host certificate principal: a DNS name (labels of letters, digits and inner hyphens, 253
  * characters at most) or an IP address. Nothing else: a wildcard or odd text would match hosts
@@ -57,6 +56,12 @@ const DNS_LABEL = /^[a-zA-Z0-9]([a-zA-Z0-9-]{0,61}[a-zA-Z0-9])?$/;
  */
 export function hostPrincipal(s: string, field: string): string {
   if (isIP(s) !== 0) return s;
-  if (s.length > 253 || !s.split(".").every((l) => DNS_LABEL.test(l))) invalid(`${field} "${s.slice(0, 64)}" is not a DNS name or an IP address`);
+  if (!isDnsName(s)) invalid(`${field} "${s.slice(0, 64)}" is not a DNS name or an IP address`);
+  return s;
+}
+
+/** A node's SSH address as its heartbeat reports it: lib/address.ts isHostPort. Not echoed back: it may hold anything. */
+export function sshAddress(s: string, field: string): string {
+  if (!isHostPort(s)) invalid(`${field} must be host:port (a DNS name, an IPv4 address or a bracketed IPv6 address, and a port 1-65535)`);
   return s;
 }
