@@ -180,7 +180,8 @@ export interface Loaded<T> {
   revision: string;
 }
 
-function decode<T>(item: Item): T {
+/** A stored record's value; a record that is not JSON is a storage error naming its key. */
+export function decode<T>(item: Item): T {
   try {
     return JSON.parse(item.value) as T;
   } catch (e) {
