@@ -58,14 +58,15 @@ export function authTarget(d: IdentityDir, o: LsOptions): { addr: string; caPem:
   return { addr, caPem };
 }
 
-/** A listing's later pages, refused for the rate (ERR_RATE_LIMITED), are asked again this often, this many times. */
-const RATE_RETRY_MS = 1000;
-const RATE_RETRIES = 10;
-
 /**
- * Every page of the listing, as one reply sorted by node name. The first page's refusal (locked,
- * deleted, too many listings) is the user's answer; a later page over the rate is asked again.
+ * A page refused for the identity's listing rate (ERR_RATE_LIMITED: many CI runs of one identity
+ * listing at once, or a large fleet's many pages) is asked again after about a second, a few times;
+ * then the refusal is the answer.
  */
+const RATE_RETRY_MS = 1000;
+const RATE_RETRIES = 8;
+
+/** Every page of the listing, as one reply sorted by node name (what a single call used to return). */
 export async function listAccessibleNodes(d: IdentityDir, o: LsOptions): Promise<ListAccessibleNodesResponse> {
   const { addr, caPem } = authTarget(d, o);
   const certPem = readRequired(join(d.dir, "x509_cert.pem"), "has mezd identity written this dir?");
@@ -77,8 +78,8 @@ export async function listAccessibleNodes(d: IdentityDir, o: LsOptions): Promise
         return await client.listAccessibleNodes({ pageToken });
       } catch (e) {
         const err = fromConnectError(e, addr);
-        if (pageToken === "" || err.code !== "ERR_RATE_LIMITED" || tries >= RATE_RETRIES) throw err;
-        await new Promise((r) => setTimeout(r, RATE_RETRY_MS));
+        if (err.code !== "ERR_RATE_LIMITED" || tries >= RATE_RETRIES) throw err;
+        await new Promise((r) => setTimeout(r, RATE_RETRY_MS * (0.5 + Math.random())));
       }
     }
   };

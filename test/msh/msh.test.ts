@@ -181,24 +181,20 @@ describe("msh", () => {
     assert.equal(text.stdout.trimEnd().split("\n").length, 2 + expected.length, text.stdout);
 
     // A burst past the rate is refused with one clear line; another identity is still answered.
-    const results = await Promise.all(Array.from({ length: 25 }, () => api.listAccessibleNodes({ pageSize: 1 }).then(() => "ok", (e: unknown) => e)));
+    // 50 at once: at most the burst of 10, plus 5 a second for as long as they take, are answered.
+    const results = await Promise.all(Array.from({ length: 50 }, () => api.listAccessibleNodes({ pageSize: 1 }).then(() => "ok", (e: unknown) => e)));
     const limited = results.filter((r): r is ConnectError => r instanceof ConnectError && r.code === Code.ResourceExhausted);
-    assert.ok(limited.length >= 10, `${limited.length} of 25 refused`);
+    assert.ok(limited.length >= 20, `${limited.length} of 50 refused`);
     assert.equal(results.filter((r) => r !== "ok").length, limited.length, String(results.find((r) => r !== "ok" && !limited.includes(r as ConnectError))));
     const e = fromConnectError(limited[0], auth.addr);
     assert.equal(e.code, "ERR_RATE_LIMITED");
     assert.equal(e.message, `too many node listings for agent identity "pager": at most 5 a second; retry in a second`);
     const other = await msh("ls", `--identity-dir=${dest}`, "--format=json");
     assert.equal(other.code, 0, other.stderr);
-    // The bucket refills: the same identity is answered again within a few seconds.
-    const deadline = Date.now() + 15_000;
-    for (;;) {
-      const r = await api.listAccessibleNodes({ pageSize: 1 }).then(() => "ok", (err: unknown) => err);
-      if (r === "ok") break;
-      assert.ok(r instanceof ConnectError && r.code === Code.ResourceExhausted, String(r));
-      assert.ok(Date.now() < deadline, "answered again once the rate allows");
-      await new Promise((res) => setTimeout(res, 100));
-    }
+    // msh ls waits for the rate to allow it (pages refused for the rate are asked again): same output.
+    const after = await msh("ls", `--identity-dir=${d}`, "--format=json");
+    assert.equal(after.code, 0, after.stderr);
+    assert.deepEqual((JSON.parse(after.stdout) as { name: string }[]).map((n) => n.name), expected);
   });
 
   test("AgentService takes the output certificate only; the output certificate cannot renew", async (t) => {
