@@ -3,6 +3,7 @@ import { create } from "@bufbuild/protobuf";
 import { RoleSchema, type Role as RoleMessage, type RoleConditions } from "./gen/mezite/v1/common_pb.js";
 import { roleFromDocument, type Role } from "../rbac/role.js";
 import { formatDuration } from "../lib/duration.js";
+import { MeziteError } from "../lib/errors.js";
 import type { LabelRule } from "../rbac/access.js";
 
 const labelsToProto = (rule: LabelRule) => Object.fromEntries(Object.entries(rule).map(([k, values]) => [k, { values }]));
@@ -20,14 +21,18 @@ export function roleToProto(r: Role, created = 0): RoleMessage {
 
 /** Validates with the same rules as a YAML file, so any gRPC client gets the same errors. */
 export function roleFromProto(m: RoleMessage): Role {
-  const cond = (c: RoleConditions | undefined) => ({
-    logins: c?.logins ?? [],
-    node_labels: Object.fromEntries(Object.entries(c?.nodeLabels ?? {}).map(([k, v]) => [k, v.values])),
-  });
+  const cond = (c: RoleConditions | undefined, where: string) => {
+    const labels = c?.nodeLabels ?? {};
+    // A decoded map key "__proto__" is not an entry: the decoder's assignment replaced the map's prototype.
+    if (Object.getPrototypeOf(labels) !== Object.prototype) {
+      throw new MeziteError("ERR_BAD_ROLE", `${where}.node_labels: "__proto__" is reserved and cannot be a label key`);
+    }
+    return { logins: c?.logins ?? [], node_labels: Object.fromEntries(Object.entries(labels).map(([k, v]) => [k, v.values])) };
+  };
   const options = m.maxSessionTtlMs > 0n ? { max_session_ttl: formatDuration(Number(m.maxSessionTtlMs)) } : {};
   return roleFromDocument({
     kind: "role",
     metadata: { name: m.name, description: m.description },
-    spec: { options, allow: cond(m.allow), deny: cond(m.deny) },
+    spec: { options, allow: cond(m.allow, "spec.allow"), deny: cond(m.deny, "spec.deny") },
   });
 }

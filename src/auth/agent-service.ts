@@ -5,13 +5,16 @@
  * answers from the identity's own record alone: no parameter names another identity.
  */
 import { create } from "@bufbuild/protobuf";
-import { AccessibleNodeSchema, ListAccessibleNodesResponseSchema, type ListAccessibleNodesResponse } from "../api/gen/mezite/v1/agent_pb.js";
+import { isIP } from "node:net";
+import { AccessibleNodeSchema, ListAccessibleNodesResponseSchema, type AccessibleNode, type ListAccessibleNodesResponse } from "../api/gen/mezite/v1/agent_pb.js";
 import type { ParsedCert } from "../ca/x509.js";
+import { isDnsName } from "../lib/address.js";
 import { MeziteError } from "../lib/errors.js";
+import { RateLimiter } from "../lib/rate-limit.js";
 import { canLogin, principalsFor, type RoleAccess } from "../rbac/access.js";
 import type { AuthContext, Caller } from "./context.js";
 import { activeLocks, refuseIfLocked } from "./locks.js";
-import { keys, load, loadAll, type IdentityRecord, type InstanceRecord, type NodeRecord, type StoredRole } from "./records.js";
+import { decode, keys, load, type IdentityRecord, type InstanceRecord, type NodeRecord, type StoredRole } from "./records.js";
 
 function notAuthorized(): MeziteError {
   return new MeziteError("ERR_NOT_AUTHORIZED", "this call needs an agent identity's output certificate (x509_cert.pem of its destination dir)");
@@ -35,9 +38,38 @@ export function outputCert(ctx: AuthContext, caller: Caller): ParsedCert & { ide
   return c as ParsedCert & { identityId: string; instanceId: string };
 }
 
-export async function listAccessibleNodes(ctx: AuthContext, caller: Caller): Promise<ListAccessibleNodesResponse> {
+/** A page holds at most this many nodes (DEFAULT_PAGE_SIZE when the caller says 0). */
+export const DEFAULT_PAGE_SIZE = 500;
+export const MAX_PAGE_SIZE = 1000;
+/** Nodes read per call at most, matched or not: a call costs the same whatever the fleet's size. */
+export const MAX_NODES_READ = 5000;
+const READ_CHUNK = 1000;
+/** Per identity: a burst of 10 calls, then 5 a second (a listing of a large fleet is a few pages). */
+export const LIST_RATE = { perSecond: 5, burst: 10 };
+
+const limiters = new WeakMap<AuthContext, RateLimiter>();
+function limiterOf(ctx: AuthContext): RateLimiter {
+  let l = limiters.get(ctx);
+  if (l === undefined) limiters.set(ctx, (l = new RateLimiter(LIST_RATE)));
+  return l;
+}
+
+/** The page token is the name of the last node the previous page read. */
+function pageStart(token: string): string | undefined {
+  if (token === "") return undefined;
+  if (isIP(token) === 0 && !isDnsName(token)) throw new MeziteError("ERR_USAGE", "invalid request: page_token is not one this call returned");
+  return keys.node(token);
+}
+
+export async function listAccessibleNodes(ctx: AuthContext, caller: Caller, req: { pageSize: number; pageToken: string }): Promise<ListAccessibleNodesResponse> {
   const cert = outputCert(ctx, caller);
   const name = cert.subjectCommonName;
+  if (!limiterOf(ctx).take(cert.identityId)) {
+    throw new MeziteError("ERR_RATE_LIMITED", `too many node listings for agent identity "${name}": at most ${LIST_RATE.perSecond} a second; retry in a second`);
+  }
+  if (req.pageSize < 0 || req.pageSize > MAX_PAGE_SIZE) throw new MeziteError("ERR_USAGE", `invalid request: page_size must be between 0 (the default, ${DEFAULT_PAGE_SIZE}) and ${MAX_PAGE_SIZE}`);
+  const pageSize = req.pageSize || DEFAULT_PAGE_SIZE;
+  let after = pageStart(req.pageToken);
   const [identity, instance, locks] = await Promise.all([
     load<IdentityRecord>(ctx.backend, keys.identity(name)),
     load<InstanceRecord>(ctx.backend, keys.instance(cert.identityId, cert.instanceId)),
@@ -56,10 +88,25 @@ export async function listAccessibleNodes(ctx: AuthContext, caller: Caller): Pro
   const lockedLogins = new Set(locks.filter((l) => l.kind === "login").map((l) => l.target));
   const usable = logins.filter((l) => !lockedLogins.has(l));
 
-  const nodes = (await loadAll<NodeRecord>(ctx.backend, keys.nodes))
-    .map(({ value: n }) => ({ n, logins: usable.filter((l) => canLogin(roles, l, n.labels)) }))
-    .filter((x) => x.logins.length > 0)
-    .sort((a, b) => a.n.name.localeCompare(b.n.name))
-    .map(({ n, logins: l }) => create(AccessibleNodeSchema, { name: n.name, labels: n.labels, address: n.address, logins: l, lastHeartbeat: BigInt(n.lastHeartbeat) }));
-  return create(ListAccessibleNodesResponseSchema, { identity: name, roles: roleNames, nodes });
+  // In key (node name) order from the page token on, until the page is full or MAX_NODES_READ were read.
+  const nodes: AccessibleNode[] = [];
+  let next = "";
+  for (let read = 0; usable.length > 0; ) {
+    const limit = Math.min(READ_CHUNK, MAX_NODES_READ - read);
+    const items = await ctx.backend.range(keys.nodes, after !== undefined ? { limit, startAfter: after } : { limit });
+    for (const item of items) {
+      read++;
+      const n = decode<NodeRecord>(item);
+      const l = usable.filter((x) => canLogin(roles, x, n.labels));
+      if (l.length > 0) nodes.push(create(AccessibleNodeSchema, { name: n.name, labels: n.labels, address: n.address, logins: l, lastHeartbeat: BigInt(n.lastHeartbeat) }));
+      if (nodes.length === pageSize || read === MAX_NODES_READ) {
+        // More may follow: the next page starts after this node (an empty last page is possible).
+        next = n.name;
+        break;
+      }
+    }
+    if (next !== "" || items.length < limit) break;
+    after = items[items.length - 1]!.key;
+  }
+  return create(ListAccessibleNodesResponseSchema, { identity: name, roles: roleNames, nodes, nextPageToken: next });
 }

@@ -92,9 +92,14 @@ function nameTaken(principal: string, holder: string): MeziteError {
   );
 }
 
-/** Keeps a removed or replaced node's host key revoked for agents until its certificates expire. */
-export function revokeHostKey(node: NodeRecord): WriteOp {
-  return { op: "put", key: keys.revokedHostKey(node.id), value: node.hostKey, expires: node.hostCertExpires };
+/**
+ * Keeps a removed or replaced node's host key revoked for agents until the last host certificate
+ * the service issued for it expires: the record's hostCertsIssuedUntil, which only issuance moves
+ * (a heartbeat's reported expiry never does). A record from before that field: a week from now,
+ * the longest any certificate issued until now can live.
+ */
+export function revokeHostKey(node: NodeRecord, now: number): WriteOp {
+  return { op: "put", key: keys.revokedHostKey(node.id), value: node.hostKey, expires: node.hostCertsIssuedUntil ?? now + HOST_CERT_TTL_MS };
 }
 
 /** Host keys of removed or replaced nodes whose certificates have not all expired: `@revoked` lines for agents. */
@@ -122,7 +127,7 @@ async function claimOps(ctx: AuthContext, node: NodeRecord, replaced: Loaded<Nod
     }
   }
   if (replaced) {
-    ops.push({ op: "cas", key: keys.node(node.name), revision: replaced.revision, value: encode(node) }, revokeHostKey(replaced.value));
+    ops.push({ op: "cas", key: keys.node(node.name), revision: replaced.revision, value: encode(node) }, revokeHostKey(replaced.value, ctx.now()));
   } else {
     ops.push({ op: "create", key: keys.node(node.name), value: encode(node) });
   }
@@ -165,8 +170,9 @@ export async function joinNode(ctx: AuthContext, req: JoinNodeRequest, caller: C
       joined: now,
       hostCaKey: cas.host.sshFingerprint,
     };
-    const ops = await claimOps(ctx, node, replaced);
     const creds = await issueNodeCredentials(ctx, cas, node, hostKey, tlsKey);
+    node.hostCertExpires = node.hostCertsIssuedUntil = Number(creds.hostCertExpires);
+    const ops = await claimOps(ctx, node, replaced);
     // A lost race for a name: say who won it (the token stays unused).
     await commitJoin(ctx, token, ops, async () => {
       for (const p of claimedBy(node)) {
@@ -239,16 +245,27 @@ export async function renewNode(ctx: AuthContext, caller: Caller, hostPublicKey:
   }
   const cas = ctx.cas;
   const creds = await issueNodeCredentials(ctx, cas, node, hostKey, tlsKey);
-  await updateNode(ctx, caller, (n) => ({ ...n, hostCertExpires: Number(creds.hostCertExpires), hostCaKey: cas.host.sshFingerprint }));
+  const issued = Number(creds.hostCertExpires);
+  await updateNode(ctx, caller, (n) => ({
+    ...n,
+    hostCertExpires: issued,
+    hostCertsIssuedUntil: Math.max(n.hostCertsIssuedUntil ?? ctx.now() + HOST_CERT_TTL_MS, issued),
+    hostCaKey: cas.host.sshFingerprint,
+  }));
   await ctx.audit.emit({ type: "node.renew", identity: node.name, remote_addr: caller.remoteAddr });
   return creds;
 }
 
-/** Only the address and the host certificate's expiry: nothing a node says changes who it is. */
+/**
+ * Only the address and the host certificate's expiry it reports (shown in `nodes ls`): nothing a
+ * node says changes who it is, nor how long its host key stays revoked (hostCertsIssuedUntil).
+ */
 export async function heartbeat(ctx: AuthContext, caller: Caller, address: string, hostCertExpires: number): Promise<void> {
+  // Empty: the address the service sees. Anything else is shown to users as is: host:port only.
+  if (address !== "") v.sshAddress(address, "address");
   await updateNode(ctx, caller, (n) => ({
     ...n,
-    address: address.slice(0, 256) || caller.remoteAddr,
+    address: address || caller.remoteAddr,
     lastHeartbeat: ctx.now(),
     hostCertExpires: hostCertExpires > 0 && hostCertExpires <= n.hostCertExpires ? hostCertExpires : n.hostCertExpires,
   }));

@@ -85,7 +85,14 @@ export interface NodeRecord {
   hostKey: string;
   address: string;
   lastHeartbeat: number;
+  /** The expiry of the host certificate the node last reported holding (for `nodes ls`). */
   hostCertExpires: number;
+  /**
+   * The latest expiry of any host certificate the service issued for this node, set at issuance
+   * alone: how long its host key stays revoked after `nodes rm` or a replacement. Absent in
+   * records written before it existed.
+   */
+  hostCertsIssuedUntil?: number;
   joined: number;
   /** Fingerprint of the Host CA key that signed the last host certificate (a rotation's progress). */
   hostCaKey?: string;
@@ -173,7 +180,8 @@ export interface Loaded<T> {
   revision: string;
 }
 
-function decode<T>(item: Item): T {
+/** A stored record's value; a record that is not JSON is a storage error naming its key. */
+export function decode<T>(item: Item): T {
   try {
     return JSON.parse(item.value) as T;
   } catch (e) {

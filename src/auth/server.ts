@@ -269,7 +269,7 @@ function routes(ctx: AuthContext, revocations: Revocations, metrics: AuthMetrics
       }),
     });
     router.service(AgentService, {
-      listAccessibleNodes: unary("ListAccessibleNodes", (_req, caller) => listAccessibleNodes(ctx, caller)),
+      listAccessibleNodes: unary("ListAccessibleNodes", (req, caller) => listAccessibleNodes(ctx, caller, req)),
     });
     router.service(AdminService, {
       getClusterInfo: admin("GetClusterInfo", async () =>

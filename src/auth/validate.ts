@@ -2,6 +2,7 @@
 import type { KeyObject } from "node:crypto";
 import { parseAuthorizedKey } from "../ca/sshkey.js";
 import { p256PointFromDer, type P256Point } from "../ca/x509.js";
+import { isHostPort } from "../lib/address.js";
 import { MeziteError } from "../lib/errors.js";
 import { isHostPrincipal } from "../rbac/names.js";
 
@@ -51,5 +52,11 @@ export function ttl(ms: bigint): number {
 /** A host certificate principal (rbac/names isHostPrincipal): a DNS name or an IP address. */
 export function hostPrincipal(s: string, field: string): string {
   if (!isHostPrincipal(s)) invalid(`${field} "${s.slice(0, 64)}" is not a DNS name or an IP address`);
+  return s;
+}
+
+/** A node's SSH address as its heartbeat reports it: lib/address.ts isHostPort. Not echoed back: it may hold anything. */
+export function sshAddress(s: string, field: string): string {
+  if (!isHostPort(s)) invalid(`${field} must be host:port (a DNS name, an IPv4 address or a bracketed IPv6 address, and a port 1-65535)`);
   return s;
 }

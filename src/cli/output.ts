@@ -1,6 +1,7 @@
 /** Output formats for listings (SPEC §11): aligned text tables, or one JSON / YAML document. */
 import { stringify as toYaml } from "yaml";
 import { MeziteError } from "../lib/errors.js";
+import { escapeText } from "../lib/escape.js";
 
 export type Format = "text" | "json" | "yaml";
 
@@ -26,8 +27,10 @@ export function relTime(ms: bigint | number, now = Date.now()): string {
   return d >= 0 ? `in ${span}` : `${span} ago`;
 }
 
-export function table(headers: string[], rows: string[][]): string {
-  if (rows.length === 0) return headers.join("  ") + "\n";
+/** Columns of text; every cell is escaped (lib/escape.ts), since cells show what nodes and clients sent. */
+export function table(headers: string[], cells: string[][]): string {
+  if (cells.length === 0) return headers.join("  ") + "\n";
+  const rows = cells.map((r) => r.map(escapeText));
   const widths = headers.map((h, i) => Math.max(h.length, ...rows.map((r) => (r[i] ?? "").length)));
   const line = (cells: string[]) => cells.map((c, i) => (i === cells.length - 1 ? c : c.padEnd(widths[i]!))).join("  ").trimEnd();
   return [line(headers), line(widths.map((w) => "-".repeat(w))), ...rows.map(line)].join("\n") + "\n";

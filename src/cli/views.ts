@@ -1,6 +1,7 @@
 /** How resources look to an admin: JSON documents (snake_case) and table rows. */
 import type * as pb from "../api/gen/mezite/v1/common_pb.js";
 import type { CaStatus } from "../api/gen/mezite/v1/admin_pb.js";
+import { escapeText as e } from "../lib/escape.js";
 import { isoTime, relTime } from "./output.js";
 
 export function lockDoc(l: pb.Lock) {
@@ -44,25 +45,26 @@ export function identityRow(s: pb.AgentIdentityStatus): string[] {
 }
 export const IDENTITY_HEADERS = ["NAME", "ROLES", "STATUS", "GENERATION", "LAST SEEN", "CERT EXPIRES"];
 
+/** Every value shown is escaped (lib/escape.ts): addresses and claims are what daemons and ID tokens sent. */
 export function identityText(s: pb.AgentIdentityStatus): string {
   const out = [
-    `Agent identity: ${s.name}`,
-    `ID:             ${s.id}`,
-    `Roles:          [${s.roles.join(", ")}]`,
+    `Agent identity: ${e(s.name)}`,
+    `ID:             ${e(s.id)}`,
+    `Roles:          [${e(s.roles.join(", "))}]`,
     `Status:         ${identityStatus(s)}`,
     `Generation:     ${s.generation}`,
-    `Last seen:      ${relTime(s.lastSeen)}${s.lastAddress ? ` from ${s.lastAddress}` : ""}`,
+    `Last seen:      ${relTime(s.lastSeen)}${s.lastAddress ? ` from ${e(s.lastAddress)}` : ""}`,
     `Cert expires:   ${relTime(s.certExpires)}`,
     `Created:        ${isoTime(s.created) ?? "unknown"}`,
-    `Token:          ${s.tokenState}`,
-    `SSH principals: ${s.principals.length ? s.principals.join(", ") : `none (${s.principalsError})`}`,
+    `Token:          ${e(s.tokenState)}`,
+    `SSH principals: ${e(s.principals.length ? s.principals.join(", ") : `none (${s.principalsError})`)}`,
   ];
-  if (s.locks.length) out.push(`Locks:`, ...s.locks.map((l) => `  ${l.id}  ${l.targetKind}=${l.target}${l.reason ? `  "${l.reason}"` : ""}`));
+  if (s.locks.length) out.push(`Locks:`, ...s.locks.map((l) => `  ${e(l.id)}  ${e(`${l.targetKind}=${l.target}`)}${l.reason ? `  "${e(l.reason)}"` : ""}`));
   out.push(`Instances:      ${s.instances.length === 0 ? "none" : ""}`.trimEnd());
   for (const i of s.instances) {
-    out.push(`  ${i.id}  generation ${i.generation}  ${i.locked ? "LOCKED" : "active"}  last seen ${relTime(i.lastSeen)}${i.address ? ` from ${i.address}` : ""}  cert expires ${relTime(i.certExpires)}`);
+    out.push(`  ${e(i.id)}  generation ${i.generation}  ${i.locked ? "LOCKED" : "active"}  last seen ${relTime(i.lastSeen)}${i.address ? ` from ${e(i.address)}` : ""}  cert expires ${relTime(i.certExpires)}`);
     const claims = Object.entries(i.claims).map(([k, v]) => `${k}=${v}`).join(" ");
-    if (i.joinMethod && i.joinMethod !== "token") out.push(`    joined by ${i.joinMethod}${claims ? `: ${claims}` : ""}`);
+    if (i.joinMethod && i.joinMethod !== "token") out.push(`    joined by ${e(i.joinMethod)}${claims ? `: ${e(claims)}` : ""}`);
   }
   return out.join("\n") + "\n";
 }
@@ -108,7 +110,7 @@ export function caDoc(c: CaStatus) {
   };
 }
 
-/** `mezctl ca status`: per CA its phase, then each key with what it does and who holds its certificates. */
+/** `mezctl ca status`: per CA its phase, then each key with what it does and who holds its certificates (values escaped). */
 export function caText(list: CaStatus[]): string {
   return list
     .map((c) => {
@@ -117,13 +119,13 @@ export function caText(list: CaStatus[]): string {
         : `${c.mode === "auto" ? "automatic" : "manual"}, started ${relTime(c.started)}${c.nextPhaseAt ? `, next phase ${relTime(c.nextPhaseAt)}` : ""}`;
       const holders = c.type === "user" ? "live instances" : "nodes";
       const rows = c.keys.map((k) => [
-        `  ${k.role}`,
-        k.sshFingerprint,
+        `  ${e(k.role)}`,
+        e(k.sshFingerprint),
         [k.signing ? "signing" : "", k.trusted ? "trusted" : "not trusted"].filter(Boolean).join(", "),
         `${k.holders}/${c.holdersTotal} ${holders}`,
       ]);
       const width = (i: number) => Math.max(...rows.map((r) => r[i]!.length));
-      return [`${c.type} CA: phase ${c.phase} (${how})`, ...rows.map((r) => r.map((f, i) => (i < r.length - 1 ? f.padEnd(width(i)) : f)).join("  "))].join("\n");
+      return [e(`${c.type} CA: phase ${c.phase} (${how})`), ...rows.map((r) => r.map((f, i) => (i < r.length - 1 ? f.padEnd(width(i)) : f)).join("  "))].join("\n");
     })
     .join("\n") + "\n";
 }

@@ -8,7 +8,8 @@
  * the `auth_server` and `tls_ca_pem` fields are read).
  */
 import { join } from "node:path";
-import { AgentService, type ListAccessibleNodesResponse } from "../api/gen/mezite/v1/agent_pb.js";
+import { create } from "@bufbuild/protobuf";
+import { AgentService, ListAccessibleNodesResponseSchema, type AccessibleNode, type ListAccessibleNodesResponse } from "../api/gen/mezite/v1/agent_pb.js";
 import { connect } from "../api/client.js";
 import { fromConnectError } from "../api/errors.js";
 import { isoTime, relTime, table } from "../cli/output.js";
@@ -57,15 +58,40 @@ export function authTarget(d: IdentityDir, o: LsOptions): { addr: string; caPem:
   return { addr, caPem };
 }
 
+/**
+ * A page refused for the identity's listing rate (ERR_RATE_LIMITED: many CI runs of one identity
+ * listing at once, or a large fleet's many pages) is asked again after about a second, a few times;
+ * then the refusal is the answer.
+ */
+const RATE_RETRY_MS = 1000;
+const RATE_RETRIES = 8;
+
+/** Every page of the listing, as one reply sorted by node name (what a single call used to return). */
 export async function listAccessibleNodes(d: IdentityDir, o: LsOptions): Promise<ListAccessibleNodesResponse> {
   const { addr, caPem } = authTarget(d, o);
   const certPem = readRequired(join(d.dir, "x509_cert.pem"), "has mezd identity written this dir?");
   const keyPem = readRequired(join(d.dir, "x509_key.pem"), "has mezd identity written this dir?");
-  try {
-    return await connect(AgentService, addr, { certPem, keyPem, caPem }).listAccessibleNodes({});
-  } catch (e) {
-    throw fromConnectError(e, addr);
+  const client = connect(AgentService, addr, { certPem, keyPem, caPem });
+  const page = async (pageToken: string): Promise<ListAccessibleNodesResponse> => {
+    for (let tries = 0; ; tries++) {
+      try {
+        return await client.listAccessibleNodes({ pageToken });
+      } catch (e) {
+        const err = fromConnectError(e, addr);
+        if (err.code !== "ERR_RATE_LIMITED" || tries >= RATE_RETRIES) throw err;
+        await new Promise((r) => setTimeout(r, RATE_RETRY_MS * (0.5 + Math.random())));
+      }
+    }
+  };
+  const first = await page("");
+  const nodes: AccessibleNode[] = [...first.nodes];
+  for (let token = first.nextPageToken; token !== ""; ) {
+    const r = await page(token);
+    nodes.push(...r.nodes);
+    token = r.nextPageToken;
   }
+  nodes.sort((a, b) => a.name.localeCompare(b.name));
+  return create(ListAccessibleNodesResponseSchema, { identity: first.identity, roles: first.roles, nodes });
 }
 
 export function lsText(r: ListAccessibleNodesResponse, now = Date.now()): string {

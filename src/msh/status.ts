@@ -1,6 +1,7 @@
 /** msh status: what the identity dir's certificate says, for people (text) and programs (json). */
 import { isoTime, relTime } from "../cli/output.js";
 import { formatDuration } from "../lib/duration.js";
+import { escapeText } from "../lib/escape.js";
 import type { IdentityDir } from "./identity-dir.js";
 
 function left(d: IdentityDir, now: number): string {
@@ -20,7 +21,7 @@ export function statusText(d: IdentityDir, now = Date.now()): string {
     ["Valid until", `${d.validBeforeMs === Infinity ? "forever" : new Date(d.validBeforeMs).toISOString()} (${left(d, now)})`],
     ["Key", d.agentSocket !== undefined ? `agent socket ${d.agentSocket}` : `${d.dir}/ssh_key`],
   ];
-  return rows.map(([k, v]) => `${`${k}:`.padEnd(13)}${v}`).join("\n") + "\n";
+  return rows.map(([k, v]) => `${`${k}:`.padEnd(13)}${escapeText(v)}`).join("\n") + "\n";
 }
 
 export function statusDoc(d: IdentityDir, now = Date.now()) {

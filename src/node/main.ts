@@ -1,5 +1,6 @@
 /** `mezd node start`: options, diagnostics and signals around the NodeAgent. */
 import { resolve } from "node:path";
+import { isHostPort } from "../lib/address.js";
 import { diagSource, startDiagServer } from "../lib/diag.js";
 import { MeziteError } from "../lib/errors.js";
 import { createLogger } from "../lib/log.js";
@@ -14,6 +15,9 @@ export interface RawNodeStartOptions {
 
 export function resolveNodeStartOptions(raw: RawNodeStartOptions): NodeAgentOptions {
   if (!raw.sshDir) throw new MeziteError("ERR_USAGE", "--ssh-dir is required (the directory mezd node join wrote)");
+  if (raw.advertiseAddr !== undefined && !isHostPort(raw.advertiseAddr)) {
+    throw new MeziteError("ERR_USAGE", "--advertise-addr must be host:port (a DNS name, an IPv4 address or a bracketed IPv6 address, and a port 1-65535)");
+  }
   return { sshDir: resolve(raw.sshDir), authServer: raw.authServer, advertiseAddr: raw.advertiseAddr ?? "", ...NODE_DEFAULTS };
 }
 

@@ -15,26 +15,39 @@ export interface RoleAccess {
   maxSessionTtlMs: number;
 }
 
+/** Own properties only: a rule or label set read from JSON is a plain object, and `constructor` must not reach Object.prototype. */
+const own = (o: object, key: string): boolean => Object.prototype.hasOwnProperty.call(o, key);
+
+/** Logins as deny rules compare them: case-insensitively, so a deny of `Root` also denies `root`. */
+const denyKey = (login: string): string => login.toLowerCase();
+
 /**
- * A rule matches a node when every key of the rule is satisfied: the node has that label with
- * one of the listed values. '*' as a key or value matches anything. An empty rule matches no
- * node, so a role without node_labels grants no node (and a deny without them denies none).
+ * A rule matches a node when every key of the rule is satisfied: the node has that label (its own,
+ * never an inherited property) with one of the listed values. '*' as a value matches any value;
+ * the key '*' (with the value '*', the only one role.ts accepts with it) matches any node. An
+ * empty rule matches no node, so a role without node_labels grants no node (and a deny without
+ * them denies none).
  */
 export function labelsMatch(rule: LabelRule, nodeLabels: Record<string, string>): boolean {
   const keys = Object.keys(rule);
   if (keys.length === 0) return false;
   return keys.every((key) => {
-    const values = rule[key] ?? [];
+    const values = rule[key];
+    if (!Array.isArray(values)) return false;
     if (key === "*") return values.includes("*");
+    if (!own(nodeLabels, key)) return false;
     const have = nodeLabels[key];
-    return have !== undefined && (values.includes("*") || values.includes(have));
+    return typeof have === "string" && (values.includes("*") || values.includes(have));
   });
 }
 
-/** Allowed logins minus denied logins over all roles, sorted. */
+/**
+ * Allowed logins minus denied logins over all roles, sorted. Allowed logins are exact, as OpenSSH
+ * compares a certificate's principals with the user name; a denied login denies it in every case.
+ */
 export function principalsFor(roles: RoleAccess[]): string[] {
-  const denied = new Set(roles.flatMap((r) => r.deny.logins));
-  const allowed = new Set(roles.flatMap((r) => r.allow.logins).filter((l) => !denied.has(l)));
+  const denied = new Set(roles.flatMap((r) => r.deny.logins.map(denyKey)));
+  const allowed = new Set(roles.flatMap((r) => r.allow.logins).filter((l) => !denied.has(denyKey(l))));
   return [...allowed].sort();
 }
 
@@ -55,10 +68,11 @@ export function sessionTtlMs(roles: RoleAccess[], requestedMs: number): number {
 
 /**
  * May these roles log in as `login` on a node with these labels? Some role must allow both the
- * login and the node; any role denying the login or the node wins over every allow.
+ * login (exactly) and the node; any role denying the login (in any case) or the node wins over
+ * every allow.
  */
 export function canLogin(roles: RoleAccess[], login: string, nodeLabels: Record<string, string>): boolean {
-  const denied = roles.some((r) => r.deny.logins.includes(login) || labelsMatch(r.deny.labels, nodeLabels));
+  const denied = roles.some((r) => r.deny.logins.some((d) => denyKey(d) === denyKey(login)) || labelsMatch(r.deny.labels, nodeLabels));
   if (denied) return false;
   return roles.some((r) => r.allow.logins.includes(login) && labelsMatch(r.allow.labels, nodeLabels));
 }

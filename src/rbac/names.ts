@@ -4,6 +4,7 @@
  * names (SPEC §4), so a value is the same well-formed thing on both sides.
  */
 import { isIP } from "node:net";
+import { isDnsName } from "../lib/address.js";
 
 /** A Unix login name as OpenSSH and useradd take it (exact, case-sensitive). */
 export const LOGIN_PATTERN = /^[a-z_][a-z0-9_.-]{0,31}\$?$/i;
@@ -12,13 +13,11 @@ export const LOGIN_PATTERN = /^[a-z_][a-z0-9_.-]{0,31}\$?$/i;
 export const LABEL_KEY_PATTERN = /^[A-Za-z0-9_./-]{1,63}$/;
 export const LABEL_VALUE_PATTERN = /^[A-Za-z0-9_./:-]{1,63}$/;
 
-const DNS_LABEL = /^[a-zA-Z0-9]([a-zA-Z0-9-]{0,61}[a-zA-Z0-9])?$/;
-
 /**
  * A host certificate principal: a DNS name (labels of letters, digits and inner hyphens, 253
  * characters at most) or an IP address. Nothing else: a wildcard or odd text would match hosts
  * the node does not own.
  */
 export function isHostPrincipal(s: string): boolean {
-  return isIP(s) !== 0 || (s.length <= 253 && s.split(".").every((l) => DNS_LABEL.test(l)));
+  return isIP(s) !== 0 || isDnsName(s);
 }

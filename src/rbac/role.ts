@@ -43,11 +43,23 @@ function logins(value: unknown, where: string): string[] {
   return list;
 }
 
+/** Names that are not label keys: on a plain object they reach (or replace) its prototype. */
+export const RESERVED_LABEL_KEYS: readonly string[] = ["__proto__", "constructor", "prototype"];
+
+/**
+ * A label rule in a prototype-free map: a key is only ever one the admin wrote. The key '*' (any
+ * node) takes only the value '*'; any other value under it would mean nothing, so it is refused.
+ */
 function labelRule(value: unknown, where: string): LabelRule {
-  if (value === undefined || value === null) return {};
+  const rule: LabelRule = Object.create(null) as LabelRule;
+  if (value === undefined || value === null) return rule;
   if (typeof value !== "object" || Array.isArray(value)) bad(`${where} must be a mapping of label to values`);
-  const rule: LabelRule = {};
-  for (const [key, v] of Object.entries(value as Obj)) rule[key] = stringList(v, `${where}.${key}`);
+  for (const [key, v] of Object.entries(value as Obj)) {
+    if (RESERVED_LABEL_KEYS.includes(key)) bad(`${where}: "${key}" is reserved and cannot be a label key`);
+    const values = stringList(v, `${where}.${key}`);
+    if (key === "*" && (values.length !== 1 || values[0] !== "*")) bad(`${where}: the key '*' (any node) takes only the value '*'`);
+    rule[key] = values;
+  }
   return rule;
 }
 

@@ -137,6 +137,81 @@ describe("node names", () => {
   });
 });
 
+describe("host-key revocation", () => {
+  test("a removed or replaced node cannot cut its own @revoked record short with a heartbeat", async () => {
+    const agentKnows = async (n: JoinedNode) => {
+      agent = await renew(auth.addr, agent);
+      return agent.certs.revokedHostKeys.includes(formatAuthorizedKey(n.keys.host));
+    };
+    // What a compromised node would say: its host certificate expired a minute ago.
+    const pastExpiry = BigInt(Date.now() - 60_000);
+    const removed = await joinNode(await nodeToken({ env: "lab" }), "lab-rm");
+    await renewHost(removed);
+    await nodeApi(removed).heartbeat({ address: "10.0.0.9:22", hostCertExpires: pastExpiry });
+    await adminApi(auth).deleteNode({ name: "lab-rm" });
+    assert.ok(await agentKnows(removed), "nodes rm: the host key stays revoked until the service's own certificates expire");
+
+    const old = await joinNode(await nodeToken({ env: "lab" }), "lab-old");
+    await nodeApi(old).heartbeat({ address: "10.0.0.9:22", hostCertExpires: pastExpiry });
+    await joinNode(await nodeToken({ env: "lab" }, "lab-old"), "lab-old");
+    assert.ok(await agentKnows(old), "--replace: the same");
+  });
+});
+
+describe("what nodes send is shown, never obeyed", () => {
+  test("a heartbeat address is host:port or refused (INVALID_ARGUMENT, nothing stored)", async () => {
+    const n = await joinNode(await nodeToken({ env: "lab" }), "lab-addr");
+    for (const ok of ["10.0.0.9:22", "web-01.example.com:2222", "[fe80::1]:22", "localhost:65535"]) {
+      await nodeApi(n).heartbeat({ address: ok });
+      assert.equal((await listed("lab-addr"))?.address, ok);
+    }
+    const forged = "10.0.0.9:22\x1b[2J\x1b[H\nprod-db  env=production  10.6.6.6:22";
+    for (const bad of [forged, "10.0.0.9:22\x1b[31m", "10.0.0.9", "10.0.0.9:0", "10.0.0.9:65536", "10.0.0.9:+22", "fe80::1:22", "[10.0.0.9]:22", "a b:22", "*.example.com:22", "1.2.3:22", `${"a".repeat(300)}:22`]) {
+      const r = await refused(nodeApi(n).heartbeat({ address: bad }), "ERR_USAGE", Code.InvalidArgument);
+      assert.match(r.message, /^invalid request: address must be host:port/);
+      assert.doesNotMatch(r.message, /[\x00-\x1f]|6\.6\.6/, "the refusal does not echo what was sent");
+    }
+    assert.equal((await listed("lab-addr"))?.address, "localhost:65535", "a refused heartbeat changes nothing");
+  });
+
+  test("labels, addresses and claims stored with control characters are shown escaped in text", async () => {
+    const n = await joinNode(await nodeToken({ env: "lab" }), "lab-esc");
+    await heartbeat(n);
+    const victim = await joinAgent(auth.addr, await addIdentity(auth, "escaped", ["ci-deployer"]));
+    // What a compromised node, a bad backup or a past bug could have left in the store.
+    const db = new Database(join(auth.dataDir, "mezite.db"));
+    const edit = (key: string, change: (v: Record<string, unknown>) => void) => {
+      const row = db.prepare("SELECT value FROM items WHERE key = ?").get(key) as { value: string };
+      const v = JSON.parse(row.value) as Record<string, unknown>;
+      change(v);
+      assert.equal(db.prepare("UPDATE items SET value = ? WHERE key = ?").run(JSON.stringify(v), key).changes, 1);
+    };
+    edit("/nodes/lab-esc", (v) => {
+      v["labels"] = { env: "lab\x1b[2J\nfake-node  env=prod" };
+      v["address"] = "10.0.0.9:22\x1b]0;owned\x07\u202e";
+    });
+    edit(`/instances/${victim.certs.identityId}/${victim.certs.instanceId}`, (v) => {
+      v["joinMethod"] = "github";
+      v["claims"] = { repository: "acme/app\x1b[1A\r" };
+    });
+    db.close();
+
+    const ls = await mezctlOk(auth, "nodes", "ls");
+    assert.doesNotMatch(ls, /[\x00-\x09\x0b-\x1f\x7f\u202e]/, "no raw control character reaches the terminal");
+    const row = ls.split("\n").find((l) => l.startsWith("lab-esc"));
+    assert.ok(row, ls);
+    assert.ok(row.includes("env=lab\\x1b[2J\\x0afake-node  env=prod"), row);
+    assert.ok(row.includes("10.0.0.9:22\\x1b]0;owned\\x07\\u{202e}"), row);
+    assert.ok(!ls.split("\n").some((l) => l.startsWith("fake-node")), "no forged row");
+    const json = JSON.parse(await mezctlOk(auth, "--format=json", "nodes", "ls")) as { name: string; labels: Record<string, string> }[];
+    assert.equal(json.find((x) => x.name === "lab-esc")?.labels["env"], "lab\x1b[2J\nfake-node  env=prod", "JSON keeps the value (escaped by JSON itself)");
+
+    const status = await mezctlOk(auth, "agent-identities", "status", "escaped");
+    assert.doesNotMatch(status, /[\x00-\x09\x0b-\x1f\x7f]/);
+    assert.match(status, /joined by github: repository=acme\/app\\x1b\[1A\\x0d\n/);
+  });
+});
+
 describe("certificate kinds", () => {
   /** A certificate of `kind` that this cluster's `ca` really signed: the test unseals the CAs from the data dir. */
   async function forged(kind: CertKind, ca: "user" | "host"): Promise<ClientTls> {

@@ -11,11 +11,14 @@
 import assert from "node:assert/strict";
 import { spawnSync } from "node:child_process";
 import { chmodSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
-import { generateKeyPairSync } from "node:crypto";
+import { generateKeyPairSync, randomUUID } from "node:crypto";
+import { performance } from "node:perf_hooks";
+import Database from "better-sqlite3";
+import { Code, ConnectError } from "@connectrpc/connect";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, before, describe, test } from "node:test";
-import { AgentService } from "../../src/api/gen/mezite/v1/agent_pb.js";
+import { AgentService, type ListAccessibleNodesResponse } from "../../src/api/gen/mezite/v1/agent_pb.js";
 import { RenewService } from "../../src/api/gen/mezite/v1/renew_pb.js";
 import { connect } from "../../src/api/client.js";
 import { fromConnectError } from "../../src/api/errors.js";
@@ -126,6 +129,72 @@ describe("msh", () => {
     await mezctlOk(auth, "locks", "add", "--login=ops", "--reason=test");
     const locked = JSON.parse((await msh("ls", `--identity-dir=${opsDest}`, "--format=json")).stdout) as { logins: string[] }[];
     assert.deepEqual(locked.map((n) => n.logins), [["deploy"], ["deploy"], ["deploy"]]);
+  });
+
+  test("msh ls pages a large fleet on the server, a bounded read per call, and limits listings per identity", async (t) => {
+    if (missing) return missingComponent(t, ...missing);
+    const d = await joinIdentity("pager", "ci-deployer");
+    // 12,000 more nodes straight into the store, every thousandth in production (where ci-deployer may log in).
+    const FLEET = 12_000;
+    const db = new Database(join(auth.dataDir, "mezite.db"));
+    const insert = db.prepare("INSERT INTO items (key, value, revision, expires) VALUES (?, ?, ?, NULL)");
+    db.transaction(() => {
+      for (let i = 0; i < FLEET; i++) {
+        const name = `fleet-${String(i).padStart(5, "0")}`;
+        const node = { id: randomUUID(), name, labels: { env: i % 1000 === 0 ? "production" : "dev" }, principals: [], hostKey: "", address: `10.9.${i >> 8}.${i & 255}:22`, lastHeartbeat: Date.now(), hostCertExpires: 0, joined: Date.now() };
+        insert.run(`/nodes/${name}`, JSON.stringify(node), randomUUID());
+      }
+    })();
+    db.close();
+    const expected = [...Array.from({ length: FLEET / 1000 }, (_, k) => `fleet-${String(k * 1000).padStart(5, "0")}`), "web-prod", "web-staging"];
+
+    const caPem = (JSON.parse(readFileSync(join(d, ".mezite/state.json"), "utf8")) as { tls_ca_pem: string }).tls_ca_pem;
+    const api = connect(AgentService, auth.addr, { certPem: readFileSync(join(d, "x509_cert.pem"), "utf8"), keyPem: readFileSync(join(d, "x509_key.pem"), "utf8"), caPem });
+    // Pages of up to 1000: each call reads a bounded number of nodes, so 12,003 take several calls.
+    const pages: ListAccessibleNodesResponse[] = [];
+    const callMs: number[] = [];
+    for (let token = ""; pages.length === 0 || token !== ""; token = pages[pages.length - 1]!.nextPageToken) {
+      const started = performance.now();
+      pages.push(await api.listAccessibleNodes({ pageSize: 1000, pageToken: token }));
+      callMs.push(performance.now() - started);
+      assert.ok(pages.length <= 10, "the listing ends");
+    }
+    assert.ok(pages.length >= 3, `12,003 nodes in ${pages.length} calls: a call must not read them all`);
+    assert.deepEqual(pages.flatMap((p) => p.nodes.map((n) => n.name)), expected, "every page together: each accessible node once, in name order");
+    assert.deepEqual(pages[0]!.nodes[0]!.logins, ["deploy"]);
+    // A small page size is honoured.
+    const small = await api.listAccessibleNodes({ pageSize: 5 });
+    assert.deepEqual(small.nodes.map((n) => n.name), expected.slice(0, 5));
+    assert.notEqual(small.nextPageToken, "");
+    for (const bad of [{ pageSize: 1001 }, { pageSize: -1 }, { pageToken: "../roles/x" }]) {
+      const e = await api.listAccessibleNodes(bad).then(() => undefined, (err: unknown) => fromConnectError(err, auth.addr));
+      assert.equal(e?.code, "ERR_USAGE", JSON.stringify(bad));
+    }
+    t.diagnostic(`ListAccessibleNodes over ${FLEET + 3} nodes: ${pages.length} calls of ${callMs.map((ms) => ms.toFixed(0)).join(", ")} ms`);
+
+    // msh ls fetches every page: the output is what it always was.
+    const json = await msh("ls", `--identity-dir=${d}`, "--format=json");
+    assert.equal(json.code, 0, json.stderr);
+    assert.deepEqual((JSON.parse(json.stdout) as { name: string }[]).map((n) => n.name), expected);
+    const text = await msh("ls", `--identity-dir=${d}`);
+    assert.equal(text.code, 0, text.stderr);
+    assert.equal(text.stdout.trimEnd().split("\n").length, 2 + expected.length, text.stdout);
+
+    // A burst past the rate is refused with one clear line; another identity is still answered.
+    // 50 at once: at most the burst of 10, plus 5 a second for as long as they take, are answered.
+    const results = await Promise.all(Array.from({ length: 50 }, () => api.listAccessibleNodes({ pageSize: 1 }).then(() => "ok", (e: unknown) => e)));
+    const limited = results.filter((r): r is ConnectError => r instanceof ConnectError && r.code === Code.ResourceExhausted);
+    assert.ok(limited.length >= 20, `${limited.length} of 50 refused`);
+    assert.equal(results.filter((r) => r !== "ok").length, limited.length, String(results.find((r) => r !== "ok" && !limited.includes(r as ConnectError))));
+    const e = fromConnectError(limited[0], auth.addr);
+    assert.equal(e.code, "ERR_RATE_LIMITED");
+    assert.equal(e.message, `too many node listings for agent identity "pager": at most 5 a second; retry in a second`);
+    const other = await msh("ls", `--identity-dir=${dest}`, "--format=json");
+    assert.equal(other.code, 0, other.stderr);
+    // msh ls waits for the rate to allow it (pages refused for the rate are asked again): same output.
+    const after = await msh("ls", `--identity-dir=${d}`, "--format=json");
+    assert.equal(after.code, 0, after.stderr);
+    assert.deepEqual((JSON.parse(after.stdout) as { name: string }[]).map((n) => n.name), expected);
   });
 
   test("AgentService takes the output certificate only; the output certificate cannot renew", async (t) => {

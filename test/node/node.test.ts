@@ -379,3 +379,11 @@ describe("nodes: stock sshd enforces roles, locks and deletions", () => {
     assert.deepEqual(["revoked.krl", "revoked_locks.json", "user_ca.pub"].map((f) => readFileSync(join(staging.dir, f))), files);
   });
 });
+
+test("node start: --advertise-addr must be host:port, refused before anything starts", async () => {
+  for (const bad of ["10.0.0.5", "10.0.0.5:22\x1b[2J", "web 01:22", "10.0.0.5:0"]) {
+    const r = await run(MEZD, ["node", "start", "--ssh-dir=/nonexistent", `--advertise-addr=${bad}`]);
+    assert.equal(r.code, 2, r.stderr);
+    assert.equal(r.stderr, "mezd: --advertise-addr must be host:port (a DNS name, an IPv4 address or a bracketed IPv6 address, and a port 1-65535)\n");
+  }
+});

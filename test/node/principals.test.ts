@@ -75,6 +75,16 @@ describe("decide", () => {
     refusedFor(input({ cert: cert({}, [ANYWHERE, NO_DEV]), nodeLabels: { env: "dev" } }), /roles do not allow/); // deny wins
   });
 
+  test("role rules from the certificate: own labels only, and a deny in another case denies", () => {
+    // Rules as the certificate carries them (JSON): "constructor" must not reach Object.prototype.
+    const protoKey: RoleAccess = { role: "proto", allow: { logins: ["deploy"], labels: JSON.parse('{"constructor": ["*"]}') }, deny: { logins: [], labels: {} }, maxSessionTtlMs: 0 };
+    refusedFor(input({ cert: cert({}, [protoKey]), nodeLabels: { env: "dev" } }), /roles do not allow/);
+    const denyRoot: RoleAccess = { role: "no-root", allow: { logins: [], labels: {} }, deny: { logins: ["Root"], labels: {} }, maxSessionTtlMs: 0 };
+    const rootAnywhere: RoleAccess = { role: "root", allow: { logins: ["root"], labels: { "*": ["*"] } }, deny: { logins: [], labels: {} }, maxSessionTtlMs: 0 };
+    assert.deepEqual(decide(input({ login: "root", cert: cert({ principals: ["root"] }, [rootAnywhere]) })), { allow: true });
+    refusedFor(input({ login: "root", cert: cert({ principals: ["root"] }, [rootAnywhere, denyRoot]) }), /roles do not allow/);
+  });
+
   test("signature, CA and validity are checked against the frozen clock", () => {
     refusedFor(input({ cert: cert({}, [CI_DEPLOYER], otherCa.privateKey) }), /not signed by this cluster's User CA/);
     refusedFor(input({ nowSeconds: NOW + 3600 }), /expired/);

@@ -40,7 +40,7 @@ export async function removeNode(ctx: AuthContext, by: AdminCaller, name: string
   if (!found) throw notFound(`node "${name.slice(0, 260)}"`);
   const node = found.value;
   // Revoked first: there is no moment where the node is gone and its host key still trusted.
-  await ctx.backend.write([revokeHostKey(node)]);
+  await ctx.backend.write([revokeHostKey(node, ctx.now())]);
   if (!(await ctx.backend.deleteIf(keys.node(name), found.revision))) {
     throw new MeziteError("ERR_COMPARE_FAILED", `node "${name}" changed while being removed (a replacement joined?): look at mezctl nodes ls and retry`);
   }

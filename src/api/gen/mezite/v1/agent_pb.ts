@@ -10,12 +10,26 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file mezite/v1/agent.proto.
  */
 export const file_mezite_v1_agent: GenFile = /*@__PURE__*/
-  fileDesc("ChVtZXppdGUvdjEvYWdlbnQucHJvdG8SCW1leml0ZS52MSIcChpMaXN0QWNjZXNzaWJsZU5vZGVzUmVxdWVzdCK9AQoOQWNjZXNzaWJsZU5vZGUSDAoEbmFtZRgBIAEoCRI1CgZsYWJlbHMYAiADKAsyJS5tZXppdGUudjEuQWNjZXNzaWJsZU5vZGUuTGFiZWxzRW50cnkSDwoHYWRkcmVzcxgDIAEoCRIOCgZsb2dpbnMYBCADKAkSFgoObGFzdF9oZWFydGJlYXQYBSABKAMaLQoLTGFiZWxzRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4ASJoChtMaXN0QWNjZXNzaWJsZU5vZGVzUmVzcG9uc2USEAoIaWRlbnRpdHkYASABKAkSDQoFcm9sZXMYAiADKAkSKAoFbm9kZXMYAyADKAsyGS5tZXppdGUudjEuQWNjZXNzaWJsZU5vZGUydAoMQWdlbnRTZXJ2aWNlEmQKE0xpc3RBY2Nlc3NpYmxlTm9kZXMSJS5tZXppdGUudjEuTGlzdEFjY2Vzc2libGVOb2Rlc1JlcXVlc3QaJi5tZXppdGUudjEuTGlzdEFjY2Vzc2libGVOb2Rlc1Jlc3BvbnNlYgZwcm90bzM");
+  fileDesc("ChVtZXppdGUvdjEvYWdlbnQucHJvdG8SCW1leml0ZS52MSJDChpMaXN0QWNjZXNzaWJsZU5vZGVzUmVxdWVzdBIRCglwYWdlX3NpemUYASABKAUSEgoKcGFnZV90b2tlbhgCIAEoCSK9AQoOQWNjZXNzaWJsZU5vZGUSDAoEbmFtZRgBIAEoCRI1CgZsYWJlbHMYAiADKAsyJS5tZXppdGUudjEuQWNjZXNzaWJsZU5vZGUuTGFiZWxzRW50cnkSDwoHYWRkcmVzcxgDIAEoCRIOCgZsb2dpbnMYBCADKAkSFgoObGFzdF9oZWFydGJlYXQYBSABKAMaLQoLTGFiZWxzRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4ASKBAQobTGlzdEFjY2Vzc2libGVOb2Rlc1Jlc3BvbnNlEhAKCGlkZW50aXR5GAEgASgJEg0KBXJvbGVzGAIgAygJEigKBW5vZGVzGAMgAygLMhkubWV6aXRlLnYxLkFjY2Vzc2libGVOb2RlEhcKD25leHRfcGFnZV90b2tlbhgEIAEoCTJ0CgxBZ2VudFNlcnZpY2USZAoTTGlzdEFjY2Vzc2libGVOb2RlcxIlLm1leml0ZS52MS5MaXN0QWNjZXNzaWJsZU5vZGVzUmVxdWVzdBomLm1leml0ZS52MS5MaXN0QWNjZXNzaWJsZU5vZGVzUmVzcG9uc2ViBnByb3RvMw");
 
 /**
  * @generated from message mezite.v1.ListAccessibleNodesRequest
  */
 export type ListAccessibleNodesRequest = Message<"mezite.v1.ListAccessibleNodesRequest"> & {
+  /**
+   * At most this many nodes per reply: 0 for the default (500), at most 1000. A reply may hold
+   * fewer, even none, and still name a next page: each call reads a bounded number of nodes.
+   *
+   * @generated from field: int32 page_size = 1;
+   */
+  pageSize: number;
+
+  /**
+   * The previous reply's next_page_token; "" for the first page.
+   *
+   * @generated from field: string page_token = 2;
+   */
+  pageToken: string;
 };
 
 /**
@@ -88,6 +102,13 @@ export type ListAccessibleNodesResponse = Message<"mezite.v1.ListAccessibleNodes
    * @generated from field: repeated mezite.v1.AccessibleNode nodes = 3;
    */
   nodes: AccessibleNode[];
+
+  /**
+   * Pass as page_token for the next page; "" when this is the last.
+   *
+   * @generated from field: string next_page_token = 4;
+   */
+  nextPageToken: string;
 };
 
 /**
@@ -107,7 +128,9 @@ export const ListAccessibleNodesResponseSchema: GenMessage<ListAccessibleNodesRe
 export const AgentService: GenService<{
   /**
    * The nodes the calling identity's current roles may log into, each with the logins allowed
-   * there. Refused when the identity or its instance is deleted or locked.
+   * there, a page at a time in node name order. Refused when the identity or its instance is
+   * deleted or locked, and (RESOURCE_EXHAUSTED, ERR_RATE_LIMITED) beyond a few calls per second
+   * per identity.
    *
    * @generated from rpc mezite.v1.AgentService.ListAccessibleNodes
    */
