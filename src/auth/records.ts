@@ -173,7 +173,7 @@ export interface Loaded<T> {
   revision: string;
 }
 
-function decode<T>(item: Item): T {
+export function decodeItem<T>(item: Item): T {
   try {
     return JSON.parse(item.value) as T;
   } catch (e) {
@@ -183,11 +183,11 @@ function decode<T>(item: Item): T {
 
 export async function load<T>(backend: Backend, key: string): Promise<Loaded<T> | undefined> {
   const item = await backend.get(key);
-  return item ? { value: decode<T>(item), revision: item.revision } : undefined;
+  return item ? { value: decodeItem<T>(item), revision: item.revision } : undefined;
 }
 
 export async function loadAll<T>(backend: Backend, prefix: string): Promise<Loaded<T>[]> {
-  return (await backend.range(prefix)).map((item) => ({ value: decode<T>(item), revision: item.revision }));
+  return (await backend.range(prefix)).map((item) => ({ value: decodeItem<T>(item), revision: item.revision }));
 }
 
 export const encode = (v: unknown): string => JSON.stringify(v);
@@ -213,12 +213,17 @@ export async function createResource(backend: Backend, key: string, value: unkno
 
 const CHUNK = 2000;
 
-/** A range read in chunks, so a scan over a large fleet never holds the event loop for long. */
-export async function* loadChunks<T>(backend: Backend, prefix: string): AsyncGenerator<T[]> {
+/** A range read in chunks of items, so a scan over a large fleet never holds the event loop for long. */
+export async function* rangeChunks(backend: Backend, prefix: string): AsyncGenerator<Item[]> {
   for (let after: string | undefined; ; ) {
     const items = await backend.range(prefix, after === undefined ? { limit: CHUNK } : { limit: CHUNK, startAfter: after });
-    if (items.length > 0) yield items.map((i) => decode<T>(i));
+    if (items.length > 0) yield items;
     if (items.length < CHUNK) return;
     after = items[items.length - 1]!.key;
   }
+}
+
+/** rangeChunks, decoded. */
+export async function* loadChunks<T>(backend: Backend, prefix: string): AsyncGenerator<T[]> {
+  for await (const items of rangeChunks(backend, prefix)) yield items.map((i) => decodeItem<T>(i));
 }

@@ -19,7 +19,7 @@ import type { AdminCaller, AuthContext } from "../../src/auth/context.js";
 import { encode, keys, type IdentityRecord, type InstanceRecord, type IssuedCertRecord } from "../../src/auth/records.js";
 import { joinAgent } from "../../src/auth/join.js";
 import { renewAgent } from "../../src/auth/renew.js";
-import { Revocations } from "../../src/auth/revocations.js";
+import { KRL_GRACE_MS, Revocations } from "../../src/auth/revocations.js";
 import type { Backend, WriteOp } from "../../src/backend/backend.js";
 import { MemoryBackend } from "../../src/backend/memory.js";
 import { deriveTokenSecrets, generateToken } from "../../src/ca/jointoken.js";
@@ -46,9 +46,12 @@ async function context(wrap: (b: Backend) => Backend = (b) => b): Promise<AuthCo
   return unitAuthContext({ backend, dataDir: mkdtempSync(join(dir, "data-")), clusterName: "test.mezite", now });
 }
 
+/** The service's revocation state, its cache aged by the test's clock (as if it were monotonic). */
+const revocations = (ctx: AuthContext) => new Revocations(ctx, { monotonic: () => clock });
+
 let serial = 100;
 
-/** An identity with `instances` instances, each holding a live and an expired certificate. */
+/** An identity with `instances` instances, each holding a live and an expired certificate (past the KRL's grace). */
 async function fleetMember(ctx: AuthContext, name: string, roles: string[], principals: string[], instances = 1) {
   const identity: IdentityRecord = { id: `id-${name}`, name, roles, created: clock };
   await ctx.backend.put(keys.identity(name), encode(identity));
@@ -56,7 +59,7 @@ async function fleetMember(ctx: AuthContext, name: string, roles: string[], prin
   for (let i = 0; i < instances; i++) {
     const inst: InstanceRecord = { id: `${name}-inst-${i}`, identityId: identity.id, identityName: name, generation: "2", created: clock, lastSeen: clock, address: "", certExpires: clock + HOUR, serial: "" };
     await ctx.backend.put(keys.instance(identity.id, inst.id), encode(inst));
-    for (const expires of [clock + HOUR, clock - 1]) {
+    for (const expires of [clock + HOUR, clock - KRL_GRACE_MS - 1]) {
       const cert: IssuedCertRecord = { serial: String(serial++), identityId: identity.id, identityName: name, instanceId: inst.id, roles, principals, expires };
       await ctx.backend.put(keys.cert(inst.id, cert.serial), encode(cert));
       if (expires > clock) live[inst.id] = cert.serial;
@@ -78,7 +81,7 @@ async function revoked(t: TestContext, r: Revocations): Promise<string[] | undef
 
 test("the KRL follows locks and deletions, and nothing else", async (t) => {
   const ctx = await context();
-  const r = new Revocations(ctx);
+  const r = revocations(ctx);
   const web = await fleetMember(ctx, "web", ["deployer"], ["deploy"], 2);
   const db = await fleetMember(ctx, "db", ["dba"], ["postgres"]);
   const ci = await fleetMember(ctx, "ci", ["deployer", "dba"], ["deploy", "postgres"]);
@@ -110,7 +113,7 @@ test("the KRL follows locks and deletions, and nothing else", async (t) => {
   await deleteAgentIdentity(ctx, BY, "db");
   assert.deepEqual(await revoked(t, r), [db["db-inst-0"], web["web-inst-0"]].sort());
   assert.deepEqual((await r.get()).lockedIdentityIds, []);
-  clock += HOUR;
+  clock += HOUR + KRL_GRACE_MS;
   assert.deepEqual(await revoked(t, r), [], "expired certificates leave the KRL");
 });
 
@@ -148,7 +151,7 @@ async function racingJoin(t: TestContext, when: "before" | "after") {
   await assert.rejects(joinAgent(ctx, request, { remoteAddr: "127.0.0.1", cert: undefined }), (e) => isMeziteError(e, "ERR_TOKEN_UNKNOWN"));
   assert.deepEqual(await ctx.backend.range("/instances/"), [], "no instance is left behind");
   const issued = (await ctx.backend.range(keys.certs)).map((i) => (JSON.parse(i.value) as IssuedCertRecord).serial);
-  return { issued, krl: await revoked(t, new Revocations(ctx)) };
+  return { issued, krl: await revoked(t, revocations(ctx)) };
 }
 
 test("an rm just before a join commits: the join is refused and writes nothing", async (t) => {
@@ -188,7 +191,7 @@ async function racingRenewal(t: TestContext, race: "rm-instance" | "rm" | "role-
   const joined = (await joinAgent(ctx, request, { remoteAddr: "127.0.0.1", cert: undefined })).certificates!;
   const caller = { remoteAddr: "127.0.0.1", cert: parseCertificatePem(joined.renewalCertificatePem) };
   const renewal = () => renewAgent(ctx, buildRenewRequest(randomBytes(16), generateIssueKeys(), HOUR), caller);
-  const r = new Revocations(ctx);
+  const r = revocations(ctx);
   clock += HOUR / 2; // the renewal's certificate outlives the join's by half an hour
 
   let renewed: Promise<unknown> | undefined;
@@ -219,7 +222,7 @@ async function racingRenewal(t: TestContext, race: "rm-instance" | "rm" | "role-
   const result = await renewed!.then(() => "ok", (e: unknown) => (isMeziteError(e) ? e.code : String(e)));
   const serials = (await ctx.backend.range(keys.certs)).map((i) => (JSON.parse(i.value) as IssuedCertRecord).serial);
   const made = serials.find((x) => x !== joined.serial.toString());
-  clock += HOUR / 2 + 1_000; // the join's certificate has expired; the renewal's has not
+  clock += HOUR / 2 + KRL_GRACE_MS + 1_000; // the join's certificate has expired (and its grace with it); the renewal's has not
   return { result, made, krl: await revoked(t, r) };
 }
 
