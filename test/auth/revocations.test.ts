@@ -13,7 +13,7 @@ import { create } from "@bufbuild/protobuf";
 import { TokenVerifierSchema } from "../../src/api/gen/mezite/v1/admin_pb.js";
 import { roleToProto } from "../../src/api/roles.js";
 import { addAgentIdentity, deleteAgentIdentity, removeInstance } from "../../src/auth/admin/identities.js";
-import { addLock, removeLocks } from "../../src/auth/admin/locks.js";
+import { addLock, listLocks, removeLocks } from "../../src/auth/admin/locks.js";
 import { createRole } from "../../src/auth/admin/roles.js";
 import type { AdminCaller, AuthContext } from "../../src/auth/context.js";
 import { encode, keys, type IdentityRecord, type InstanceRecord, type IssuedCertRecord } from "../../src/auth/records.js";
@@ -241,3 +241,118 @@ test("a renewal that commits after a role lock was made and scanned: refused, an
   assert.ok(made);
   if (krl) assert.deepEqual(krl, [made]);
 });
+
+/** A backend that counts range reads by prefix. */
+function countingRanges(counts: Map<string, number>) {
+  return (b: Backend) =>
+    new Proxy(b, {
+      get: (target, prop) => {
+        if (prop !== "range") return (Reflect.get(target, prop) as Function).bind(target);
+        return (prefix: string, opts?: unknown) => {
+          const top = prefix.split("/").slice(0, 2).join("/") + "/";
+          counts.set(top, (counts.get(top) ?? 0) + 1);
+          return target.range(prefix, opts as never);
+        };
+      },
+    });
+}
+
+test("a rebuild reads the tombstones' serials in one range, not each deleted instance's certificates", async (t) => {
+  const counts = new Map<string, number>();
+  const ctx = await context(countingRanges(counts));
+  const r = revocations(ctx);
+  const gone = await fleetMember(ctx, "gone", ["deployer"], ["deploy"], 40);
+  await deleteAgentIdentity(ctx, BY, "gone");
+  counts.clear();
+  const krl = await revoked(t, r);
+  assert.equal(counts.get("/certs/") ?? 0, 0, "no certificate range is read per deleted instance");
+  assert.equal(counts.get("/revoked-instances/"), 1, "one range read of the tombstones");
+  if (krl) assert.deepEqual(krl, Object.values(gone).sort());
+});
+
+test("a tombstone from before tombstones kept serials still revokes its instance's certificates", async (t) => {
+  const ctx = await context();
+  const old = await fleetMember(ctx, "old", ["deployer"], ["deploy"]);
+  await ctx.backend.put(keys.revokedInstance("old-inst-0"), encode({ identityName: "old" }), { expires: clock + HOUR });
+  const krl = await revoked(t, revocations(ctx));
+  if (krl) assert.deepEqual(krl, [old["old-inst-0"]]);
+});
+
+test("nodes get the KRL's bytes only when its content changed; a node sending no version always gets them", async () => {
+  const ctx = await context();
+  const r = revocations(ctx);
+  await fleetMember(ctx, "web", ["deployer"], ["deploy"]);
+  clock += 1_001;
+  const first = await r.reply("");
+  assert.ok(first.krl.length > 0 && first.krlVersion !== "");
+  clock += 1_001; // a rebuild: a new header (version, date), the same content
+  const same = await r.reply(first.krlVersion);
+  assert.equal(same.krlVersion, first.krlVersion, "the version names the content, not the rebuild");
+  assert.equal(same.krl.length, 0, "the node holds it: no bytes");
+  assert.ok((await r.reply("")).krl.length > 0, "an old node (no version) still gets the KRL");
+  assert.ok((await r.reply("0123")).krl.length > 0, "a node holding another version gets the KRL");
+  await addLock(ctx, BY, "agent_identity", "web", "", 0);
+  clock += 1_001;
+  const changed = await r.reply(first.krlVersion);
+  assert.notEqual(changed.krlVersion, first.krlVersion);
+  assert.ok(changed.krl.length > first.krl.length, "the new KRL, with the locked identity's serial");
+});
+
+test("a wall clock stepped back an hour does not freeze the revocation cache: a new lock shows within seconds", async () => {
+  const ctx = await context();
+  const r = new Revocations(ctx); // the service's default: aged by performance.now()
+  const web = await fleetMember(ctx, "web", ["deployer"], ["deploy"]);
+  assert.equal((await r.get()).lockedIdentityIds.length, 0);
+  clock -= HOUR; // e.g. an NTP correction
+  await addLock(ctx, BY, "agent_identity", "web", "", 0);
+  const deadline = performance.now() + 10_000;
+  let got = await r.get();
+  while (got.lockedIdentityIds.length === 0 && performance.now() < deadline) {
+    await new Promise((res) => setTimeout(res, 100));
+    got = await r.get();
+  }
+  assert.deepEqual(got.lockedIdentityIds, ["id-web"], "the lock reached the revocation state");
+  assert.ok(Buffer.from(got.krl).includes(Buffer.from(BigInt(web["web-inst-0"]!).toString(16).padStart(16, "0"), "hex")), "and its serial the KRL");
+});
+
+/** An identity joined through the service, with a renewal certificate to renew with. */
+async function joined(ctx: AuthContext, name: string) {
+  await createRole(ctx, BY, roleToProto(parseRoleYaml(SEED_ROLE)), true);
+  const token = generateToken();
+  const s = deriveTokenSecrets(Buffer.from(token, "hex"));
+  await addAgentIdentity(ctx, BY, name, ["ci-deployer"], create(TokenVerifierSchema, { tokenId: s.tokenId, verifyKey: ed25519RawPublic(s.verifyKey), macKey: s.macKey }));
+  const { request } = buildJoinRequest(Buffer.from(token, "hex"), generateIssueKeys(), HOUR);
+  const certs = (await joinAgent(ctx, request, { remoteAddr: "127.0.0.1", cert: undefined })).certificates!;
+  return { certs, caller: { remoteAddr: "127.0.0.1", cert: parseCertificatePem(certs.renewalCertificatePem) } };
+}
+
+for (const how of ["identity lock", "rm-instance", "rm"] as const) {
+  test(`a revoked certificate (${how}) stays in the KRL a backdate past its expiry, for nodes whose clocks lag`, async (t) => {
+    const ctx = await context();
+    const r = revocations(ctx);
+    const { certs } = await joined(ctx, "lagged");
+    if (how === "identity lock") await addLock(ctx, BY, "agent_identity", "lagged", "", 0);
+    else if (how === "rm-instance") await removeInstance(ctx, BY, "lagged", certs.instanceId);
+    else await deleteAgentIdentity(ctx, BY, "lagged");
+    clock = Number(certs.expires) + KRL_GRACE_MS / 2; // expired by the auth service's clock, not by a node 60 s behind
+    const during = await revoked(t, r);
+    if (during) assert.deepEqual(during, [certs.serial.toString()]);
+    clock = Number(certs.expires) + KRL_GRACE_MS + 1;
+    const afterGrace = await revoked(t, r);
+    if (afterGrace) assert.deepEqual(afterGrace, []);
+  });
+}
+
+for (const how of ["rm-instance", "rm"] as const) {
+  test(`a generation mismatch's instance lock goes with its instance (${how})`, async () => {
+    const ctx = await context();
+    const { certs, caller } = await joined(ctx, "cloned");
+    await renewAgent(ctx, buildRenewRequest(randomBytes(16), generateIssueKeys(), HOUR), caller);
+    // The join's renewal certificate again, as a copy of the credentials would present it.
+    await assert.rejects(renewAgent(ctx, buildRenewRequest(randomBytes(16), generateIssueKeys(), HOUR), caller), (e) => isMeziteError(e, "ERR_GENERATION_MISMATCH"));
+    assert.deepEqual((await listLocks(ctx)).map((l) => [l.id, l.target]), [[`generation-mismatch-${certs.instanceId}`, certs.instanceId]]);
+    if (how === "rm-instance") await removeInstance(ctx, BY, "cloned", certs.instanceId);
+    else await deleteAgentIdentity(ctx, BY, "cloned");
+    assert.deepEqual(await listLocks(ctx), [], "no lock is left on an instance that is gone");
+  });
+}
