@@ -54,6 +54,7 @@ export class NodeAgent {
   readonly registry = new Registry();
   private readonly calls = this.registry.counter("mezite_node_calls_total", "calls to the auth service by operation and result");
   private readonly updates = this.registry.counter("mezite_node_file_updates_total", "ssh dir files replaced, by file");
+  private readonly krlBytes = this.registry.counter("mezite_node_krl_received_bytes_total", "KRL bytes received (none when the KRL held is current)");
   private readonly now: () => number;
   private readonly random: () => number;
   private config: NodeConfig;
@@ -137,6 +138,7 @@ export class NodeAgent {
     // An empty krl means "the one you hold is current", and only when it names the one we sent.
     const krlCurrent = r.krl.length === 0 && held !== "" && r.krlVersion === held;
     checkRevocations(r, krlCurrent);
+    this.krlBytes.inc({}, r.krl.length);
     const d = this.opts.sshDir;
     // CA keys first: during a rotation the new key must be trusted before certificates use it.
     const changed = [
