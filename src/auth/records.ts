@@ -214,11 +214,11 @@ export async function createResource(backend: Backend, key: string, value: unkno
 const CHUNK = 2000;
 
 /** A range read in chunks of items, so a scan over a large fleet never holds the event loop for long. */
-export async function* rangeChunks(backend: Backend, prefix: string): AsyncGenerator<Item[]> {
+export async function* rangeChunks(backend: Backend, prefix: string, chunk = CHUNK): AsyncGenerator<Item[]> {
   for (let after: string | undefined; ; ) {
-    const items = await backend.range(prefix, after === undefined ? { limit: CHUNK } : { limit: CHUNK, startAfter: after });
+    const items = await backend.range(prefix, after === undefined ? { limit: chunk } : { limit: chunk, startAfter: after });
     if (items.length > 0) yield items;
-    if (items.length < CHUNK) return;
+    if (items.length < chunk) return;
     after = items[items.length - 1]!.key;
   }
 }

@@ -18,7 +18,7 @@
  */
 import { create } from "@bufbuild/protobuf";
 import { GetRevocationsResponseSchema, type GetRevocationsResponse } from "../api/gen/mezite/v1/node_pb.js";
-import { encodeKrl, krlContentVersion } from "../ca/krl.js";
+import { SerialList, encodeKrl, krlContentVersion, sortSerials } from "../ca/krl.js";
 import { BACKDATE_MS } from "./issue.js";
 import { NODE_CA_KINDS, caState, trustedSshLines, type ClusterCas } from "./cas.js";
 import { renewSpreadMs } from "./rotation.js";
@@ -76,6 +76,9 @@ export async function revokeIfLockedMeanwhile(ctx: AuthContext, subject: LockSub
 /** What a scan for one role or login lock found: the unexpired certificates it catches. */
 type Scanned = { serial: bigint; expires: number }[];
 
+/** Records read and decoded between two yields of a rebuild (a few milliseconds' work). */
+const REBUILD_CHUNK = 500;
+
 /** Lets timers and I/O run between chunks of a large rebuild. */
 const yieldToLoop = () => new Promise<void>((resolve) => setImmediate(resolve));
 
@@ -125,18 +128,18 @@ export class Revocations {
     const { backend, cas } = this.ctx;
     const now = this.ctx.now();
     const live = (expires: number) => revokedUntil(expires) > now;
-    const serials: bigint[] = [];
+    const serials = new SerialList();
     const legacy: string[] = []; // tombstones written before they kept their serials
-    for await (const chunk of rangeChunks(backend, keys.revokedInstances)) {
+    for await (const chunk of rangeChunks(backend, keys.revokedInstances, REBUILD_CHUNK)) {
       for (const item of chunk) {
         const t = decodeItem<TombstoneRecord>(item);
         if (t.certs === undefined) legacy.push(item.key.slice(keys.revokedInstances.length));
-        else for (const [serial, expires] of t.certs) if (live(expires)) serials.push(BigInt(serial));
+        else for (const [serial, expires] of t.certs) if (live(expires)) serials.add(BigInt(serial));
       }
       await yieldToLoop();
     }
-    for await (const chunk of rangeChunks(backend, keys.revokedCerts)) {
-      for (const item of chunk) serials.push(BigInt(item.key.slice(keys.revokedCerts.length)));
+    for await (const chunk of rangeChunks(backend, keys.revokedCerts, REBUILD_CHUNK)) {
+      for (const item of chunk) serials.add(BigInt(item.key.slice(keys.revokedCerts.length)));
       await yieldToLoop();
     }
 
@@ -148,12 +151,12 @@ export class Revocations {
     const lockedIdentityInstances = await Promise.all(lockedIdentities.map((id) => loadAll<InstanceRecord>(backend, keys.instancesOf(id))));
     const instanceIds = new Set([...legacy, ...ofKind("instance").map((l) => l.target), ...lockedIdentityInstances.flat().map((i) => i.value.id)]);
     const certsOfInstances = await Promise.all([...instanceIds].map((id) => loadAll<IssuedCertRecord>(backend, keys.certsOf(id))));
-    for (const c of certsOfInstances.flat()) if (live(c.value.expires)) serials.push(BigInt(c.value.serial));
-    for (const s of await this.scanned([...ofKind("role"), ...ofKind("login")], now)) serials.push(s);
-    await yieldToLoop();
+    for (const c of certsOfInstances.flat()) if (live(c.value.expires)) serials.add(BigInt(c.value.serial));
+    for (const s of await this.scanned([...ofKind("role"), ...ofKind("login")], now)) serials.add(s);
+    const sorted = await sortSerials(serials, yieldToLoop);
 
     // Serials are random 64-bit numbers, unique across keys: each trusted key revokes them all.
-    const sections = cas.user.trusted.map((k) => ({ caKey: k.sshPublic, serials }));
+    const sections = cas.user.trusted.map((k) => ({ caKey: k.sshPublic, serials: sorted }));
     const krl = encodeKrl({ version: BigInt(now), generatedAt: Math.floor(now / 1000), sections });
     const value = create(GetRevocationsResponseSchema, {
       krl,

@@ -21,7 +21,7 @@ const MIN_RANGE_RUN = 3;
 export interface KrlSection {
   /** The CA whose certificates are revoked; null = certificates of any CA. */
   caKey: KeyObject | null;
-  serials?: readonly bigint[] | BigUint64Array;
+  serials?: readonly bigint[] | BigUint64Array | SortedSerials;
   keyIds?: string[];
 }
 
@@ -53,6 +53,84 @@ function sortedSerials(serials: readonly bigint[] | BigUint64Array): BigUint64Ar
 }
 
 const LITTLE_ENDIAN = new Uint8Array(new Uint16Array([1]).buffer)[0] === 1;
+/** Index of a serial's high and low 32-bit halves in a Uint32Array view of a BigUint64Array. */
+const [HI, LO] = LITTLE_ENDIAN ? [1, 0] : [0, 1];
+
+/** Serials in ascending order, checked: encodeKrl takes them as they are. Made by sortSerials. */
+export class SortedSerials {
+  private constructor(readonly values: BigUint64Array) {}
+  static of(values: BigUint64Array): SortedSerials {
+    return new SortedSerials(values);
+  }
+}
+
+/** A growing list of serials, each checked as it is added (OpenSSH refuses a KRL naming serial 0). */
+export class SerialList {
+  private buf = new BigUint64Array(1024);
+  length = 0;
+
+  add(serial: bigint): void {
+    if (serial <= 0n || serial > UINT64_MAX) throw usage(`serial ${serial} is outside 1..2^64-1`);
+    if (this.length === this.buf.length) {
+      const bigger = new BigUint64Array(this.buf.length * 2);
+      bigger.set(this.buf);
+      this.buf = bigger;
+    }
+    this.buf[this.length++] = serial;
+  }
+
+  get values(): BigUint64Array {
+    return this.buf.subarray(0, this.length);
+  }
+}
+
+/** Elements sorted or merged between two pauses of sortSerials. */
+const SORT_STEP = 8192;
+
+/**
+ * Sorts serials in slices, then merges the slices pairwise on their 32-bit halves, calling `pause`
+ * (e.g. a setImmediate) every SORT_STEP elements: 100,000 serials are sorted without holding the
+ * event loop for more than a millisecond or two at a time.
+ */
+export async function sortSerials(serials: SerialList | BigUint64Array, pause: () => Promise<void>): Promise<SortedSerials> {
+  let a = BigUint64Array.from(serials instanceof SerialList ? serials.values : serials);
+  if (!(serials instanceof SerialList) && a.includes(0n)) throw usage("serial 0 is outside 1..2^64-1");
+  const n = a.length;
+  for (let i = 0; i < n; i += SORT_STEP) {
+    a.subarray(i, i + SORT_STEP).sort();
+    await pause();
+  }
+  let b = new BigUint64Array(n);
+  let budget = 0;
+  for (let width = SORT_STEP; width < n; width *= 2) {
+    const x = new Uint32Array(a.buffer);
+    const y = new Uint32Array(b.buffer);
+    for (let lo = 0; lo < n; lo += 2 * width) {
+      const mid = Math.min(lo + width, n);
+      const hi = Math.min(lo + 2 * width, n);
+      let i = lo;
+      let j = mid;
+      let k = lo;
+      while (i < mid && j < hi) {
+        const xi = x[2 * i + HI]!;
+        const xj = x[2 * j + HI]!;
+        const from = xi < xj || (xi === xj && x[2 * i + LO]! <= x[2 * j + LO]!) ? i++ : j++;
+        y[2 * k + HI] = x[2 * from + HI]!;
+        y[2 * k + LO] = x[2 * from + LO]!;
+        k++;
+        if (++budget === SORT_STEP) {
+          budget = 0;
+          await pause();
+        }
+      }
+      b.set(a.subarray(i, mid), k);
+      b.set(a.subarray(j, hi), k + (mid - i));
+    }
+    [a, b] = [b, a];
+    await pause();
+  }
+  return SortedSerials.of(a);
+}
 
 /**
  * The sorted serials' entries: [lo, hi] ranges for runs of at least MIN_RANGE_RUN consecutive
@@ -61,7 +139,7 @@ const LITTLE_ENDIAN = new Uint8Array(new Uint16Array([1]).buffer)[0] === 1;
  */
 function serialEntries(sorted: BigUint64Array): { ranges: [bigint, bigint][]; list: Buffer } {
   const half = new Uint32Array(sorted.buffer, sorted.byteOffset, sorted.length * 2);
-  const [L, H] = LITTLE_ENDIAN ? [0, 1] : [1, 0];
+  const [L, H] = [LO, HI];
   const same = (i: number, j: number) => half[2 * i + L] === half[2 * j + L] && half[2 * i + H] === half[2 * j + H];
   const next = (i: number, j: number) =>
     half[2 * i + H] === half[2 * j + H] ? half[2 * j + L] === half[2 * i + L]! + 1 : half[2 * i + L] === 0xffffffff && half[2 * j + L] === 0 && half[2 * j + H] === half[2 * i + H]! + 1;
@@ -69,6 +147,12 @@ function serialEntries(sorted: BigUint64Array): { ranges: [bigint, bigint][]; li
   const list = Buffer.alloc(sorted.byteLength);
   const ranges: [bigint, bigint][] = [];
   let listed = 0;
+  // Serials from `pending` on go to the list as they are, copied in one piece when something else comes.
+  let pending = 0;
+  const flush = (end: number) => {
+    list.set(bytes.subarray(8 * pending, 8 * end), 8 * listed);
+    listed += end - pending;
+  };
   for (let i = 0; i < sorted.length; ) {
     let j = i + 1;
     let span = 1;
@@ -77,12 +161,17 @@ function serialEntries(sorted: BigUint64Array): { ranges: [bigint, bigint][]; li
       else if (!same(j - 1, j)) break;
     }
     if (span >= MIN_RANGE_RUN) {
+      flush(i);
       ranges.push([sorted[i]!, sorted[j - 1]!]);
-    } else {
+      pending = j;
+    } else if (span !== j - i) {
+      flush(i); // duplicates: each serial once
       for (let k = i; k < j; k++) if (k === i || !same(k - 1, k)) list.set(bytes.subarray(8 * k, 8 * k + 8), 8 * listed++);
+      pending = j;
     }
     i = j;
   }
+  flush(sorted.length);
   const out = list.subarray(0, 8 * listed);
   if (LITTLE_ENDIAN) out.swap64();
   return { ranges, list: out };
@@ -92,7 +181,7 @@ function encodeCertSection(section: KrlSection): Buffer {
   const w = new SshWriter()
     .string(section.caKey === null ? Buffer.alloc(0) : sshPublicKeyBlob(section.caKey))
     .string(""); // reserved
-  const { ranges, list } = serialEntries(sortedSerials(section.serials ?? []));
+  const { ranges, list } = serialEntries(section.serials instanceof SortedSerials ? section.serials.values : sortedSerials(section.serials ?? []));
   for (const [lo, hi] of ranges) w.byte(CERT_SERIAL_RANGE).string(new SshWriter().uint64(lo).uint64(hi).toBuffer());
   if (list.length > 0) w.byte(CERT_SERIAL_LIST).string(list);
 
@@ -123,7 +212,8 @@ export function encodeKrl(opts: { version: bigint; generatedAt: number; comment?
     .string("") // reserved
     .string(comment);
   for (const section of opts.sections) {
-    if ((section.serials?.length ?? 0) === 0 && (section.keyIds?.length ?? 0) === 0) continue;
+    const serialCount = section.serials instanceof SortedSerials ? section.serials.values.length : (section.serials?.length ?? 0);
+    if (serialCount === 0 && (section.keyIds?.length ?? 0) === 0) continue;
     w.byte(SECTION_CERTIFICATES).string(encodeCertSection(section));
   }
   return w.toBuffer();
