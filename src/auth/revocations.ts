@@ -5,7 +5,9 @@
  * Computed from what is revoked, never from the whole fleet, so a poll costs the same with ten or
  * a hundred thousand identities: issued certificates are kept under their instance
  * (/certs/INSTANCE/SERIAL), and a deleted instance leaves a tombstone (/revoked-instances/INSTANCE)
- * until its last certificate expires. Only a role or login lock needs a scan of every issued
+ * holding their serials until its last certificate expires, so a rebuild reads all tombstones in
+ * one range (in chunks, yielding to the event loop). Every entry stays KRL_GRACE_MS past its
+ * certificate's expiry. Only a role or login lock needs a scan of every issued
  * certificate; its result is kept for the lock's lifetime (no certificate is issued to a locked
  * role or login).
  *
@@ -15,6 +17,13 @@
  * deleted instance fails, so any certificate it committed is seen by that second look), and a join
  * or renewal re-reads the locks after committing and revokes its own certificate by serial
  * (revokeIfLockedMeanwhile) if one now applies.
+ *
+ * Nodes send the content version of the KRL they hold and get its bytes only when it changed. The
+ * cache ages by a monotonic clock: a wall clock stepped back must not keep a new lock from nodes.
+ *
+ * No KRL key-id entries: a key id is `agent-identity/NAME`, and re-adding a deleted NAME makes a new
+ * identity with the same key id, which a node still holding such a KRL (for a poll, or for as long
+ * as it cannot reach the service) would refuse. Serials catch exactly the deleted identity's.
  */
 import { create } from "@bufbuild/protobuf";
 import { GetRevocationsResponseSchema, type GetRevocationsResponse } from "../api/gen/mezite/v1/node_pb.js";
