@@ -140,8 +140,9 @@ export function sections(r: Results): string[] {
     out.push(line("longest event-loop hold during rebuilds, CPU", `${f1(rv.stallCpuMs)} ms`));
     out.push(line("  the same, wall (with time not scheduled at all)", `${f1(rv.stallMs)} ms`));
     out.push(line("KRL size (nodes fetch it only when it changed)", `${f0(rv.krlBytes / 1024)} KiB`, `${(rv.krlBytes / rv.serials).toFixed(2)} B/serial`));
-    out.push(line("ssh-keygen -Q of a revoked cert (sshd, per login)", `${f0(rv.queryMs)} ms`));
-    out.push(line("  the same with a one-serial KRL (its start-up)", `${f0(rv.queryOneSerialMs)} ms`));
+    out.push(line("", "CPU", "wall"));
+    out.push(line("ssh-keygen -Q of a revoked cert (sshd, per login)", `${f0(rv.queryCpuMs)} ms`, `${f0(rv.queryMs)} ms`));
+    out.push(line("  the same with a one-serial KRL (its start-up)", `${f0(rv.queryOneSerialCpuMs)} ms`, `${f0(rv.queryOneSerialMs)} ms`));
     out.push(line("bulk insert of the tombstones", `${f1(rv.insertMs / 1000)} s`));
     out.push("");
   }
@@ -174,7 +175,8 @@ export function targets(r: Results): TargetRow[] {
     rows.push({ target: `${k}: KRL rebuild ≤ 1 s (the cache's age)`, value: `${f0(rv.rebuildMs)} ms`, met: rv.rebuildMs <= 1000 });
     rows.push({ target: `${k}: event loop held ≤ 20 ms (CPU) during a rebuild`, value: `${f1(rv.stallCpuMs)} ms`, met: rv.stallCpuMs <= 20 });
     rows.push({ target: `${k}: KRL ≤ 8 bytes per serial + 1 KiB`, value: `${f0(rv.krlBytes / 1024)} KiB`, met: rv.krlBytes <= 8 * rv.serials + 1024 });
-    rows.push({ target: `${k}: ssh-keygen -Q ≤ 100 ms beyond its start-up`, value: `${f0(rv.queryMs - rv.queryOneSerialMs)} ms`, met: rv.queryMs - rv.queryOneSerialMs <= 100 });
+    const beyond = rv.queryCpuMs - rv.queryOneSerialCpuMs;
+    rows.push({ target: `${k}: ssh-keygen -Q ≤ 100 ms CPU beyond its start-up`, value: `${f0(beyond)} ms`, met: beyond <= 100 });
   }
   const sa = r.standalone;
   if (sa) {

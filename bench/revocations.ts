@@ -22,6 +22,9 @@ export interface RevocationsFigures {
   /** `ssh-keygen -Q` of a revoked certificate (what sshd does per login), median; and with a one-serial KRL. */
   queryMs: number;
   queryOneSerialMs: number;
+  /** The same in ssh-keygen's CPU time, mean. */
+  queryCpuMs: number;
+  queryOneSerialCpuMs: number;
 }
 
 export async function revocations(o: RevocationsOptions): Promise<RevocationsFigures> {
