@@ -3,6 +3,7 @@
  * and whether it is met. Ratios are of figures measured side by side in the same run.
  */
 import type { DaemonFigures, NodeFigures, StandaloneFigures } from "./agents.js";
+import type { RevocationsFigures } from "./revocations.js";
 import type { ScaleFigures } from "./scale.js";
 import type { WorkersFigures } from "./throughput.js";
 
@@ -25,6 +26,7 @@ export interface Results {
   daemon?: DaemonFigures;
   node?: NodeFigures;
   standalone?: StandaloneFigures;
+  revocations?: RevocationsFigures;
 }
 
 export interface TargetRow {
@@ -131,6 +133,19 @@ export function sections(r: Results): string[] {
     out.push(line("idle daemon RSS", `${f1(sa.idleRssKiB / 1024)} MiB`, `${f1(sa.bundleIdleRssKiB / 1024)} MiB`, `${f1(sa.bareRssKiB / 1024)} MiB`, x(sa.idleRssKiB / sa.bareRssKiB)));
     out.push("");
   }
+  const rv = r.revocations;
+  if (rv) {
+    out.push(`7. Revocations: ${rv.serials.toLocaleString("en")} revoked serials (deleted instances' tombstones, SQLite), one process`);
+    out.push(line("KRL rebuild past the cache, wall (median)", `${f0(rv.rebuildMs)} ms`));
+    out.push(line("longest event-loop hold during rebuilds, CPU", `${f1(rv.stallCpuMs)} ms`));
+    out.push(line("  the same, wall (with time not scheduled at all)", `${f1(rv.stallMs)} ms`));
+    out.push(line("KRL size (nodes fetch it only when it changed)", `${f0(rv.krlBytes / 1024)} KiB`, `${(rv.krlBytes / rv.serials).toFixed(2)} B/serial`));
+    out.push(line("", "CPU", "wall"));
+    out.push(line("ssh-keygen -Q of a revoked cert (sshd, per login)", `${f0(rv.queryCpuMs)} ms`, `${f0(rv.queryMs)} ms`));
+    out.push(line("  the same with a one-serial KRL (its start-up)", `${f0(rv.queryOneSerialCpuMs)} ms`, `${f0(rv.queryOneSerialMs)} ms`));
+    out.push(line("bulk insert of the tombstones", `${f1(rv.insertMs / 1000)} s`));
+    out.push("");
+  }
   return out;
 }
 
@@ -154,6 +169,15 @@ export function targets(r: Results): TargetRow[] {
     rows.push({ target: "daemon idle RSS ≤ 1.5× bare node", value: x(d.idleRssKiB / d.bareRssKiB), met: d.idleRssKiB <= 1.5 * d.bareRssKiB });
   }
   if (n) rows.push({ target: "mezd node principals ≤ 100 ms", value: `${f0(n.principalsMs)} ms`, met: n.principalsMs <= 100 });
+  const rv = r.revocations;
+  if (rv) {
+    const k = `${Math.round(rv.serials / 1000)}k serials`;
+    rows.push({ target: `${k}: KRL rebuild ≤ 1 s (the cache's age)`, value: `${f0(rv.rebuildMs)} ms`, met: rv.rebuildMs <= 1000 });
+    rows.push({ target: `${k}: event loop held ≤ 20 ms (CPU) during a rebuild`, value: `${f1(rv.stallCpuMs)} ms`, met: rv.stallCpuMs <= 20 });
+    rows.push({ target: `${k}: KRL ≤ 8 bytes per serial + 1 KiB`, value: `${f0(rv.krlBytes / 1024)} KiB`, met: rv.krlBytes <= 8 * rv.serials + 1024 });
+    const beyond = rv.queryCpuMs - rv.queryOneSerialCpuMs;
+    rows.push({ target: `${k}: ssh-keygen -Q ≤ 100 ms CPU beyond its start-up`, value: `${f0(beyond)} ms`, met: beyond <= 100 });
+  }
   const sa = r.standalone;
   if (sa) {
     rows.push({ target: "standalone one-shot ≤ 2× bare node", value: x(sa.oneShotMs / sa.bareNodeMs), met: sa.oneShotMs <= 2 * sa.bareNodeMs });

@@ -1,5 +1,5 @@
 /**
- * `npm run bench [-- --quick] [-- --only=floor,throughput,scale,agents]`: what Mezite exists for,
+ * `npm run bench [-- --quick] [-- --only=floor,throughput,scale,agents,revocations]`: what Mezite exists for,
  * against the physical limit, in one run. Prints a table (progress goes to stderr) and writes
  * bench/results.json. Every figure that is judged is a ratio of two things measured side by side
  * in this run, because absolute figures on a shared 2-core machine drift from run to run.
@@ -9,12 +9,13 @@ import { existsSync, readdirSync, statSync, writeFileSync } from "node:fs";
 import { cpus, loadavg } from "node:os";
 import { join, relative } from "node:path";
 import { agents } from "./agents.js";
+import { revocations } from "./revocations.js";
 import { ROOT, TSX, mustRun, note } from "./lib.js";
 import { sections, targetLines, targets, type FloorFigures, type Results } from "./report.js";
 import { scale } from "./scale.js";
 import { throughput } from "./throughput.js";
 
-const SECTIONS = ["floor", "throughput", "scale", "agents"] as const;
+const SECTIONS = ["floor", "throughput", "scale", "agents", "revocations"] as const;
 type Section = (typeof SECTIONS)[number];
 
 const args = process.argv.slice(2);
@@ -41,12 +42,14 @@ const config = quick
       throughput: { identities: 48, jitWarmupMs: 1500, rounds: 1, warmupMs: 1000, windowMs: 2000, concurrency: 6 },
       scale: { identities: 10_000, joins: 8, renewals: 16, lsRuns: 1, statusRuns: 2 },
       agents: { runs: 3, principalsRuns: 6, settleMs: 2000, idleMs: 2000 },
+      revocations: { serials: 100_000, rounds: 2 },
     }
   : {
       floor: { windowMs: 3000, rounds: 2 },
       throughput: { identities: 128, jitWarmupMs: 10_000, rounds: 2, warmupMs: 3000, windowMs: 8000, concurrency: 8 },
       scale: { identities: 100_000, joins: 30, renewals: 60, lsRuns: 3, statusRuns: 5 },
       agents: { runs: 10, principalsRuns: 20, settleMs: 2000, idleMs: 24_000, noCodeCache: true },
+      revocations: { serials: 100_000, rounds: 5 },
     };
 
 /** Source files newer than their build: the run would measure old code. */
@@ -102,6 +105,7 @@ await runSection("agents", async () => {
   results.node = a.node;
   results.standalone = a.standalone;
 });
+await runSection("revocations", async () => void (results.revocations = await revocations(config.revocations)));
 
 const rows = targets(results);
 const header = [

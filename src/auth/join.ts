@@ -21,7 +21,7 @@ import { RECORDED_CLAIMS, claimText, matchingRule, type JoinTokenRecord } from "
 import { activeLocks, refuseIfLocked } from "./locks.js";
 import { revokedHostKeys } from "./nodes.js";
 import { encode, instanceExpiry, keys, load, type IdentityRecord, type InstanceRecord, type TokenRecord } from "./records.js";
-import { revokeIfLockedMeanwhile, tombstone } from "./revocations.js";
+import { revokeIfLockedMeanwhile, revokedUntil, tombstone } from "./revocations.js";
 import { loadRoles } from "./roles.js";
 import { checkToken, commitJoin } from "./tokens.js";
 import * as v from "./validate.js";
@@ -91,7 +91,7 @@ async function joinInstance(ctx: AuthContext, j: InstanceJoin): Promise<Issued> 
     ...j.extra,
   };
   await j.commit([
-    { op: "put", key: keys.cert(instanceId, issued.record.serial), value: encode(issued.record), expires: issued.record.expires },
+    { op: "put", key: keys.cert(instanceId, issued.record.serial), value: encode(issued.record), expires: revokedUntil(issued.record.expires) },
     { op: "create", key: keys.instance(identity.value.id, instanceId), value: encode(instance), ...instanceExpiry(instance) },
   ]);
   // An rm racing this join may have listed the identity's instances before this one existed:

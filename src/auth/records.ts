@@ -221,12 +221,17 @@ export async function createResource(backend: Backend, key: string, value: unkno
 
 const CHUNK = 2000;
 
-/** A range read in chunks, so a scan over a large fleet never holds the event loop for long. */
-export async function* loadChunks<T>(backend: Backend, prefix: string): AsyncGenerator<T[]> {
+/** A range read in chunks of items, so a scan over a large fleet never holds the event loop for long. */
+export async function* rangeChunks(backend: Backend, prefix: string, chunk = CHUNK): AsyncGenerator<Item[]> {
   for (let after: string | undefined; ; ) {
-    const items = await backend.range(prefix, after === undefined ? { limit: CHUNK } : { limit: CHUNK, startAfter: after });
-    if (items.length > 0) yield items.map((i) => decode<T>(i));
-    if (items.length < CHUNK) return;
+    const items = await backend.range(prefix, after === undefined ? { limit: chunk } : { limit: chunk, startAfter: after });
+    if (items.length > 0) yield items;
+    if (items.length < chunk) return;
     after = items[items.length - 1]!.key;
   }
+}
+
+/** rangeChunks, decoded. */
+export async function* loadChunks<T>(backend: Backend, prefix: string): AsyncGenerator<T[]> {
+  for await (const items of rangeChunks(backend, prefix)) yield items.map((i) => decode<T>(i));
 }

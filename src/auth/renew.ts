@@ -15,7 +15,7 @@ import { issueAgentCertificates, keysHash } from "./issue.js";
 import { activeLocks, createLock, refuseIfLocked } from "./locks.js";
 import { encode, instanceExpiry, keys, load, type IdentityRecord, type InstanceRecord } from "./records.js";
 import { revokedHostKeys } from "./nodes.js";
-import { revokeIfLockedMeanwhile } from "./revocations.js";
+import { revokeIfLockedMeanwhile, revokedUntil } from "./revocations.js";
 import { loadRoles } from "./roles.js";
 import * as v from "./validate.js";
 
@@ -104,7 +104,7 @@ export async function renewAgent(ctx: AuthContext, req: RenewRequest, caller: Ca
       try {
         await ctx.backend.write([
           { op: "cas", key: instanceKey, revision: found.revision, value: encode(next), ...instanceExpiry(next) },
-          { op: "put", key: keys.cert(inst.id, serial), value: encode(issued.record), expires },
+          { op: "put", key: keys.cert(inst.id, serial), value: encode(issued.record), expires: revokedUntil(expires) },
           { op: "put", key: keys.reply(serial), value: Buffer.from(toBinary(IssuedCertificatesSchema, issued.certs)).toString("base64"), expires },
           audit.op,
         ]);

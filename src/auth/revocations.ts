@@ -5,7 +5,9 @@
  * Computed from what is revoked, never from the whole fleet, so a poll costs the same with ten or
  * a hundred thousand identities: issued certificates are kept under their instance
  * (/certs/INSTANCE/SERIAL), and a deleted instance leaves a tombstone (/revoked-instances/INSTANCE)
- * until its last certificate expires. Only a role or login lock needs a scan of every issued
+ * holding their serials until its last certificate expires, so a rebuild reads all tombstones in
+ * one range (in chunks, yielding to the event loop). Every entry stays KRL_GRACE_MS past its
+ * certificate's expiry. Only a role or login lock needs a scan of every issued
  * certificate; its result is kept for the lock's lifetime (no certificate is issued to a locked
  * role or login).
  *
@@ -15,15 +17,42 @@
  * deleted instance fails, so any certificate it committed is seen by that second look), and a join
  * or renewal re-reads the locks after committing and revokes its own certificate by serial
  * (revokeIfLockedMeanwhile) if one now applies.
+ *
+ * Nodes send the content version of the KRL they hold and get its bytes only when it changed. The
+ * cache ages by a monotonic clock: a wall clock stepped back must not keep a new lock from nodes.
+ *
+ * No KRL key-id entries: a key id is `agent-identity/NAME`, and re-adding a deleted NAME makes a new
+ * identity with the same key id, which a node still holding such a KRL (for a poll, or for as long
+ * as it cannot reach the service) would refuse. Serials catch exactly the deleted identity's.
  */
 import { create } from "@bufbuild/protobuf";
 import { GetRevocationsResponseSchema, type GetRevocationsResponse } from "../api/gen/mezite/v1/node_pb.js";
-import { encodeKrl } from "../ca/krl.js";
+import { SerialList, encodeKrl, krlContentVersion, sortSerials } from "../ca/krl.js";
+import { BACKDATE_MS } from "./issue.js";
 import { NODE_CA_KINDS, caState, trustedSshLines, type ClusterCas } from "./cas.js";
 import { renewSpreadMs } from "./rotation.js";
 import type { AuthContext } from "./context.js";
 import { activeLocks, locksOn, refuseIfLocked, type LockSubject } from "./locks.js";
-import { encode, keys, load, loadAll, loadChunks, type IdentityRecord, type InstanceRecord, type IssuedCertRecord, type LockRecord } from "./records.js";
+import { decode, encode, keys, load, loadAll, loadChunks, rangeChunks, type IdentityRecord, type InstanceRecord, type IssuedCertRecord, type LockRecord } from "./records.js";
+
+/**
+ * KRL entries outlive their certificates by the backdate: a node whose clock lags by up to that
+ * much still takes a certificate as valid after it expired, so it must still find it revoked.
+ */
+export const KRL_GRACE_MS = BACKDATE_MS;
+
+/** Until when a certificate expiring at `expires` stays in the KRL (and its record in the store). */
+export const revokedUntil = (expires: number): number => expires + KRL_GRACE_MS;
+
+/**
+ * A deleted instance's certificates, written when it is deleted, so a rebuild of the KRL reads all
+ * tombstones in one range instead of one query per instance. `certs` are [serial, expires] pairs;
+ * a tombstone written before they were kept has none, and its instance's certificates are read.
+ */
+export interface TombstoneRecord {
+  identityName: string;
+  certs?: [string, number][];
+}
 
 /**
  * Keeps the certificates of instances about to be deleted in the KRL until they expire. Called
@@ -33,9 +62,10 @@ export async function tombstone(ctx: AuthContext, instances: InstanceRecord[]): 
   const now = ctx.now();
   await Promise.all(
     instances.map(async (inst) => {
-      const certs = await loadAll<IssuedCertRecord>(ctx.backend, keys.certsOf(inst.id));
-      const expires = Math.max(inst.certExpires, ...certs.map((c) => c.value.expires));
-      if (expires > now) await ctx.backend.put(keys.revokedInstance(inst.id), encode({ identityName: inst.identityName }), { expires });
+      const certs = (await loadAll<IssuedCertRecord>(ctx.backend, keys.certsOf(inst.id))).map((c) => c.value).filter((c) => revokedUntil(c.expires) > now);
+      const expires = revokedUntil(Math.max(inst.certExpires, ...certs.map((c) => c.expires)));
+      const record: TombstoneRecord = { identityName: inst.identityName, certs: certs.map((c) => [c.serial, c.expires]) };
+      if (expires > now) await ctx.backend.put(keys.revokedInstance(inst.id), encode(record), { expires });
     }),
   );
 }
@@ -48,54 +78,98 @@ export async function tombstone(ctx: AuthContext, instances: InstanceRecord[]): 
 export async function revokeIfLockedMeanwhile(ctx: AuthContext, subject: LockSubject, cert: IssuedCertRecord): Promise<void> {
   const locks = locksOn(await activeLocks(ctx.backend, ctx.now()), subject);
   if (locks.length === 0) return;
-  await ctx.backend.put(keys.revokedCert(cert.serial), encode({ identityName: cert.identityName }), { expires: cert.expires });
+  await ctx.backend.put(keys.revokedCert(cert.serial), encode({ identityName: cert.identityName }), { expires: revokedUntil(cert.expires) });
   refuseIfLocked(locks, subject);
 }
 
 /** What a scan for one role or login lock found: the unexpired certificates it catches. */
 type Scanned = { serial: bigint; expires: number }[];
 
+/** Records read and decoded between two yields of a rebuild (a few milliseconds' work). */
+const REBUILD_CHUNK = 500;
+
+/** Lets timers and I/O run between chunks of a large rebuild. */
+const yieldToLoop = () => new Promise<void>((resolve) => setImmediate(resolve));
+
+export interface RevocationsOptions {
+  /** Many nodes polling every few seconds cost one computation per `maxAgeMs`. Default 1 s. */
+  maxAgeMs?: number;
+  /** Ages the cache: monotonic, so a wall clock stepped back cannot keep a new lock from the nodes. */
+  monotonic?: () => number;
+}
+
 export class Revocations {
   private cached: { at: number; cas: ClusterCas; value: GetRevocationsResponse } | undefined;
   private pending: Promise<GetRevocationsResponse> | undefined;
   /** Role and login locks by lock id: the serials a scan of every issued certificate found. */
   private readonly scans = new Map<string, Scanned>();
+  private readonly maxAgeMs: number;
+  private readonly monotonic: () => number;
 
-  /** Many nodes polling every few seconds cost one computation per `maxAgeMs`. */
-  constructor(private readonly ctx: AuthContext, private readonly maxAgeMs = 1000) {}
+  constructor(private readonly ctx: AuthContext, opts: RevocationsOptions = {}) {
+    this.maxAgeMs = opts.maxAgeMs ?? 1000;
+    this.monotonic = opts.monotonic ?? (() => performance.now());
+  }
+
+  /**
+   * The reply to a node that holds the KRL of content version `held` ("" = none, or a node from
+   * before versions): the KRL's bytes only when they changed.
+   */
+  async reply(held: string): Promise<GetRevocationsResponse> {
+    const value = await this.get();
+    return held !== "" && held === value.krlVersion ? { ...value, krl: new Uint8Array(0) } : value;
+  }
 
   async get(): Promise<GetRevocationsResponse> {
-    const now = this.ctx.now();
+    const at = this.monotonic();
     // A CA phase change shows at once: nodes must trust a new key before anything it signed reaches them.
-    if (this.cached && now - this.cached.at < this.maxAgeMs && this.cached.cas === this.ctx.cas) return this.cached.value;
-    this.pending ??= this.compute(now).finally(() => (this.pending = undefined));
+    if (this.cached && at - this.cached.at < this.maxAgeMs && this.cached.cas === this.ctx.cas) return this.cached.value;
+    this.pending ??= this.compute(at).finally(() => (this.pending = undefined));
     return this.pending;
   }
 
-  private async compute(now: number): Promise<GetRevocationsResponse> {
+  /**
+   * One range read of the tombstones (each holds its instance's serials) and one of the serials
+   * revoked one by one, in chunks that let the event loop run in between; the locks' certificates
+   * are read per locked instance (few). Entries stay until KRL_GRACE_MS past their expiry.
+   */
+  private async compute(at: number): Promise<GetRevocationsResponse> {
     const { backend, cas } = this.ctx;
-    const [locks, tombstones, revokedCerts] = await Promise.all([activeLocks(backend, now), backend.range(keys.revokedInstances), backend.range(keys.revokedCerts)]);
+    const now = this.ctx.now();
+    const live = (expires: number) => revokedUntil(expires) > now;
+    const serials = new SerialList();
+    const legacy: string[] = []; // tombstones written before they kept their serials
+    for await (const chunk of rangeChunks(backend, keys.revokedInstances, REBUILD_CHUNK)) {
+      for (const item of chunk) {
+        const t = decode<TombstoneRecord>(item);
+        if (t.certs === undefined) legacy.push(item.key.slice(keys.revokedInstances.length));
+        else for (const [serial, expires] of t.certs) if (live(expires)) serials.add(BigInt(serial));
+      }
+      await yieldToLoop();
+    }
+    for await (const chunk of rangeChunks(backend, keys.revokedCerts, REBUILD_CHUNK)) {
+      for (const item of chunk) serials.add(BigInt(item.key.slice(keys.revokedCerts.length)));
+      await yieldToLoop();
+    }
+
+    const locks = await activeLocks(backend, now);
     const ofKind = (k: LockRecord["kind"]) => locks.filter((l) => l.kind === k);
     const lockedIdentities = (await Promise.all(ofKind("agent_identity").map((l) => load<IdentityRecord>(backend, keys.identity(l.target)))))
       .filter((i) => i !== undefined)
       .map((i) => i.value.id);
     const lockedIdentityInstances = await Promise.all(lockedIdentities.map((id) => loadAll<InstanceRecord>(backend, keys.instancesOf(id))));
-    const instanceIds = new Set([
-      ...tombstones.map((t) => t.key.slice(keys.revokedInstances.length)),
-      ...ofKind("instance").map((l) => l.target),
-      ...lockedIdentityInstances.flat().map((i) => i.value.id),
-    ]);
+    const instanceIds = new Set([...legacy, ...ofKind("instance").map((l) => l.target), ...lockedIdentityInstances.flat().map((i) => i.value.id)]);
     const certsOfInstances = await Promise.all([...instanceIds].map((id) => loadAll<IssuedCertRecord>(backend, keys.certsOf(id))));
-    const serials = new Set<bigint>();
-    for (const c of certsOfInstances.flat()) if (c.value.expires > now) serials.add(BigInt(c.value.serial));
-    for (const c of revokedCerts) serials.add(BigInt(c.key.slice(keys.revokedCerts.length)));
+    for (const c of certsOfInstances.flat()) if (live(c.value.expires)) serials.add(BigInt(c.value.serial));
     for (const s of await this.scanned([...ofKind("role"), ...ofKind("login")], now)) serials.add(s);
+    const sorted = await sortSerials(serials, yieldToLoop);
 
     // Serials are random 64-bit numbers, unique across keys: each trusted key revokes them all.
-    const sections = cas.user.trusted.map((k) => ({ caKey: k.sshPublic, serials: [...serials] }));
+    const sections = cas.user.trusted.map((k) => ({ caKey: k.sshPublic, serials: sorted }));
     const krl = encodeKrl({ version: BigInt(now), generatedAt: Math.floor(now / 1000), sections });
     const value = create(GetRevocationsResponseSchema, {
       krl,
+      krlVersion: krlContentVersion(krl),
       userCaSshKeys: trustedSshLines(cas.user),
       caState: caState(cas, NODE_CA_KINDS),
       renewWithinMs: BigInt(renewSpreadMs(cas, NODE_CA_KINDS)),
@@ -104,7 +178,7 @@ export class Revocations {
       lockedRoles: ofKind("role").map((l) => l.target),
       lockedLogins: ofKind("login").map((l) => l.target),
     });
-    this.cached = { at: now, cas, value };
+    this.cached = { at, cas, value };
     return value;
   }
 
@@ -116,14 +190,15 @@ export class Revocations {
       const found = new Map<string, Scanned>(stale.map((l) => [l.id, []]));
       for await (const chunk of loadChunks<IssuedCertRecord>(this.ctx.backend, keys.certs)) {
         for (const c of chunk) {
-          if (c.expires <= now) continue;
+          if (revokedUntil(c.expires) <= now) continue;
           for (const l of stale) {
             if (l.kind === "role" ? c.roles.includes(l.target) : c.principals.includes(l.target)) found.get(l.id)!.push({ serial: BigInt(c.serial), expires: c.expires });
           }
         }
+        await yieldToLoop();
       }
       for (const [id, certs] of found) this.scans.set(id, certs);
     }
-    return locks.flatMap((l) => this.scans.get(l.id)!.filter((c) => c.expires > now).map((c) => c.serial));
+    return locks.flatMap((l) => this.scans.get(l.id)!.filter((c) => revokedUntil(c.expires) > now).map((c) => c.serial));
   }
 }

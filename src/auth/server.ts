@@ -263,9 +263,9 @@ function routes(ctx: AuthContext, revocations: Revocations, metrics: AuthMetrics
       renewHostCertificate: unary("RenewHostCertificate", async (req: RenewHostCertificateRequest, caller) =>
         create(RenewHostCertificateResponseSchema, { credentials: await renewNode(ctx, caller, req.hostPublicKey, req.tlsPublicKey) }),
       ),
-      getRevocations: unary("GetRevocations", async (_req: GetRevocationsRequest, caller) => {
+      getRevocations: unary("GetRevocations", async (req: GetRevocationsRequest, caller) => {
         await callingNode(ctx, caller);
-        return revocations.get();
+        return revocations.reply(req.krlVersion);
       }),
     });
     router.service(AgentService, {

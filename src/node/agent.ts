@@ -4,12 +4,13 @@
  * seconds; a heartbeat every ~30 s for `mezctl nodes ls`; and host certificate renewal once less
  * than half its life remains. A failing call backs off and leaves the current files in place.
  */
-import { closeSync, constants, openSync, readFileSync } from "node:fs";
+import { closeSync, constants, lstatSync, openSync, readFileSync } from "node:fs";
 import { create } from "@bufbuild/protobuf";
 import type { Client } from "@connectrpc/connect";
 import { NodeService, RenewHostCertificateRequestSchema, type GetRevocationsResponse } from "../api/gen/mezite/v1/node_pb.js";
 import { connect } from "../api/client.js";
 import { fromConnectError } from "../api/errors.js";
+import { KRL_HEADER_BYTES, krlContentVersion } from "../ca/krl.js";
 import { formatAuthorizedKey, parseAuthorizedKey, parseOpenSSHPrivateKey } from "../ca/sshkey.js";
 import { generateP256, privateKeyToPem, publicKeyToDer } from "../ca/x509.js";
 import { Backoff, sleep } from "../lib/backoff.js";
@@ -46,18 +47,21 @@ export interface NodeAgentDeps {
 }
 
 /** KRL header: magic (8), format version (4), KRL version (8), generated date (8), then the content. */
-const KRL_HEADER_VOLATILE = 28;
+const KRL_HEADER_VOLATILE = KRL_HEADER_BYTES;
 const KRL_MAGIC = Buffer.from("SSHKRL\n\0", "latin1");
 
 export class NodeAgent {
   readonly registry = new Registry();
   private readonly calls = this.registry.counter("mezite_node_calls_total", "calls to the auth service by operation and result");
   private readonly updates = this.registry.counter("mezite_node_file_updates_total", "ssh dir files replaced, by file");
+  private readonly krlBytes = this.registry.counter("mezite_node_krl_received_bytes_total", "KRL bytes received (none when the KRL held is current)");
   private readonly now: () => number;
   private readonly random: () => number;
   private config: NodeConfig;
   private client: Client<typeof NodeService> | undefined;
   private lastRevocationSync: number | undefined;
+  /** The KRL file last hashed (heldKrlVersion): its content version and inode, size and mtime. */
+  private heldKrl: { version: string; stamp: string } | undefined;
   /** A renewal a Host CA phase change asks for, and when it is due. */
   private caRenewal: { state: string; at: number } | undefined;
 
@@ -129,14 +133,18 @@ export class NodeAgent {
 
   /** Fetches the revocation state and replaces the files that changed; true when any did. */
   async syncRevocations(signal?: AbortSignal): Promise<boolean> {
-    const r = await this.call("revocations", (c) => c.getRevocations({}, signal ? { signal } : {}));
-    checkRevocations(r);
+    const held = this.heldKrlVersion();
+    const r = await this.call("revocations", (c) => c.getRevocations({ krlVersion: held }, signal ? { signal } : {}));
+    // An empty krl means "the one you hold is current", and only when it names the one we sent.
+    const krlCurrent = r.krl.length === 0 && held !== "" && r.krlVersion === held;
+    checkRevocations(r, krlCurrent);
+    this.krlBytes.inc({}, r.krl.length);
     const d = this.opts.sshDir;
     // CA keys first: during a rotation the new key must be trusted before certificates use it.
     const changed = [
       this.replace("userCa", formatUserCaKeys(r.userCaSshKeys)),
       this.replace("locks", formatLockState({ version: 1, identity_ids: r.lockedIdentityIds, instance_ids: r.lockedInstanceIds, roles: r.lockedRoles, logins: r.lockedLogins })),
-      this.replaceKrl(Buffer.from(r.krl)),
+      !krlCurrent && this.replaceKrl(Buffer.from(r.krl)),
     ].some(Boolean);
     this.lastRevocationSync = this.now();
     // A Host CA rotation moved on: a host certificate of the signing key, and the TLS trust that
@@ -162,6 +170,26 @@ export class NodeAgent {
     writeFileAtomic(path, text, PUBLIC_MODE);
     this.updates.inc({ file });
     return true;
+  }
+
+  /**
+   * The content version of the KRL on disk ("" = none usable), so the service sends the KRL's bytes
+   * only when they changed. Hashed again only when the file is not the one last looked at.
+   */
+  private heldKrlVersion(): string {
+    const path = pathOf(this.opts.sshDir, "krl");
+    let st;
+    try {
+      st = lstatSync(path);
+    } catch {
+      return "";
+    }
+    const stamp = `${st.ino}:${st.size}:${st.mtimeMs}`;
+    if (this.heldKrl?.stamp === stamp) return this.heldKrl.version;
+    const krl = readBinary(path);
+    if (!st.isFile() || !krl || !isKrl(krl)) return "";
+    this.heldKrl = { version: krlContentVersion(krl), stamp };
+    return this.heldKrl.version;
   }
 
   /** The service stamps every KRL with a fresh version and date: only the content counts as a change. */
@@ -286,9 +314,11 @@ function readBinary(path: string): Buffer | undefined {
   }
 }
 
+const isKrl = (b: Uint8Array): boolean => b.length >= KRL_HEADER_VOLATILE && Buffer.from(b.subarray(0, 8)).equals(KRL_MAGIC);
+
 /** sshd refuses every key when it cannot load the KRL or trusts no CA: never write such state. */
-function checkRevocations(r: GetRevocationsResponse): void {
-  if (r.krl.length < KRL_HEADER_VOLATILE || !Buffer.from(r.krl.subarray(0, 8)).equals(KRL_MAGIC)) {
+function checkRevocations(r: GetRevocationsResponse, krlCurrent: boolean): void {
+  if (!krlCurrent && !isKrl(r.krl)) {
     throw new MeziteError("ERR_MALFORMED_CERT", "the auth service sent a revocation list that is not a KRL");
   }
   if (r.userCaSshKeys.length === 0) throw new MeziteError("ERR_MALFORMED_CERT", "the auth service sent no User CA key");

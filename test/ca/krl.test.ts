@@ -1,14 +1,15 @@
 import assert from "node:assert/strict";
-import { generateKeyPairSync } from "node:crypto";
+import { generateKeyPairSync, randomBytes } from "node:crypto";
 import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, before, describe, test } from "node:test";
 import type { TestContext } from "node:test";
-import { encodeKrl } from "../../src/ca/krl.js";
+import { encodeKrl, sortSerials } from "../../src/ca/krl.js";
 import type { KrlSection } from "../../src/ca/krl.js";
 import { formatSshCertificate, signSshCertificate } from "../../src/ca/sshcert.js";
-import { sshFingerprint } from "../../src/ca/sshkey.js";
+import { sshFingerprint, sshPublicKeyBlob } from "../../src/ca/sshkey.js";
+import { SshWriter } from "../../src/ca/sshwire.js";
 import { isMeziteError } from "../../src/lib/errors.js";
 import { sshKeygen as keygen } from "../harness/require.js";
 
@@ -137,5 +138,71 @@ describe("encoding", () => {
     assert.throws(() => encodeKrl({ version: -1n, generatedAt: NOW, sections: [] }), usage, "negative version");
     assert.throws(() => encodeKrl({ version: 1n, generatedAt: 1.5, sections: [] }), usage, "fractional time");
     assert.throws(() => encodeKrl({ version: 1n, generatedAt: NOW, comment: "\0", sections: [] }), usage, "NUL in comment");
+  });
+});
+
+describe("large lists", () => {
+  /** The encoding as it was first written: bigints sorted in an array, runs found one by one. */
+  function reference(serials: bigint[]): Buffer {
+    const sorted = [...new Set(serials)].sort((a, b) => (a < b ? -1 : a > b ? 1 : 0));
+    const runs: [bigint, bigint][] = [];
+    for (const s of sorted) {
+      const last = runs[runs.length - 1];
+      if (last !== undefined && last[1] + 1n === s) last[1] = s;
+      else runs.push([s, s]);
+    }
+    const w = new SshWriter().string(sshPublicKeyBlob(ca.publicKey)).string("");
+    const list = new SshWriter();
+    let listed = 0;
+    for (const [lo, hi] of runs) {
+      if (hi - lo + 1n >= 3n) w.byte(0x21).string(new SshWriter().uint64(lo).uint64(hi).toBuffer());
+      else for (let s = lo; s <= hi; s++, listed++) list.uint64(s);
+    }
+    if (listed > 0) w.byte(0x20).string(list.toBuffer());
+    const section = w.toBuffer();
+    const krl = encodeKrl({ version: 1n, generatedAt: NOW, sections: [] });
+    return Buffer.concat([krl, Buffer.of(1), new SshWriter().string(section).toBuffer()]);
+  }
+
+  /** Random serials, with runs (some across a 32-bit boundary), pairs and duplicates among them. */
+  function mixed(n: number): bigint[] {
+    const out: bigint[] = [];
+    const rand = () => randomBytes(8).readBigUInt64BE() | 1n;
+    while (out.length < n) {
+      const kind = out.length % 7;
+      if (kind === 0) out.push(rand());
+      else if (kind === 1) out.push(...[0n, 1n, 2n, 3n].map((d) => 0xfffffffen + d + (BigInt(out.length) << 33n)));
+      else if (kind === 2) out.push(5n + BigInt(out.length) * 10n, 6n + BigInt(out.length) * 10n);
+      else if (kind === 3) out.push(out[out.length - 1]!);
+      else out.push(rand());
+    }
+    return out;
+  }
+
+  test("the typed-array encoder writes what the first one did, runs across 32-bit boundaries and duplicates included", () => {
+    for (const n of [1, 2, 3, 10, 1000, 20_000]) {
+      const serials = mixed(n);
+      assert.deepEqual(encodeKrl({ version: 1n, generatedAt: NOW, sections: [{ caKey: ca.publicKey, serials }] }), reference(serials), `${n} serials`);
+    }
+  });
+
+  test("sortSerials sorts in steps, pausing between them, to what encodeKrl sorts itself", async () => {
+    const serials = mixed(50_000);
+    let pauses = 0;
+    const sorted = await sortSerials(BigUint64Array.from(serials), async () => void pauses++);
+    assert.ok(pauses >= 50_000 / 8192, `${pauses} pauses`);
+    assert.deepEqual([...sorted.values], [...serials].sort((a, b) => (a < b ? -1 : a > b ? 1 : 0)));
+    assert.deepEqual(encodeKrl({ version: 1n, generatedAt: NOW, sections: [{ caKey: ca.publicKey, serials: sorted }] }), reference(serials));
+    await assert.rejects(sortSerials(BigUint64Array.of(3n, 0n), async () => {}), (e) => isMeziteError(e, "ERR_USAGE"), "serial 0");
+  });
+
+  test("a cert whose serial is among 100,000 is revoked, one that is not is not", (t) => {
+    const serials = Array.from({ length: 100_000 }, () => randomBytes(8).readBigUInt64BE() | 1n);
+    const krl = writeKrl([{ caKey: ca.publicKey, serials }]);
+    assert.equal(revoked(t, krl, writeCert("big-in", serials[54_321]!, "agent-identity/a")), true);
+    const listed = new Set(serials);
+    let absent = 2n;
+    while (listed.has(absent)) absent++;
+    assert.equal(revoked(t, krl, writeCert("big-out", absent, "agent-identity/a")), false);
   });
 });

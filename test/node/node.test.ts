@@ -13,13 +13,16 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, before, describe, test } from "node:test";
 import { JoinService } from "../../src/api/gen/mezite/v1/join_pb.js";
+import { NodeService } from "../../src/api/gen/mezite/v1/node_pb.js";
 import { connect } from "../../src/api/client.js";
 import { parseToken } from "../../src/ca/jointoken.js";
+import { krlContentVersion } from "../../src/ca/krl.js";
 import { parseSshCertificate, signSshCertificate } from "../../src/ca/sshcert.js";
 import { encodeOpenSSHPrivateKey, formatAuthorizedKey } from "../../src/ca/sshkey.js";
 import { buildJoinRequest, generateIssueKeys, verifyJoinReply } from "../../src/identity/protocol.js";
 import { silentLogger } from "../../src/lib/log.js";
 import { NODE_DEFAULTS, NodeAgent } from "../../src/node/agent.js";
+import { readNodeConfig, readNodeTls } from "../../src/node/layout.js";
 import { renderKnownHosts } from "../../src/identity/outputs.js";
 import { MEZD, SEED_ROLE, mezctlOk, principalsMezd, run, startAuth, tokenFrom, type AuthProcess } from "../harness/auth.js";
 
@@ -313,6 +316,37 @@ describe("nodes: stock sshd enforces roles, locks and deletions", () => {
     assert.match(metrics, /^mezite_node_file_updates_total\{file="locks"\} 2$/m, metrics);
     assert.doesNotMatch(metrics, /file="userCa"/);
     await stopAgent(agent, () => log);
+  });
+
+  test("a node receives the KRL's bytes only when its content changed; a node that sends no version still gets them", async (t) => {
+    if (missing) return missingComponent(t, ...missing);
+    const staging = nodes["staging"]!;
+    const krlPath = join(staging.dir, "revoked.krl");
+    const agent = new NodeAgent({ sshDir: staging.dir, authServer: undefined, advertiseAddr: "", ...NODE_DEFAULTS }, { log: silentLogger });
+    const received = () => Number(/^mezite_node_krl_received_bytes_total (\d+)$/m.exec(agent.registry.render())?.[1] ?? 0);
+    await agent.syncRevocations();
+    const first = received();
+    // Polls across several of the service's rebuilds (each a new KRL header, the same content).
+    for (const end = Date.now() + 2_500; Date.now() < end; ) assert.equal(await agent.syncRevocations(), false);
+    assert.equal(received(), first, "polls of an unchanged KRL receive no KRL bytes");
+
+    // What an older node asks (no version), and what this one asks, straight over its mTLS.
+    const tls = readNodeTls(staging.dir);
+    const client = connect(NodeService, auth.addr, { certPem: tls.cert_pem, keyPem: tls.key_pem, caPem: readNodeConfig(staging.dir).tls_ca_pem });
+    const held = readFileSync(krlPath);
+    const old = await client.getRevocations({});
+    assert.deepEqual(Buffer.from(old.krl).subarray(28), held.subarray(28), "a node sending no version gets the whole KRL");
+    assert.equal((await client.getRevocations({ krlVersion: krlContentVersion(held) })).krl.length, 0);
+
+    await mezctlOk(auth, "agent-identities", "lock", "ops", "--reason=test");
+    const deadline = Date.now() + 10_000;
+    while (!(await agent.syncRevocations())) assert.ok(Date.now() < deadline, "the lock reached the node");
+    const locked = readFileSync(krlPath);
+    assert.ok(locked.length > held.length);
+    assert.equal(received(), first + locked.length, "the changed KRL, once");
+    await mezctlOk(auth, "agent-identities", "unlock", "ops");
+    while (readFileSync(krlPath).length !== held.length) await agent.syncRevocations();
+    assert.equal(await login(agents["ops"]!, staging), true);
   });
 
   test("renewal at half life replaces the host certificate and TLS certificate; sshd serves the new one", async (t) => {

@@ -201,5 +201,8 @@ export async function removeInstance(ctx: AuthContext, by: AdminCaller, name: st
   await tombstone(ctx, [inst.value]);
   await ctx.backend.delete(keys.instance(found.value.id, instanceId));
   await tombstone(ctx, [inst.value]); // a renewal that committed in between (see deleteAgentIdentity)
+  // Its locks (a generation mismatch's, an admin's) go with it, as rm's do: they lock nothing now.
+  const locks = await loadAll<LockRecord>(ctx.backend, keys.locks);
+  await Promise.all(locks.filter((l) => l.value.kind === "instance" && l.value.target === instanceId).map((l) => ctx.backend.delete(keys.lock(l.value.id))));
   await ctx.audit.emit({ type: "agent_identity.instance_delete", ...by.audit, identity: name, instance: instanceId });
 }

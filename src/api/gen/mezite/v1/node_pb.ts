@@ -12,7 +12,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file mezite/v1/node.proto.
  */
 export const file_mezite_v1_node: GenFile = /*@__PURE__*/
-  fileDesc("ChRtZXppdGUvdjEvbm9kZS5wcm90bxIJbWV6aXRlLnYxIj4KEEhlYXJ0YmVhdFJlcXVlc3QSDwoHYWRkcmVzcxgBIAEoCRIZChFob3N0X2NlcnRfZXhwaXJlcxgCIAEoAyITChFIZWFydGJlYXRSZXNwb25zZSJOChtSZW5ld0hvc3RDZXJ0aWZpY2F0ZVJlcXVlc3QSFwoPaG9zdF9wdWJsaWNfa2V5GAEgASgJEhYKDnRsc19wdWJsaWNfa2V5GAIgASgMIk8KHFJlbmV3SG9zdENlcnRpZmljYXRlUmVzcG9uc2USLwoLY3JlZGVudGlhbHMYASABKAsyGi5tZXppdGUudjEuTm9kZUNyZWRlbnRpYWxzIhcKFUdldFJldm9jYXRpb25zUmVxdWVzdCLRAQoWR2V0UmV2b2NhdGlvbnNSZXNwb25zZRILCgNrcmwYASABKAwSGAoQdXNlcl9jYV9zc2hfa2V5cxgCIAMoCRIbChNsb2NrZWRfaWRlbnRpdHlfaWRzGAMgAygJEhsKE2xvY2tlZF9pbnN0YW5jZV9pZHMYBCADKAkSFAoMbG9ja2VkX3JvbGVzGAUgAygJEhUKDWxvY2tlZF9sb2dpbnMYBiADKAkSEAoIY2Ffc3RhdGUYByABKAkSFwoPcmVuZXdfd2l0aGluX21zGAggASgDMpUCCgtOb2RlU2VydmljZRJGCglIZWFydGJlYXQSGy5tZXppdGUudjEuSGVhcnRiZWF0UmVxdWVzdBocLm1leml0ZS52MS5IZWFydGJlYXRSZXNwb25zZRJnChRSZW5ld0hvc3RDZXJ0aWZpY2F0ZRImLm1leml0ZS52MS5SZW5ld0hvc3RDZXJ0aWZpY2F0ZVJlcXVlc3QaJy5tZXppdGUudjEuUmVuZXdIb3N0Q2VydGlmaWNhdGVSZXNwb25zZRJVCg5HZXRSZXZvY2F0aW9ucxIgLm1leml0ZS52MS5HZXRSZXZvY2F0aW9uc1JlcXVlc3QaIS5tZXppdGUudjEuR2V0UmV2b2NhdGlvbnNSZXNwb25zZWIGcHJvdG8z", [file_mezite_v1_join]);
+  fileDesc("ChRtZXppdGUvdjEvbm9kZS5wcm90bxIJbWV6aXRlLnYxIj4KEEhlYXJ0YmVhdFJlcXVlc3QSDwoHYWRkcmVzcxgBIAEoCRIZChFob3N0X2NlcnRfZXhwaXJlcxgCIAEoAyITChFIZWFydGJlYXRSZXNwb25zZSJOChtSZW5ld0hvc3RDZXJ0aWZpY2F0ZVJlcXVlc3QSFwoPaG9zdF9wdWJsaWNfa2V5GAEgASgJEhYKDnRsc19wdWJsaWNfa2V5GAIgASgMIk8KHFJlbmV3SG9zdENlcnRpZmljYXRlUmVzcG9uc2USLwoLY3JlZGVudGlhbHMYASABKAsyGi5tZXppdGUudjEuTm9kZUNyZWRlbnRpYWxzIiwKFUdldFJldm9jYXRpb25zUmVxdWVzdBITCgtrcmxfdmVyc2lvbhgUIAEoCSLmAQoWR2V0UmV2b2NhdGlvbnNSZXNwb25zZRILCgNrcmwYASABKAwSGAoQdXNlcl9jYV9zc2hfa2V5cxgCIAMoCRIbChNsb2NrZWRfaWRlbnRpdHlfaWRzGAMgAygJEhsKE2xvY2tlZF9pbnN0YW5jZV9pZHMYBCADKAkSFAoMbG9ja2VkX3JvbGVzGAUgAygJEhUKDWxvY2tlZF9sb2dpbnMYBiADKAkSEAoIY2Ffc3RhdGUYByABKAkSFwoPcmVuZXdfd2l0aGluX21zGAggASgDEhMKC2tybF92ZXJzaW9uGBQgASgJMpUCCgtOb2RlU2VydmljZRJGCglIZWFydGJlYXQSGy5tZXppdGUudjEuSGVhcnRiZWF0UmVxdWVzdBocLm1leml0ZS52MS5IZWFydGJlYXRSZXNwb25zZRJnChRSZW5ld0hvc3RDZXJ0aWZpY2F0ZRImLm1leml0ZS52MS5SZW5ld0hvc3RDZXJ0aWZpY2F0ZVJlcXVlc3QaJy5tZXppdGUudjEuUmVuZXdIb3N0Q2VydGlmaWNhdGVSZXNwb25zZRJVCg5HZXRSZXZvY2F0aW9ucxIgLm1leml0ZS52MS5HZXRSZXZvY2F0aW9uc1JlcXVlc3QaIS5tZXppdGUudjEuR2V0UmV2b2NhdGlvbnNSZXNwb25zZWIGcHJvdG8z", [file_mezite_v1_join]);
 
 /**
  * @generated from message mezite.v1.HeartbeatRequest
@@ -92,6 +92,13 @@ export const RenewHostCertificateResponseSchema: GenMessage<RenewHostCertificate
  * @generated from message mezite.v1.GetRevocationsRequest
  */
 export type GetRevocationsRequest = Message<"mezite.v1.GetRevocationsRequest"> & {
+  /**
+   * The content version of the KRL the node holds (GetRevocationsResponse.krl_version); when it is
+   * still current the reply leaves krl empty. Empty (or a node from before versions): krl is sent.
+   *
+   * @generated from field: string krl_version = 20;
+   */
+  krlVersion: string;
 };
 
 /**
@@ -152,6 +159,13 @@ export type GetRevocationsResponse = Message<"mezite.v1.GetRevocationsResponse">
    * @generated from field: int64 renew_within_ms = 8;
    */
   renewWithinMs: bigint;
+
+  /**
+   * Names the KRL's content (the same on every auth service); krl is empty when the request held it.
+   *
+   * @generated from field: string krl_version = 20;
+   */
+  krlVersion: string;
 };
 
 /**
