@@ -231,6 +231,7 @@ spec:
 ${section}
     allow:
       - sub: "system:serviceaccount:deploy:*"
+        aud: ${CLUSTER}
 `;
     writeFileSync(file, doc("k8s-deploy", `    issuer: ${oidcIssuer}`));
     await mezctlOk(auth, "create", "-f", file);
@@ -293,8 +294,11 @@ describe("join_token resources", () => {
     const cases: [string, RegExp][] = [
       ["    allow: []\n", /spec\.github\.allow: needs at least one rule/],
       ["    allow:\n      - {}\n", /spec\.github\.allow\[0\]: is empty/],
-      ["    allow:\n      - ref: refs/heads/main\n", /spec\.github\.allow\[0\]: is too broad: set at least one of repository, repository_owner, sub/],
-      ['    allow:\n      - repository_owner: "*"\n', /spec\.github\.allow\[0\]: is too broad/],
+      ["    allow:\n      - ref: refs/heads/main\n", /spec\.github\.allow\[0\]: is too broad: set at least one of repository, repository_owner, sub$/m],
+      ['    allow:\n      - repository_owner: "*"\n', /spec\.github\.allow\[0\]\.repository_owner: must be literal \(no \*\)/],
+      ['    allow:\n      - repository: "*/*"\n', /spec\.github\.allow\[0\]\.repository: must be OWNER\/REPO with a literal owner/],
+      ['    allow:\n      - sub: "repo:*"\n', /spec\.github\.allow\[0\]\.sub: must start with a literal "repo:OWNER\/"/],
+      ["    allow:\n      - repository: acme/webapp\n        __proto__: x\n", /spec\.github\.allow\[0\]\.__proto__: is a reserved name, not a claim/],
       ["    allow:\n      - repository: acme/webapp\n        branch: main\n", /spec\.github\.allow\[0\]\.branch: unknown field/],
       ["    allow:\n      - repository: acme/webapp\n    colour: blue\n", /spec\.github\.colour: unknown field/],
     ];
