@@ -42,9 +42,10 @@ const GRPC_CODE: Partial<Record<ErrorCode, Code>> = {
 /**
  * Codes whose messages are built from constant text and the request alone, so any caller may read
  * them (they say what to do: ask for a new token, remove a lock). Every other code (storage,
- * configuration, internal) can carry a backend address, a file path or a record key: a caller
- * that is not an admin gets a generic sentence instead, and a non-final code (SPEC §13: a broken
- * server database is not the daemon's fault).
+ * configuration, an ID token's issuer, internal) can carry a backend or issuer address, a
+ * network error, a file path or a record key: a caller that is not an admin gets a generic
+ * sentence instead, and a non-final code (SPEC §13: a broken server database is not the daemon's
+ * fault).
  */
 const PUBLIC_CODES: ReadonlySet<ErrorCode> = new Set<ErrorCode>([
   "ERR_USAGE",
@@ -65,7 +66,6 @@ const PUBLIC_CODES: ReadonlySet<ErrorCode> = new Set<ErrorCode>([
   "ERR_IDENTITY_DELETED",
   "ERR_GENERATION_MISMATCH",
   "ERR_NOT_AUTHORIZED",
-  "ERR_ISSUER_UNREACHABLE",
 ]);
 
 /**
@@ -80,6 +80,10 @@ export function toConnectError(e: unknown, audience: "detailed" | "public" = "pu
     return new ConnectError(e.message, code, { [CODE_HEADER]: e.code });
   }
   const ref = randomBytes(4).toString("hex");
+  // An ID token's issuer out of reach: its address and the network error stay in the log.
+  if (e instanceof MeziteError && e.code === "ERR_ISSUER_UNREACHABLE") {
+    return new ConnectError(`the auth service cannot reach the ID token's issuer; retry later (reference ${ref} in its log)`, Code.Unavailable, { [CODE_HEADER]: e.code, [ERROR_REF_HEADER]: ref });
+  }
   // Server side these come from the backend alone: down, unreachable or corrupt.
   if (e instanceof MeziteError && (e.code === "ERR_STORAGE" || e.code === "ERR_UNREACHABLE" || e.code === "ERR_STATE_CORRUPT")) {
     return new ConnectError(`the auth service's storage failed; retry later (reference ${ref} in its log)`, Code.Unavailable, { [CODE_HEADER]: "ERR_STORAGE", [ERROR_REF_HEADER]: ref });

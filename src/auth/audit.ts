@@ -27,7 +27,8 @@ export type AuditType =
   | "join_token.delete"
   | "admin.revoke_certificates"
   | "ca.rotation"
-  | "join.refused_unknown_tokens";
+  | "join.refused_unknown_tokens"
+  | "join.refused_unverified_id_tokens";
 
 export interface AuditEvent {
   time: number;
@@ -48,12 +49,25 @@ export interface AuditEvent {
 /** How long events are kept in the backend. */
 export const AUDIT_RETENTION_MS = 90 * 24 * 3_600_000;
 
-/** Joins with unknown token ids are audited as one event per this period, per service. */
-export const UNKNOWN_TOKEN_PERIOD_MS = 10_000;
+/** Refusals anyone can cause (unknown token ids, unverified ID tokens) are audited as one event per this period, per service. */
+export const TALLY_PERIOD_MS = 10_000;
+
+/**
+ * Refusals anyone can send as fast as they like, so each costs a count in memory, not a write
+ * (SPEC §13, §14): by kind, the event that sums them up.
+ */
+const TALLIES = {
+  unknownToken: { type: "join.refused_unknown_tokens", error: "ERR_TOKEN_UNKNOWN", what: "with unknown token ids" },
+  unverifiedIdToken: { type: "join.refused_unverified_id_tokens", error: "ERR_TOKEN_INVALID", what: "with ID tokens refused before their signature verified" },
+} as const satisfies Record<string, { type: AuditType; error: string; what: string }>;
+type TallyKind = keyof typeof TALLIES;
+
+/** Distinct sources counted per kind and period at most; the rest are counted as "other". */
+const MAX_SOURCES = 1000;
 
 export class Audit {
-  /** Joins refused for an unknown token id since the last summary, by remote address. */
-  private unknownTokens = new Map<string, number>();
+  /** Refusals since the last summary, by kind, then by source (the remote address, and what it tried). */
+  private tallies = new Map<TallyKind, Map<string, number>>();
   private summaryTimer: NodeJS.Timeout | undefined;
 
   constructor(
@@ -62,33 +76,43 @@ export class Audit {
     private readonly now: () => number,
   ) {}
 
-  /**
-   * A join refused because its token id is unknown: anyone can send those, as fast as they like,
-   * so each costs a count in memory, not a write. One event sums them up every period.
-   */
+  /** A join refused because its token id (or join token name) is unknown. */
   tallyUnknownToken(remoteAddr: string): void {
-    const host = remoteAddr.slice(0, 64);
-    if (this.unknownTokens.size < 1000 || this.unknownTokens.has(host)) this.unknownTokens.set(host, (this.unknownTokens.get(host) ?? 0) + 1);
-    else this.unknownTokens.set("other", (this.unknownTokens.get("other") ?? 0) + 1);
-    this.summaryTimer ??= setTimeout(() => void this.flushUnknownTokens(), UNKNOWN_TOKEN_PERIOD_MS).unref();
+    this.tally("unknownToken", remoteAddr.slice(0, 64));
   }
 
-  /** Writes the pending summary of unknown-token joins, if any (also on stop). */
-  async flushUnknownTokens(): Promise<void> {
+  /** A join refused before its ID token's signature verified (`code`: why, e.g. ERR_ISSUER_UNREACHABLE). */
+  tallyUnverifiedIdToken(remoteAddr: string, joinToken: string, code: string): void {
+    this.tally("unverifiedIdToken", `${remoteAddr.slice(0, 64)} join_token=${joinToken.slice(0, 64)} ${code}`);
+  }
+
+  private tally(kind: TallyKind, source: string): void {
+    let counts = this.tallies.get(kind);
+    if (!counts) this.tallies.set(kind, (counts = new Map()));
+    const key = counts.size < MAX_SOURCES || counts.has(source) ? source : "other";
+    counts.set(key, (counts.get(key) ?? 0) + 1);
+    this.summaryTimer ??= setTimeout(() => void this.flushTallies(), TALLY_PERIOD_MS).unref();
+  }
+
+  /** Writes the pending summaries of counted refusals, one event per kind, if any (also on stop). */
+  async flushTallies(): Promise<void> {
     clearTimeout(this.summaryTimer);
     this.summaryTimer = undefined;
-    if (this.unknownTokens.size === 0) return;
-    const counts = [...this.unknownTokens].sort((a, b) => b[1] - a[1]);
-    this.unknownTokens = new Map();
-    const total = counts.reduce((n, [, c]) => n + c, 0);
-    const from = counts.slice(0, 20).map(([addr, c]) => `${addr} (${c})`).join(", ");
-    await this.emit({
-      type: "join.refused_unknown_tokens",
-      success: false,
-      error: "ERR_TOKEN_UNKNOWN",
-      remote_addr: counts[0]![0],
-      detail: `${total} join${total === 1 ? "" : "s"} with unknown token ids from ${from}${counts.length > 20 ? ", ..." : ""}`,
-    });
+    const tallies = this.tallies;
+    this.tallies = new Map();
+    for (const [kind, sources] of tallies) {
+      const { type, error, what } = TALLIES[kind];
+      const counts = [...sources].sort((a, b) => b[1] - a[1]);
+      const total = counts.reduce((n, [, c]) => n + c, 0);
+      const from = counts.slice(0, 20).map(([source, c]) => `${source} (${c})`).join(", ");
+      await this.emit({
+        type,
+        success: false,
+        error,
+        remote_addr: counts[0]![0].split(" ")[0]!,
+        detail: `${total} join${total === 1 ? "" : "s"} ${what} from ${from}${counts.length > 20 ? ", ..." : ""}`,
+      });
+    }
   }
 
   /** Logs and stores an event on its own. */

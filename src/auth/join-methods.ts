@@ -77,8 +77,28 @@ function text(o: Obj, key: string, path: string, required: boolean, max = 256): 
   return v;
 }
 
-/** Only `*` (or nothing but `*`): matches every value. */
-const matchesAll = (pattern: string) => /^\**$/.test(pattern);
+/** Names a rule may not use as a claim: they reach into a JavaScript object's prototype. */
+const RESERVED_KEYS: ReadonlySet<string> = new Set(["__proto__", "constructor", "prototype"]);
+
+/** "OWNER/..." with OWNER literal: the part before the first `/` has no `*` (and is not empty). */
+const LITERAL_OWNER = /^[^*/]+\//;
+
+/**
+ * Why a rule's anchor could match someone else's pipeline, or undefined (SPEC §14 "Anchors are
+ * literal"): whose repositories or projects may join is always spelled out, never globbed.
+ */
+function anchorProblem(method: Exclude<JoinMethod, "oidc">, claim: string, pattern: string): string | undefined {
+  if (method === "github") {
+    if (claim === "repository_owner" && pattern.includes("*")) return "must be literal (no *): it names whose repositories may join";
+    if (claim === "repository" && !LITERAL_OWNER.test(pattern)) return "must be OWNER/REPO with a literal owner (acme/* is fine, */webapp is not)";
+    if (claim === "sub" && !/^repo:[^*/]+\//.test(pattern)) return 'must start with a literal "repo:OWNER/"';
+  } else {
+    if (claim === "project_path" && !LITERAL_OWNER.test(pattern)) return "must be GROUP/PROJECT with a literal group (acme/* is fine, */webapp is not)";
+    if (claim === "namespace_path" && pattern.includes("*")) return "must be literal (no *): it names whose projects may join";
+    if (claim === "sub" && !/^project_path:[^*/]+\//.test(pattern)) return 'must start with a literal "project_path:GROUP/"';
+  }
+  return undefined;
+}
 
 function rules(v: unknown, path: string, method: JoinMethod): Rule[] {
   if (!Array.isArray(v) || v.length === 0) throw bad(path, "needs at least one rule");
@@ -89,17 +109,21 @@ function rules(v: unknown, path: string, method: JoinMethod): Rule[] {
     if (typeof raw !== "object" || raw === null || Array.isArray(raw)) throw bad(at, "must be a mapping of claim to pattern");
     const rule: Rule = {};
     for (const [claim, pattern] of Object.entries(raw as Obj)) {
+      if (RESERVED_KEYS.has(claim)) throw bad(`${at}.${claim}`, "is a reserved name, not a claim");
       if (known && !known.includes(claim)) throw bad(`${at}.${claim}`, `unknown field (a ${method} rule may set ${known.join(", ")})`);
       if (!/^[A-Za-z0-9_.:-]{1,64}$/.test(claim)) throw bad(`${at}.${claim}`, "is not a claim name");
       const value = typeof pattern === "boolean" || typeof pattern === "number" ? String(pattern) : pattern;
       if (typeof value !== "string" || value.length === 0 || value.length > MAX_PATTERN) throw bad(`${at}.${claim}`, `must be a pattern of 1 to ${MAX_PATTERN} characters`);
+      const problem = method === "oidc" ? undefined : anchorProblem(method, claim, value);
+      if (problem) throw bad(`${at}.${claim}`, problem);
       rule[claim] = value;
     }
     if (Object.keys(rule).length === 0) throw bad(at, "is empty: it would match every token");
-    const anchors = method === "oidc" ? Object.keys(rule) : METHOD_RULES[method].anchors;
-    const pinned = anchors.filter((a) => rule[a] !== undefined && !matchesAll(rule[a]!));
-    if (pinned.length === 0) {
-      throw bad(at, method === "oidc" ? "matches any token: give at least one claim a pattern other than *" : `is too broad: set at least one of ${anchors.join(", ")} to something other than *`);
+    if (method === "oidc") {
+      if (!Object.values(rule).some((p) => !p.includes("*"))) throw bad(at, "matches too much: give at least one claim a literal value (no *)");
+    } else {
+      const anchors = METHOD_RULES[method].anchors;
+      if (!anchors.some((a) => Object.hasOwn(rule, a))) throw bad(at, `is too broad: set at least one of ${anchors.join(", ")}`);
     }
     return rule;
   });
@@ -209,16 +233,53 @@ export function claimText(v: unknown): string | undefined {
   return typeof v === "string" ? v : JSON.stringify(v);
 }
 
-function globMatches(pattern: string, value: string): boolean {
-  const re = new RegExp(`^${pattern.split("*").map((p) => p.replace(/[.+?^${}()|[\]\\]/g, "\\$&")).join(".*")}$`, "s");
-  return re.test(value);
+/**
+ * Whether `value` matches `pattern`, where `*` matches any run of characters and nothing else is
+ * special. No regular expression is built from a pattern: the text before the first `*` must
+ * begin the value, the text after the last must end it, and each part between stars is found
+ * left to right with indexOf at its leftmost place (a later place never leaves more room for the
+ * parts after it), so the time grows linearly with the value, whatever the claim holds.
+ */
+export function globMatches(pattern: string, value: string): boolean {
+  const parts = pattern.split("*");
+  if (parts.length === 1) return pattern === value;
+  const first = parts[0]!;
+  const last = parts[parts.length - 1]!;
+  if (value.length < first.length + last.length || !value.startsWith(first) || !value.endsWith(last)) return false;
+  const end = value.length - last.length;
+  let at = first.length;
+  for (let i = 1; i < parts.length - 1; i++) {
+    const part = parts[i]!;
+    if (part === "") continue;
+    const found = value.indexOf(part, at);
+    if (found < 0 || found + part.length > end) return false;
+    at = found + part.length;
+  }
+  return true;
 }
 
-/** The first rule every field of which matches the claims, or undefined. */
+/** Longest claim a rule is tried against, in bytes (SPEC §14). */
+export const MAX_CLAIM_BYTES = 1024;
+
+/** A claim of the token itself, never one inherited from Object.prototype (`constructor`, `toString`). */
+const ownClaim = (claims: Record<string, unknown>, name: string) => (Object.hasOwn(claims, name) ? claimText(claims[name]) : undefined);
+
+/**
+ * The first rule every field of which matches the claims, or undefined. A claim over
+ * MAX_CLAIM_BYTES that a rule names refuses the token before any rule is tried.
+ */
 export function matchingRule(allow: Rule[], claims: Record<string, unknown>): Rule | undefined {
+  for (const rule of allow) {
+    for (const claim of Object.keys(rule)) {
+      const value = ownClaim(claims, claim);
+      if (value !== undefined && (value.length > MAX_CLAIM_BYTES || Buffer.byteLength(value) > MAX_CLAIM_BYTES)) {
+        throw new MeziteError("ERR_TOKEN_INVALID", `the ID token was refused: a claim is longer than ${MAX_CLAIM_BYTES} bytes`);
+      }
+    }
+  }
   return allow.find((rule) =>
     Object.entries(rule).every(([claim, pattern]) => {
-      const value = claimText(claims[claim]);
+      const value = ownClaim(claims, claim);
       return value !== undefined && globMatches(pattern, value);
     }),
   );

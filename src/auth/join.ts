@@ -15,7 +15,7 @@ import { MeziteError, isMeziteError } from "../lib/errors.js";
 import { NAME_PATTERN } from "../rbac/role.js";
 import { principalsFor } from "../rbac/access.js";
 import type { AuthContext, Caller } from "./context.js";
-import { verifyIdToken } from "./id-tokens.js";
+import { UnverifiedIdToken, verifyIdToken } from "./id-tokens.js";
 import { issueAgentCertificates, type Issued, type PublicKeys } from "./issue.js";
 import { RECORDED_CLAIMS, claimText, matchingRule, type JoinTokenRecord } from "./join-methods.js";
 import { activeLocks, refuseIfLocked } from "./locks.js";
@@ -225,6 +225,12 @@ export async function joinWithIdToken(ctx: AuthContext, req: JoinWithIdTokenRequ
     });
     return create(JoinResponseSchema, { certificates: issued.certs });
   } catch (e) {
+    // An ID token refused before its signature verified could come from anyone: it costs no
+    // write each; such refusals are counted, and audited together.
+    if (e instanceof UnverifiedIdToken) {
+      ctx.audit.tallyUnverifiedIdToken(caller.remoteAddr, rec.name, e.code);
+      throw e;
+    }
     await ctx.audit.emit({
       type: "agent_identity.join",
       identity: rec.identityName,

@@ -534,7 +534,7 @@ export async function startAuthService(cfg: AuthConfig, log: Logger = createLogg
           setTimeout(resolve, 2000).unref();
         });
         diagServer?.server.close();
-        await ctx.audit.flushUnknownTokens();
+        await ctx.audit.flushTallies();
         await backend.close();
       },
     };

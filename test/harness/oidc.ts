@@ -3,7 +3,9 @@
  * and JWKS over HTTPS with a CA made here (the auth service trusts it through NODE_EXTRA_CA_CERTS,
  * in the tests only), and a stand-in for GitHub Actions' ID-token endpoint that speaks its
  * request and reply: GET ACTIONS_ID_TOKEN_REQUEST_URL&audience=AUD with "Authorization: bearer
- * ACTIONS_ID_TOKEN_REQUEST_TOKEN", answered {"count": 1, "value": JWT}.
+ * ACTIONS_ID_TOKEN_REQUEST_TOKEN", answered {"count": 1, "value": JWT}. Issuers that fail live
+ * under fixed prefixes: /tarpit (discovery trickles a byte every 200 ms and never ends), /failing
+ * (discovery answers 500), /badjwks (discovery works, its JWKS answers 500).
  */
 import { randomBytes } from "node:crypto";
 import { createServer, type Server } from "node:https";
@@ -34,6 +36,8 @@ export interface Issuer {
   published: SigningKey[];
   /** Requests to the GitHub stand-in so far. */
   githubRequests: number;
+  /** Requests so far, by path. */
+  requests: Map<string, number>;
   /** The claims the GitHub stand-in puts in its next tokens (plus iss, aud, iat, exp, jti). */
   githubClaims: JWTPayload;
   githubIssuer: string;
@@ -67,6 +71,7 @@ export async function startIssuer(dir: string): Promise<Issuer> {
     caPath,
     published: [first],
     githubRequests: 0,
+    requests: new Map(),
     githubClaims: {},
     githubIssuer: "",
     githubRequestToken: randomBytes(16).toString("hex"),
@@ -82,6 +87,15 @@ export async function startIssuer(dir: string): Promise<Issuer> {
   server = createServer({ key: privateKeyToPem(leaf.privateKey), cert: certPem }, (req, res) => {
     const url = new URL(req.url ?? "/", issuer.origin);
     const json = (status: number, body: unknown) => res.writeHead(status, { "content-type": "application/json" }).end(JSON.stringify(body));
+    issuer.requests.set(url.pathname, (issuer.requests.get(url.pathname) ?? 0) + 1);
+    if (url.pathname === "/tarpit/.well-known/openid-configuration") {
+      res.writeHead(200, { "content-type": "application/json" });
+      const drip = setInterval(() => res.write(" "), 200);
+      res.on("close", () => clearInterval(drip));
+      return;
+    }
+    if (url.pathname === "/failing/.well-known/openid-configuration" || url.pathname === "/badjwks/jwks") return json(500, { message: "down for maintenance" });
+    if (url.pathname === "/badjwks/.well-known/openid-configuration") return json(200, { issuer: `${issuer.origin}/badjwks`, jwks_uri: `${issuer.origin}/badjwks/jwks` });
     if (url.pathname.endsWith("/.well-known/openid-configuration")) {
       const prefix = url.pathname.slice(0, -"/.well-known/openid-configuration".length);
       return json(200, { issuer: `${issuer.origin}${prefix}`, jwks_uri: `${issuer.origin}/jwks`, id_token_signing_alg_values_supported: ["ES256", "RS256", "EdDSA"] });

@@ -129,7 +129,7 @@ describe("GitHub Actions joins", () => {
     await refused(joinWith(noJti), "ERR_TOKEN_USED");
   });
 
-  test("bad ID tokens are refused with a clear error and an audit event, and create nothing", async () => {
+  test("bad ID tokens are refused with a clear error and create nothing; those whose signature verified are audited one by one", async () => {
     const key = issuer.published[0]!;
     const now = Math.floor(Date.now() / 1000);
     const good = { iss: issuer.githubIssuer, aud: CLUSTER, ...MAIN_RUN };
@@ -140,16 +140,19 @@ describe("GitHub Actions joins", () => {
     const hs256 = await new SignJWT({ ...good, iat: now, exp: now + 300 })
       .setProtectedHeader({ alg: "HS256", kid: key.kid })
       .sign(new TextEncoder().encode(JSON.stringify(key.jwk)));
-    const cases: [string, string, RegExp][] = [
-      ["wrong audience", await issuer.sign({ ...good, aud: "another.cluster" }), /audience \(aud\) is not this cluster's name, test\.mezite/],
-      ["wrong issuer", await issuer.sign({ ...good, iss: `${issuer.origin}/someone-else` }), /issuer \(iss\) is not the join token's/],
-      ["expired", await issuer.sign({ ...good, iat: now - 600, exp: now - 60 }), /has expired/],
-      ["not yet valid", await issuer.sign({ ...good, nbf: now + 600 }), /not valid yet/],
-      ["alg none", unsigned, /algorithm the service does not accept/],
-      ["HS256 with the public key", hs256, /algorithm the service does not accept/],
-      ["bad signature", tampered, /signature does not verify/],
-      ["key id not in the JWKS", await issuer.sign(good, stranger), /key the issuer does not publish/],
-      ["no rule matches", await issuer.sign({ ...good, repository: "acme/other", repository_owner: "acme", environment: "staging" }), /matches no rule of join token "github-deploy-main"$/],
+    // [what, token, message, whether its signature verified (then it is audited on its own)]
+    const cases: [string, string, RegExp, boolean][] = [
+      ["wrong audience", await issuer.sign({ ...good, aud: "another.cluster" }), /audience \(aud\) is not this cluster's name, test\.mezite/, true],
+      ["wrong issuer", await issuer.sign({ ...good, iss: `${issuer.origin}/someone-else` }), /issuer \(iss\) is not the join token's/, true],
+      ["expired", await issuer.sign({ ...good, iat: now - 600, exp: now - 60 }), /has expired/, true],
+      ["not yet valid", await issuer.sign({ ...good, nbf: now + 600 }), /not valid yet/, true],
+      ["alg none", unsigned, /algorithm the service does not accept/, false],
+      ["HS256 with the public key", hs256, /algorithm the service does not accept/, false],
+      ["bad signature", tampered, /signature does not verify/, false],
+      ["key id not in the JWKS", await issuer.sign(good, stranger), /key the issuer does not publish/, false],
+      ["not a JWT", "not-a.jwt!", /not a JWT/, false],
+      ["over 16 KiB", `${parts[0]}.${"A".repeat(16 * 1024)}.${parts[2]}`, /longer than 16384 bytes/, false],
+      ["no rule matches", await issuer.sign({ ...good, repository: "acme/other", repository_owner: "acme", environment: "staging" }), /matches no rule of join token "github-deploy-main"$/, true],
     ];
     const before = (await instances()).length;
     const auditBefore = (await auditEvents(auth, { type: "agent_identity.join" })).length;
@@ -160,7 +163,7 @@ describe("GitHub Actions joins", () => {
     }
     assert.equal((await instances()).length, before, "nothing was created");
     const refusals = (await auditEvents(auth, { type: "agent_identity.join" })).slice(auditBefore);
-    assert.equal(refusals.length, cases.length);
+    assert.equal(refusals.length, cases.filter(([, , , verified]) => verified).length, "an event for each token whose signature verified, none for the others");
     assert.ok(refusals.every((e) => !e.success && e.error === "ERR_TOKEN_INVALID" && e.identity === "github-deploy"));
     assert.match(refusals.at(-1)!.detail, /repository=acme\/other .*environment=staging/, "the audit event holds the claims that matched no rule");
 
@@ -169,6 +172,47 @@ describe("GitHub Actions joins", () => {
     const r = await pipelineRun(join(tmp, "refused"));
     assert.equal(r.code, 3, r.stderr);
     assert.deepEqual(humanLines(r.stderr), ['mezd: the ID token matches no rule of join token "github-deploy-main"']);
+  });
+
+  test("1,000 joins with ID tokens that fail before their signature verifies write no event each: a handful of summaries count them", async () => {
+    const file = join(tmp, "flood.yaml");
+    writeFileSync(file, `kind: join_token\nmetadata:\n  name: flood\nspec:\n  agent_identity: github-deploy\n  join_method: github\n  github:\n    enterprise_server_host: "${new URL(issuer.origin).host}"\n    allow:\n      - repository: acme/webapp\n`);
+    await mezctlOk(auth, "create", "-f", file);
+    const good = { iss: issuer.githubIssuer, aud: CLUSTER, ...MAIN_RUN };
+    const parts = (await issuer.sign(good)).split(".");
+    const now = Math.floor(Date.now() / 1000);
+    const unverifiable = [
+      "garbage",
+      `${parts[0]}.${"A".repeat(17 * 1024)}.${parts[2]}`, // over 16 KiB
+      `${base64url.encode(JSON.stringify({ alg: "none" }))}.${base64url.encode(JSON.stringify({ ...good, iat: now, exp: now + 300 }))}.`,
+      `${parts[0]}.${base64url.encode(JSON.stringify({ ...good, repository: "acme/webapp", iat: now, exp: now + 300 }))}.${parts[2]}`, // tampered
+      await issuer.sign(good, await makeKey()), // a key the issuer does not publish
+    ];
+    const client = connect(JoinService, auth.addr, {});
+    const keys = publicKeysOf(generateIssueKeys());
+    const auditBefore = (await auditEvents(auth)).length;
+    const results: Awaited<ReturnType<typeof outcome>>[] = [];
+    const start = Date.now();
+    for (let i = 0; i < 1000; i += 25) {
+      results.push(...(await Promise.all(Array.from({ length: 25 }, (_, j) => outcome(client.joinWithIdToken({ joinToken: "flood", idToken: unverifiable[(i + j) % unverifiable.length]!, ...keys, requestedTtlMs: 600_000n }))))));
+    }
+    const floodMs = Date.now() - start;
+    assert.deepEqual(tally(results), { ERR_TOKEN_INVALID: 1000 });
+
+    // The summaries come within a period (10 s) of the first refusal: wait for all 1,000 to be counted.
+    const counted = (events: { detail: string }[]) =>
+      events.reduce((n, e) => n + [...e.detail.matchAll(/join_token=flood ERR_TOKEN_INVALID \((\d+)\)/g)].reduce((m, x) => m + Number(x[1]), 0), 0);
+    let summaries: Awaited<ReturnType<typeof auditEvents>> = [];
+    for (const deadline = Date.now() + 60_000; Date.now() < deadline; await new Promise((r) => setTimeout(r, 250))) {
+      summaries = (await auditEvents(auth, { type: "join.refused_unverified_id_tokens" })).filter((e) => /join_token=flood /.test(e.detail));
+      if (counted(summaries) >= 1000) break;
+    }
+    assert.equal(counted(summaries), 1000, summaries.map((e) => e.detail).join("\n"));
+    const added = (await auditEvents(auth)).slice(auditBefore);
+    assert.deepEqual(added.filter((e) => e.type === "agent_identity.join"), [], "no event per refused join");
+    assert.ok(summaries.length <= 5, `${summaries.length} summary events`);
+    assert.ok(summaries.every((e) => !e.success && e.error === "ERR_TOKEN_INVALID" && e.remoteAddr === "127.0.0.1"));
+    process.stdout.write(`# 1,000 unverifiable ID tokens in ${floodMs} ms: ${added.length} audit events (${summaries.length} summaries of them)\n`);
   });
 
   test("without --ca-pin the daemon refuses to start; with a wrong pin it sends nothing", async () => {
@@ -231,6 +275,7 @@ spec:
 ${section}
     allow:
       - sub: "system:serviceaccount:deploy:*"
+        aud: ${CLUSTER}
 `;
     writeFileSync(file, doc("k8s-deploy", `    issuer: ${oidcIssuer}`));
     await mezctlOk(auth, "create", "-f", file);
@@ -277,9 +322,56 @@ ${section}
     await mezctlOk(auth, "create", "-f", file);
     const jwt = await issuer.sign({ iss: "https://127.0.0.1:9/down", aud: CLUSTER, sub: "worker" });
     const api = await refused(joinWith(jwt, "down"), "ERR_ISSUER_UNREACHABLE", Code.Unavailable);
-    assert.match(api.message, /cannot fetch the keys of https:\/\/127\.0\.0\.1:9\/down/);
+    // The caller hears a generic sentence; the issuer's address and the network error are in the service's log.
+    const ref = /^the auth service cannot reach the ID token's issuer; retry later \(reference ([0-9a-f]{8}) in its log\)$/.exec(api.message)?.[1];
+    assert.ok(ref, api.message);
+    for (const deadline = Date.now() + 10_000; !auth.output().includes(ref) && Date.now() < deadline; ) await new Promise((r) => setTimeout(r, 50));
+    const logged = auth.output().split("\n").find((l) => l.includes(ref)) ?? "";
+    assert.match(logged, /cannot fetch the keys of https:\/\/127\.0\.0\.1:9\/down: .*ECONNREFUSED/);
     const r = await oneShot(auth.addr, join(tmp, "down"), ["--join-method=oidc", "--token=down", `--ca-pin=${pin}`, "--one-shot-retry=1s"], { MEZITE_ID_TOKEN: jwt });
     assert.equal(r.code, 1, r.stderr);
+  });
+});
+
+describe("issuers that fail", () => {
+  test("discovery and JWKS fetches have a total deadline, and a failing issuer is not asked again for a few seconds", async () => {
+    const doc = (name: string, path: string) => `kind: join_token\nmetadata:\n  name: ${name}\nspec:\n  agent_identity: unreachable\n  join_method: oidc\n  oidc:\n    issuer: ${issuer.origin}${path}\n    allow:\n      - sub: worker\n`;
+    const file = join(tmp, "failing.yaml");
+    for (const [name, path] of [["tarpit", "/tarpit"], ["failing", "/failing"], ["badjwks", "/badjwks"]] as const) {
+      writeFileSync(file, doc(name, path));
+      await mezctlOk(auth, "create", "-f", file);
+    }
+    const asked = (path: string) => issuer.requests.get(path) ?? 0;
+    const tokenFor = (path: string) => issuer.sign({ iss: `${issuer.origin}${path}`, aud: CLUSTER, sub: "worker" });
+
+    // A discovery that trickles a byte every 200 ms would hold a socket timeout off for good.
+    let start = Date.now();
+    await refused(joinWith(await tokenFor("/tarpit"), "tarpit"), "ERR_ISSUER_UNREACHABLE", Code.Unavailable);
+    const tarpitMs = Date.now() - start;
+    assert.ok(tarpitMs >= 4_500 && tarpitMs < 9_000, `refused after ${tarpitMs} ms (the deadline is 5 s)`);
+    start = Date.now();
+    await refused(joinWith(await tokenFor("/tarpit"), "tarpit"), "ERR_ISSUER_UNREACHABLE");
+    assert.ok(Date.now() - start < 2_000, "refused at once while the failure is remembered");
+    assert.equal(asked("/tarpit/.well-known/openid-configuration"), 1);
+
+    // Discovery answering 500, and a JWKS answering 500: a burst of joins asks each once.
+    for (const [name, path, failing] of [["failing", "/failing", "/failing/.well-known/openid-configuration"], ["badjwks", "/badjwks", "/badjwks/jwks"]] as const) {
+      const jwt = await tokenFor(path);
+      const results = await Promise.all(Array.from({ length: 10 }, () => outcome(joinWith(jwt, name))));
+      results.push(await outcome(joinWith(jwt, name)));
+      assert.deepEqual(tally(results), { ERR_ISSUER_UNREACHABLE: 11 }, name);
+      assert.equal(asked(failing), 1, `${failing} asked once`);
+    }
+    // A few seconds later the issuer is asked again.
+    start = Date.now();
+    const jwt = await tokenFor("/failing");
+    while (asked("/failing/.well-known/openid-configuration") === 1 && Date.now() - start < 15_000) {
+      await refused(joinWith(jwt, "failing"), "ERR_ISSUER_UNREACHABLE");
+      await new Promise((r) => setTimeout(r, 250));
+    }
+    const againMs = Date.now() - start;
+    assert.equal(asked("/failing/.well-known/openid-configuration"), 2, "asked again");
+    process.stdout.write(`# failing issuer: refused after ${tarpitMs} ms by a trickling discovery; asked again after ${againMs} ms\n`);
   });
 });
 
@@ -293,8 +385,11 @@ describe("join_token resources", () => {
     const cases: [string, RegExp][] = [
       ["    allow: []\n", /spec\.github\.allow: needs at least one rule/],
       ["    allow:\n      - {}\n", /spec\.github\.allow\[0\]: is empty/],
-      ["    allow:\n      - ref: refs/heads/main\n", /spec\.github\.allow\[0\]: is too broad: set at least one of repository, repository_owner, sub/],
-      ['    allow:\n      - repository_owner: "*"\n', /spec\.github\.allow\[0\]: is too broad/],
+      ["    allow:\n      - ref: refs/heads/main\n", /spec\.github\.allow\[0\]: is too broad: set at least one of repository, repository_owner, sub$/m],
+      ['    allow:\n      - repository_owner: "*"\n', /spec\.github\.allow\[0\]\.repository_owner: must be literal \(no \*\)/],
+      ['    allow:\n      - repository: "*/*"\n', /spec\.github\.allow\[0\]\.repository: must be OWNER\/REPO with a literal owner/],
+      ['    allow:\n      - sub: "repo:*"\n', /spec\.github\.allow\[0\]\.sub: must start with a literal "repo:OWNER\/"/],
+      ["    allow:\n      - repository: acme/webapp\n        __proto__: x\n", /spec\.github\.allow\[0\]\.__proto__: is a reserved name, not a claim/],
       ["    allow:\n      - repository: acme/webapp\n        branch: main\n", /spec\.github\.allow\[0\]\.branch: unknown field/],
       ["    allow:\n      - repository: acme/webapp\n    colour: blue\n", /spec\.github\.colour: unknown field/],
     ];
