@@ -60,6 +60,11 @@ export interface CertAuthority extends CaKeys {
   /** The key in use before a rotation, and the one it brings in (undefined in standby). */
   current: CaKeys;
   next: CaKeys | undefined;
+  /**
+   * The key that signs server credentials (nodes' host certificates, the auth service's TLS
+   * certificate): the new one only from update_servers, so every client trusts it first.
+   */
+  server: CaKeys;
   rotation: RotationState | undefined;
   /** When the last rotation completed (unix ms), if one has. */
   lastRotated: number | undefined;
@@ -96,6 +101,8 @@ export interface StoredCa extends StoredKeys {
 
 /** The key that signs in a phase: the new one from update_clients until the rotation completes. */
 export const signsWithNext = (phase: Phase): boolean => phase === "update_clients" || phase === "update_servers";
+/** The key that signs server credentials: the new one in update_servers alone (then it is the current one). */
+export const serverSignsWithNext = (phase: Phase): boolean => phase === "update_servers";
 
 const CLUSTER_KEY_FILE = "cluster.key";
 const CA_VALIDITY_MS = 10 * 365 * 24 * 3_600_000;
@@ -229,6 +236,7 @@ export function openCa(stored: StoredCa, revision: string, clusterKey: Buffer): 
     trusted: other ? [signer, other] : [signer],
     current,
     next,
+    server: next && serverSignsWithNext(phase) ? next : current,
     rotation: stored.rotation,
     lastRotated: stored.last_rotated,
     spreadMs: stored.spread_ms ?? 0,

@@ -45,7 +45,7 @@ export async function issueNodeCredentials(ctx: AuthContext, cas: ClusterCas, no
       validAfter: Math.floor((now - BACKDATE_MS) / 1000),
       validBefore: Math.floor(notAfter / 1000),
     },
-    cas.host.sshPrivate,
+    cas.host.server.sshPrivate,
   );
   const tlsPem = await issueClientCertificate({
     caCertPem: cas.host.x509CertPem,
@@ -163,7 +163,7 @@ export async function joinNode(ctx: AuthContext, req: JoinNodeRequest, caller: C
       lastHeartbeat: now,
       hostCertExpires: now + HOST_CERT_TTL_MS,
       joined: now,
-      hostCaKey: cas.host.sshFingerprint,
+      hostCaKey: cas.host.server.sshFingerprint,
     };
     const ops = await claimOps(ctx, node, replaced);
     const creds = await issueNodeCredentials(ctx, cas, node, hostKey, tlsKey);
@@ -239,7 +239,7 @@ export async function renewNode(ctx: AuthContext, caller: Caller, hostPublicKey:
   }
   const cas = ctx.cas;
   const creds = await issueNodeCredentials(ctx, cas, node, hostKey, tlsKey);
-  await updateNode(ctx, caller, (n) => ({ ...n, hostCertExpires: Number(creds.hostCertExpires), hostCaKey: cas.host.sshFingerprint }));
+  await updateNode(ctx, caller, (n) => ({ ...n, hostCertExpires: Number(creds.hostCertExpires), hostCaKey: cas.host.server.sshFingerprint }));
   await ctx.audit.emit({ type: "node.renew", identity: node.name, remote_addr: caller.remoteAddr });
   return creds;
 }

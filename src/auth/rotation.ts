@@ -229,6 +229,8 @@ export class CaWatcher {
   private lastRun = 0;
   /** Logged once when checks start failing (a backend outage) and once when they work again, not every second. */
   private failing = false;
+  /** ctx.cas changed but onChange has not yet succeeded for it. */
+  private unapplied = false;
 
   constructor(
     private readonly ctx: AuthContext,
@@ -275,12 +277,18 @@ export class CaWatcher {
   private async check(): Promise<void> {
     await advanceDue(this.ctx);
     const fresh = await this.ctx.caStore.reload(this.ctx.cas);
-    if (!fresh) return;
-    const before = this.ctx.cas;
-    this.ctx.cas = fresh;
-    for (const kind of CA_KINDS) {
-      if (fresh[kind].phase !== before[kind].phase) this.log.info("CA phase changed", { ca: kind, from: before[kind].phase, to: fresh[kind].phase, signs_with: fresh[kind].sshFingerprint });
+    if (fresh) {
+      const before = this.ctx.cas;
+      this.ctx.cas = fresh;
+      this.unapplied = true;
+      for (const kind of CA_KINDS) {
+        if (fresh[kind].phase !== before[kind].phase) this.log.info("CA phase changed", { ca: kind, from: before[kind].phase, to: fresh[kind].phase, signs_with: fresh[kind].sshFingerprint });
+      }
     }
-    await this.onChange(fresh);
+    // A change whose application failed (a TLS certificate not made, admin.identity not written)
+    // is applied again on every tick until it succeeds: the reload above sees nothing new.
+    if (!this.unapplied) return;
+    await this.onChange(this.ctx.cas);
+    this.unapplied = false;
   }
 }

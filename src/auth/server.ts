@@ -273,7 +273,7 @@ function routes(ctx: AuthContext, revocations: Revocations, metrics: AuthMetrics
     });
     router.service(AdminService, {
       getClusterInfo: admin("GetClusterInfo", async () =>
-        create(adminPb.GetClusterInfoResponseSchema, { clusterName: ctx.clusterName, publicAddrs: ctx.publicAddrs, caPin: caPin(ctx.cas.host.x509CertPem) }),
+        create(adminPb.GetClusterInfoResponseSchema, { clusterName: ctx.clusterName, publicAddrs: ctx.publicAddrs, caPin: caPin(ctx.cas.host.server.x509CertPem) }),
       ),
       createRole: admin("CreateRole", async (req: adminPb.CreateRoleRequest, by) => {
         if (!req.role) throw new MeziteError("ERR_USAGE", "invalid request: role missing");
@@ -368,8 +368,8 @@ function serverNames(publicAddrs: string[]): { dnsNames: string[]; ipAddresses: 
 async function serverTls(cas: ClusterCas, clusterName: string, publicAddrs: string[], now: number) {
   const keys = generateP256();
   const certPem = await issueServerCertificate({
-    caCertPem: cas.host.x509CertPem,
-    caKey: cas.host.x509Key,
+    caCertPem: cas.host.server.x509CertPem,
+    caKey: cas.host.server.x509Key,
     publicKey: keys.publicKey,
     notBefore: new Date(now - 60_000),
     notAfter: new Date(now + TLS_CERT_TTL_MS),
@@ -378,7 +378,7 @@ async function serverTls(cas: ClusterCas, clusterName: string, publicAddrs: stri
   });
   // Clients verify the chain to any trusted Host CA key; client certificates of every kind are
   // verified against every trusted key of both CAs, and authenticate() then checks which.
-  return { key: privateKeyToPem(keys.privateKey), cert: certPem + cas.host.x509CertPem, ca: [...trustedX509Pems(cas.user), ...trustedX509Pems(cas.host)] };
+  return { key: privateKeyToPem(keys.privateKey), cert: certPem + cas.host.server.x509CertPem, ca: [...trustedX509Pems(cas.user), ...trustedX509Pems(cas.host)] };
 }
 
 const SECURE_OPTIONS = {

@@ -8,7 +8,7 @@ import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, test } from "node:test";
-import { advanceDue, caStatus, renewSpreadMs, rotate } from "../../src/auth/rotation.js";
+import { CaWatcher, advanceDue, caStatus, renewSpreadMs, rotate } from "../../src/auth/rotation.js";
 import { CA_KINDS, NODE_CA_KINDS, caState, type CaKind, type Phase } from "../../src/auth/cas.js";
 import type { AuthContext } from "../../src/auth/context.js";
 import { encode, keys } from "../../src/auth/records.js";
@@ -54,6 +54,23 @@ test("each phase signs with the key the table says and trusts old and new until 
   assert.equal(ctx.cas.host.phase, "standby");
   // The X.509 key rotates with the SSH key; the new certificate has a subject of its own.
   assert.notEqual(ctx.cas.user.x509Cert.subject, (await context()).cas.user.x509Cert.subject);
+});
+
+test("the Host CA signs server credentials (host certificates, the service's TLS certificate) with the new key from update_servers alone", async () => {
+  const ctx = await context();
+  const old = ctx.cas.host.current.sshFingerprint;
+  const serverKeys = [ctx.cas.host.server.sshFingerprint];
+  await step(ctx, "host", "init");
+  const neu = ctx.cas.host.next!.sshFingerprint;
+  serverKeys.push(ctx.cas.host.server.sshFingerprint);
+  for (const p of ["update_clients", "update_servers", "rollback", "standby"] as Phase[]) {
+    await step(ctx, "host", p);
+    serverKeys.push(ctx.cas.host.server.sshFingerprint);
+  }
+  assert.deepEqual(serverKeys, [old, old, old, neu, old, old], "standby, init, update_clients, update_servers, rollback, standby");
+  for (const p of ["init", "update_clients", "update_servers", "standby"] as Phase[]) await step(ctx, "host", p);
+  assert.equal(ctx.cas.host.server.sshFingerprint, ctx.cas.host.current.sshFingerprint);
+  assert.notEqual(ctx.cas.host.server.sshFingerprint, old);
 });
 
 test("rollback from update_servers signs with the old key again and drops the new one at standby", async () => {
@@ -190,4 +207,23 @@ test("renewals after a phase change spread over a quarter of an automatic phase 
   assert.equal(renewSpreadMs(long.cas, CA_KINDS), 30 * 60_000);
   await step(long, "user", "update_clients"); // a manual step takes over: no spread from now on
   assert.equal(renewSpreadMs(long.cas, CA_KINDS), 0);
+});
+
+test("a service whose application of a phase change failed retries it until it succeeds", async () => {
+  const backend = new MemoryBackend({ now, sweepIntervalMs: 0 });
+  const dataDir = mkdtempSync(join(dir, "data-"));
+  const [a, b] = [await context(backend, dataDir), await context(backend, dataDir)];
+  const applied: string[] = [];
+  let failures = 1;
+  const watcher = new CaWatcher(b, async (cas) => {
+    if (failures-- > 0) throw new Error("disk full");
+    applied.push(cas.user.phase);
+  }, b.log);
+  await step(a, "user", "init"); // another service steps; b notices on its next tick
+  await watcher.refresh(true);
+  assert.deepEqual([b.cas.user.phase, applied], ["init", []], "the first application failed");
+  await watcher.refresh(true);
+  assert.deepEqual(applied, ["init"], "the next tick applies it again, though nothing changed since");
+  await watcher.refresh(true);
+  assert.deepEqual(applied, ["init"], "and only once it succeeded");
 });
