@@ -21,7 +21,7 @@ import { formatSshCertificate, signSshCertificate } from "../ca/sshcert.js";
 import { formatAuthorizedKey } from "../ca/sshkey.js";
 import { issueClientCertificate, randomSerial, type P256Point } from "../ca/x509.js";
 import { MeziteError, isMeziteError } from "../lib/errors.js";
-import { NODE_CA_KINDS, caState, tlsCaBundle, trustedSshLines, type ClusterCas } from "./cas.js";
+import { NODE_CA_KINDS, caState, caStatesOf, tlsCaBundle, trustedSshLines, type ClusterCas } from "./cas.js";
 import type { AuthContext, Caller } from "./context.js";
 import { BACKDATE_MS } from "./issue.js";
 import { encode, keys, load, type Loaded, type NodeClaim, type NodeRecord, type TokenRecord } from "./records.js";
@@ -164,6 +164,7 @@ export async function joinNode(ctx: AuthContext, req: JoinNodeRequest, caller: C
       hostCertExpires: now + HOST_CERT_TTL_MS,
       joined: now,
       hostCaKey: cas.host.server.sshFingerprint,
+      caStates: caStatesOf(cas), // the join writes user_ca.pub too
     };
     const ops = await claimOps(ctx, node, replaced);
     const creds = await issueNodeCredentials(ctx, cas, node, hostKey, tlsKey);
@@ -239,7 +240,7 @@ export async function renewNode(ctx: AuthContext, caller: Caller, hostPublicKey:
   }
   const cas = ctx.cas;
   const creds = await issueNodeCredentials(ctx, cas, node, hostKey, tlsKey);
-  await updateNode(ctx, caller, (n) => ({ ...n, hostCertExpires: Number(creds.hostCertExpires), hostCaKey: cas.host.server.sshFingerprint }));
+  await updateNode(ctx, caller, (n) => ({ ...n, hostCertExpires: Number(creds.hostCertExpires), hostCaKey: cas.host.server.sshFingerprint, caStates: { ...n.caStates, ...caStatesOf(cas, NODE_CA_KINDS) } }));
   await ctx.audit.emit({ type: "node.renew", identity: node.name, remote_addr: caller.remoteAddr });
   return creds;
 }

@@ -34,7 +34,7 @@ import {
   type HeartbeatRequest,
   type RenewHostCertificateRequest,
 } from "../api/gen/mezite/v1/node_pb.js";
-import { GetCaStateResponseSchema, RenewRequestSchema, RenewResponseSchema, RenewService, type RenewRequest } from "../api/gen/mezite/v1/renew_pb.js";
+import { GetCaStateResponseSchema, RenewRequestSchema, type GetCaStateRequest, RenewResponseSchema, RenewService, type RenewRequest } from "../api/gen/mezite/v1/renew_pb.js";
 import { ERROR_REF_HEADER, toConnectError } from "../api/errors.js";
 import { unaryGrpc, type UnaryRoute } from "../api/grpc-unary.js";
 import type { Backend } from "../backend/backend.js";
@@ -62,7 +62,7 @@ import * as joinMethods from "./join-methods.js";
 import { callingNode, heartbeat, joinNode, renewNode } from "./nodes.js";
 import { Revocations } from "./revocations.js";
 import { renewAgent } from "./renew.js";
-import { CaWatcher, renewSpreadMs } from "./rotation.js";
+import { CaWatcher, recordInstanceCaState, recordNodeCaState, renewSpreadMs } from "./rotation.js";
 import * as tokens from "./tokens.js";
 
 type RequestHandler = (req: IncomingMessage | Http2ServerRequest, res: ServerResponse | Http2ServerResponse) => void;
@@ -253,7 +253,10 @@ function routes(ctx: AuthContext, revocations: Revocations, metrics: AuthMetrics
     });
     router.service(RenewService, {
       renew: (req, hc) => renew(req, hc.values.get(callerKey)),
-      getCaState: unary("GetCaState", async () => create(GetCaStateResponseSchema, { caState: caState(ctx.cas), renewWithinMs: BigInt(renewSpreadMs(ctx.cas, CA_KINDS)) })),
+      getCaState: unary("GetCaState", async (req: GetCaStateRequest, caller) => {
+        await recordInstanceCaState(ctx, caller.cert?.identityId ?? "", caller.cert?.instanceId ?? "", req.heldCaState);
+        return create(GetCaStateResponseSchema, { caState: caState(ctx.cas), renewWithinMs: BigInt(renewSpreadMs(ctx.cas, CA_KINDS)) });
+      }),
     });
     router.service(NodeService, {
       heartbeat: unary("Heartbeat", async (req: HeartbeatRequest, caller) => {
@@ -263,9 +266,9 @@ function routes(ctx: AuthContext, revocations: Revocations, metrics: AuthMetrics
       renewHostCertificate: unary("RenewHostCertificate", async (req: RenewHostCertificateRequest, caller) =>
         create(RenewHostCertificateResponseSchema, { credentials: await renewNode(ctx, caller, req.hostPublicKey, req.tlsPublicKey) }),
       ),
-      getRevocations: unary("GetRevocations", async (_req: GetRevocationsRequest, caller) => {
-        await callingNode(ctx, caller);
-        return revocations.get();
+      getRevocations: unary("GetRevocations", async (req: GetRevocationsRequest, caller) => {
+        await recordNodeCaState(ctx, await callingNode(ctx, caller), req.heldCaState, req.heldUserCaState);
+        return { ...(await revocations.get()), userCaState: caState(ctx.cas, ["user"]) };
       }),
     });
     router.service(AgentService, {

@@ -60,6 +60,8 @@ export class NodeAgent {
   private lastRevocationSync: number | undefined;
   /** A renewal a Host CA phase change asks for, and when it is due. */
   private caRenewal: { state: string; at: number } | undefined;
+  /** The User CA state of the last reply whose keys are in user_ca.pub, reported with each fetch. */
+  private userCaState = "";
 
   constructor(private readonly opts: NodeAgentOptions, private readonly deps: NodeAgentDeps) {
     this.now = deps.now ?? Date.now;
@@ -129,7 +131,9 @@ export class NodeAgent {
 
   /** Fetches the revocation state and replaces the files that changed; true when any did. */
   async syncRevocations(signal?: AbortSignal): Promise<boolean> {
-    const r = await this.call("revocations", (c) => c.getRevocations({}, signal ? { signal } : {}));
+    // What this node holds goes with each fetch: `mezctl ca status` names nodes behind a rotation.
+    const held = { heldCaState: this.config.ca_state ?? "", heldUserCaState: this.userCaState };
+    const r = await this.call("revocations", (c) => c.getRevocations(held, signal ? { signal } : {}));
     checkRevocations(r);
     const d = this.opts.sshDir;
     // CA keys first: during a rotation the new key must be trusted before certificates use it.
@@ -139,6 +143,7 @@ export class NodeAgent {
       this.replaceKrl(Buffer.from(r.krl)),
     ].some(Boolean);
     this.lastRevocationSync = this.now();
+    this.userCaState = r.userCaState;
     // A Host CA rotation moved on: a host certificate of the signing key, and the TLS trust that
     // follows the auth service's certificate; at a random moment within what the service allows,
     // so a fleet does not renew all at once. (A User CA rotation is all in user_ca.pub above.)
