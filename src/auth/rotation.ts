@@ -103,7 +103,7 @@ export async function rotate(ctx: AuthContext, req: RotateRequest): Promise<Clus
   if (req.phase !== undefined) {
     const fleet = await fleetState(ctx, ctx.cas);
     for (const { ca } of loaded) {
-      const behind = behindFor(fleet, ca.kind, to);
+      const behind = behindFor(fleet, ca, to);
       if (behind.count > 0 && req.force) notes.set(ca.kind, `; forced while ${behindText(behind)} ${behind.count > 1 ? "were" : "was"} behind`);
       else if (behind.count > 0) {
         throw new MeziteError(
@@ -180,7 +180,7 @@ export async function advanceDue(ctx: AuthContext): Promise<boolean> {
     const waits = behindChecks.get(ctx) ?? new Map<string, number>();
     behindChecks.set(ctx, waits);
     if (ctx.now() < (waits.get(ca.revision) ?? 0)) continue;
-    const behind = behindFor(await fleetState(ctx, ctx.cas), kind, FORWARD[ca.phase]);
+    const behind = behindFor(await fleetState(ctx, ctx.cas), ca, FORWARD[ca.phase]);
     const waitedOut = ctx.now() >= due + ca.rotation!.grace_ms / STEPS;
     if (behind.count > 0 && !waitedOut) {
       waits.set(ca.revision, ctx.now() + BEHIND_RECHECK_MS);
@@ -249,7 +249,7 @@ export async function caStatus(ctx: AuthContext): Promise<CaStatus[]> {
       lastRotated: ca.lastRotated ?? 0,
       keys: [keyStatus("current", ca.current), ...(ca.next ? [keyStatus("next", ca.next)] : [])],
       holdersTotal: kind === "user" ? fleet.instances : fleet.nodes,
-      behind: behindFor(fleet, kind, "standby"),
+      behind: behindFor(fleet, ca, "standby"),
     };
   });
 }
@@ -347,6 +347,8 @@ interface FleetState {
   instances: number;
   nodes: number;
   behind: Record<CaKind, { instances: Behind; nodes: Behind }>;
+  /** Live instances whose last certificates a rotating User CA's new key signed. */
+  newUserKeyHolders: Behind;
 }
 
 const noneBehind = (): Behind => ({ count: 0, names: [] });
@@ -367,13 +369,17 @@ async function fleetState(ctx: AuthContext, cas: ClusterCas): Promise<FleetState
   const current = caStatesOf(cas);
   const holders = new Map<string, number>();
   const behind = { user: { instances: noneBehind(), nodes: noneBehind() }, host: { instances: noneBehind(), nodes: noneBehind() } };
+  const newUserKey = cas.user.next?.sshFingerprint;
+  const newUserKeyHolders = noneBehind();
   let instances = 0;
   for await (const chunk of loadChunks<InstanceRecord>(ctx.backend, keys.instances)) {
     for (const i of chunk) {
       if (i.certExpires <= now) continue;
       instances++;
       if (i.userCaKey) holders.set(i.userCaKey, (holders.get(i.userCaKey) ?? 0) + 1);
-      for (const kind of CA_KINDS) if (i.caStates?.[kind] !== current[kind]) addBehind(behind[kind].instances, `${i.identityName}/${i.id.slice(0, 8)}`);
+      const name = `${i.identityName}/${i.id.slice(0, 8)}`;
+      for (const kind of CA_KINDS) if (i.caStates?.[kind] !== current[kind]) addBehind(behind[kind].instances, name);
+      if (newUserKey !== undefined && i.userCaKey === newUserKey) addBehind(newUserKeyHolders, name);
     }
   }
   let nodes = 0;
@@ -385,18 +391,22 @@ async function fleetState(ctx: AuthContext, cas: ClusterCas): Promise<FleetState
       for (const kind of CA_KINDS) if (n.caStates?.[kind] !== current[kind]) addBehind(behind[kind].nodes, `node ${n.name}`);
     }
   }
-  return { holders, instances, nodes, behind };
+  return { holders, instances, nodes, behind, newUserKeyHolders };
 }
 
 /**
  * Who must be in step before a CA moves to `to`: to update_clients, the nodes (they must trust
  * the new User CA key before agents hold certificates of it); to update_servers and standby,
  * every live instance and node (the new key is about to sign servers' certificates, or the old
- * key to be dropped).
+ * key to be dropped); out of a rollback, instances only while they hold certificates of the new
+ * User CA key.
  */
-function behindFor(fleet: FleetState, kind: CaKind, to: Phase): Behind {
-  const b = fleet.behind[kind];
-  const parts = to === "update_clients" ? [b.nodes] : to === "update_servers" || to === "standby" ? [b.nodes, b.instances] : [];
+function behindFor(fleet: FleetState, ca: CertAuthority, to: Phase): Behind {
+  const b = fleet.behind[ca.kind];
+  // Out of a rollback the new key is dropped while the old one, trusted throughout, stays:
+  // instances are stranded only by certificates of the new User CA key they still hold.
+  const instances = ca.phase !== "rollback" ? b.instances : ca.kind === "user" ? fleet.newUserKeyHolders : noneBehind();
+  const parts = to === "update_clients" ? [b.nodes] : to === "update_servers" || to === "standby" ? [b.nodes, instances] : [];
   return { count: parts.reduce((n, p) => n + p.count, 0), names: parts.flatMap((p) => p.names).slice(0, BEHIND_NAMES) };
 }
 

@@ -55,11 +55,11 @@ export interface RotationAgent {
   daemon: Daemon;
 }
 
-/** An identity with the seed's role and its daemon, checking for phase changes every second. */
-export async function startRotationAgent(admin: AuthProcess, work: string, addr: string): Promise<RotationAgent> {
+/** An identity with the seed's role and its daemon, checking for phase changes every second unless `args` say otherwise. */
+export async function startRotationAgent(admin: AuthProcess, work: string, addr: string, args = ["--ca-check-interval=1s"]): Promise<RotationAgent> {
   const token = await addIdentity(admin, "deployer");
   const dest = join(work, "out");
-  const daemon = startDaemon(addr, dest, [`--token=${token}`, "--ca-check-interval=1s"]);
+  const daemon = startDaemon(addr, dest, [`--token=${token}`, ...args]);
   await daemon.waitFor(JOINED);
   return { dest, daemon };
 }
