@@ -161,8 +161,8 @@ export function phaseEndsAt(ca: CertAuthority): number | undefined {
   return r && r.mode === "auto" && ca.phase !== "standby" ? r.phase_started + r.grace_ms / STEPS : undefined;
 }
 
-/** When each service looks again for those behind a due automatic step, by CA record revision. */
-const behindChecks = new WeakMap<AuthContext, Map<string, number>>();
+/** When each service looks again for those behind a due automatic step, per CA (and its record's revision). */
+const behindChecks = new WeakMap<AuthContext, Map<CaKind, { revision: string; at: number }>>();
 const BEHIND_RECHECK_MS = 5_000;
 
 /**
@@ -177,16 +177,17 @@ export async function advanceDue(ctx: AuthContext): Promise<boolean> {
     if (due === undefined || ctx.now() < due) continue;
     // Those behind are waited for up to one more phase, looked for every few seconds meanwhile;
     // then the step is taken and who was left behind audited.
-    const waits = behindChecks.get(ctx) ?? new Map<string, number>();
+    const waits = behindChecks.get(ctx) ?? new Map<CaKind, { revision: string; at: number }>();
     behindChecks.set(ctx, waits);
-    if (ctx.now() < (waits.get(ca.revision) ?? 0)) continue;
+    const wait = waits.get(kind);
+    if (wait?.revision === ca.revision && ctx.now() < wait.at) continue;
     const behind = behindFor(await fleetState(ctx, ctx.cas), ca, FORWARD[ca.phase]);
     const waitedOut = ctx.now() >= due + ca.rotation!.grace_ms / STEPS;
     if (behind.count > 0 && !waitedOut) {
-      waits.set(ca.revision, ctx.now() + BEHIND_RECHECK_MS);
+      waits.set(kind, { revision: ca.revision, at: ctx.now() + BEHIND_RECHECK_MS });
       continue;
     }
-    waits.delete(ca.revision);
+    waits.delete(kind);
     const { ca: fresh, stored } = await ctx.caStore.load(kind);
     if (fresh.revision !== ca.revision) continue; // changed meanwhile: look again on the next tick
     const note = behind.count > 0 ? `; left behind after waiting one more phase: ${behindText(behind)}` : "";
