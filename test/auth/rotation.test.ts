@@ -8,10 +8,10 @@ import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, test } from "node:test";
-import { CaWatcher, advanceDue, caStatus, recordInstanceCaState, renewSpreadMs, rotate } from "../../src/auth/rotation.js";
+import { CaWatcher, advanceDue, caStatus, recordInstanceCaState, recordNodeCaState, renewSpreadMs, rotate } from "../../src/auth/rotation.js";
 import { CA_KINDS, NODE_CA_KINDS, caState, caStatesOf, type CaKind, type Phase } from "../../src/auth/cas.js";
 import type { AuthContext } from "../../src/auth/context.js";
-import { encode, keys, load, type InstanceRecord } from "../../src/auth/records.js";
+import { encode, keys, load, type InstanceRecord, type NodeRecord } from "../../src/auth/records.js";
 import { Revocations } from "../../src/auth/revocations.js";
 import { MemoryBackend } from "../../src/backend/memory.js";
 import { isMeziteError } from "../../src/lib/errors.js";
@@ -289,4 +289,32 @@ test("a manual step past a live instance behind is refused with one line unless 
   const events = [];
   for await (const page of ctx.audit.list(0, "ca.rotation", 0)) events.push(...page);
   assert.match(events.find((e) => e.detail?.startsWith("user CA: update_servers -> standby"))?.detail ?? "", /; forced while 1 live instance or node \(old\/old-0000\) was behind$/);
+});
+
+test("a node is behind a User CA step until it reports the keys it wrote; nodes offline for minutes hold nothing up", async () => {
+  const ctx = await context();
+  const node: NodeRecord = {
+    id: "n1", name: "web-01", labels: {}, principals: [], hostKey: "", address: "", lastHeartbeat: clock, hostCertExpires: clock + 3_600_000, joined: clock,
+    caStates: caStatesOf(ctx.cas),
+  };
+  await ctx.backend.put(keys.node(node.name), encode(node));
+  await step(ctx, "user", "init");
+  await assert.rejects(step(ctx, "user", "update_clients"), /the user CA cannot move to update_clients yet: 1 live instance or node \(node web-01\) is not yet in step with init/);
+  const loaded = async () => (await load<NodeRecord>(ctx.backend, keys.node(node.name)))!;
+  await recordNodeCaState(ctx, await loaded(), "", "stale");
+  await assert.rejects(step(ctx, "user", "update_clients"), /cannot move to update_clients yet/);
+  await recordNodeCaState(ctx, await loaded(), "", caState(ctx.cas, ["user"]));
+  await step(ctx, "user", "update_clients");
+  // Behind again, but its last heartbeat is over five minutes old: offline, it holds no step up.
+  clock += 5 * 60_000 + 1;
+  await step(ctx, "user", "update_servers");
+});
+
+test("an automatic rotation whose phases are shorter than daemons' default 45 s check is refused before its first step unless forced", async () => {
+  const ctx = await context();
+  const auto = (graceMs: number, force: boolean) => rotate(ctx, { kinds: ["user"], phase: undefined, graceMs, actor: "t", remoteAddr: "", force });
+  await assert.rejects(auto(134_000, false), (e: unknown) => isMeziteError(e, "ERR_USAGE") && /shorter than the 45s daemons wait between CA checks by default: use at least 2m15s, or --force/.test(e.message));
+  assert.equal(ctx.cas.user.phase, "standby");
+  await auto(134_000, true);
+  assert.equal(ctx.cas.user.phase, "init");
 });
