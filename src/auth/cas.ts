@@ -60,6 +60,11 @@ export interface CertAuthority extends CaKeys {
   /** The key in use before a rotation, and the one it brings in (undefined in standby). */
   current: CaKeys;
   next: CaKeys | undefined;
+  /**
+   * The key that signs server credentials (nodes' host certificates, the auth service's TLS
+   * certificate): the new one only from update_servers, so every client trusts it first.
+   */
+  server: CaKeys;
   rotation: RotationState | undefined;
   /** When the last rotation completed (unix ms), if one has. */
   lastRotated: number | undefined;
@@ -96,6 +101,8 @@ export interface StoredCa extends StoredKeys {
 
 /** The key that signs in a phase: the new one from update_clients until the rotation completes. */
 export const signsWithNext = (phase: Phase): boolean => phase === "update_clients" || phase === "update_servers";
+/** The key that signs server credentials: the new one in update_servers alone (then it is the current one). */
+export const serverSignsWithNext = (phase: Phase): boolean => phase === "update_servers";
 
 const CLUSTER_KEY_FILE = "cluster.key";
 const CA_VALIDITY_MS = 10 * 365 * 24 * 3_600_000;
@@ -230,6 +237,7 @@ export function openCa(stored: StoredCa, revision: string, clusterKey: Buffer): 
     trusted: other ? [signer, other] : [signer],
     current,
     next,
+    server: next && serverSignsWithNext(phase) ? next : current,
     rotation: stored.rotation,
     lastRotated: stored.last_rotated,
     spreadMs: stored.spread_ms ?? 0,
@@ -237,21 +245,70 @@ export function openCa(stored: StoredCa, revision: string, clusterKey: Buffer): 
   };
 }
 
+const RETIRED_FILE = "retired-ca-keys";
+
+/**
+ * The CA keys this service has seen retired (a rotation done, or a rollback's new key dropped),
+ * kept in the data dir beside cluster.key, where a database backup cannot undo it: a backend
+ * restored from before a rotation brings its retired key back, and the service refuses to sign
+ * with it. A list of fingerprints rather than a rotation counter: it names the very key and
+ * when it went, and a restore of a backup taken after the last rotation is not refused.
+ * One line per key: "KIND FINGERPRINT RETIRED-AT".
+ */
+export class RetiredKeys {
+  constructor(readonly path: string) {}
+
+  private read(): Map<string, string> {
+    const out = new Map<string, string>();
+    for (const line of (readFileNoFollow(this.path) ?? "").split("\n")) {
+      const [kind, fingerprint, at] = line.trim().split(" ");
+      if (kind && fingerprint) out.set(`${kind} ${fingerprint}`, at ?? "");
+    }
+    return out;
+  }
+
+  /** Throws when a key of `ca` was retired before. */
+  check(ca: CertAuthority): void {
+    const retired = this.read();
+    for (const k of ca.trusted) {
+      const at = retired.get(`${ca.kind} ${k.sshFingerprint}`);
+      if (at === undefined) continue;
+      throw new MeziteError(
+        "ERR_CONFIG",
+        `the backend's ${ca.kind} CA key ${k.sshFingerprint} was retired at ${at || "an earlier rotation"} (${this.path}): the database was restored from a backup older than that rotation, and that key is never used again; restore a newer backup`,
+      );
+    }
+  }
+
+  /** Records every key `before` trusted that `after` no longer does. */
+  retire(before: CertAuthority, after: CertAuthority, now: number): void {
+    const gone = before.trusted.filter((k) => !after.trusted.some((a) => a.sshFingerprint === k.sshFingerprint));
+    if (gone.length === 0) return;
+    const retired = this.read();
+    for (const k of gone) retired.set(`${before.kind} ${k.sshFingerprint}`, new Date(now).toISOString());
+    writeFileAtomic(this.path, [...retired].map(([key, at]) => `${key} ${at}\n`).join(""), 0o600);
+  }
+}
+
 /**
  * The CAs in the backend, for one auth service: opens them, notices when another service changed
- * them (a rotation's phase), and changes them by compare-and-swap.
+ * them (a rotation's phase), and changes them by compare-and-swap. Keys this service saw retired
+ * are refused (RetiredKeys).
  */
 export class CaStore {
   constructor(
     readonly backend: Backend,
     readonly clusterKey: Buffer,
     readonly clusterName: string,
+    readonly retired?: RetiredKeys,
   ) {}
 
   async load(kind: CaKind): Promise<{ ca: CertAuthority; stored: StoredCa }> {
     const found = await load<StoredCa>(this.backend, keys.ca(kind));
     if (!found) throw new MeziteError("ERR_CONFIG", `the ${kind} CA is missing from the backend: restore it from a backup`);
-    return { ca: openCa(found.value, found.revision, this.clusterKey), stored: found.value };
+    const ca = openCa(found.value, found.revision, this.clusterKey);
+    this.retired?.check(ca);
+    return { ca, stored: found.value };
   }
 
   async loadAll(): Promise<ClusterCas> {
@@ -270,6 +327,11 @@ export class CaStore {
   async swap(kind: CaKind, revision: string, next: StoredCa): Promise<CertAuthority> {
     const item = await this.backend.compareAndSwap(keys.ca(kind), revision, encode(next));
     return openCa(next, item.revision, this.clusterKey);
+  }
+
+  /** Records the keys a change from `before` to `after` retired (every service, for the change it sees). */
+  noteRetired(before: ClusterCas, after: ClusterCas, now: number): void {
+    for (const kind of CA_KINDS) this.retired?.retire(before[kind], after[kind], now);
   }
 }
 
@@ -295,7 +357,7 @@ export async function openCaStore(backend: Backend, dataDir: string, clusterName
       if (!isMeziteError(e, "ERR_ALREADY_EXISTS")) throw e;
     }
   }
-  const store = new CaStore(backend, clusterKey, clusterName);
+  const store = new CaStore(backend, clusterKey, clusterName, new RetiredKeys(join(dataDir, RETIRED_FILE)));
   return { store, cas: await store.loadAll() };
 }
 
@@ -315,6 +377,10 @@ export function caState(cas: ClusterCas, kinds: readonly CaKind[] = CA_KINDS): s
   for (const kind of kinds) h.update(`${kind} ${cas[kind].phase} ${cas[kind].trusted.map((k) => k.sshFingerprint).join(",")}\n`);
   return h.digest("hex").slice(0, 32);
 }
+
+/** Each CA's own state (caState of that CA alone): what the service records of who holds what. */
+export type CaStates = Partial<Record<CaKind, string>>;
+export const caStatesOf = (cas: ClusterCas, kinds: readonly CaKind[] = CA_KINDS): CaStates => Object.fromEntries(kinds.map((k) => [k, caState(cas, [k])]));
 
 /** What a node's ca_state covers. */
 export const NODE_CA_KINDS: readonly CaKind[] = ["host"];

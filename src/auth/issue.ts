@@ -10,7 +10,7 @@ import { formatSshCertificate, signSshCertificate } from "../ca/sshcert.js";
 // Random 64-bit serials: unique per cluster without a counter shared between auth services.
 import { issueClientCertificate, randomSerial, type P256Point } from "../ca/x509.js";
 import { requirePrincipals, sessionTtlMs, type RoleAccess } from "../rbac/access.js";
-import { caState, tlsCaBundle, trustedSshLines, trustedX509Pems, type ClusterCas } from "./cas.js";
+import { caState, caStatesOf, tlsCaBundle, trustedSshLines, trustedX509Pems, type CaStates, type ClusterCas } from "./cas.js";
 import type { IdentityRecord, IssuedCertRecord } from "./records.js";
 
 /** Certificates are valid from a minute ago, so a node with a slightly slow clock accepts them. */
@@ -53,6 +53,8 @@ export interface Issued {
   record: IssuedCertRecord;
   /** Fingerprint of the User CA key that signed, for `mezctl ca status`. */
   userCaKey: string;
+  /** What the certificates' ca_state stands for, per CA (records.ts InstanceRecord.caStates). */
+  caStates: CaStates;
 }
 
 export async function issueAgentCertificates(i: IssueInput): Promise<Issued> {
@@ -133,5 +135,5 @@ export async function issueAgentCertificates(i: IssueInput): Promise<Issued> {
     principals,
     expires: notAfter,
   };
-  return { certs, record, userCaKey: i.cas.user.sshFingerprint };
+  return { certs, record, userCaKey: i.cas.user.sshFingerprint, caStates: caStatesOf(i.cas) };
 }

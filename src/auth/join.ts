@@ -88,6 +88,7 @@ async function joinInstance(ctx: AuthContext, j: InstanceJoin): Promise<Issued> 
     certExpires: issued.record.expires,
     serial: issued.record.serial,
     userCaKey: issued.userCaKey,
+    caStates: issued.caStates,
     ...j.extra,
   };
   await j.commit([

@@ -60,7 +60,7 @@ export async function runAuth(cfg: AuthConfig, workers = 1): Promise<void> {
   if (cluster.isWorker) {
     send({ mezite: "ready", addr: svc.addr, port: svc.port });
   } else {
-    log.info("auth service started", { cluster: svc.context.clusterName, backend: redactBackend(cfg.backend), ca_pin: caPin(svc.context.cas.host.x509CertPem) });
+    log.info("auth service started", { cluster: svc.context.clusterName, backend: redactBackend(cfg.backend), ca_pin: caPin(svc.context.cas.host.server.x509CertPem) });
     process.stdout.write(`auth service listening on ${svc.addr}\n`);
   }
   await stopped;
@@ -127,7 +127,7 @@ async function runPrimary(cfg: AuthConfig, workers: number, log: Logger): Promis
   let clusterName: string;
   try {
     clusterName = await resolveClusterName(backend, cfg.clusterName);
-    pin = caPin((await openCaStore(backend, cfg.dataDir, clusterName, Date.now())).cas.host.x509CertPem);
+    pin = caPin((await openCaStore(backend, cfg.dataDir, clusterName, Date.now())).cas.host.server.x509CertPem);
   } finally {
     await backend.close();
   }

@@ -21,7 +21,7 @@ import { formatSshCertificate, signSshCertificate } from "../ca/sshcert.js";
 import { formatAuthorizedKey } from "../ca/sshkey.js";
 import { issueClientCertificate, randomSerial, type P256Point } from "../ca/x509.js";
 import { MeziteError, isMeziteError } from "../lib/errors.js";
-import { NODE_CA_KINDS, caState, tlsCaBundle, trustedSshLines, type ClusterCas } from "./cas.js";
+import { NODE_CA_KINDS, caState, caStatesOf, tlsCaBundle, trustedSshLines, type ClusterCas } from "./cas.js";
 import type { AuthContext, Caller } from "./context.js";
 import { BACKDATE_MS } from "./issue.js";
 import { encode, keys, load, type Loaded, type NodeClaim, type NodeRecord, type TokenRecord } from "./records.js";
@@ -45,7 +45,7 @@ export async function issueNodeCredentials(ctx: AuthContext, cas: ClusterCas, no
       validAfter: Math.floor((now - BACKDATE_MS) / 1000),
       validBefore: Math.floor(notAfter / 1000),
     },
-    cas.host.sshPrivate,
+    cas.host.server.sshPrivate,
   );
   const tlsPem = await issueClientCertificate({
     caCertPem: cas.host.x509CertPem,
@@ -168,7 +168,8 @@ export async function joinNode(ctx: AuthContext, req: JoinNodeRequest, caller: C
       lastHeartbeat: now,
       hostCertExpires: now + HOST_CERT_TTL_MS,
       joined: now,
-      hostCaKey: cas.host.sshFingerprint,
+      hostCaKey: cas.host.server.sshFingerprint,
+      caStates: caStatesOf(cas), // the join writes user_ca.pub too
     };
     const creds = await issueNodeCredentials(ctx, cas, node, hostKey, tlsKey);
     node.hostCertExpires = node.hostCertsIssuedUntil = Number(creds.hostCertExpires);
@@ -250,7 +251,8 @@ export async function renewNode(ctx: AuthContext, caller: Caller, hostPublicKey:
     ...n,
     hostCertExpires: issued,
     hostCertsIssuedUntil: Math.max(n.hostCertsIssuedUntil ?? ctx.now() + HOST_CERT_TTL_MS, issued),
-    hostCaKey: cas.host.sshFingerprint,
+    hostCaKey: cas.host.server.sshFingerprint,
+    caStates: { ...n.caStates, ...caStatesOf(cas, NODE_CA_KINDS) },
   }));
   await ctx.audit.emit({ type: "node.renew", identity: node.name, remote_addr: caller.remoteAddr });
   return creds;

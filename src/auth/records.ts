@@ -4,6 +4,7 @@
  */
 import type { Backend, Item } from "../backend/backend.js";
 import type { Role } from "../rbac/role.js";
+import type { CaStates } from "./cas.js";
 import { MeziteError, isMeziteError } from "../lib/errors.js";
 
 export interface IdentityRecord {
@@ -41,6 +42,8 @@ export interface InstanceRecord {
   claims?: Record<string, string>;
   /** Fingerprint of the User CA key that signed the last certificates (a rotation's progress). */
   userCaKey?: string;
+  /** The CA state of each CA the instance holds (issued or reported): who is behind a rotation. */
+  caStates?: CaStates;
 }
 
 export interface TokenRecord {
@@ -96,6 +99,8 @@ export interface NodeRecord {
   joined: number;
   /** Fingerprint of the Host CA key that signed the last host certificate (a rotation's progress). */
   hostCaKey?: string;
+  /** The CA state of each CA the node holds (issued or reported): who is behind a rotation. */
+  caStates?: CaStates;
 }
 
 /**

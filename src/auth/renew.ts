@@ -95,6 +95,7 @@ export async function renewAgent(ctx: AuthContext, req: RenewRequest, caller: Ca
         certExpires: issued.record.expires,
         serial: issued.record.serial,
         userCaKey: issued.userCaKey,
+        caStates: issued.caStates,
         lastRequest: { id: requestId, keysHash: hash, fromGeneration: presented },
       };
       // One transaction: the generation's swap, the certificate's record (a node must be able to

@@ -34,7 +34,7 @@ import {
   type HeartbeatRequest,
   type RenewHostCertificateRequest,
 } from "../api/gen/mezite/v1/node_pb.js";
-import { GetCaStateResponseSchema, RenewRequestSchema, RenewResponseSchema, RenewService, type RenewRequest } from "../api/gen/mezite/v1/renew_pb.js";
+import { GetCaStateResponseSchema, RenewRequestSchema, type GetCaStateRequest, RenewResponseSchema, RenewService, type RenewRequest } from "../api/gen/mezite/v1/renew_pb.js";
 import { ERROR_REF_HEADER, toConnectError } from "../api/errors.js";
 import { unaryGrpc, type UnaryRoute } from "../api/grpc-unary.js";
 import type { Backend } from "../backend/backend.js";
@@ -62,7 +62,7 @@ import * as joinMethods from "./join-methods.js";
 import { callingNode, heartbeat, joinNode, renewNode } from "./nodes.js";
 import { Revocations } from "./revocations.js";
 import { renewAgent } from "./renew.js";
-import { CaWatcher, renewSpreadMs } from "./rotation.js";
+import { CaWatcher, recordInstanceCaState, recordNodeCaState, renewSpreadMs } from "./rotation.js";
 import * as tokens from "./tokens.js";
 
 type RequestHandler = (req: IncomingMessage | Http2ServerRequest, res: ServerResponse | Http2ServerResponse) => void;
@@ -253,7 +253,10 @@ function routes(ctx: AuthContext, revocations: Revocations, metrics: AuthMetrics
     });
     router.service(RenewService, {
       renew: (req, hc) => renew(req, hc.values.get(callerKey)),
-      getCaState: unary("GetCaState", async () => create(GetCaStateResponseSchema, { caState: caState(ctx.cas), renewWithinMs: BigInt(renewSpreadMs(ctx.cas, CA_KINDS)) })),
+      getCaState: unary("GetCaState", async (req: GetCaStateRequest, caller) => {
+        await recordInstanceCaState(ctx, caller.cert?.identityId ?? "", caller.cert?.instanceId ?? "", req.heldCaState);
+        return create(GetCaStateResponseSchema, { caState: caState(ctx.cas), renewWithinMs: BigInt(renewSpreadMs(ctx.cas, CA_KINDS)) });
+      }),
     });
     router.service(NodeService, {
       heartbeat: unary("Heartbeat", async (req: HeartbeatRequest, caller) => {
@@ -264,8 +267,8 @@ function routes(ctx: AuthContext, revocations: Revocations, metrics: AuthMetrics
         create(RenewHostCertificateResponseSchema, { credentials: await renewNode(ctx, caller, req.hostPublicKey, req.tlsPublicKey) }),
       ),
       getRevocations: unary("GetRevocations", async (req: GetRevocationsRequest, caller) => {
-        await callingNode(ctx, caller);
-        return revocations.reply(req.krlVersion);
+        await recordNodeCaState(ctx, await callingNode(ctx, caller), req.heldCaState, req.heldUserCaState);
+        return { ...(await revocations.reply(req.krlVersion)), userCaState: caState(ctx.cas, ["user"]) };
       }),
     });
     router.service(AgentService, {
@@ -273,7 +276,7 @@ function routes(ctx: AuthContext, revocations: Revocations, metrics: AuthMetrics
     });
     router.service(AdminService, {
       getClusterInfo: admin("GetClusterInfo", async () =>
-        create(adminPb.GetClusterInfoResponseSchema, { clusterName: ctx.clusterName, publicAddrs: ctx.publicAddrs, caPin: caPin(ctx.cas.host.x509CertPem) }),
+        create(adminPb.GetClusterInfoResponseSchema, { clusterName: ctx.clusterName, publicAddrs: ctx.publicAddrs, caPin: caPin(ctx.cas.host.server.x509CertPem) }),
       ),
       createRole: admin("CreateRole", async (req: adminPb.CreateRoleRequest, by) => {
         if (!req.role) throw new MeziteError("ERR_USAGE", "invalid request: role missing");
@@ -368,8 +371,8 @@ function serverNames(publicAddrs: string[]): { dnsNames: string[]; ipAddresses: 
 async function serverTls(cas: ClusterCas, clusterName: string, publicAddrs: string[], now: number) {
   const keys = generateP256();
   const certPem = await issueServerCertificate({
-    caCertPem: cas.host.x509CertPem,
-    caKey: cas.host.x509Key,
+    caCertPem: cas.host.server.x509CertPem,
+    caKey: cas.host.server.x509Key,
     publicKey: keys.publicKey,
     notBefore: new Date(now - 60_000),
     notAfter: new Date(now + TLS_CERT_TTL_MS),
@@ -378,7 +381,7 @@ async function serverTls(cas: ClusterCas, clusterName: string, publicAddrs: stri
   });
   // Clients verify the chain to any trusted Host CA key; client certificates of every kind are
   // verified against every trusted key of both CAs, and authenticate() then checks which.
-  return { key: privateKeyToPem(keys.privateKey), cert: certPem + cas.host.x509CertPem, ca: [...trustedX509Pems(cas.user), ...trustedX509Pems(cas.host)] };
+  return { key: privateKeyToPem(keys.privateKey), cert: certPem + cas.host.server.x509CertPem, ca: [...trustedX509Pems(cas.user), ...trustedX509Pems(cas.host)] };
 }
 
 const SECURE_OPTIONS = {

@@ -513,14 +513,15 @@ ca
   .option("--grace-period <duration>", "automatic rotation: how long it takes in all, split evenly over init, update_clients and update_servers", "48h")
   .option("--manual", "move one phase by hand (--phase)")
   .option("--phase <phase>", "with --manual: init, update_clients, update_servers or standby; rollback (from any phase before the end) needs no --manual")
-  .action(async (o: { type?: string; gracePeriod: string; manual?: boolean; phase?: string }, cmd: Command) => {
+  .option("--force", "step although live instances or nodes are behind the phase (they may fail until they renew), or allow phases shorter than daemons' default 45s CA check")
+  .action(async (o: { type?: string; gracePeriod: string; manual?: boolean; phase?: string; force?: boolean }, cmd: Command) => {
     if (!o.type) throw new MeziteError("ERR_USAGE", "--type is required: user, host or all");
     if (o.manual && !o.phase) throw new MeziteError("ERR_USAGE", "--manual needs --phase: init, update_clients, update_servers, standby or rollback");
     if (o.phase && !o.manual && o.phase !== "rollback") throw new MeziteError("ERR_USAGE", `--phase=${o.phase.slice(0, 40)} needs --manual (or leave both out for an automatic rotation)`);
     if (o.phase && cmd.getOptionValueSource("gracePeriod") === "cli") throw new MeziteError("ERR_USAGE", "--grace-period is for automatic rotations: leave it out with --phase");
     const graceMs = o.phase ? 0 : ttlOption(o.gracePeriod, "--grace-period");
     const a = admin();
-    const res = await call(a, (c) => c.rotateCa({ type: o.type!, phase: o.phase ?? "", gracePeriodMs: BigInt(graceMs) }));
+    const res = await call(a, (c) => c.rotateCa({ type: o.type!, phase: o.phase ?? "", gracePeriodMs: BigInt(graceMs), force: o.force ?? false }));
     if (graceMs > 0 && graceMs / STEPS < SAFE_PHASE_MS) {
       process.stderr.write(`Warning: each phase lasts ${formatDuration(graceMs / STEPS)}; daemons ask for phase changes every 45s by default (--ca-check-interval), so one that misses a phase may fail logins.\n`);
     }

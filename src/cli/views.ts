@@ -107,6 +107,7 @@ export function caDoc(c: CaStatus) {
     last_rotated: isoTime(c.lastRotated),
     keys: c.keys.map((k) => ({ role: k.role, ssh_fingerprint: k.sshFingerprint, x509_pin: k.x509Pin, signing: k.signing, trusted: k.trusted, holders: k.holders })),
     holders_total: c.holdersTotal,
+    behind: { count: c.behindCount, first: c.behind },
   };
 }
 
@@ -125,7 +126,10 @@ export function caText(list: CaStatus[]): string {
         `${k.holders}/${c.holdersTotal} ${holders}`,
       ]);
       const width = (i: number) => Math.max(...rows.map((r) => r[i]!.length));
-      return [e(`${c.type} CA: phase ${c.phase} (${how})`), ...rows.map((r) => r.map((f, i) => (i < r.length - 1 ? f.padEnd(width(i)) : f)).join("  "))].join("\n");
+      const behind = c.behindCount > 0
+        ? [e(`  behind: ${c.behindCount} live instance${c.behindCount > 1 ? "s or nodes" : " or node"} not yet in step with ${c.phase} (${c.behind.join(", ")}${c.behindCount > c.behind.length ? ", …" : ""})`)]
+        : [];
+      return [e(`${c.type} CA: phase ${c.phase} (${how})`), ...rows.map((r) => r.map((f, i) => (i < r.length - 1 ? f.padEnd(width(i)) : f)).join("  ")), ...behind].join("\n");
     })
     .join("\n") + "\n";
 }

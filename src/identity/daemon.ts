@@ -160,32 +160,41 @@ export class IdentityDaemon {
 
   /**
    * Sleeps until the next scheduled renewal, a SIGHUP, or a CA rotation's phase change (asked
-   * every --ca-check-interval); true for the last. A failed check is retried at the next one:
-   * the scheduled renewal does not depend on it.
+   * every --ca-check-interval); true for the last. A phase change is renewed for at a random
+   * moment within the spread the service allows, so a fleet does not renew all at once; the
+   * checks go on meanwhile, and a later phase change with a shorter spread (a manual step: none)
+   * brings the renewal forward. A failed check is retried at the next one: the scheduled renewal
+   * does not depend on it.
    */
   private async waitForRenewal(signal: AbortSignal): Promise<boolean> {
     const renewAt = this.nextRenewalAt();
+    let rotateAt = Infinity;
+    let seen = "";
     for (;;) {
       // ±10 %: a fleet started together does not ask in lockstep.
       const check = this.now() + this.opts.caCheckIntervalMs * (0.9 + this.random() * 0.2);
-      await this.sleepUntil(Math.min(renewAt, check), signal);
+      await this.sleepUntil(Math.min(renewAt, check, rotateAt), signal);
       if (signal.aborted || this.renewRequested || this.now() >= renewAt) return false;
-      const spreadMs = await this.caStateChanged(signal);
-      if (spreadMs === undefined) continue;
-      // At a random moment within what the service allows, so a fleet does not renew all at once.
-      await this.sleepUntil(Math.min(renewAt, this.now() + this.random() * spreadMs), signal);
-      return true;
+      if (this.now() >= rotateAt) return true;
+      const changed = await this.caStateChanged(signal);
+      if (changed === undefined || changed.caState === seen) continue;
+      seen = changed.caState;
+      this.deps.log.info("CA rotation phase changed; renewing", { ca_state: changed.caState, within_ms: changed.renewWithinMs });
+      rotateAt = Math.min(rotateAt, this.now() + this.random() * changed.renewWithinMs);
     }
   }
 
-  /** Undefined when the CAs are as the current certificates were issued; else how long the renewal may be spread. */
-  private async caStateChanged(signal: AbortSignal): Promise<number | undefined> {
+  /**
+   * Undefined when the CAs are as the current certificates were issued; else the new state and
+   * how long the renewal may be spread. Each check reports the state held, so the service knows
+   * who is behind a rotation.
+   */
+  private async caStateChanged(signal: AbortSignal): Promise<{ caState: string; renewWithinMs: number } | undefined> {
     const state = this.state!;
     try {
-      const { caState, renewWithinMs } = await this.renewClient(state).getCaState({}, { signal });
+      const { caState, renewWithinMs } = await this.renewClient(state).getCaState({ heldCaState: state.ca_state ?? "" }, { signal });
       if (caState === "" || caState === state.ca_state) return undefined;
-      this.deps.log.info("CA rotation phase changed; renewing", { ca_state: caState, within_ms: Number(renewWithinMs) });
-      return Number(renewWithinMs);
+      return { caState, renewWithinMs: Number(renewWithinMs) };
     } catch (e) {
       if (!signal.aborted) this.deps.log.warn("could not check for a CA rotation", { error: fromConnectError(e, this.opts.authServer).message });
       return undefined;

@@ -64,6 +64,8 @@ export class NodeAgent {
   private heldKrl: { version: string; stamp: string } | undefined;
   /** A renewal a Host CA phase change asks for, and when it is due. */
   private caRenewal: { state: string; at: number } | undefined;
+  /** The User CA state of the last reply whose keys are in user_ca.pub, reported with each fetch. */
+  private userCaState = "";
 
   constructor(private readonly opts: NodeAgentOptions, private readonly deps: NodeAgentDeps) {
     this.now = deps.now ?? Date.now;
@@ -133,8 +135,12 @@ export class NodeAgent {
 
   /** Fetches the revocation state and replaces the files that changed; true when any did. */
   async syncRevocations(signal?: AbortSignal): Promise<boolean> {
+    // What this node holds goes with each fetch: `mezctl ca status` names nodes behind a rotation;
+    // and the KRL's version, so an unchanged KRL is not sent again.
     const held = this.heldKrlVersion();
-    const r = await this.call("revocations", (c) => c.getRevocations({ krlVersion: held }, signal ? { signal } : {}));
+    const r = await this.call("revocations", (c) =>
+      c.getRevocations({ krlVersion: held, heldCaState: this.config.ca_state ?? "", heldUserCaState: this.userCaState }, signal ? { signal } : {}),
+    );
     // An empty krl means "the one you hold is current", and only when it names the one we sent.
     const krlCurrent = r.krl.length === 0 && held !== "" && r.krlVersion === held;
     checkRevocations(r, krlCurrent);
@@ -147,6 +153,7 @@ export class NodeAgent {
       !krlCurrent && this.replaceKrl(Buffer.from(r.krl)),
     ].some(Boolean);
     this.lastRevocationSync = this.now();
+    this.userCaState = r.userCaState;
     // A Host CA rotation moved on: a host certificate of the signing key, and the TLS trust that
     // follows the auth service's certificate; at a random moment within what the service allows,
     // so a fleet does not renew all at once. (A User CA rotation is all in user_ca.pub above.)

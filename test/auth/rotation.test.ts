@@ -8,10 +8,10 @@ import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, test } from "node:test";
-import { advanceDue, caStatus, renewSpreadMs, rotate } from "../../src/auth/rotation.js";
-import { CA_KINDS, NODE_CA_KINDS, caState, type CaKind, type Phase } from "../../src/auth/cas.js";
+import { CaWatcher, advanceDue, caStatus, recordInstanceCaState, recordNodeCaState, renewSpreadMs, rotate } from "../../src/auth/rotation.js";
+import { CA_KINDS, NODE_CA_KINDS, caState, caStatesOf, type CaKind, type Phase } from "../../src/auth/cas.js";
 import type { AuthContext } from "../../src/auth/context.js";
-import { encode, keys } from "../../src/auth/records.js";
+import { encode, keys, load, type InstanceRecord, type NodeRecord } from "../../src/auth/records.js";
 import { Revocations } from "../../src/auth/revocations.js";
 import { MemoryBackend } from "../../src/backend/memory.js";
 import { isMeziteError } from "../../src/lib/errors.js";
@@ -54,6 +54,23 @@ test("each phase signs with the key the table says and trusts old and new until 
   assert.equal(ctx.cas.host.phase, "standby");
   // The X.509 key rotates with the SSH key; the new certificate has a subject of its own.
   assert.notEqual(ctx.cas.user.x509Cert.subject, (await context()).cas.user.x509Cert.subject);
+});
+
+test("the Host CA signs server credentials (host certificates, the service's TLS certificate) with the new key from update_servers alone", async () => {
+  const ctx = await context();
+  const old = ctx.cas.host.current.sshFingerprint;
+  const serverKeys = [ctx.cas.host.server.sshFingerprint];
+  await step(ctx, "host", "init");
+  const neu = ctx.cas.host.next!.sshFingerprint;
+  serverKeys.push(ctx.cas.host.server.sshFingerprint);
+  for (const p of ["update_clients", "update_servers", "rollback", "standby"] as Phase[]) {
+    await step(ctx, "host", p);
+    serverKeys.push(ctx.cas.host.server.sshFingerprint);
+  }
+  assert.deepEqual(serverKeys, [old, old, old, neu, old, old], "standby, init, update_clients, update_servers, rollback, standby");
+  for (const p of ["init", "update_clients", "update_servers", "standby"] as Phase[]) await step(ctx, "host", p);
+  assert.equal(ctx.cas.host.server.sshFingerprint, ctx.cas.host.current.sshFingerprint);
+  assert.notEqual(ctx.cas.host.server.sshFingerprint, old);
 });
 
 test("rollback from update_servers signs with the old key again and drops the new one at standby", async () => {
@@ -190,4 +207,114 @@ test("renewals after a phase change spread over a quarter of an automatic phase 
   assert.equal(renewSpreadMs(long.cas, CA_KINDS), 30 * 60_000);
   await step(long, "user", "update_clients"); // a manual step takes over: no spread from now on
   assert.equal(renewSpreadMs(long.cas, CA_KINDS), 0);
+});
+
+test("a service whose application of a phase change failed retries it until it succeeds", async () => {
+  const backend = new MemoryBackend({ now, sweepIntervalMs: 0 });
+  const dataDir = mkdtempSync(join(dir, "data-"));
+  const [a, b] = [await context(backend, dataDir), await context(backend, dataDir)];
+  const applied: string[] = [];
+  let failures = 1;
+  const watcher = new CaWatcher(b, async (cas) => {
+    if (failures-- > 0) throw new Error("disk full");
+    applied.push(cas.user.phase);
+  }, b.log);
+  await step(a, "user", "init"); // another service steps; b notices on its next tick
+  await watcher.refresh(true);
+  assert.deepEqual([b.cas.user.phase, applied], ["init", []], "the first application failed");
+  await watcher.refresh(true);
+  assert.deepEqual(applied, ["init"], "the next tick applies it again, though nothing changed since");
+  await watcher.refresh(true);
+  assert.deepEqual(applied, ["init"], "and only once it succeeded");
+});
+
+/** A live instance as a join records it, holding the CA state `cas` gave it. */
+async function liveInstance(ctx: AuthContext, name: string, states: InstanceRecord["caStates"]): Promise<InstanceRecord> {
+  const inst: InstanceRecord = {
+    id: `${name}-0000-instance`, identityId: `${name}-id`, identityName: name, generation: "1", created: clock, lastSeen: clock,
+    address: "", certExpires: clock + 24 * 3_600_000, serial: "1", ...(states ? { caStates: states } : {}),
+  };
+  await ctx.backend.put(keys.instance(inst.identityId, inst.id), encode(inst));
+  return inst;
+}
+
+test("an automatic step waits up to one more phase for a live instance behind, then goes on and audits who was left behind", async () => {
+  const ctx = await context();
+  const inst = await liveInstance(ctx, "ci", caStatesOf(ctx.cas));
+  await rotate(ctx, { kinds: ["user"], phase: undefined, graceMs: 3 * 60_000, actor: "t", remoteAddr: "" });
+  clock += 60_000;
+  assert.equal(await advanceDue(ctx), true, "to update_clients: only nodes must be in step");
+  await ctx.refreshCas();
+  assert.equal(ctx.cas.user.phase, "update_clients");
+  const [user] = await caStatus(ctx);
+  assert.deepEqual([user!.behind.count, user!.behind.names], [1, ["ci/ci-0000-"]], "ca status names the instance that has not renewed");
+  clock += 60_000;
+  assert.equal(await advanceDue(ctx), false, "update_servers waits: the instance is behind");
+  clock += 59_000;
+  assert.equal(await advanceDue(ctx), false, "still within one more phase");
+  // It renews: in step, and the rotation goes on at once (the next look, a few seconds on).
+  await ctx.backend.put(keys.instance(inst.identityId, inst.id), encode({ ...inst, caStates: caStatesOf(ctx.cas) }));
+  clock += 5_000;
+  assert.equal(await advanceDue(ctx), true);
+  await ctx.refreshCas();
+  assert.equal(ctx.cas.user.phase, "update_servers");
+  // Behind again (it never renews into update_servers): standby comes one more phase late, audited.
+  clock += 60_000;
+  assert.equal(await advanceDue(ctx), false);
+  clock += 60_000;
+  assert.equal(await advanceDue(ctx), true);
+  await ctx.refreshCas();
+  assert.equal(ctx.cas.user.phase, "standby");
+  const events = [];
+  for await (const page of ctx.audit.list(0, "ca.rotation", 0)) events.push(...page);
+  // Events of one frozen instant list in no particular order: find the step's.
+  assert.match(events.find((e) => e.detail?.startsWith("user CA: update_servers -> standby"))?.detail ?? "", /user CA: update_servers -> standby \(auto\).*; left behind after waiting one more phase: 1 live instance or node \(ci\/ci-0000-\)$/);
+});
+
+test("a manual step past a live instance behind is refused with one line unless forced; a daemon's report of its CA state clears it", async () => {
+  const ctx = await context();
+  const inst = await liveInstance(ctx, "old", undefined); // issued before the service recorded CA states
+  await step(ctx, "user", "init");
+  await step(ctx, "user", "update_clients");
+  await assert.rejects(step(ctx, "user", "update_servers"), (e: unknown) =>
+    isMeziteError(e, "ERR_IN_USE") && e.message === "the user CA cannot move to update_servers yet: 1 live instance or node (old/old-0000) is not yet in step with update_clients (see mezctl ca status); wait for it, or pass --force");
+  // A report of a state that is not the current one changes nothing; the current one clears it.
+  await recordInstanceCaState(ctx, inst.identityId, inst.id, "stale");
+  await assert.rejects(step(ctx, "user", "update_servers"), /cannot move to update_servers yet/);
+  await recordInstanceCaState(ctx, inst.identityId, inst.id, caState(ctx.cas));
+  assert.deepEqual((await load<InstanceRecord>(ctx.backend, keys.instance(inst.identityId, inst.id)))!.value.caStates, caStatesOf(ctx.cas));
+  await step(ctx, "user", "update_servers");
+  // Behind again; forced, the step is taken and the audit says so.
+  await rotate(ctx, { kinds: ["user"], phase: "standby", graceMs: 0, actor: "t", remoteAddr: "", force: true });
+  const events = [];
+  for await (const page of ctx.audit.list(0, "ca.rotation", 0)) events.push(...page);
+  assert.match(events.find((e) => e.detail?.startsWith("user CA: update_servers -> standby"))?.detail ?? "", /; forced while 1 live instance or node \(old\/old-0000\) was behind$/);
+});
+
+test("a node is behind a User CA step until it reports the keys it wrote; nodes offline for minutes hold nothing up", async () => {
+  const ctx = await context();
+  const node: NodeRecord = {
+    id: "n1", name: "web-01", labels: {}, principals: [], hostKey: "", address: "", lastHeartbeat: clock, hostCertExpires: clock + 3_600_000, joined: clock,
+    caStates: caStatesOf(ctx.cas),
+  };
+  await ctx.backend.put(keys.node(node.name), encode(node));
+  await step(ctx, "user", "init");
+  await assert.rejects(step(ctx, "user", "update_clients"), /the user CA cannot move to update_clients yet: 1 live instance or node \(node web-01\) is not yet in step with init/);
+  const loaded = async () => (await load<NodeRecord>(ctx.backend, keys.node(node.name)))!;
+  await recordNodeCaState(ctx, await loaded(), "", "stale");
+  await assert.rejects(step(ctx, "user", "update_clients"), /cannot move to update_clients yet/);
+  await recordNodeCaState(ctx, await loaded(), "", caState(ctx.cas, ["user"]));
+  await step(ctx, "user", "update_clients");
+  // Behind again, but its last heartbeat is over five minutes old: offline, it holds no step up.
+  clock += 5 * 60_000 + 1;
+  await step(ctx, "user", "update_servers");
+});
+
+test("an automatic rotation whose phases are shorter than daemons' default 45 s check is refused before its first step unless forced", async () => {
+  const ctx = await context();
+  const auto = (graceMs: number, force: boolean) => rotate(ctx, { kinds: ["user"], phase: undefined, graceMs, actor: "t", remoteAddr: "", force });
+  await assert.rejects(auto(134_000, false), (e: unknown) => isMeziteError(e, "ERR_USAGE") && /shorter than the 45s daemons wait between CA checks by default: use at least 2m15s, or --force/.test(e.message));
+  assert.equal(ctx.cas.user.phase, "standby");
+  await auto(134_000, true);
+  assert.equal(ctx.cas.user.phase, "init");
 });

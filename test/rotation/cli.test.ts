@@ -4,7 +4,7 @@
  */
 import assert from "node:assert/strict";
 import { after, before, describe, test } from "node:test";
-import { mkdtempSync, rmSync } from "node:fs";
+import { copyFileSync, existsSync, mkdtempSync, readFileSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { SEED_ROLE_PATH, mezctl, mezctlOk, startAuth, tokenFrom, type AuthProcess } from "../harness/auth.js";
@@ -54,8 +54,12 @@ describe("mezctl ca", () => {
     assert.deepEqual(await status(), before);
   });
 
-  test("an automatic rotation warns of short phases, schedules its next step, and a second one is refused", async () => {
-    const r = await mezctl(auth, "ca", "rotate", "--type=user", "--grace-period=90s");
+  test("an automatic rotation with phases shorter than daemons' 45 s check is refused unless forced, then warns, schedules its next step, and a second one is refused", async () => {
+    const short = await mezctl(auth, "ca", "rotate", "--type=user", "--grace-period=90s");
+    assert.equal(short.code, 2, short.stderr);
+    assert.equal(short.stderr, "mezctl: --grace-period 1m30s gives phases of 30s, shorter than the 45s daemons wait between CA checks by default: use at least 2m15s, or --force if every daemon runs a shorter --ca-check-interval\n");
+    assert.equal((await status())[0]!.phase, "standby", "refused before the first step");
+    const r = await mezctl(auth, "ca", "rotate", "--type=user", "--grace-period=90s", "--force");
     assert.equal(r.code, 0, r.stderr);
     assert.match(r.stderr, /^Warning: each phase lasts 30s; daemons ask for phase changes every 45s by default/);
     assert.match(r.stdout, /^user CA: phase init \(automatic, started .*, next phase in \d+s\)$/m);
@@ -75,7 +79,7 @@ describe("mezctl ca", () => {
     assert.ok(events.every((e) => e.actor.startsWith("admin")), JSON.stringify(events));
   });
 
-  test("a pinned join during a Host CA rotation: each key's pin works while the service's certificate is of that key; both pins always", async () => {
+  test("a pinned join during a Host CA rotation: the service's certificate moves to the new key at update_servers, not before; both pins always work; a step past live instances behind is refused unless forced", async () => {
     await mezctlOk(auth, "create", "-f", SEED_ROLE_PATH);
     const work = mkdtempSync(join(tmpdir(), "mezite-pins-"));
     let n = 0;
@@ -91,17 +95,59 @@ describe("mezctl ca", () => {
       const outcome = async (pin: string) => (await join1(pin)).code;
       assert.deepEqual([await outcome(oldPin), await outcome(newPin), await outcome(both)], [0, 3, 0], "init: the old key signs the service's certificate");
       await mezctlOk(auth, "ca", "rotate", "--type=host", "--manual", "--phase=update_clients");
+      // Daemons that have not yet renewed trust only the old key: the service's certificate stays on it.
+      assert.deepEqual([await outcome(oldPin), await outcome(newPin), await outcome(both)], [0, 3, 0], "update_clients: still the old key");
+      // The two one-shot instances joined in init never renew: they are behind, and hold the next step up.
+      const held = await mezctl(auth, "ca", "rotate", "--type=host", "--manual", "--phase=update_servers");
+      assert.equal(held.code, 1, held.stderr);
+      assert.match(held.stderr, /^mezctl: the host CA cannot move to update_servers yet: 2 live instances or nodes \((pinned-1\/[0-9a-f]{8}, pinned-3|pinned-3\/[0-9a-f]{8}, pinned-1)\/[0-9a-f]{8}\) are not yet in step with update_clients \(see mezctl ca status\); wait for them, or pass --force\n$/);
+      const text = await mezctlOk(auth, "ca", "status");
+      assert.match(text, /^host CA: phase update_clients[^]*^  behind: 2 live instances or nodes not yet in step with update_clients \(pinned-/m);
+      const doc = (await status()).find((c) => c.type === "host")!;
+      assert.deepEqual([doc.phase, doc.behind.count, doc.behind.first.length], ["update_clients", 2, 2]);
+      await mezctlOk(auth, "ca", "rotate", "--type=host", "--manual", "--phase=update_servers", "--force");
       const refused = await join1(oldPin);
       assert.equal(refused.code, 3);
       assert.match(refused.stderr, /not signed by the pinned CA/);
-      assert.deepEqual([await outcome(newPin), await outcome(both)], [0, 0], "update_clients: the new key signs it");
+      assert.deepEqual([await outcome(newPin), await outcome(both)], [0, 0], "update_servers: the new key signs it");
       const bad = await join1(`${newPin},sha256:beef`);
       assert.equal(bad.code, 2);
       assert.match(bad.stderr, /--ca-pin must be sha256: followed by 64 lowercase hex characters, or up to 4 of them separated by commas/);
       await mezctlOk(auth, "ca", "rotate", "--type=host", "--phase=rollback");
-      await mezctlOk(auth, "ca", "rotate", "--type=host", "--manual", "--phase=standby");
+      await mezctlOk(auth, "ca", "rotate", "--type=host", "--manual", "--phase=standby", "--force");
     } finally {
       rmSync(work, { recursive: true, force: true });
+    }
+  });
+});
+
+describe("a retired CA key restored from an old database backup", () => {
+  test("is refused: the service will not start, and says which key, when it was retired and what to do", async () => {
+    const dataDir = mkdtempSync(join(tmpdir(), "mezite-restore-"));
+    const backup = mkdtempSync(join(tmpdir(), "mezite-backup-"));
+    const db = ["mezite.db", "mezite.db-wal", "mezite.db-shm"];
+    const copy = (from: string, to: string) => db.forEach((f) => (existsSync(join(from, f)) ? copyFileSync(join(from, f), join(to, f)) : rmSync(join(to, f), { force: true })));
+    const auth = await startAuth({ dataDir });
+    try {
+      const [old] = JSON.parse(await mezctlOk(auth, "ca", "status", "--format=json")) as CaStatusDoc[];
+      await auth.stop();
+      copy(dataDir, backup); // the operator's backup, taken before the rotation
+      await auth.restart();
+      for (const phase of ["init", "update_clients", "update_servers", "standby"]) await mezctlOk(auth, "ca", "rotate", "--type=user", "--manual", `--phase=${phase}`);
+      await auth.stop();
+      const retired = readFileSync(join(dataDir, "retired-ca-keys"), "utf8");
+      assert.match(retired, new RegExp(`^user ${old!.keys[0]!.ssh_fingerprint.replace(/[+/]/g, "\\$&")} \\d{4}-\\d\\d-\\d\\dT`, "m"));
+      copy(backup, dataDir); // restored: the database holds the retired key again
+      await assert.rejects(auth.restart(), (e: Error) => {
+        const line = e.message.split("\n").find((l) => l.includes("retired"));
+        assert.ok(line, e.message);
+        assert.match(line, /the backend's user CA key SHA256:\S+ was retired at \d{4}-\S+ \(.*retired-ca-keys\): the database was restored from a backup older than that rotation, and that key is never used again; restore a newer backup/);
+        return true;
+      });
+    } finally {
+      await auth.stop();
+      rmSync(dataDir, { recursive: true, force: true });
+      rmSync(backup, { recursive: true, force: true });
     }
   });
 });

@@ -7,7 +7,7 @@ import { spawn, spawnSync, type ChildProcess } from "node:child_process";
 import { chmodSync, copyFileSync, mkdirSync, readFileSync, readdirSync } from "node:fs";
 import { join } from "node:path";
 import { setTimeout as sleep } from "node:timers/promises";
-import { MEZD, mezctlOk, principalsMezd, run, tokenFrom, type AuthProcess } from "../harness/auth.js";
+import { MEZD, mezctl, mezctlOk, principalsMezd, run, tokenFrom, type AuthProcess } from "../harness/auth.js";
 import { SSH_KEYGEN_PATH } from "../harness/require.js";
 import { ensureUser, startSshd, sshRun, type Sshd } from "../harness/sshd.js";
 import { JOINED, addIdentity, seedSsh, startDaemon, type Daemon } from "../identity/fixture.js";
@@ -55,11 +55,11 @@ export interface RotationAgent {
   daemon: Daemon;
 }
 
-/** An identity with the seed's role and its daemon, checking for phase changes every second. */
-export async function startRotationAgent(admin: AuthProcess, work: string, addr: string): Promise<RotationAgent> {
+/** An identity with the seed's role and its daemon, checking for phase changes every second unless `args` say otherwise. */
+export async function startRotationAgent(admin: AuthProcess, work: string, addr: string, args = ["--ca-check-interval=1s"]): Promise<RotationAgent> {
   const token = await addIdentity(admin, "deployer");
   const dest = join(work, "out");
-  const daemon = startDaemon(addr, dest, [`--token=${token}`, "--ca-check-interval=1s"]);
+  const daemon = startDaemon(addr, dest, [`--token=${token}`, ...args]);
   await daemon.waitFor(JOINED);
   return { dest, daemon };
 }
@@ -145,6 +145,7 @@ export interface CaStatusDoc {
   mode: string | null;
   keys: { role: string; ssh_fingerprint: string; x509_pin: string; signing: boolean; trusted: boolean; holders: number }[];
   holders_total: number;
+  behind: { count: number; first: string[] };
 }
 
 export async function caStatus(admin: AuthProcess): Promise<CaStatusDoc[]> {
@@ -177,11 +178,31 @@ export interface RotationBed {
   loop: LoginLoop;
 }
 
+/** The one line a manual step is refused with while someone is behind (SPEC §15). */
+export const BEHIND_REFUSAL = /^mezctl: the (user|host) CA cannot move to (update_clients|update_servers|standby) yet: \d+ live instances? or nodes? \([^)]+\) (is|are) not yet in step with \w+ \(see mezctl ca status\); wait for (it|them), or pass --force\n$/;
+
+/**
+ * `mezctl ca rotate` as an operator stepping as fast as it allows: again every half second while
+ * it is refused because someone is behind (each refusal must be the one line). Returns the refusals.
+ */
+export async function stepWhenAllowed(admin: AuthProcess, args: string[], limitMs = 120_000): Promise<string[]> {
+  const refusals: string[] = [];
+  const start = Date.now();
+  for (;;) {
+    const r = await mezctl(admin, "ca", "rotate", ...args);
+    if (r.code === 0) return refusals;
+    if (r.code !== 1 || !BEHIND_REFUSAL.test(r.stderr)) throw new Error(`mezctl ca rotate ${args.join(" ")} exited ${r.code}: ${r.stderr}`);
+    refusals.push(r.stderr.trim());
+    if (Date.now() - start > limitMs) throw new Error(`mezctl ca rotate ${args.join(" ")} still refused after ${limitMs} ms: ${r.stderr}`);
+    await sleep(500);
+  }
+}
+
 /** One manual step through `admin`, the time until the daemon and the node both renewed into it, then two logins' worth in it. */
 export async function manualStep(bed: RotationBed, admin: AuthProcess, type: "user" | "host", phase: string): Promise<void> {
   bed.loop.phase = `${type} ${phase}`;
   const states = caStates(bed.agent, bed.node);
-  await mezctlOk(admin, "ca", "rotate", `--type=${type}`, ...(phase === "rollback" ? [] : ["--manual"]), `--phase=${phase}`);
+  await stepWhenAllowed(admin, [`--type=${type}`, ...(phase === "rollback" ? [] : ["--manual"]), `--phase=${phase}`], 20_000);
   const ms = await reached(bed, type, phase, states);
   report(`${type} CA ${phase} (through ${admin.addr}): reached the daemon and the node within ${ms} ms`);
   await sleep(2_000);

@@ -107,7 +107,7 @@ describe("CA rotation with real sshd, node agent and identity daemon", () => {
     assert.match((await probeOldHost()).stderr, /Permission denied/);
 
     loop.phase = "host init (automatic)";
-    await mezctlOk(auth, "ca", "rotate", "--type=host", "--grace-period=30s");
+    await mezctlOk(auth, "ca", "rotate", "--type=host", "--grace-period=30s", "--force");
     const phaseOf = async () => (await caStatus(auth)).find((c) => c.type === "host")!.phase;
     await until("host update_clients", 15_000, async () => ((await phaseOf()) === "update_clients" ? true : undefined));
     loop.phase = "host update_clients (automatic), auth service restarted";

@@ -18,6 +18,8 @@ export async function getCaStatus(ctx: AuthContext): Promise<CaStatus[]> {
       lastRotated: BigInt(s.lastRotated),
       keys: s.keys.map((k) => create(CaKeyStatusSchema, k)),
       holdersTotal: s.holdersTotal,
+      behindCount: s.behind.count,
+      behind: s.behind.names,
     }),
   );
 }
@@ -34,6 +36,7 @@ export async function rotateCa(ctx: AuthContext, by: AdminCaller, req: RotateCaR
     graceMs: req.gracePeriodMs === 0n ? DEFAULT_GRACE_MS : Number(req.gracePeriodMs),
     actor: by.audit.actor,
     remoteAddr: by.audit.remote_addr,
+    force: req.force,
   });
   return getCaStatus(ctx);
 }

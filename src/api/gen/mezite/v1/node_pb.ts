@@ -12,7 +12,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file mezite/v1/node.proto.
  */
 export const file_mezite_v1_node: GenFile = /*@__PURE__*/
-  fileDesc("ChRtZXppdGUvdjEvbm9kZS5wcm90bxIJbWV6aXRlLnYxIj4KEEhlYXJ0YmVhdFJlcXVlc3QSDwoHYWRkcmVzcxgBIAEoCRIZChFob3N0X2NlcnRfZXhwaXJlcxgCIAEoAyITChFIZWFydGJlYXRSZXNwb25zZSJOChtSZW5ld0hvc3RDZXJ0aWZpY2F0ZVJlcXVlc3QSFwoPaG9zdF9wdWJsaWNfa2V5GAEgASgJEhYKDnRsc19wdWJsaWNfa2V5GAIgASgMIk8KHFJlbmV3SG9zdENlcnRpZmljYXRlUmVzcG9uc2USLwoLY3JlZGVudGlhbHMYASABKAsyGi5tZXppdGUudjEuTm9kZUNyZWRlbnRpYWxzIiwKFUdldFJldm9jYXRpb25zUmVxdWVzdBITCgtrcmxfdmVyc2lvbhgUIAEoCSLmAQoWR2V0UmV2b2NhdGlvbnNSZXNwb25zZRILCgNrcmwYASABKAwSGAoQdXNlcl9jYV9zc2hfa2V5cxgCIAMoCRIbChNsb2NrZWRfaWRlbnRpdHlfaWRzGAMgAygJEhsKE2xvY2tlZF9pbnN0YW5jZV9pZHMYBCADKAkSFAoMbG9ja2VkX3JvbGVzGAUgAygJEhUKDWxvY2tlZF9sb2dpbnMYBiADKAkSEAoIY2Ffc3RhdGUYByABKAkSFwoPcmVuZXdfd2l0aGluX21zGAggASgDEhMKC2tybF92ZXJzaW9uGBQgASgJMpUCCgtOb2RlU2VydmljZRJGCglIZWFydGJlYXQSGy5tZXppdGUudjEuSGVhcnRiZWF0UmVxdWVzdBocLm1leml0ZS52MS5IZWFydGJlYXRSZXNwb25zZRJnChRSZW5ld0hvc3RDZXJ0aWZpY2F0ZRImLm1leml0ZS52MS5SZW5ld0hvc3RDZXJ0aWZpY2F0ZVJlcXVlc3QaJy5tZXppdGUudjEuUmVuZXdIb3N0Q2VydGlmaWNhdGVSZXNwb25zZRJVCg5HZXRSZXZvY2F0aW9ucxIgLm1leml0ZS52MS5HZXRSZXZvY2F0aW9uc1JlcXVlc3QaIS5tZXppdGUudjEuR2V0UmV2b2NhdGlvbnNSZXNwb25zZWIGcHJvdG8z", [file_mezite_v1_join]);
+  fileDesc("ChRtZXppdGUvdjEvbm9kZS5wcm90bxIJbWV6aXRlLnYxIj4KEEhlYXJ0YmVhdFJlcXVlc3QSDwoHYWRkcmVzcxgBIAEoCRIZChFob3N0X2NlcnRfZXhwaXJlcxgCIAEoAyITChFIZWFydGJlYXRSZXNwb25zZSJOChtSZW5ld0hvc3RDZXJ0aWZpY2F0ZVJlcXVlc3QSFwoPaG9zdF9wdWJsaWNfa2V5GAEgASgJEhYKDnRsc19wdWJsaWNfa2V5GAIgASgMIk8KHFJlbmV3SG9zdENlcnRpZmljYXRlUmVzcG9uc2USLwoLY3JlZGVudGlhbHMYASABKAsyGi5tZXppdGUudjEuTm9kZUNyZWRlbnRpYWxzIl8KFUdldFJldm9jYXRpb25zUmVxdWVzdBITCgtrcmxfdmVyc2lvbhgUIAEoCRIVCg1oZWxkX2NhX3N0YXRlGB4gASgJEhoKEmhlbGRfdXNlcl9jYV9zdGF0ZRgfIAEoCSL9AQoWR2V0UmV2b2NhdGlvbnNSZXNwb25zZRILCgNrcmwYASABKAwSGAoQdXNlcl9jYV9zc2hfa2V5cxgCIAMoCRIbChNsb2NrZWRfaWRlbnRpdHlfaWRzGAMgAygJEhsKE2xvY2tlZF9pbnN0YW5jZV9pZHMYBCADKAkSFAoMbG9ja2VkX3JvbGVzGAUgAygJEhUKDWxvY2tlZF9sb2dpbnMYBiADKAkSEAoIY2Ffc3RhdGUYByABKAkSFwoPcmVuZXdfd2l0aGluX21zGAggASgDEhMKC2tybF92ZXJzaW9uGBQgASgJEhUKDXVzZXJfY2Ffc3RhdGUYHiABKAkylQIKC05vZGVTZXJ2aWNlEkYKCUhlYXJ0YmVhdBIbLm1leml0ZS52MS5IZWFydGJlYXRSZXF1ZXN0GhwubWV6aXRlLnYxLkhlYXJ0YmVhdFJlc3BvbnNlEmcKFFJlbmV3SG9zdENlcnRpZmljYXRlEiYubWV6aXRlLnYxLlJlbmV3SG9zdENlcnRpZmljYXRlUmVxdWVzdBonLm1leml0ZS52MS5SZW5ld0hvc3RDZXJ0aWZpY2F0ZVJlc3BvbnNlElUKDkdldFJldm9jYXRpb25zEiAubWV6aXRlLnYxLkdldFJldm9jYXRpb25zUmVxdWVzdBohLm1leml0ZS52MS5HZXRSZXZvY2F0aW9uc1Jlc3BvbnNlYgZwcm90bzM", [file_mezite_v1_join]);
 
 /**
  * @generated from message mezite.v1.HeartbeatRequest
@@ -99,6 +99,19 @@ export type GetRevocationsRequest = Message<"mezite.v1.GetRevocationsRequest"> &
    * @generated from field: string krl_version = 20;
    */
   krlVersion: string;
+
+  /**
+   * What the node holds: the ca_state of its host certificate, and the user_ca_state of the last
+   * reply whose User CA keys it wrote (mezctl ca status names nodes behind a rotation).
+   *
+   * @generated from field: string held_ca_state = 30;
+   */
+  heldCaState: string;
+
+  /**
+   * @generated from field: string held_user_ca_state = 31;
+   */
+  heldUserCaState: string;
 };
 
 /**
@@ -166,6 +179,13 @@ export type GetRevocationsResponse = Message<"mezite.v1.GetRevocationsResponse">
    * @generated from field: string krl_version = 20;
    */
   krlVersion: string;
+
+  /**
+   * The User CA's phase and keys as a digest: the node reports it back once it wrote user_ca_ssh_keys.
+   *
+   * @generated from field: string user_ca_state = 30;
+   */
+  userCaState: string;
 };
 
 /**

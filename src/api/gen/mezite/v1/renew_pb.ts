@@ -12,12 +12,19 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file mezite/v1/renew.proto.
  */
 export const file_mezite_v1_renew: GenFile = /*@__PURE__*/
-  fileDesc("ChVtZXppdGUvdjEvcmVuZXcucHJvdG8SCW1leml0ZS52MSITChFHZXRDYVN0YXRlUmVxdWVzdCI/ChJHZXRDYVN0YXRlUmVzcG9uc2USEAoIY2Ffc3RhdGUYASABKAkSFwoPcmVuZXdfd2l0aGluX21zGAIgASgDIokBCgxSZW5ld1JlcXVlc3QSEgoKcmVxdWVzdF9pZBgBIAEoDBIWCg5zc2hfcHVibGljX2tleRgCIAEoCRIXCg94NTA5X3B1YmxpY19rZXkYAyABKAwSGgoScmVuZXdhbF9wdWJsaWNfa2V5GAQgASgMEhgKEHJlcXVlc3RlZF90dGxfbXMYBSABKAMiRAoNUmVuZXdSZXNwb25zZRIzCgxjZXJ0aWZpY2F0ZXMYASABKAsyHS5tZXppdGUudjEuSXNzdWVkQ2VydGlmaWNhdGVzMpUBCgxSZW5ld1NlcnZpY2USOgoFUmVuZXcSFy5tZXppdGUudjEuUmVuZXdSZXF1ZXN0GhgubWV6aXRlLnYxLlJlbmV3UmVzcG9uc2USSQoKR2V0Q2FTdGF0ZRIcLm1leml0ZS52MS5HZXRDYVN0YXRlUmVxdWVzdBodLm1leml0ZS52MS5HZXRDYVN0YXRlUmVzcG9uc2ViBnByb3RvMw", [file_mezite_v1_common]);
+  fileDesc("ChVtZXppdGUvdjEvcmVuZXcucHJvdG8SCW1leml0ZS52MSIqChFHZXRDYVN0YXRlUmVxdWVzdBIVCg1oZWxkX2NhX3N0YXRlGB4gASgJIj8KEkdldENhU3RhdGVSZXNwb25zZRIQCghjYV9zdGF0ZRgBIAEoCRIXCg9yZW5ld193aXRoaW5fbXMYAiABKAMiiQEKDFJlbmV3UmVxdWVzdBISCgpyZXF1ZXN0X2lkGAEgASgMEhYKDnNzaF9wdWJsaWNfa2V5GAIgASgJEhcKD3g1MDlfcHVibGljX2tleRgDIAEoDBIaChJyZW5ld2FsX3B1YmxpY19rZXkYBCABKAwSGAoQcmVxdWVzdGVkX3R0bF9tcxgFIAEoAyJECg1SZW5ld1Jlc3BvbnNlEjMKDGNlcnRpZmljYXRlcxgBIAEoCzIdLm1leml0ZS52MS5Jc3N1ZWRDZXJ0aWZpY2F0ZXMylQEKDFJlbmV3U2VydmljZRI6CgVSZW5ldxIXLm1leml0ZS52MS5SZW5ld1JlcXVlc3QaGC5tZXppdGUudjEuUmVuZXdSZXNwb25zZRJJCgpHZXRDYVN0YXRlEhwubWV6aXRlLnYxLkdldENhU3RhdGVSZXF1ZXN0Gh0ubWV6aXRlLnYxLkdldENhU3RhdGVSZXNwb25zZWIGcHJvdG8z", [file_mezite_v1_common]);
 
 /**
  * @generated from message mezite.v1.GetCaStateRequest
  */
 export type GetCaStateRequest = Message<"mezite.v1.GetCaStateRequest"> & {
+  /**
+   * The ca_state of the daemon's current certificates: the service records who is behind a
+   * rotation (mezctl ca status) from what daemons report here and from what it issued them.
+   *
+   * @generated from field: string held_ca_state = 30;
+   */
+  heldCaState: string;
 };
 
 /**
