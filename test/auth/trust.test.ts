@@ -248,6 +248,27 @@ describe("the cluster name", () => {
     }
     await assert.rejects(startAuth({ clusterName: "Bad Name!" }), /exited with 2:[\s\S]*is not a valid cluster name/);
   });
+
+  test("a backend with CAs but no stored name takes the name its CAs were made with, not the host name", async () => {
+    const dataDir = mkdtempSync(join(tmpdir(), "mezite-cluster-unstored-"));
+    try {
+      const first = await startAuth({ dataDir, clusterName: "gamma.example" });
+      await first.stop();
+      // A backend from before the name was stored: CAs, no /cluster/name.
+      const db = new Database(join(dataDir, "mezite.db"));
+      assert.equal(db.prepare("DELETE FROM items WHERE key = '/cluster/name'").run().changes, 1);
+      db.close();
+      const again = await startAuth({ dataDir, clusterName: null });
+      try {
+        assert.equal((await adminApi(again).getClusterInfo({})).clusterName, "gamma.example");
+      } finally {
+        await again.stop();
+      }
+      await assert.rejects(startAuth({ dataDir, clusterName: "delta.example" }), /exited with 2:[\s\S]*does not match this backend's cluster "gamma\.example"/);
+    } finally {
+      rmSync(dataDir, { recursive: true, force: true });
+    }
+  });
 });
 
 describe("CA keys", () => {
