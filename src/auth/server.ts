@@ -120,14 +120,14 @@ function peerOf(req: Http2ServerRequest): Peer {
 }
 
 /**
- * Whether a trusted key of `ca` issued the certificate. OpenSSL has checked signature and dates of
- * an authorized one against every CA, so the issuer's name and key id tell which; any other is
- * checked here in full.
+ * Whether a trusted key of `ca` issued the certificate, and it is valid now. OpenSSL has checked the
+ * signature of an authorized one against every CA, so the issuer's name and key id tell which; any
+ * other is checked here in full. The dates are checked on every call: OpenSSL checked them at the
+ * handshake, and an HTTP/2 connection can outlive the certificate.
  */
 function issuedBy(x509: X509Certificate, ca: CertAuthority, authorized: boolean, now: number): boolean {
-  return ca.trusted.some(
-    (k) => x509.checkIssued(k.x509Cert) && (authorized || (x509.verify(k.x509Cert.publicKey) && Date.parse(x509.validFrom) <= now && now <= Date.parse(x509.validTo))),
-  );
+  if (!(Date.parse(x509.validFrom) <= now && now <= Date.parse(x509.validTo))) return false;
+  return ca.trusted.some((k) => x509.checkIssued(k.x509Cert) && (authorized || x509.verify(k.x509Cert.publicKey)));
 }
 
 function notAuthorized(accepts: CertKind): MeziteError {
