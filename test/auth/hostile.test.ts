@@ -128,7 +128,7 @@ test("connections beyond --max-connections-per-source from one address are close
   }
   // Once the first source's connections are gone, it is served again.
   const again = await (async () => {
-    for (let i = 0; i < 50; i++) {
+    for (let i = 0; i < 100; i++) {
       const s = from("127.0.0.1");
       const ok = await Promise.race([once(s, "secureConnect").then(() => true), once(s, "close").then(() => false)]).catch(() => false);
       s.destroy();
