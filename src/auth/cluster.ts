@@ -1,8 +1,10 @@
 /**
  * The cluster's name (SPEC §2, §13): it names the CAs and the SPIFFE trust domain, so every auth
  * service of one cluster must use the same one. The first service stores it in the backend; a
- * later one with another --cluster-name refuses to start, and one without the flag uses it.
+ * later one with another --cluster-name refuses to start, and one without the flag uses it. A
+ * backend from before the name was stored takes the name its CAs were made with.
  */
+import { X509Certificate } from "node:crypto";
 import { hostname } from "node:os";
 import type { Backend } from "../backend/backend.js";
 import { MeziteError, isMeziteError } from "../lib/errors.js";
@@ -18,15 +20,32 @@ export function checkClusterName(name: string, where: string): string {
   return name;
 }
 
+/** The name an existing backend's CAs were made with (their certificates' organization), if it has CAs. */
+async function caClusterName(backend: Backend): Promise<string | undefined> {
+  const ca = await load<{ x509_cert_pem: string }>(backend, keys.ca("user"));
+  if (!ca) return undefined;
+  let organization: string | undefined;
+  try {
+    const subject = new X509Certificate(ca.value.x509_cert_pem).subject;
+    organization = /^O=(.*)$/m.exec(subject)?.[1] ?? /^CN=(\S+) user CA/m.exec(subject)?.[1];
+  } catch (e) {
+    throw new MeziteError("ERR_CONFIG", `the user CA's certificate in this backend cannot be read: ${(e as Error).message}; give --cluster-name`, { cause: e });
+  }
+  if (organization === undefined) throw new MeziteError("ERR_CONFIG", "the user CA's certificate in this backend names no cluster: give --cluster-name");
+  return checkClusterName(organization, "the cluster name in the user CA's certificate,");
+}
+
 /**
  * The name this service runs with: the stored one, which `requested` (an explicit --cluster-name)
- * must match; on a new cluster `requested`, else this host's name, stored for the others.
+ * must match; in a backend with CAs but no stored name, the name the CAs were made with; on a new
+ * cluster `requested`, else this host's name; stored for the others.
  */
 export async function resolveClusterName(backend: Backend, requested: string | undefined): Promise<string> {
   if (requested !== undefined) checkClusterName(requested, "--cluster-name");
   const stored = await load<{ name: string }>(backend, keys.clusterName);
   if (stored) return matching(stored.value.name, requested);
-  const name = requested ?? checkClusterName(hostname().toLowerCase(), "this host's name, the default cluster name,");
+  const fromCas = await caClusterName(backend);
+  const name = fromCas !== undefined ? matching(fromCas, requested) : (requested ?? checkClusterName(hostname().toLowerCase(), "this host's name, the default cluster name,"));
   try {
     await backend.create(keys.clusterName, encode({ name }));
     return name;

@@ -185,6 +185,12 @@ function usedIdToken(): MeziteError {
   return new MeziteError("ERR_TOKEN_USED", "this ID token was already used to join: an ID token joins once; the next run gets a new one");
 }
 
+/**
+ * A used ID token's record outlives the token by this much: another auth service whose clock lags
+ * still takes the token as valid for that long, and must find it used.
+ */
+export const USED_ID_TOKEN_SKEW_MS = 5 * 60_000;
+
 export async function joinWithIdToken(ctx: AuthContext, req: JoinWithIdTokenRequest, caller: Caller): Promise<JoinResponse> {
   if (!NAME_PATTERN.test(req.joinToken)) throw new MeziteError("ERR_USAGE", "invalid request: join_token is not a join token name");
   const pub = requestKeys(req);
@@ -205,7 +211,7 @@ export async function joinWithIdToken(ctx: AuthContext, req: JoinWithIdTokenRequ
       claims = { ...claims, ...recordedClaims("oidc", verified.claims) };
       throw new MeziteError("ERR_TOKEN_INVALID", `the ID token matches no rule of join token "${rec.name}"`);
     }
-    const used: WriteOp = { op: "create", key: keys.usedIdToken(verified.useKey), value: encode({ joinToken: rec.name }), expires: verified.usableUntil };
+    const used: WriteOp = { op: "create", key: keys.usedIdToken(verified.useKey), value: encode({ joinToken: rec.name }), expires: verified.usableUntil + USED_ID_TOKEN_SKEW_MS };
     const issued = await joinInstance(ctx, {
       identityName: rec.identityName,
       identityId: rec.identityId,

@@ -40,6 +40,7 @@ import { unaryGrpc, type UnaryRoute } from "../api/grpc-unary.js";
 import type { Backend } from "../backend/backend.js";
 import { openBackend } from "../backend/open.js";
 import { caPin, generateP256, issueServerCertificate, parseVerifiedCertificate, privateKeyToPem, type CertKind, type ParsedCert } from "../ca/x509.js";
+import { capConnectionsPerSource } from "../lib/connections.js";
 import { diagSource, handleDiag, splitHostPort, startDiagServer, type DiagSource } from "../lib/diag.js";
 import { MeziteError, isMeziteError } from "../lib/errors.js";
 import { ensureDir } from "../lib/files.js";
@@ -83,6 +84,8 @@ export interface AuthConfig {
   diagAddr?: string;
   /** Open connections at most (default 4096); more are closed at once. */
   maxConnections?: number;
+  /** Open connections from one source address (an IPv6 /64) at most (default 512); more are closed at once. */
+  maxConnectionsPerSource?: number;
   /** Concurrent streams per connection at most (default 64), as an HTTP/2 setting. */
   maxStreams?: number;
 }
@@ -120,14 +123,14 @@ function peerOf(req: Http2ServerRequest): Peer {
 }
 
 /**
- * Whether a trusted key of `ca` issued the certificate. OpenSSL has checked signature and dates of
- * an authorized one against every CA, so the issuer's name and key id tell which; any other is
- * checked here in full.
+ * Whether a trusted key of `ca` issued the certificate, and it is valid now. OpenSSL has checked the
+ * signature of an authorized one against every CA, so the issuer's name and key id tell which; any
+ * other is checked here in full. The dates are checked on every call: OpenSSL checked them at the
+ * handshake, and an HTTP/2 connection can outlive the certificate.
  */
 function issuedBy(x509: X509Certificate, ca: CertAuthority, authorized: boolean, now: number): boolean {
-  return ca.trusted.some(
-    (k) => x509.checkIssued(k.x509Cert) && (authorized || (x509.verify(k.x509Cert.publicKey) && Date.parse(x509.validFrom) <= now && now <= Date.parse(x509.validTo))),
-  );
+  if (!(Date.parse(x509.validFrom) <= now && now <= Date.parse(x509.validTo))) return false;
+  return ca.trusted.some((k) => x509.checkIssued(k.x509Cert) && (authorized || x509.verify(k.x509Cert.publicKey)));
 }
 
 function notAuthorized(accepts: CertKind): MeziteError {
@@ -396,6 +399,7 @@ const SECURE_OPTIONS = {
 /** How long a TLS handshake, a request's body, or a connection with nothing to say may take. */
 export const REQUEST_DEADLINE_MS = 10_000;
 const DEFAULT_MAX_CONNECTIONS = 4096;
+const DEFAULT_MAX_CONNECTIONS_PER_SOURCE = 512;
 const DEFAULT_MAX_STREAMS = 64;
 
 /**
@@ -494,6 +498,8 @@ export async function startAuthService(cfg: AuthConfig, log: Logger = createLogg
     );
     server.on("sessionError", () => {}); // a client that vanishes mid-handshake is not our error
     server.maxConnections = cfg.maxConnections ?? DEFAULT_MAX_CONNECTIONS;
+    const refusedConnections = registry.counter("mezite_auth_connections_refused_total", "connections closed at once because their source address held --max-connections-per-source");
+    capConnectionsPerSource(server, cfg.maxConnectionsPerSource ?? DEFAULT_MAX_CONNECTIONS_PER_SOURCE, () => refusedConnections.inc());
     // A session with no frames for this long is closed (with no 'timeout' listener, Node destroys it).
     server.setTimeout(REQUEST_DEADLINE_MS);
     const sessions = new Set<ServerHttp2Session>();

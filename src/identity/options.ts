@@ -97,7 +97,7 @@ function duration(value: string, flag: string): number {
 }
 
 /** Why `p` cannot be named in the generated ssh_config (outputs.ts quotes blanks and doubles %), or undefined. */
-function unwritableInSshConfig(p: string): string | undefined {
+export function unwritableInSshConfig(p: string): string | undefined {
   if (/["\x00-\x1f\x7f]/.test(p)) return "a double quote or a control character";
   if (p.includes("${")) return '"${" (ssh would expand it as an environment variable)';
   return undefined;

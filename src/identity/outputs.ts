@@ -42,7 +42,7 @@ export function renderSshConfig(dest: string, out: OutputOptions = { sshKeyFile:
  * splits on blanks (so such a path is quoted). What cannot be written at all (a double quote,
  * a control character, "${") is refused by the options, before anything runs.
  */
-function configPath(p: string): string {
+export function configPath(p: string): string {
   const escaped = p.replace(/%/g, "%%");
   return /\s/.test(escaped) ? `"${escaped}"` : escaped;
 }

@@ -7,7 +7,9 @@
  * - the file's name carries the SHA-256 of its content, it is written atomically (temp file,
  *   fsync, rename) and opened without following symlinks;
  * - its hash is checked against the embedded bytes right before every load, so a file that
- *   changed under us is rewritten, never loaded.
+ *   changed under us is rewritten, never loaded;
+ * - it is loaded through the descriptor whose content was checked (/proc/self/fd/N), never by its
+ *   name again: a file swapped in between the check and the load is not what gets loaded.
  */
 import { createHash } from "node:crypto";
 import { closeSync, constants, fstatSync, lstatSync, mkdirSync, openSync, readFileSync } from "node:fs";
@@ -54,43 +56,54 @@ function sha256(b: Uint8Array): string {
   return createHash("sha256").update(b).digest("hex");
 }
 
-/** Whether `file` is our regular file holding exactly the bytes whose hash is `digest`. */
-function holds(file: string, digest: string, uid: number): boolean {
+/**
+ * `file` opened read-only, when it is our regular file holding exactly the bytes whose hash is
+ * `digest`; undefined when it is missing or holds anything else. The caller closes the descriptor.
+ */
+function openVerified(file: string, digest: string, uid: number): number | undefined {
   let fd: number;
   try {
     fd = openSync(file, constants.O_RDONLY | constants.O_NOFOLLOW);
   } catch (e) {
-    if (errno(e) === "ENOENT") return false;
+    if (errno(e) === "ENOENT") return undefined;
     if (errno(e) === "ELOOP") throw new MeziteError("ERR_SYMLINK", `${file} is a symlink: refusing to follow it`);
     throw new MeziteError("ERR_STORAGE", `cannot read ${file}: ${(e as Error).message}`, { cause: e });
   }
+  let ok = false;
   try {
     const st = fstatSync(fd);
-    if (!st.isFile() || st.uid !== uid || (st.mode & 0o022) !== 0) return false;
-    return sha256(readFileSync(fd)) === digest;
+    ok = st.isFile() && st.uid === uid && (st.mode & 0o022) === 0 && sha256(readFileSync(fd)) === digest;
+    return ok ? fd : undefined;
   } finally {
-    closeSync(fd);
+    if (!ok) closeSync(fd);
   }
 }
 
 /**
  * Writes `bytes` (a native addon) to the private cache as `<stem>-<sha256>.node` unless it is
- * there already, checks its hash, and loads it. Returns the addon's exports.
+ * there already, checks its hash, and loads it through the checked descriptor. Returns the
+ * addon's exports.
  */
 export function loadAddon(stem: string, bytes: Uint8Array, dir: string = addonCacheDir(), uid: number = process.getuid?.() ?? 0): unknown {
   privateDir(dir, uid);
   const digest = sha256(bytes);
   const file = join(dir, `${stem}-${digest}.node`);
-  if (!holds(file, digest, uid)) {
+  let fd = openVerified(file, digest, uid);
+  if (fd === undefined) {
     writeFileAtomic(file, bytes, 0o500);
-    if (!holds(file, digest, uid)) throw new MeziteError("ERR_STORAGE", `${file} does not hold the addon just written: refusing to load it`);
+    fd = openVerified(file, digest, uid);
+    if (fd === undefined) throw new MeziteError("ERR_STORAGE", `${file} does not hold the addon just written: refusing to load it`);
   }
   const mod = { exports: {} as unknown };
   try {
-    process.dlopen(mod, file);
+    // The open descriptor names the very file whose bytes were hashed, whatever the name now holds.
+    process.dlopen(mod, `/proc/self/fd/${fd}`);
   } catch (e) {
+    closeSync(fd);
     throw new MeziteError("ERR_INTERNAL", `cannot load the native addon ${file}: ${(e as Error).message.split("\n")[0]}`, { cause: e });
   }
+  // Kept open for the process's life: the dynamic loader knows the library by this /proc name
+  // and would hand it back for a later load of the same name, so the number must not be reused.
   return mod.exports;
 }
 

@@ -8,6 +8,8 @@ import { isAbsolute, join, resolve } from "node:path";
 import { CERT_EXTENSIONS } from "../api/cert-extensions.js";
 import { parseSshCertificate } from "../ca/sshcert.js";
 import { MeziteError } from "../lib/errors.js";
+import { unwritableInSshConfig } from "../identity/options.js";
+import { configPath } from "../identity/outputs.js";
 import type { RoleAccess } from "../rbac/access.js";
 
 export interface IdentityDir {
@@ -52,11 +54,22 @@ function readOutput(dir: string, name: string): string {
   }
 }
 
-/** IdentityAgent from an ssh_config the daemon wrote, if any. */
+/** IdentityAgent from an ssh_config the daemon wrote, if any: the path itself (outputs.ts's configPath undone). */
 export function agentSocketFrom(sshConfig: string): string | undefined {
   const m = /^\s*IdentityAgent\s+("?)([^"\n]+)\1\s*$/im.exec(sshConfig);
   const v = m?.[2]?.trim();
-  return v === undefined || v.toLowerCase() === "none" ? undefined : v;
+  return v === undefined || v.toLowerCase() === "none" ? undefined : v.replace(/%%/g, "%");
+}
+
+/**
+ * A path of this identity dir (or its agent socket) as an ssh option's or ssh_config's argument:
+ * quoted when it holds blanks, % doubled (ssh expands %-tokens there); what ssh cannot be given
+ * at all is refused with one line.
+ */
+export function sshPath(p: string): string {
+  const why = unwritableInSshConfig(p);
+  if (why !== undefined) throw usage(`${p} holds ${why}: ssh cannot be pointed at it; use an identity dir without it`);
+  return configPath(p);
 }
 
 export function readIdentityDir(dirOption: string | undefined): IdentityDir {
@@ -109,20 +122,16 @@ export function requireValid(d: IdentityDir, now = Date.now()): void {
  * and known hosts, or the daemon's agent socket when its ssh_config names one.
  */
 export function renderClientConfig(d: IdentityDir, o: { host?: string; user?: string } = {}): string {
-  const f = (n: string) => quote(join(d.dir, n));
+  const f = (n: string) => sshPath(join(d.dir, n));
   return [
     `# msh config --identity-dir=${d.dir}: agent identity ${d.identity.name}; the files are replaced on every renewal`,
     `Host ${o.host ?? "*"}`,
     ...(o.user !== undefined ? [`    User ${o.user}`] : []),
-    ...(d.agentSocket !== undefined ? [`    IdentityAgent ${quote(d.agentSocket)}`] : [`    IdentityFile ${f("ssh_key")}`]),
+    ...(d.agentSocket !== undefined ? [`    IdentityAgent ${sshPath(d.agentSocket)}`] : [`    IdentityFile ${f("ssh_key")}`]),
     `    CertificateFile ${f("ssh_cert")}`,
     `    UserKnownHostsFile ${f("ssh_known_hosts")}`,
     "    IdentitiesOnly yes",
     "    StrictHostKeyChecking yes",
     "",
   ].join("\n");
-}
-
-function quote(p: string): string {
-  return /[\s"]/.test(p) ? `"${p.replace(/"/g, '\\"')}"` : p;
 }

@@ -6,15 +6,16 @@
 import { spawn } from "node:child_process";
 import { join } from "node:path";
 import { MeziteError } from "../lib/errors.js";
-import type { IdentityDir } from "./identity-dir.js";
+import { sshPath, type IdentityDir } from "./identity-dir.js";
 
 /** The options every msh ssh/scp call passes first (ssh keeps the first value of an option). */
 export function clientOptions(d: IdentityDir): string[] {
   const o = (kv: string) => ["-o", kv];
+  const f = (n: string) => sshPath(join(d.dir, n));
   return [
-    ...(d.agentSocket !== undefined ? o(`IdentityAgent=${d.agentSocket}`) : o(`IdentityFile=${join(d.dir, "ssh_key")}`)),
-    ...o(`CertificateFile=${join(d.dir, "ssh_cert")}`),
-    ...o(`UserKnownHostsFile=${join(d.dir, "ssh_known_hosts")}`),
+    ...(d.agentSocket !== undefined ? o(`IdentityAgent=${sshPath(d.agentSocket)}`) : o(`IdentityFile=${f("ssh_key")}`)),
+    ...o(`CertificateFile=${f("ssh_cert")}`),
+    ...o(`UserKnownHostsFile=${f("ssh_known_hosts")}`),
     ...o("IdentitiesOnly=yes"),
     ...o("StrictHostKeyChecking=yes"),
   ];

@@ -101,6 +101,45 @@ test("connections beyond --max-connections are closed at once; streams per conne
   session.destroy();
 });
 
+test("connections beyond --max-connections-per-source from one address are closed at once; other sources are still served", async () => {
+  const capped = await startAuth({ extraArgs: ["--max-connections-per-source=4"] });
+  after(() => capped.stop());
+  const from = (localAddress: string) => tlsConnect({ socket: netConnect({ host: "127.0.0.1", port: capped.port, localAddress }), ALPNProtocols: ["h2"], rejectUnauthorized: false });
+  const handshake = async (s: TLSSocket) => {
+    s.on("error", () => {});
+    await once(s, "secureConnect");
+    return s;
+  };
+  const held = await Promise.all(Array.from({ length: 4 }, () => handshake(from("127.0.0.1"))));
+  const others: TLSSocket[] = [];
+  try {
+    const closed = await closedAfter(from("127.0.0.1"), 3_000);
+    assert.ok(closed < 3_000, "a fifth connection from 127.0.0.1 was served");
+    // Another source (127.0.0.2 is loopback too) is not held back by the first one's cap: three
+    // TLS connections and an HTTP/2 session that the service answers.
+    others.push(...(await Promise.all(Array.from({ length: 3 }, () => handshake(from("127.0.0.2"))))));
+    const session = h2connect(`https://127.0.0.1:${capped.port}`, { createConnection: () => from("127.0.0.2") });
+    session.on("error", () => {});
+    await once(session, "remoteSettings");
+    assert.equal(session.remoteSettings.maxConcurrentStreams, 64);
+    session.destroy();
+  } finally {
+    for (const s of [...held, ...others]) s.destroy();
+  }
+  // Once the first source's connections are gone, it is served again.
+  const again = await (async () => {
+    for (let i = 0; i < 100; i++) {
+      const s = from("127.0.0.1");
+      const ok = await Promise.race([once(s, "secureConnect").then(() => true), once(s, "close").then(() => false)]).catch(() => false);
+      s.destroy();
+      if (ok) return true;
+      await new Promise((r) => setTimeout(r, 100)); // the service has not seen the four go yet
+    }
+    return false;
+  })();
+  assert.ok(again, "127.0.0.1 was still refused after its connections closed");
+});
+
 test("a flood of joins with unknown token ids is one audit event, not one write each", async () => {
   const results: Awaited<ReturnType<typeof outcome>>[] = [];
   for (let round = 0; round < 20; round++) {

@@ -5,7 +5,9 @@
  * backend, and what callers that are not admins are told when the service fails.
  */
 import assert from "node:assert/strict";
+import { X509Certificate } from "node:crypto";
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import * as http2 from "node:http2";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, before, describe, test } from "node:test";
@@ -214,7 +216,7 @@ describe("what nodes send is shown, never obeyed", () => {
 
 describe("certificate kinds", () => {
   /** A certificate of `kind` that this cluster's `ca` really signed: the test unseals the CAs from the data dir. */
-  async function forged(kind: CertKind, ca: "user" | "host"): Promise<ClientTls> {
+  async function forged(kind: CertKind, ca: "user" | "host", ttlMs = HOUR_MS): Promise<ClientTls> {
     const backend = await openBackend("sqlite", auth.dataDir);
     try {
       const { cas } = await openCaStore(backend, auth.dataDir, "test.mezite", Date.now());
@@ -224,7 +226,7 @@ describe("certificate kinds", () => {
         caKey: cas[ca].x509Key,
         publicKey: keys.publicKey,
         notBefore: new Date(Date.now() - 60_000),
-        notAfter: new Date(Date.now() + HOUR_MS),
+        notAfter: new Date(Date.now() + ttlMs),
         commonName: "admin",
         kind,
         identityId: agent.certs.identityId,
@@ -260,6 +262,38 @@ describe("certificate kinds", () => {
     await refused(connect(NodeService, auth.addr, await forged("node", "user")).getRevocations({}), "ERR_NOT_AUTHORIZED");
     // The control: the same certificate from the right CA is taken.
     await connect(AdminService, auth.addr, await forged("admin", "user")).listRoles({});
+  });
+
+  test("a certificate that expires while its HTTP/2 connection stays open is refused on that connection", async () => {
+    const tls = await forged("admin", "user", 4_000);
+    const validTo = Date.parse(new X509Certificate(tls.certPem!).validTo);
+    const session = http2.connect(`https://${auth.addr}`, { cert: tls.certPem, key: tls.keyPem, ca: tls.caPem, minVersion: "TLSv1.3" });
+    session.on("error", () => {});
+    try {
+      /** ListRoles over this one session, as a gRPC client sends it: the grpc-status and Mezite's error code. */
+      const listRoles = () =>
+        new Promise<{ status: string; code: string }>((resolve, reject) => {
+          const req = session.request({ ":method": "POST", ":path": "/mezite.v1.AdminService/ListRoles", "content-type": "application/grpc", te: "trailers" });
+          const seen: Record<string, string> = {};
+          const note = (h: http2.IncomingHttpHeaders) => {
+            for (const k of ["grpc-status", "mezite-error-code"]) if (typeof h[k] === "string") seen[k] = h[k] as string;
+          };
+          req.on("response", note);
+          req.on("trailers", note);
+          req.on("data", () => {});
+          req.on("error", reject);
+          req.on("close", () => resolve({ status: seen["grpc-status"] ?? "none", code: seen["mezite-error-code"] ?? "" }));
+          req.end(Buffer.alloc(5)); // one uncompressed, empty message
+        });
+      assert.deepEqual(await listRoles(), { status: "0", code: "" }, "the certificate works while it is valid");
+      // Wait (on the clock, not a fixed sleep) until it has expired; the connection stays open.
+      while (Date.now() <= validTo + 1_000) await new Promise((r) => setTimeout(r, 200));
+      assert.ok(!session.closed && !session.destroyed, "still the same connection");
+      assert.deepEqual(await listRoles(), { status: String(Code.Unauthenticated), code: "ERR_NOT_AUTHORIZED" });
+      assert.ok(!session.destroyed, "refused on that same connection");
+    } finally {
+      session.destroy();
+    }
   });
 
   test("admin certificates live 12 hours, admin calls are audited with who and from where, and revoke-certs ends old ones", async () => {
@@ -322,6 +356,27 @@ describe("the cluster name", () => {
       rmSync(dataDir, { recursive: true, force: true });
     }
     await assert.rejects(startAuth({ clusterName: "Bad Name!" }), /exited with 2:[\s\S]*is not a valid cluster name/);
+  });
+
+  test("a backend with CAs but no stored name takes the name its CAs were made with, not the host name", async () => {
+    const dataDir = mkdtempSync(join(tmpdir(), "mezite-cluster-unstored-"));
+    try {
+      const first = await startAuth({ dataDir, clusterName: "gamma.example" });
+      await first.stop();
+      // A backend from before the name was stored: CAs, no /cluster/name.
+      const db = new Database(join(dataDir, "mezite.db"));
+      assert.equal(db.prepare("DELETE FROM items WHERE key = '/cluster/name'").run().changes, 1);
+      db.close();
+      const again = await startAuth({ dataDir, clusterName: null });
+      try {
+        assert.equal((await adminApi(again).getClusterInfo({})).clusterName, "gamma.example");
+      } finally {
+        await again.stop();
+      }
+      await assert.rejects(startAuth({ dataDir, clusterName: "delta.example" }), /exited with 2:[\s\S]*does not match this backend's cluster "gamma\.example"/);
+    } finally {
+      rmSync(dataDir, { recursive: true, force: true });
+    }
   });
 });
 

@@ -12,6 +12,7 @@ import { join } from "node:path";
 import { after, describe, test } from "node:test";
 import { CERT_EXTENSIONS } from "../../src/api/cert-extensions.js";
 import { formatSshCertificate, signSshCertificate } from "../../src/ca/sshcert.js";
+import { renderSshConfig } from "../../src/identity/outputs.js";
 import { agentSocketFrom, readIdentityDir, renderClientConfig } from "../../src/msh/identity-dir.js";
 import { sshArgv } from "../../src/msh/ssh.js";
 import { ROOT, run } from "../harness/auth.js";
@@ -74,5 +75,22 @@ describe("msh with the daemon's agent socket", () => {
     const d = readIdentityDir(identityDir("no-agent", "Host *\n    IdentityFile /x\n"));
     assert.match(renderClientConfig(d), new RegExp(`IdentityFile ${join(d.dir, "ssh_key")}`));
     assert.equal(d.agentSocket, undefined);
+  });
+
+  test("an agent socket path with blanks and % (as the daemon writes it) reaches ssh as that path; what ssh cannot take is refused", (t) => {
+    const socket = "/run/mezite agent/100%d%/agent.sock";
+    const dir = identityDir("odd-agent", renderSshConfig("/unused", { sshKeyFile: false, sshAgentSocket: socket }));
+    const d = readIdentityDir(dir);
+    assert.equal(d.agentSocket, socket, "the path itself, not its escaped form");
+    const argv = sshArgv(d, { target: "deploy@web-1", command: [], options: [] });
+    assert.ok(argv.includes('IdentityAgent="/run/mezite agent/100%%d%%/agent.sock"'), argv.join(" "));
+    const bad = readIdentityDir(identityDir("dollar ${HOME}", "Host *\n"));
+    assert.throws(() => sshArgv(bad, { target: "web-1", command: [], options: [] }), (e: Error & { code?: string }) => e.code === "ERR_USAGE" && /"\$\{"/.test(e.message));
+    if (!SSH_PATH) return missingComponent(t, "ssh", "apt-get install openssh-client");
+    const file = join(work, "odd-cfg");
+    writeFileSync(file, renderClientConfig(d));
+    const g = spawnSync(SSH_PATH, ["-G", "-F", file, "web-1"], { encoding: "utf8" });
+    assert.equal(g.status, 0, g.stderr);
+    assert.ok(g.stdout.split("\n").includes(`identityagent /run/mezite agent/100%d%/agent.sock`), g.stdout);
   });
 });

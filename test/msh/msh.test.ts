@@ -57,9 +57,9 @@ async function joinNode(name: string, labels: string, loopback = false): Promise
   return dir;
 }
 
-async function joinIdentity(name: string, role: string): Promise<string> {
+async function joinIdentity(name: string, role: string, dirName = `dest-${name}`): Promise<string> {
   const token = tokenFrom(await mezctlOk(auth, "agent-identities", "add", `--name=${name}`, `--roles=${role}`));
-  const d = join(work, `dest-${name}`);
+  const d = join(work, dirName);
   const r = await run(MEZD, ["identity", "start", `--auth-server=${auth.addr}`, `--destination-dir=${d}`, "--one-shot"], { env: { MEZITE_TOKEN: token } });
   assert.equal(r.code, 0, r.stderr);
   return d;
@@ -243,6 +243,37 @@ describe("msh", () => {
     } finally {
       rmSync(remote, { force: true });
     }
+  });
+
+  test("an identity dir holding spaces and % works for msh ssh, msh scp and msh config with real ssh", async (t) => {
+    if (missing || !SSH_PATH) return missingComponent(t, ...(missing ?? ["ssh", "apt-get install openssh-client"]));
+    // ssh splits option values on blanks and expands %-tokens (%d is the home dir; "%/" is an error).
+    const odd = await joinIdentity("odd-dir", "ci-deployer", "ci certs %d 100%");
+    const ssh = await msh("ssh", `--identity-dir=${odd}`, "-p", String(sshd.port), ...FAST_SSH, "deploy@127.0.0.1", "echo", "in", "as", "$(whoami)");
+    assert.equal(ssh.code, 0, ssh.stderr);
+    assert.equal(ssh.stdout, "in as deploy\n");
+
+    const local = join(work, "odd artifact.txt");
+    writeFileSync(local, "build 43\n");
+    const remote = `/tmp/mezite-msh-odd-${process.pid}.txt`;
+    const scp = await msh("scp", `--identity-dir=${odd}`, "--", "-P", String(sshd.port), ...FAST_SSH, local, `deploy@127.0.0.1:${remote}`);
+    assert.equal(scp.code, 0, scp.stderr);
+    try {
+      assert.equal(readFileSync(remote, "utf8"), "build 43\n");
+    } finally {
+      rmSync(remote, { force: true });
+    }
+
+    const cfg = await msh("config", `--identity-dir=${odd}`, "--login=deploy");
+    assert.equal(cfg.code, 0, cfg.stderr);
+    const file = join(work, "odd_ssh_config");
+    writeFileSync(file, cfg.stdout);
+    const viaConfig = spawnSync(SSH_PATH, ["-F", file, "-p", String(sshd.port), ...FAST_SSH, "127.0.0.1", "whoami"], { encoding: "utf8" });
+    assert.equal(viaConfig.status, 0, viaConfig.stderr);
+    assert.equal(viaConfig.stdout, "deploy\n");
+    // The daemon's own ssh_config in that dir works too.
+    const viaDaemon = spawnSync(SSH_PATH, ["-F", join(odd, "ssh_config"), "-p", String(sshd.port), ...FAST_SSH, "deploy@127.0.0.1", "whoami"], { encoding: "utf8" });
+    assert.equal(viaDaemon.status, 0, viaDaemon.stderr);
   });
 
   test("msh config is an ssh_config ssh -G resolves to the dir's files; msh status reads the certificate", async (t) => {

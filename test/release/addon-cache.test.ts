@@ -5,7 +5,7 @@
  */
 import assert from "node:assert/strict";
 import { createHash } from "node:crypto";
-import { chmodSync, chownSync, lstatSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, rmSync, symlinkSync, writeFileSync } from "node:fs";
+import { chmodSync, chownSync, lstatSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, renameSync, rmSync, symlinkSync, writeFileSync } from "node:fs";
 import { createRequire } from "node:module";
 import { tmpdir } from "node:os";
 import { dirname, join } from "node:path";
@@ -45,6 +45,34 @@ describe("the embedded addon's cache", () => {
     writeFileSync(file, "not the addon", { mode: 0o500 });
     usable(loadAddon("better_sqlite3", ADDON, dir));
     assert.deepEqual(readFileSync(file), ADDON);
+  });
+
+  test("the checked file is what gets loaded: a file swapped in after the check is not", () => {
+    const dir = join(work, "swapped");
+    const file = join(dir, `better_sqlite3-${createHash("sha256").update(ADDON).digest("hex")}.node`);
+    // Cached by an earlier run, never loaded by this process (the dynamic loader would hand back
+    // a library it loaded before by that name without opening the file again).
+    mkdirSync(dir, { mode: 0o700 });
+    writeFileSync(file, ADDON, { mode: 0o500 });
+    // Between the hash check and the load, the name is made to hold something else (a rename, as
+    // an attacker with the directory would do it).
+    const planted = join(dir, "planted.node");
+    const realDlopen = process.dlopen;
+    const loadedFrom: string[] = [];
+    process.dlopen = ((mod: { exports: unknown }, path: string, flags?: number) => {
+      loadedFrom.push(path);
+      writeFileSync(planted, "not the addon: loading this fails", { mode: 0o500 });
+      renameSync(planted, file);
+      return flags === undefined ? realDlopen(mod, path) : realDlopen(mod, path, flags);
+    }) as typeof process.dlopen;
+    try {
+      usable(loadAddon("better_sqlite3", ADDON, dir));
+    } finally {
+      process.dlopen = realDlopen;
+    }
+    assert.equal(loadedFrom.length, 1);
+    assert.match(loadedFrom[0]!, /^\/proc\/self\/fd\/\d+$/, "loaded through the checked descriptor");
+    assert.notDeepEqual(readFileSync(file), ADDON, "the name did hold the planted file at load time");
   });
 
   test("a symlink in place of the cache dir or of the file is refused, not followed", () => {

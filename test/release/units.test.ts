@@ -9,7 +9,7 @@ import assert from "node:assert/strict";
 import { spawnSync } from "node:child_process";
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
-import { join } from "node:path";
+import { dirname, join } from "node:path";
 import { after, describe, test } from "node:test";
 import { ROOT } from "../harness/auth.js";
 import { findBinary, missingComponent } from "../harness/require.js";
@@ -65,18 +65,58 @@ describe("systemd units", () => {
     }
   });
 
+  test("capabilities as systemd reads them: the auth service may bind 443 and nothing more; the others get none", (t) => {
+    if (!ANALYZE || !canNamespace) return missingComponent(t, "systemd-analyze (and root for a mount namespace)", "apt-get install systemd");
+    const dir = mkdtempSync(join(work, "caps-"));
+    unitsIn(dir);
+    for (const u of UNITS) {
+      const r = analyze(dir, ["security", "--offline=yes", "--no-pager", "--json=short", `./${instance(u)}`]);
+      assert.equal(r.code, 0, r.out);
+      const checks = JSON.parse(r.out) as { name: string; set: boolean }[];
+      const caps = checks.filter((c) => c.name.startsWith("CapabilityBoundingSet=~") || c.name === "AmbientCapabilities=");
+      assert.ok(caps.length > 20, r.out.slice(0, 500));
+      // "set" means the unit takes the risk away: a capability out of the bounding set, no ambient ones.
+      const kept = caps.filter((c) => !c.set).map((c) => c.name).sort();
+      const want = u === "mezd-auth.service" ? ["AmbientCapabilities=", "CapabilityBoundingSet=~CAP_NET_(BIND_SERVICE|BROADCAST|RAW)"] : [];
+      assert.deepEqual(kept, want, `${u} keeps ${kept.join(", ") || "nothing"}`);
+    }
+    const auth = unit("mezd-auth.service");
+    assert.match(auth, /^CapabilityBoundingSet=CAP_NET_BIND_SERVICE$/m, "not CAP_NET_RAW or CAP_NET_BROADCAST, which systemd rates alike");
+    assert.match(auth, /^AmbientCapabilities=CAP_NET_BIND_SERVICE$/m, "User=mezite is not root: the capability must be ambient to reach mezd");
+  });
+
+  test("the identity daemon's agent socket lives in its RuntimeDirectory= (0700, this instance's)", (t) => {
+    const identity = unit("mezd-identity@.service");
+    const runtime = /^RuntimeDirectory=(\S+)$/m.exec(identity)?.[1];
+    assert.ok(runtime, "mezd-identity@.service has no RuntimeDirectory=");
+    assert.ok(runtime.includes("%i"), `each instance has its own runtime directory, not ${runtime}`);
+    assert.match(identity, /^RuntimeDirectoryMode=0700$/m, "the agent's directory must be private (src/identity/agent.ts refuses others)");
+    const execStart = /^ExecStart=(.*)$/m.exec(identity)![1]!;
+    const socket = /(?:^|\s)--ssh-agent-socket=(\S+)/.exec(execStart)?.[1];
+    assert.ok(socket, `ExecStart names no --ssh-agent-socket: ${execStart}`);
+    // systemd puts a system unit's RuntimeDirectory= under /run: the socket's own directory is it.
+    assert.equal(dirname(socket), `/run/${runtime}`);
+    if (!ANALYZE || !canNamespace) return missingComponent(t, "systemd-analyze (and root for a mount namespace)", "apt-get install systemd");
+    const dir = mkdtempSync(join(work, "runtime-"));
+    unitsIn(dir);
+    const r = analyze(dir, ["verify", `./${instance("mezd-identity@.service")}`]);
+    assert.equal(r.code, 0, r.out);
+    assert.equal(r.out.trim(), "", r.out);
+  });
+
   test("hardening and the writable paths each program needs", () => {
     for (const u of UNITS) {
       const text = unit(u);
-      for (const line of ["NoNewPrivileges=yes", "ProtectSystem=strict", "ProtectHome=yes", "PrivateTmp=yes", "CapabilityBoundingSet=", "RestrictSUIDSGID=yes"]) {
+      for (const line of ["NoNewPrivileges=yes", "ProtectSystem=strict", "ProtectHome=yes", "PrivateTmp=yes", "RestrictSUIDSGID=yes"]) {
         assert.ok(text.split("\n").includes(line), `${u} lacks ${line}`);
       }
+      if (u !== "mezd-auth.service") assert.ok(text.split("\n").includes("CapabilityBoundingSet="), `${u} lacks CapabilityBoundingSet=`);
     }
     assert.match(unit("mezd-auth.service"), /^User=mezite$/m);
     assert.match(unit("mezd-auth.service"), /^StateDirectory=mezite$/m);
     assert.match(unit("mezd-auth.service"), /^CacheDirectory=mezite-auth$/m, "a private place for the SQLite addon");
     const identity = unit("mezd-identity@.service");
-    assert.match(identity, /^ExecStart=\/usr\/local\/bin\/mezd identity start --config=\/etc\/mezite\/identity\/%i\.yaml$/m);
+    assert.match(identity, /^ExecStart=\/usr\/local\/bin\/mezd identity start --config=\/etc\/mezite\/identity\/%i\.yaml --ssh-agent-socket=\S+$/m);
     assert.match(identity, /^ReadWritePaths=\/var\/lib\/mezite-identity\/%i$/m);
     assert.match(identity, /^RestartPreventExitStatus=2 3$/m, "locked or deleted identities are not restarted forever");
     assert.match(unit("mezd-node.service"), /^ReadWritePaths=\/etc\/mezite\/ssh$/m);
