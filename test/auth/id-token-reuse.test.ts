@@ -42,7 +42,7 @@ test("a used ID token stays used past its exp for a service whose clock lags two
   await addAgentIdentity(a, BY, "ci", ["ci-deployer"], create(TokenVerifierSchema, { tokenId: s.tokenId, verifyKey: ed25519RawPublic(s.verifyKey), macKey: s.macKey }));
   const { privateKey, publicKey } = await generateKeyPair("ES256");
   const jwks = JSON.stringify({ keys: [{ ...(await exportJWK(publicKey)), kid: "k1" }] });
-  const doc = { kind: "join_token", metadata: { name: "ci-main" }, spec: { agent_identity: "ci", join_method: "oidc", oidc: { issuer: "https://ci.example", static_jwks: jwks, allow: [{ sub: "run:*" }] } } };
+  const doc = { kind: "join_token", metadata: { name: "ci-main" }, spec: { agent_identity: "ci", join_method: "oidc", oidc: { issuer: "https://ci.example", static_jwks: jwks, allow: [{ aud: "unit.mezite", sub: "run:*" }] } } };
   await createJoinToken(a, BY, JSON.stringify(doc), false);
 
   const t = Math.floor(clock / 1000);
