@@ -473,12 +473,7 @@ program
       for await (const page of c.listAudit({ since: BigInt(since), type: o.type ?? "", limit })) all.push(...page.events);
       return all;
     });
-    out(a, events.map(view.auditDoc), () =>
-      table(
-        ["TIME", "TYPE", "IDENTITY", "GEN", "SERIAL", "RESULT", "FROM", "BY"],
-        events.map((e) => [new Date(Number(e.time)).toISOString(), e.type, e.identity, e.generation ? String(e.generation) : "", e.serial, e.success ? "ok" : e.error, e.remoteAddr, e.actor]),
-      ),
-    );
+    out(a, events.map(view.auditDoc), () => table(view.AUDIT_HEADERS, events.map(view.auditRow)));
   });
 
 program

@@ -71,3 +71,27 @@ test("with --workers the primary says the chosen cluster name once", async () =>
   assert.equal(notices(out).length, 1, out);
 });
 
+test("audit ls text shows each event's detail: the phases of a ca.rotation, a lock's reason (escaped)", async () => {
+  const auth = await startAuth();
+  try {
+    await mezctlOk(auth, "ca", "rotate", "--type=host", "--manual", "--phase=init");
+    await mezctlOk(auth, "ca", "rotate", "--type=host", "--phase=rollback");
+    await mezctlOk(auth, "locks", "add", "--login=deploy", "--reason=leaked\x1b[2Jkey");
+    const text = await mezctlOk(auth, "audit", "ls");
+    const [header, , ...rows] = text.trimEnd().split("\n");
+    assert.match(header!, /\bDETAIL$/, "a DETAIL column, last");
+    const rotations = rows.filter((r) => r.includes(" ca.rotation "));
+    assert.equal(rotations.length, 2, text);
+    assert.match(rotations[0]!, /host CA: standby -> init \(manual\)/);
+    assert.match(rotations[1]!, /host CA: init -> rollback/);
+    const lock = rows.find((r) => r.includes(" lock.create "));
+    assert.ok(lock?.includes("login=deploy leaked\\x1b[2Jkey"), `the lock's target and reason, escaped:\n${text}`);
+    assert.ok(!text.includes("\x1b"), "no control character reaches the terminal");
+    // The column is in JSON too, as it was.
+    const json = JSON.parse(await mezctlOk(auth, "audit", "ls", "--type=ca.rotation", "--format=json")) as { detail: string }[];
+    assert.match(json[0]!.detail, /standby -> init/);
+  } finally {
+    await auth.stop();
+  }
+});
+
