@@ -95,3 +95,53 @@ test("audit ls text shows each event's detail: the phases of a ca.rotation, a lo
   }
 });
 
+test("create -f: versions, metadata fields and kinds it does not know are refused; YAML errors show the line; kind is case-insensitive", async () => {
+  const auth = await startAuth();
+  const dir = mkdtempSync(join(tmpdir(), "mezite-yaml-"));
+  let n = 0;
+  const create = async (text: string) => {
+    const file = join(dir, `r${n++}.yaml`);
+    writeFileSync(file, text);
+    const r = await mezctl(auth, "create", "-f", file);
+    return { ...r, file };
+  };
+  const refused = async (text: string, re: RegExp) => {
+    const r = await create(text);
+    assert.equal(r.code, 2, `${text}\n${r.stderr}`);
+    assert.equal(r.stderr.trimEnd().split("\n").length, 1, `one line: ${r.stderr}`);
+    assert.match(r.stderr, re, text);
+    return r;
+  };
+  try {
+    // Roles
+    await refused(SEED_ROLE.replace("kind: role", "kind: role\nversion: v2"), /version must be "v1" or left out \(got "v2"\)/);
+    await refused(SEED_ROLE.replace("kind: role", "kind: role\nversion: 1"), /version must be "v1"/);
+    await refused(SEED_ROLE.replace("  name: ci-deployer", "  name: ci-deployer\n  labels: {team: ops}"), /unknown field "metadata\.labels" \(allowed: name, description\)/);
+    await refused(SEED_ROLE.replace("  name: ci-deployer", "  name: ci-deployer\n  namespace: default"), /unknown field "metadata\.namespace"/);
+    const flow = await refused(SEED_ROLE.replace("      - deploy\n", "      - deploy\n  deny: [root\n"), /is not valid YAML, line \d+ column \d+ \(".*"\): /);
+    assert.ok(flow.stderr.includes(flow.file), "names the file");
+    await refused(SEED_ROLE.replace("spec:", " spec:"), /is not valid YAML, line 6 column 1 \(" spec:"\): All mapping items must start at the same column/);
+    await refused(SEED_ROLE.replace("  name: ci-deployer", "\tname: ci-deployer"), /line 4 column 1 \("\\x09name: ci-deployer"\): Tabs are not allowed/);
+    await refused(SEED_ROLE + "---\nkind: role\n", /more than one document/);
+    await refused(SEED_ROLE.replace("kind: role", "kind: Rolle"), /has kind "Rolle": create -f takes kind: role or kind: join_token/);
+    await refused(SEED_ROLE.replace("kind: role\n", ""), /has no kind: create -f takes kind: role or kind: join_token/);
+    const role = await create(SEED_ROLE.replace("kind: role", "kind: Role"));
+    assert.equal(role.code, 0, role.stderr);
+    assert.match(await mezctlOk(auth, "get", "role/ci-deployer"), /^kind: role$/m, "stored and shown as kind: role");
+
+    // join_token documents: the same rules
+    await mezctlOk(auth, "agent-identities", "add", "--name=github-deploy", "--roles=ci-deployer");
+    const jt = ["kind: join_token", "metadata:", "  name: gh-main", "spec:", "  agent_identity: github-deploy", "  join_method: github", "  github:", "    allow:", "      - repository: acme/webapp", ""].join("\n");
+    await refused(jt.replace("kind: join_token", "kind: join_token\nversion: v2"), /join_token version: must be "v1" or left out/);
+    await refused(jt.replace("  name: gh-main", "  name: gh-main\n  labels: {}"), /join_token metadata\.labels: unknown field/);
+    await refused(jt.replace("    allow:", "    allow: [\n"), /is not valid YAML, line \d+ column \d+ \(".*"\): /);
+    await refused(jt.replace("  github:", "\tgithub:"), /\("\\x09github:"\): Tabs are not allowed/);
+    await refused(jt.replace("kind: join_token", "kind: jointoken"), /has kind "jointoken": create -f takes kind: role or kind: join_token/);
+    const made = await create(jt.replace("kind: join_token", "kind: Join_Token"));
+    assert.equal(made.code, 0, made.stderr);
+    assert.match(made.stdout, /join_token "gh-main" created/);
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+    await auth.stop();
+  }
+});
