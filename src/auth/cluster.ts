@@ -38,9 +38,11 @@ async function caClusterName(backend: Backend): Promise<string | undefined> {
 /**
  * The name this service runs with: the stored one, which `requested` (an explicit --cluster-name)
  * must match; in a backend with CAs but no stored name, the name the CAs were made with; on a new
- * cluster `requested`, else this host's name; stored for the others.
+ * cluster `requested`, else this host's name; stored for the others. `namedAfterHost` hears the
+ * name when this call stored this host's name: the first start without --cluster-name, which says
+ * so (defaultNameNotice) before its ready line.
  */
-export async function resolveClusterName(backend: Backend, requested: string | undefined): Promise<string> {
+export async function resolveClusterName(backend: Backend, requested: string | undefined, namedAfterHost?: (name: string) => void): Promise<string> {
   if (requested !== undefined) checkClusterName(requested, "--cluster-name");
   const stored = await load<{ name: string }>(backend, keys.clusterName);
   if (stored) return matching(stored.value.name, requested);
@@ -48,6 +50,7 @@ export async function resolveClusterName(backend: Backend, requested: string | u
   const name = fromCas !== undefined ? matching(fromCas, requested) : (requested ?? checkClusterName(hostname().toLowerCase(), "this host's name, the default cluster name,"));
   try {
     await backend.create(keys.clusterName, encode({ name }));
+    if (requested === undefined) namedAfterHost?.(name);
     return name;
   } catch (e) {
     if (!isMeziteError(e, "ERR_ALREADY_EXISTS")) throw e;
@@ -61,4 +64,12 @@ function matching(stored: string, requested: string | undefined): string {
     throw new MeziteError("ERR_CONFIG", `--cluster-name=${requested} does not match this backend's cluster "${stored}": leave the flag out, or give --cluster-name=${stored}`);
   }
   return stored;
+}
+
+/**
+ * What the first start without --cluster-name says: the name it chose, and that it cannot change
+ * later, since ID tokens are made for it (their audience) and the CAs and SPIFFE IDs carry it.
+ */
+export function defaultNameNotice(name: string): string {
+  return `no --cluster-name given: this new cluster is named "${name}" after this host; ID tokens must be made for the audience "${name}" (mezctl status shows it) and the CAs carry it, so it cannot change later (for another name, start on a new data dir and backend with --cluster-name)`;
 }

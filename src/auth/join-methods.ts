@@ -8,6 +8,7 @@ import { create } from "@bufbuild/protobuf";
 import * as pb from "../api/gen/mezite/v1/common_pb.js";
 import { MeziteError, notFound } from "../lib/errors.js";
 import { NAME_PATTERN } from "../rbac/role.js";
+import { isKind } from "../lib/yaml-text.js";
 import type { AdminCaller, AuthContext } from "./context.js";
 import { createResource, keys, load, loadAll, type IdentityRecord } from "./records.js";
 
@@ -156,7 +157,7 @@ function httpsUrl(s: string, path: string): string {
 /** Checks a join_token document; returns the record to store (without the identity). */
 export function parseJoinTokenDocument(doc: unknown): Omit<JoinTokenRecord, "identityId" | "created"> {
   const top = object(doc, "document", ["kind", "version", "metadata", "spec"]);
-  if (top["kind"] !== "join_token") throw bad("kind", 'must be "join_token"');
+  if (!isKind(top["kind"], "join_token")) throw bad("kind", 'must be "join_token"');
   if (top["version"] !== undefined && top["version"] !== "v1") throw bad("version", 'must be "v1" or left out');
   const meta = object(top["metadata"], "metadata", ["name", "description"]);
   const name = text(meta, "name", "metadata", true)!;

@@ -12,7 +12,7 @@ import { ensureDir } from "../lib/files.js";
 import { takeDirLock } from "../lib/pidlock.js";
 import { openBackend, redactBackend } from "../backend/open.js";
 import { openCaStore } from "./cas.js";
-import { resolveClusterName } from "./cluster.js";
+import { defaultNameNotice, resolveClusterName } from "./cluster.js";
 import { startAuthService, type AuthConfig } from "./server.js";
 
 /**
@@ -61,6 +61,7 @@ export async function runAuth(cfg: AuthConfig, workers = 1): Promise<void> {
     send({ mezite: "ready", addr: svc.addr, port: svc.port });
   } else {
     log.info("auth service started", { cluster: svc.context.clusterName, backend: redactBackend(cfg.backend), ca_pin: caPin(svc.context.cas.host.server.x509CertPem) });
+    if (svc.namedAfterHost !== undefined) log.warn(defaultNameNotice(svc.namedAfterHost), { cluster: svc.namedAfterHost });
     process.stdout.write(`auth service listening on ${svc.addr}\n`);
   }
   await stopped;
@@ -125,8 +126,9 @@ async function runPrimary(cfg: AuthConfig, workers: number, log: Logger): Promis
   const backend = await openBackend(cfg.backend, cfg.dataDir);
   let pin: string;
   let clusterName: string;
+  let namedAfterHost: string | undefined;
   try {
-    clusterName = await resolveClusterName(backend, cfg.clusterName);
+    clusterName = await resolveClusterName(backend, cfg.clusterName, (n) => (namedAfterHost = n));
     pin = caPin((await openCaStore(backend, cfg.dataDir, clusterName, Date.now())).cas.host.server.x509CertPem);
   } finally {
     await backend.close();
@@ -144,6 +146,7 @@ async function runPrimary(cfg: AuthConfig, workers: number, log: Logger): Promis
       metrics.onMessage(w, m);
       if (m?.mezite !== "ready" || ++ready !== workers) return;
       log.info("auth service started", { cluster: clusterName, backend: redactBackend(cfg.backend), ca_pin: pin, workers });
+      if (namedAfterHost !== undefined) log.warn(defaultNameNotice(namedAfterHost), { cluster: namedAfterHost });
       process.stdout.write(`auth service listening on ${m.addr}\n`);
     });
   };

@@ -166,6 +166,8 @@ export interface AuthService {
   port: number;
   addr: string;
   context: AuthContext;
+  /** The cluster name this start chose (this host's name) and stored: the first start without --cluster-name. */
+  namedAfterHost?: string;
   /** This process's metrics as data, for a cluster's primary to sum. */
   metricsState(): MetricState[];
   stop(): Promise<void>;
@@ -439,7 +441,8 @@ export async function startAuthService(cfg: AuthConfig, log: Logger = createLogg
   const now = () => Date.now();
   let server: Http2SecureServer | undefined;
   try {
-    const clusterName = await resolveClusterName(backend, cfg.clusterName);
+    let namedAfterHost: string | undefined;
+    const clusterName = await resolveClusterName(backend, cfg.clusterName, (n) => (namedAfterHost = n));
     const { store: caStore, cas } = await openCaStore(backend, cfg.dataDir, clusterName, now());
     const auditLog = createLogger(process.stdout);
     let watcher: CaWatcher | undefined;
@@ -530,6 +533,7 @@ export async function startAuthService(cfg: AuthConfig, log: Logger = createLogg
       port,
       addr,
       context: ctx,
+      ...(namedAfterHost !== undefined ? { namedAfterHost } : {}),
       metricsState: () => registry.state(),
       stop: async () => {
         ready = false;

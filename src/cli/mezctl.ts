@@ -13,8 +13,9 @@ import { deriveTokenSecrets, generateToken } from "../ca/jointoken.js";
 import { ed25519RawPublic } from "../ca/sshkey.js";
 import { formatDuration, parseDuration } from "../lib/duration.js";
 import { MeziteError } from "../lib/errors.js";
-import { parseRoleYaml, roleToDocument } from "../rbac/role.js";
-import { parse as parseYaml } from "yaml";
+import { roleFromDocument, roleToDocument } from "../rbac/role.js";
+import { isKind, parseYamlText } from "../lib/yaml-text.js";
+import { escapeText } from "../lib/escape.js";
 import { fail, routeCommanderErrors } from "./exit.js";
 import { parseFormat, printDocument, progressLine, relTime, table, type Format } from "./output.js";
 import * as view from "./views.js";
@@ -122,29 +123,26 @@ program
     } catch (e) {
       throw new MeziteError("ERR_USAGE", `cannot read ${file}: ${(e as NodeJS.ErrnoException).code === "ENOENT" ? "no such file" : (e as Error).message}`);
     }
-    if (documentKind(text) === "join_token") return createJoinToken(text, o.force);
-    const role = parseRoleYaml(text);
+    const doc = parseYamlText(text, file, "ERR_USAGE");
+    if (documentKind(doc, file) === "join_token") return createJoinToken(doc, o.force);
+    const role = roleFromDocument(doc);
     const a = admin();
     const res = await call(a, (c) => c.createRole({ role: roleToProto(role), force: o.force }));
     out(a, { kind: "role", name: role.role, replaced: res.replaced }, () => `role "${role.role}" ${res.replaced ? "updated" : "created"}\n`);
   });
 
-/** The `kind` of a YAML document, if it parses; the resource's own parser reports anything wrong. */
-function documentKind(text: string): unknown {
-  try {
-    return (parseYaml(text) as { kind?: unknown } | null)?.kind;
-  } catch {
-    return undefined;
-  }
+const CREATABLE = ["role", "join_token"] as const;
+
+/** What `create -f` makes of a document: its `kind`, in any case; anything else is refused, listing the kinds. */
+function documentKind(doc: unknown, file: string): (typeof CREATABLE)[number] {
+  const kind = typeof doc === "object" && doc !== null && !Array.isArray(doc) ? (doc as { kind?: unknown }).kind : undefined;
+  const found = CREATABLE.find((k) => isKind(kind, k));
+  if (found) return found;
+  const got = kind === undefined ? "has no kind" : `has kind ${escapeText(JSON.stringify(kind).slice(0, 40))}`;
+  throw new MeziteError("ERR_USAGE", `${file} ${got}: create -f takes kind: role or kind: join_token`);
 }
 
-async function createJoinToken(text: string, force: boolean): Promise<void> {
-  let doc: unknown;
-  try {
-    doc = parseYaml(text, { strict: true, uniqueKeys: true });
-  } catch (e) {
-    throw new MeziteError("ERR_USAGE", `join_token file is not valid YAML: ${(e as Error).message.split("\n")[0]}`);
-  }
+async function createJoinToken(doc: unknown, force: boolean): Promise<void> {
   const a = admin();
   const res = await call(a, (c) => c.createJoinToken({ documentJson: JSON.stringify(doc), force }));
   const jt = res.joinToken!;
@@ -473,12 +471,7 @@ program
       for await (const page of c.listAudit({ since: BigInt(since), type: o.type ?? "", limit })) all.push(...page.events);
       return all;
     });
-    out(a, events.map(view.auditDoc), () =>
-      table(
-        ["TIME", "TYPE", "IDENTITY", "GEN", "SERIAL", "RESULT", "FROM", "BY"],
-        events.map((e) => [new Date(Number(e.time)).toISOString(), e.type, e.identity, e.generation ? String(e.generation) : "", e.serial, e.success ? "ok" : e.error, e.remoteAddr, e.actor]),
-      ),
-    );
+    out(a, events.map(view.auditDoc), () => table(view.AUDIT_HEADERS, events.map(view.auditRow)));
   });
 
 program

@@ -86,6 +86,16 @@ export function auditDoc(e: pb.AuditEvent) {
   };
 }
 
+/**
+ * A table row per event. DETAIL, last so a long one cannot push the others apart, is what the
+ * event changed: a ca.rotation's phases (`host CA: init -> update_clients (manual)`) and keys, a
+ * lock's target and reason, a join's claims. table() escapes every cell.
+ */
+export function auditRow(e: pb.AuditEvent): string[] {
+  return [new Date(Number(e.time)).toISOString(), e.type, e.identity, e.generation ? String(e.generation) : "", e.serial, e.success ? "ok" : e.error, e.remoteAddr, e.actor, e.detail];
+}
+export const AUDIT_HEADERS = ["TIME", "TYPE", "IDENTITY", "GEN", "SERIAL", "RESULT", "FROM", "BY", "DETAIL"];
+
 export function tokenDoc(t: pb.TokenInfo) {
   return { id: t.id, type: t.type, agent_identity: t.agentIdentity, labels: t.labels, replaces: t.replaces, created: isoTime(t.created), expires: isoTime(t.expires), used: t.used };
 }

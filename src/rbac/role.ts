@@ -1,6 +1,6 @@
 /** Roles as admins write them (YAML, SPEC §3), strictly validated: unknown fields are named. */
-import { parse as parseYaml } from "yaml";
 import { MeziteError } from "../lib/errors.js";
+import { isKind, parseYamlText } from "../lib/yaml-text.js";
 import { formatDuration, parseDuration } from "../lib/duration.js";
 import type { LabelRule, RoleAccess } from "./access.js";
 import { LOGIN_PATTERN } from "./names.js";
@@ -71,9 +71,10 @@ function conditions(value: unknown, where: string): RoleAccess["allow"] {
 /** Validates a parsed role document (the YAML's data, or the equivalent JSON). */
 export function roleFromDocument(doc: unknown): Role {
   const top = objectAt(doc, "role", ["kind", "version", "metadata", "spec"]);
-  if (top["kind"] !== "role") bad(`kind must be "role" (got ${JSON.stringify(top["kind"] ?? null)})`);
-  if (top["version"] !== undefined && typeof top["version"] !== "string") bad("version must be a string");
-  const metadata = objectAt(top["metadata"], "metadata", ["name", "description", "labels"]);
+  // `kind: Role` as Kubernetes spells it is the same kind; a version other than v1 may mean fields this one would misread.
+  if (!isKind(top["kind"], "role")) bad(`kind must be "role" (got ${JSON.stringify(top["kind"] ?? null)})`);
+  if (top["version"] !== undefined && top["version"] !== "v1") bad(`version must be "v1" or left out (got ${JSON.stringify(top["version"])})`);
+  const metadata = objectAt(top["metadata"], "metadata", ["name", "description"]);
   const name = metadata["name"];
   if (typeof name !== "string" || !NAME_PATTERN.test(name)) {
     bad(`metadata.name must match [a-z0-9][a-z0-9._-]{0,62} (got ${JSON.stringify(name ?? null)})`);
@@ -104,13 +105,7 @@ export function roleFromDocument(doc: unknown): Role {
 
 /** Parses one role from YAML text. */
 export function parseRoleYaml(text: string): Role {
-  let doc: unknown;
-  try {
-    doc = parseYaml(text, { strict: true, uniqueKeys: true });
-  } catch (e) {
-    bad(`role file is not valid YAML: ${(e as Error).message.split("\n")[0]}`);
-  }
-  return roleFromDocument(doc);
+  return roleFromDocument(parseYamlText(text, "role file", "ERR_BAD_ROLE"));
 }
 
 /** The YAML an admin would write for this role (what `mezctl get role/NAME` prints). */
