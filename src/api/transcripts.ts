@@ -12,7 +12,9 @@ import type { IssuedCertificates } from "./gen/mezite/v1/common_pb.js";
 import type { JoinNodeRequest, JoinRequest, NodeCredentials } from "./gen/mezite/v1/join_pb.js";
 
 export function joinRequestTranscript(r: JoinRequest): Buffer {
-  return transcript("mezite/v2 join-request", [r.tokenId, r.sshPublicKey, r.x509PublicKey, r.renewalPublicKey, r.nonce, BigInt(r.requestedTtlMs)]);
+  const h = r.host;
+  const host = h ? [h.hostName, h.os, h.arch, h.version] : [];
+  return transcript("mezite/v2 join-request", [r.tokenId, r.sshPublicKey, r.x509PublicKey, r.renewalPublicKey, r.nonce, BigInt(r.requestedTtlMs), host]);
 }
 
 export function issuedTranscript(c: IssuedCertificates): Buffer {

@@ -20,11 +20,16 @@ import { issueAgentCertificates, type Issued, type PublicKeys } from "./issue.js
 import { RECORDED_CLAIMS, claimText, matchingRule, type JoinTokenRecord } from "./join-methods.js";
 import { activeLocks, refuseIfLocked } from "./locks.js";
 import { revokedHostKeys } from "./nodes.js";
-import { encode, instanceExpiry, keys, load, type IdentityRecord, type InstanceRecord, type TokenRecord } from "./records.js";
+import { encode, instanceExpiry, keys, load, type IdentityRecord, type InstanceRecord, type StoredHostFacts, type TokenRecord } from "./records.js";
 import { revokeIfLockedMeanwhile, revokedUntil, tombstone } from "./revocations.js";
 import { loadRoles } from "./roles.js";
 import { checkToken, commitJoin } from "./tokens.js";
 import * as v from "./validate.js";
+
+/** The instance record's fields, with the daemon's host facts when it sent them. */
+function withHost(extra: Partial<InstanceRecord>, host: StoredHostFacts | undefined): Partial<InstanceRecord> {
+  return host ? { ...extra, host } : extra;
+}
 
 function identityGone(): MeziteError {
   return new MeziteError("ERR_TOKEN_UNKNOWN", "the join token's agent identity was deleted: ask an admin for a new one");
@@ -125,6 +130,7 @@ export async function joinAgent(ctx: AuthContext, req: JoinRequest, caller: Call
   v.bytes(req.nonce, 32, "nonce");
   v.bytes(req.proof, 64, "proof");
   const ttl = v.ttl(req.requestedTtlMs);
+  const host = v.hostFacts(req.host);
 
   let identityName = "";
   const audit = { roles: [] as string[] };
@@ -137,7 +143,7 @@ export async function joinAgent(ctx: AuthContext, req: JoinRequest, caller: Call
       keys: pub,
       ttlMs: ttl,
       caller,
-      extra: {},
+      extra: withHost({}, host),
       commit: (ops) => commitJoin(ctx, token, ops),
       detail: "",
       audit,
@@ -195,6 +201,7 @@ export async function joinWithIdToken(ctx: AuthContext, req: JoinWithIdTokenRequ
   if (!NAME_PATTERN.test(req.joinToken)) throw new MeziteError("ERR_USAGE", "invalid request: join_token is not a join token name");
   const pub = requestKeys(req);
   const ttl = v.ttl(req.requestedTtlMs);
+  const host = v.hostFacts(req.host);
   const found = await load<JoinTokenRecord>(ctx.backend, keys.joinToken(req.joinToken));
   if (!found) {
     ctx.audit.tallyUnknownToken(caller.remoteAddr);
@@ -218,7 +225,7 @@ export async function joinWithIdToken(ctx: AuthContext, req: JoinWithIdTokenRequ
       keys: pub,
       ttlMs: ttl,
       caller,
-      extra: { joinMethod: rec.method, claims },
+      extra: withHost({ joinMethod: rec.method, claims }, host),
       commit: async (ops) => {
         try {
           await ctx.backend.write([used, ...ops]);

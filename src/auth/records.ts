@@ -44,6 +44,15 @@ export interface InstanceRecord {
   userCaKey?: string;
   /** The CA state of each CA the instance holds (issued or reported): who is behind a rotation. */
   caStates?: CaStates;
+  /** What the daemon said of its machine at its last join or renewal (validate.ts hostFacts). */
+  host?: StoredHostFacts;
+}
+
+export interface StoredHostFacts {
+  hostName: string;
+  os: string;
+  arch: string;
+  version: string;
 }
 
 export interface TokenRecord {

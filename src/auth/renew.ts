@@ -38,6 +38,7 @@ export async function renewAgent(ctx: AuthContext, req: RenewRequest, caller: Ca
     renewal: v.p256Key(req.renewalPublicKey, "renewal_public_key"),
   };
   const ttl = v.ttl(req.requestedTtlMs);
+  const host = v.hostFacts(req.host);
   const hash = keysHash(req.sshPublicKey, req.x509PublicKey, req.renewalPublicKey);
   const presented = peer.generation.toString();
   const name = peer.subjectCommonName;
@@ -97,6 +98,7 @@ export async function renewAgent(ctx: AuthContext, req: RenewRequest, caller: Ca
         userCaKey: issued.userCaKey,
         caStates: issued.caStates,
         lastRequest: { id: requestId, keysHash: hash, fromGeneration: presented },
+        ...(host ? { host } : {}),
       };
       // One transaction: the generation's swap, the certificate's record (a node must be able to
       // revoke any certificate handed out), the reply a retry gets, and the audit event.

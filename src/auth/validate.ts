@@ -1,5 +1,7 @@
 /** Checks on what arrives over the wire, so bad input is InvalidArgument, never a crash. */
 import type { KeyObject } from "node:crypto";
+import type { HostFacts } from "../api/gen/mezite/v1/common_pb.js";
+import type { StoredHostFacts } from "./records.js";
 import { parseAuthorizedKey } from "../ca/sshkey.js";
 import { p256PointFromDer, type P256Point } from "../ca/x509.js";
 import { isHostPort } from "../lib/address.js";
@@ -59,4 +61,17 @@ export function hostPrincipal(s: string, field: string): string {
 export function sshAddress(s: string, field: string): string {
   if (!isHostPort(s)) invalid(`${field} must be host:port (a DNS name, an IPv4 address or a bracketed IPv6 address, and a port 1-65535)`);
   return s;
+}
+
+const FACT = /^[\x21-\x7e][\x20-\x7e]{0,252}$/;
+
+/**
+ * What a daemon says of its machine (SPEC §18): shown to admins, so printable ASCII and short, or
+ * refused. Absent (an older daemon): undefined, and the record keeps what it had.
+ */
+export function hostFacts(h: HostFacts | undefined): StoredHostFacts | undefined {
+  if (!h) return undefined;
+  const facts = { hostName: h.hostName, os: h.os, arch: h.arch, version: h.version };
+  for (const [k, val] of Object.entries(facts)) if (val !== "" && !FACT.test(val)) invalid(`host.${k} must be printable text of at most 253 characters`);
+  return facts;
 }

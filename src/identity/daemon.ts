@@ -22,6 +22,7 @@ import { writeOutputs, checkDestination, removeSshKeyFile } from "./outputs.js";
 import {
   buildJoinRequest,
   buildRenewRequest,
+  hostFacts,
   checkCertsMatchKeys,
   deserializeKeys,
   generateIssueKeys,
@@ -305,7 +306,7 @@ export class IdentityDaemon {
       const { clusterName } = await client.getClusterName({}, { signal });
       const idToken = await obtainIdToken(join, clusterName);
       const reply = await client.joinWithIdToken(
-        { joinToken: join.name, idToken, ...publicKeysOf(keys), requestedTtlMs: BigInt(this.opts.certTtlMs) },
+        { joinToken: join.name, idToken, ...publicKeysOf(keys), requestedTtlMs: BigInt(this.opts.certTtlMs), host: hostFacts() },
         { signal },
       );
       if (!reply.certificates) throw new MeziteError("ERR_MALFORMED_CERT", "the auth service sent an empty join reply");

@@ -3,8 +3,9 @@
  * proven with the token-derived key, and replies checked before anything in them is trusted.
  */
 import { randomBytes, type KeyObject } from "node:crypto";
+import { arch, hostname, platform } from "node:os";
 import { create } from "@bufbuild/protobuf";
-import type { IssuedCertificates } from "../api/gen/mezite/v1/common_pb.js";
+import { HostFactsSchema, type HostFacts, type IssuedCertificates } from "../api/gen/mezite/v1/common_pb.js";
 import { JoinRequestSchema, type JoinRequest, type JoinResponse } from "../api/gen/mezite/v1/join_pb.js";
 import { RenewRequestSchema, type RenewRequest } from "../api/gen/mezite/v1/renew_pb.js";
 import { checkIssuedValues } from "../api/reply-values.js";
@@ -14,6 +15,7 @@ import { parseSshCertificate } from "../ca/sshcert.js";
 import { ed25519RawPublic, generateEd25519, encodeOpenSSHPrivateKey, formatAuthorizedKey, parseOpenSSHPrivateKey } from "../ca/sshkey.js";
 import { generateP256, parseCertificatePem, pemToPrivateKey, privateKeyToPem, publicKeyToDer } from "../ca/x509.js";
 import { MeziteError } from "../lib/errors.js";
+import { buildInfo } from "../lib/version.js";
 
 /** The three private keys behind one issue, made on this machine and never sent. */
 export interface IssueKeys {
@@ -48,11 +50,19 @@ export const publicKeysOf = (k: IssueKeys) => ({
   renewalPublicKey: publicKeyToDer(k.renewal),
 });
 
+/** What the daemon tells of its machine with every join and renewal (SPEC §18): shown, never trusted. */
+export function hostFacts(): HostFacts {
+  // The service takes printable ASCII only: anything else (a non-ASCII host name) is shown as "?".
+  const printable = (s: string) => s.replace(/[^\x20-\x7e]/g, "?").trim().slice(0, 253);
+  return create(HostFactsSchema, { hostName: printable(hostname()), os: printable(platform()), arch: printable(arch()), version: printable(buildInfo().version) });
+}
+
 export function buildJoinRequest(token: Buffer, keys: IssueKeys, ttlMs: number): { request: JoinRequest; macKey: Buffer } {
   const secrets = deriveTokenSecrets(token);
   const request = create(JoinRequestSchema, {
     tokenId: secrets.tokenId,
     ...publicKeysOf(keys),
+    host: hostFacts(),
     nonce: randomBytes(32),
     requestedTtlMs: BigInt(ttlMs),
   });
@@ -74,7 +84,7 @@ export function verifyJoinReply(request: JoinRequest, reply: JoinResponse, macKe
 }
 
 export function buildRenewRequest(requestId: Uint8Array, keys: IssueKeys, ttlMs: number): RenewRequest {
-  return create(RenewRequestSchema, { requestId, ...publicKeysOf(keys), requestedTtlMs: BigInt(ttlMs) });
+  return create(RenewRequestSchema, { requestId, ...publicKeysOf(keys), requestedTtlMs: BigInt(ttlMs), host: hostFacts() });
 }
 
 /**

@@ -77,6 +77,7 @@ export function statusOf(
         created: BigInt(i.created),
         joinMethod: i.joinMethod ?? "token",
         claims: i.claims ?? {},
+        ...(i.host ? { host: create(pb.HostFactsSchema, i.host) } : {}),
       }),
     ),
   });

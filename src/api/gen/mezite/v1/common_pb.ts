@@ -10,7 +10,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file mezite/v1/common.proto.
  */
 export const file_mezite_v1_common: GenFile = /*@__PURE__*/
-  fileDesc("ChZtZXppdGUvdjEvY29tbW9uLnByb3RvEgltZXppdGUudjEihgMKEklzc3VlZENlcnRpZmljYXRlcxIXCg9zc2hfY2VydGlmaWNhdGUYASABKAkSHAoUeDUwOV9jZXJ0aWZpY2F0ZV9wZW0YAiABKAkSHwoXcmVuZXdhbF9jZXJ0aWZpY2F0ZV9wZW0YAyABKAkSGAoQdXNlcl9jYV9zc2hfa2V5cxgEIAMoCRIYChBob3N0X2NhX3NzaF9rZXlzGAUgAygJEhkKEXVzZXJfY2FfeDUwOV9wZW1zGAYgAygJEhIKCnRsc19jYV9wZW0YByABKAkSDgoGc2VyaWFsGAggASgEEg8KB2V4cGlyZXMYCSABKAMSEgoKZ2VuZXJhdGlvbhgKIAEoBBIVCg1pZGVudGl0eV9uYW1lGAsgASgJEhMKC2lkZW50aXR5X2lkGAwgASgJEhMKC2luc3RhbmNlX2lkGA0gASgJEhIKCnByaW5jaXBhbHMYDiADKAkSGQoRcmV2b2tlZF9ob3N0X2tleXMYDyADKAkSEAoIY2Ffc3RhdGUYECABKAkiHAoKU3RyaW5nTGlzdBIOCgZ2YWx1ZXMYASADKAkiqgEKDlJvbGVDb25kaXRpb25zEg4KBmxvZ2lucxgBIAMoCRI+Cgtub2RlX2xhYmVscxgCIAMoCzIpLm1leml0ZS52MS5Sb2xlQ29uZGl0aW9ucy5Ob2RlTGFiZWxzRW50cnkaSAoPTm9kZUxhYmVsc0VudHJ5EgsKA2tleRgBIAEoCRIkCgV2YWx1ZRgCIAEoCzIVLm1leml0ZS52MS5TdHJpbmdMaXN0OgI4ASKpAQoEUm9sZRIMCgRuYW1lGAEgASgJEhMKC2Rlc2NyaXB0aW9uGAIgASgJEhoKEm1heF9zZXNzaW9uX3R0bF9tcxgDIAEoAxIoCgVhbGxvdxgEIAEoCzIZLm1leml0ZS52MS5Sb2xlQ29uZGl0aW9ucxInCgRkZW55GAUgASgLMhkubWV6aXRlLnYxLlJvbGVDb25kaXRpb25zEg8KB2NyZWF0ZWQYBiABKAMiaQoETG9jaxIKCgJpZBgBIAEoCRITCgt0YXJnZXRfa2luZBgCIAEoCRIOCgZ0YXJnZXQYAyABKAkSDgoGcmVhc29uGAQgASgJEg8KB2NyZWF0ZWQYBSABKAMSDwoHZXhwaXJlcxgGIAEoAyL6AQoISW5zdGFuY2USCgoCaWQYASABKAkSEgoKZ2VuZXJhdGlvbhgCIAEoBBIOCgZsb2NrZWQYAyABKAgSEQoJbGFzdF9zZWVuGAQgASgDEhQKDGNlcnRfZXhwaXJlcxgFIAEoAxIPCgdhZGRyZXNzGAYgASgJEg8KB2NyZWF0ZWQYByABKAMSEwoLam9pbl9tZXRob2QYCCABKAkSLwoGY2xhaW1zGAkgAygLMh8ubWV6aXRlLnYxLkluc3RhbmNlLkNsYWltc0VudHJ5Gi0KC0NsYWltc0VudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoCToCOAEihgEKEUpvaW5Ub2tlblJlc291cmNlEgwKBG5hbWUYASABKAkSFgoOYWdlbnRfaWRlbnRpdHkYAiABKAkSEwoLam9pbl9tZXRob2QYAyABKAkSDgoGaXNzdWVyGAQgASgJEhUKDWRvY3VtZW50X2pzb24YBSABKAkSDwoHY3JlYXRlZBgGIAEoAyK9AgoTQWdlbnRJZGVudGl0eVN0YXR1cxIMCgRuYW1lGAEgASgJEgoKAmlkGAIgASgJEg0KBXJvbGVzGAMgAygJEg4KBmxvY2tlZBgEIAEoCBISCgpnZW5lcmF0aW9uGAUgASgEEhEKCWxhc3Rfc2VlbhgGIAEoAxIUCgxjZXJ0X2V4cGlyZXMYByABKAMSDwoHY3JlYXRlZBgIIAEoAxITCgt0b2tlbl9zdGF0ZRgJIAEoCRIeCgVsb2NrcxgKIAMoCzIPLm1leml0ZS52MS5Mb2NrEhQKDGxhc3RfYWRkcmVzcxgLIAEoCRISCgpwcmluY2lwYWxzGAwgAygJEiYKCWluc3RhbmNlcxgNIAMoCzITLm1leml0ZS52MS5JbnN0YW5jZRIYChBwcmluY2lwYWxzX2Vycm9yGA4gASgJIuABCglUb2tlbkluZm8SCgoCaWQYASABKAkSDAoEdHlwZRgCIAEoCRIWCg5hZ2VudF9pZGVudGl0eRgDIAEoCRIwCgZsYWJlbHMYBCADKAsyIC5tZXppdGUudjEuVG9rZW5JbmZvLkxhYmVsc0VudHJ5Eg8KB2NyZWF0ZWQYBSABKAMSDwoHZXhwaXJlcxgGIAEoAxIMCgR1c2VkGAcgASgIEhAKCHJlcGxhY2VzGAggASgJGi0KC0xhYmVsc0VudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoCToCOAEiyAEKBE5vZGUSDAoEbmFtZRgBIAEoCRIrCgZsYWJlbHMYAiADKAsyGy5tZXppdGUudjEuTm9kZS5MYWJlbHNFbnRyeRIPCgdhZGRyZXNzGAMgASgJEhYKDmxhc3RfaGVhcnRiZWF0GAQgASgDEhkKEWhvc3RfY2VydF9leHBpcmVzGAUgASgDEhIKCnByaW5jaXBhbHMYBiADKAkaLQoLTGFiZWxzRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4ASLTAQoKQXVkaXRFdmVudBIMCgR0aW1lGAEgASgDEgwKBHR5cGUYAiABKAkSEAoIaWRlbnRpdHkYAyABKAkSEAoIaW5zdGFuY2UYBCABKAkSDQoFcm9sZXMYBSADKAkSEgoKZ2VuZXJhdGlvbhgGIAEoBBITCgtyZW1vdGVfYWRkchgHIAEoCRIOCgZzZXJpYWwYCCABKAkSDwoHc3VjY2VzcxgJIAEoCBINCgVlcnJvchgKIAEoCRIOCgZkZXRhaWwYCyABKAkSDQoFYWN0b3IYDCABKAliBnByb3RvMw");
+  fileDesc("ChZtZXppdGUvdjEvY29tbW9uLnByb3RvEgltZXppdGUudjEihgMKEklzc3VlZENlcnRpZmljYXRlcxIXCg9zc2hfY2VydGlmaWNhdGUYASABKAkSHAoUeDUwOV9jZXJ0aWZpY2F0ZV9wZW0YAiABKAkSHwoXcmVuZXdhbF9jZXJ0aWZpY2F0ZV9wZW0YAyABKAkSGAoQdXNlcl9jYV9zc2hfa2V5cxgEIAMoCRIYChBob3N0X2NhX3NzaF9rZXlzGAUgAygJEhkKEXVzZXJfY2FfeDUwOV9wZW1zGAYgAygJEhIKCnRsc19jYV9wZW0YByABKAkSDgoGc2VyaWFsGAggASgEEg8KB2V4cGlyZXMYCSABKAMSEgoKZ2VuZXJhdGlvbhgKIAEoBBIVCg1pZGVudGl0eV9uYW1lGAsgASgJEhMKC2lkZW50aXR5X2lkGAwgASgJEhMKC2luc3RhbmNlX2lkGA0gASgJEhIKCnByaW5jaXBhbHMYDiADKAkSGQoRcmV2b2tlZF9ob3N0X2tleXMYDyADKAkSEAoIY2Ffc3RhdGUYECABKAkiHAoKU3RyaW5nTGlzdBIOCgZ2YWx1ZXMYASADKAkiqgEKDlJvbGVDb25kaXRpb25zEg4KBmxvZ2lucxgBIAMoCRI+Cgtub2RlX2xhYmVscxgCIAMoCzIpLm1leml0ZS52MS5Sb2xlQ29uZGl0aW9ucy5Ob2RlTGFiZWxzRW50cnkaSAoPTm9kZUxhYmVsc0VudHJ5EgsKA2tleRgBIAEoCRIkCgV2YWx1ZRgCIAEoCzIVLm1leml0ZS52MS5TdHJpbmdMaXN0OgI4ASKpAQoEUm9sZRIMCgRuYW1lGAEgASgJEhMKC2Rlc2NyaXB0aW9uGAIgASgJEhoKEm1heF9zZXNzaW9uX3R0bF9tcxgDIAEoAxIoCgVhbGxvdxgEIAEoCzIZLm1leml0ZS52MS5Sb2xlQ29uZGl0aW9ucxInCgRkZW55GAUgASgLMhkubWV6aXRlLnYxLlJvbGVDb25kaXRpb25zEg8KB2NyZWF0ZWQYBiABKAMiaQoETG9jaxIKCgJpZBgBIAEoCRITCgt0YXJnZXRfa2luZBgCIAEoCRIOCgZ0YXJnZXQYAyABKAkSDgoGcmVhc29uGAQgASgJEg8KB2NyZWF0ZWQYBSABKAMSDwoHZXhwaXJlcxgGIAEoAyKeAgoISW5zdGFuY2USCgoCaWQYASABKAkSEgoKZ2VuZXJhdGlvbhgCIAEoBBIOCgZsb2NrZWQYAyABKAgSEQoJbGFzdF9zZWVuGAQgASgDEhQKDGNlcnRfZXhwaXJlcxgFIAEoAxIPCgdhZGRyZXNzGAYgASgJEg8KB2NyZWF0ZWQYByABKAMSEwoLam9pbl9tZXRob2QYCCABKAkSLwoGY2xhaW1zGAkgAygLMh8ubWV6aXRlLnYxLkluc3RhbmNlLkNsYWltc0VudHJ5EiIKBGhvc3QYFCABKAsyFC5tZXppdGUudjEuSG9zdEZhY3RzGi0KC0NsYWltc0VudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoCToCOAEiSQoJSG9zdEZhY3RzEhEKCWhvc3RfbmFtZRgBIAEoCRIKCgJvcxgCIAEoCRIMCgRhcmNoGAMgASgJEg8KB3ZlcnNpb24YBCABKAkihgEKEUpvaW5Ub2tlblJlc291cmNlEgwKBG5hbWUYASABKAkSFgoOYWdlbnRfaWRlbnRpdHkYAiABKAkSEwoLam9pbl9tZXRob2QYAyABKAkSDgoGaXNzdWVyGAQgASgJEhUKDWRvY3VtZW50X2pzb24YBSABKAkSDwoHY3JlYXRlZBgGIAEoAyK9AgoTQWdlbnRJZGVudGl0eVN0YXR1cxIMCgRuYW1lGAEgASgJEgoKAmlkGAIgASgJEg0KBXJvbGVzGAMgAygJEg4KBmxvY2tlZBgEIAEoCBISCgpnZW5lcmF0aW9uGAUgASgEEhEKCWxhc3Rfc2VlbhgGIAEoAxIUCgxjZXJ0X2V4cGlyZXMYByABKAMSDwoHY3JlYXRlZBgIIAEoAxITCgt0b2tlbl9zdGF0ZRgJIAEoCRIeCgVsb2NrcxgKIAMoCzIPLm1leml0ZS52MS5Mb2NrEhQKDGxhc3RfYWRkcmVzcxgLIAEoCRISCgpwcmluY2lwYWxzGAwgAygJEiYKCWluc3RhbmNlcxgNIAMoCzITLm1leml0ZS52MS5JbnN0YW5jZRIYChBwcmluY2lwYWxzX2Vycm9yGA4gASgJIuABCglUb2tlbkluZm8SCgoCaWQYASABKAkSDAoEdHlwZRgCIAEoCRIWCg5hZ2VudF9pZGVudGl0eRgDIAEoCRIwCgZsYWJlbHMYBCADKAsyIC5tZXppdGUudjEuVG9rZW5JbmZvLkxhYmVsc0VudHJ5Eg8KB2NyZWF0ZWQYBSABKAMSDwoHZXhwaXJlcxgGIAEoAxIMCgR1c2VkGAcgASgIEhAKCHJlcGxhY2VzGAggASgJGi0KC0xhYmVsc0VudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoCToCOAEiyAEKBE5vZGUSDAoEbmFtZRgBIAEoCRIrCgZsYWJlbHMYAiADKAsyGy5tZXppdGUudjEuTm9kZS5MYWJlbHNFbnRyeRIPCgdhZGRyZXNzGAMgASgJEhYKDmxhc3RfaGVhcnRiZWF0GAQgASgDEhkKEWhvc3RfY2VydF9leHBpcmVzGAUgASgDEhIKCnByaW5jaXBhbHMYBiADKAkaLQoLTGFiZWxzRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4ASLTAQoKQXVkaXRFdmVudBIMCgR0aW1lGAEgASgDEgwKBHR5cGUYAiABKAkSEAoIaWRlbnRpdHkYAyABKAkSEAoIaW5zdGFuY2UYBCABKAkSDQoFcm9sZXMYBSADKAkSEgoKZ2VuZXJhdGlvbhgGIAEoBBITCgtyZW1vdGVfYWRkchgHIAEoCRIOCgZzZXJpYWwYCCABKAkSDwoHc3VjY2VzcxgJIAEoCBINCgVlcnJvchgKIAEoCRIOCgZkZXRhaWwYCyABKAkSDQoFYWN0b3IYDCABKAliBnByb3RvMw");
 
 /**
  * What an agent identity receives on join and on every renewal. The private keys never travel:
@@ -307,6 +307,13 @@ export type Instance = Message<"mezite.v1.Instance"> & {
    * @generated from field: map<string, string> claims = 9;
    */
   claims: { [key: string]: string };
+
+  /**
+   * What the daemon said of its machine at its last join or renewal.
+   *
+   * @generated from field: mezite.v1.HostFacts host = 20;
+   */
+  host?: HostFacts | undefined;
 };
 
 /**
@@ -315,6 +322,41 @@ export type Instance = Message<"mezite.v1.Instance"> & {
  */
 export const InstanceSchema: GenMessage<Instance> = /*@__PURE__*/
   messageDesc(file_mezite_v1_common, 5);
+
+/**
+ * What a daemon tells of the machine it runs on, with every join and renewal (SPEC §18): shown by
+ * status and the dashboard, never used to decide anything.
+ *
+ * @generated from message mezite.v1.HostFacts
+ */
+export type HostFacts = Message<"mezite.v1.HostFacts"> & {
+  /**
+   * @generated from field: string host_name = 1;
+   */
+  hostName: string;
+
+  /**
+   * @generated from field: string os = 2;
+   */
+  os: string;
+
+  /**
+   * @generated from field: string arch = 3;
+   */
+  arch: string;
+
+  /**
+   * @generated from field: string version = 4;
+   */
+  version: string;
+};
+
+/**
+ * Describes the message mezite.v1.HostFacts.
+ * Use `create(HostFactsSchema)` to create a new message.
+ */
+export const HostFactsSchema: GenMessage<HostFacts> = /*@__PURE__*/
+  messageDesc(file_mezite_v1_common, 6);
 
 /**
  * A join token resource (SPEC §14), as stored.
@@ -360,7 +402,7 @@ export type JoinTokenResource = Message<"mezite.v1.JoinTokenResource"> & {
  * Use `create(JoinTokenResourceSchema)` to create a new message.
  */
 export const JoinTokenResourceSchema: GenMessage<JoinTokenResource> = /*@__PURE__*/
-  messageDesc(file_mezite_v1_common, 6);
+  messageDesc(file_mezite_v1_common, 7);
 
 /**
  * @generated from message mezite.v1.AgentIdentityStatus
@@ -446,7 +488,7 @@ export type AgentIdentityStatus = Message<"mezite.v1.AgentIdentityStatus"> & {
  * Use `create(AgentIdentityStatusSchema)` to create a new message.
  */
 export const AgentIdentityStatusSchema: GenMessage<AgentIdentityStatus> = /*@__PURE__*/
-  messageDesc(file_mezite_v1_common, 7);
+  messageDesc(file_mezite_v1_common, 8);
 
 /**
  * @generated from message mezite.v1.TokenInfo
@@ -502,7 +544,7 @@ export type TokenInfo = Message<"mezite.v1.TokenInfo"> & {
  * Use `create(TokenInfoSchema)` to create a new message.
  */
 export const TokenInfoSchema: GenMessage<TokenInfo> = /*@__PURE__*/
-  messageDesc(file_mezite_v1_common, 8);
+  messageDesc(file_mezite_v1_common, 9);
 
 /**
  * @generated from message mezite.v1.Node
@@ -544,7 +586,7 @@ export type Node = Message<"mezite.v1.Node"> & {
  * Use `create(NodeSchema)` to create a new message.
  */
 export const NodeSchema: GenMessage<Node> = /*@__PURE__*/
-  messageDesc(file_mezite_v1_common, 9);
+  messageDesc(file_mezite_v1_common, 10);
 
 /**
  * @generated from message mezite.v1.AuditEvent
@@ -618,5 +660,5 @@ export type AuditEvent = Message<"mezite.v1.AuditEvent"> & {
  * Use `create(AuditEventSchema)` to create a new message.
  */
 export const AuditEventSchema: GenMessage<AuditEvent> = /*@__PURE__*/
-  messageDesc(file_mezite_v1_common, 10);
+  messageDesc(file_mezite_v1_common, 11);
 

@@ -4,7 +4,7 @@
 
 import type { GenFile, GenMessage, GenService } from "@bufbuild/protobuf/codegenv2";
 import { fileDesc, messageDesc, serviceDesc } from "@bufbuild/protobuf/codegenv2";
-import type { IssuedCertificates } from "./common_pb.js";
+import type { HostFacts, IssuedCertificates } from "./common_pb.js";
 import { file_mezite_v1_common } from "./common_pb.js";
 import type { Message } from "@bufbuild/protobuf";
 
@@ -12,7 +12,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file mezite/v1/renew.proto.
  */
 export const file_mezite_v1_renew: GenFile = /*@__PURE__*/
-  fileDesc("ChVtZXppdGUvdjEvcmVuZXcucHJvdG8SCW1leml0ZS52MSIqChFHZXRDYVN0YXRlUmVxdWVzdBIVCg1oZWxkX2NhX3N0YXRlGB4gASgJIj8KEkdldENhU3RhdGVSZXNwb25zZRIQCghjYV9zdGF0ZRgBIAEoCRIXCg9yZW5ld193aXRoaW5fbXMYAiABKAMiiQEKDFJlbmV3UmVxdWVzdBISCgpyZXF1ZXN0X2lkGAEgASgMEhYKDnNzaF9wdWJsaWNfa2V5GAIgASgJEhcKD3g1MDlfcHVibGljX2tleRgDIAEoDBIaChJyZW5ld2FsX3B1YmxpY19rZXkYBCABKAwSGAoQcmVxdWVzdGVkX3R0bF9tcxgFIAEoAyJECg1SZW5ld1Jlc3BvbnNlEjMKDGNlcnRpZmljYXRlcxgBIAEoCzIdLm1leml0ZS52MS5Jc3N1ZWRDZXJ0aWZpY2F0ZXMylQEKDFJlbmV3U2VydmljZRI6CgVSZW5ldxIXLm1leml0ZS52MS5SZW5ld1JlcXVlc3QaGC5tZXppdGUudjEuUmVuZXdSZXNwb25zZRJJCgpHZXRDYVN0YXRlEhwubWV6aXRlLnYxLkdldENhU3RhdGVSZXF1ZXN0Gh0ubWV6aXRlLnYxLkdldENhU3RhdGVSZXNwb25zZWIGcHJvdG8z", [file_mezite_v1_common]);
+  fileDesc("ChVtZXppdGUvdjEvcmVuZXcucHJvdG8SCW1leml0ZS52MSIqChFHZXRDYVN0YXRlUmVxdWVzdBIVCg1oZWxkX2NhX3N0YXRlGB4gASgJIj8KEkdldENhU3RhdGVSZXNwb25zZRIQCghjYV9zdGF0ZRgBIAEoCRIXCg9yZW5ld193aXRoaW5fbXMYAiABKAMirQEKDFJlbmV3UmVxdWVzdBISCgpyZXF1ZXN0X2lkGAEgASgMEhYKDnNzaF9wdWJsaWNfa2V5GAIgASgJEhcKD3g1MDlfcHVibGljX2tleRgDIAEoDBIaChJyZW5ld2FsX3B1YmxpY19rZXkYBCABKAwSGAoQcmVxdWVzdGVkX3R0bF9tcxgFIAEoAxIiCgRob3N0GBQgASgLMhQubWV6aXRlLnYxLkhvc3RGYWN0cyJECg1SZW5ld1Jlc3BvbnNlEjMKDGNlcnRpZmljYXRlcxgBIAEoCzIdLm1leml0ZS52MS5Jc3N1ZWRDZXJ0aWZpY2F0ZXMylQEKDFJlbmV3U2VydmljZRI6CgVSZW5ldxIXLm1leml0ZS52MS5SZW5ld1JlcXVlc3QaGC5tZXppdGUudjEuUmVuZXdSZXNwb25zZRJJCgpHZXRDYVN0YXRlEhwubWV6aXRlLnYxLkdldENhU3RhdGVSZXF1ZXN0Gh0ubWV6aXRlLnYxLkdldENhU3RhdGVSZXNwb25zZWIGcHJvdG8z", [file_mezite_v1_common]);
 
 /**
  * @generated from message mezite.v1.GetCaStateRequest
@@ -90,6 +90,11 @@ export type RenewRequest = Message<"mezite.v1.RenewRequest"> & {
    * @generated from field: int64 requested_ttl_ms = 5;
    */
   requestedTtlMs: bigint;
+
+  /**
+   * @generated from field: mezite.v1.HostFacts host = 20;
+   */
+  host?: HostFacts | undefined;
 };
 
 /**
