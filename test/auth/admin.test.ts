@@ -69,7 +69,7 @@ test("the seed's steps: create -f, agent-identities add (exact shape), ls, statu
       `Token: ${token}`,
       "",
       "Start the agent identity daemon with:",
-      `mezd identity start --auth-server=127.0.0.1:${auth.port} --token=<token> --destination-dir=/var/lib/mezite/identity`,
+      `MEZITE_TOKEN=<token> mezd identity start --auth-server=127.0.0.1:${auth.port} --destination-dir=/var/lib/mezite/identity`,
       "",
       "This token can only be used once.",
       "",
@@ -148,7 +148,8 @@ test("locks add / ls / rm: a lock stops renewal at once, removing it lets renewa
 
 test("tokens ls lists tokens but never their secret; status follows the identity's newest token", async () => {
   assert.equal((await json("agent-identities", "status", "github-deploy")).token_state, "used");
-  const second = tokenFrom(await mezctlOk(auth, "agent-identities", "add-token", "github-deploy"));
+  const addTokenOut = await mezctlOk(auth, "agent-identities", "add-token", "github-deploy");
+  const second = tokenFrom(addTokenOut);
   assert.equal((await json("agent-identities", "status", "github-deploy")).token_state, "unused");
   const list = await json<any[]>("tokens", "ls");
   const ids = [token, second].map((t) => deriveTokenSecrets(Buffer.from(t, "hex")).tokenId);
@@ -160,7 +161,12 @@ test("tokens ls lists tokens but never their secret; status follows the identity
     assert.ok(!out.includes(secret) && !out.includes(secret.slice(0, 32)) && !out.includes(secret.slice(32)), "tokens ls shows a token secret");
   }
   // A node token (no identity) and a removed token leave the identity's status as it was.
-  await mezctlOk(auth, "tokens", "add", "--type=node", "--labels=env=test");
+  const nodeTokenOut = await mezctlOk(auth, "tokens", "add", "--type=node", "--labels=env=test");
+  // Hints pass the token through the environment: an argument shows in ps to every user.
+  for (const hint of [addTokenOut, nodeTokenOut]) {
+    assert.match(hint, /^MEZITE_TOKEN=<token> mezd (identity start|node join) /m);
+    assert.doesNotMatch(hint, /--token[= ]/, hint);
+  }
   await mezctlOk(auth, "tokens", "rm", ids[1]!);
   assert.equal((await json("agent-identities", "status", "github-deploy")).token_state, "used");
   assert.deepEqual((await json<any[]>("tokens", "ls")).filter((t) => t.type === "agent_identity").map((t) => t.id), [ids[0]]);
