@@ -3,7 +3,7 @@
  * the same directory, fsync, rename over the target, fsync the directory. A symlink (or anything
  * but a regular file) where the target should be is refused, never followed.
  */
-import { constants, closeSync, fsyncSync, lstatSync, mkdirSync, openSync, renameSync, unlinkSync, writeSync, readFileSync, chmodSync, fchmodSync } from "node:fs";
+import { constants, closeSync, fstatSync, fsyncSync, lstatSync, mkdirSync, openSync, renameSync, unlinkSync, writeSync, readFileSync, chmodSync, fchmodSync } from "node:fs";
 import { randomBytes } from "node:crypto";
 import { basename, dirname, join } from "node:path";
 import { MeziteError } from "./errors.js";
@@ -135,17 +135,22 @@ export function ensureDir(dir: string, mode: number): void {
   chmodSync(dir, mode);
 }
 
-/** Reads a file without following a symlink; undefined when it does not exist. */
+/**
+ * Reads a regular file without following a symlink; undefined when it does not exist. Opened
+ * non-blocking and checked on the descriptor: a FIFO or device planted at `path` is refused at
+ * once instead of hanging the reader (opening a FIFO blocks until someone writes to it).
+ */
 export function readFileNoFollow(path: string): string | undefined {
   let fd: number;
   try {
-    fd = openSync(path, constants.O_RDONLY | constants.O_NOFOLLOW);
+    fd = openSync(path, constants.O_RDONLY | constants.O_NOFOLLOW | constants.O_NONBLOCK);
   } catch (e) {
     if (errno(e) === "ENOENT") return undefined;
     if (errno(e) === "ELOOP") throw new MeziteError("ERR_SYMLINK", `${path} is a symlink: refusing to follow it`);
     throw new MeziteError("ERR_STORAGE", `cannot read ${path}: ${(e as Error).message}`, { cause: e });
   }
   try {
+    if (!fstatSync(fd).isFile()) throw new MeziteError("ERR_STORAGE", `${path} is not a regular file: refusing to read it`);
     return readFileSync(fd, "utf8");
   } finally {
     closeSync(fd);
