@@ -113,7 +113,7 @@ function metricsCollector() {
 
 async function runPrimary(cfg: AuthConfig, workers: number, log: Logger): Promise<void> {
   // The first start creates the cluster key and CAs: do it once, before workers race for them.
-  ensureDir(cfg.dataDir, 0o700);
+  ensureDir(cfg.dataDir, 0o700, { what: `--data-dir ${cfg.dataDir}` });
   const backend = await openBackend(cfg.backend, cfg.dataDir);
   let pin: string;
   let clusterName: string;

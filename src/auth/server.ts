@@ -426,7 +426,7 @@ function dialable(host: string, port: number): string {
  * every worker's counts, which the primary collects.
  */
 export async function startAuthService(cfg: AuthConfig, log: Logger = createLogger(process.stderr), clusterMetrics?: () => Promise<string>): Promise<AuthService> {
-  ensureDir(cfg.dataDir, 0o700);
+  ensureDir(cfg.dataDir, 0o700, { what: `--data-dir ${cfg.dataDir}` });
   const { host, port: wantPort } = splitHostPort(cfg.listen, "--listen");
   const backend: Backend = await openBackend(cfg.backend, cfg.dataDir);
   const now = () => Date.now();

@@ -53,7 +53,7 @@ export class Storage {
 
   /** Creates the dir (0700) and takes the lock; refuses if another live daemon holds it. */
   open(): void {
-    ensureDir(this.dir, 0o700);
+    ensureDir(this.dir, 0o700, { what: `the storage dir ${this.dir}` });
     const path = join(this.dir, LOCK);
     for (let attempt = 0; attempt < 3; attempt++) {
       if (createLock(path)) {

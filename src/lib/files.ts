@@ -117,12 +117,35 @@ function fsyncDir(dir: string): void {
   }
 }
 
-/** Creates `dir` (and parents) and makes sure it has exactly `mode`; refuses a symlinked dir. */
-export function ensureDir(dir: string, mode: number): void {
+/**
+ * Refuses a directory others could change under us: anyone who owns it or can write to it can
+ * swap or plant the files in it (keys, state, the database). `dir` must be a real directory owned
+ * by this user (`uid`) and not writable by group or others; `what` names it in the error
+ * ("--data-dir /var/lib/mezite").
+ */
+export function assertOwnDir(dir: string, what = dir, uid: number | undefined = process.getuid?.()): void {
+  let st;
+  try {
+    st = lstatSync(dir);
+  } catch (e) {
+    throw new MeziteError("ERR_STORAGE", `cannot use ${what}: ${(e as Error).message}`, { cause: e });
+  }
+  if (st.isSymbolicLink()) throw new MeziteError("ERR_SYMLINK", `${what} is a symlink: refusing to follow it`);
+  if (!st.isDirectory()) throw new MeziteError("ERR_STORAGE", `${what} exists and is not a directory`);
+  if (uid !== undefined && st.uid !== uid) throw new MeziteError("ERR_STORAGE", `${what} is owned by uid ${st.uid}, not by this user (uid ${uid}): chown it to this user, or use another directory`);
+  if ((st.mode & 0o022) !== 0) throw new MeziteError("ERR_STORAGE", `${what} is writable by group or others (mode ${(st.mode & 0o777).toString(8)}): run chmod go-w on it, or use another directory`);
+}
+
+/**
+ * Creates `dir` (and parents) and makes sure it has exactly `mode`; refuses a symlinked dir.
+ * With `own` (a directory holding our keys or state), an existing one must also pass assertOwnDir.
+ */
+export function ensureDir(dir: string, mode: number, own?: { what: string }): void {
   try {
     const st = lstatSync(dir);
     if (st.isSymbolicLink()) throw new MeziteError("ERR_SYMLINK", `${dir} is a symlink: refusing to follow it`);
     if (!st.isDirectory()) throw new MeziteError("ERR_STORAGE", `${dir} exists and is not a directory`);
+    if (own) assertOwnDir(dir, own.what);
   } catch (e) {
     if (e instanceof MeziteError) throw e;
     if (errno(e) !== "ENOENT") throw new MeziteError("ERR_STORAGE", `cannot use directory ${dir}: ${(e as Error).message}`, { cause: e });
