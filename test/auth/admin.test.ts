@@ -137,7 +137,13 @@ test("locks add / ls / rm: a lock stops renewal at once, removing it lets renewa
   const locks = await json<any[]>("locks", "ls");
   assert.deepEqual(locks.map((l) => [l.id, l.reason]), [[lock.id, "incident 42"]]);
   assert.equal((await statusOf(auth, "github-deploy")).locked, true);
-  await refused(renew(auth.addr, held), "ERR_LOCKED");
+  const locked = await refused(renew(auth.addr, held), "ERR_LOCKED");
+  // The caller hears that it is locked and what to do; the admin's reason is for admins only.
+  assert.match(locked.message, /agent identity "github-deploy" is locked \(agent identity github-deploy\); an admin must remove the lock/);
+  assert.ok(!locked.message.includes("incident 42"), `the lock reason reached the caller: ${locked.message}`);
+  const audited = (await json<any[]>("audit", "ls", "--type=agent_identity.renew")).filter((e) => e.error === "ERR_LOCKED");
+  assert.equal(audited.length, 1);
+  assert.equal(audited[0].detail, `lock=${lock.id} agent_identity=github-deploy reason="incident 42"`, "the audit event names the lock and its reason");
 
   assert.match(await mezctlOk(auth, "locks", "rm", lock.id), new RegExp(`Lock ${lock.id} removed`));
   assert.deepEqual((await adminApi(auth).listLocks({})).locks, []);
