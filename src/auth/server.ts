@@ -470,7 +470,10 @@ export async function startAuthService(cfg: AuthConfig, log: Logger = createLogg
       contextValues: (req) => createContextValues().set(peerKey, peerOf(req as Http2ServerRequest)),
       fallback: (req, res) => {
         const r = res as Http2ServerResponse;
-        if (!handleDiag(diag, req, r)) r.writeHead(404).end();
+        // Health and metrics (they name identities' calls) are for anyone only with --single-port,
+        // which asks for them on this port; otherwise only for a caller with a cluster certificate.
+        const open = cfg.singlePort || (req.socket as TLSSocket).authorized;
+        if (!open || !handleDiag(diag, req, r)) r.writeHead(404).end();
       },
     });
     const handler = withRequestDeadline(unaryGrpc(api.hot, MAX_REQUEST_BYTES, connectHandler));
