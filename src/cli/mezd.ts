@@ -6,6 +6,7 @@
  */
 import { createRequire } from "node:module";
 import { isSea } from "node:sea";
+import { disableCoreDumps } from "../lib/core-dumps.js";
 import { hideSecretArgs } from "../lib/secret-args.js";
 
 async function main(argv: string[]): Promise<void> {
@@ -15,6 +16,8 @@ async function main(argv: string[]): Promise<void> {
   }
   // Before anything loads: a secret given as an argument leaves what `ps` shows (secret-args.ts).
   for (const w of hideSecretArgs(argv)) process.stderr.write(`mezd: warning: ${w}\n`);
+  // Every daemon and join holds keys in memory: no core file may carry them (core-dumps.ts).
+  if (argv[2] === "auth" || argv[2] === "identity" || argv[2] === "node") disableCoreDumps();
   // A node:cluster worker (auth start --workers) is started as `mezd SCRIPT ARGS...`, SCRIPT being
   // the primary's argv[1]; a standalone executable reads its own path as the script: drop SCRIPT.
   if (isSea() && (createRequire(process.execPath)("node:cluster") as { isWorker: boolean }).isWorker) argv = [argv[0]!, argv[1]!, ...argv.slice(3)];
