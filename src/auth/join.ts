@@ -18,7 +18,7 @@ import type { AuthContext, Caller } from "./context.js";
 import { UnverifiedIdToken, verifyIdToken } from "./id-tokens.js";
 import { issueAgentCertificates, type Issued, type PublicKeys } from "./issue.js";
 import { RECORDED_CLAIMS, claimText, matchingRule, type JoinTokenRecord } from "./join-methods.js";
-import { activeLocks, refuseIfLocked } from "./locks.js";
+import { activeLocks, lockAuditDetail, refuseIfLocked } from "./locks.js";
 import { revokedHostKeys } from "./nodes.js";
 import { encode, instanceExpiry, keys, load, type IdentityRecord, type InstanceRecord, type StoredHostFacts, type TokenRecord } from "./records.js";
 import { revokeIfLockedMeanwhile, revokedUntil, tombstone } from "./revocations.js";
@@ -170,6 +170,7 @@ export async function joinAgent(ctx: AuthContext, req: JoinRequest, caller: Call
       remote_addr: caller.remoteAddr,
       success: false,
       error: isMeziteError(e) ? e.code : "ERR_INTERNAL",
+      detail: lockAuditDetail(e),
     });
     throw e;
   }
@@ -252,7 +253,7 @@ export async function joinWithIdToken(ctx: AuthContext, req: JoinWithIdTokenRequ
       remote_addr: caller.remoteAddr,
       success: false,
       error: isMeziteError(e) ? e.code : "ERR_INTERNAL",
-      detail: `join_token=${rec.name} method=${rec.method} ${isMeziteError(e) ? e.message : ""} ${claimsText(claims)}`.trim(),
+      detail: `join_token=${rec.name} method=${rec.method} ${isMeziteError(e) ? e.message : ""} ${lockAuditDetail(e)} ${claimsText(claims)}`.trim(),
     });
     throw e;
   }

@@ -25,12 +25,24 @@ export function locksOn(locks: LockRecord[], s: LockSubject): LockRecord[] {
   );
 }
 
+/**
+ * A refusal by a lock. The caller hears that it is locked and what to do; the admin's reason is
+ * for admins only (it may name an incident or a person): it goes to the audit event (auditDetail).
+ */
+export class LockedError extends MeziteError {
+  constructor(readonly lock: LockRecord, identityName: string) {
+    super("ERR_LOCKED", `agent identity "${identityName}" is locked (${lock.kind.replace("_", " ")} ${lock.target}); an admin must remove the lock (mezctl locks ls shows it and why)`);
+  }
+}
+
 export function refuseIfLocked(locks: LockRecord[], s: LockSubject): void {
   const hit = locksOn(locks, s)[0];
-  if (hit) {
-    const why = hit.reason ? `: ${hit.reason}` : "";
-    throw new MeziteError("ERR_LOCKED", `agent identity "${s.identityName}" is locked (${hit.kind.replace("_", " ")} ${hit.target}${why}); an admin must remove the lock`);
-  }
+  if (hit) throw new LockedError(hit, s.identityName);
+}
+
+/** For a refusal's audit event: which lock refused it and the admin's reason; "" for any other error. */
+export function lockAuditDetail(e: unknown): string {
+  return e instanceof LockedError ? `lock=${e.lock.id} ${e.lock.kind}=${e.lock.target} reason=${JSON.stringify(e.lock.reason)}` : "";
 }
 
 /** `id` may be fixed so that many racing callers locking one thing make one lock, not many. */

@@ -44,7 +44,7 @@ export async function runAuth(cfg: AuthConfig, workers = 1): Promise<void> {
   if (cluster.isPrimary) {
     // One data dir, one service: a second one would rewrite admin.identity, and mezctl would
     // lose the real service once it stopped. Released at exit (a killed one's is taken over).
-    ensureDir(cfg.dataDir, 0o700);
+    ensureDir(cfg.dataDir, 0o700, { what: `--data-dir ${cfg.dataDir}` });
     const release = takeDirLock(cfg.dataDir, (pid) => `another mezd auth (pid ${pid}) is using the data dir ${cfg.dataDir}: stop it, or give this one its own --data-dir`);
     process.once("exit", release);
   }
@@ -121,8 +121,8 @@ function metricsCollector() {
 }
 
 async function runPrimary(cfg: AuthConfig, workers: number, log: Logger): Promise<void> {
-  // The first start creates the cluster key and CAs: do it once, before workers race for them.
-  ensureDir(cfg.dataDir, 0o700);
+  // The first start creates the cluster key and CAs: do it once, before workers race for them
+  // (runAuth has made and locked the data dir).
   const backend = await openBackend(cfg.backend, cfg.dataDir);
   let pin: string;
   let clusterName: string;

@@ -12,7 +12,7 @@ import { MeziteError, isMeziteError } from "../lib/errors.js";
 import { principalsFor } from "../rbac/access.js";
 import type { AuthContext, Caller } from "./context.js";
 import { issueAgentCertificates, keysHash } from "./issue.js";
-import { activeLocks, createLock, refuseIfLocked } from "./locks.js";
+import { activeLocks, createLock, lockAuditDetail, refuseIfLocked } from "./locks.js";
 import { encode, instanceExpiry, keys, load, type IdentityRecord, type InstanceRecord } from "./records.js";
 import { revokedHostKeys } from "./nodes.js";
 import { revokeIfLockedMeanwhile, revokedUntil } from "./revocations.js";
@@ -121,7 +121,7 @@ export async function renewAgent(ctx: AuthContext, req: RenewRequest, caller: Ca
     }
     throw new MeziteError("ERR_INTERNAL", "renewal kept racing with concurrent updates; retry");
   } catch (e) {
-    await ctx.audit.emit({ type: "agent_identity.renew", ...base, roles: roleNames, success: false, error: isMeziteError(e) ? e.code : "ERR_INTERNAL" });
+    await ctx.audit.emit({ type: "agent_identity.renew", ...base, roles: roleNames, success: false, error: isMeziteError(e) ? e.code : "ERR_INTERNAL", detail: lockAuditDetail(e) });
     throw e;
   }
 }

@@ -435,7 +435,7 @@ function dialable(host: string, port: number): string {
  * every worker's counts, which the primary collects.
  */
 export async function startAuthService(cfg: AuthConfig, log: Logger = createLogger(process.stderr), clusterMetrics?: () => Promise<string>): Promise<AuthService> {
-  ensureDir(cfg.dataDir, 0o700);
+  ensureDir(cfg.dataDir, 0o700, { what: `--data-dir ${cfg.dataDir}` });
   const { host, port: wantPort } = splitHostPort(cfg.listen, "--listen");
   const backend: Backend = await openBackend(cfg.backend, cfg.dataDir);
   const now = () => Date.now();
@@ -480,7 +480,10 @@ export async function startAuthService(cfg: AuthConfig, log: Logger = createLogg
       contextValues: (req) => createContextValues().set(peerKey, peerOf(req as Http2ServerRequest)),
       fallback: (req, res) => {
         const r = res as Http2ServerResponse;
-        if (!handleDiag(diag, req, r)) r.writeHead(404).end();
+        // Health and metrics (they name identities' calls) are for anyone only with --single-port,
+        // which asks for them on this port; otherwise only for a caller with a cluster certificate.
+        const open = cfg.singlePort || (req.socket as TLSSocket).authorized;
+        if (!open || !handleDiag(diag, req, r)) r.writeHead(404).end();
       },
     });
     const handler = withRequestDeadline(unaryGrpc(api.hot, MAX_REQUEST_BYTES, connectHandler));

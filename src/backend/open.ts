@@ -27,10 +27,4 @@ export async function openBackend(spec: string, dataDir: string, options: Backen
   throw new MeziteError("ERR_CONFIG", "--backend must be sqlite, memory or a postgres:// URL");
 }
 
-/**
- * A backend setting fit for a log line: a postgres:// URL without its password, whether in the
- * user-info part or as a password= parameter (in the query string or a key=value string).
- */
-export function redactBackend(spec: string): string {
-  return spec.replace(/\/\/[^@/]*@/, "//***@").replace(/(password|sslpassword)=[^&\s]*/gi, "$1=***");
-}
+export { redactBackend } from "../lib/secret-args.js";

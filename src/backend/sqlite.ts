@@ -9,9 +9,10 @@
  * handed out. That would re-enable a one-time token or lock an honest daemon, so each commit
  * fsyncs the WAL (~0.1 ms here; writes are joins and renewals, not a hot path).
  */
-import { closeSync, openSync } from "node:fs";
+import { closeSync, constants, fstatSync, lstatSync, openSync } from "node:fs";
 import Database from "better-sqlite3";
 import { MeziteError } from "../lib/errors.js";
+import { assertNotSymlink } from "../lib/files.js";
 import {
   alreadyExists, checkExpires, compareKeys, checkKey, checkPrefix, checkRange, checkValue, closedError, compareFailed,
   makeItem, newRevision, opItem, prefixEnd, resolveBackendOptions, startSweeper,
@@ -83,9 +84,7 @@ export class SqliteBackend implements Backend {
     this.#now = o.now;
     let db: Database.Database | undefined;
     try {
-      // Create the file ourselves so its mode is 0600; SQLite gives -wal/-shm the same mode.
-      closeSync(openSync(path, "a", 0o600));
-      db = new Database(path);
+      db = openNoFollow(path);
       db.pragma(`busy_timeout = ${Math.trunc(busyTimeoutMs)}`);
       db.pragma("journal_mode = WAL");
       db.pragma("synchronous = FULL");
@@ -232,6 +231,36 @@ function migrate(db: Database.Database, path: string): void {
     }
     db.pragma(`user_version = ${SCHEMA_VERSION}`);
   }).immediate();
+}
+
+/**
+ * SQLite follows a symlink at the database path (and puts -wal/-shm beside its target), so a link
+ * planted there would put the cluster's state, or its writes, wherever it points. The file is
+ * created 0600 by us (SQLite gives -wal/-shm the same mode) with O_NOFOLLOW, its companions must
+ * not be links either, and once SQLite has opened the path it must still be the file we opened.
+ */
+function openNoFollow(path: string): Database.Database {
+  for (const companion of ["-wal", "-shm", "-journal"]) assertNotSymlink(`${path}${companion}`);
+  let fd: number;
+  try {
+    fd = openSync(path, constants.O_RDWR | constants.O_CREAT | constants.O_NOFOLLOW | constants.O_NONBLOCK, 0o600);
+  } catch (e) {
+    if ((e as NodeJS.ErrnoException).code === "ELOOP") throw new MeziteError("ERR_SYMLINK", `${path} is a symlink: refusing to open the database through it`);
+    throw e;
+  }
+  try {
+    const ours = fstatSync(fd);
+    if (!ours.isFile()) throw new MeziteError("ERR_STORAGE", `${path} is not a regular file: refusing to open it as the database`);
+    const db = new Database(path);
+    const now = lstatSync(path);
+    if (now.isSymbolicLink() || now.ino !== ours.ino || now.dev !== ours.dev) {
+      db.close();
+      throw new MeziteError("ERR_SYMLINK", `${path} was replaced while it was being opened: refusing to use it`);
+    }
+    return db;
+  } finally {
+    closeSync(fd);
+  }
 }
 
 function sqliteError(e: unknown, path: string): unknown {

@@ -248,7 +248,7 @@ ai.command("add")
           `Token: ${token}`,
           ``,
           `Start the agent identity daemon with:`,
-          `mezd identity start --auth-server=${addr} --token=<token> --destination-dir=/var/lib/mezite/identity`,
+          `MEZITE_TOKEN=<token> mezd identity start --auth-server=${addr} --destination-dir=/var/lib/mezite/identity`,
           ``,
           `This token can only be used once.`,
           ``,
@@ -266,7 +266,7 @@ ai.command("add-token")
     const res = await call(a, (c) => c.addToken({ type: "agent_identity", agentIdentity: name, token: verifier }));
     const addr = await joinAddr(a);
     out(a, { name, token, token_expires: new Date(Number(res.token?.expires ?? 0n)).toISOString(), auth_server: addr }, () =>
-      [`Token: ${token}`, ``, `mezd identity start --auth-server=${addr} --token=<token> --destination-dir=/var/lib/mezite/identity`, ``, `This token can only be used once.`, ``].join("\n"),
+      [`Token: ${token}`, ``, `MEZITE_TOKEN=<token> mezd identity start --auth-server=${addr} --destination-dir=/var/lib/mezite/identity`, ``, `This token can only be used once.`, ``].join("\n"),
     );
   });
 
@@ -403,7 +403,7 @@ tokens
         `Token: ${token}`,
         ``,
         o.replace ? `Join the machine that replaces node "${o.replace}" with:` : `Join a node with:`,
-        `mezd node join --auth-server=${addr} --token=<token> --hostname=${o.replace ?? "<name>"} --ssh-dir=/etc/mezite/ssh`,
+        `MEZITE_TOKEN=<token> mezd node join --auth-server=${addr} --hostname=${o.replace ?? "<name>"} --ssh-dir=/etc/mezite/ssh`,
         ``,
         `This token can only be used once.`,
         ``,

@@ -27,8 +27,6 @@ export function registerIdentity(program: Command): void {
     .option("--config <file>", "YAML file with the same keys; flags win")
     .option("--debug", "print stack traces with errors")
     .action(async (_opts: unknown, cmd: Command) => {
-      // The token is a secret: drop it from what `ps` shows as soon as it is read.
-      if (process.argv.some((a) => a.startsWith("--token=") || a === "--token")) process.title = "mezd identity start";
       await applyConfigFile(cmd);
       // A config file's `no-ssh-key-file: true` lands on the negated attribute as given: flip it.
       if (cmd.getOptionValueSource("sshKeyFile") === "config") {

@@ -23,7 +23,6 @@ export function registerNode(program: Command): void {
     .option("--debug", "print stack traces with errors")
     .addHelpText("after", "\nThe token itself is never sent: the request is signed with a key derived from it, and the reply is trusted only when its MAC proves the server knew the token.")
     .action(async (o: Record<string, string | boolean | undefined>) => {
-      if (process.argv.some((a) => a.startsWith("--token=") || a === "--token")) process.title = "mezd node join";
       const { resolveJoinOptions, joinNode, joinReport } = await import("../node/join.js");
       const opts = resolveJoinOptions(o);
       process.stdout.write(joinReport(await joinNode(opts), opts.sshDir));

@@ -6,12 +6,18 @@
  */
 import { createRequire } from "node:module";
 import { isSea } from "node:sea";
+import { disableCoreDumps } from "../lib/core-dumps.js";
+import { hideSecretArgs } from "../lib/secret-args.js";
 
 async function main(argv: string[]): Promise<void> {
   if (argv[2] === "node" && argv[3] === "principals" && !argv.includes("--help") && !argv.includes("-h")) {
     (await import("../node/principals.js")).principalsMain(argv.slice(4));
     return;
   }
+  // Before anything loads: a secret given as an argument leaves what `ps` shows (secret-args.ts).
+  for (const w of hideSecretArgs(argv)) process.stderr.write(`mezd: warning: ${w}\n`);
+  // Every daemon and join holds keys in memory: no core file may carry them (core-dumps.ts).
+  if (argv[2] === "auth" || argv[2] === "identity" || argv[2] === "node") disableCoreDumps();
   // A node:cluster worker (auth start --workers) is started as `mezd SCRIPT ARGS...`, SCRIPT being
   // the primary's argv[1]; a standalone executable reads its own path as the script: drop SCRIPT.
   if (isSea() && (createRequire(process.execPath)("node:cluster") as { isWorker: boolean }).isWorker) argv = [argv[0]!, argv[1]!, ...argv.slice(3)];

@@ -52,7 +52,7 @@ export class Storage {
 
   /** Creates the dir (0700) and takes the lock; refuses if another live daemon holds it. */
   open(): void {
-    ensureDir(this.dir, 0o700);
+    ensureDir(this.dir, 0o700, { what: `the storage dir ${this.dir}` });
     this.release = takeDirLock(this.dir, (pid) => `another mezd identity (pid ${pid}) is using the storage dir ${this.dir}: stop it, or give this one its own --storage-dir`);
   }
 

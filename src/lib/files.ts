@@ -3,7 +3,7 @@
  * the same directory, fsync, rename over the target, fsync the directory. A symlink (or anything
  * but a regular file) where the target should be is refused, never followed.
  */
-import { constants, closeSync, fsyncSync, lstatSync, mkdirSync, openSync, renameSync, unlinkSync, writeSync, readFileSync, chmodSync, fchmodSync } from "node:fs";
+import { constants, closeSync, fstatSync, fsyncSync, lstatSync, mkdirSync, openSync, renameSync, unlinkSync, writeSync, readFileSync, chmodSync, fchmodSync } from "node:fs";
 import { randomBytes } from "node:crypto";
 import { basename, dirname, join } from "node:path";
 import { MeziteError } from "./errors.js";
@@ -117,12 +117,35 @@ function fsyncDir(dir: string): void {
   }
 }
 
-/** Creates `dir` (and parents) and makes sure it has exactly `mode`; refuses a symlinked dir. */
-export function ensureDir(dir: string, mode: number): void {
+/**
+ * Refuses a directory others could change under us: anyone who owns it or can write to it can
+ * swap or plant the files in it (keys, state, the database). `dir` must be a real directory owned
+ * by this user (`uid`) and not writable by group or others; `what` names it in the error
+ * ("--data-dir /var/lib/mezite").
+ */
+export function assertOwnDir(dir: string, what = dir, uid: number | undefined = process.getuid?.()): void {
+  let st;
+  try {
+    st = lstatSync(dir);
+  } catch (e) {
+    throw new MeziteError("ERR_STORAGE", `cannot use ${what}: ${(e as Error).message}`, { cause: e });
+  }
+  if (st.isSymbolicLink()) throw new MeziteError("ERR_SYMLINK", `${what} is a symlink: refusing to follow it`);
+  if (!st.isDirectory()) throw new MeziteError("ERR_STORAGE", `${what} exists and is not a directory`);
+  if (uid !== undefined && st.uid !== uid) throw new MeziteError("ERR_STORAGE", `${what} is owned by uid ${st.uid}, not by this user (uid ${uid}): chown it to this user, or use another directory`);
+  if ((st.mode & 0o022) !== 0) throw new MeziteError("ERR_STORAGE", `${what} is writable by group or others (mode ${(st.mode & 0o777).toString(8)}): run chmod go-w on it, or use another directory`);
+}
+
+/**
+ * Creates `dir` (and parents) and makes sure it has exactly `mode`; refuses a symlinked dir.
+ * With `own` (a directory holding our keys or state), an existing one must also pass assertOwnDir.
+ */
+export function ensureDir(dir: string, mode: number, own?: { what: string }): void {
   try {
     const st = lstatSync(dir);
     if (st.isSymbolicLink()) throw new MeziteError("ERR_SYMLINK", `${dir} is a symlink: refusing to follow it`);
     if (!st.isDirectory()) throw new MeziteError("ERR_STORAGE", `${dir} exists and is not a directory`);
+    if (own) assertOwnDir(dir, own.what);
   } catch (e) {
     if (e instanceof MeziteError) throw e;
     if (errno(e) !== "ENOENT") throw new MeziteError("ERR_STORAGE", `cannot use directory ${dir}: ${(e as Error).message}`, { cause: e });
@@ -135,17 +158,22 @@ export function ensureDir(dir: string, mode: number): void {
   chmodSync(dir, mode);
 }
 
-/** Reads a file without following a symlink; undefined when it does not exist. */
+/**
+ * Reads a regular file without following a symlink; undefined when it does not exist. Opened
+ * non-blocking and checked on the descriptor: a FIFO or device planted at `path` is refused at
+ * once instead of hanging the reader (opening a FIFO blocks until someone writes to it).
+ */
 export function readFileNoFollow(path: string): string | undefined {
   let fd: number;
   try {
-    fd = openSync(path, constants.O_RDONLY | constants.O_NOFOLLOW);
+    fd = openSync(path, constants.O_RDONLY | constants.O_NOFOLLOW | constants.O_NONBLOCK);
   } catch (e) {
     if (errno(e) === "ENOENT") return undefined;
     if (errno(e) === "ELOOP") throw new MeziteError("ERR_SYMLINK", `${path} is a symlink: refusing to follow it`);
     throw new MeziteError("ERR_STORAGE", `cannot read ${path}: ${(e as Error).message}`, { cause: e });
   }
   try {
+    if (!fstatSync(fd).isFile()) throw new MeziteError("ERR_STORAGE", `${path} is not a regular file: refusing to read it`);
     return readFileSync(fd, "utf8");
   } finally {
     closeSync(fd);

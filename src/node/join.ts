@@ -148,7 +148,7 @@ export interface JoinResult {
 export async function joinNode(o: JoinOptions, now: () => number = Date.now): Promise<JoinResult> {
   const mezd = o.mezdPath;
   const snippet = renderSshdConfig(o.sshDir, mezd, o.principalsUser); // refuses bad paths before the call
-  ensureDir(o.sshDir, DIR_MODE);
+  ensureDir(o.sshDir, DIR_MODE, { what: `--ssh-dir ${o.sshDir}` });
   for (const f of Object.keys(FILES) as (keyof typeof FILES)[]) assertNotSymlink(pathOf(o.sshDir, f));
   if (!o.force) refuseIfJoined(o.sshDir);
 

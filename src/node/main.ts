@@ -3,6 +3,7 @@ import { resolve } from "node:path";
 import { isHostPort } from "../lib/address.js";
 import { diagSource, startDiagServer } from "../lib/diag.js";
 import { MeziteError } from "../lib/errors.js";
+import { assertOwnDir } from "../lib/files.js";
 import { createLogger } from "../lib/log.js";
 import { NODE_DEFAULTS, NodeAgent, type NodeAgentOptions } from "./agent.js";
 
@@ -24,7 +25,9 @@ export function resolveNodeStartOptions(raw: RawNodeStartOptions): NodeAgentOpti
 /** Runs until SIGTERM or SIGINT, then returns (exit 0). */
 export async function runNodeAgent(raw: RawNodeStartOptions): Promise<void> {
   const log = createLogger(process.stderr, { program: "mezd node" });
-  const agent = new NodeAgent(resolveNodeStartOptions(raw), { log });
+  const opts = resolveNodeStartOptions(raw);
+  assertOwnDir(opts.sshDir, `--ssh-dir ${opts.sshDir}`);
+  const agent = new NodeAgent(opts, { log });
   const stop = new AbortController();
   const onSignal = (sig: NodeJS.Signals) => {
     log.info("stopping", { signal: sig });

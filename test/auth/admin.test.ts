@@ -69,7 +69,7 @@ test("the seed's steps: create -f, agent-identities add (exact shape), ls, statu
       `Token: ${token}`,
       "",
       "Start the agent identity daemon with:",
-      `mezd identity start --auth-server=127.0.0.1:${auth.port} --token=<token> --destination-dir=/var/lib/mezite/identity`,
+      `MEZITE_TOKEN=<token> mezd identity start --auth-server=127.0.0.1:${auth.port} --destination-dir=/var/lib/mezite/identity`,
       "",
       "This token can only be used once.",
       "",
@@ -137,7 +137,13 @@ test("locks add / ls / rm: a lock stops renewal at once, removing it lets renewa
   const locks = await json<any[]>("locks", "ls");
   assert.deepEqual(locks.map((l) => [l.id, l.reason]), [[lock.id, "incident 42"]]);
   assert.equal((await statusOf(auth, "github-deploy")).locked, true);
-  await refused(renew(auth.addr, held), "ERR_LOCKED");
+  const locked = await refused(renew(auth.addr, held), "ERR_LOCKED");
+  // The caller hears that it is locked and what to do; the admin's reason is for admins only.
+  assert.match(locked.message, /agent identity "github-deploy" is locked \(agent identity github-deploy\); an admin must remove the lock/);
+  assert.ok(!locked.message.includes("incident 42"), `the lock reason reached the caller: ${locked.message}`);
+  const audited = (await json<any[]>("audit", "ls", "--type=agent_identity.renew")).filter((e) => e.error === "ERR_LOCKED");
+  assert.equal(audited.length, 1);
+  assert.equal(audited[0].detail, `lock=${lock.id} agent_identity=github-deploy reason="incident 42"`, "the audit event names the lock and its reason");
 
   assert.match(await mezctlOk(auth, "locks", "rm", lock.id), new RegExp(`Lock ${lock.id} removed`));
   assert.deepEqual((await adminApi(auth).listLocks({})).locks, []);
@@ -148,7 +154,8 @@ test("locks add / ls / rm: a lock stops renewal at once, removing it lets renewa
 
 test("tokens ls lists tokens but never their secret; status follows the identity's newest token", async () => {
   assert.equal((await json("agent-identities", "status", "github-deploy")).token_state, "used");
-  const second = tokenFrom(await mezctlOk(auth, "agent-identities", "add-token", "github-deploy"));
+  const addTokenOut = await mezctlOk(auth, "agent-identities", "add-token", "github-deploy");
+  const second = tokenFrom(addTokenOut);
   assert.equal((await json("agent-identities", "status", "github-deploy")).token_state, "unused");
   const list = await json<any[]>("tokens", "ls");
   const ids = [token, second].map((t) => deriveTokenSecrets(Buffer.from(t, "hex")).tokenId);
@@ -160,7 +167,12 @@ test("tokens ls lists tokens but never their secret; status follows the identity
     assert.ok(!out.includes(secret) && !out.includes(secret.slice(0, 32)) && !out.includes(secret.slice(32)), "tokens ls shows a token secret");
   }
   // A node token (no identity) and a removed token leave the identity's status as it was.
-  await mezctlOk(auth, "tokens", "add", "--type=node", "--labels=env=test");
+  const nodeTokenOut = await mezctlOk(auth, "tokens", "add", "--type=node", "--labels=env=test");
+  // Hints pass the token through the environment: an argument shows in ps to every user.
+  for (const hint of [addTokenOut, nodeTokenOut]) {
+    assert.match(hint, /^MEZITE_TOKEN=<token> mezd (identity start|node join) /m);
+    assert.doesNotMatch(hint, /--token[= ]/, hint);
+  }
   await mezctlOk(auth, "tokens", "rm", ids[1]!);
   assert.equal((await json("agent-identities", "status", "github-deploy")).token_state, "used");
   assert.deepEqual((await json<any[]>("tokens", "ls")).filter((t) => t.type === "agent_identity").map((t) => t.id), [ids[0]]);

@@ -6,7 +6,7 @@
 import assert from "node:assert/strict";
 import { spawn } from "node:child_process";
 import type { ChildProcessWithoutNullStreams } from "node:child_process";
-import { mkdtempSync, rmSync, statSync, writeFileSync } from "node:fs";
+import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, statSync, symlinkSync, unlinkSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { dirname, join, resolve } from "node:path";
 import { test } from "node:test";
@@ -382,6 +382,30 @@ test("sqlite: the database file is created 0600 through openBackend", async (t) 
   assert.equal(statSync(dir).mode & 0o777, 0o700);
   assert.equal(statSync(join(dir, "mezite.db")).mode & 0o777, 0o600);
   assert.equal(statSync(join(dir, "mezite.db-wal")).mode & 0o777, 0o600);
+});
+
+test("sqlite: the database is never opened through a symlink, nor its -wal/-shm companions", async (t) => {
+  const dir = join(tempDir(t), "data");
+  mkdirSync(dir, { mode: 0o700 });
+  const elsewhere = join(tempDir(t), "elsewhere.db");
+  const db = join(dir, "mezite.db");
+  // A link to a file that does not exist yet: following it would create the database there.
+  symlinkSync(elsewhere, db);
+  await assert.rejects(openBackend("sqlite", dir, { sweepIntervalMs: 0 }), (e) => isMeziteError(e, "ERR_SYMLINK") && /mezite\.db is a symlink/.test(e.message));
+  assert.equal(existsSync(elsewhere), false, "nothing was created through the link");
+  // A link to an existing file: it is neither opened nor changed.
+  writeFileSync(elsewhere, "not yours");
+  await assert.rejects(openBackend("sqlite", dir, { sweepIntervalMs: 0 }), (e) => isMeziteError(e, "ERR_SYMLINK"));
+  assert.equal(readFileSync(elsewhere, "utf8"), "not yours");
+  unlinkSync(db);
+  for (const companion of ["-wal", "-shm"]) {
+    symlinkSync(join(tempDir(t), `elsewhere${companion}`), `${db}${companion}`);
+    await assert.rejects(openBackend("sqlite", dir, { sweepIntervalMs: 0 }), (e) => isMeziteError(e, "ERR_SYMLINK"), companion);
+    unlinkSync(`${db}${companion}`);
+  }
+  const b = await openBackend("sqlite", dir, { sweepIntervalMs: 0 });
+  await b.put("/x", "1");
+  await b.close();
 });
 
 test("sqlite: a write that resolved survives kill -9 of the process", async (t) => {

@@ -2,6 +2,7 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import { mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from "node:fs";
+import { connect as http2Connect } from "node:http2";
 import { request as httpsRequest, type RequestOptions } from "node:https";
 import type { TLSSocket } from "node:tls";
 import { tmpdir } from "node:os";
@@ -64,6 +65,35 @@ test("--single-port serves gRPC (h2) and plain HTTP/1.1 health and metrics on on
     await mezctlOk(auth, "agent-identities", "ls");
     const metrics = await httpsGet(auth.port, "/metrics", id.ca_pem);
     assert.match(metrics.body, /mezite_auth_requests_total\{method="ListAgentIdentities",result="ok"\} 1/);
+  } finally {
+    await auth.stop();
+  }
+});
+
+/** GET over HTTP/2 on the gRPC port, as a gRPC client's connection would; `client` is a certificate and key to present. */
+function h2Get(port: number, path: string, ca: string, client?: { cert: string; key: string }): Promise<number> {
+  return new Promise((ok, fail) => {
+    const session = http2Connect(`https://127.0.0.1:${port}`, { ca, ...client });
+    session.on("error", fail);
+    const req = session.request({ ":path": path });
+    req.on("response", (h) => {
+      req.resume();
+      req.on("end", () => (session.close(), ok(Number(h[":status"]))));
+    });
+    req.on("error", fail);
+    req.end();
+  });
+}
+
+test("without --single-port the gRPC port serves health and metrics only to callers with a cluster certificate", async () => {
+  const auth = await startAuth();
+  try {
+    const id = JSON.parse(readFileSync(auth.identityPath, "utf8")) as { ca_pem: string; cert_pem: string; key_pem: string };
+    for (const path of ["/metrics", "/livez", "/readyz"]) {
+      assert.equal(await h2Get(auth.port, path, id.ca_pem), 404, `${path} without a client certificate`);
+    }
+    assert.equal(await h2Get(auth.port, "/livez", id.ca_pem, { cert: id.cert_pem, key: id.key_pem }), 200, "with the admin certificate");
+    assert.equal(await h2Get(auth.port, "/metrics", id.ca_pem, { cert: id.cert_pem, key: id.key_pem }), 200);
   } finally {
     await auth.stop();
   }

@@ -4,6 +4,7 @@
  */
 import assert from "node:assert/strict";
 import { generateKeyPairSync, type KeyObject } from "node:crypto";
+import { spawnSync } from "node:child_process";
 import { mkdtempSync, rmSync, symlinkSync, unlinkSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -14,6 +15,7 @@ import { formatLockState, NO_LOCKS, writeNodeConfig, type LockState } from "../.
 import { CERT_EXTENSIONS as EXT } from "../../src/api/cert-extensions.js";
 import { decide, principalsCommand, type PrincipalsInput } from "../../src/node/principals.js";
 import type { RoleAccess } from "../../src/rbac/access.js";
+import { ensureBuilt, MEZD, run } from "../harness/auth.js";
 
 const NOW = 1_800_000_000; // frozen: unix seconds
 const ca = generateKeyPairSync("ed25519");
@@ -161,5 +163,22 @@ describe("principalsCommand over files", () => {
     assert.equal(principalsCommand(dir, ["deploy", cert()], nowMs).stdout, "");
     writeFileSync(locks, formatLockState(NO_LOCKS));
     assert.equal(principalsCommand(dir, ["deploy", cert()], nowMs).stdout, "deploy\n");
+  });
+
+  test("a FIFO (or anything but a regular file) as node.json is refused at once, not waited on", async () => {
+    ensureBuilt();
+    const d = mkdtempSync(join(tmpdir(), "mezite-principals-fifo-"));
+    try {
+      writeFileSync(join(d, "user_ca.pub"), `${formatAuthorizedKey(ca.publicKey)}\n`);
+      writeFileSync(join(d, "revoked_locks.json"), formatLockState(NO_LOCKS));
+      assert.equal(spawnSync("mkfifo", [join(d, "node.json")]).status, 0, "mkfifo");
+      // Nobody ever writes to the FIFO: a blocking open would wait until the timeout kills it.
+      const r = await run(MEZD, ["node", "principals", `--ssh-dir=${d}`, "deploy", cert({ validAfter: Math.floor(Date.now() / 1000) - 60, validBefore: Math.floor(Date.now() / 1000) + 3600 })], { timeoutMs: 30_000 });
+      assert.equal(r.code, 0, `exit ${r.code}: ${r.stderr}`);
+      assert.equal(r.stdout, "");
+      assert.match(r.stderr, /^mezd node principals: refused "deploy": .*node\.json is not a regular file/);
+    } finally {
+      rmSync(d, { recursive: true, force: true });
+    }
   });
 });
