@@ -248,7 +248,7 @@ ai.command("add")
           `Token: ${token}`,
           ``,
           `Start the agent identity daemon with:`,
-          `MEZITE_TOKEN=<token> mezd identity start --auth-server=${addr} --destination-dir=/var/lib/mezite/identity`,
+          ...identityStartHint(addr, o.name),
           ``,
           `This token can only be used once.`,
           ``,
@@ -266,7 +266,7 @@ ai.command("add-token")
     const res = await call(a, (c) => c.addToken({ type: "agent_identity", agentIdentity: name, token: verifier }));
     const addr = await joinAddr(a);
     out(a, { name, token, token_expires: new Date(Number(res.token?.expires ?? 0n)).toISOString(), auth_server: addr }, () =>
-      [`Token: ${token}`, ``, `MEZITE_TOKEN=<token> mezd identity start --auth-server=${addr} --destination-dir=/var/lib/mezite/identity`, ``, `This token can only be used once.`, ``].join("\n"),
+      [`Token: ${token}`, ``, ...identityStartHint(addr, name), ``, `This token can only be used once.`, ``].join("\n"),
     );
   });
 
@@ -372,6 +372,17 @@ locks
 
 // ---- tokens
 
+/**
+ * How to start a daemon with a new token, laid out as deploy/systemd/mezd-identity@.service runs it:
+ * the token in a file (an argument shows in ps), the outputs in the unit's one writable dir.
+ */
+function identityStartHint(addr: string, name: string): string[] {
+  return [
+    `mezd identity start --auth-server=${addr} --token-file=/etc/mezite/identity/${name}.token --destination-dir=/var/lib/mezite-identity/${name}`,
+    `(under systemd: those three keys in /etc/mezite/identity/${name}.yaml, then systemctl enable --now mezd-identity@${name})`,
+  ];
+}
+
 function parseLabels(s: string): Record<string, string> {
   const labels: Record<string, string> = {};
   for (const part of s.split(",").map((p) => p.trim()).filter(Boolean)) {
@@ -403,7 +414,7 @@ tokens
         `Token: ${token}`,
         ``,
         o.replace ? `Join the machine that replaces node "${o.replace}" with:` : `Join a node with:`,
-        `MEZITE_TOKEN=<token> mezd node join --auth-server=${addr} --hostname=${o.replace ?? "<name>"} --ssh-dir=/etc/mezite/ssh`,
+        `mezd node join --auth-server=${addr} --token-file=/etc/mezite/node.token --hostname=${o.replace ?? "<name>"} --ssh-dir=/etc/mezite/ssh`,
         ``,
         `This token can only be used once.`,
         ``,

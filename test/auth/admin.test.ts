@@ -4,11 +4,11 @@
  */
 import assert from "node:assert/strict";
 import { after, before, test } from "node:test";
-import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join as joinPath } from "node:path";
 import { deriveTokenSecrets } from "../../src/ca/jointoken.js";
-import { SEED_ROLE, mezctl, mezctlOk, startAuth, tokenFrom, type AuthProcess } from "../harness/auth.js";
+import { ROOT, SEED_ROLE, mezctl, mezctlOk, startAuth, tokenFrom, type AuthProcess } from "../harness/auth.js";
 import { adminApi, auditEvents, join, refused, renew, statusOf, type Held } from "./client.js";
 
 let auth: AuthProcess;
@@ -69,7 +69,8 @@ test("the seed's steps: create -f, agent-identities add (exact shape), ls, statu
       `Token: ${token}`,
       "",
       "Start the agent identity daemon with:",
-      `MEZITE_TOKEN=<token> mezd identity start --auth-server=127.0.0.1:${auth.port} --destination-dir=/var/lib/mezite/identity`,
+      `mezd identity start --auth-server=127.0.0.1:${auth.port} --token-file=/etc/mezite/identity/github-deploy.token --destination-dir=/var/lib/mezite-identity/github-deploy`,
+      `(under systemd: those three keys in /etc/mezite/identity/github-deploy.yaml, then systemctl enable --now mezd-identity@github-deploy)`,
       "",
       "This token can only be used once.",
       "",
@@ -170,9 +171,14 @@ test("tokens ls lists tokens but never their secret; status follows the identity
   const nodeTokenOut = await mezctlOk(auth, "tokens", "add", "--type=node", "--labels=env=test");
   // Hints pass the token through the environment: an argument shows in ps to every user.
   for (const hint of [addTokenOut, nodeTokenOut]) {
-    assert.match(hint, /^MEZITE_TOKEN=<token> mezd (identity start|node join) /m);
+    assert.match(hint, /^mezd (identity start|node join) .*--token-file=\/etc\/mezite\//m);
     assert.doesNotMatch(hint, /--token[= ]/, hint);
   }
+  // The identity hint's destination is the shipped unit's one writable dir (issue 24: hints match units).
+  const unit = readFileSync(joinPath(ROOT, "deploy/systemd/mezd-identity@.service"), "utf8");
+  const writable = /^ReadWritePaths=(\S+)%i$/m.exec(unit)?.[1];
+  assert.ok(writable, "the unit names its writable dir");
+  assert.match(addTokenOut, new RegExp(`--destination-dir=${writable}github-deploy\\b`));
   await mezctlOk(auth, "tokens", "rm", ids[1]!);
   assert.equal((await json("agent-identities", "status", "github-deploy")).token_state, "used");
   assert.deepEqual((await json<any[]>("tokens", "ls")).filter((t) => t.type === "agent_identity").map((t) => t.id), [ids[0]]);
