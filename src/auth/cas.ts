@@ -8,7 +8,7 @@ import { X509Certificate, createCipheriv, createDecipheriv, createHash, createPr
 import { join } from "node:path";
 import type { Backend } from "../backend/backend.js";
 import { formatAuthorizedKey, generateEd25519, sshFingerprint } from "../ca/sshkey.js";
-import { createCaCertificate, generateP256, parseCertificatePem } from "../ca/x509.js";
+import { caPin, createCaCertificate, generateP256, parseCertificatePem } from "../ca/x509.js";
 import { MeziteError, isMeziteError } from "../lib/errors.js";
 import { readFileNoFollow, writeFileAtomic } from "../lib/files.js";
 import { encode, keys, load } from "./records.js";
@@ -381,6 +381,12 @@ export function caState(cas: ClusterCas, kinds: readonly CaKind[] = CA_KINDS): s
 /** Each CA's own state (caState of that CA alone): what the service records of who holds what. */
 export type CaStates = Partial<Record<CaKind, string>>;
 export const caStatesOf = (cas: ClusterCas, kinds: readonly CaKind[] = CA_KINDS): CaStates => Object.fromEntries(kinds.map((k) => [k, caState(cas, [k])]));
+
+/** Every trusted Host CA key's TLS pin, the one signing the service's certificate first. */
+export function hostCaPins(cas: ClusterCas): string[] {
+  const server = caPin(cas.host.server.x509CertPem);
+  return [server, ...cas.host.trusted.map((k) => caPin(k.x509CertPem)).filter((p) => p !== server)];
+}
 
 /** What a node's ca_state covers. */
 export const NODE_CA_KINDS: readonly CaKind[] = ["host"];

@@ -55,7 +55,7 @@ import * as locks from "./admin/locks.js";
 import * as nodes from "./admin/nodes.js";
 import * as roles from "./admin/roles.js";
 import { Audit } from "./audit.js";
-import { CA_KINDS, PHASES, caState, openCaStore, trustedX509Pems, type CaKind, type CertAuthority, type ClusterCas } from "./cas.js";
+import { CA_KINDS, PHASES, caState, hostCaPins, openCaStore, trustedX509Pems, type CaKind, type CertAuthority, type ClusterCas } from "./cas.js";
 import { resolveClusterName } from "./cluster.js";
 import type { AdminCaller, AuthContext, Caller } from "./context.js";
 import { joinAgent, joinWithIdToken } from "./join.js";
@@ -281,7 +281,7 @@ function routes(ctx: AuthContext, revocations: Revocations, metrics: AuthMetrics
     });
     router.service(AdminService, {
       getClusterInfo: admin("GetClusterInfo", async () =>
-        create(adminPb.GetClusterInfoResponseSchema, { clusterName: ctx.clusterName, publicAddrs: ctx.publicAddrs, caPin: caPin(ctx.cas.host.server.x509CertPem) }),
+        create(adminPb.GetClusterInfoResponseSchema, { clusterName: ctx.clusterName, publicAddrs: ctx.publicAddrs, caPin: caPin(ctx.cas.host.server.x509CertPem), caPins: hostCaPins(ctx.cas) }),
       ),
       createRole: admin("CreateRole", async (req: adminPb.CreateRoleRequest, by) => {
         if (!req.role) throw new MeziteError("ERR_USAGE", "invalid request: role missing");

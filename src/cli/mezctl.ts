@@ -142,13 +142,16 @@ function documentKind(doc: unknown, file: string): (typeof CREATABLE)[number] {
   throw new MeziteError("ERR_USAGE", `${file} ${got}: create -f takes kind: role or kind: join_token`);
 }
 
+/** Every pin a pinned join must accept now (an older service names only ca_pin). */
+const pinsOf = (info: { caPin: string; caPins: string[] }): string[] => (info.caPins.length > 0 ? info.caPins : [info.caPin]);
+
 async function createJoinToken(doc: unknown, force: boolean): Promise<void> {
   const a = admin();
   const res = await call(a, (c) => c.createJoinToken({ documentJson: JSON.stringify(doc), force }));
   const jt = res.joinToken!;
   const info = await call(a, (c) => c.getClusterInfo({}));
   const addr = info.publicAddrs[0] ?? a.addr;
-  const hint = `mezd identity start --auth-server=${addr} --join-method=${jt.joinMethod} --token=${jt.name} --ca-pin=${info.caPin} --destination-dir=/tmp/mezite-certs --one-shot`;
+  const hint = `mezd identity start --auth-server=${addr} --join-method=${jt.joinMethod} --token=${jt.name} --ca-pin=${pinsOf(info).join(",")} --destination-dir=/tmp/mezite-certs --one-shot`;
   out(a, { kind: "join_token", name: jt.name, replaced: res.replaced, join_method: jt.joinMethod, agent_identity: jt.agentIdentity, audience: info.clusterName, hint }, () =>
     [
       `join_token "${jt.name}" ${res.replaced ? "updated" : "created"} (${jt.joinMethod}, for agent identity "${jt.agentIdentity}").`,
@@ -217,8 +220,14 @@ program
   .action(async () => {
     const a = admin();
     const info = await call(a, (c) => c.getClusterInfo({}));
-    out(a, { cluster_name: info.clusterName, ca_pin: info.caPin, auth_servers: info.publicAddrs }, () =>
-      [`Cluster:     ${info.clusterName}`, `CA pin:      ${info.caPin}`, `Auth server: ${info.publicAddrs.join(", ")}`, ``].join("\n"),
+    const pins = pinsOf(info);
+    out(a, { cluster_name: info.clusterName, ca_pin: info.caPin, ca_pins: pins, auth_servers: info.publicAddrs }, () =>
+      [
+        `Cluster:     ${info.clusterName}`,
+        pins.length > 1 ? `CA pins:     ${pins.join(",")} (a Host CA rotation: pinned joins give them all until it ends)` : `CA pin:      ${info.caPin}`,
+        `Auth server: ${info.publicAddrs.join(", ")}`,
+        ``,
+      ].join("\n"),
     );
   });
 

@@ -4,7 +4,7 @@
  */
 import assert from "node:assert/strict";
 import { after, before, describe, test } from "node:test";
-import { copyFileSync, existsSync, mkdtempSync, readFileSync, rmSync } from "node:fs";
+import { copyFileSync, existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { SEED_ROLE_PATH, mezctl, mezctlOk, startAuth, tokenFrom, type AuthProcess } from "../harness/auth.js";
@@ -92,6 +92,14 @@ describe("mezctl ca", () => {
       const host = (JSON.parse(await mezctlOk(auth, "ca", "status", "--format=json")) as CaStatusDoc[]).find((c) => c.type === "host")!;
       const [oldPin, newPin] = [host.keys.find((k) => k.role === "current")!.x509_pin, host.keys.find((k) => k.role === "next")!.x509_pin];
       const both = `${oldPin},${newPin}`;
+      // mezctl status and a join_token's hint name both pins for as long as the rotation lasts (issue 24).
+      const cluster = JSON.parse(await mezctlOk(auth, "status", "--format=json")) as { ca_pin: string; ca_pins: string[] };
+      assert.deepEqual([cluster.ca_pin, cluster.ca_pins], [oldPin, [oldPin, newPin]]);
+      assert.match(await mezctlOk(auth, "status"), new RegExp(`^CA pins: +${oldPin},${newPin} \\(a Host CA rotation`, "m"));
+      const jtPath = join(work, "jt.yaml");
+      writeFileSync(jtPath, "kind: join_token\nmetadata: {name: pinned-ci}\nspec:\n  agent_identity: pinned-jt\n  join_method: github\n  github:\n    allow: [{repository: acme/webapp}]\n");
+      await mezctlOk(auth, "agent-identities", "add", "--name=pinned-jt", "--roles=ci-deployer");
+      assert.match(await mezctlOk(auth, "create", "-f", jtPath), new RegExp(`--ca-pin=${oldPin},${newPin} `));
       const outcome = async (pin: string) => (await join1(pin)).code;
       assert.deepEqual([await outcome(oldPin), await outcome(newPin), await outcome(both)], [0, 3, 0], "init: the old key signs the service's certificate");
       await mezctlOk(auth, "ca", "rotate", "--type=host", "--manual", "--phase=update_clients");
