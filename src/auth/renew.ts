@@ -14,6 +14,8 @@ import type { AuthContext, Caller } from "./context.js";
 import { issueAgentCertificates, keysHash } from "./issue.js";
 import { activeLocks, createLock, lockAuditDetail, refuseIfLocked } from "./locks.js";
 import { encode, instanceExpiry, keys, load, type IdentityRecord, type InstanceRecord } from "./records.js";
+import { parseVerifiedCertificate, type ParsedCert } from "../ca/x509.js";
+import type { X509Certificate } from "node:crypto";
 import { revokedHostKeys } from "./nodes.js";
 import { revokeIfLockedMeanwhile, revokedUntil } from "./revocations.js";
 import { loadRoles } from "./roles.js";
@@ -155,4 +157,44 @@ async function lockClone(ctx: AuthContext, inst: InstanceRecord, presented: stri
     error: "ERR_GENERATION_MISMATCH",
     detail: `expected generation ${inst.generation}; lock ${lock.id}`,
   });
+}
+
+/**
+ * Why a renewal certificate the service no longer accepts was refused, when it is one of this
+ * cluster's instances whose certificates come from a User CA key a rotation retired while its
+ * daemon was offline (issue 24): that daemon can never renew, and should say what to do rather
+ * than "this call needs the daemon's renewal certificate". The certificate is not trusted: its
+ * identity and instance ids are looked up, and only an instance that exists and holds
+ * certificates of an untrusted key gets this answer (and one audit event). Undefined otherwise.
+ */
+export async function staleInstanceRefusal(ctx: AuthContext, x509: X509Certificate, remoteAddr: string): Promise<MeziteError | undefined> {
+  let claimed: ParsedCert;
+  try {
+    claimed = parseVerifiedCertificate(x509);
+  } catch {
+    return undefined;
+  }
+  if (claimed.kind !== "renewal" || !claimed.identityId || !claimed.instanceId) return undefined;
+  const inst = await load<InstanceRecord>(ctx.backend, keys.instance(claimed.identityId, claimed.instanceId));
+  if (!inst || !isStale(ctx, inst.value)) return undefined;
+  const name = inst.value.identityName;
+  await ctx.audit.emit({
+    type: "agent_identity.renew",
+    identity: name,
+    instance: inst.value.id,
+    generation: inst.value.generation,
+    remote_addr: remoteAddr,
+    success: false,
+    error: "ERR_NOT_AUTHORIZED",
+    detail: `its certificates are of User CA key ${inst.value.userCaKey}, retired by a CA rotation`,
+  });
+  return new MeziteError(
+    "ERR_NOT_AUTHORIZED",
+    `agent identity "${name}" instance ${inst.value.id.slice(0, 8)} was offline through a CA rotation: its certificates are of a retired User CA key and cannot renew; ask an admin for a new token (mezctl agent-identities add-token ${name}) and join again`,
+  );
+}
+
+/** An instance whose last certificates are of a User CA key no longer trusted: it cannot renew. */
+export function isStale(ctx: AuthContext, inst: InstanceRecord): boolean {
+  return inst.userCaKey !== undefined && !ctx.cas.user.trusted.some((k) => k.sshFingerprint === inst.userCaKey);
 }

@@ -62,7 +62,7 @@ import { joinAgent, joinWithIdToken } from "./join.js";
 import * as joinMethods from "./join-methods.js";
 import { callingNode, heartbeat, joinNode, renewNode } from "./nodes.js";
 import { Revocations } from "./revocations.js";
-import { renewAgent } from "./renew.js";
+import { renewAgent, staleInstanceRefusal } from "./renew.js";
 import { CaWatcher, recordInstanceCaState, recordNodeCaState, renewSpreadMs } from "./rotation.js";
 import * as tokens from "./tokens.js";
 
@@ -134,7 +134,7 @@ function issuedBy(x509: X509Certificate, ca: CertAuthority, authorized: boolean,
 }
 
 function notAuthorized(accepts: CertKind): MeziteError {
-  const what = accepts === "renewal" ? "the daemon's renewal certificate (output certificates cannot renew)" : `a ${accepts} certificate`;
+  const what = accepts === "renewal" ? "the daemon's renewal certificate (output certificates cannot renew)" : `${accepts === "output" || accepts === "admin" ? "an" : "a"} ${accepts} certificate`;
   return new MeziteError("ERR_NOT_AUTHORIZED", `this call needs ${what}`);
 }
 
@@ -145,7 +145,9 @@ async function authenticate(ctx: AuthContext, peer: Peer, accepts: CertKind | "n
   // Not verified by OpenSSL: perhaps signed by a key another auth service brought in with a
   // rotation's phase a moment ago, which this one has not loaded yet.
   if (!peer.authorized) await ctx.refreshCas();
-  if (!issuedBy(peer.x509, ctx.cas[CERT_ISSUER[accepts]], peer.authorized, ctx.now())) throw notAuthorized(accepts);
+  if (!issuedBy(peer.x509, ctx.cas[CERT_ISSUER[accepts]], peer.authorized, ctx.now())) {
+    throw (accepts === "renewal" && (await staleInstanceRefusal(ctx, peer.x509, peer.remoteAddr))) || notAuthorized(accepts);
+  }
   let cert: ParsedCert;
   try {
     cert = parseVerifiedCertificate(peer.x509);

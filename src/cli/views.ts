@@ -33,6 +33,7 @@ export function identityDoc(s: pb.AgentIdentityStatus) {
       join_method: i.joinMethod,
       claims: i.claims,
       host: i.host ? { host_name: i.host.hostName, os: i.host.os, arch: i.host.arch, version: i.host.version } : null,
+      stale: i.stale,
     })),
   };
 }
@@ -63,7 +64,7 @@ export function identityText(s: pb.AgentIdentityStatus): string {
   if (s.locks.length) out.push(`Locks:`, ...s.locks.map((l) => `  ${e(l.id)}  ${e(`${l.targetKind}=${l.target}`)}${l.reason ? `  "${e(l.reason)}"` : ""}`));
   out.push(`Instances:      ${s.instances.length === 0 ? "none" : ""}`.trimEnd());
   for (const i of s.instances) {
-    out.push(`  ${e(i.id)}  generation ${i.generation}  ${i.locked ? "LOCKED" : "active"}  last seen ${relTime(i.lastSeen)}${i.address ? ` from ${e(i.address)}` : ""}  cert expires ${relTime(i.certExpires)}`);
+    out.push(`  ${e(i.id)}  generation ${i.generation}  ${i.locked ? "LOCKED" : i.stale ? "STALE (certificates of a retired User CA key: add-token)" : "active"}  last seen ${relTime(i.lastSeen)}${i.address ? ` from ${e(i.address)}` : ""}  cert expires ${relTime(i.certExpires)}`);
     const claims = Object.entries(i.claims).map(([k, v]) => `${k}=${v}`).join(" ");
     if (i.joinMethod && i.joinMethod !== "token") out.push(`    joined by ${e(i.joinMethod)}${claims ? `: ${e(claims)}` : ""}`);
     if (i.host) out.push(`    host ${e(i.host.hostName)} (${e(`${i.host.os}/${i.host.arch}`)}, mezd ${e(i.host.version)})`);

@@ -36,7 +36,7 @@ export function usage(message: string): MeziteError {
 /** --identity-dir, or $MEZITE_IDENTITY_DIR; made absolute. */
 export function identityDirOption(value: string | undefined): string {
   const v = value ?? (process.env["MEZITE_IDENTITY_DIR"] || undefined);
-  if (v === undefined || v === "") throw usage("--identity-dir is required (the destination dir of mezd identity, e.g. /var/lib/mezite/identity)");
+  if (v === undefined || v === "") throw usage("--identity-dir or $MEZITE_IDENTITY_DIR is required: the destination dir mezd identity writes, e.g. /var/lib/mezite-identity/NAME");
   return isAbsolute(v) ? v : resolve(v);
 }
 
@@ -46,7 +46,7 @@ function readOutput(dir: string, name: string): string {
   } catch (e) {
     const code = (e as NodeJS.ErrnoException).code;
     if (code === "ENOENT") {
-      if (!existsSync(dir)) throw usage(`${dir} does not exist: pass the destination dir of mezd identity as --identity-dir`);
+      if (!existsSync(dir)) throw usage(`${dir} does not exist: pass the destination dir of mezd identity as --identity-dir (or $MEZITE_IDENTITY_DIR)`);
       throw new MeziteError("ERR_NOT_FOUND", `${join(dir, name)} is missing: has mezd identity written this dir yet?`);
     }
     if (code === "EACCES") throw new MeziteError("ERR_STORAGE", `cannot read ${join(dir, name)}: permission denied (run msh as the user mezd identity writes for)`);

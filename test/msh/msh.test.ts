@@ -309,7 +309,7 @@ describe("msh", () => {
     if (missing) return missingComponent(t, ...missing);
     const noDir = await msh("status");
     assert.equal(noDir.code, 2);
-    assert.match(oneLine(noDir.stderr), /--identity-dir is required/);
+    assert.match(oneLine(noDir.stderr), /--identity-dir or \$MEZITE_IDENTITY_DIR is required/);
     const nowhere = await msh("ls", "--identity-dir=/nonexistent/mezite");
     assert.equal(nowhere.code, 2);
     assert.match(oneLine(nowhere.stderr), /does not exist/);

@@ -10,6 +10,7 @@ import { MeziteError, isMeziteError, notFound } from "../../lib/errors.js";
 import { principalsFor, requirePrincipals } from "../../rbac/access.js";
 import { NAME_PATTERN } from "../../rbac/role.js";
 import type { AdminCaller, AuthContext } from "../context.js";
+import { isStale } from "../renew.js";
 import { activeLocks, locksOn } from "../locks.js";
 import { encode, keys, load, loadAll, loadChunks, type IdentityRecord, type InstanceRecord, type LockRecord, type StoredRole, type TokenRecord } from "../records.js";
 import { tombstone } from "../revocations.js";
@@ -33,7 +34,7 @@ export async function addAgentIdentity(ctx: AuthContext, by: AdminCaller, name: 
   }
   await ctx.audit.emit({ type: "agent_identity.create", ...by.audit, identity: name, roles: unique });
   const info = await storeToken(ctx, token, by.audit.actor);
-  const status = statusOf(record, [], [token], [], roles, ctx.now());
+  const status = statusOf(record, [], [token], [], roles, ctx.now(), () => false);
   return { identity: status, token: info };
 }
 
@@ -44,6 +45,8 @@ export function statusOf(
   locks: LockRecord[],
   roles: StoredRole[],
   now: number,
+  /** renew.ts isStale: certificates of a retired User CA key. */
+  stale: (i: InstanceRecord) => boolean,
   logins = principalsFor(roles),
 ): pb.AgentIdentityStatus {
   const identityLocks = locksOn(locks, { identityName: identity.name, roles: identity.roles, logins });
@@ -78,6 +81,7 @@ export function statusOf(
         joinMethod: i.joinMethod ?? "token",
         claims: i.claims ?? {},
         ...(i.host ? { host: create(pb.HostFactsSchema, i.host) } : {}),
+        stale: stale(i),
       }),
     ),
   });
@@ -103,7 +107,7 @@ export async function getAgentIdentity(ctx: AuthContext, name: string): Promise<
     Promise.all(id.roles.map((r) => load<StoredRole>(ctx.backend, keys.role(r)))),
   ]);
   const present = roles.filter((r) => r !== undefined).map((r) => r.value); // as listAgentIdentities does
-  return statusOf(id, instances.map((i) => i.value), tokens, locks, present, now);
+  return statusOf(id, instances.map((i) => i.value), tokens, locks, present, now, (i) => isStale(ctx, i));
 }
 
 const PAGE_DEFAULT = 500;
@@ -154,7 +158,7 @@ export async function* listAgentIdentities(ctx: AuthContext, pageSize = 0): Asyn
       const instances = instancesBy.get(id.id) ?? [];
       const token = newestToken.get(id.id);
       const set = roleSet(id.roles);
-      page.push(statusOf(id, instances, token ? [token] : [], locks, set.roles, now, set.logins));
+      page.push(statusOf(id, instances, token ? [token] : [], locks, set.roles, now, (i) => isStale(ctx, i), set.logins));
       if (page.length === size) {
         yield page;
         page = [];
