@@ -5,10 +5,12 @@ import { roleFromDocument, type Role } from "../rbac/role.js";
 import { formatDuration } from "../lib/duration.js";
 import { MeziteError } from "../lib/errors.js";
 import type { LabelRule } from "../rbac/access.js";
+import { optionsToDocument } from "../rbac/options.js";
 
 const labelsToProto = (rule: LabelRule) => Object.fromEntries(Object.entries(rule).map(([k, values]) => [k, { values }]));
 
 export function roleToProto(r: Role, created = 0): RoleMessage {
+  const o = r.options ?? {};
   return create(RoleSchema, {
     name: r.role,
     description: r.description,
@@ -16,6 +18,12 @@ export function roleToProto(r: Role, created = 0): RoleMessage {
     allow: { logins: r.allow.logins, nodeLabels: labelsToProto(r.allow.labels) },
     deny: { logins: r.deny.logins, nodeLabels: labelsToProto(r.deny.labels) },
     created: BigInt(created),
+    forceCommand: o.forceCommand ?? "",
+    sourceAddress: o.sourceAddress ?? [],
+    ...(o.permitPortForwarding !== undefined ? { permitPortForwarding: o.permitPortForwarding } : {}),
+    ...(o.permitAgentForwarding !== undefined ? { permitAgentForwarding: o.permitAgentForwarding } : {}),
+    ...(o.permitX11Forwarding !== undefined ? { permitX11Forwarding: o.permitX11Forwarding } : {}),
+    ...(o.permitPty !== undefined ? { permitPty: o.permitPty } : {}),
   });
 }
 
@@ -29,7 +37,17 @@ export function roleFromProto(m: RoleMessage): Role {
     }
     return { logins: c?.logins ?? [], node_labels: Object.fromEntries(Object.entries(labels).map(([k, v]) => [k, v.values])) };
   };
-  const options = m.maxSessionTtlMs > 0n ? { max_session_ttl: formatDuration(Number(m.maxSessionTtlMs)) } : {};
+  const options = {
+    ...(m.maxSessionTtlMs > 0n ? { max_session_ttl: formatDuration(Number(m.maxSessionTtlMs)) } : {}),
+    ...optionsToDocument({
+      ...(m.forceCommand !== "" ? { forceCommand: m.forceCommand } : {}),
+      ...(m.sourceAddress.length > 0 ? { sourceAddress: m.sourceAddress } : {}),
+      ...(m.permitPortForwarding !== undefined ? { permitPortForwarding: m.permitPortForwarding } : {}),
+      ...(m.permitAgentForwarding !== undefined ? { permitAgentForwarding: m.permitAgentForwarding } : {}),
+      ...(m.permitX11Forwarding !== undefined ? { permitX11Forwarding: m.permitX11Forwarding } : {}),
+      ...(m.permitPty !== undefined ? { permitPty: m.permitPty } : {}),
+    }),
+  };
   return roleFromDocument({
     kind: "role",
     metadata: { name: m.name, description: m.description },

@@ -32,6 +32,7 @@ export function identityDoc(s: pb.AgentIdentityStatus) {
       created: isoTime(i.created),
       join_method: i.joinMethod,
       claims: i.claims,
+      principals: i.principals,
     })),
   };
 }
@@ -65,6 +66,7 @@ export function identityText(s: pb.AgentIdentityStatus): string {
     out.push(`  ${e(i.id)}  generation ${i.generation}  ${i.locked ? "LOCKED" : "active"}  last seen ${relTime(i.lastSeen)}${i.address ? ` from ${e(i.address)}` : ""}  cert expires ${relTime(i.certExpires)}`);
     const claims = Object.entries(i.claims).map(([k, v]) => `${k}=${v}`).join(" ");
     if (i.joinMethod && i.joinMethod !== "token") out.push(`    joined by ${e(i.joinMethod)}${claims ? `: ${e(claims)}` : ""}`);
+    out.push(`    SSH principals: ${i.principals.length ? e(i.principals.join(", ")) : "none"}`);
   }
   return out.join("\n") + "\n";
 }
