@@ -24,7 +24,7 @@ import { generateIssueKeys, publicKeysOf } from "../../src/identity/protocol.js"
 import { silentLogger } from "../../src/lib/log.js";
 import { NODE_DEFAULTS, NodeAgent } from "../../src/node/agent.js";
 import { outcome } from "../auth/client.js";
-import { MEZD, mezctl, mezctlOk, principalsMezd, run, startAuth, tokenFrom, type AuthProcess, type RunResult } from "../harness/auth.js";
+import { MEZD, ROOT, mezctl, mezctlOk, principalsMezd, run, startAuth, tokenFrom, type AuthProcess, type RunResult } from "../harness/auth.js";
 import { freePort } from "../harness/net.js";
 import { startIssuer, type Issuer } from "../harness/oidc.js";
 import { SSH_KEYGEN_PATH, SSH_PATH, missingComponent, sshdTestsCannotRun } from "../harness/require.js";
@@ -191,6 +191,13 @@ describe("least privilege for CI: role templates and certificate options, enforc
     assert.equal((await run(MEZD, ["node", "principals", `--ssh-dir=${staging.dir}`, "deploy-staging", b64])).stdout, "deploy-staging\n");
     assert.equal(await loginAs(runs["production"]!, staging, "deploy-production"), false);
     assert.equal(await loginAs(runs["staging"]!, staging, "deploy-production"), false, "not a login of this run");
+
+    // msh ls answers as the certificates do: each run sees only its own environment's node.
+    for (const [env, node] of [["staging", "staging-01"], ["production", "prod-01"]] as const) {
+      const ls = await run(join(ROOT, "bin/msh"), ["ls", `--identity-dir=${runs[env]!}`, "--format=json"], { env: { MEZITE_AUTH_SERVER: "", MEZITE_IDENTITY_DIR: "" } });
+      assert.equal(ls.code, 0, ls.stderr);
+      assert.deepEqual((JSON.parse(ls.stdout) as { name: string; logins: string[] }[]).map((n) => [n.name, n.logins]), [[node, [`deploy-${env}`]]]);
+    }
 
     // status shows each instance's own principals, in text and JSON.
     const status = JSON.parse(await mezctlOk(auth, "agent-identities", "status", "ci", "--format=json"));
