@@ -77,7 +77,7 @@ export async function issueAgentCertificates(i: IssueInput): Promise<Issued> {
   const roles = resolveRoles(i.roles, i.claims);
   if (principalsFor(roles).length === 0 && hasLoginTemplates(i.roles)) {
     const names = roles.map((r) => r.role).join(", ");
-    throw new MeziteError("ERR_NO_LOGINS", `roles [${names}] allow this instance no SSH login: its join's claims leave no valid login in the {{claims.*}} templates (a claim missing, or not a valid login name)`);
+    throw new MeziteError("ERR_NO_LOGINS", `roles [${names}] allow this instance no SSH login: its join's claims leave no valid login in the {{claims.*}} templates (a claim missing, not a valid login name, or denied)`);
   }
   const principals = requirePrincipals(roles);
   const options = certificateOptions(i.roles);

@@ -247,6 +247,20 @@ describe("least privilege for CI: role templates and certificate options, enforc
     assert.match(viaToken.stderr, /allow this instance no SSH login/);
   });
 
+  test("{{claims.sub}} resolves for a GitHub run too: the certificate's rules name the run's own sub", async (t) => {
+    if (missing) return missingComponent(t, ...missing);
+    writeFileSync(join(work, "by-sub.yaml"), "kind: role\nmetadata: {name: by-sub}\nspec:\n  allow:\n    logins: [deploy]\n    node_labels: {pipeline: \"{{claims.sub}}\"}\n");
+    await mezctlOk(auth, "create", "-f", join(work, "by-sub.yaml"));
+    await mezctlOk(auth, "agent-identities", "add", "--name=ci-sub", "--roles=by-sub");
+    writeFileSync(join(work, "jt-sub.yaml"), `kind: join_token\nmetadata:\n  name: by-sub\nspec:\n  agent_identity: ci-sub\n  join_method: github\n  github:\n    enterprise_server_host: "${new URL(issuer.origin).host}"\n    allow:\n      - repository: acme/webapp\n`);
+    await mezctlOk(auth, "create", "-f", join(work, "jt-sub.yaml"));
+    issuer.githubClaims = { repository: "acme/webapp", repository_owner: "acme", run_id: "701", sub: "repo:acme/webapp:environment:staging" };
+    const dest = join(work, "run-sub");
+    const r = await pipelineRun(dest, "by-sub");
+    assert.equal(r.code, 0, r.stderr);
+    assert.deepEqual(JSON.parse(certOf(dest).extensions["mezite-role-rules@mezite"]!)[0].allow.labels, { pipeline: ["repo:acme/webapp:environment:staging"] });
+  });
+
   test("mezctl create -f refuses templates that name no known claim syntax, or a claim no join records", async (t) => {
     if (missing) return missingComponent(t, ...missing);
     const cases: [string, RegExp][] = [
