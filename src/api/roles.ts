@@ -5,7 +5,12 @@ import { roleFromDocument, type Role } from "../rbac/role.js";
 import { formatDuration } from "../lib/duration.js";
 import { MeziteError } from "../lib/errors.js";
 import type { LabelRule } from "../rbac/access.js";
-import { optionsToDocument } from "../rbac/options.js";
+import { PERMIT_OPTIONS, optionsToDocument, type RoleOptions } from "../rbac/options.js";
+
+type PermitField = (typeof PERMIT_OPTIONS)[keyof typeof PERMIT_OPTIONS]["field"];
+/** The permit_* options that are set (unset means "this role does not say"), under the field names RoleOptions and the message share. */
+const permits = (o: Partial<Record<PermitField, boolean | undefined>>): RoleOptions =>
+  Object.fromEntries(Object.values(PERMIT_OPTIONS).flatMap((p) => (o[p.field] !== undefined ? [[p.field, o[p.field]]] : [])));
 
 const labelsToProto = (rule: LabelRule) => Object.fromEntries(Object.entries(rule).map(([k, values]) => [k, { values }]));
 
@@ -20,10 +25,7 @@ export function roleToProto(r: Role, created = 0): RoleMessage {
     created: BigInt(created),
     forceCommand: o.forceCommand ?? "",
     sourceAddress: o.sourceAddress ?? [],
-    ...(o.permitPortForwarding !== undefined ? { permitPortForwarding: o.permitPortForwarding } : {}),
-    ...(o.permitAgentForwarding !== undefined ? { permitAgentForwarding: o.permitAgentForwarding } : {}),
-    ...(o.permitX11Forwarding !== undefined ? { permitX11Forwarding: o.permitX11Forwarding } : {}),
-    ...(o.permitPty !== undefined ? { permitPty: o.permitPty } : {}),
+    ...permits(o),
   });
 }
 
@@ -42,10 +44,7 @@ export function roleFromProto(m: RoleMessage): Role {
     ...optionsToDocument({
       ...(m.forceCommand !== "" ? { forceCommand: m.forceCommand } : {}),
       ...(m.sourceAddress.length > 0 ? { sourceAddress: m.sourceAddress } : {}),
-      ...(m.permitPortForwarding !== undefined ? { permitPortForwarding: m.permitPortForwarding } : {}),
-      ...(m.permitAgentForwarding !== undefined ? { permitAgentForwarding: m.permitAgentForwarding } : {}),
-      ...(m.permitX11Forwarding !== undefined ? { permitX11Forwarding: m.permitX11Forwarding } : {}),
-      ...(m.permitPty !== undefined ? { permitPty: m.permitPty } : {}),
+      ...permits(m),
     }),
   };
   return roleFromDocument({
