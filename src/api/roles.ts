@@ -5,10 +5,17 @@ import { roleFromDocument, type Role } from "../rbac/role.js";
 import { formatDuration } from "../lib/duration.js";
 import { MeziteError } from "../lib/errors.js";
 import type { LabelRule } from "../rbac/access.js";
+import { PERMIT_OPTIONS, optionsToDocument, type RoleOptions } from "../rbac/options.js";
+
+type PermitField = (typeof PERMIT_OPTIONS)[keyof typeof PERMIT_OPTIONS]["field"];
+/** The permit_* options that are set (unset means "this role does not say"), under the field names RoleOptions and the message share. */
+const permits = (o: Partial<Record<PermitField, boolean | undefined>>): RoleOptions =>
+  Object.fromEntries(Object.values(PERMIT_OPTIONS).flatMap((p) => (o[p.field] !== undefined ? [[p.field, o[p.field]]] : [])));
 
 const labelsToProto = (rule: LabelRule) => Object.fromEntries(Object.entries(rule).map(([k, values]) => [k, { values }]));
 
 export function roleToProto(r: Role, created = 0): RoleMessage {
+  const o = r.options ?? {};
   return create(RoleSchema, {
     name: r.role,
     description: r.description,
@@ -16,6 +23,9 @@ export function roleToProto(r: Role, created = 0): RoleMessage {
     allow: { logins: r.allow.logins, nodeLabels: labelsToProto(r.allow.labels) },
     deny: { logins: r.deny.logins, nodeLabels: labelsToProto(r.deny.labels) },
     created: BigInt(created),
+    forceCommand: o.forceCommand ?? "",
+    sourceAddress: o.sourceAddress ?? [],
+    ...permits(o),
   });
 }
 
@@ -29,7 +39,14 @@ export function roleFromProto(m: RoleMessage): Role {
     }
     return { logins: c?.logins ?? [], node_labels: Object.fromEntries(Object.entries(labels).map(([k, v]) => [k, v.values])) };
   };
-  const options = m.maxSessionTtlMs > 0n ? { max_session_ttl: formatDuration(Number(m.maxSessionTtlMs)) } : {};
+  const options = {
+    ...(m.maxSessionTtlMs > 0n ? { max_session_ttl: formatDuration(Number(m.maxSessionTtlMs)) } : {}),
+    ...optionsToDocument({
+      ...(m.forceCommand !== "" ? { forceCommand: m.forceCommand } : {}),
+      ...(m.sourceAddress.length > 0 ? { sourceAddress: m.sourceAddress } : {}),
+      ...permits(m),
+    }),
+  };
   return roleFromDocument({
     kind: "role",
     metadata: { name: m.name, description: m.description },

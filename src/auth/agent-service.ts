@@ -12,6 +12,7 @@ import { isDnsName } from "../lib/address.js";
 import { MeziteError } from "../lib/errors.js";
 import { RateLimiter } from "../lib/rate-limit.js";
 import { canLogin, principalsFor, type RoleAccess } from "../rbac/access.js";
+import { resolveRoles } from "../rbac/template.js";
 import type { AuthContext, Caller } from "./context.js";
 import { activeLocks, refuseIfLocked } from "./locks.js";
 import { decode, keys, load, type IdentityRecord, type InstanceRecord, type NodeRecord, type StoredRole } from "./records.js";
@@ -81,7 +82,9 @@ export async function listAccessibleNodes(ctx: AuthContext, caller: Caller, req:
   }
   const roleNames = identity.value.roles;
   // A role deleted since grants nothing; the others still count.
-  const roles: RoleAccess[] = (await Promise.all(roleNames.map((r) => load<StoredRole>(ctx.backend, keys.role(r))))).flatMap((r) => (r ? [r.value] : []));
+  const stored: RoleAccess[] = (await Promise.all(roleNames.map((r) => load<StoredRole>(ctx.backend, keys.role(r))))).flatMap((r) => (r ? [r.value] : []));
+  // As this instance's certificates apply them: templates resolved from its join's claims.
+  const roles = resolveRoles(stored, instance.value.claims);
   const logins = principalsFor(roles);
   // An identity, instance or role lock refuses the call, as it would refuse a renewal.
   refuseIfLocked(locks, { identityName: name, instanceId: cert.instanceId, roles: roleNames, logins: [] });

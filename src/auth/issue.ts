@@ -9,7 +9,10 @@ import { IssuedCertificatesSchema, type IssuedCertificates } from "../api/gen/me
 import { formatSshCertificate, signSshCertificate } from "../ca/sshcert.js";
 // Random 64-bit serials: unique per cluster without a counter shared between auth services.
 import { issueClientCertificate, randomSerial, type P256Point } from "../ca/x509.js";
-import { requirePrincipals, sessionTtlMs, type RoleAccess } from "../rbac/access.js";
+import { MeziteError } from "../lib/errors.js";
+import { principalsFor, requirePrincipals, sessionTtlMs, type RoleAccess } from "../rbac/access.js";
+import { certificateOptions, type RoleOptions } from "../rbac/options.js";
+import { hasLoginTemplates, resolveRoles, type JoinClaims } from "../rbac/template.js";
 import { caState, caStatesOf, tlsCaBundle, trustedSshLines, trustedX509Pems, type CaStates, type ClusterCas } from "./cas.js";
 import type { IdentityRecord, IssuedCertRecord } from "./records.js";
 
@@ -34,11 +37,25 @@ export function roleRulesExtension(roles: RoleAccess[]): string {
   return JSON.stringify(roles.map((r) => ({ role: r.role, allow: r.allow, deny: r.deny })));
 }
 
+/** A role as issuance reads it: rules (templates unresolved) and certificate options. */
+export type IssueRole = RoleAccess & { options?: RoleOptions | undefined };
+
+/**
+ * The principals an instance's certificates name: its roles' templates resolved from its join's
+ * claims, minus denied logins (empty when nothing is left).
+ */
+export function instancePrincipals(roles: RoleAccess[], claims: JoinClaims | undefined): string[] {
+  return principalsFor(resolveRoles(roles, claims));
+}
+
 export interface IssueInput {
   cas: ClusterCas;
   clusterName: string;
   identity: IdentityRecord;
-  roles: RoleAccess[];
+  /** As stored: templates are resolved here, from `claims`. */
+  roles: IssueRole[];
+  /** What the instance's join recorded (ID-token joins); none for a bootstrap-token join. */
+  claims?: JoinClaims | undefined;
   instanceId: string;
   generation: bigint;
   keys: PublicKeys;
@@ -58,7 +75,14 @@ export interface Issued {
 }
 
 export async function issueAgentCertificates(i: IssueInput): Promise<Issued> {
-  const principals = requirePrincipals(i.roles);
+  // The rules the certificate carries are the resolved ones: nodes never see a template.
+  const roles = resolveRoles(i.roles, i.claims);
+  if (principalsFor(roles).length === 0 && hasLoginTemplates(i.roles)) {
+    const names = roles.map((r) => r.role).join(", ");
+    throw new MeziteError("ERR_NO_LOGINS", `roles [${names}] allow this instance no SSH login: its join's claims leave no valid login in the {{claims.*}} templates (a claim missing, not a valid login name, or denied)`);
+  }
+  const principals = requirePrincipals(roles);
+  const options = certificateOptions(i.roles);
   const ttl = sessionTtlMs(i.roles, i.requestedTtlMs);
   const notBefore = i.now - BACKDATE_MS;
   const notAfter = i.now + ttl;
@@ -73,11 +97,12 @@ export async function issueAgentCertificates(i: IssueInput): Promise<Issued> {
       principals,
       validAfter: Math.floor(notBefore / 1000),
       validBefore: Math.floor(notAfter / 1000),
+      criticalOptions: options.criticalOptions,
       extensions: {
-        "permit-pty": "",
+        ...options.extensions,
         [EXT.identity]: JSON.stringify({ name: i.identity.name, id: i.identity.id, instance: i.instanceId }),
         [EXT.roles]: roleNames.join(","),
-        [EXT.roleRules]: roleRulesExtension(i.roles),
+        [EXT.roleRules]: roleRulesExtension(roles),
       },
     },
     i.cas.user.sshPrivate,

@@ -44,10 +44,10 @@ const METHOD_RULES: Record<Exclude<JoinMethod, "oidc">, { fields: string[]; anch
   },
 };
 
-/** What an instance records of who joined, by method (SPEC §14). */
+/** What an instance records of who joined, by method (SPEC §14); also what role templates can name (SPEC §19). */
 export const RECORDED_CLAIMS: Record<JoinMethod, string[]> = {
-  github: ["repository", "workflow", "ref", "run_id", "sha", "actor", "environment"],
-  gitlab: ["project_path", "pipeline_id", "ref", "sha", "user_login", "environment"],
+  github: ["repository", "workflow", "ref", "run_id", "sha", "actor", "environment", "sub"],
+  gitlab: ["project_path", "pipeline_id", "ref", "sha", "user_login", "environment", "sub"],
   oidc: ["iss", "sub"],
 };
 

@@ -13,10 +13,9 @@ import type { WriteOp } from "../backend/backend.js";
 import { mac } from "../ca/jointoken.js";
 import { MeziteError, isMeziteError } from "../lib/errors.js";
 import { NAME_PATTERN } from "../rbac/role.js";
-import { principalsFor } from "../rbac/access.js";
 import type { AuthContext, Caller } from "./context.js";
 import { UnverifiedIdToken, verifyIdToken } from "./id-tokens.js";
-import { issueAgentCertificates, type Issued, type PublicKeys } from "./issue.js";
+import { instancePrincipals, issueAgentCertificates, type Issued, type PublicKeys } from "./issue.js";
 import { RECORDED_CLAIMS, claimText, matchingRule, type JoinTokenRecord } from "./join-methods.js";
 import { activeLocks, lockAuditDetail, refuseIfLocked } from "./locks.js";
 import { revokedHostKeys } from "./nodes.js";
@@ -66,7 +65,7 @@ async function joinInstance(ctx: AuthContext, j: InstanceJoin): Promise<Issued> 
   j.audit.roles = identity.value.roles;
   const roles = await loadRoles(ctx.backend, identity.value.roles);
   const now = ctx.now();
-  const subject = { identityName: j.identityName, roles: identity.value.roles, logins: principalsFor(roles) };
+  const subject = { identityName: j.identityName, roles: identity.value.roles, logins: instancePrincipals(roles, j.extra.claims) };
   refuseIfLocked(await activeLocks(ctx.backend, now), subject);
 
   const instanceId = randomUUID();
@@ -75,6 +74,7 @@ async function joinInstance(ctx: AuthContext, j: InstanceJoin): Promise<Issued> 
     clusterName: ctx.clusterName,
     identity: identity.value,
     roles,
+    claims: j.extra.claims,
     instanceId,
     generation: 1n,
     keys: j.keys,

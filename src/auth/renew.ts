@@ -9,9 +9,8 @@ import { create, fromBinary, toBinary } from "@bufbuild/protobuf";
 import { IssuedCertificatesSchema, type IssuedCertificates } from "../api/gen/mezite/v1/common_pb.js";
 import { RenewResponseSchema, type RenewRequest, type RenewResponse } from "../api/gen/mezite/v1/renew_pb.js";
 import { MeziteError, isMeziteError } from "../lib/errors.js";
-import { principalsFor } from "../rbac/access.js";
 import type { AuthContext, Caller } from "./context.js";
-import { issueAgentCertificates, keysHash } from "./issue.js";
+import { instancePrincipals, issueAgentCertificates, keysHash } from "./issue.js";
 import { activeLocks, createLock, lockAuditDetail, refuseIfLocked } from "./locks.js";
 import { encode, instanceExpiry, keys, load, type IdentityRecord, type InstanceRecord } from "./records.js";
 import { parseVerifiedCertificate, type ParsedCert } from "../ca/x509.js";
@@ -73,7 +72,7 @@ export async function renewAgent(ctx: AuthContext, req: RenewRequest, caller: Ca
           `generation mismatch for agent identity "${name}" instance ${inst.id}: its credentials are in use elsewhere; the instance is now locked`,
         );
       }
-      const subject = { identityName: name, instanceId: inst.id, roles: roleNames, logins: principalsFor(roles) };
+      const subject = { identityName: name, instanceId: inst.id, roles: roleNames, logins: instancePrincipals(roles, inst.claims) };
       refuseIfLocked(locks, subject);
       if (retry) return create(RenewResponseSchema, { certificates: await storedReply(ctx, inst.serial) });
 
@@ -83,6 +82,7 @@ export async function renewAgent(ctx: AuthContext, req: RenewRequest, caller: Ca
         clusterName: ctx.clusterName,
         identity: identity.value,
         roles,
+        claims: inst.claims,
         instanceId: inst.id,
         generation,
         keys: pub,

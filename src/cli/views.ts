@@ -34,6 +34,7 @@ export function identityDoc(s: pb.AgentIdentityStatus) {
       claims: i.claims,
       host: i.host ? { host_name: i.host.hostName, os: i.host.os, arch: i.host.arch, version: i.host.version } : null,
       stale: i.stale,
+      principals: i.principals,
     })),
   };
 }
@@ -67,6 +68,7 @@ export function identityText(s: pb.AgentIdentityStatus): string {
     out.push(`  ${e(i.id)}  generation ${i.generation}  ${i.locked ? "LOCKED" : i.stale ? "STALE (certificates of a retired User CA key: add-token)" : "active"}  last seen ${relTime(i.lastSeen)}${i.address ? ` from ${e(i.address)}` : ""}  cert expires ${relTime(i.certExpires)}`);
     const claims = Object.entries(i.claims).map(([k, v]) => `${k}=${v}`).join(" ");
     if (i.joinMethod && i.joinMethod !== "token") out.push(`    joined by ${e(i.joinMethod)}${claims ? `: ${e(claims)}` : ""}`);
+    out.push(`    SSH principals: ${i.principals.length ? e(i.principals.join(", ")) : "none"}`);
     if (i.host) out.push(`    host ${e(i.host.hostName)} (${e(`${i.host.os}/${i.host.arch}`)}, mezd ${e(i.host.version)})`);
   }
   return out.join("\n") + "\n";

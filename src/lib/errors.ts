@@ -23,6 +23,7 @@ export type ErrorCode =
   | "ERR_IN_USE"
   | "ERR_COMPARE_FAILED"
   | "ERR_NO_LOGINS"
+  | "ERR_ROLE_CONFLICT"
   | "ERR_RATE_LIMITED"
   // join and renewal
   | "ERR_TOKEN_UNKNOWN"

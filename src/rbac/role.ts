@@ -4,9 +4,24 @@ import { isKind, parseYamlText } from "../lib/yaml-text.js";
 import { formatDuration, parseDuration } from "../lib/duration.js";
 import type { LabelRule, RoleAccess } from "./access.js";
 import { LOGIN_PATTERN } from "./names.js";
+import { PERMIT_OPTIONS, optionsFromDocument, optionsToDocument, type RoleOptions } from "./options.js";
+import { checkTemplate, hasTemplate } from "./template.js";
 
 export interface Role extends RoleAccess {
   description: string;
+  /** Certificate options (options.ts); a role stored before they existed has none. */
+  options?: RoleOptions;
+}
+
+/** Allow rules may hold {{claims.NAME}} templates; deny rules may not (template.ts). */
+type Side = "allow" | "deny";
+
+/**
+ * Deny rules take no templates: a template yields nothing when its claim is missing or odd, and
+ * a deny that yields nothing denies nothing, so any template there would fail open.
+ */
+function noDenyTemplate(value: string, where: string): void {
+  if (hasTemplate(value)) bad(`${where}: "${value}": deny rules take no templates (one whose claim is missing would deny nothing)`);
 }
 
 export const NAME_PATTERN = /^[a-z0-9][a-z0-9._-]{0,62}$/;
@@ -35,10 +50,12 @@ function stringList(value: unknown, where: string): string[] {
   return [...new Set(list as string[])];
 }
 
-function logins(value: unknown, where: string): string[] {
+function logins(value: unknown, where: string, side: Side): string[] {
   const list = stringList(value, where);
   for (const login of list) {
-    if (!LOGIN_PATTERN.test(login)) bad(`${where}: "${login}" is not a valid login name`);
+    if (side === "deny") noDenyTemplate(login, where);
+    if (hasTemplate(login)) checkTemplate(login, "login", where);
+    else if (!LOGIN_PATTERN.test(login)) bad(`${where}: "${login}" is not a valid login name`);
   }
   return list;
 }
@@ -50,22 +67,27 @@ export const RESERVED_LABEL_KEYS: readonly string[] = ["__proto__", "constructor
  * A label rule in a prototype-free map: a key is only ever one the admin wrote. The key '*' (any
  * node) takes only the value '*'; any other value under it would mean nothing, so it is refused.
  */
-function labelRule(value: unknown, where: string): LabelRule {
+function labelRule(value: unknown, where: string, side: Side): LabelRule {
   const rule: LabelRule = Object.create(null) as LabelRule;
   if (value === undefined || value === null) return rule;
   if (typeof value !== "object" || Array.isArray(value)) bad(`${where} must be a mapping of label to values`);
   for (const [key, v] of Object.entries(value as Obj)) {
     if (RESERVED_LABEL_KEYS.includes(key)) bad(`${where}: "${key}" is reserved and cannot be a label key`);
+    if (hasTemplate(key)) bad(`${where}: "${key}": templates go in label values, not keys`);
     const values = stringList(v, `${where}.${key}`);
+    for (const value of values.filter(hasTemplate)) {
+      if (side === "deny") noDenyTemplate(value, `${where}.${key}`);
+      checkTemplate(value, "label value", `${where}.${key}`);
+    }
     if (key === "*" && (values.length !== 1 || values[0] !== "*")) bad(`${where}: the key '*' (any node) takes only the value '*'`);
     rule[key] = values;
   }
   return rule;
 }
 
-function conditions(value: unknown, where: string): RoleAccess["allow"] {
+function conditions(value: unknown, where: string, side: Side): RoleAccess["allow"] {
   const c = objectAt(value, where, ["logins", "node_labels"]);
-  return { logins: logins(c["logins"], `${where}.logins`), labels: labelRule(c["node_labels"], `${where}.node_labels`) };
+  return { logins: logins(c["logins"], `${where}.logins`, side), labels: labelRule(c["node_labels"], `${where}.node_labels`, side) };
 }
 
 /** Validates a parsed role document (the YAML's data, or the equivalent JSON). */
@@ -82,7 +104,7 @@ export function roleFromDocument(doc: unknown): Role {
   const description = metadata["description"] ?? "";
   if (typeof description !== "string") bad("metadata.description must be a string");
   const spec = objectAt(top["spec"], "spec", ["options", "allow", "deny"]);
-  const options = objectAt(spec["options"], "spec.options", ["max_session_ttl"]);
+  const options = objectAt(spec["options"], "spec.options", ["max_session_ttl", "force_command", "source_address", ...Object.keys(PERMIT_OPTIONS)]);
   let maxSessionTtlMs = 0;
   const ttl = options["max_session_ttl"];
   if (ttl !== undefined) {
@@ -98,8 +120,9 @@ export function roleFromDocument(doc: unknown): Role {
     role: name,
     description,
     maxSessionTtlMs,
-    allow: conditions(spec["allow"], "spec.allow"),
-    deny: conditions(spec["deny"], "spec.deny"),
+    options: optionsFromDocument(options),
+    allow: conditions(spec["allow"], "spec.allow", "allow"),
+    deny: conditions(spec["deny"], "spec.deny", "deny"),
   };
 }
 
@@ -116,7 +139,7 @@ export function roleToDocument(r: Role): Obj {
     version: "v1",
     metadata: { name: r.role, description: r.description },
     spec: {
-      options: r.maxSessionTtlMs > 0 ? { max_session_ttl: formatDuration(r.maxSessionTtlMs) } : {},
+      options: { ...(r.maxSessionTtlMs > 0 ? { max_session_ttl: formatDuration(r.maxSessionTtlMs) } : {}), ...optionsToDocument(r.options ?? {}) },
       allow: cond(r.allow),
       deny: cond(r.deny),
     },

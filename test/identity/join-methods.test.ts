@@ -98,7 +98,7 @@ describe("GitHub Actions joins", () => {
     const byRun = Object.fromEntries(status.instances.map((i: { claims: Record<string, string>; join_method: string }) => [i.claims["run_id"], i]));
     assert.deepEqual(Object.keys(byRun).sort(), ["1001", "1002"]);
     assert.equal(byRun["1001"].join_method, "github");
-    assert.deepEqual(byRun["1002"].claims, { repository: "acme/webapp", workflow: "deploy", ref: "refs/heads/main", run_id: "1002", sha: "a1b2c3", actor: "octocat", environment: "production" });
+    assert.deepEqual(byRun["1002"].claims, { repository: "acme/webapp", workflow: "deploy", ref: "refs/heads/main", run_id: "1002", sha: "a1b2c3", actor: "octocat", environment: "production", sub: "repo:acme/webapp:ref:refs/heads/main" });
     const text = await mezctlOk(auth, "agent-identities", "status", "github-deploy");
     assert.match(text, /joined by github: repository=acme\/webapp workflow=deploy ref=refs\/heads\/main run_id=1001/);
     const joins = (await auditEvents(auth, { type: "agent_identity.join" })).filter((e) => e.success && e.identity === "github-deploy");
@@ -310,7 +310,7 @@ ${section}
     const r = await oneShot(auth.addr, join(tmp, "gitlab"), ["--join-method=gitlab", "--token=gitlab-main", `--ca-pin=${pin}`, "--id-token-env=CI_MEZITE_TOKEN"], { CI_MEZITE_TOKEN: await issuer.sign(claims) });
     assert.equal(r.code, 0, r.stderr);
     const [inst] = (await statusOf(auth, "gitlab-ci")).instances;
-    assert.deepEqual(inst?.claims, { project_path: "acme/webapp", pipeline_id: "77", ref: "main", user_login: "dev" });
+    assert.deepEqual(inst?.claims, { project_path: "acme/webapp", pipeline_id: "77", ref: "main", user_login: "dev", sub: "project_path:acme/webapp:ref_type:branch:ref:main" });
     const unprotected = await oneShot(auth.addr, join(tmp, "gitlab-2"), ["--join-method=gitlab", "--token=gitlab-main", `--ca-pin=${pin}`], { MEZITE_ID_TOKEN: await issuer.sign({ ...claims, ref_protected: "false" }) });
     assert.equal(unprotected.code, 3, unprotected.stderr);
   });

@@ -8,9 +8,12 @@ import type { TokenVerifier } from "../../api/gen/mezite/v1/admin_pb.js";
 import * as pb from "../../api/gen/mezite/v1/common_pb.js";
 import { MeziteError, isMeziteError, notFound } from "../../lib/errors.js";
 import { principalsFor, requirePrincipals } from "../../rbac/access.js";
+import { certificateOptions } from "../../rbac/options.js";
 import { NAME_PATTERN } from "../../rbac/role.js";
+import { hasLoginTemplates } from "../../rbac/template.js";
 import type { AdminCaller, AuthContext } from "../context.js";
 import { isStale } from "../renew.js";
+import { instancePrincipals } from "../issue.js";
 import { activeLocks, locksOn } from "../locks.js";
 import { encode, keys, load, loadAll, loadChunks, type IdentityRecord, type InstanceRecord, type LockRecord, type StoredRole, type TokenRecord } from "../records.js";
 import { tombstone } from "../revocations.js";
@@ -24,6 +27,7 @@ export async function addAgentIdentity(ctx: AuthContext, by: AdminCaller, name: 
   if (unique.length === 0) throw new MeziteError("ERR_USAGE", "an agent identity needs at least one role (--roles)");
   const roles = await loadRoles(ctx.backend, unique);
   requirePrincipals(roles);
+  certificateOptions(roles); // roles whose options cannot combine would never get a certificate
   const record: IdentityRecord = { id: randomUUID(), name, roles: unique, created: ctx.now() };
   const token = newTokenRecord(ctx, v, { type: "agent_identity", identityId: record.id, identityName: name });
   try {
@@ -50,7 +54,10 @@ export function statusOf(
   logins = principalsFor(roles),
 ): pb.AgentIdentityStatus {
   const identityLocks = locksOn(locks, { identityName: identity.name, roles: identity.roles, logins });
-  const instanceLocked = (id: string) => locks.some((l) => l.kind === "instance" && l.target === id);
+  const instanceLocked = (id: string, principals: string[]) => locks.some((l) => (l.kind === "instance" && l.target === id) || (l.kind === "login" && principals.includes(l.target)));
+  // Each instance's own logins: its roles' templates resolved from its join's claims.
+  const templated = hasLoginTemplates(roles);
+  const principalsOf = (i: InstanceRecord) => (templated ? instancePrincipals(roles, i.claims) : logins);
   const newestToken = tokens.sort((a, b) => b.created - a.created)[0];
   const tokenState = !newestToken ? "none" : newestToken.used ? "used" : newestToken.expires <= now ? "expired" : "unused";
   const byRecent = [...instances].sort((a, b) => b.lastSeen - a.lastSeen);
@@ -69,11 +76,12 @@ export function statusOf(
     lastAddress: byRecent[0]?.address ?? "",
     principals: logins,
     principalsError: logins.length === 0 ? "the roles allow no login after deny rules" : "",
-    instances: byRecent.map((i) =>
-      create(pb.InstanceSchema, {
+    instances: byRecent.map((i) => {
+      const principals = principalsOf(i);
+      return create(pb.InstanceSchema, {
         id: i.id,
         generation: BigInt(i.generation),
-        locked: identityLocks.length > 0 || instanceLocked(i.id),
+        locked: identityLocks.length > 0 || instanceLocked(i.id, principals),
         lastSeen: BigInt(i.lastSeen),
         certExpires: BigInt(i.certExpires),
         address: i.address,
@@ -82,8 +90,9 @@ export function statusOf(
         claims: i.claims ?? {},
         ...(i.host ? { host: create(pb.HostFactsSchema, i.host) } : {}),
         stale: stale(i),
-      }),
-    ),
+        principals,
+      });
+    }),
   });
 }
 

@@ -2,11 +2,19 @@
 import * as pb from "../../api/gen/mezite/v1/common_pb.js";
 import { roleFromProto, roleToProto } from "../../api/roles.js";
 import { MeziteError, notFound } from "../../lib/errors.js";
+import { templateClaims } from "../../rbac/template.js";
 import type { AdminCaller, AuthContext } from "../context.js";
+import { RECORDED_CLAIMS } from "../join-methods.js";
 import { createResource, keys, load, loadAll, type IdentityRecord, type StoredRole } from "../records.js";
 
 export async function createRole(ctx: AuthContext, by: AdminCaller, m: pb.Role, force: boolean): Promise<{ role: pb.Role; replaced: boolean }> {
   const role = roleFromProto(m);
+  // A template naming a claim no join records would never yield anything: refuse it while the admin is looking.
+  const known = new Set(Object.values(RECORDED_CLAIMS).flat());
+  const unknown = templateClaims(role).filter((c) => !known.has(c));
+  if (unknown.length > 0) {
+    throw new MeziteError("ERR_BAD_ROLE", `role "${role.role}": {{claims.${unknown[0]}}} names a claim no join records (known: ${[...known].sort().join(", ")})`);
+  }
   const stored: StoredRole = { ...role, created: ctx.now() };
   const replaced = await createResource(ctx.backend, keys.role(role.role), stored, force, () => new MeziteError("ERR_ALREADY_EXISTS", `role "${role.role}" already exists: use --force to overwrite it`));
   await ctx.audit.emit({ type: "role.create", ...by.audit, detail: role.role + (replaced ? " (replaced)" : "") });
