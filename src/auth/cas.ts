@@ -9,6 +9,7 @@ import { join } from "node:path";
 import type { Backend } from "../backend/backend.js";
 import { formatAuthorizedKey, generateEd25519, sshFingerprint } from "../ca/sshkey.js";
 import { caPin, createCaCertificate, generateP256, parseCertificatePem } from "../ca/x509.js";
+import { caName } from "../lib/ca-name.js";
 import { MeziteError, isMeziteError } from "../lib/errors.js";
 import { readFileNoFollow, writeFileAtomic } from "../lib/files.js";
 import { encode, keys, load } from "./records.js";
@@ -190,7 +191,7 @@ function openKeys(kind: CaKind, stored: StoredKeys, clusterKey: Buffer): CaKeys 
     certKey = undefined;
   }
   if (certKey !== jwk(x509Key)) {
-    throw new MeziteError("ERR_CONFIG", `the stored ${kind} CA certificate does not hold the CA's sealed key: the backend was altered; restore it from a backup`);
+    throw new MeziteError("ERR_CONFIG", `the stored ${caName(kind)} certificate does not hold the CA's sealed key: the backend was altered; restore it from a backup`);
   }
   const comment = stored.ssh_public.split(" ").slice(2).join(" ");
   return {
@@ -224,7 +225,7 @@ function openCached(kind: CaKind, stored: StoredKeys, clusterKey: Buffer): CaKey
 export function openCa(stored: StoredCa, revision: string, clusterKey: Buffer): CertAuthority {
   const phase = stored.phase ?? "standby";
   if (!PHASES.includes(phase) || (phase !== "standby") !== (stored.next !== undefined)) {
-    throw new MeziteError("ERR_CONFIG", `the stored ${stored.kind} CA record is inconsistent (phase ${String(phase).slice(0, 20)}): restore the backend from a backup`);
+    throw new MeziteError("ERR_CONFIG", `the stored ${caName(stored.kind)} record is inconsistent (phase ${String(phase).slice(0, 20)}): restore the backend from a backup`);
   }
   const current = openCached(stored.kind, stored, clusterKey);
   const next = stored.next && openCached(stored.kind, stored.next, clusterKey);
@@ -275,7 +276,7 @@ export class RetiredKeys {
       if (at === undefined) continue;
       throw new MeziteError(
         "ERR_CONFIG",
-        `the backend's ${ca.kind} CA key ${k.sshFingerprint} was retired at ${at || "an earlier rotation"} (${this.path}): the database was restored from a backup older than that rotation, and that key is never used again; restore a newer backup`,
+        `the backend's ${caName(ca.kind)} key ${k.sshFingerprint} was retired at ${at || "an earlier rotation"} (${this.path}): the database was restored from a backup older than that rotation, and that key is never used again; restore a newer backup`,
       );
     }
   }
@@ -305,7 +306,7 @@ export class CaStore {
 
   async load(kind: CaKind): Promise<{ ca: CertAuthority; stored: StoredCa }> {
     const found = await load<StoredCa>(this.backend, keys.ca(kind));
-    if (!found) throw new MeziteError("ERR_CONFIG", `the ${kind} CA is missing from the backend: restore it from a backup`);
+    if (!found) throw new MeziteError("ERR_CONFIG", `the ${caName(kind)} is missing from the backend: restore it from a backup`);
     const ca = openCa(found.value, found.revision, this.clusterKey);
     this.retired?.check(ca);
     return { ca, stored: found.value };

@@ -29,7 +29,7 @@ async function caClusterName(backend: Backend): Promise<string | undefined> {
     const subject = new X509Certificate(ca.value.x509_cert_pem).subject;
     organization = /^O=(.*)$/m.exec(subject)?.[1] ?? /^CN=(\S+) user CA/m.exec(subject)?.[1];
   } catch (e) {
-    throw new MeziteError("ERR_CONFIG", `the user CA's certificate in this backend cannot be read: ${(e as Error).message}; give --cluster-name`, { cause: e });
+    throw new MeziteError("ERR_CONFIG", `the User CA's certificate in this backend cannot be read: ${(e as Error).message}; give --cluster-name`, { cause: e });
   }
   if (organization === undefined) throw new MeziteError("ERR_CONFIG", "the user CA's certificate in this backend names no cluster: give --cluster-name");
   return checkClusterName(organization, "the cluster name in the user CA's certificate,");

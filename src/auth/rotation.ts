@@ -9,6 +9,7 @@ import { formatDuration } from "../lib/duration.js";
 import { MeziteError, isMeziteError } from "../lib/errors.js";
 import type { Logger } from "../lib/log.js";
 import { caPin } from "../ca/x509.js";
+import { caName } from "../lib/ca-name.js";
 import { CA_KINDS, caState, caStatesOf, createCaKeys, type CaKind, type CaStore, type CertAuthority, type ClusterCas, type Phase, type StoredCa, type StoredKeys } from "./cas.js";
 import type { AuthContext } from "./context.js";
 import { encode, keys, load, loadChunks, type InstanceRecord, type Loaded, type NodeRecord } from "./records.js";
@@ -51,7 +52,7 @@ export interface RotateRequest {
 function checkStep(ca: CertAuthority, to: Phase): void {
   const from = ca.phase;
   const allowed: Phase[] = from === "standby" ? ["init"] : from === "rollback" ? ["standby"] : [FORWARD[from], "rollback"];
-  if (!allowed.includes(to)) throw new MeziteError("ERR_USAGE", `the ${ca.kind} CA is in phase ${from}: the next phase can only be ${allowed.join(" or ")}`);
+  if (!allowed.includes(to)) throw new MeziteError("ERR_USAGE", `the ${caName(ca.kind)} is in phase ${from}: the next phase can only be ${allowed.join(" or ")}`);
 }
 
 /** A key pair's sealed fields alone. */
@@ -95,7 +96,7 @@ export async function rotate(ctx: AuthContext, req: RotateRequest): Promise<Clus
   }
   for (const { ca } of loaded) {
     if (req.phase === undefined && ca.phase !== "standby") {
-      throw new MeziteError("ERR_USAGE", `a rotation of the ${ca.kind} CA is already in progress (phase ${ca.phase}): see mezctl ca status, or roll it back with --phase=rollback`);
+      throw new MeziteError("ERR_USAGE", `a rotation of the ${caName(ca.kind)} is already in progress (phase ${ca.phase}): see mezctl ca status, or roll it back with --phase=rollback`);
     }
     checkStep(ca, to);
   }
@@ -108,7 +109,7 @@ export async function rotate(ctx: AuthContext, req: RotateRequest): Promise<Clus
       else if (behind.count > 0) {
         throw new MeziteError(
           "ERR_IN_USE",
-          `the ${ca.kind} CA cannot move to ${to} yet: ${behindText(behind)} ${behind.count > 1 ? "are" : "is"} not yet in step with ${ca.phase} (see mezctl ca status); wait for ${behind.count > 1 ? "them" : "it"}, or pass --force`,
+          `the ${caName(ca.kind)} cannot move to ${to} yet: ${behindText(behind)} ${behind.count > 1 ? "are" : "is"} not yet in step with ${ca.phase} (see mezctl ca status); wait for ${behind.count > 1 ? "them" : "it"}, or pass --force`,
         );
       }
     }
@@ -131,13 +132,13 @@ async function commitStep(
     after = await store.swap(ca.kind, ca.revision, record);
   } catch (e) {
     if (!isMeziteError(e, "ERR_COMPARE_FAILED")) throw e;
-    throw new MeziteError("ERR_COMPARE_FAILED", `another auth service changed the ${ca.kind} CA meanwhile: see mezctl ca status and try again`, { cause: e });
+    throw new MeziteError("ERR_COMPARE_FAILED", `another auth service changed the ${caName(ca.kind)} meanwhile: see mezctl ca status and try again`, { cause: e });
   }
   store.retired?.retire(ca, after, ctx.now());
   await ctx.audit.emit({
     type: "ca.rotation",
     ...by,
-    detail: `${ca.kind} CA: ${ca.phase} -> ${to} (${mode}); signs with ${after.sshFingerprint}; trusted ${after.trusted.map((k) => k.sshFingerprint).join(", ")}${note}`,
+    detail: `${caName(ca.kind)}: ${ca.phase} -> ${to} (${mode}); signs with ${after.sshFingerprint}; trusted ${after.trusted.map((k) => k.sshFingerprint).join(", ")}${note}`,
   });
   return after;
 }

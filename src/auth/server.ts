@@ -461,7 +461,7 @@ export async function startAuthService(cfg: AuthConfig, log: Logger = createLogg
         [0.001, 0.0025, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 10],
       ),
     };
-    registry.gauge("mezite_ca_rotation_phase", "1 for the rotation phase each CA is in (SPEC §15), 0 for the others", () =>
+    registry.gauge("mezite_ca_rotation_phase", "1 for the rotation phase each CA is in, 0 for the others", () =>
       CA_KINDS.flatMap((ca) => PHASES.map((phase) => ({ labels: { ca, phase }, value: ctx.cas[ca].phase === phase ? 1 : 0 }))),
     );
     let ready = false;

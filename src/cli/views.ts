@@ -1,6 +1,7 @@
 /** How resources look to an admin: JSON documents (snake_case) and table rows. */
 import type * as pb from "../api/gen/mezite/v1/common_pb.js";
 import type { CaStatus } from "../api/gen/mezite/v1/admin_pb.js";
+import { caName } from "../lib/ca-name.js";
 import { escapeText as e } from "../lib/escape.js";
 import { isoTime, relTime } from "./output.js";
 
@@ -93,7 +94,7 @@ export function auditDoc(e: pb.AuditEvent) {
 
 /**
  * A table row per event. DETAIL, last so a long one cannot push the others apart, is what the
- * event changed: a ca.rotation's phases (`host CA: init -> update_clients (manual)`) and keys, a
+ * event changed: a ca.rotation's phases (`Host CA: init -> update_clients (manual)`) and keys, a
  * lock's target and reason, a join's claims. table() escapes every cell.
  */
 export function auditRow(e: pb.AuditEvent): string[] {
@@ -144,7 +145,7 @@ export function caText(list: CaStatus[]): string {
       const behind = c.behindCount > 0
         ? [e(`  behind: ${c.behindCount} live instance${c.behindCount > 1 ? "s or nodes" : " or node"} not yet in step with ${c.phase} (${c.behind.join(", ")}${c.behindCount > c.behind.length ? ", …" : ""})`)]
         : [];
-      return [e(`${c.type} CA: phase ${c.phase} (${how})`), ...rows.map((r) => r.map((f, i) => (i < r.length - 1 ? f.padEnd(width(i)) : f)).join("  ")), ...behind].join("\n");
+      return [e(`${caName(c.type)}: phase ${c.phase} (${how})`), ...rows.map((r) => r.map((f, i) => (i < r.length - 1 ? f.padEnd(width(i)) : f)).join("  ")), ...behind].join("\n");
     })
     .join("\n") + "\n";
 }

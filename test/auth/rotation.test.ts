@@ -104,7 +104,7 @@ test("a step out of order is refused with what may come next, and changes nothin
   await assert.rejects(rotate(ctx, { kinds: ["user"], phase: undefined, graceMs: 3_600_000, actor: "t", remoteAddr: "" }), /already in progress \(phase rollback\)/);
   await assert.rejects(rotate(ctx, { kinds: ["host"], phase: undefined, graceMs: 10_000, actor: "t", remoteAddr: "" }), /--grace-period 10s is too short/);
   // --type=all checks both before it changes either.
-  await assert.rejects(rotate(ctx, { kinds: ["user", "host"], phase: "standby", graceMs: 0, actor: "t", remoteAddr: "" }), /host CA is in phase standby/);
+  await assert.rejects(rotate(ctx, { kinds: ["user", "host"], phase: "standby", graceMs: 0, actor: "t", remoteAddr: "" }), /Host CA is in phase standby/);
   assert.equal((await ctx.caStore.load("user")).ca.phase, "rollback");
 });
 
@@ -142,7 +142,7 @@ test("two services stepping at once: one compare-and-swap lands, the other is to
   const results = await Promise.allSettled([step(a, "user", "init"), step(b, "user", "init")]);
   const failed = results.filter((r): r is PromiseRejectedResult => r.status === "rejected");
   assert.equal(failed.length, 1, "exactly one of two concurrent steps must fail");
-  assert.match(String(failed[0]!.reason), /another auth service changed the user CA meanwhile|phase init: the next phase can only be/);
+  assert.match(String(failed[0]!.reason), /another auth service changed the User CA meanwhile|phase init: the next phase can only be/);
   await a.refreshCas();
   await b.refreshCas();
   assert.equal(a.cas.user.next!.sshFingerprint, b.cas.user.next!.sshFingerprint);
@@ -268,7 +268,7 @@ test("an automatic step waits up to one more phase for a live instance behind, t
   const events = [];
   for await (const page of ctx.audit.list(0, "ca.rotation", 0)) events.push(...page);
   // Events of one frozen instant list in no particular order: find the step's.
-  assert.match(events.find((e) => e.detail?.startsWith("user CA: update_servers -> standby"))?.detail ?? "", /user CA: update_servers -> standby \(auto\).*; left behind after waiting one more phase: 1 live instance or node \(ci\/ci-0000-\)$/);
+  assert.match(events.find((e) => e.detail?.startsWith("User CA: update_servers -> standby"))?.detail ?? "", /User CA: update_servers -> standby \(auto\).*; left behind after waiting one more phase: 1 live instance or node \(ci\/ci-0000-\)$/);
 });
 
 test("a manual step past a live instance behind is refused with one line unless forced; a daemon's report of its CA state clears it", async () => {
@@ -277,7 +277,7 @@ test("a manual step past a live instance behind is refused with one line unless 
   await step(ctx, "user", "init");
   await step(ctx, "user", "update_clients");
   await assert.rejects(step(ctx, "user", "update_servers"), (e: unknown) =>
-    isMeziteError(e, "ERR_IN_USE") && e.message === "the user CA cannot move to update_servers yet: 1 live instance or node (old/old-0000) is not yet in step with update_clients (see mezctl ca status); wait for it, or pass --force");
+    isMeziteError(e, "ERR_IN_USE") && e.message === "the User CA cannot move to update_servers yet: 1 live instance or node (old/old-0000) is not yet in step with update_clients (see mezctl ca status); wait for it, or pass --force");
   // A report of a state that is not the current one changes nothing; the current one clears it.
   await recordInstanceCaState(ctx, inst.identityId, inst.id, "stale");
   await assert.rejects(step(ctx, "user", "update_servers"), /cannot move to update_servers yet/);
@@ -288,7 +288,7 @@ test("a manual step past a live instance behind is refused with one line unless 
   await rotate(ctx, { kinds: ["user"], phase: "standby", graceMs: 0, actor: "t", remoteAddr: "", force: true });
   const events = [];
   for await (const page of ctx.audit.list(0, "ca.rotation", 0)) events.push(...page);
-  assert.match(events.find((e) => e.detail?.startsWith("user CA: update_servers -> standby"))?.detail ?? "", /; forced while 1 live instance or node \(old\/old-0000\) was behind$/);
+  assert.match(events.find((e) => e.detail?.startsWith("User CA: update_servers -> standby"))?.detail ?? "", /; forced while 1 live instance or node \(old\/old-0000\) was behind$/);
 });
 
 test("a node is behind a User CA step until it reports the keys it wrote; nodes offline for minutes hold nothing up", async () => {
@@ -299,7 +299,7 @@ test("a node is behind a User CA step until it reports the keys it wrote; nodes 
   };
   await ctx.backend.put(keys.node(node.name), encode(node));
   await step(ctx, "user", "init");
-  await assert.rejects(step(ctx, "user", "update_clients"), /the user CA cannot move to update_clients yet: 1 live instance or node \(node web-01\) is not yet in step with init/);
+  await assert.rejects(step(ctx, "user", "update_clients"), /the User CA cannot move to update_clients yet: 1 live instance or node \(node web-01\) is not yet in step with init/);
   const loaded = async () => (await load<NodeRecord>(ctx.backend, keys.node(node.name)))!;
   await recordNodeCaState(ctx, await loaded(), "", "stale");
   await assert.rejects(step(ctx, "user", "update_clients"), /cannot move to update_clients yet/);

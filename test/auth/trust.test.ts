@@ -401,7 +401,7 @@ describe("CA keys", () => {
       const hostCa = (JSON.parse((db.prepare("SELECT value FROM items WHERE key = '/cas/host'").get() as { value: string }).value) as { x509_cert_pem: string }).x509_cert_pem;
       db.prepare("UPDATE items SET value = ? WHERE key = '/cas/user'").run(JSON.stringify({ ...stored, x509_cert_pem: hostCa }));
       db.close();
-      await assert.rejects(startAuth({ dataDir }), /exited with 2:[\s\S]*the stored user CA certificate does not hold the CA's sealed key/);
+      await assert.rejects(startAuth({ dataDir }), /exited with 2:[\s\S]*the stored User CA certificate does not hold the CA's sealed key/);
     } finally {
       rmSync(dataDir, { recursive: true, force: true });
     }

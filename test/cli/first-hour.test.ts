@@ -82,8 +82,8 @@ test("audit ls text shows each event's detail: the phases of a ca.rotation, a lo
     assert.match(header!, /\bDETAIL$/, "a DETAIL column, last");
     const rotations = rows.filter((r) => r.includes(" ca.rotation "));
     assert.equal(rotations.length, 2, text);
-    assert.match(rotations[0]!, /host CA: standby -> init \(manual\)/);
-    assert.match(rotations[1]!, /host CA: init -> rollback/);
+    assert.match(rotations[0]!, /Host CA: standby -> init \(manual\)/);
+    assert.match(rotations[1]!, /Host CA: init -> rollback/);
     const lock = rows.find((r) => r.includes(" lock.create "));
     assert.ok(lock?.includes("login=deploy leaked\\x1b[2Jkey"), `the lock's target and reason, escaped:\n${text}`);
     assert.ok(!text.includes("\x1b"), "no control character reaches the terminal");

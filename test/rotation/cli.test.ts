@@ -26,9 +26,9 @@ describe("mezctl ca", () => {
     const s = await status();
     assert.deepEqual(s.map((c) => [c.type, c.phase, c.keys.length, c.keys[0]!.signing, c.keys[0]!.trusted]), [["user", "standby", 1, true, true], ["host", "standby", 1, true, true]]);
     const text = await mezctlOk(auth, "ca", "status");
-    assert.match(text, /^user CA: phase standby \(never rotated\)$/m);
+    assert.match(text, /^User CA: phase standby \(never rotated\)$/m);
     assert.match(text, new RegExp(`^  current  ${s[0]!.keys[0]!.ssh_fingerprint.replace(/[+/]/g, "\\$&")}  signing, trusted  0/0 live instances$`, "m"));
-    assert.match(text, /^host CA: phase standby/m);
+    assert.match(text, /^Host CA: phase standby/m);
   });
 
   test("bad input is one line with exit 2, and changes nothing", async () => {
@@ -39,7 +39,7 @@ describe("mezctl ca", () => {
       [["ca", "rotate", "--type=user", "--manual"], /--manual needs --phase/],
       [["ca", "rotate", "--type=user", "--phase=init"], /--phase=init needs --manual/],
       [["ca", "rotate", "--type=user", "--manual", "--phase=sideways"], /unknown phase "sideways"/],
-      [["ca", "rotate", "--type=user", "--manual", "--phase=update_servers"], /the user CA is in phase standby: the next phase can only be init/],
+      [["ca", "rotate", "--type=user", "--manual", "--phase=update_servers"], /the User CA is in phase standby: the next phase can only be init/],
       [["ca", "rotate", "--type=user", "--phase=rollback"], /next phase can only be init/],
       [["ca", "rotate", "--type=host", "--grace-period=10s"], /--grace-period 10s is too short: at least 30s/],
       [["ca", "rotate", "--type=host", "--grace-period=soon"], /--grace-period: "soon" is not a duration/],
@@ -62,20 +62,20 @@ describe("mezctl ca", () => {
     const r = await mezctl(auth, "ca", "rotate", "--type=user", "--grace-period=90s", "--force");
     assert.equal(r.code, 0, r.stderr);
     assert.match(r.stderr, /^Warning: each phase lasts 30s; daemons ask for phase changes every 45s by default/);
-    assert.match(r.stdout, /^user CA: phase init \(automatic, started .*, next phase in \d+s\)$/m);
+    assert.match(r.stdout, /^User CA: phase init \(automatic, started .*, next phase in \d+s\)$/m);
     const [user] = await status();
     assert.equal(user!.mode, "auto");
     assert.deepEqual(user!.keys.map((k) => [k.role, k.signing, k.trusted]), [["current", true, true], ["next", false, true]]);
     const again = await mezctl(auth, "ca", "rotate", "--type=all", "--grace-period=48h");
     assert.equal(again.code, 2);
-    assert.match(again.stderr, /a rotation of the user CA is already in progress \(phase init\)/);
+    assert.match(again.stderr, /a rotation of the User CA is already in progress \(phase init\)/);
     // Rolled back by hand, it finishes by itself (automatic) a third of the grace period later; here it is ended at once.
     await mezctlOk(auth, "ca", "rotate", "--type=user", "--phase=rollback");
     await mezctlOk(auth, "ca", "rotate", "--type=user", "--manual", "--phase=standby");
     const [done] = await status();
     assert.deepEqual([done!.phase, done!.keys.length, done!.keys[0]!.ssh_fingerprint], ["standby", 1, user!.keys[0]!.ssh_fingerprint]);
     const events = JSON.parse(await mezctlOk(auth, "audit", "ls", "--type=ca.rotation", "--format=json")) as { detail: string; actor: string }[];
-    assert.deepEqual(events.map((e) => e.detail.split(";")[0]), ["user CA: standby -> init (auto)", "user CA: init -> rollback (auto)", "user CA: rollback -> standby (manual)"]);
+    assert.deepEqual(events.map((e) => e.detail.split(";")[0]), ["User CA: standby -> init (auto)", "User CA: init -> rollback (auto)", "User CA: rollback -> standby (manual)"]);
     assert.ok(events.every((e) => e.actor.startsWith("admin")), JSON.stringify(events));
   });
 
@@ -108,9 +108,9 @@ describe("mezctl ca", () => {
       // The two one-shot instances joined in init never renew: they are behind, and hold the next step up.
       const held = await mezctl(auth, "ca", "rotate", "--type=host", "--manual", "--phase=update_servers");
       assert.equal(held.code, 1, held.stderr);
-      assert.match(held.stderr, /^mezctl: the host CA cannot move to update_servers yet: 2 live instances or nodes \((pinned-1\/[0-9a-f]{8}, pinned-3|pinned-3\/[0-9a-f]{8}, pinned-1)\/[0-9a-f]{8}\) are not yet in step with update_clients \(see mezctl ca status\); wait for them, or pass --force\n$/);
+      assert.match(held.stderr, /^mezctl: the Host CA cannot move to update_servers yet: 2 live instances or nodes \((pinned-1\/[0-9a-f]{8}, pinned-3|pinned-3\/[0-9a-f]{8}, pinned-1)\/[0-9a-f]{8}\) are not yet in step with update_clients \(see mezctl ca status\); wait for them, or pass --force\n$/);
       const text = await mezctlOk(auth, "ca", "status");
-      assert.match(text, /^host CA: phase update_clients[^]*^  behind: 2 live instances or nodes not yet in step with update_clients \(pinned-/m);
+      assert.match(text, /^Host CA: phase update_clients[^]*^  behind: 2 live instances or nodes not yet in step with update_clients \(pinned-/m);
       const doc = (await status()).find((c) => c.type === "host")!;
       assert.deepEqual([doc.phase, doc.behind.count, doc.behind.first.length], ["update_clients", 2, 2]);
       await mezctlOk(auth, "ca", "rotate", "--type=host", "--manual", "--phase=update_servers", "--force");
@@ -149,7 +149,7 @@ describe("a retired CA key restored from an old database backup", () => {
       await assert.rejects(auth.restart(), (e: Error) => {
         const line = e.message.split("\n").find((l) => l.includes("retired"));
         assert.ok(line, e.message);
-        assert.match(line, /the backend's user CA key SHA256:\S+ was retired at \d{4}-\S+ \(.*retired-ca-keys\): the database was restored from a backup older than that rotation, and that key is never used again; restore a newer backup/);
+        assert.match(line, /the backend's User CA key SHA256:\S+ was retired at \d{4}-\S+ \(.*retired-ca-keys\): the database was restored from a backup older than that rotation, and that key is never used again; restore a newer backup/);
         return true;
       });
     } finally {

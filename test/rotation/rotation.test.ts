@@ -138,8 +138,8 @@ describe("CA rotation with real sshd, node agent and identity daemon", () => {
     assert.match(refused.stderr, /Host key verification failed/, refused.stderr);
 
     const events = JSON.parse(await mezctlOk(auth, "audit", "ls", "--type=ca.rotation", "--format=json")) as { detail: string; actor: string }[];
-    const host4 = events.filter((e) => e.detail.startsWith("host CA"));
-    assert.deepEqual(host4.map((e) => e.detail.split(" (")[0]), ["host CA: standby -> init", "host CA: init -> update_clients", "host CA: update_clients -> update_servers", "host CA: update_servers -> standby"]);
+    const host4 = events.filter((e) => e.detail.startsWith("Host CA"));
+    assert.deepEqual(host4.map((e) => e.detail.split(" (")[0]), ["Host CA: standby -> init", "Host CA: init -> update_clients", "Host CA: update_clients -> update_servers", "Host CA: update_servers -> standby"]);
     assert.deepEqual(host4.map((e) => e.actor === "automatic rotation"), [false, true, true, true]);
     report(`logins so far: ${loop.attempts}, failed: ${loop.failures.length}`);
     assert.deepEqual(loop.failures, []);
