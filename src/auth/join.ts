@@ -17,6 +17,7 @@ import { principalsFor } from "../rbac/access.js";
 import type { AuthContext, Caller } from "./context.js";
 import { UnverifiedIdToken, verifyIdToken } from "./id-tokens.js";
 import { issueAgentCertificates, type Issued, type PublicKeys } from "./issue.js";
+import { certSummary } from "./certs.js";
 import { RECORDED_CLAIMS, claimText, matchingRule, type JoinTokenRecord } from "./join-methods.js";
 import { activeLocks, refuseIfLocked } from "./locks.js";
 import { revokedHostKeys } from "./nodes.js";
@@ -114,6 +115,7 @@ async function joinInstance(ctx: AuthContext, j: InstanceJoin): Promise<Issued> 
     remote_addr: j.caller.remoteAddr,
     serial: issued.record.serial,
     detail: j.detail,
+    cert: certSummary(issued.record, now, instance),
   });
   ctx.log.info("agent identity joined", { identity: j.identityName, instance: instanceId, serial: issued.record.serial });
   return issued;
@@ -218,7 +220,7 @@ export async function joinWithIdToken(ctx: AuthContext, req: JoinWithIdTokenRequ
       keys: pub,
       ttlMs: ttl,
       caller,
-      extra: { joinMethod: rec.method, claims },
+      extra: { joinMethod: rec.method, joinToken: rec.name, claims },
       commit: async (ops) => {
         try {
           await ctx.backend.write([used, ...ops]);
