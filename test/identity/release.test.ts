@@ -7,10 +7,11 @@
  */
 import assert from "node:assert/strict";
 import { spawn, type ChildProcess } from "node:child_process";
-import { chmodSync, copyFileSync, existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { chmodSync, copyFileSync, existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, symlinkSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, before, describe, test } from "node:test";
+import { parse as parseYaml } from "yaml";
 import { RenewService } from "../../src/api/gen/mezite/v1/renew_pb.js";
 import { connect } from "../../src/api/client.js";
 import { OUTPUT_FILES } from "../../src/identity/outputs.js";
@@ -199,6 +200,22 @@ describe("mezd identity release", () => {
     const again = await run(MEZD, ["identity", "release", `--destination-dir=${dest}`]);
     assert.equal(again.code, 0, again.stderr);
     assert.match(again.stdout, /^agent identity github-deploy instance \S+ was already released \(or removed by an admin\); outputs removed from /);
+    assert.deepEqual(leftovers(dest), []);
+  });
+
+  test("the GitLab example's after_script, run as the runner runs it, releases the job's instance", async () => {
+    const example = parseYaml(readFileSync(join(ROOT, "examples/gitlab-ci.yml"), "utf8")) as { deploy: { variables: Record<string, string>; after_script: string[] } };
+    const dest = join(tmp, "gitlab-job");
+    await pipelineRun(dest, "3004");
+    const instance = JSON.parse(readFileSync(join(dest, ".mezite", "state.json"), "utf8")).instance_id as string;
+    const bin = join(tmp, "gitlab-bin");
+    mkdirSync(bin);
+    symlinkSync(MEZD, join(bin, "mezd"));
+    // GitLab runs after_script in a new shell with the job's variables, whether script passed or failed.
+    const r = await run("/bin/bash", ["-ec", example.deploy.after_script.join("\n")], { env: { ...example.deploy.variables, MEZITE_DEST: dest, PATH: `${bin}:${process.env["PATH"]}` } });
+    assert.equal(r.code, 0, r.stderr);
+    assert.match(r.stdout, new RegExp(`^released agent identity github-deploy instance ${instance}: `));
+    assert.ok(!(await instanceIds()).includes(instance));
     assert.deepEqual(leftovers(dest), []);
   });
 

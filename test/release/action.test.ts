@@ -172,10 +172,11 @@ spec:
       writeFileSync(join(root, VERSION, "SHA256SUMS"), sums(tarball));
       const j = job();
       const runtime = { NODE_EXTRA_CA_CERTS: issuer.caPath, ACTIONS_ID_TOKEN_REQUEST_URL: issuer.githubRequestUrl, ACTIONS_ID_TOKEN_REQUEST_TOKEN: issuer.githubRequestToken };
-      const m = await main(j, { "auth-server": auth.addr, token: "github-deploy-main", "ca-pin": pin, "release-base-url": pathToFileURL(root).href }, runtime);
+      const dest = join(j.runnerTemp, "certs");
+      const m = await main(j, { "auth-server": auth.addr, token: "github-deploy-main", "ca-pin": pin, "destination-dir": dest, "cert-ttl": "30m", "release-base-url": pathToFileURL(root).href }, runtime);
       assert.equal(m.code, 0, m.stderr);
-      const dest = commands(j.files.GITHUB_OUTPUT)["destination-dir"]!;
-      assert.ok(existsSync(join(dest, "ssh_cert")));
+      assert.equal(readFileSync(j.files.GITHUB_OUTPUT, "utf8"), `destination-dir=${dest}\nssh-config=${dest}/ssh_config\n`);
+      assert.match(readFileSync(join(dest, "ssh_config"), "utf8"), /CertificateFile/);
       const instances = (await statusOf(auth, "github-deploy")).instances;
       assert.equal(instances.length, 1);
       assert.equal(instances[0]!.claims["run_id"], "77");
