@@ -7,7 +7,8 @@
  * certificate may make this one change because it can only take access away, and only from the
  * instance that certificate belongs to: whoever holds it can already log in wherever the instance
  * may, so ending the instance is strictly less than what it grants, and is the right answer to a
- * leaked output dir too. Ending is idempotent: an instance already gone answers already_ended.
+ * leaked output dir too. Ending is idempotent: an instance already gone answers already_ended (and
+ * writes nothing). The release that ends it is audited (agent_identity.release).
  */
 import { create } from "@bufbuild/protobuf";
 import { ReleaseResponseSchema, type ReleaseResponse } from "../api/gen/mezite/v1/renew_pb.js";
@@ -44,7 +45,9 @@ export async function releaseInstance(ctx: AuthContext, caller: Caller, kind: Ex
   const base = { type: "agent_identity.release" as const, identity: name, instance: c.instanceId, remote_addr: caller.remoteAddr };
   const by = `by its ${kind} certificate`;
   if (!inst) {
-    await ctx.audit.emit({ ...base, roles: identity?.value.roles ?? [], detail: `already ended; ${by}` });
+    // Nothing changes, so nothing is written: a certificate that stays valid after its release
+    // must not be able to fill the audit trail by asking again and again.
+    ctx.log.info("agent identity instance already ended", { identity: name, instance: c.instanceId });
     return create(ReleaseResponseSchema, { alreadyEnded: true, identity: name, instanceId: c.instanceId });
   }
   const revoked = await endInstance(ctx, inst.value);

@@ -201,6 +201,9 @@ describe("mezd identity release", () => {
     assert.equal(again.code, 0, again.stderr);
     assert.match(again.stdout, /^agent identity github-deploy instance \S+ was already released \(or removed by an admin\); outputs removed from /);
     assert.deepEqual(leftovers(dest), []);
+    const instance = JSON.parse(saved.toString()).instance_id as string;
+    const events = (await auditEvents(auth, { type: "agent_identity.release" })).filter((e) => e.instance === instance);
+    assert.equal(events.length, 1, "a release that changes nothing writes no audit event");
   });
 
   test("the GitLab example's after_script, run as the runner runs it, releases the job's instance", async () => {
