@@ -110,7 +110,9 @@ export function releaseLine(r: ReleaseResult, dest: string): string {
     case "expired":
       return `the certificates in ${dest} had expired: nothing left to revoke; outputs removed\n`;
     case "nothing":
-      return `nothing to release in ${dest}: already released (no certificates or daemon state left)\n`;
+      return existsSync(dest)
+        ? `nothing to release in ${dest}: already released (no certificates or daemon state left)\n`
+        : `nothing to release: ${dest} does not exist (no join wrote it, or a release removed it)\n`;
   }
 }
 
