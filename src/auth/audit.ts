@@ -14,6 +14,7 @@ export type AuditType =
   | "agent_identity.renew"
   | "agent_identity.generation_mismatch"
   | "agent_identity.instance_delete"
+  | "agent_identity.release"
   | "lock.create"
   | "lock.delete"
   | "role.create"
@@ -44,6 +45,22 @@ export interface AuditEvent {
   detail: string;
   /** Who made an admin call (the admin certificate's name and serial); empty for daemons' calls. */
   actor: string;
+  /** A join's or renewal's certificate, for `mezctl certs show` once its instance is gone (SPEC §19). */
+  cert?: IssuedCertSummary;
+}
+
+/** What `certs show` prints of a certificate that the event's other fields do not hold. */
+export interface IssuedCertSummary {
+  principals: string[];
+  /** Unix ms. */
+  valid_after: number;
+  valid_before: number;
+  /** token, github, gitlab or oidc. */
+  join_method: string;
+  /** The join token resource of an ID-token join. */
+  join_token?: string;
+  /** The instance's recorded join claims (join-methods.ts RECORDED_CLAIMS). */
+  claims?: Record<string, string>;
 }
 
 /** How long events are kept in the backend. */
@@ -120,7 +137,7 @@ export class Audit {
     const entry = this.entry(e);
     entry.publish();
     try {
-      await this.backend.write([entry.op]);
+      await this.backend.write(entry.ops);
     } catch (err) {
       this.log.error("could not store audit event", { type: e.type, error: (err as Error).message });
     }
@@ -128,9 +145,11 @@ export class Audit {
 
   /**
    * An event as a write for the caller's own batch, so a change and its audit event commit
-   * together; `publish` logs it, once the batch has committed.
+   * together; `publish` logs it, once the batch has committed. `ops` is the event plus, for an
+   * event that issued a certificate (`cert`), the index from its serial to the event
+   * (keys.auditSerial), kept as long as the event: `certs show` is a point read.
    */
-  entry(e: Partial<AuditEvent> & { type: AuditType }): { op: WriteOp; publish(): void } {
+  entry(e: Partial<AuditEvent> & { type: AuditType }): { op: WriteOp; ops: WriteOp[]; publish(): void } {
     const event: AuditEvent = {
       time: this.now(),
       identity: "",
@@ -147,8 +166,12 @@ export class Audit {
     };
     // Time-ordered keys make `audit ls --since` a range scan.
     const key = `${keys.audit}${String(event.time).padStart(15, "0")}-${randomBytes(4).toString("hex")}`;
+    const expires = event.time + AUDIT_RETENTION_MS;
+    const op: WriteOp = { op: "put", key, value: JSON.stringify(event), expires };
+    const index: WriteOp[] = event.cert !== undefined && event.serial !== "" ? [{ op: "put", key: keys.auditSerial(event.serial), value: key, expires }] : [];
     return {
-      op: { op: "put", key, value: JSON.stringify(event), expires: event.time + AUDIT_RETENTION_MS },
+      op,
+      ops: [op, ...index],
       publish: () => this.log.record({ audit: true, ...event, time: new Date(event.time).toISOString() }),
     };
   }

@@ -16,6 +16,7 @@ import { NAME_PATTERN } from "../rbac/role.js";
 import type { AuthContext, Caller } from "./context.js";
 import { UnverifiedIdToken, verifyIdToken } from "./id-tokens.js";
 import { instancePrincipals, issueAgentCertificates, type Issued, type PublicKeys } from "./issue.js";
+import { certSummary } from "./certs.js";
 import { RECORDED_CLAIMS, claimText, matchingRule, type JoinTokenRecord } from "./join-methods.js";
 import { activeLocks, lockAuditDetail, refuseIfLocked } from "./locks.js";
 import { revokedHostKeys } from "./nodes.js";
@@ -119,6 +120,7 @@ async function joinInstance(ctx: AuthContext, j: InstanceJoin): Promise<Issued> 
     remote_addr: j.caller.remoteAddr,
     serial: issued.record.serial,
     detail: j.detail,
+    cert: certSummary(issued.record, now, instance),
   });
   ctx.log.info("agent identity joined", { identity: j.identityName, instance: instanceId, serial: issued.record.serial });
   return issued;
@@ -226,7 +228,7 @@ export async function joinWithIdToken(ctx: AuthContext, req: JoinWithIdTokenRequ
       keys: pub,
       ttlMs: ttl,
       caller,
-      extra: withHost({ joinMethod: rec.method, claims }, host),
+      extra: withHost({ joinMethod: rec.method, joinToken: rec.name, claims }, host),
       commit: async (ops) => {
         try {
           await ctx.backend.write([used, ...ops]);

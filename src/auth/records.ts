@@ -40,6 +40,8 @@ export interface InstanceRecord {
   joinMethod?: string;
   /** What the ID token said of who joined (join-methods.ts RECORDED_CLAIMS). */
   claims?: Record<string, string>;
+  /** The join token resource an ID-token join came in under. */
+  joinToken?: string;
   /** Fingerprint of the User CA key that signed the last certificates (a rotation's progress). */
   userCaKey?: string;
   /** The CA state of each CA the instance holds (issued or reported): who is behind a rotation. */
@@ -187,6 +189,8 @@ export const keys = {
   /** Admin certificates issued before this instant (unix ms) are refused (admin-cert.ts). */
   adminRevokedBefore: "/cluster/admin-revoked-before",
   audit: "/audit/",
+  /** Index: the audit event (its key) of the join or renewal that issued SSH certificate SERIAL. */
+  auditSerial: (serial: string) => `/audit-serials/${serial}`,
 };
 
 export interface Loaded<T> {

@@ -11,6 +11,7 @@ import { RenewResponseSchema, type RenewRequest, type RenewResponse } from "../a
 import { MeziteError, isMeziteError } from "../lib/errors.js";
 import type { AuthContext, Caller } from "./context.js";
 import { instancePrincipals, issueAgentCertificates, keysHash } from "./issue.js";
+import { certSummary } from "./certs.js";
 import { activeLocks, createLock, lockAuditDetail, refuseIfLocked } from "./locks.js";
 import { encode, instanceExpiry, keys, load, type IdentityRecord, type InstanceRecord } from "./records.js";
 import { parseVerifiedCertificate, type ParsedCert } from "../ca/x509.js";
@@ -105,13 +106,13 @@ export async function renewAgent(ctx: AuthContext, req: RenewRequest, caller: Ca
       // One transaction: the generation's swap, the certificate's record (a node must be able to
       // revoke any certificate handed out), the reply a retry gets, and the audit event.
       const { serial, expires } = issued.record;
-      const audit = ctx.audit.entry({ type: "agent_identity.renew", ...base, roles: roleNames, generation: generation.toString(), serial });
+      const audit = ctx.audit.entry({ type: "agent_identity.renew", ...base, roles: roleNames, generation: generation.toString(), serial, cert: certSummary(issued.record, now, inst) });
       try {
         await ctx.backend.write([
           { op: "cas", key: instanceKey, revision: found.revision, value: encode(next), ...instanceExpiry(next) },
           { op: "put", key: keys.cert(inst.id, serial), value: encode(issued.record), expires: revokedUntil(expires) },
           { op: "put", key: keys.reply(serial), value: Buffer.from(toBinary(IssuedCertificatesSchema, issued.certs)).toString("base64"), expires },
-          audit.op,
+          ...audit.ops,
         ]);
       } catch (e) {
         if (isMeziteError(e, "ERR_COMPARE_FAILED")) continue; // someone renewed first: look again

@@ -57,17 +57,20 @@ export interface TombstoneRecord {
 /**
  * Keeps the certificates of instances about to be deleted in the KRL until they expire. Called
  * before the deletion, so no moment exists where an instance is gone and its certificates pass.
+ * Returns how many unexpired certificates the tombstones hold.
  */
-export async function tombstone(ctx: AuthContext, instances: InstanceRecord[]): Promise<void> {
+export async function tombstone(ctx: AuthContext, instances: InstanceRecord[]): Promise<number> {
   const now = ctx.now();
-  await Promise.all(
+  const counts = await Promise.all(
     instances.map(async (inst) => {
       const certs = (await loadAll<IssuedCertRecord>(ctx.backend, keys.certsOf(inst.id))).map((c) => c.value).filter((c) => revokedUntil(c.expires) > now);
       const expires = revokedUntil(Math.max(inst.certExpires, ...certs.map((c) => c.expires)));
       const record: TombstoneRecord = { identityName: inst.identityName, certs: certs.map((c) => [c.serial, c.expires]) };
       if (expires > now) await ctx.backend.put(keys.revokedInstance(inst.id), encode(record), { expires });
+      return certs.length;
     }),
   );
+  return counts.reduce((a, b) => a + b, 0);
 }
 
 /**

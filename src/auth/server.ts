@@ -48,6 +48,8 @@ import { createLogger, type Logger } from "../lib/log.js";
 import { Registry, type MetricState } from "../lib/metrics.js";
 import { AdminIdentityKeeper, checkAdminCert, revokeAdminCertificates } from "./admin-cert.js";
 import { listAccessibleNodes } from "./agent-service.js";
+import { certificateInfo } from "./certs.js";
+import { releaseInstance } from "./release.js";
 import { auditToProto } from "./admin/audit.js";
 import * as caRotation from "./admin/ca-rotation.js";
 import * as identities from "./admin/identities.js";
@@ -264,6 +266,7 @@ function routes(ctx: AuthContext, revocations: Revocations, metrics: AuthMetrics
         await recordInstanceCaState(ctx, caller.cert?.identityId ?? "", caller.cert?.instanceId ?? "", req.heldCaState);
         return create(GetCaStateResponseSchema, { caState: caState(ctx.cas), renewWithinMs: BigInt(renewSpreadMs(ctx.cas, CA_KINDS)) });
       }),
+      release: unary("Release", (_req, caller) => releaseInstance(ctx, caller, "renewal")),
     });
     router.service(NodeService, {
       heartbeat: unary("Heartbeat", async (req: HeartbeatRequest, caller) => {
@@ -280,6 +283,7 @@ function routes(ctx: AuthContext, revocations: Revocations, metrics: AuthMetrics
     });
     router.service(AgentService, {
       listAccessibleNodes: unary("ListAccessibleNodes", (req, caller) => listAccessibleNodes(ctx, caller, req)),
+      releaseInstance: unary("ReleaseInstance", (_req, caller) => releaseInstance(ctx, caller, "output")),
     });
     router.service(AdminService, {
       getClusterInfo: admin("GetClusterInfo", async () =>
@@ -353,6 +357,7 @@ function routes(ctx: AuthContext, revocations: Revocations, metrics: AuthMetrics
       }),
       getCaStatus: admin("GetCaStatus", async () => create(adminPb.GetCaStatusResponseSchema, { cas: await caRotation.getCaStatus(ctx) })),
       rotateCa: admin("RotateCa", async (req: adminPb.RotateCaRequest, by) => create(adminPb.RotateCaResponseSchema, { cas: await caRotation.rotateCa(ctx, by, req) })),
+      getCertificate: admin("GetCertificate", async (req: adminPb.GetCertificateRequest) => create(adminPb.GetCertificateResponseSchema, { certificate: await certificateInfo(ctx, req.serial) })),
     });
   };
   return { router, hot, authInterceptor };

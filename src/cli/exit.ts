@@ -47,6 +47,8 @@ export function routeCommanderErrors(program: Command): void {
   const all = (c: Command): Command[] => [c, ...c.commands.flatMap(all)];
   for (const c of all(program)) {
     c.exitOverride();
+    // One line, as every error: commander puts its suggestion on a line of its own.
+    c.configureOutput({ outputError: (text, write) => write(text.replace(/\n\(Did you mean (.*)\?\)/, " (did you mean $1?)")) });
     const unknownOption = (c as unknown as { unknownOption: (flag: string) => never }).unknownOption.bind(c);
     (c as unknown as { unknownOption: (flag: string) => never }).unknownOption = (flag) => unknownOption(flag.startsWith("--") ? flag.split("=")[0]! : flag);
   }

@@ -508,6 +508,22 @@ program
     );
   });
 
+// ---- certificates (SPEC §19): from an sshd log line back to the run
+
+program
+  .command("certs")
+  .description("certificates the cluster issued")
+  .command("show")
+  .description("who a certificate was issued to: identity, instance, roles, principals, validity and the join's CI claims (serial as sshd logs it)")
+  .argument("<serial>", "the SSH certificate's serial, decimal: sshd logs \"ID agent-identity/NAME (serial N)\"")
+  .action(async (serial: string) => {
+    const a = admin();
+    const res = await call(a, (c) => c.getCertificate({ serial }));
+    if (!res.certificate) throw new MeziteError("ERR_INTERNAL", "the auth service sent an empty reply");
+    const cert = res.certificate;
+    out(a, view.certificateDoc(cert), () => view.certificateText(cert));
+  });
+
 // ---- CA rotation (SPEC §15)
 
 const ca = program.command("ca").description("the cluster's certificate authorities and their rotation");

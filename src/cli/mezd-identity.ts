@@ -1,4 +1,6 @@
+import { join, resolve } from "node:path";
 import type { Command } from "commander";
+import { MeziteError } from "../lib/errors.js";
 import { applyConfigFile } from "./config.js";
 
 export function registerIdentity(program: Command): void {
@@ -37,5 +39,19 @@ export function registerIdentity(program: Command): void {
       const opts = resolveIdentityOptions(cmd.opts());
       const { runIdentity } = await import("../identity/main.js");
       await runIdentity(opts);
+    });
+  identity
+    .command("release")
+    .description("end this instance when the job is done: the auth service revokes every certificate it holds (nodes refuse them within seconds), and the outputs and state here are removed")
+    .option("--destination-dir <dir>", "the daemon's destination dir (required)")
+    .option("--storage-dir <dir>", "the daemon's storage dir, whose renewal certificate authenticates the release (default DEST/.mezite)")
+    .option("--debug", "print stack traces with errors")
+    .addHelpText("after", "\nExits 0 once released, also when it was already released (run it again: it says so). A daemon still\nrunning on the dir is refused at its next renewal and exits 3.")
+    .action(async (o: { destinationDir?: string; storageDir?: string }) => {
+      if (!o.destinationDir) throw new MeziteError("ERR_USAGE", "--destination-dir is required (the dir mezd identity start wrote)");
+      const dest = resolve(o.destinationDir);
+      const { releaseWithState, releaseLine } = await import("../identity/release.js");
+      const r = await releaseWithState({ destinationDir: dest, storageDir: resolve(o.storageDir ?? join(dest, ".mezite")) });
+      process.stdout.write(releaseLine(r, dest));
     });
 }

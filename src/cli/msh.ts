@@ -1,12 +1,15 @@
 /**
- * msh: the agent's SSH helper (SPEC §17). Everything but `ls` reads only the destination dir
- * that `mezd identity` writes; `ls` asks the auth service, authenticated by the output X.509
- * certificate of that dir (which can only read, never renew).
+ * msh: the agent's SSH helper (SPEC §17). Everything but `ls` and `release` reads only the
+ * destination dir that `mezd identity` writes; `ls` asks the auth service, authenticated by the
+ * output X.509 certificate of that dir (which can only read, never renew), and `release` (SPEC
+ * §19) ends that certificate's own instance with it, then removes the dir's outputs.
  */
+import { existsSync } from "node:fs";
+import { join, resolve } from "node:path";
 import { Command, Option } from "commander";
 import { MeziteError } from "../lib/errors.js";
 import { versionLine } from "../lib/version.js";
-import { readIdentityDir, renderClientConfig, requireValid } from "../msh/identity-dir.js";
+import { identityDirOption, readIdentityDir, renderClientConfig, requireValid } from "../msh/identity-dir.js";
 import { clientOptions, runClient, sshArgv } from "../msh/ssh.js";
 import { statusDoc, statusText } from "../msh/status.js";
 import { fail, routeCommanderErrors } from "./exit.js";
@@ -96,6 +99,30 @@ program
     const r = await listAccessibleNodes(readIdentityDir(o.identityDir), { authServer: o.authServer ?? (process.env["MEZITE_AUTH_SERVER"] || undefined), tlsCaFile: o.tlsCa, storageDir: o.storageDir });
     if (format === "text") process.stdout.write(lsText(r));
     else printDocument(format, lsDoc(r));
+  });
+
+program
+  .command("release")
+  .description("end this identity's instance when the job is done: its certificates are revoked (nodes refuse them within seconds) and the dir's outputs are removed")
+  .option("--identity-dir <dir>", DIR_HELP)
+  .option("--auth-server <host:port>", "the auth service (default $MEZITE_AUTH_SERVER, else the one the daemon joined)")
+  .option("--tls-ca <file>", "the CA of the auth service's TLS certificate, PEM (default: the one the daemon learned at join)")
+  .option("--storage-dir <dir>", "the daemon's storage dir, for those two defaults; its state is removed too (default DIR/.mezite)")
+  .addHelpText("after", "\nAuthenticated by the dir's x509_cert.pem (the output certificate), which may end its own instance and\nno other. Exits 0 once released, also when it was already released.")
+  .action(async (o: { identityDir?: string; authServer?: string; tlsCa?: string; storageDir?: string }) => {
+    const { releaseWithOutputs, releaseLine } = await import("../identity/release.js");
+    const { authTarget } = await import("../msh/ls.js");
+    const dir = identityDirOption(o.identityDir);
+    const d = existsSync(join(dir, "ssh_cert")) ? readIdentityDir(dir) : undefined;
+    const storageDir = o.storageDir !== undefined ? resolve(o.storageDir) : join(dir, ".mezite");
+    const authServer = o.authServer ?? (process.env["MEZITE_AUTH_SERVER"] || undefined);
+    const r = await releaseWithOutputs({
+      destinationDir: dir,
+      storageDir,
+      validBeforeMs: d?.validBeforeMs,
+      target: () => authTarget(d!, { authServer, tlsCaFile: o.tlsCa, storageDir }),
+    });
+    process.stdout.write(releaseLine(r, dir));
   });
 
 routeCommanderErrors(program);

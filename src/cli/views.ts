@@ -1,6 +1,6 @@
 /** How resources look to an admin: JSON documents (snake_case) and table rows. */
 import type * as pb from "../api/gen/mezite/v1/common_pb.js";
-import type { CaStatus } from "../api/gen/mezite/v1/admin_pb.js";
+import type { CaStatus, CertificateInfo } from "../api/gen/mezite/v1/admin_pb.js";
 import { caName } from "../lib/ca-name.js";
 import { escapeText as e } from "../lib/escape.js";
 import { isoTime, relTime } from "./output.js";
@@ -148,4 +148,53 @@ export function caText(list: CaStatus[]): string {
       return [e(`${caName(c.type)}: phase ${c.phase} (${how})`), ...rows.map((r) => r.map((f, i) => (i < r.length - 1 ? f.padEnd(width(i)) : f)).join("  ")), ...behind].join("\n");
     })
     .join("\n") + "\n";
+}
+
+/** `certs show`: the CI claims that say which run it was come first among the claims. */
+const RUN_CLAIMS = ["repository", "project_path", "run_id", "pipeline_id", "actor", "user_login", "sha", "ref", "workflow", "environment"];
+
+function orderedClaims(claims: Record<string, string>): [string, string][] {
+  const rank = (k: string) => (RUN_CLAIMS.includes(k) ? RUN_CLAIMS.indexOf(k) : RUN_CLAIMS.length);
+  return Object.entries(claims).sort(([a], [b]) => rank(a) - rank(b) || a.localeCompare(b));
+}
+
+export function certificateDoc(c: CertificateInfo) {
+  return {
+    serial: c.serial,
+    identity: c.identity,
+    instance: c.instanceId,
+    instance_live: c.instanceLive,
+    roles: c.roles,
+    principals: c.principals,
+    valid_after: isoTime(c.validAfter),
+    valid_before: isoTime(c.validBefore),
+    issued_by: c.issuedBy,
+    issued_at: isoTime(c.issuedAt),
+    generation: Number(c.generation),
+    remote_addr: c.remoteAddr,
+    join_method: c.joinMethod,
+    join_token: c.joinToken,
+    claims: Object.fromEntries(orderedClaims(c.claims)),
+  };
+}
+
+/** Every value is escaped: claims and addresses are what ID tokens and daemons sent. */
+export function certificateText(c: CertificateInfo, now = Date.now()): string {
+  const expired = Number(c.validBefore) <= now;
+  const lines = [
+    `Certificate:  serial ${e(c.serial)}`,
+    `Identity:     ${e(c.identity)}`,
+    `Instance:     ${e(c.instanceId)} (${c.instanceLive ? "live" : "ended"})`,
+    `Roles:        [${e(c.roles.join(", "))}]`,
+    `Principals:   [${e(c.principals.join(", "))}]`,
+    `Valid:        ${isoTime(c.validAfter)} to ${isoTime(c.validBefore)} (${expired ? "expired" : `expires ${relTime(c.validBefore, now)}`})`,
+    `Issued by:    ${c.issuedBy === "agent_identity.join" ? "join" : "renewal"} at ${isoTime(c.issuedAt)}, generation ${c.generation}${c.remoteAddr ? `, from ${e(c.remoteAddr)}` : ""}`,
+    `Join method:  ${e(c.joinMethod)}${c.joinToken ? ` (join token ${e(c.joinToken)})` : ""}`,
+  ];
+  const claims = orderedClaims(c.claims);
+  if (claims.length > 0) {
+    const width = Math.max(...claims.map(([k]) => k.length));
+    lines.push("Claims:", ...claims.map(([k, v]) => `  ${e(k).padEnd(width)}  ${e(v)}`));
+  }
+  return lines.join("\n") + "\n";
 }

@@ -81,6 +81,25 @@ export function removeSshKeyFile(dest: string): void {
   }
 }
 
+/**
+ * `release` (SPEC §19): removes every output file there is (a symlink in an output's place is
+ * removed itself, never followed) and returns the names removed. The dir itself stays: its owner
+ * may have made it.
+ */
+export function removeOutputs(dest: string): string[] {
+  const removed: string[] = [];
+  for (const name of OUTPUT_FILES) {
+    try {
+      unlinkSync(join(dest, name));
+      removed.push(name);
+    } catch (e) {
+      const code = (e as NodeJS.ErrnoException).code;
+      if (code !== "ENOENT" && code !== "ENOTDIR") throw new MeziteError("ERR_STORAGE", `cannot remove ${join(dest, name)}: ${(e as Error).message}`, { cause: e });
+    }
+  }
+  return removed;
+}
+
 export function writeOutputs(dest: string, certs: IssuedCertificates, keys: IssueKeys, out: OutputOptions = { sshKeyFile: true, sshAgentSocket: undefined }): void {
   checkDestination(dest);
   const f = (name: string, data: string, mode: number) => ({ path: join(dest, name), data, mode });

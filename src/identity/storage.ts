@@ -3,7 +3,7 @@
  * flight, and a lock file so two daemons never share one state. The renewal certificate lives
  * only here, never in the destination dir, so a leaked output dir cannot renew itself.
  */
-import { unlinkSync } from "node:fs";
+import { rmdirSync, unlinkSync } from "node:fs";
 import { join } from "node:path";
 import { MeziteError } from "../lib/errors.js";
 import { ensureDir, readFileNoFollow, writeFileAtomic } from "../lib/files.js";
@@ -92,6 +92,37 @@ export class Storage {
 
   savePending(p: PendingRenewal): void {
     writeFileAtomic(join(this.dir, PENDING), JSON.stringify(p) + "\n", 0o600);
+  }
+
+  /**
+   * `release`: the state and any pending request go, then the lock and the dir, unless a live
+   * daemon holds the lock (it keeps its state in memory; its next renewal is refused, and it
+   * exits 3). Returns whether there was state to remove.
+   */
+  removeAll(): boolean {
+    let had = false;
+    for (const name of [STATE, PENDING]) {
+      try {
+        unlinkSync(join(this.dir, name));
+        had = true;
+      } catch (e) {
+        const code = (e as NodeJS.ErrnoException).code;
+        if (code !== "ENOENT" && code !== "ENOTDIR") throw new MeziteError("ERR_STORAGE", `cannot remove ${join(this.dir, name)}: ${(e as Error).message}`, { cause: e });
+      }
+    }
+    let release: (() => void) | undefined;
+    try {
+      release = takeDirLock(this.dir, () => "held by a live daemon");
+    } catch {
+      return had; // a live daemon's (or no dir at all)
+    }
+    release();
+    try {
+      rmdirSync(this.dir);
+    } catch {
+      // not empty: files that are not ours stay, and so does the dir
+    }
+    return had;
   }
 
   clearPending(): void {

@@ -1,7 +1,8 @@
 /**
  * An agent identity's destination dir as msh reads it (SPEC §6 outputs): who the certificate
  * says the identity is, its roles and logins, and how long it has left. Read only: msh never
- * writes the dir and never touches the daemon's storage (its renewal key).
+ * writes the dir and never uses the daemon's storage (its renewal key); `msh release` alone
+ * removes both once the instance has ended (identity/release.ts).
  */
 import { existsSync, readFileSync } from "node:fs";
 import { isAbsolute, join, resolve } from "node:path";

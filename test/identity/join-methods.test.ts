@@ -5,7 +5,7 @@
  * `mezd identity start --join-method=github --one-shot`, and ssh into a real sshd as deploy.
  */
 import assert from "node:assert/strict";
-import { mkdirSync, mkdtempSync, readFileSync, rmSync, symlinkSync, writeFileSync } from "node:fs";
+import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, before, describe, test } from "node:test";
@@ -14,8 +14,7 @@ import { SignJWT, base64url } from "jose";
 import { JoinService } from "../../src/api/gen/mezite/v1/join_pb.js";
 import { connect } from "../../src/api/client.js";
 import { generateIssueKeys, publicKeysOf } from "../../src/identity/protocol.js";
-import { parse as parseYaml } from "yaml";
-import { MEZD, ROOT, SEED_ROLE, mezctl, mezctlOk, run, startAuth, type AuthProcess } from "../harness/auth.js";
+import { ROOT, SEED_ROLE, mezctl, mezctlOk, startAuth, type AuthProcess } from "../harness/auth.js";
 import { makeKey, startIssuer, type Issuer } from "../harness/oidc.js";
 import { addIdentity, adminApi, auditEvents, createRole, outcome, refused, statusOf, tally } from "../auth/client.js";
 import { humanLines, oneShot, seedSsh, sshdMissing, startNode, type Node } from "./fixture.js";
@@ -228,36 +227,7 @@ describe("GitHub Actions joins", () => {
     assert.equal((await auditEvents(auth)).length, auditBefore, "the auth service heard nothing");
   });
 });
-
-describe("the GitHub Action", () => {
-  test("action.yml's join step, run as a runner runs it, joins and sets its outputs", async () => {
-    const action = parseYaml(readFileSync(join(ROOT, "action.yml"), "utf8")) as { runs: { steps: { id?: string; env: Record<string, string>; run: string }[] }; outputs: Record<string, unknown> };
-    assert.deepEqual(Object.keys(action.outputs), ["destination-dir", "ssh-config"]);
-    const step = action.runs.steps.find((st) => st.id === "join")!;
-    const inputs: Record<string, string> = { "auth-server": auth.addr, token: "github-deploy-main", "ca-pin": pin, "destination-dir": join(tmp, "action-certs"), "cert-ttl": "30m" };
-    // What the runner does with ${{ inputs.x }} in the step's env.
-    const env = Object.fromEntries(Object.entries(step.env).map(([k, v]) => [k, v.replace(/^\$\{\{ inputs\.([a-z-]+) \}\}$/, (_m, name: string) => inputs[name]!)]));
-    const bin = join(tmp, "action-bin");
-    mkdirSync(bin);
-    symlinkSync(MEZD, join(bin, "mezd"));
-    const outputFile = join(tmp, "github-output");
-    writeFileSync(outputFile, "");
-    issuer.githubClaims = { ...MAIN_RUN, run_id: "4001" };
-    const r = await run("/bin/bash", ["-c", step.run], {
-      env: {
-        ...env,
-        PATH: `${bin}:${process.env["PATH"]}`,
-        GITHUB_OUTPUT: outputFile,
-        NODE_EXTRA_CA_CERTS: issuer.caPath,
-        ACTIONS_ID_TOKEN_REQUEST_URL: issuer.githubRequestUrl,
-        ACTIONS_ID_TOKEN_REQUEST_TOKEN: issuer.githubRequestToken,
-      },
-    });
-    assert.equal(r.code, 0, r.stderr);
-    assert.equal(readFileSync(outputFile, "utf8"), `destination-dir=${inputs["destination-dir"]}\nssh-config=${inputs["destination-dir"]}/ssh_config\n`);
-    assert.match(readFileSync(join(inputs["destination-dir"]!, "ssh_config"), "utf8"), /CertificateFile/);
-  });
-});
+// The GitHub Action (action.yml) joining and exporting its outputs: test/release/action.test.ts.
 
 describe("OIDC issuers", () => {
   test("keys from discovery over HTTPS; a JWKS rotated at the issuer is picked up without a restart; static_jwks for issuers out of reach", async () => {

@@ -16,6 +16,7 @@ import { isStale } from "../renew.js";
 import { instancePrincipals } from "../issue.js";
 import { activeLocks, locksOn } from "../locks.js";
 import { encode, keys, load, loadAll, loadChunks, type IdentityRecord, type InstanceRecord, type LockRecord, type StoredRole, type TokenRecord } from "../records.js";
+import { endInstance } from "../release.js";
 import { tombstone } from "../revocations.js";
 import { loadRoles } from "../roles.js";
 import { newTokenRecord, storeToken, tokenIdsOf, tokensOf } from "../tokens.js";
@@ -212,11 +213,6 @@ export async function removeInstance(ctx: AuthContext, by: AdminCaller, name: st
   if (!found) throw notFound(`agent identity "${name}"`);
   const inst = await load<InstanceRecord>(ctx.backend, keys.instance(found.value.id, instanceId));
   if (!inst) throw notFound(`instance ${instanceId} of "${name}"`);
-  await tombstone(ctx, [inst.value]);
-  await ctx.backend.delete(keys.instance(found.value.id, instanceId));
-  await tombstone(ctx, [inst.value]); // a renewal that committed in between (see deleteAgentIdentity)
-  // Its locks (a generation mismatch's, an admin's) go with it, as rm's do: they lock nothing now.
-  const locks = await loadAll<LockRecord>(ctx.backend, keys.locks);
-  await Promise.all(locks.filter((l) => l.value.kind === "instance" && l.value.target === instanceId).map((l) => ctx.backend.delete(keys.lock(l.value.id))));
+  await endInstance(ctx, inst.value);
   await ctx.audit.emit({ type: "agent_identity.instance_delete", ...by.audit, identity: name, instance: instanceId });
 }

@@ -4,13 +4,15 @@
 
 import type { GenFile, GenMessage, GenService } from "@bufbuild/protobuf/codegenv2";
 import { fileDesc, messageDesc, serviceDesc } from "@bufbuild/protobuf/codegenv2";
+import type { ReleaseRequestSchema, ReleaseResponseSchema } from "./renew_pb.js";
+import { file_mezite_v1_renew } from "./renew_pb.js";
 import type { Message } from "@bufbuild/protobuf";
 
 /**
  * Describes the file mezite/v1/agent.proto.
  */
 export const file_mezite_v1_agent: GenFile = /*@__PURE__*/
-  fileDesc("ChVtZXppdGUvdjEvYWdlbnQucHJvdG8SCW1leml0ZS52MSJDChpMaXN0QWNjZXNzaWJsZU5vZGVzUmVxdWVzdBIRCglwYWdlX3NpemUYASABKAUSEgoKcGFnZV90b2tlbhgCIAEoCSK9AQoOQWNjZXNzaWJsZU5vZGUSDAoEbmFtZRgBIAEoCRI1CgZsYWJlbHMYAiADKAsyJS5tZXppdGUudjEuQWNjZXNzaWJsZU5vZGUuTGFiZWxzRW50cnkSDwoHYWRkcmVzcxgDIAEoCRIOCgZsb2dpbnMYBCADKAkSFgoObGFzdF9oZWFydGJlYXQYBSABKAMaLQoLTGFiZWxzRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4ASKBAQobTGlzdEFjY2Vzc2libGVOb2Rlc1Jlc3BvbnNlEhAKCGlkZW50aXR5GAEgASgJEg0KBXJvbGVzGAIgAygJEigKBW5vZGVzGAMgAygLMhkubWV6aXRlLnYxLkFjY2Vzc2libGVOb2RlEhcKD25leHRfcGFnZV90b2tlbhgEIAEoCTJ0CgxBZ2VudFNlcnZpY2USZAoTTGlzdEFjY2Vzc2libGVOb2RlcxIlLm1leml0ZS52MS5MaXN0QWNjZXNzaWJsZU5vZGVzUmVxdWVzdBomLm1leml0ZS52MS5MaXN0QWNjZXNzaWJsZU5vZGVzUmVzcG9uc2ViBnByb3RvMw");
+  fileDesc("ChVtZXppdGUvdjEvYWdlbnQucHJvdG8SCW1leml0ZS52MSJDChpMaXN0QWNjZXNzaWJsZU5vZGVzUmVxdWVzdBIRCglwYWdlX3NpemUYASABKAUSEgoKcGFnZV90b2tlbhgCIAEoCSK9AQoOQWNjZXNzaWJsZU5vZGUSDAoEbmFtZRgBIAEoCRI1CgZsYWJlbHMYAiADKAsyJS5tZXppdGUudjEuQWNjZXNzaWJsZU5vZGUuTGFiZWxzRW50cnkSDwoHYWRkcmVzcxgDIAEoCRIOCgZsb2dpbnMYBCADKAkSFgoObGFzdF9oZWFydGJlYXQYBSABKAMaLQoLTGFiZWxzRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4ASKBAQobTGlzdEFjY2Vzc2libGVOb2Rlc1Jlc3BvbnNlEhAKCGlkZW50aXR5GAEgASgJEg0KBXJvbGVzGAIgAygJEigKBW5vZGVzGAMgAygLMhkubWV6aXRlLnYxLkFjY2Vzc2libGVOb2RlEhcKD25leHRfcGFnZV90b2tlbhgEIAEoCTK+AQoMQWdlbnRTZXJ2aWNlEmQKE0xpc3RBY2Nlc3NpYmxlTm9kZXMSJS5tZXppdGUudjEuTGlzdEFjY2Vzc2libGVOb2Rlc1JlcXVlc3QaJi5tZXppdGUudjEuTGlzdEFjY2Vzc2libGVOb2Rlc1Jlc3BvbnNlEkgKD1JlbGVhc2VJbnN0YW5jZRIZLm1leml0ZS52MS5SZWxlYXNlUmVxdWVzdBoaLm1leml0ZS52MS5SZWxlYXNlUmVzcG9uc2ViBnByb3RvMw", [file_mezite_v1_renew]);
 
 /**
  * @generated from message mezite.v1.ListAccessibleNodesRequest
@@ -119,9 +121,10 @@ export const ListAccessibleNodesResponseSchema: GenMessage<ListAccessibleNodesRe
   messageDesc(file_mezite_v1_agent, 2);
 
 /**
- * Read-only calls for an agent identity's tools (msh), over mTLS with the identity's OUTPUT
- * certificate (x509_cert.pem of its destination dir, issued by the User CA). Nothing here issues
- * or renews a certificate, and a caller sees only what its own identity may do.
+ * Calls for an agent identity's tools (msh), over mTLS with the identity's OUTPUT certificate
+ * (x509_cert.pem of its destination dir, issued by the User CA). Nothing here issues or renews a
+ * certificate, and a caller sees only what its own identity may do; the one change it may make
+ * is to end its own instance (ReleaseInstance), which can only take access away.
  *
  * @generated from service mezite.v1.AgentService
  */
@@ -138,6 +141,17 @@ export const AgentService: GenService<{
     methodKind: "unary";
     input: typeof ListAccessibleNodesRequestSchema;
     output: typeof ListAccessibleNodesResponseSchema;
+  },
+  /**
+   * msh release: ends the instance the calling certificate was issued to, as RenewService.Release
+   * does for the daemon. No parameter: it names no other instance.
+   *
+   * @generated from rpc mezite.v1.AgentService.ReleaseInstance
+   */
+  releaseInstance: {
+    methodKind: "unary";
+    input: typeof ReleaseRequestSchema;
+    output: typeof ReleaseResponseSchema;
   },
 }> = /*@__PURE__*/
   serviceDesc(file_mezite_v1_agent, 0);

@@ -12,7 +12,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file mezite/v1/renew.proto.
  */
 export const file_mezite_v1_renew: GenFile = /*@__PURE__*/
-  fileDesc("ChVtZXppdGUvdjEvcmVuZXcucHJvdG8SCW1leml0ZS52MSIqChFHZXRDYVN0YXRlUmVxdWVzdBIVCg1oZWxkX2NhX3N0YXRlGB4gASgJIj8KEkdldENhU3RhdGVSZXNwb25zZRIQCghjYV9zdGF0ZRgBIAEoCRIXCg9yZW5ld193aXRoaW5fbXMYAiABKAMirQEKDFJlbmV3UmVxdWVzdBISCgpyZXF1ZXN0X2lkGAEgASgMEhYKDnNzaF9wdWJsaWNfa2V5GAIgASgJEhcKD3g1MDlfcHVibGljX2tleRgDIAEoDBIaChJyZW5ld2FsX3B1YmxpY19rZXkYBCABKAwSGAoQcmVxdWVzdGVkX3R0bF9tcxgFIAEoAxIiCgRob3N0GBQgASgLMhQubWV6aXRlLnYxLkhvc3RGYWN0cyJECg1SZW5ld1Jlc3BvbnNlEjMKDGNlcnRpZmljYXRlcxgBIAEoCzIdLm1leml0ZS52MS5Jc3N1ZWRDZXJ0aWZpY2F0ZXMylQEKDFJlbmV3U2VydmljZRI6CgVSZW5ldxIXLm1leml0ZS52MS5SZW5ld1JlcXVlc3QaGC5tZXppdGUudjEuUmVuZXdSZXNwb25zZRJJCgpHZXRDYVN0YXRlEhwubWV6aXRlLnYxLkdldENhU3RhdGVSZXF1ZXN0Gh0ubWV6aXRlLnYxLkdldENhU3RhdGVSZXNwb25zZWIGcHJvdG8z", [file_mezite_v1_common]);
+  fileDesc("ChVtZXppdGUvdjEvcmVuZXcucHJvdG8SCW1leml0ZS52MSIqChFHZXRDYVN0YXRlUmVxdWVzdBIVCg1oZWxkX2NhX3N0YXRlGB4gASgJIj8KEkdldENhU3RhdGVSZXNwb25zZRIQCghjYV9zdGF0ZRgBIAEoCRIXCg9yZW5ld193aXRoaW5fbXMYAiABKAMirQEKDFJlbmV3UmVxdWVzdBISCgpyZXF1ZXN0X2lkGAEgASgMEhYKDnNzaF9wdWJsaWNfa2V5GAIgASgJEhcKD3g1MDlfcHVibGljX2tleRgDIAEoDBIaChJyZW5ld2FsX3B1YmxpY19rZXkYBCABKAwSGAoQcmVxdWVzdGVkX3R0bF9tcxgFIAEoAxIiCgRob3N0GBQgASgLMhQubWV6aXRlLnYxLkhvc3RGYWN0cyJECg1SZW5ld1Jlc3BvbnNlEjMKDGNlcnRpZmljYXRlcxgBIAEoCzIdLm1leml0ZS52MS5Jc3N1ZWRDZXJ0aWZpY2F0ZXMiEAoOUmVsZWFzZVJlcXVlc3QiYAoPUmVsZWFzZVJlc3BvbnNlEhUKDWFscmVhZHlfZW5kZWQYASABKAgSEAoIaWRlbnRpdHkYAiABKAkSEwoLaW5zdGFuY2VfaWQYAyABKAkSDwoHcmV2b2tlZBgEIAEoDTLXAQoMUmVuZXdTZXJ2aWNlEjoKBVJlbmV3EhcubWV6aXRlLnYxLlJlbmV3UmVxdWVzdBoYLm1leml0ZS52MS5SZW5ld1Jlc3BvbnNlEkkKCkdldENhU3RhdGUSHC5tZXppdGUudjEuR2V0Q2FTdGF0ZVJlcXVlc3QaHS5tZXppdGUudjEuR2V0Q2FTdGF0ZVJlc3BvbnNlEkAKB1JlbGVhc2USGS5tZXppdGUudjEuUmVsZWFzZVJlcXVlc3QaGi5tZXppdGUudjEuUmVsZWFzZVJlc3BvbnNlYgZwcm90bzM", [file_mezite_v1_common]);
 
 /**
  * @generated from message mezite.v1.GetCaStateRequest
@@ -122,6 +122,55 @@ export const RenewResponseSchema: GenMessage<RenewResponse> = /*@__PURE__*/
   messageDesc(file_mezite_v1_renew, 3);
 
 /**
+ * @generated from message mezite.v1.ReleaseRequest
+ */
+export type ReleaseRequest = Message<"mezite.v1.ReleaseRequest"> & {
+};
+
+/**
+ * Describes the message mezite.v1.ReleaseRequest.
+ * Use `create(ReleaseRequestSchema)` to create a new message.
+ */
+export const ReleaseRequestSchema: GenMessage<ReleaseRequest> = /*@__PURE__*/
+  messageDesc(file_mezite_v1_renew, 4);
+
+/**
+ * @generated from message mezite.v1.ReleaseResponse
+ */
+export type ReleaseResponse = Message<"mezite.v1.ReleaseResponse"> & {
+  /**
+   * The instance had already been ended (released, rm-instance, or its identity deleted).
+   *
+   * @generated from field: bool already_ended = 1;
+   */
+  alreadyEnded: boolean;
+
+  /**
+   * @generated from field: string identity = 2;
+   */
+  identity: string;
+
+  /**
+   * @generated from field: string instance_id = 3;
+   */
+  instanceId: string;
+
+  /**
+   * How many unexpired certificates of the instance went into the KRL.
+   *
+   * @generated from field: uint32 revoked = 4;
+   */
+  revoked: number;
+};
+
+/**
+ * Describes the message mezite.v1.ReleaseResponse.
+ * Use `create(ReleaseResponseSchema)` to create a new message.
+ */
+export const ReleaseResponseSchema: GenMessage<ReleaseResponse> = /*@__PURE__*/
+  messageDesc(file_mezite_v1_renew, 5);
+
+/**
  * Called over mTLS with an agent's renewal certificate, which names the identity, the instance
  * and the generation. Output certificates are refused here.
  *
@@ -145,6 +194,17 @@ export const RenewService: GenService<{
     methodKind: "unary";
     input: typeof GetCaStateRequestSchema;
     output: typeof GetCaStateResponseSchema;
+  },
+  /**
+   * Ends the calling instance (mezd identity release): every certificate it holds goes into the
+   * KRL, and the instance is gone. An instance already ended answers already_ended, not an error.
+   *
+   * @generated from rpc mezite.v1.RenewService.Release
+   */
+  release: {
+    methodKind: "unary";
+    input: typeof ReleaseRequestSchema;
+    output: typeof ReleaseResponseSchema;
   },
 }> = /*@__PURE__*/
   serviceDesc(file_mezite_v1_renew, 0);
