@@ -28,7 +28,10 @@ export type AuditType =
   | "admin.revoke_certificates"
   | "ca.rotation"
   | "join.refused_unknown_tokens"
-  | "join.refused_unverified_id_tokens";
+  | "join.refused_unverified_id_tokens"
+  | "dashboard.sign_in_link"
+  | "dashboard.sign_in"
+  | "dashboard.sign_out";
 
 export interface AuditEvent {
   time: number;

@@ -173,6 +173,9 @@ export const keys = {
   /** Admin certificates issued before this instant (unix ms) are refused (admin-cert.ts). */
   adminRevokedBefore: "/cluster/admin-revoked-before",
   audit: "/audit/",
+  /** The dashboard (src/web/sessions.ts): sign-in links and sessions, each by the SHA-256 of its secret. */
+  webSignIn: (hash: string) => `/web-sign-ins/${hash}`,
+  webSession: (hash: string) => `/web-sessions/${hash}`,
 };
 
 export interface Loaded<T> {

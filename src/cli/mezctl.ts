@@ -1,6 +1,7 @@
 /** mezctl: the admin CLI (SPEC §3). Talks to the auth service's admin API over mTLS. */
 import { installLightHeaders } from "../lib/headers.js";
 import { Command, Option } from "commander";
+import { createHash, randomBytes } from "node:crypto";
 import { readFileSync } from "node:fs";
 import { create } from "@bufbuild/protobuf";
 import type { Client } from "@connectrpc/connect";
@@ -222,6 +223,19 @@ program
     out(a, { cluster_name: info.clusterName, ca_pin: info.caPin, auth_servers: info.publicAddrs }, () =>
       [`Cluster:     ${info.clusterName}`, `CA pin:      ${info.caPin}`, `Auth server: ${info.publicAddrs.join(", ")}`, ``].join("\n"),
     );
+  });
+
+program
+  .command("dashboard")
+  .description("print a one-time sign-in link for the web dashboard (works once, within 5 minutes)")
+  .action(async () => {
+    // The secret is made here and only its hash is sent: the service never holds a usable link.
+    const secret = randomBytes(32).toString("base64url");
+    const a = admin();
+    const res = await call(a, (c) => c.createDashboardSignIn({ secretHash: createHash("sha256").update(Buffer.from(secret, "base64url")).digest() }));
+    const url = `${res.webUrl}/signin/${secret}`;
+    const expires = new Date(Number(res.expires)).toISOString();
+    out(a, { url, expires }, () => `${url}\n\nOpen it in a browser: it signs in once, until ${expires}, for a 12-hour session.\n`);
   });
 
 // ---- agent identities
