@@ -9,7 +9,7 @@
  * - Every state change is a POST that must carry both an Origin header naming this very host and
  *   the session's form token (CSRF beyond SameSite); it is audited with the session as actor.
  * - A strict Content-Security-Policy (everything from 'self', no inline script or style, no
- *   framing), X-Frame-Options DENY, no-referrer, nosniff, and no caching of pages.
+ *   framing), X-Frame-Options DENY, no referrer to other sites, nosniff, and no caching of pages.
  */
 import { createServer, type Server } from "node:https";
 import type { IncomingMessage, ServerResponse } from "node:http";
@@ -38,7 +38,8 @@ const SECURITY_HEADERS: Record<string, string> = {
   "content-security-policy": CONTENT_SECURITY_POLICY,
   "x-frame-options": "DENY",
   "x-content-type-options": "nosniff",
-  "referrer-policy": "no-referrer",
+  // Not no-referrer: under it browsers send "Origin: null" with the dashboard's own forms.
+  "referrer-policy": "same-origin",
   "cross-origin-opener-policy": "same-origin",
   "cross-origin-resource-policy": "same-origin",
   "strict-transport-security": "max-age=31536000",
