@@ -7,19 +7,17 @@ import type * as pb from "../api/gen/mezite/v1/common_pb.js";
 import { getCaStatus } from "../auth/admin/ca-rotation.js";
 import { statusOf } from "../auth/admin/identities.js";
 import { listLocks } from "../auth/admin/locks.js";
-import type { AuditEvent } from "../auth/audit.js";
+import { newestEvents, type AuditEvent } from "../auth/audit.js";
 import type { AuthContext } from "../auth/context.js";
 import { activeLocks } from "../auth/locks.js";
 import { decode, keys, loadAll, type IdentityRecord, type InstanceRecord, type NodeRecord, type StoredRole } from "../auth/records.js";
 import { tokensOf } from "../auth/tokens.js";
 import { principalsFor } from "../rbac/access.js";
 import { Html, html, postForm, query, when } from "./html.js";
+import { CHART_HOURS, type RenewalChart } from "./renewals.js";
 import type { Session } from "./sessions.js";
 
 export const PAGE_SIZE = 50;
-/** How far back the overview's chart reaches, and the most renewal events it reads for it. */
-export const CHART_HOURS = 3;
-const CHART_MAX_EVENTS = 500_000;
 
 /** A search prefix or page cursor that could be part of a name: anything else matches nothing. */
 const NAME_PART = /^[a-z0-9._-]{0,63}$/;
@@ -30,7 +28,7 @@ function lockBadge(locked: boolean): Html {
 
 // ---- overview
 
-export async function overview(ctx: AuthContext): Promise<Html> {
+export async function overview(ctx: AuthContext, renewals: RenewalChart): Promise<Html> {
   const now = ctx.now();
   const [identities, instances, nodes, locks, cas, chart] = await Promise.all([
     ctx.backend.count(keys.identities),
@@ -38,12 +36,12 @@ export async function overview(ctx: AuthContext): Promise<Html> {
     ctx.backend.count(keys.nodes),
     activeLocks(ctx.backend, now).then((l) => l.length),
     getCaStatus(ctx),
-    renewalsPerMinute(ctx, now),
+    renewals.series(now),
   ]);
   const card = (n: number, label: string, href: string) => html`<a class="card" href="${href}"><b>${n}</b>${label}</a>`;
   return html`<section class="cards">${card(identities, "agent identities", "/identities")}${card(instances, "instances", "/identities")}${card(nodes, "nodes", "/nodes")}${card(locks, "active locks", "/locks")}</section>
 <h2>Renewals per minute, last ${CHART_HOURS} h</h2>
-<p class="muted">${chart.okTotal} renewals, <span class="${chart.failedTotal ? "bad" : ""}">${chart.failedTotal} failed</span>${chart.truncated ? " (the oldest events were not read: too many)" : ""}.</p>
+<p class="muted">${chart.okTotal} renewals, <span class="${chart.failedTotal ? "bad" : ""}">${chart.failedTotal} failed</span>${chart.completeFrom > chart.t[0]! * 1000 ? html` (minutes before ${when(chart.completeFrom, now)} not read: too many events)` : ""}.</p>
 <div id="chart" data-series="${JSON.stringify({ t: chart.t, ok: chart.ok, failed: chart.failed })}"></div>
 <h2>Certificate authorities</h2>
 <table><thead><tr><th>CA</th><th>phase</th><th>mode</th><th>phase started</th><th>next step</th><th>keys (holders of each)</th></tr></thead><tbody>
@@ -56,44 +54,42 @@ function caRow(c: import("../api/gen/mezite/v1/admin_pb.js").CaStatus, now: numb
 <td>${c.keys.map((k) => html`<div><code>${k.sshFingerprint}</code> ${k.role}${k.signing ? ", signing" : ""}: ${k.holders}</div>`)}${c.phase !== "standby" && behind > 0 ? html`<div class="bad">${behind} of ${c.holdersTotal} not yet on the signing key</div>` : ""}</td></tr>`;
 }
 
-/** Renewal audit events per minute since CHART_HOURS ago: successes and failures. */
-async function renewalsPerMinute(ctx: AuthContext, now: number) {
-  const minutes = CHART_HOURS * 60;
-  const start = Math.floor(now / 60_000) * 60_000 - (minutes - 1) * 60_000;
-  const ok = new Array<number>(minutes).fill(0);
-  const failed = new Array<number>(minutes).fill(0);
-  let read = 0;
-  let truncated = false;
-  for await (const events of ctx.audit.list(start, "agent_identity.renew", 0)) {
-    for (const e of events) {
-      const i = Math.floor((e.time - start) / 60_000);
-      if (i < 0 || i >= minutes) continue;
-      (e.success ? ok : failed)[i]!++;
-    }
-    read += events.length;
-    if (read >= CHART_MAX_EVENTS) {
-      truncated = true;
-      break;
-    }
-  }
-  const t = ok.map((_, i) => (start + i * 60_000) / 1000);
-  const sum = (a: number[]) => a.reduce((x, y) => x + y, 0);
-  return { t, ok, failed, okTotal: sum(ok), failedTotal: sum(failed), truncated };
-}
-
 // ---- agent identities
 
 export interface IdentityQuery {
   q: string;
+  /** Name order: "name" (a to z) or "-name" (z to a). */
+  sort: "name" | "-name";
+  /** The page after this name, in the sort order... */
   after: string;
+  /** ...or the page before this one. */
+  before: string;
 }
 
-/** One page of identities whose names start with q, after the cursor, in name order. */
-export async function identityPage(ctx: AuthContext, iq: IdentityQuery): Promise<{ rows: pb.AgentIdentityStatus[]; next: string | undefined }> {
-  if (!NAME_PART.test(iq.q) || !NAME_PART.test(iq.after)) return { rows: [], next: undefined };
+export interface IdentityPage {
+  rows: pb.AgentIdentityStatus[];
+  next: string | undefined;
+  prev: string | undefined;
+}
+
+/**
+ * One page of identities whose names start with q, after (or before) a cursor, in name order
+ * either way: one range read of the backend's index, whatever the fleet's size.
+ */
+export async function identityPage(ctx: AuthContext, iq: IdentityQuery): Promise<IdentityPage> {
+  if (!NAME_PART.test(iq.q) || !NAME_PART.test(iq.after) || !NAME_PART.test(iq.before)) return { rows: [], next: undefined, prev: undefined };
   const prefix = keys.identities + iq.q;
-  const items = await ctx.backend.range(prefix, { limit: PAGE_SIZE + 1, ...(iq.after ? { startAfter: keys.identity(iq.after) } : {}) });
+  const desc = iq.sort === "-name";
+  const back = iq.before !== "";
+  const cursor = back ? iq.before : iq.after;
+  const items = await ctx.backend.range(prefix, { limit: PAGE_SIZE + 1, descending: back ? !desc : desc, ...(cursor ? { startAfter: keys.identity(cursor) } : {}) });
+  const more = items.length > PAGE_SIZE;
   const page = items.slice(0, PAGE_SIZE).map((i) => decode<IdentityRecord>(i));
+  if (back) page.reverse();
+  const first = page[0]?.name;
+  const last = page[page.length - 1]?.name;
+  const next = back ? last : more ? last : undefined;
+  const prev = back ? (more ? first : undefined) : cursor ? first : undefined;
   const now = ctx.now();
   const [locks, roles] = await Promise.all([activeLocks(ctx.backend, now), loadAll<StoredRole>(ctx.backend, keys.roles)]);
   const roleBy = new Map(roles.map((r) => [r.value.role, r.value]));
@@ -104,20 +100,22 @@ export async function identityPage(ctx: AuthContext, iq: IdentityQuery): Promise
       return statusOf(id, instances.map((i) => i.value), tokens, locks, rs, now, principalsFor(rs));
     }),
   );
-  return { rows, next: items.length > PAGE_SIZE ? page[page.length - 1]!.name : undefined };
+  return { rows, next, prev };
 }
 
-export function identitiesView(iq: IdentityQuery, res: { rows: pb.AgentIdentityStatus[]; next: string | undefined }, now: number): Html {
-  return html`<form class="bar" method="get" action="/identities"><label>Name starts with <input name="q" value="${iq.q}" autocomplete="off" spellcheck="false"></label><button type="submit">Search</button>
-${iq.q || iq.after ? html`<a href="/identities">clear</a>` : ""}</form>
-<table id="identities"><thead><tr><th>name ↑</th><th>roles</th><th>status</th><th>instances</th><th>generation</th><th>last seen</th><th>cert expiry</th><th>token</th></tr></thead><tbody>
+export function identitiesView(iq: IdentityQuery, res: IdentityPage, now: number): Html {
+  const sort = iq.sort === "-name" ? "-name" : undefined;
+  const flip = query({ q: iq.q, sort: iq.sort === "-name" ? undefined : "-name" });
+  return html`<form class="bar" method="get" action="/identities"><label>Name starts with <input name="q" value="${iq.q}" autocomplete="off" spellcheck="false"></label>${sort ? html`<input type="hidden" name="sort" value="${sort}">` : ""}<button type="submit">Search</button>
+${iq.q || iq.after || iq.before ? html`<a href="/identities">clear</a>` : ""}</form>
+<table id="identities"><thead><tr><th><a id="sort-name" href="/identities${flip}" title="reverse the order">name ${sort ? "↓" : "↑"}</a></th><th>roles</th><th>status</th><th>instances</th><th>generation</th><th>last seen</th><th>cert expiry</th><th>token</th></tr></thead><tbody>
 ${res.rows.length === 0 ? html`<tr><td colspan="8" class="muted">no agent identity${iq.q ? html` starts with “${iq.q}”` : ""}</td></tr>` : ""}
 ${res.rows.map(
   (s) => html`<tr><td><a href="/identities/${encodeURIComponent(s.name)}">${s.name}</a></td><td>${s.roles.join(", ")}</td><td>${lockBadge(s.locked)}</td><td class="num">${s.instances.length}</td>
 <td class="num">${s.generation}</td><td>${when(s.lastSeen, now)}</td><td>${when(s.certExpires, now)}</td><td>${s.tokenState}</td></tr>`,
 )}</tbody></table>
-<div class="pager">${iq.after ? html`<a href="/identities${query({ q: iq.q })}">« first page</a>` : ""}${res.next ? html`<a rel="next" href="/identities${query({ q: iq.q, after: res.next })}">next page »</a>` : ""}</div>
-<p class="muted">In name order, ${PAGE_SIZE} a page, read from the backend a page at a time.</p>`;
+<div class="pager">${res.prev ? html`<a href="/identities${query({ q: iq.q, sort })}">« first</a><a rel="prev" href="/identities${query({ q: iq.q, sort, before: res.prev })}">‹ previous page</a>` : ""}${res.next ? html`<a rel="next" href="/identities${query({ q: iq.q, sort, after: res.next })}">next page ›</a>` : ""}</div>
+<p class="muted">${PAGE_SIZE} a page in name order, each read from the backend's index on its own: as fast with 100,000 identities as with 100.</p>`;
 }
 
 // ---- one identity
@@ -183,23 +181,25 @@ ${locks.map((l) => html`<tr><td>${l.targetKind} ${l.targetKind === "agent_identi
 export const AUDIT_WINDOWS: Record<string, number> = { "15m": 15 * 60_000, "1h": 3_600_000, "24h": 24 * 3_600_000, "7d": 7 * 24 * 3_600_000 };
 const AUDIT_ROWS = 200;
 
-/** The newest AUDIT_ROWS events of `type` (or its prefix) in the window, newest first. */
-export async function auditEvents(ctx: AuthContext, type: string, window: string): Promise<AuditEvent[]> {
+/** Events the audit page reads back at most, looking for AUDIT_ROWS of a type. */
+const AUDIT_MAX_SCAN = 100_000;
+
+/** The newest AUDIT_ROWS events of `type` (or its prefix) in the window, newest first, read backwards. */
+export async function auditEvents(ctx: AuthContext, type: string, window: string): Promise<{ events: AuditEvent[]; complete: boolean }> {
   const since = ctx.now() - (AUDIT_WINDOWS[window] ?? AUDIT_WINDOWS["1h"]!);
-  const out: AuditEvent[] = [];
-  for await (const page of ctx.audit.list(since, type, AUDIT_ROWS)) out.push(...page);
-  return out.reverse();
+  return newestEvents(ctx.backend, since, type, AUDIT_ROWS, AUDIT_MAX_SCAN);
 }
 
-export function auditRows(events: AuditEvent[], now: number): Html {
-  if (events.length === 0) return html`<tr><td colspan="7" class="muted">no events</td></tr>`;
-  return html`${events.map(
+export function auditRows({ events, complete }: { events: AuditEvent[]; complete: boolean }, now: number): Html {
+  const more = complete ? "" : html`<tr><td colspan="7" class="muted">Only the newest ${AUDIT_MAX_SCAN.toLocaleString("en")} events were searched: narrow the window or use mezctl audit ls.</td></tr>`;
+  if (events.length === 0) return html`<tr><td colspan="7" class="muted">no events</td></tr>${more}`;
+  return html`${more}${events.map(
     (e) => html`<tr><td>${when(e.time, now)}</td><td>${e.type}</td><td>${e.success ? html`<span class="ok">ok</span>` : html`<span class="bad">${e.error || "failed"}</span>`}</td>
 <td>${e.identity ? html`<a href="/identities/${encodeURIComponent(e.identity)}">${e.identity}</a>` : ""}${e.instance ? html` <code>${e.instance.slice(0, 8)}</code>` : ""}</td><td>${e.actor}</td><td><code>${e.remote_addr}</code></td><td>${e.detail}${e.serial ? ` serial ${e.serial}` : ""}</td></tr>`,
   )}`;
 }
 
-export function auditView(type: string, window: string, events: AuditEvent[], now: number): Html {
+export function auditView(type: string, window: string, events: { events: AuditEvent[]; complete: boolean }, now: number): Html {
   const windows = Object.keys(AUDIT_WINDOWS);
   return html`<form class="bar" method="get" action="/audit"><label>Type <input name="type" value="${type}" placeholder="e.g. lock or agent_identity.renew"></label>
 <label>Since <select name="since">${windows.map((w) => html`<option${new Html(w === window ? " selected" : "")}>${w}</option>`)}</select></label><button type="submit">Filter</button>

@@ -27,6 +27,7 @@ import { MeziteError, isMeziteError } from "../lib/errors.js";
 import { assets } from "./assets.js";
 import { Html, html, page, query, type PageOptions } from "./html.js";
 import * as pages from "./pages.js";
+import { RenewalChart } from "./renewals.js";
 import { csrfMatches, sessionCaller, sessionOf, signIn, signOut, type Session } from "./sessions.js";
 
 export const SESSION_COOKIE = "__Host-mezite_session";
@@ -113,6 +114,7 @@ function sameOrigin(req: IncomingMessage): boolean {
 
 export async function startWebServer(ctx: AuthContext, addr: string, tls: WebTls): Promise<WebServer> {
   const { host, port: wantPort } = splitHostPort(addr, "--web-addr");
+  const renewals = new RenewalChart(ctx.backend);
   const send = (res: ServerResponse, status: number, body: string, headers: Record<string, string | string[]> = {}) => {
     res.writeHead(status, { ...SECURITY_HEADERS, "content-type": "text/html; charset=utf-8", "cache-control": "no-store", ...headers });
     res.end(body);
@@ -157,9 +159,14 @@ export async function startWebServer(ctx: AuthContext, addr: string, tls: WebTls
     if (!session) throw new HttpError(401, "Not signed in: run mezctl dashboard for a one-time sign-in link.");
     const now = ctx.now();
 
-    if (path === "/") return render(res, "Overview", session, await pages.overview(ctx), { nav: "/", scripts: ["/assets/uplot.js", "/assets/app.js"], styles: ["/assets/uplot.css"] });
+    if (path === "/") return render(res, "Overview", session, await pages.overview(ctx, renewals), { nav: "/", scripts: ["/assets/uplot.js", "/assets/app.js"], styles: ["/assets/uplot.css"] });
     if (path === "/identities") {
-      const iq = { q: url.searchParams.get("q") ?? "", after: url.searchParams.get("after") ?? "" };
+      const iq: pages.IdentityQuery = {
+        q: url.searchParams.get("q") ?? "",
+        sort: url.searchParams.get("sort") === "-name" ? "-name" : "name",
+        after: url.searchParams.get("after") ?? "",
+        before: url.searchParams.get("before") ?? "",
+      };
       return render(res, "Agent identities", session, pages.identitiesView(iq, await pages.identityPage(ctx, iq), now), { nav: "/identities" });
     }
     const one = /^\/identities\/([^/]+)$/.exec(path);

@@ -297,7 +297,7 @@ test("add a token (shown once, joins), then end the instance it made", async (t)
   await context.close();
 });
 
-test("identities: server-side search by name prefix and paging, 50 a page; screenshots for the README", async (t) => {
+test("identities: server-side search by name prefix, both orders, paging both ways, 50 a page; screenshots for the README", async (t) => {
   if (!needChromium(t)) return;
   const { context, page } = await signedIn();
   await page.goto(`${base}/identities`);
@@ -307,12 +307,25 @@ test("identities: server-side search by name prefix and paging, 50 a page; scree
   const first = await names();
   assert.equal(first.length, 50);
   assert.deepEqual(first.slice(0, 2), ["app-000", "app-001"]);
-  await page.getByRole("link", { name: "next page »" }).click();
+  const next = () => page.getByRole("link", { name: "next page ›" });
+  await next().click();
   assert.deepEqual((await names()).slice(0, 1), ["app-050"]);
-  await page.getByRole("link", { name: "next page »" }).click();
+  await next().click();
   const last = await names();
   assert.equal(last.length, APPS - 100);
-  assert.equal(await page.getByRole("link", { name: "next page »" }).count(), 0);
+  assert.equal(await next().count(), 0);
+  await page.getByRole("link", { name: "‹ previous page" }).click();
+  const back = await names();
+  assert.deepEqual([back.length, back[0], back.at(-1)], [50, "app-050", "app-099"]);
+
+  // Z to A, paged the same way.
+  await page.goto(`${base}/identities?q=app-`);
+  await page.locator("#sort-name").click();
+  assert.deepEqual((await names()).slice(0, 2), ["app-119", "app-118"]);
+  await next().click();
+  assert.deepEqual((await names()).slice(0, 1), ["app-069"]);
+  await page.getByRole("link", { name: "‹ previous page" }).click();
+  assert.deepEqual((await names()).slice(0, 1), ["app-119"]);
 
   await page.goto(`${base}/identities?q=web`);
   assert.deepEqual(await names(), ["web-deploy"]);
