@@ -3,10 +3,13 @@
  * the backend, so every auth service sharing it knows them, keyed by the SHA-256 of their secret:
  * a database reader learns nothing that signs in or rides a session. A link is consumed by a
  * delete-if-unchanged, so of two uses (on any number of services) exactly one opens a session.
+ * `mezctl admin revoke-certs` (a leaked admin.identity) also ends every link and session made
+ * before it: they were opened with an admin certificate.
  */
 import { createHash, randomBytes, timingSafeEqual } from "node:crypto";
 import { MeziteError } from "../lib/errors.js";
 import type { AdminCaller, AuthContext } from "../auth/context.js";
+import { revokedBefore } from "../auth/admin-cert.js";
 import { decode, encode, keys } from "../auth/records.js";
 
 /** How long a sign-in link works. */
@@ -66,7 +69,7 @@ export async function signIn(ctx: AuthContext, secret: string, remoteAddr: strin
   if (!item || !(await ctx.backend.deleteIf(item.key, item.revision))) return undefined;
   const link = decode<SignInRecord>(item);
   const now = ctx.now();
-  if (link.expires <= now) return undefined;
+  if (link.expires <= now || link.created < (await revokedBefore(ctx))) return undefined;
   const cookie = newSecret();
   const cookieHash = secretHash(cookie)!;
   const session: Session = { id: cookieHash.slice(0, 12), admin: link.admin, created: now, expires: now + SESSION_TTL_MS, csrf: newSecret() };
@@ -79,10 +82,10 @@ export async function signIn(ctx: AuthContext, secret: string, remoteAddr: strin
 export async function sessionOf(ctx: AuthContext, cookie: string | undefined): Promise<Session | undefined> {
   const hash = cookie === undefined ? undefined : secretHash(cookie);
   if (!hash) return undefined;
-  const item = await ctx.backend.get(keys.webSession(hash));
+  const [item, before] = await Promise.all([ctx.backend.get(keys.webSession(hash)), revokedBefore(ctx)]);
   if (!item) return undefined;
   const s = decode<Session>(item);
-  return s.expires > ctx.now() ? s : undefined;
+  return s.expires > ctx.now() && s.created >= before ? s : undefined;
 }
 
 export async function signOut(ctx: AuthContext, cookie: string, session: Session, remoteAddr: string): Promise<void> {

@@ -9,6 +9,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, test } from "node:test";
 import { MemoryBackend } from "../../src/backend/memory.js";
+import { revokeAdminCertificates } from "../../src/auth/admin-cert.js";
 import type { AdminCaller } from "../../src/auth/context.js";
 import { SESSION_TTL_MS, SIGN_IN_TTL_MS, actorOf, createSignIn, csrfMatches, newSecret, sessionOf, signIn, signOut } from "../../src/web/sessions.js";
 import { unitAuthContext } from "../harness/auth-context.js";
@@ -79,6 +80,23 @@ test("a session lasts 12 hours, ends at sign-out, and names itself in audit even
   const second = (await signIn(ctx, again, "10.0.0.1"))!;
   await signOut(ctx, second.cookie, second.session, "10.0.0.1");
   assert.equal(await sessionOf(ctx, second.cookie), undefined, "sign-out ends the session on the server");
+});
+
+test("mezctl admin revoke-certs ends the sessions and links made before it", async () => {
+  const { ctx } = await setup();
+  const [a, b] = [newSecret(), newSecret()];
+  await createSignIn(ctx, admin, hashOf(a));
+  await createSignIn(ctx, admin, hashOf(b));
+  const { cookie } = (await signIn(ctx, a, "10.0.0.1"))!;
+  clock += 1;
+  await revokeAdminCertificates(ctx, admin);
+  assert.equal(await sessionOf(ctx, cookie), undefined, "the session is over");
+  assert.equal(await signIn(ctx, b, "10.0.0.1"), undefined, "the link is dead");
+  clock += 1000;
+  const c = newSecret();
+  await createSignIn(ctx, admin, hashOf(c));
+  const fresh = await signIn(ctx, c, "10.0.0.1");
+  assert.ok(fresh && (await sessionOf(ctx, fresh.cookie)), "a link made afterwards works");
 });
 
 test("a sign-in link's hash must be 32 bytes", async () => {
