@@ -6,7 +6,8 @@
  */
 import assert from "node:assert/strict";
 import { X509Certificate, createHash } from "node:crypto";
-import { existsSync, mkdirSync } from "node:fs";
+import { existsSync, mkdirSync, mkdtempSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
 import { createServer, type Server } from "node:http";
 import { request as httpsRequest } from "node:https";
 import { connect as tlsConnect, type PeerCertificate } from "node:tls";
@@ -14,7 +15,7 @@ import { join as joinPath } from "node:path";
 import { after, before, test, type TestContext } from "node:test";
 import { chromium, type Browser, type BrowserContext, type Page } from "playwright-core";
 import { readAdminIdentity } from "../../src/api/admin-identity.js";
-import { ROOT, SEED_ROLE, mezctlOk, startAuth, type AuthProcess } from "../harness/auth.js";
+import { MEZD, ROOT, SEED_ROLE, mezctlOk, principalsMezd, run, startAuth, tokenFrom, type AuthProcess } from "../harness/auth.js";
 import { freePort } from "../harness/net.js";
 import { missingComponent } from "../harness/require.js";
 import { addIdentity, createRole, join, outcome, renew, type Held } from "../auth/client.js";
@@ -294,6 +295,37 @@ test("add a token (shown once, joins), then end the instance it made", async (t)
   await page.locator("#instances tr", { hasText: newest }).getByRole("button", { name: "End" }).click();
   await page.getByText("Instance ended").waitFor();
   assert.deepEqual((await status("web-deploy")).instances.map((i) => i.id), before.filter((id) => id !== newest));
+  await context.close();
+});
+
+test("nodes, the locks page's Remove, and the audit page's live tail", async (t) => {
+  if (!needChromium(t)) return;
+  const sshDir = mkdtempSync(joinPath(tmpdir(), "mezite-web-node-"));
+  try {
+    const token = tokenFrom(await mezctlOk(auth!, "tokens", "add", "--type=node", "--labels=env=staging"));
+    const joined = await run(MEZD, ["node", "join", `--auth-server=${auth!.addr}`, `--token=${token}`, "--hostname=web-server-01", `--ssh-dir=${sshDir}`, `--mezd-path=${principalsMezd()}`]);
+    assert.equal(joined.code, 0, joined.stderr);
+  } finally {
+    rmSync(sshDir, { recursive: true, force: true });
+  }
+  const { context, page } = await signedIn();
+  await page.goto(`${base}/nodes`);
+  assert.match((await page.locator("#nodes tbody tr").first().textContent()) ?? "", /web-server-01.*env=staging/s);
+
+  // The audit page picks up new events by itself while "live" is ticked.
+  await page.goto(`${base}/audit?type=lock`);
+  assert.equal(await page.locator("#live").isChecked(), true);
+  const before = await page.locator("#audit-rows tr").count();
+  await mezctlOk(auth!, "locks", "add", "--role=ci-deployer", "--reason=maintenance");
+  await page.locator("#audit-rows tr", { hasText: "role=ci-deployer maintenance" }).waitFor({ timeout: 15_000 });
+  assert.equal(await page.locator("#audit-rows tr").count(), before + 1);
+
+  await page.goto(`${base}/locks`);
+  const row = page.locator("#locks tbody tr", { hasText: "ci-deployer" });
+  assert.match((await row.textContent()) ?? "", /role ci-deployer\s*maintenance/);
+  await row.getByRole("button", { name: "Remove" }).click();
+  await page.locator("#locks tbody tr", { hasText: "no active locks" }).waitFor();
+  assert.equal(JSON.parse(await mezctlOk(auth!, "locks", "ls", "--format=json")).length, 0);
   await context.close();
 });
 
