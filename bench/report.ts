@@ -106,6 +106,7 @@ export function sections(r: Results): string[] {
     out.push(line("dashboard: identities, first page (HTML over HTTPS)", `${f0(s.web.identities.empty)} ms`, `${f0(s.web.identities.full)} ms`, x(s.web.identities.full / s.web.identities.empty)));
     out.push(line("dashboard: identities, search + deep page cursor", `${f0(s.web.search.empty)} ms`, `${f0(s.web.search.full)} ms`, x(s.web.search.full / s.web.search.empty)));
     out.push(line("dashboard: one identity's page", `${f0(s.web.identity.empty)} ms`, `${f0(s.web.identity.full)} ms`, x(s.web.identity.full / s.web.identity.empty)));
+    out.push(line("dashboard: overview (counts, CA holders, chart)", `${f0(s.web.overview.empty)} ms`, `${f0(s.web.overview.full)} ms`, x(s.web.overview.full / s.web.overview.empty)));
     out.push(line("bulk insert / database size", `${f1(s.insertSeconds)} s`, `${f0(s.dbMiB)} MiB`));
     out.push("");
   }

@@ -64,7 +64,7 @@ export interface ScaleFigures {
   ls: { empty: number; full: number };
   status: { empty: number; full: number };
   /** Dashboard pages, full HTML over HTTPS with a session (ms, median). */
-  web: { identities: { empty: number; full: number }; search: { empty: number; full: number }; identity: { empty: number; full: number } };
+  web: { identities: { empty: number; full: number }; search: { empty: number; full: number }; identity: { empty: number; full: number }; overview: { empty: number; full: number } };
 }
 
 interface Row {
@@ -174,16 +174,23 @@ export async function scale(o: ScaleOptions): Promise<ScaleFigures> {
     const status = await cli(o.statusRuns, "agent-identities", "status", "live-0");
     // The dashboard: the first page of identities, a search with a page cursor deep into the
     // fleet, and one identity's page (on the empty side, the few it has).
-    const web = { identities: { empty: [] as number[], full: [] as number[] }, search: { empty: [] as number[], full: [] as number[] }, identity: { empty: [] as number[], full: [] as number[] } };
+    const web = {
+      identities: { empty: [] as number[], full: [] as number[] },
+      search: { empty: [] as number[], full: [] as number[] },
+      identity: { empty: [] as number[], full: [] as number[] },
+      overview: { empty: [] as number[], full: [] as number[] },
+    };
     const sessions = { empty: await webSession(empty, webPorts.empty), full: await webSession(full, webPorts.full) };
     const mid = `fleet-${String(Math.floor(o.identities / 2)).padStart(6, "0")}`;
     const paths = {
       identities: { empty: "/identities", full: "/identities" },
       search: { empty: "/identities?q=join-&after=join-1", full: `/identities?q=fleet-0&after=${mid}` },
       identity: { empty: "/identities/live-0", full: `/identities/${mid}` },
+      // Counts, the CAs' holders (a scan of every instance) and the renewals chart.
+      overview: { empty: "/", full: "/" },
     };
     for (let i = 0; i < o.statusRuns; i++) {
-      for (const page of ["identities", "search", "identity"] as const) {
+      for (const page of ["identities", "search", "identity", "overview"] as const) {
         for (const side of ["empty", "full"] as const) web[page][side].push(await sessions[side](paths[page][side]));
       }
     }
@@ -196,7 +203,7 @@ export async function scale(o: ScaleOptions): Promise<ScaleFigures> {
       renew: { empty: median(lat.renew.empty), full: median(lat.renew.full) },
       ls,
       status,
-      web: { identities: med(web.identities), search: med(web.search), identity: med(web.identity) },
+      web: { identities: med(web.identities), search: med(web.search), identity: med(web.identity), overview: med(web.overview) },
     };
   } finally {
     await Promise.all([empty.stop(), full.stop()]);

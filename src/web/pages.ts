@@ -4,7 +4,10 @@
  * page costs the same with 100 identities or 100,000 (SPEC §20).
  */
 import type * as pb from "../api/gen/mezite/v1/common_pb.js";
+import { create } from "@bufbuild/protobuf";
+import { CaKeyStatusSchema, CaStatusSchema, type CaStatus } from "../api/gen/mezite/v1/admin_pb.js";
 import { getCaStatus } from "../auth/admin/ca-rotation.js";
+import { CA_KINDS } from "../auth/cas.js";
 import { statusOf } from "../auth/admin/identities.js";
 import { listLocks } from "../auth/admin/locks.js";
 import { newestEvents, type AuditEvent } from "../auth/audit.js";
@@ -28,15 +31,21 @@ function lockBadge(locked: boolean): Html {
 
 // ---- overview
 
-export async function overview(ctx: AuthContext, renewals: RenewalChart): Promise<Html> {
+/** What the overview keeps between views, per server: the renewals' counts, the CA holders' count. */
+export interface OverviewState {
+  renewals: RenewalChart;
+  cas?: { at: number; cas: CaStatus[] };
+}
+
+export async function overview(ctx: AuthContext, state: OverviewState): Promise<Html> {
   const now = ctx.now();
   const [identities, instances, nodes, locks, cas, chart] = await Promise.all([
     ctx.backend.count(keys.identities),
     ctx.backend.count(keys.instances),
     ctx.backend.count(keys.nodes),
     activeLocks(ctx.backend, now).then((l) => l.length),
-    getCaStatus(ctx),
-    renewals.series(now),
+    caStatuses(ctx, state, now),
+    state.renewals.series(now),
   ]);
   const card = (n: number, label: string, href: string) => html`<a class="card" href="${href}"><b>${n}</b>${label}</a>`;
   return html`<section class="cards">${card(identities, "agent identities", "/identities")}${card(instances, "instances", "/identities")}${card(nodes, "nodes", "/nodes")}${card(locks, "active locks", "/locks")}</section>
@@ -44,14 +53,38 @@ export async function overview(ctx: AuthContext, renewals: RenewalChart): Promis
 <p class="muted">${chart.okTotal} renewals, <span class="${chart.failedTotal ? "bad" : ""}">${chart.failedTotal} failed</span>${chart.completeFrom > chart.t[0]! * 1000 ? html` (minutes before ${when(chart.completeFrom, now)} not read: too many events)` : ""}.</p>
 <div id="chart" data-series="${JSON.stringify({ t: chart.t, ok: chart.ok, failed: chart.failed })}"></div>
 <h2>Certificate authorities</h2>
-<table><thead><tr><th>CA</th><th>phase</th><th>mode</th><th>phase started</th><th>next step</th><th>keys (holders of each)</th></tr></thead><tbody>
+<table id="cas"><thead><tr><th>CA</th><th>phase</th><th>mode</th><th>phase started</th><th>next step</th><th>keys (holders of each during a rotation)</th></tr></thead><tbody>
 ${cas.map((c) => caRow(c, now))}</tbody></table>`;
 }
 
-function caRow(c: import("../api/gen/mezite/v1/admin_pb.js").CaStatus, now: number): Html {
-  const behind = c.keys.find((k) => k.signing) ? c.holdersTotal - (c.keys.find((k) => k.signing)?.holders ?? 0) : 0;
+/** How long the holders' count of a rotation (a scan of every instance and node) is reused. */
+const CA_HOLDERS_TTL_MS = 15_000;
+
+/**
+ * Each CA's state. Who holds which key matters only during a rotation, and counting it reads every
+ * instance and node, so in standby it is not counted, and during a rotation a count is reused for
+ * CA_HOLDERS_TTL_MS.
+ */
+async function caStatuses(ctx: AuthContext, state: OverviewState, now: number): Promise<CaStatus[]> {
+  if (CA_KINDS.every((k) => ctx.cas[k].phase === "standby")) {
+    return CA_KINDS.map((k) =>
+      create(CaStatusSchema, {
+        type: k,
+        phase: "standby",
+        lastRotated: BigInt(ctx.cas[k].lastRotated ?? 0),
+        keys: [create(CaKeyStatusSchema, { role: "current", sshFingerprint: ctx.cas[k].current.sshFingerprint, signing: true, trusted: true })],
+      }),
+    );
+  }
+  if (!state.cas || now - state.cas.at > CA_HOLDERS_TTL_MS || state.cas.at > now) state.cas = { at: now, cas: await getCaStatus(ctx) };
+  return state.cas.cas;
+}
+
+function caRow(c: CaStatus, now: number): Html {
+  const rotating = c.phase !== "standby";
+  const behind = rotating ? c.holdersTotal - (c.keys.find((k) => k.signing)?.holders ?? 0) : 0;
   return html`<tr><td>${c.type}</td><td>${c.phase}</td><td>${c.mode || "-"}</td><td>${c.phaseStarted ? when(c.phaseStarted, now) : "-"}</td><td>${c.nextPhaseAt ? when(c.nextPhaseAt, now) : "-"}</td>
-<td>${c.keys.map((k) => html`<div><code>${k.sshFingerprint}</code> ${k.role}${k.signing ? ", signing" : ""}: ${k.holders}</div>`)}${c.phase !== "standby" && behind > 0 ? html`<div class="bad">${behind} of ${c.holdersTotal} not yet on the signing key</div>` : ""}</td></tr>`;
+<td>${c.keys.map((k) => html`<div><code>${k.sshFingerprint}</code> ${k.role}${k.signing ? ", signing" : ""}${rotating ? `: ${k.holders}` : ""}</div>`)}${behind > 0 ? html`<div class="bad">${behind} of ${c.holdersTotal} not yet on the signing key</div>` : ""}${!rotating && c.lastRotated ? html`<div class="muted">last rotated ${when(c.lastRotated, now)}</div>` : ""}</td></tr>`;
 }
 
 // ---- agent identities

@@ -79,6 +79,15 @@ class HttpError extends Error {
   }
 }
 
+/** A path segment, decoded; a malformed one is a bad request, not a server error. */
+function segment(s: string): string {
+  try {
+    return decodeURIComponent(s);
+  } catch {
+    throw new HttpError(400, "Malformed address.");
+  }
+}
+
 function cookieOf(req: IncomingMessage): string | undefined {
   for (const part of (req.headers.cookie ?? "").split(";")) {
     const i = part.indexOf("=");
@@ -114,7 +123,7 @@ function sameOrigin(req: IncomingMessage): boolean {
 
 export async function startWebServer(ctx: AuthContext, addr: string, tls: WebTls): Promise<WebServer> {
   const { host, port: wantPort } = splitHostPort(addr, "--web-addr");
-  const renewals = new RenewalChart(ctx.backend);
+  const overviewState: pages.OverviewState = { renewals: new RenewalChart(ctx.backend) };
   const send = (res: ServerResponse, status: number, body: string, headers: Record<string, string | string[]> = {}) => {
     res.writeHead(status, { ...SECURITY_HEADERS, "content-type": "text/html; charset=utf-8", "cache-control": "no-store", ...headers });
     res.end(body);
@@ -159,7 +168,7 @@ export async function startWebServer(ctx: AuthContext, addr: string, tls: WebTls
     if (!session) throw new HttpError(401, "Not signed in: run mezctl dashboard for a one-time sign-in link.");
     const now = ctx.now();
 
-    if (path === "/") return render(res, "Overview", session, await pages.overview(ctx, renewals), { nav: "/", scripts: ["/assets/uplot.js", "/assets/app.js"], styles: ["/assets/uplot.css"] });
+    if (path === "/") return render(res, "Overview", session, await pages.overview(ctx, overviewState), { nav: "/", scripts: ["/assets/uplot.js", "/assets/app.js"], styles: ["/assets/uplot.css"] });
     if (path === "/identities") {
       const iq: pages.IdentityQuery = {
         q: url.searchParams.get("q") ?? "",
@@ -171,7 +180,7 @@ export async function startWebServer(ctx: AuthContext, addr: string, tls: WebTls
     }
     const one = /^\/identities\/([^/]+)$/.exec(path);
     if (one) {
-      const name = decodeURIComponent(one[1]!);
+      const name = segment(one[1]!);
       const s = await identities.getAgentIdentity(ctx, name);
       const done = url.searchParams.get("done");
       const flash = done && FLASH[done] ? html`${FLASH[done]}` : undefined;
@@ -199,7 +208,7 @@ export async function startWebServer(ctx: AuthContext, addr: string, tls: WebTls
     }
     const m = /^\/identities\/([^/]+)\/(lock|unlock|tokens)$/.exec(path) ?? /^\/identities\/([^/]+)\/instances\/([^/]+)\/end$/.exec(path);
     if (m) {
-      const name = decodeURIComponent(m[1]!);
+      const name = segment(m[1]!);
       const back = `/identities/${encodeURIComponent(name)}`;
       switch (m[2]) {
         case "lock":
@@ -219,13 +228,13 @@ export async function startWebServer(ctx: AuthContext, addr: string, tls: WebTls
           return render(res, `New join token for ${name}`, session, body, { nav: "/identities" });
         }
         default:
-          await identities.removeInstance(ctx, by, name, decodeURIComponent(m[2]!));
+          await identities.removeInstance(ctx, by, name, segment(m[2]!));
           return see(res, `${back}${query({ done: "ended" })}`);
       }
     }
     const lock = /^\/locks\/([^/]+)\/remove$/.exec(path);
     if (lock) {
-      const id = decodeURIComponent(lock[1]!);
+      const id = segment(lock[1]!);
       if (id.includes(":")) throw new HttpError(404, "No such lock."); // an id, never KIND:TARGET
       await locks.removeLocks(ctx, by, id);
       return see(res, "/locks");
@@ -240,7 +249,9 @@ export async function startWebServer(ctx: AuthContext, addr: string, tls: WebTls
       if (e instanceof HttpError) [status, message] = [e.status, e.message];
       else if (isMeziteError(e, "ERR_NOT_FOUND")) [status, message] = [404, e.message];
       else if (isMeziteError(e)) [status, message] = [e.code === "ERR_USAGE" ? 400 : 409, e.message];
-      if (status === 500) ctx.log.error("dashboard request failed", { path: req.url?.split("?")[0]?.slice(0, 100), error: (e as Error)?.stack ?? String(e) });
+      // A sign-in link's path is its secret: never logged.
+      const path = (req.url ?? "").split("?")[0]!.replace(/^\/signin\/.*/, "/signin/…").slice(0, 100);
+      if (status === 500) ctx.log.error("dashboard request failed", { path, error: (e as Error)?.stack ?? String(e) });
       if (res.headersSent) return void res.destroy();
       send(res, status, page(status === 401 ? "Sign in" : "Refused", ctx.clusterName, undefined, html`<p class="${status >= 400 ? "bad" : ""}" id="error">${message}</p>`, { nav: "" }));
     });

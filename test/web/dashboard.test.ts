@@ -363,6 +363,8 @@ test("identities: server-side search by name prefix, both orders, paging both wa
   assert.deepEqual(await names(), ["web-deploy"]);
   await page.goto(`${base}/identities?q=${encodeURIComponent("<script>")}`);
   assert.deepEqual(await names(), []);
+  assert.equal((await page.goto(`${base}/identities/%E0%A4%A`))?.status(), 400, "a malformed address is a bad request");
+  assert.equal((await page.goto(`${base}/identities/no-such-one`))?.status(), 404);
 
   mkdirSync(joinPath(ROOT, "docs"), { recursive: true });
   await page.goto(`${base}/identities`);
