@@ -22,7 +22,8 @@ nav a[aria-current]{border-bottom:2px solid var(--accent)}.who{color:var(--muted
 main{padding:1rem 1.2rem;max-width:1200px}h1{font-size:1.3rem;margin:.2rem 0 1rem}h2{font-size:1.05rem;margin:1.4rem 0 .5rem}
 table{border-collapse:collapse;width:100%;background:#fff;border:1px solid var(--line)}th,td{text-align:left;padding:.35rem .6rem;border-bottom:1px solid var(--line);vertical-align:top}
 th{background:#fafbfc;font-weight:600}th a{color:inherit}td.num{text-align:right}a{color:var(--accent)}
-.cards{display:grid;grid-template-columns:repeat(auto-fit,minmax(150px,1fr));gap:.8rem}.card{background:#fff;border:1px solid var(--line);padding:.8rem}
+.cards{display:grid;grid-template-columns:repeat(auto-fit,minmax(150px,1fr));gap:.8rem}.card{background:#fff;border:1px solid var(--line);padding:.8rem;color:inherit;text-decoration:none}
+td time{white-space:nowrap}
 .card b{display:block;font-size:1.6rem}.muted{color:var(--muted)}.bad{color:var(--bad)}.ok{color:var(--ok)}
 .badge{display:inline-block;padding:0 .45rem;border-radius:9px;font-size:.8rem;border:1px solid currentColor}
 form.inline{display:inline}form.bar{display:flex;gap:.5rem;margin:.5rem 0 1rem;align-items:center;flex-wrap:wrap}
