@@ -103,6 +103,10 @@ export function sections(r: Results): string[] {
     out.push(line("renewal latency (median)", `${f1(s.renew.empty)} ms`, `${f1(s.renew.full)} ms`, x(s.renew.full / s.renew.empty)));
     out.push(line("mezctl agent-identities ls (wall)", `${f0(s.ls.empty)} ms`, `${f0(s.ls.full)} ms`, x(s.ls.full / s.ls.empty)));
     out.push(line("mezctl agent-identities status NAME (wall)", `${f0(s.status.empty)} ms`, `${f0(s.status.full)} ms`, x(s.status.full / s.status.empty)));
+    out.push(line("dashboard: identities, first page (HTML over HTTPS)", `${f0(s.web.identities.empty)} ms`, `${f0(s.web.identities.full)} ms`, x(s.web.identities.full / s.web.identities.empty)));
+    out.push(line("dashboard: identities, search + deep page cursor", `${f0(s.web.search.empty)} ms`, `${f0(s.web.search.full)} ms`, x(s.web.search.full / s.web.search.empty)));
+    out.push(line("dashboard: one identity's page", `${f0(s.web.identity.empty)} ms`, `${f0(s.web.identity.full)} ms`, x(s.web.identity.full / s.web.identity.empty)));
+    out.push(line("dashboard: overview (counts, CA holders, chart)", `${f0(s.web.overview.empty)} ms`, `${f0(s.web.overview.full)} ms`, x(s.web.overview.full / s.web.overview.empty)));
     out.push(line("bulk insert / database size", `${f1(s.insertSeconds)} s`, `${f0(s.dbMiB)} MiB`));
     out.push("");
   }
@@ -163,6 +167,9 @@ export function targets(r: Results): TargetRow[] {
     rows.push({ target: `${k} identities: renewal ≤ 1.2× the empty case`, value: x(s.renew.full / s.renew.empty), met: s.renew.full <= 1.2 * s.renew.empty });
     rows.push({ target: `${k} identities: agent-identities ls ≤ 1 s`, value: `${f0(s.ls.full)} ms`, met: s.ls.full <= 1000 });
     rows.push({ target: `${k} identities: agent-identities status ≤ 1 s`, value: `${f0(s.status.full)} ms`, met: s.status.full <= 1000 });
+    const slowest = Math.max(s.web.identities.full, s.web.search.full);
+    rows.push({ target: `${k} identities: dashboard identities page ≤ 1 s`, value: `${f0(slowest)} ms`, met: slowest <= 1000 });
+    rows.push({ target: `${k} identities: dashboard identity page ≤ 1 s`, value: `${f0(s.web.identity.full)} ms`, met: s.web.identity.full <= 1000 });
   }
   if (d) {
     rows.push({ target: "one-shot ≤ 3× bare node", value: x(d.oneShotMs / d.bareNodeMs), met: d.oneShotMs <= 3 * d.bareNodeMs });

@@ -9,13 +9,43 @@
  * retries, used token, issued certificate) are the templates, so sizes and shapes are what a live
  * fleet stores.
  */
-import { randomBytes, randomUUID } from "node:crypto";
+import { createHash, randomBytes, randomUUID } from "node:crypto";
+import { Agent as HttpsAgent, get as httpsGet } from "node:https";
 import { join } from "node:path";
 import Database from "better-sqlite3";
 import { keys, type IdentityRecord, type InstanceRecord, type IssuedCertRecord, type TokenRecord } from "../src/auth/records.js";
 import { median, note } from "./lib.js";
 import { joinOnce, renewOnce, type Renewer } from "./rpc.js";
 import { addIdentity, createSeedRole, mezctl, startService, type Service } from "./service.js";
+import { adminApi } from "../test/auth/client.js";
+import { readAdminIdentity } from "../src/api/admin-identity.js";
+import { freePort } from "../test/harness/net.js";
+
+/**
+ * Signs in to a service's dashboard as `mezctl dashboard` and a browser would; returns a timer of
+ * one page: the wall time until its whole HTML has arrived (ms), throwing on any status but 200.
+ */
+async function webSession(svc: Service, port: number): Promise<(path: string) => Promise<number>> {
+  const ca = readAdminIdentity(svc.identityPath).ca_pem;
+  const secret = randomBytes(32).toString("base64url");
+  await adminApi(svc).createDashboardSignIn({ secretHash: createHash("sha256").update(Buffer.from(secret, "base64url")).digest() });
+  const agent = new HttpsAgent({ ca, keepAlive: true });
+  const get = (path: string, cookie = "") =>
+    new Promise<{ status: number; cookie: string }>((resolve, reject) => {
+      httpsGet({ host: "127.0.0.1", port, path, agent, headers: cookie ? { cookie } : {} }, (res) => {
+        res.resume();
+        res.on("end", () => resolve({ status: res.statusCode ?? 0, cookie: String(res.headers["set-cookie"]?.[0] ?? "").split(";")[0]! }));
+      }).on("error", reject);
+    });
+  const { cookie } = await get(`/signin/${secret}`);
+  if (!cookie) throw new Error("bench: the dashboard's sign-in link did not set a cookie");
+  return async (path) => {
+    const t0 = performance.now();
+    const r = await get(path, cookie);
+    if (r.status !== 200) throw new Error(`bench: dashboard ${path} answered ${r.status}`);
+    return performance.now() - t0;
+  };
+}
 
 export interface ScaleOptions {
   identities: number;
@@ -33,6 +63,8 @@ export interface ScaleFigures {
   renew: { empty: number; full: number };
   ls: { empty: number; full: number };
   status: { empty: number; full: number };
+  /** Dashboard pages, full HTML over HTTPS with a session (ms, median). */
+  web: { identities: { empty: number; full: number }; search: { empty: number; full: number }; identity: { empty: number; full: number }; overview: { empty: number; full: number } };
 }
 
 interface Row {
@@ -102,14 +134,15 @@ function bulkInsert(dataDir: string, templateName: string, n: number): number {
 
 export async function scale(o: ScaleOptions): Promise<ScaleFigures> {
   note(`starting two auth services; bulk-inserting ${o.identities.toLocaleString("en")} identities into one`);
-  const empty = await startService();
-  let full = await startService();
+  const webPorts = { empty: await freePort(), full: await freePort() };
+  const empty = await startService({ webPort: webPorts.empty });
+  let full = await startService({ webPort: webPorts.full });
   try {
     for (const svc of [empty, full]) await createSeedRole(svc);
     await liveOne(full, "template");
     await full.stop();
     const insertSeconds = bulkInsert(full.dataDir, "template", o.identities);
-    full = await startService({ dataDir: full.dataDir });
+    full = await startService({ dataDir: full.dataDir, webPort: webPorts.full });
     const dbMiB = Number((await import("node:fs")).statSync(join(full.dataDir, "mezite.db")).size) / 2 ** 20;
     note(`inserted in ${insertSeconds.toFixed(1)} s (database ${dbMiB.toFixed(0)} MiB); timing join, renew, ls and status on both`);
 
@@ -139,6 +172,29 @@ export async function scale(o: ScaleOptions): Promise<ScaleFigures> {
     };
     const ls = await cli(o.lsRuns, "agent-identities", "ls");
     const status = await cli(o.statusRuns, "agent-identities", "status", "live-0");
+    // The dashboard: the first page of identities, a search with a page cursor deep into the
+    // fleet, and one identity's page (on the empty side, the few it has).
+    const web = {
+      identities: { empty: [] as number[], full: [] as number[] },
+      search: { empty: [] as number[], full: [] as number[] },
+      identity: { empty: [] as number[], full: [] as number[] },
+      overview: { empty: [] as number[], full: [] as number[] },
+    };
+    const sessions = { empty: await webSession(empty, webPorts.empty), full: await webSession(full, webPorts.full) };
+    const mid = `fleet-${String(Math.floor(o.identities / 2)).padStart(6, "0")}`;
+    const paths = {
+      identities: { empty: "/identities", full: "/identities" },
+      search: { empty: "/identities?q=join-&after=join-1", full: `/identities?q=fleet-0&after=${mid}` },
+      identity: { empty: "/identities/live-0", full: `/identities/${mid}` },
+      // Counts, the CAs' holders (a scan of every instance) and the renewals chart.
+      overview: { empty: "/", full: "/" },
+    };
+    for (let i = 0; i < o.statusRuns; i++) {
+      for (const page of ["identities", "search", "identity", "overview"] as const) {
+        for (const side of ["empty", "full"] as const) web[page][side].push(await sessions[side](paths[page][side]));
+      }
+    }
+    const med = (m: { empty: number[]; full: number[] }) => ({ empty: median(m.empty), full: median(m.full) });
     return {
       identities: o.identities,
       insertSeconds,
@@ -147,6 +203,7 @@ export async function scale(o: ScaleOptions): Promise<ScaleFigures> {
       renew: { empty: median(lat.renew.empty), full: median(lat.renew.full) },
       ls,
       status,
+      web: { identities: med(web.identities), search: med(web.search), identity: med(web.identity), overview: med(web.overview) },
     };
   } finally {
     await Promise.all([empty.stop(), full.stop()]);

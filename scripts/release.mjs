@@ -31,6 +31,7 @@ const PROGRAMS = ["mezd", "msh", "mezctl"];
 const UNITS_DIR = join(ROOT, "deploy/systemd");
 const require = createRequire(import.meta.url);
 const SQLITE_ADDON = join(dirname(require.resolve("better-sqlite3/package.json")), "build/Release/better_sqlite3.node");
+const UPLOT_ASSETS = Object.fromEntries(["uPlot.iife.min.js", "uPlot.min.css"].map((f) => [f, require.resolve(`uplot/dist/${f}`)]));
 
 const args = process.argv.slice(2);
 const flag = (name) => args.includes(name);
@@ -124,7 +125,8 @@ async function executable(program, main, work, base) {
     disableExperimentalSEAWarning: true,
     useCodeCache: codeCache,
     useSnapshot: false,
-    ...(program === "mezd" ? { assets: { "better_sqlite3.node": SQLITE_ADDON } } : {}),
+    // mezd also carries uPlot for the dashboard (src/web/assets.ts reads it from the blob).
+    ...(program === "mezd" ? { assets: { "better_sqlite3.node": SQLITE_ADDON, ...UPLOT_ASSETS } } : {}),
   };
   const configFile = join(work, `${program}.sea.json`);
   writeFileSync(configFile, JSON.stringify(config));

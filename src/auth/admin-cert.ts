@@ -21,7 +21,8 @@ const CHECK_EVERY_MS = 60_000;
 /** When a certificate was issued: its notBefore (whole seconds) is backdated by BACKDATE_MS. */
 const issuedAt = (cert: { notBefore: Date }) => cert.notBefore.getTime() + BACKDATE_MS;
 
-async function revokedBefore(ctx: AuthContext): Promise<number> {
+/** Admin certificates issued before this instant are refused (0: none); dashboard sessions opened before it end. */
+export async function revokedBefore(ctx: AuthContext): Promise<number> {
   return (await load<{ before: number }>(ctx.backend, keys.adminRevokedBefore))?.value.before ?? 0;
 }
 

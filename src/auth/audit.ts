@@ -29,7 +29,10 @@ export type AuditType =
   | "admin.revoke_certificates"
   | "ca.rotation"
   | "join.refused_unknown_tokens"
-  | "join.refused_unverified_id_tokens";
+  | "join.refused_unverified_id_tokens"
+  | "dashboard.sign_in_link"
+  | "dashboard.sign_in"
+  | "dashboard.sign_out";
 
 export interface AuditEvent {
   time: number;
@@ -165,7 +168,7 @@ export class Audit {
       ...e,
     };
     // Time-ordered keys make `audit ls --since` a range scan.
-    const key = `${keys.audit}${String(event.time).padStart(15, "0")}-${randomBytes(4).toString("hex")}`;
+    const key = `${auditKeyAt(event.time)}-${randomBytes(4).toString("hex")}`;
     const expires = event.time + AUDIT_RETENTION_MS;
     const op: WriteOp = { op: "put", key, value: JSON.stringify(event), expires };
     const index: WriteOp[] = event.cert !== undefined && event.serial !== "" ? [{ op: "put", key: keys.auditSerial(event.serial), value: key, expires }] : [];
@@ -202,3 +205,32 @@ export class Audit {
 
 /** Events read from the backend, and sent, at a time. */
 const AUDIT_PAGE = 1000;
+
+/** Where events of instant `time` begin in the audit's keys (each adds "-" and a random suffix). */
+export function auditKeyAt(time: number): string {
+  return `${keys.audit}${String(Math.max(0, time)).padStart(15, "0")}`;
+}
+
+/**
+ * The newest `limit` events since `since` of `type` (or its prefix), newest first, read backwards
+ * from the end of the audit. At most `maxScan` events are read: `complete` says whether the
+ * window was searched to its start.
+ */
+export async function newestEvents(backend: Backend, since: number, type: string, limit: number, maxScan: number): Promise<{ events: AuditEvent[]; complete: boolean }> {
+  const floor = auditKeyAt(since);
+  const events: AuditEvent[] = [];
+  let scanned = 0;
+  for (let after: string | undefined; ; ) {
+    const items = await backend.range(keys.audit, { descending: true, limit: AUDIT_PAGE, ...(after === undefined ? {} : { startAfter: after }) });
+    for (const i of items) {
+      if (i.key < floor) return { events, complete: true };
+      const e = JSON.parse(i.value) as AuditEvent;
+      if (!type || e.type === type || e.type.startsWith(`${type}.`)) events.push(e);
+      if (events.length >= limit) return { events, complete: true };
+    }
+    scanned += items.length;
+    if (items.length < AUDIT_PAGE) return { events, complete: true };
+    if (scanned >= maxScan) return { events, complete: false };
+    after = items[items.length - 1]!.key;
+  }
+}

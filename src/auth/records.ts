@@ -191,6 +191,9 @@ export const keys = {
   audit: "/audit/",
   /** Index: the audit event (its key) of the join or renewal that issued SSH certificate SERIAL. */
   auditSerial: (serial: string) => `/audit-serials/${serial}`,
+  /** The dashboard (src/web/sessions.ts): sign-in links and sessions, each by the SHA-256 of its secret. */
+  webSignIn: (hash: string) => `/web-sign-ins/${hash}`,
+  webSession: (hash: string) => `/web-sessions/${hash}`,
 };
 
 export interface Loaded<T> {

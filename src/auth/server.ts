@@ -67,6 +67,8 @@ import { Revocations } from "./revocations.js";
 import { renewAgent, staleInstanceRefusal } from "./renew.js";
 import { CaWatcher, recordInstanceCaState, recordNodeCaState, renewSpreadMs } from "./rotation.js";
 import * as tokens from "./tokens.js";
+import { createSignIn } from "../web/sessions.js";
+import { startWebServer, type WebServer } from "../web/server.js";
 
 type RequestHandler = (req: IncomingMessage | Http2ServerRequest, res: ServerResponse | Http2ServerResponse) => void;
 
@@ -90,6 +92,8 @@ export interface AuthConfig {
   maxConnectionsPerSource?: number;
   /** Concurrent streams per connection at most (default 64), as an HTTP/2 setting. */
   maxStreams?: number;
+  /** HOST:PORT for the dashboard over HTTPS (SPEC §18); none: no dashboard. */
+  webAddr?: string;
 }
 
 /** Largest request accepted: every legitimate message is a few KiB. */
@@ -182,7 +186,7 @@ export interface AuthMetrics {
   duration: ReturnType<Registry["histogram"]>;
 }
 
-function routes(ctx: AuthContext, revocations: Revocations, metrics: AuthMetrics, adminIdentity: () => AdminIdentityKeeper | undefined) {
+function routes(ctx: AuthContext, revocations: Revocations, metrics: AuthMetrics, adminIdentity: () => AdminIdentityKeeper | undefined, web: () => WebServer | undefined) {
   // Every handler goes through here: one place for metrics, logging and error mapping. Only an
   // admin hears an error's own message; anyone else gets its code and a sentence (errors.ts).
   const failed = (method: string, e: unknown, admin: boolean): ConnectError => {
@@ -358,6 +362,11 @@ function routes(ctx: AuthContext, revocations: Revocations, metrics: AuthMetrics
       getCaStatus: admin("GetCaStatus", async () => create(adminPb.GetCaStatusResponseSchema, { cas: await caRotation.getCaStatus(ctx) })),
       rotateCa: admin("RotateCa", async (req: adminPb.RotateCaRequest, by) => create(adminPb.RotateCaResponseSchema, { cas: await caRotation.rotateCa(ctx, by, req) })),
       getCertificate: admin("GetCertificate", async (req: adminPb.GetCertificateRequest) => create(adminPb.GetCertificateResponseSchema, { certificate: await certificateInfo(ctx, req.serial) })),
+      createDashboardSignIn: admin("CreateDashboardSignIn", async (req: adminPb.CreateDashboardSignInRequest, by) => {
+        const w = web();
+        if (!w) throw new MeziteError("ERR_USAGE", "this auth service serves no dashboard: start it with --web-addr=HOST:PORT");
+        return create(adminPb.CreateDashboardSignInResponseSchema, { webUrl: w.url, expires: BigInt(await createSignIn(ctx, by, req.secretHash)) });
+      }),
     });
   };
   return { router, hot, authInterceptor };
@@ -473,10 +482,11 @@ export async function startAuthService(cfg: AuthConfig, log: Logger = createLogg
     const notReady = () => (ready ? undefined : "starting");
     const diag: DiagSource = clusterMetrics ? { notReady, metrics: clusterMetrics } : diagSource(registry, notReady);
 
-    const tlsNames = cfg.publicAddrs.length ? cfg.publicAddrs : [cfg.listen];
+    const tlsNames = [...(cfg.publicAddrs.length ? cfg.publicAddrs : [cfg.listen]), ...(cfg.webAddr ? [cfg.webAddr] : [])];
     const tls = await serverTls(cas, clusterName, tlsNames, now());
     let keeper: AdminIdentityKeeper | undefined;
-    const api = routes(ctx, new Revocations(ctx), metrics, () => keeper);
+    let web: WebServer | undefined;
+    const api = routes(ctx, new Revocations(ctx), metrics, () => keeper, () => web);
     const connectHandler = connectNodeAdapter({
       routes: api.router,
       interceptors: [api.authInterceptor],
@@ -533,11 +543,14 @@ export async function startAuthService(cfg: AuthConfig, log: Logger = createLogg
     // A CA phase change: new connections get a server certificate of the signing Host CA key and
     // are verified against every trusted key; admin.identity follows.
     watcher = new CaWatcher(ctx, async (fresh) => {
-      srv.setSecureContext({ ...(await serverTls(fresh, clusterName, tlsNames, now())), ...SECURE_OPTIONS });
+      const fresher = await serverTls(fresh, clusterName, tlsNames, now());
+      srv.setSecureContext({ ...fresher, ...SECURE_OPTIONS });
+      web?.setTls(fresher);
       await keeper?.refresh(true);
     }, log);
     watcher.start();
     const diagServer = cfg.diagAddr ? await startDiagServer(cfg.diagAddr, diag) : undefined;
+    web = cfg.webAddr ? await startWebServer(ctx, cfg.webAddr, tls) : undefined;
     ready = true;
     return {
       port,
@@ -557,6 +570,7 @@ export async function startAuthService(cfg: AuthConfig, log: Logger = createLogg
           setTimeout(resolve, 2000).unref();
         });
         diagServer?.server.close();
+        await web?.stop();
         await ctx.audit.flushTallies();
         await backend.close();
       },

@@ -31,8 +31,10 @@ export interface PutOptions {
 export interface RangeOptions {
   /** At most this many items (a non-negative integer). Omitted: all. */
   limit?: number;
-  /** Only keys strictly after this one: pass the last key of the previous page. */
+  /** Only keys strictly after this one in the scan's order: pass the last key of the previous page. */
   startAfter?: string;
+  /** Descending by key (newest first for time-ordered keys); `startAfter` then means strictly before. */
+  descending?: boolean;
 }
 
 /** One write of an atomic batch (Backend.write): put, create-if-absent or compare-and-swap. */
@@ -148,14 +150,14 @@ export function opItem(op: WriteOp): Item {
   return makeItem(checkKey(op.key), checkValue(op.value), newRevision(), checkExpires(op));
 }
 
-export function checkRange(opts: RangeOptions | undefined): { limit: number | undefined; startAfter: string | undefined } {
+export function checkRange(opts: RangeOptions | undefined): { limit: number | undefined; startAfter: string | undefined; descending: boolean } {
   const limit = opts?.limit;
   if (limit !== undefined && (!Number.isSafeInteger(limit) || limit < 0)) {
     throw new MeziteError("ERR_INTERNAL", `invalid range limit ${limit}: it must be a non-negative integer`);
   }
   const startAfter = opts?.startAfter;
   if (startAfter !== undefined) checkKey(startAfter);
-  return { limit, startAfter };
+  return { limit, startAfter, descending: opts?.descending === true };
 }
 
 /**
@@ -188,6 +190,16 @@ function codeUnitRank(u: number): number {
   if (u >= 0xe000) return u - 0x800;
   if (u >= 0xd800) return u + 0x2000;
   return u;
+}
+
+/**
+ * The exclusive upper bound of a descending range: the tighter of the prefix's end and the cursor
+ * (undefined: no bound, the prefix runs to the end of the key space).
+ */
+export function descendingBound(prefix: string, startAfter: string | undefined): string | undefined {
+  const end = prefixEnd(prefix);
+  if (startAfter === undefined) return end;
+  return end === undefined || compareKeys(startAfter, end) < 0 ? startAfter : end;
 }
 
 /** Builds an Item without an `expires` property when there is none (exactOptionalPropertyTypes). */

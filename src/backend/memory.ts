@@ -3,7 +3,7 @@
  * runs to completion without awaiting, so each one is atomic by construction.
  */
 import {
-  alreadyExists, checkExpires, checkKey, checkPrefix, checkRange, checkValue, closedError, compareFailed,
+  alreadyExists, checkExpires, checkKey, checkPrefix, checkRange, checkValue, closedError, compareFailed, descendingBound,
   compareKeys, makeItem, newRevision, opItem, prefixEnd, resolveBackendOptions, startSweeper,
 } from "./backend.js";
 import type { Backend, BackendOptions, Item, PutOptions, RangeOptions, WriteOp } from "./backend.js";
@@ -73,9 +73,9 @@ export class MemoryBackend implements Backend {
   }
 
   async range(prefix: string, opts?: RangeOptions): Promise<Item[]> {
-    const { limit, startAfter } = checkRange(opts);
+    const { limit, startAfter, descending } = checkRange(opts);
     const out: Item[] = [];
-    for (const item of this.#scan(checkPrefix(prefix), startAfter)) {
+    for (const item of descending ? this.#scanDown(checkPrefix(prefix), startAfter) : this.#scan(checkPrefix(prefix), startAfter)) {
       if (limit !== undefined && out.length >= limit) break;
       out.push({ ...item });
     }
@@ -150,6 +150,28 @@ export class MemoryBackend implements Backend {
     for (let i = lo; i < sorted.length; i++) {
       const key = sorted[i] as string;
       if (end !== undefined && compareKeys(key, end) >= 0) break;
+      const item = this.#items.get(key);
+      if (item && (item.expires === undefined || item.expires > now)) yield item;
+    }
+  }
+
+  /** #scan backwards: keys below descendingBound, down to the prefix. */
+  *#scanDown(prefix: string, startAfter: string | undefined): Generator<Item> {
+    this.#open();
+    const sorted = (this.#sorted ??= [...this.#items.keys()].sort(compareKeys));
+    const bound = descendingBound(prefix, startAfter);
+    const now = this.#now();
+    // Binary search for the first key >= bound: everything before it is below the bound.
+    let lo = 0;
+    let hi = sorted.length;
+    while (bound !== undefined && lo < hi) {
+      const mid = (lo + hi) >>> 1;
+      if (compareKeys(sorted[mid] as string, bound) < 0) lo = mid + 1;
+      else hi = mid;
+    }
+    for (let i = (bound === undefined ? sorted.length : lo) - 1; i >= 0; i--) {
+      const key = sorted[i] as string;
+      if (compareKeys(key, prefix) < 0) break;
       const item = this.#items.get(key);
       if (item && (item.expires === undefined || item.expires > now)) yield item;
     }

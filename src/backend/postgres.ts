@@ -10,7 +10,7 @@
 import pg from "pg";
 import { MeziteError } from "../lib/errors.js";
 import {
-  alreadyExists, checkExpires, checkKey, checkPrefix, checkRange, checkValue, closedError, compareFailed,
+  alreadyExists, checkExpires, checkKey, checkPrefix, checkRange, checkValue, closedError, compareFailed, descendingBound,
   makeItem, newRevision, opItem, prefixEnd, resolveBackendOptions, startSweeper,
 } from "./backend.js";
 import type { Backend, BackendOptions, Item, PutOptions, RangeOptions, WriteOp } from "./backend.js";
@@ -47,6 +47,8 @@ const SQL = {
   deleteIf: `DELETE FROM items WHERE key = $1 AND revision = $2 AND ${LIVE("$3")}`,
   range: `SELECT ${ROW} FROM items WHERE key >= $1 AND key < $2 AND key > $3 AND ${LIVE("$4")} ORDER BY key LIMIT $5`,
   rangeAll: `SELECT ${ROW} FROM items WHERE key >= $1 AND key > $2 AND ${LIVE("$3")} ORDER BY key LIMIT $4`,
+  rangeDown: `SELECT ${ROW} FROM items WHERE key >= $1 AND key < $2 AND ${LIVE("$3")} ORDER BY key DESC LIMIT $4`,
+  rangeDownAll: `SELECT ${ROW} FROM items WHERE key >= $1 AND ${LIVE("$2")} ORDER BY key DESC LIMIT $3`,
   count: `SELECT count(*) AS n FROM items WHERE key >= $1 AND key < $2 AND ${LIVE("$3")}`,
   countAll: `SELECT count(*) AS n FROM items WHERE key >= $1 AND ${LIVE("$2")}`,
   sweep: "DELETE FROM items WHERE expires <= $1",
@@ -181,10 +183,15 @@ export class PostgresBackend implements Backend {
 
   async range(prefix: string, opts?: RangeOptions): Promise<Item[]> {
     checkPrefix(prefix);
-    const { limit, startAfter } = checkRange(opts);
+    const { limit, startAfter, descending } = checkRange(opts);
     const end = prefixEnd(prefix);
     const after = startAfter ?? "";
     const lim = limit ?? null; // LIMIT NULL: no limit
+    if (descending) {
+      const bound = descendingBound(prefix, startAfter);
+      const down = bound === undefined ? await this.#query<Row>("rangeDownAll", [prefix, this.#now(), lim]) : await this.#query<Row>("rangeDown", [prefix, bound, this.#now(), lim]);
+      return down.rows.map(toItem);
+    }
     const r = end === undefined
       ? await this.#query<Row>("rangeAll", [prefix, after, this.#now(), lim])
       : await this.#query<Row>("range", [prefix, end, after, this.#now(), lim]);

@@ -14,7 +14,7 @@ import Database from "better-sqlite3";
 import { MeziteError } from "../lib/errors.js";
 import { assertNotSymlink } from "../lib/files.js";
 import {
-  alreadyExists, checkExpires, compareKeys, checkKey, checkPrefix, checkRange, checkValue, closedError, compareFailed,
+  alreadyExists, checkExpires, compareKeys, checkKey, checkPrefix, checkRange, checkValue, closedError, compareFailed, descendingBound,
   makeItem, newRevision, opItem, prefixEnd, resolveBackendOptions, startSweeper,
 } from "./backend.js";
 import type { Backend, BackendOptions, Item, PutOptions, RangeOptions, WriteOp } from "./backend.js";
@@ -57,6 +57,9 @@ function prepare(db: Database.Database) {
     rangeAfter: db.prepare<[string, string, number, number], Row>(`SELECT ${ROW} FROM items WHERE key > ? AND key < ? AND ${LIVE} ORDER BY key LIMIT ?`),
     rangeFromAll: db.prepare<[string, number, number], Row>(`SELECT ${ROW} FROM items WHERE key >= ? AND ${LIVE} ORDER BY key LIMIT ?`),
     rangeAfterAll: db.prepare<[string, number, number], Row>(`SELECT ${ROW} FROM items WHERE key > ? AND ${LIVE} ORDER BY key LIMIT ?`),
+    // Descending: the index is read backwards from the tighter upper bound (descendingBound).
+    rangeDown: db.prepare<[string, string, number, number], Row>(`SELECT ${ROW} FROM items WHERE key >= ? AND key < ? AND ${LIVE} ORDER BY key DESC LIMIT ?`),
+    rangeDownAll: db.prepare<[string, number, number], Row>(`SELECT ${ROW} FROM items WHERE key >= ? AND ${LIVE} ORDER BY key DESC LIMIT ?`),
     count: db.prepare<[string, string, number], { n: number }>(`SELECT count(*) AS n FROM items WHERE key >= ? AND key < ? AND ${LIVE}`),
     countAll: db.prepare<[string, number], { n: number }>(`SELECT count(*) AS n FROM items WHERE key >= ? AND ${LIVE}`),
     sweep: db.prepare<[number]>("DELETE FROM items WHERE expires <= ?"),
@@ -166,11 +169,15 @@ export class SqliteBackend implements Backend {
 
   async range(prefix: string, opts?: RangeOptions): Promise<Item[]> {
     checkPrefix(prefix);
-    const { limit, startAfter } = checkRange(opts);
+    const { limit, startAfter, descending } = checkRange(opts);
     const end = prefixEnd(prefix);
     return this.#run(() => {
       const now = this.#now();
       const lim = limit ?? -1; // negative: no limit
+      if (descending) {
+        const bound = descendingBound(prefix, startAfter);
+        return (bound === undefined ? this.#stmt.rangeDownAll.all(prefix, now, lim) : this.#stmt.rangeDown.all(prefix, bound, now, lim)).map(toItem);
+      }
       const after = startAfter !== undefined && compareKeys(startAfter, prefix) >= 0 ? startAfter : undefined;
       let rows: Row[];
       if (end === undefined) rows = after === undefined ? this.#stmt.rangeFromAll.all(prefix, now, lim) : this.#stmt.rangeAfterAll.all(after, now, lim);

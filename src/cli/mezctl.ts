@@ -1,6 +1,7 @@
 /** mezctl: the admin CLI (SPEC §3). Talks to the auth service's admin API over mTLS. */
 import { installLightHeaders } from "../lib/headers.js";
 import { Command, Option } from "commander";
+import { createHash, randomBytes } from "node:crypto";
 import { readFileSync } from "node:fs";
 import { create } from "@bufbuild/protobuf";
 import type { Client } from "@connectrpc/connect";
@@ -21,6 +22,7 @@ import { parseFormat, printDocument, progressLine, relTime, table, type Format }
 import * as view from "./views.js";
 import { SAFE_PHASE_MS, STEPS } from "../auth/rotation.js";
 import { versionLine } from "../lib/version.js";
+import { identityStartHint } from "../lib/hints.js";
 
 const DEFAULT_IDENTITY = "/var/lib/mezite/admin.identity";
 
@@ -231,6 +233,19 @@ program
     );
   });
 
+program
+  .command("dashboard")
+  .description("print a one-time sign-in link for the web dashboard (works once, within 5 minutes)")
+  .action(async () => {
+    // The secret is made here and only its hash is sent: the service never holds a usable link.
+    const secret = randomBytes(32).toString("base64url");
+    const a = admin();
+    const res = await call(a, (c) => c.createDashboardSignIn({ secretHash: createHash("sha256").update(Buffer.from(secret, "base64url")).digest() }));
+    const url = `${res.webUrl}/signin/${secret}`;
+    const expires = new Date(Number(res.expires)).toISOString();
+    out(a, { url, expires }, () => `${url}\n\nOpen it in a browser: it signs in once, until ${expires}, for a 12-hour session.\n`);
+  });
+
 // ---- agent identities
 
 const ai = program.command("agent-identities").alias("agent-identity").description("manage agent identities");
@@ -380,17 +395,6 @@ locks
   });
 
 // ---- tokens
-
-/**
- * How to start a daemon with a new token, laid out as deploy/systemd/mezd-identity@.service runs it:
- * the token in a file (an argument shows in ps), the outputs in the unit's one writable dir.
- */
-function identityStartHint(addr: string, name: string): string[] {
-  return [
-    `mezd identity start --auth-server=${addr} --token-file=/etc/mezite/identity/${name}.token --destination-dir=/var/lib/mezite-identity/${name}`,
-    `(under systemd: those three keys in /etc/mezite/identity/${name}.yaml, then systemctl enable --now mezd-identity@${name})`,
-  ];
-}
 
 function parseLabels(s: string): Record<string, string> {
   const labels: Record<string, string> = {};

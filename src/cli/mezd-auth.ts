@@ -16,6 +16,7 @@ export function registerAuth(program: Command): void {
     .option("--backend <spec>", "sqlite (in the data dir), memory, or postgres://...", "sqlite")
     .option("--single-port", "serve gRPC and plain HTTP (health, metrics) on one TLS port by ALPN", false)
     .option("--diag-addr <host:port>", "serve /livez, /readyz, /metrics over HTTP")
+    .option("--web-addr <host:port>", "serve the dashboard over HTTPS (mezctl dashboard prints a sign-in link)")
     .option("--workers <n>", "processes serving the port (node:cluster); one per core uses every core", "1")
     .option("--config <file>", "YAML file with the same keys; flags win")
     .option("--debug", "print stack traces with errors")
@@ -34,6 +35,7 @@ export function registerAuth(program: Command): void {
         backend: String(o["backend"]),
         singlePort: o["singlePort"] === true || o["singlePort"] === "true",
         ...(o["diagAddr"] ? { diagAddr: String(o["diagAddr"]) } : {}),
+        ...(o["webAddr"] ? { webAddr: String(o["webAddr"]) } : {}),
       }, workers);
     });
 }

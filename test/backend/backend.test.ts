@@ -185,6 +185,37 @@ async function backendSuite(t: TestContext, newStore: NewStore): Promise<void> {
     assert.deepEqual(await b.range("/p/", { startAfter: "/z" }), []);
   });
 
+  await t.test("descending ranges page backwards through a prefix, newest key first", async (st) => {
+    const { b, clock } = await setup(st);
+    const want = Array.from({ length: 25 }, (_, i) => `/p/${String(i).padStart(2, "0")}`);
+    for (const k of want) await b.put(k, "v");
+    await b.put("/o/x", "before");
+    await b.put("/q/x", "after");
+    await b.put("/p/gone", "expired", { expires: T0 + 1 });
+    clock.advance(1);
+    const got: string[] = [];
+    const pages: number[] = [];
+    let startAfter: string | undefined;
+    for (;;) {
+      const page = await b.range("/p/", { limit: 10, descending: true, ...(startAfter === undefined ? {} : { startAfter }) });
+      if (page.length === 0) break;
+      pages.push(page.length);
+      got.push(...keysOf(page));
+      startAfter = page.at(-1)?.key;
+    }
+    assert.deepEqual(pages, [10, 10, 5]);
+    assert.deepEqual(got, [...want].reverse());
+    assert.deepEqual(keysOf(await b.range("/p/", { descending: true, startAfter: "/p/105", limit: 2 })), ["/p/10", "/p/09"]);
+    assert.deepEqual(keysOf(await b.range("/p/", { descending: true, startAfter: "/z", limit: 2 })), ["/p/24", "/p/23"]);
+    assert.deepEqual(await b.range("/p/", { descending: true, startAfter: "/p/00" }), []);
+    assert.deepEqual(await b.range("/p/", { descending: true, startAfter: "/a" }), []);
+    // No upper bound at all: the whole key space, from its last key.
+    assert.deepEqual(keysOf(await b.range("", { descending: true, limit: 2 })), ["/q/x", "/p/24"]);
+    await b.put("/u/\u{10FFFF}", "top");
+    await b.put("/u/\uFFFD", "below");
+    assert.deepEqual(keysOf(await b.range("/u/", { descending: true })), ["/u/\u{10FFFF}", "/u/\uFFFD"]);
+  });
+
   await t.test("expired items are invisible and count as absent", async (st) => {
     const { b, clock } = await setup(st);
     const item = await b.put("/e/1", "temp", { expires: T0 + 1000 });

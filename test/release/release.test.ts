@@ -13,7 +13,10 @@ import { spawn, spawnSync, type ChildProcess } from "node:child_process";
 import { chmodSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { after, before, describe, test } from "node:test";
+import { get as httpsGet } from "node:https";
+import { readAdminIdentity } from "../../src/api/admin-identity.js";
 import { ROOT, SEED_ROLE_PATH, tokenFrom } from "../harness/auth.js";
+import { freePort } from "../harness/net.js";
 import { startPostgres } from "../harness/postgres.js";
 import { PG_BIN_DIR, missingComponent, sshdTestsCannotRun } from "../harness/require.js";
 import { ensureUser, startSshd, type Sshd } from "../harness/sshd.js";
@@ -148,7 +151,8 @@ describe("release: the tarball's executables work with no node on the machine", 
     if (missing) return missingComponent(t, ...missing);
     // The auth service on the default SQLite backend (the addon comes out of the executable), with
     // two node:cluster workers: each is the standalone mezd started again by the primary.
-    const [c, a] = noNode("mezd", ["auth", "start", `--data-dir=${dataDir()}`, "--listen=127.0.0.1:0", "--cluster-name=release.test", "--workers=2"]);
+    const webPort = await freePort();
+    const [c, a] = noNode("mezd", ["auth", "start", `--data-dir=${dataDir()}`, "--listen=127.0.0.1:0", "--cluster-name=release.test", "--workers=2", `--web-addr=127.0.0.1:${webPort}`]);
     auth = spawn(c, a, { env: env(), cwd: root, stdio: ["ignore", "pipe", "pipe"] });
     authAddr = await new Promise<string>((res, rej) => {
       const timer = setTimeout(() => rej(new Error(`auth service did not start:\n${authOut}`)), 20_000);
@@ -168,6 +172,16 @@ describe("release: the tarball's executables work with no node on the machine", 
     assert.equal(statSync(cache).mode & 0o777, 0o700);
     assert.deepEqual(readdirSync(cache).filter((f) => /^better_sqlite3-[0-9a-f]{64}\.node$/.test(f)).length, 1, readdirSync(cache).join(","));
     assert.ok(existsSync(join(dataDir(), "mezite.db")), "SQLite database written");
+    // The dashboard's chart library comes out of the executable as well (no node_modules here).
+    const uplot = await new Promise<{ status: number; body: string }>((res, rej) => {
+      httpsGet({ host: "127.0.0.1", port: webPort, path: "/assets/uplot.js", ca: readAdminIdentity(join(dataDir(), "admin.identity")).ca_pem }, (r) => {
+        let body = "";
+        r.on("data", (d: Buffer) => (body += d.toString()));
+        r.on("end", () => res({ status: r.statusCode ?? 0, body }));
+      }).on("error", rej);
+    });
+    assert.equal(uplot.status, 200);
+    assert.match(uplot.body, /uPlot/);
 
     await ok("mezctl", [admin(), "create", "-f", SEED_ROLE_PATH]);
     const nodeToken = tokenFrom(await ok("mezctl", [admin(), "tokens", "add", "--type=node", "--labels=env=staging"]));
