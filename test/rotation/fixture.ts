@@ -179,7 +179,7 @@ export interface RotationBed {
 }
 
 /** The one line a manual step is refused with while someone is behind (SPEC §15). */
-export const BEHIND_REFUSAL = /^mezctl: the (user|host) CA cannot move to (update_clients|update_servers|standby) yet: \d+ live instances? or nodes? \([^)]+\) (is|are) not yet in step with \w+ \(see mezctl ca status\); wait for (it|them), or pass --force\n$/;
+export const BEHIND_REFUSAL = /^mezctl: the (User|Host) CA cannot move to (update_clients|update_servers|standby) yet: \d+ live instances? or nodes? \([^)]+\) (is|are) not yet in step with \w+ \(see mezctl ca status\); wait for (it|them), or pass --force\n$/;
 
 /**
  * `mezctl ca rotate` as an operator stepping as fast as it allows: again every half second while
