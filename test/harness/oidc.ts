@@ -14,6 +14,7 @@ import { join } from "node:path";
 import type { AddressInfo } from "node:net";
 import { exportJWK, generateKeyPair, SignJWT, type JWK, type JWTPayload, type CryptoKey } from "jose";
 import { createCaCertificate, generateP256, issueServerCertificate, privateKeyToPem } from "../../src/ca/x509.js";
+import { SEED_ROLE_PATH, mezctlOk, startAuth, type AuthProcess } from "./auth.js";
 
 export interface SigningKey {
   kid: string;
@@ -116,4 +117,31 @@ export async function startIssuer(dir: string): Promise<Issuer> {
   issuer.githubIssuer = `${issuer.origin}/_services/token`; // GitHub Enterprise Server's issuer form
   issuer.githubRequestUrl = `${issuer.origin}/github-token?api-version=2.0`;
   return issuer;
+}
+
+/**
+ * An auth service that trusts `issuer` as GitHub Enterprise Server, with the seed's role, the
+ * `github-deploy` identity and a `github-deploy-main` join_token whose rules are `allow` (YAML
+ * list items, indented as under `allow:`). Returns the service, the CA pin and `create -f`'s output.
+ */
+export async function startGithubJoinBed(issuer: Issuer, dir: string, allow: string): Promise<{ auth: AuthProcess; pin: string; created: string }> {
+  const auth = await startAuth({ env: { NODE_EXTRA_CA_CERTS: issuer.caPath } });
+  await mezctlOk(auth, "create", "-f", SEED_ROLE_PATH);
+  await mezctlOk(auth, "agent-identities", "add", "--name=github-deploy", "--roles=ci-deployer");
+  const pin = (JSON.parse(await mezctlOk(auth, "status", "--format=json")) as { ca_pin: string }).ca_pin;
+  const file = join(dir, "github-deploy-main.yaml");
+  writeFileSync(
+    file,
+    `kind: join_token
+metadata:
+  name: github-deploy-main
+spec:
+  agent_identity: github-deploy
+  join_method: github
+  github:
+    enterprise_server_host: "${new URL(issuer.origin).host}"
+    allow:
+${allow}`,
+  );
+  return { auth, pin, created: await mezctlOk(auth, "create", "-f", file) };
 }

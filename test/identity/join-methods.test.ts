@@ -14,9 +14,9 @@ import { SignJWT, base64url } from "jose";
 import { JoinService } from "../../src/api/gen/mezite/v1/join_pb.js";
 import { connect } from "../../src/api/client.js";
 import { generateIssueKeys, publicKeysOf } from "../../src/identity/protocol.js";
-import { ROOT, SEED_ROLE, mezctl, mezctlOk, startAuth, type AuthProcess } from "../harness/auth.js";
-import { makeKey, startIssuer, type Issuer } from "../harness/oidc.js";
-import { addIdentity, adminApi, auditEvents, createRole, outcome, refused, statusOf, tally } from "../auth/client.js";
+import { ROOT, mezctl, mezctlOk, type AuthProcess } from "../harness/auth.js";
+import { makeKey, startGithubJoinBed, startIssuer, type Issuer } from "../harness/oidc.js";
+import { addIdentity, adminApi, auditEvents, outcome, refused, statusOf, tally } from "../auth/client.js";
 import { humanLines, oneShot, seedSsh, sshdMissing, startNode, type Node } from "./fixture.js";
 
 let tmp: string;
@@ -31,30 +31,8 @@ const MAIN_RUN = { repository: "acme/webapp", repository_owner: "acme", ref: "re
 before(async () => {
   tmp = mkdtempSync(join(tmpdir(), "mezite-join-methods-"));
   issuer = await startIssuer(tmp);
-  auth = await startAuth({ env: { NODE_EXTRA_CA_CERTS: issuer.caPath } });
-  await createRole(auth, SEED_ROLE);
-  await addIdentity(auth, "github-deploy", ["ci-deployer"]);
-  pin = JSON.parse(await mezctlOk(auth, "status", "--format=json")).ca_pin;
-  const file = join(tmp, "github-deploy-main.yaml");
-  writeFileSync(
-    file,
-    `kind: join_token
-metadata:
-  name: github-deploy-main
-spec:
-  agent_identity: github-deploy
-  join_method: github
-  github:
-    enterprise_server_host: "${new URL(issuer.origin).host}"
-    allow:
-      - repository: acme/webapp
-        ref: refs/heads/main
-      - repository_owner: acme
-        environment: production
-        workflow: "deploy-*"
-`,
-  );
-  const created = await mezctlOk(auth, "create", "-f", file);
+  let created: string;
+  ({ auth, pin, created } = await startGithubJoinBed(issuer, tmp, "      - repository: acme/webapp\n        ref: refs/heads/main\n      - repository_owner: acme\n        environment: production\n        workflow: \"deploy-*\"\n"));
   assert.match(created, new RegExp(`mezd identity start --auth-server=\\S+ --join-method=github --token=github-deploy-main --ca-pin=${pin} --destination-dir=\\S+ --one-shot`));
 });
 

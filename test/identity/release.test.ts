@@ -15,11 +15,11 @@ import { parse as parseYaml } from "yaml";
 import { RenewService } from "../../src/api/gen/mezite/v1/renew_pb.js";
 import { connect } from "../../src/api/client.js";
 import { OUTPUT_FILES } from "../../src/identity/outputs.js";
-import { MEZD, ROOT, SEED_ROLE, mezctl, mezctlOk, principalsMezd, run, startAuth, tokenFrom, type AuthProcess } from "../harness/auth.js";
-import { startIssuer, type Issuer } from "../harness/oidc.js";
+import { MEZD, ROOT, mezctl, mezctlOk, principalsMezd, run, tokenFrom, type AuthProcess } from "../harness/auth.js";
+import { startGithubJoinBed, startIssuer, type Issuer } from "../harness/oidc.js";
 import { missingComponent, sshdTestsCannotRun } from "../harness/require.js";
 import { ensureUser, sshRun, startSshd, type Sshd } from "../harness/sshd.js";
-import { addIdentity, auditEvents, createRole, refused, statusOf } from "../auth/client.js";
+import { addIdentity, auditEvents, refused, statusOf } from "../auth/client.js";
 import { JOINED, killDaemons, oneShot, startDaemon } from "./fixture.js";
 
 const MSH = join(ROOT, "bin/msh");
@@ -41,27 +41,7 @@ before(async () => {
   tmp = mkdtempSync(join(tmpdir(), "mezite-release-"));
   chmodSync(tmp, 0o755); // the principals command runs as nobody and reads the node's dir
   issuer = await startIssuer(tmp);
-  auth = await startAuth({ env: { NODE_EXTRA_CA_CERTS: issuer.caPath } });
-  await createRole(auth, SEED_ROLE);
-  await addIdentity(auth, "github-deploy", ["ci-deployer"]);
-  pin = JSON.parse(await mezctlOk(auth, "status", "--format=json")).ca_pin;
-  const file = join(tmp, "join-token.yaml");
-  writeFileSync(
-    file,
-    `kind: join_token
-metadata:
-  name: github-deploy-main
-spec:
-  agent_identity: github-deploy
-  join_method: github
-  github:
-    enterprise_server_host: "${new URL(issuer.origin).host}"
-    allow:
-      - repository: acme/webapp
-        ref: refs/heads/main
-`,
-  );
-  await mezctlOk(auth, "create", "-f", file);
+  ({ auth, pin } = await startGithubJoinBed(issuer, tmp, "      - repository: acme/webapp\n        ref: refs/heads/main\n"));
   if (missing) return;
   // A node as the README makes one: node join, sshd Including the snippet, node start running.
   const dir = join(tmp, "node");

@@ -19,9 +19,9 @@ import { pathToFileURL } from "node:url";
 import { after, describe, test } from "node:test";
 import { parse as parseYaml } from "yaml";
 import { OUTPUT_FILES } from "../../src/identity/outputs.js";
-import { MEZD, ROOT, SEED_ROLE, mezctlOk, run, startAuth, type RunResult } from "../harness/auth.js";
-import { startIssuer } from "../harness/oidc.js";
-import { addIdentity, createRole, statusOf } from "../auth/client.js";
+import { MEZD, ROOT, run, type RunResult } from "../harness/auth.js";
+import { startGithubJoinBed, startIssuer } from "../harness/oidc.js";
+import { statusOf } from "../auth/client.js";
 
 interface Action {
   inputs: Record<string, { default?: string }>;
@@ -147,24 +147,8 @@ describe("the GitHub Action's main step", () => {
 describe("the GitHub Action end to end", () => {
   test("main joins with the job's ID token; post, as the runner runs it at the job's end, releases the instance and removes the outputs", async () => {
     const issuer = await startIssuer(work);
-    const auth = await startAuth({ env: { NODE_EXTRA_CA_CERTS: issuer.caPath } });
+    const { auth, pin } = await startGithubJoinBed(issuer, work, "      - repository: acme/webapp\n");
     try {
-      await createRole(auth, SEED_ROLE);
-      await addIdentity(auth, "github-deploy", ["ci-deployer"]);
-      const pin = JSON.parse(await mezctlOk(auth, "status", "--format=json")).ca_pin as string;
-      const file = join(work, "join-token.yaml");
-      writeFileSync(file, `kind: join_token
-metadata:
-  name: github-deploy-main
-spec:
-  agent_identity: github-deploy
-  join_method: github
-  github:
-    enterprise_server_host: "${new URL(issuer.origin).host}"
-    allow:
-      - repository: acme/webapp
-`);
-      await mezctlOk(auth, "create", "-f", file);
       issuer.githubClaims = { repository: "acme/webapp", repository_owner: "acme", ref: "refs/heads/main", run_id: "77", actor: "octocat", sha: "abc" };
       // A release whose mezd is this checkout's (the standalone build is release.test.ts's subject).
       const root = join(work, "real");
