@@ -1,17 +1,23 @@
 #!/usr/bin/env node
 /**
  * `npm run release`: dist/release/mezite-VERSION-linux-amd64.tar.gz and SHA256SUMS (SPEC §17).
- * The tarball holds, at its root, `mezd`, `msh` and `mezctl` as standalone executables (Node
- * single executable applications: they run where no Node and no node_modules exist), the
- * systemd units of deploy/systemd/, and a SHA256SUMS of those files.
+ * The tarball holds, at its root, `mezd`, `msh` and `mezctl`: ONE standalone executable (a Node
+ * single executable application: it runs where no Node and no node_modules exist) stored as
+ * `mezd`, with `msh` and `mezctl` hard links to it (src/cli/standalone.ts runs the program the
+ * executable is called as); the systemd units of deploy/systemd/, and a SHA256SUMS of those files.
+ * Node is most of the executable (about 86 MB stripped, 32 MB gzipped), so it ships once.
  *
- * Per program:
- *  1. esbuild bundles src/cli/<program>.ts into ONE CommonJS file (a SEA main is a single script
- *     that can require only Node's built-in modules). `better-sqlite3` resolves to
- *     src/lib/sea-sqlite.ts, which hands the real package the addon embedded in the executable
- *     (its `nativeBinding` option); pg is bundled, its optional pg-native stays unreachable.
+ * Tar stores the first member of a hard-linked set as a file and the later ones as links to it:
+ * `mezd` comes first, so `tar -x mezd msh` (the seed's install line) extracts a file and a link
+ * to it. A link extracted without `mezd` has nothing to point at (`tar -x msh` alone fails).
+ *
+ *  1. esbuild bundles src/cli/standalone.ts (and through it mezd, msh and mezctl) into ONE
+ *     CommonJS file (a SEA main is a single script that can require only Node's built-in modules).
+ *     `better-sqlite3` resolves to src/lib/sea-sqlite.ts, which hands the real package the addon
+ *     embedded in the executable (its `nativeBinding` option); pg is bundled, its optional
+ *     pg-native stays unreachable.
  *  2. `node --experimental-sea-config` makes the preparation blob, with V8's code cache (start-up)
- *     and, for mezd, better-sqlite3's `.node` file as an asset (src/lib/sea.ts loads it).
+ *     and better-sqlite3's `.node` file as an asset (src/lib/sea.ts loads it).
  *  3. A stripped copy of this `node` gets the blob injected with postject, which also flips the
  *     SEA fuse.
  *
@@ -20,13 +26,14 @@
  */
 import { spawn, spawnSync } from "node:child_process";
 import { createHash } from "node:crypto";
-import { chmodSync, copyFileSync, existsSync, mkdirSync, readFileSync, readdirSync, renameSync, rmSync, statSync, writeFileSync } from "node:fs";
+import { chmodSync, copyFileSync, existsSync, linkSync, mkdirSync, readFileSync, readdirSync, renameSync, rmSync, statSync, writeFileSync } from "node:fs";
 import { createRequire } from "node:module";
 import { dirname, join, relative, resolve } from "node:path";
 import { build } from "esbuild";
 import { ROOT, buildInfo } from "./build-info.mjs";
 
 const FUSE = "NODE_SEA_FUSE_fce680ab2cc467b6e072b8b5df1996b2";
+/** The executable is stored as the first; the others are hard links to it, in this order. */
 const PROGRAMS = ["mezd", "msh", "mezctl"];
 const UNITS_DIR = join(ROOT, "deploy/systemd");
 const require = createRequire(import.meta.url);
@@ -82,8 +89,8 @@ function run(cmd, argv, opts = {}) {
   });
 }
 
-/** esbuild → one CommonJS file per program. */
-async function bundle(program, work, info) {
+/** esbuild → one CommonJS file for the three programs. */
+async function bundle(work, info) {
   const shim = join(ROOT, "src/lib/sea-sqlite.ts");
   const standaloneSqlite = {
     name: "standalone-better-sqlite3",
@@ -91,10 +98,10 @@ async function bundle(program, work, info) {
       b.onResolve({ filter: /^better-sqlite3$/ }, (a) => (a.importer === shim ? undefined : { path: shim }));
     },
   };
-  const file = join(work, `${program}.cjs`);
+  const file = join(work, "mezite.cjs");
   await build({
     absWorkingDir: ROOT,
-    entryPoints: [join(ROOT, `src/cli/${program}.ts`)],
+    entryPoints: [join(ROOT, "src/cli/standalone.ts")],
     outfile: file,
     bundle: true,
     platform: "node",
@@ -115,25 +122,26 @@ async function bundle(program, work, info) {
   return file;
 }
 
-/** The preparation blob, then a stripped node with the blob injected. */
-async function executable(program, main, work, base) {
-  const blob = join(work, `${program}.blob`);
+/** The preparation blob, then a stripped node with the blob injected: `out/mezd`. */
+async function executable(main, work, base) {
+  const blob = join(work, "mezite.blob");
   const config = {
     main,
     output: blob,
     disableExperimentalSEAWarning: true,
     useCodeCache: codeCache,
     useSnapshot: false,
-    ...(program === "mezd" ? { assets: { "better_sqlite3.node": SQLITE_ADDON } } : {}),
+    assets: { "better_sqlite3.node": SQLITE_ADDON },
   };
-  const configFile = join(work, `${program}.sea.json`);
+  const configFile = join(work, "mezite.sea.json");
   writeFileSync(configFile, JSON.stringify(config));
   await run(process.execPath, ["--experimental-sea-config", configFile], { cwd: work });
-  const exe = join(work, "out", program);
+  const exe = join(work, "out", PROGRAMS[0]);
   copyFileSync(base, exe);
   chmodSync(exe, 0o755);
   // postject's LIEF prints warnings about node's notes: shown only when it fails.
   await run(process.execPath, [require.resolve("postject/dist/cli.js"), exe, "NODE_SEA_BLOB", blob, "--sentinel-fuse", FUSE]);
+  for (const p of PROGRAMS.slice(1)) linkSync(exe, join(work, "out", p));
   return exe;
 }
 
@@ -164,9 +172,8 @@ async function main() {
     const strip = spawnSync("strip", ["-o", base, process.execPath]);
     if (strip.status !== 0) copyFileSync(process.execPath, base);
 
-    const mains = await Promise.all(PROGRAMS.map((p) => bundle(p, work, info)));
-    await Promise.all(PROGRAMS.map((p, i) => executable(p, mains[i], work, base)));
-    // Each program must run and know its version before it ships.
+    const exe = await executable(await bundle(work, info), work, base);
+    // Each program must run under its name and know its version before it ships.
     for (const p of PROGRAMS) {
       const v = spawnSync(join(work, "out", p), ["--version"], { encoding: "utf8", env: { PATH: "/usr/bin:/bin" } });
       const want = `${p} ${info.version} (commit ${info.commit})`;
@@ -179,11 +186,13 @@ async function main() {
     writeFileSync(join(work, "out", "SHA256SUMS"), members.map((m) => `${sha256File(join(work, "out", m))}  ${m}\n`).join(""));
     members.push("SHA256SUMS");
 
-    // Root-owned, fixed times, fixed order: two builds of one commit give one tarball content.
+    // Root-owned, fixed times, fixed order (the members as listed: mezd before its links): two
+    // builds of one commit give one tarball. gzip -9 (the seed unpacks with tar -z): -n keeps
+    // no name or time in the gzip header.
     const tmpTar = join(work, name);
     const tar = spawnSync(
       "tar",
-      ["-C", join(work, "out"), "--owner=0", "--group=0", "--numeric-owner", "--mtime=@0", "--sort=name", "-czf", tmpTar, ...members],
+      ["-C", join(work, "out"), "--owner=0", "--group=0", "--numeric-owner", "--mtime=@0", "--use-compress-program=gzip -9n", "-cf", tmpTar, ...members],
       { encoding: "utf8" },
     );
     if (tar.status !== 0) throw new Error(`tar failed: ${tar.stderr}`);
@@ -193,7 +202,7 @@ async function main() {
     writeFileSync(stampFile, stamp);
 
     const mb = (n) => `${(n / 1e6).toFixed(1)} MB`;
-    const sizes = PROGRAMS.map((p) => `${p} ${mb(statSync(join(work, "out", p)).size)}`).join(", ");
+    const sizes = `${PROGRAMS.join(", ")}: one executable of ${mb(statSync(exe).size)}`;
     console.log(`release: ${relative(process.cwd(), tarball)}: ${mb(statSync(tarball).size)} (${sizes} unpacked; code cache ${codeCache ? "on" : "off"}; ${((performance.now() - t0) / 1000).toFixed(1)} s)`);
     console.log(`release: ${info.version} (commit ${info.commit}), node ${process.version}; SHA256SUMS beside it`);
   } finally {
