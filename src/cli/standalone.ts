@@ -4,11 +4,10 @@
  * says. The name is the one it was started under: argv[0] (a shell passes the command as typed,
  * sshd and systemd the path), else the executable's own path (/proc/self/exe keeps the name of
  * the hard link it was started through; cluster workers are started that way). Each program is
- * imported only when it runs, so the other two cost their parse and nothing else. No top-level
- * await: a SEA main is one CommonJS script.
+ * imported only when it runs. This file is the entry of the bundle that src/cli/sea-main.ts
+ * compiles and runs, which then calls main(). No top-level await: the bundle is CommonJS.
  */
 import { basename } from "node:path";
-import { isSea } from "node:sea";
 
 export const PROGRAMS = ["mezd", "msh", "mezctl"] as const;
 export type Program = (typeof PROGRAMS)[number];
@@ -22,8 +21,9 @@ export function programName(argv0: string, execPath: string): Program | undefine
   return undefined;
 }
 
-function main(): void {
-  switch (programName(process.argv0, process.execPath)) {
+/** Runs `name` (by default the program this executable is called as). */
+export function main(name: Program | undefined = programName(process.argv0, process.execPath)): void {
+  switch (name) {
     case "mezd":
       void import("./mezd.js");
       return;
@@ -38,6 +38,3 @@ function main(): void {
       process.exit(2);
   }
 }
-
-// Only as the executable's main (a test imports programName alone).
-if (isSea()) main();

@@ -174,6 +174,9 @@ describe("release: the tarball's executables work with no node on the machine", 
     for (const p of ["mezd", "msh", "mezctl"]) {
       const v = await ok(p, ["--version"]);
       assert.match(v, new RegExp(`^${p} ${VERSION.replace(/\./g, "\\.")} \\(commit [0-9a-f]{7}(-dirty)?\\)\\n$`));
+      // V8 takes the code cache trained at build time (scripts/release.mjs: a one-shot join and renewal).
+      const debug = await run(p, ["--version"], { MEZITE_DEBUG: "1" });
+      assert.match(debug.stderr, /^mezite: code cache of \d+ bytes taken\n$/);
     }
   });
 
