@@ -143,7 +143,9 @@ async function bundle(work, info) {
 async function executable(files, work, base, dir, cache) {
   const blob = join(work, "mezite.blob");
   const config = {
-    main: files.loader,
+    // Relative to `work` (node runs there): the blob records this name, which must not carry
+    // the work dir's pid.
+    main: relative(work, files.loader),
     output: blob,
     disableExperimentalSEAWarning: true,
     useCodeCache: codeCache,
@@ -266,9 +268,10 @@ async function main() {
     writeFileSync(join(work, "out", "SHA256SUMS"), members.map((m) => `${sha256File(join(work, "out", m))}  ${m}\n`).join(""));
     members.push("SHA256SUMS");
 
-    // Root-owned, fixed times, fixed order (the members as listed: mezd before its links): two
-    // builds of one commit give one tarball. gzip -9 (the seed unpacks with tar -z): -n keeps
-    // no name or time in the gzip header.
+    // Root-owned, fixed times, fixed order (the members as listed: mezd before its links), gzip -9
+    // (the seed unpacks with tar -z) with -n: no name or time in the gzip header. Two builds of
+    // one commit with --no-code-cache give one tarball; the trained code cache is not the same
+    // bytes twice (V8 writes what a run compiled, and runs differ), so with it they differ there.
     const tmpTar = join(work, name);
     const tar = spawnSync(
       "tar",
