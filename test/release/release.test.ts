@@ -3,7 +3,7 @@
  * msh and mezctl (hard links), and the seed's `tar -xz mezd msh`. `npm run release`'s tarball is
  * extracted into an empty directory and everything runs from there with PATH = that directory
  * and /usr/bin:/bin, inside a private mount namespace where this machine's node is covered by an
- * empty file (so `command -v node` fails there). From the standalone executables alone: an auth
+ * empty file (so `command -v node` fails there). From the standalone executable alone: an auth
  * service on SQLite (the embedded addon), the seed's role and an identity made with mezctl, a
  * node joined with mezd (its default principals command is the standalone mezd itself) behind a
  * private sshd, a one-shot join with mezd, and logins with msh ssh: as deploy, and not as root.
