@@ -1,6 +1,6 @@
 #!/usr/bin/env node
 // Runs every test file under test/ with node's test runner. Node 20's --test takes no globs,
-// so the files are found here. Real-component tests need sshd, PostgreSQL, Ansible and Chromium: when missing and
+// so the files are found here. Real-component tests need sshd, PostgreSQL, Ansible, Chromium and strace: when missing and
 // running as root they are installed with apt (saying so), otherwise the packages are named.
 import { spawnSync } from "node:child_process";
 import { existsSync, readdirSync, statSync } from "node:fs";
@@ -12,6 +12,7 @@ const NEEDED = [
   ["/usr/lib/postgresql", "postgresql"],
   ["/usr/bin/ansible", "ansible-core"],
   ["/usr/bin/chromium", "chromium"],
+  ["/usr/bin/strace", "strace"],
 ];
 const missing = NEEDED.filter(([path]) => !existsSync(path)).map(([, pkg]) => pkg);
 if (missing.length > 0) {

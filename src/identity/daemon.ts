@@ -286,7 +286,7 @@ export class IdentityDaemon {
     if (this.opts.caPins.length > 0 && !bundleHasPin(certs.tlsCaPem, this.opts.caPins)) {
       throw new MeziteError("ERR_WRONG_CA", "the auth service's TLS CA does not match --ca-pin");
     }
-    this.apply(certs, keys, "joined");
+    await this.apply(certs, keys, "joined");
   }
 
   /**
@@ -316,7 +316,7 @@ export class IdentityDaemon {
     }
     checkCertsMatchKeys(certs, keys);
     if (!bundleHasPin(certs.tlsCaPem, this.opts.caPins)) throw new MeziteError("ERR_WRONG_CA", "the auth service's TLS CA does not match --ca-pin");
-    this.apply(certs, keys, "joined");
+    await this.apply(certs, keys, "joined");
   }
 
   /**
@@ -354,12 +354,12 @@ export class IdentityDaemon {
     if (certs.identityId !== state.identity_id || certs.instanceId !== state.instance_id) {
       throw new MeziteError("ERR_MALFORMED_CERT", "the auth service answered for another identity or instance");
     }
-    this.apply(certs, keys, "renewed");
+    await this.apply(certs, keys, "renewed");
     this.storage.clearPending();
   }
 
   /** State first (it holds the renewal key the server now expects), then the outputs. */
-  private apply(certs: IssuedCertificates, keys: IssueKeys, what: "joined" | "renewed"): void {
+  private async apply(certs: IssuedCertificates, keys: IssueKeys, what: "joined" | "renewed"): Promise<void> {
     const state: IdentityState = {
       version: 1,
       auth_server: this.opts.authServer,
@@ -378,7 +378,7 @@ export class IdentityDaemon {
     this.sshKey = keys.ssh;
     // The agent swaps key and certificate in one assignment; the files follow.
     this.keyring?.set(keys.ssh, certs.sshCertificate, certs.identityName);
-    writeOutputs(this.opts.destinationDir, certs, keys, { sshKeyFile: this.opts.sshKeyFile, sshAgentSocket: this.opts.sshAgentSocket });
+    await writeOutputs(this.opts.destinationDir, certs, keys, { sshKeyFile: this.opts.sshKeyFile, sshAgentSocket: this.opts.sshAgentSocket });
     this.state = state;
     this.renewals.inc({ kind: what === "joined" ? "join" : "renew" });
     this.deps.log.info(`agent identity ${what}`, {

@@ -8,7 +8,7 @@ import type { IssuedCertificates } from "../api/gen/mezite/v1/common_pb.js";
 import { encodeOpenSSHPrivateKey } from "../ca/sshkey.js";
 import { privateKeyToPem } from "../ca/x509.js";
 import { MeziteError } from "../lib/errors.js";
-import { assertNotSymlink, ensureDir, writeFilesAtomic } from "../lib/files.js";
+import { assertNotSymlink, ensureDir, writeFilesAtomicAsync } from "../lib/files.js";
 import type { IssueKeys } from "./protocol.js";
 
 export const OUTPUT_FILES = ["ssh_key", "ssh_cert", "x509_cert.pem", "x509_key.pem", "cert_serial", "ssh_known_hosts", "ssh_config", "x509_ca.pem"] as const;
@@ -100,7 +100,7 @@ export function removeOutputs(dest: string): string[] {
   return removed;
 }
 
-export function writeOutputs(dest: string, certs: IssuedCertificates, keys: IssueKeys, out: OutputOptions = { sshKeyFile: true, sshAgentSocket: undefined }): void {
+export async function writeOutputs(dest: string, certs: IssuedCertificates, keys: IssueKeys, out: OutputOptions = { sshKeyFile: true, sshAgentSocket: undefined }): Promise<void> {
   checkDestination(dest);
   const f = (name: string, data: string, mode: number) => ({ path: join(dest, name), data, mode });
   // Every file is written and synced first, then all are renamed back to back (one directory
@@ -109,8 +109,9 @@ export function writeOutputs(dest: string, certs: IssuedCertificates, keys: Issu
   // login fails only if it starts before the first rename and signs after the second (or fits
   // wholly between the two, microseconds apart). Key first, it fails if it starts before the
   // second rename and signs after the first: a wider window. No order closes it:
-  // --ssh-agent-socket does. The X.509 pair is likewise renamed back to back.
-  writeFilesAtomic([
+  // --ssh-agent-socket does. The X.509 pair is likewise renamed back to back. Written side by
+  // side (their fsyncs commit together): the one-shot's largest wait after the request itself.
+  await writeFilesAtomicAsync([
     f("ssh_cert", certs.sshCertificate + "\n", 0o644),
     ...(out.sshKeyFile ? [f("ssh_key", encodeOpenSSHPrivateKey(keys.ssh), 0o600)] : []),
     f("x509_key.pem", privateKeyToPem(keys.x509), 0o600),

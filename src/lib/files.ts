@@ -5,6 +5,7 @@
  */
 import { constants, closeSync, fstatSync, fsyncSync, lstatSync, mkdirSync, openSync, renameSync, unlinkSync, writeSync, readFileSync, chmodSync, fchmodSync } from "node:fs";
 import { randomBytes } from "node:crypto";
+import { open, type FileHandle } from "node:fs/promises";
 import { basename, dirname, join } from "node:path";
 import { MeziteError } from "./errors.js";
 
@@ -44,28 +45,60 @@ export interface FileWrite {
  */
 export function writeFilesAtomic(files: FileWrite[]): void {
   for (const f of files) assertNotSymlink(f.path);
-  const staged: { tmp: string; path: string }[] = [];
+  const staged: Staged[] = [];
+  try {
+    for (const f of files) staged.push({ tmp: stage(f.path, f.data, f.mode ?? 0o600), path: f.path });
+  } catch (e) {
+    discard(staged);
+    throw e;
+  }
+  commit(files, staged);
+}
+
+/**
+ * writeFilesAtomic with the files written and synced side by side on libuv's threads: the
+ * filesystem's journal then commits their fsyncs together instead of one after another (8 files:
+ * about half the time on ext4). The same guarantees, the renames still back to back, in order.
+ */
+export async function writeFilesAtomicAsync(files: FileWrite[]): Promise<void> {
+  for (const f of files) assertNotSymlink(f.path);
+  const results = await Promise.allSettled(files.map((f) => stageAsync(f.path, f.data, f.mode ?? 0o600)));
+  const staged = results.flatMap((r, i) => (r.status === "fulfilled" ? [{ tmp: r.value, path: files[i]!.path }] : []));
+  const failed = results.find((r) => r.status === "rejected");
+  if (failed) {
+    discard(staged);
+    throw (failed as PromiseRejectedResult).reason;
+  }
+  commit(files, staged);
+}
+
+interface Staged {
+  tmp: string;
+  path: string;
+}
+
+function discard(staged: Staged[]): void {
+  for (const s of staged) {
+    if (s.tmp === "") continue;
+    try {
+      unlinkSync(s.tmp);
+    } catch {
+      /* already gone */
+    }
+  }
+}
+
+/** Renames every staged file over its target, in order, then syncs their directories. */
+function commit(files: FileWrite[], staged: Staged[]): void {
   let current = files[0]?.path ?? "";
   try {
-    for (const f of files) {
-      current = f.path;
-      staged.push({ tmp: stage(f.path, f.data, f.mode ?? 0o600), path: f.path });
-    }
     for (const s of staged) {
       current = s.path;
       renameSync(s.tmp, s.path);
       s.tmp = "";
     }
   } catch (e) {
-    for (const s of staged) {
-      if (s.tmp === "") continue;
-      try {
-        unlinkSync(s.tmp);
-      } catch {
-        /* already gone */
-      }
-    }
-    if (e instanceof MeziteError) throw e;
+    discard(staged);
     throw storageError(current, e);
   }
   for (const dir of new Set(files.map((f) => dirname(f.path)))) fsyncDir(dir);
@@ -77,13 +110,19 @@ function storageError(path: string, e: unknown): MeziteError {
   return new MeziteError("ERR_STORAGE", `cannot write ${path}: ${why}`, { cause: e });
 }
 
+function tempName(path: string): string {
+  return join(dirname(path), `.${basename(path)}.${randomBytes(6).toString("hex")}.tmp`);
+}
+
+// O_EXCL|O_NOFOLLOW: never write through a link an attacker planted at the temp name.
+const TEMP_FLAGS = constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL | constants.O_NOFOLLOW;
+
 /** Writes `data` to a fresh temp file beside `path`, with `mode` set before any byte lands; returns its name. */
 function stage(path: string, data: string | Uint8Array, mode: number): string {
-  const tmp = join(dirname(path), `.${basename(path)}.${randomBytes(6).toString("hex")}.tmp`);
+  const tmp = tempName(path);
   let fd: number | undefined;
   try {
-    // O_EXCL|O_NOFOLLOW: never write through a link an attacker planted at the temp name.
-    fd = openSync(tmp, constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL | constants.O_NOFOLLOW, mode);
+    fd = openSync(tmp, TEMP_FLAGS, mode);
     // The umask only narrows the mode open() gave; set it exactly on the descriptor, before the
     // secret is written, and never by path (a path can be swapped under us, the descriptor not).
     fchmodSync(fd, mode);
@@ -96,6 +135,29 @@ function stage(path: string, data: string | Uint8Array, mode: number): string {
     return tmp;
   } catch (e) {
     if (fd !== undefined) closeSync(fd);
+    try {
+      unlinkSync(tmp);
+    } catch {
+      /* already gone */
+    }
+    throw storageError(path, e);
+  }
+}
+
+/** stage(), on libuv's threads. */
+async function stageAsync(path: string, data: string | Uint8Array, mode: number): Promise<string> {
+  const tmp = tempName(path);
+  let fh: FileHandle | undefined;
+  try {
+    fh = await open(tmp, TEMP_FLAGS, mode);
+    await fh.chmod(mode); // fchmod on the descriptor, as in stage()
+    await fh.writeFile(typeof data === "string" ? Buffer.from(data) : data);
+    await fh.sync();
+    await fh.close();
+    fh = undefined;
+    return tmp;
+  } catch (e) {
+    await fh?.close().catch(() => undefined);
     try {
       unlinkSync(tmp);
     } catch {

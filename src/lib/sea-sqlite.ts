@@ -1,5 +1,5 @@
 /**
- * What `better-sqlite3` resolves to inside the standalone executables (scripts/release.mjs aliases
+ * What `better-sqlite3` resolves to inside the standalone executable (scripts/release.mjs aliases
  * it here): the real package's Database, given the addon embedded in the executable through its
  * `nativeBinding` option instead of a build/Release/*.node file next to it.
  */

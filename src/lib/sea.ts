@@ -113,7 +113,7 @@ const loaded = new Map<string, unknown>();
 export function embeddedAddon(name: string): unknown {
   const hit = loaded.get(name);
   if (hit !== undefined) return hit;
-  if (!isSea()) throw new MeziteError("ERR_INTERNAL", `the native addon ${name} is embedded only in the standalone executables`);
+  if (!isSea()) throw new MeziteError("ERR_INTERNAL", `the native addon ${name} is embedded only in the standalone executable`);
   const addon = loadAddon(name.replace(/\.node$/, ""), new Uint8Array(getRawAsset(name) as ArrayBuffer));
   loaded.set(name, addon);
   return addon;

@@ -1,8 +1,9 @@
 /**
- * The release tarball on a machine without Node (SPEC §17): `npm run release`'s tarball is
+ * The release tarball on a machine without Node (SPEC §17): one executable behind the names mezd,
+ * msh and mezctl (hard links), and the seed's `tar -xz mezd msh`. `npm run release`'s tarball is
  * extracted into an empty directory and everything runs from there with PATH = that directory
  * and /usr/bin:/bin, inside a private mount namespace where this machine's node is covered by an
- * empty file (so `command -v node` fails there). From the standalone executables alone: an auth
+ * empty file (so `command -v node` fails there). From the standalone executable alone: an auth
  * service on SQLite (the embedded addon), the seed's role and an identity made with mezctl, a
  * node joined with mezd (its default principals command is the standalone mezd itself) behind a
  * private sshd, a one-shot join with mezd, and logins with msh ssh: as deploy, and not as root.
@@ -10,7 +11,7 @@
  */
 import assert from "node:assert/strict";
 import { spawn, spawnSync, type ChildProcess } from "node:child_process";
-import { chmodSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from "node:fs";
+import { chmodSync, existsSync, linkSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { after, before, describe, test } from "node:test";
 import { get as httpsGet } from "node:https";
@@ -117,7 +118,7 @@ describe("release: the tarball's executables work with no node on the machine", 
     if (root) rmSync(root, { recursive: true, force: true });
   });
 
-  test("the tarball holds the three executables, the units and SHA256SUMS at its root, and they check", (t) => {
+  test("the tarball holds mezd with msh and mezctl as links to it, the units and SHA256SUMS at its root, under 40 MB, and they check", (t) => {
     if (missing) return missingComponent(t, ...missing);
     const x = spawnSync("tar", ["-xzf", TARBALL, "-C", bin], { encoding: "utf8" });
     assert.equal(x.status, 0, x.stderr);
@@ -128,12 +129,44 @@ describe("release: the tarball's executables work with no node on the machine", 
     }
     const sums = spawnSync("sha256sum", ["--check", "--strict", "SHA256SUMS"], { cwd: bin, encoding: "utf8" });
     assert.equal(sums.status, 0, sums.stdout + sums.stderr);
-    // The seed's install line takes two members out by name.
-    const two = mkdtempSync(join(root, "seed-"));
-    assert.equal(spawnSync("tar", ["-xzf", TARBALL, "-C", two, "mezd", "msh"]).status, 0);
-    assert.deepEqual(readdirSync(two).sort(), ["mezd", "msh"]);
+    // One executable: mezd is stored first, as the file; msh and mezctl are hard links to it.
+    const ino = statSync(join(bin, "mezd")).ino;
+    for (const p of ["msh", "mezctl"]) assert.equal(statSync(join(bin, p)).ino, ino, `${p} is mezd's executable`);
+    assert.equal(statSync(join(bin, "mezd")).nlink, 3);
+    const list = spawnSync("tar", ["-tvzf", TARBALL], { encoding: "utf8" }).stdout.trim().split("\n");
+    assert.match(list[0]!, /^-rwxr-xr-x 0\/0 +\d+ \S+ \S+ mezd$/);
+    assert.match(list[1]!, /^hrwxr-xr-x 0\/0 +0 \S+ \S+ msh link to mezd$/);
+    assert.match(list[2]!, /^hrwxr-xr-x 0\/0 +0 \S+ \S+ mezctl link to mezd$/);
+    // Under 40 MB (SPEC §17): Node ships once.
+    assert.ok(statSync(TARBALL).size < 40e6, `the tarball is ${statSync(TARBALL).size} bytes`);
     const outer = readFileSync(join(ROOT, "dist/release/SHA256SUMS"), "utf8");
     assert.match(outer, new RegExp(`^[0-9a-f]{64}  mezite-${VERSION.replace(/\./g, "\\.")}-linux-amd64\\.tar\\.gz\\n$`));
+  });
+
+  test("the seed's `tar -xz -C DIR mezd msh` gives two working programs; msh alone cannot come out without mezd", async (t) => {
+    if (missing) return missingComponent(t, ...missing);
+    const two = mkdtempSync(join(root, "seed-"));
+    const x = spawnSync("tar", ["-xzf", TARBALL, "-C", two, "mezd", "msh"], { encoding: "utf8" });
+    assert.equal(x.status, 0, x.stderr);
+    assert.deepEqual(readdirSync(two).sort(), ["mezd", "msh"]);
+    assert.equal(statSync(join(two, "msh")).ino, statSync(join(two, "mezd")).ino);
+    for (const p of ["mezd", "msh"]) assert.match(await ok(join(two, p), ["--version"]), new RegExp(`^${p} ${VERSION.replace(/\./g, "\\.")} \\(commit `));
+    // Either order on the command line: tar extracts in the archive's order, mezd first.
+    const swapped = mkdtempSync(join(root, "seed-"));
+    assert.equal(spawnSync("tar", ["-xzf", TARBALL, "-C", swapped, "msh", "mezd"]).status, 0);
+    assert.match(await ok(join(swapped, "msh"), ["--version"]), /^msh /);
+    // A link is a link: without mezd beside it, tar has nothing to link msh to (documented in the README).
+    const alone = mkdtempSync(join(root, "alone-"));
+    const a = spawnSync("tar", ["-xzf", TARBALL, "-C", alone, "msh"], { encoding: "utf8" });
+    assert.notEqual(a.status, 0);
+    assert.match(a.stderr, /msh: Cannot hard link to .mezd./);
+    // Under a name that is none of the three, it says which names it answers to.
+    const other = join(two, "mezite");
+    linkSync(join(two, "mezd"), other);
+    const r = await run(other, ["--version"]);
+    assert.equal(r.code, 2);
+    assert.equal(r.stdout, "");
+    assert.match(r.stderr, /^mezite: run this executable as mezd, msh or mezctl \(a link of that name\), not as "mezite": it is all three and runs the one it is called\n$/);
   });
 
   test("no node is reachable there, and each program prints its version and commit", async (t) => {
@@ -144,6 +177,9 @@ describe("release: the tarball's executables work with no node on the machine", 
     for (const p of ["mezd", "msh", "mezctl"]) {
       const v = await ok(p, ["--version"]);
       assert.match(v, new RegExp(`^${p} ${VERSION.replace(/\./g, "\\.")} \\(commit [0-9a-f]{7}(-dirty)?\\)\\n$`));
+      // V8 takes the code cache trained at build time (scripts/release.mjs: a one-shot join and renewal).
+      const debug = await run(p, ["--version"], { MEZITE_DEBUG: "1" });
+      assert.match(debug.stderr, /^mezite: code cache of \d+ bytes taken\n$/);
     }
   });
 

@@ -1,0 +1,50 @@
+/**
+ * A one-shot writes its eight output files side by side (src/lib/files.ts writeFilesAtomicAsync):
+ * their fsyncs run at once on libuv's threads, so the filesystem's journal commits them together,
+ * where one after another on the main thread each waited for a commit of its own (with the state
+ * files, the one-shot's largest wait after its request). Seen with strace on the real daemon
+ * joining a real auth service.
+ */
+import assert from "node:assert/strict";
+import { mkdtempSync, readFileSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { after, before, test } from "node:test";
+import { OUTPUT_FILES } from "../../src/identity/outputs.js";
+import { MEZD, ensureBuilt, run, type AuthProcess } from "../harness/auth.js";
+import { findBinary, missingComponent } from "../harness/require.js";
+import { addIdentity, startAuthWithRole } from "./fixture.js";
+
+const STRACE = findBinary(["/usr/bin/strace", "/bin/strace"]);
+let dir: string;
+let auth: AuthProcess | undefined;
+
+before(async () => {
+  if (!STRACE) return;
+  ensureBuilt();
+  dir = mkdtempSync(join(tmpdir(), "mezite-fsync-"));
+  auth = await startAuthWithRole(dir);
+});
+
+after(async () => {
+  await auth?.stop();
+  if (dir) rmSync(dir, { recursive: true, force: true });
+});
+
+test("the one-shot's output files are synced on libuv's threads side by side, not one by one on the main thread", async (t) => {
+  if (!STRACE) return missingComponent(t, "strace", "apt-get install strace");
+  const token = await addIdentity(auth!, "fsync");
+  const dest = join(dir, "dest");
+  const trace = join(dir, "strace.txt");
+  const r = await run(STRACE, ["-f", "-qq", "-e", "trace=execve,fsync", "-o", trace, MEZD, "identity", "start", `--auth-server=${auth!.addr}`, `--destination-dir=${dest}`, "--one-shot"], { env: { MEZITE_TOKEN: token }, timeoutMs: 60_000 });
+  assert.equal(r.code, 0, r.stderr);
+  for (const f of OUTPUT_FILES) assert.ok(readFileSync(join(dest, f)).length > 0, `${f} written`);
+  // strace -f prefixes each line with the thread id; the first line, the exec, is the main thread.
+  const lines = readFileSync(trace, "utf8").split("\n").filter((l) => /^\d+ +fsync\(/.test(l));
+  const main = /^(\d+)/.exec(readFileSync(trace, "utf8"))![1]!;
+  const byThread = lines.map((l) => /^(\d+)/.exec(l)![1]!);
+  const onThreads = byThread.filter((tid) => tid !== main);
+  assert.equal(onThreads.length, OUTPUT_FILES.length, `fsyncs off the main thread (main ${main}):\n${lines.join("\n")}`);
+  // The state files (state.json, the pending renewal) and the directories stay on the main thread.
+  assert.ok(byThread.length > onThreads.length);
+});
