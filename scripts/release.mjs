@@ -226,6 +226,9 @@ function sha256File(f) {
   return createHash("sha256").update(readFileSync(f)).digest("hex");
 }
 
+/** The tarball's name without its version, beside the versioned one. */
+const LATEST_NAME = "mezite-linux-amd64.tar.gz";
+
 async function main() {
   const info = buildInfo();
   const name = `mezite-${info.version}-linux-amd64.tar.gz`;
@@ -283,7 +286,12 @@ async function main() {
     if (tar.status !== 0) throw new Error(`tar failed: ${tar.stderr}`);
     for (const f of readdirSync(OUT)) if (f.startsWith("mezite-") && f.endsWith(".tar.gz")) rmSync(join(OUT, f));
     renameSync(tmpTar, tarball);
-    writeFileSync(join(OUT, "SHA256SUMS"), `${sha256File(tarball)}  ${name}\n`);
+    // The same bytes under the name that does not change with the version: what a "latest"
+    // download fetches (the seed's install line). SHA256SUMS covers both names.
+    const latest = join(OUT, LATEST_NAME);
+    linkSync(tarball, latest);
+    const sum = sha256File(tarball);
+    writeFileSync(join(OUT, "SHA256SUMS"), `${sum}  ${name}\n${sum}  ${LATEST_NAME}\n`);
     writeFileSync(stampFile, stamp);
 
     const mb = (n) => `${(n / 1e6).toFixed(1)} MB`;

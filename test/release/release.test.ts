@@ -139,8 +139,12 @@ describe("release: the tarball's executables work with no node on the machine", 
     assert.match(list[2]!, /^hrwxr-xr-x 0\/0 +0 \S+ \S+ mezctl link to mezd$/);
     // Under 40 MB (SPEC §17): Node ships once.
     assert.ok(statSync(TARBALL).size < 40e6, `the tarball is ${statSync(TARBALL).size} bytes`);
+    // Beside it: the same tarball under the unversioned name the seed's install line fetches,
+    // and SHA256SUMS over both (issue 24), which sha256sum checks as the README says.
     const outer = readFileSync(join(ROOT, "dist/release/SHA256SUMS"), "utf8");
-    assert.match(outer, new RegExp(`^[0-9a-f]{64}  mezite-${VERSION.replace(/\./g, "\\.")}-linux-amd64\\.tar\\.gz\\n$`));
+    assert.match(outer, new RegExp(`^([0-9a-f]{64})  mezite-${VERSION.replace(/\./g, "\\.")}-linux-amd64\\.tar\\.gz\\n\\1  mezite-linux-amd64\\.tar\\.gz\\n$`));
+    const check = spawnSync("sha256sum", ["--check", "--strict", "SHA256SUMS"], { cwd: join(ROOT, "dist/release"), encoding: "utf8" });
+    assert.equal(check.status, 0, check.stdout + check.stderr);
   });
 
   test("the seed's `tar -xz -C DIR mezd msh` gives two working programs; msh alone cannot come out without mezd", async (t) => {
