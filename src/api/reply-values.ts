@@ -10,8 +10,8 @@ import type { NodeCredentials } from "./gen/mezite/v1/join_pb.js";
 import { parseAuthorizedKey } from "../ca/sshkey.js";
 import { parseCertificatePem, splitCertificateBundle } from "../ca/x509.js";
 import { MeziteError } from "../lib/errors.js";
-import { NAME_PATTERN } from "../rbac/role.js";
-import { LABEL_KEY_PATTERN, LABEL_VALUE_PATTERN, LOGIN_PATTERN, isHostPrincipal } from "../rbac/names.js";
+import { LABEL_KEY_PATTERN, LABEL_VALUE_PATTERN, LOGIN_PATTERN, NAME_PATTERN, isHostPrincipal } from "../rbac/names.js";
+
 
 /** C0 controls, DEL and C1 controls: none belongs in a value that is written as a line. */
 const CONTROL = /[\u0000-\u001f\u007f-\u009f]/;

@@ -7,7 +7,7 @@
 import { create } from "@bufbuild/protobuf";
 import * as pb from "../api/gen/mezite/v1/common_pb.js";
 import { MeziteError, notFound } from "../lib/errors.js";
-import { NAME_PATTERN } from "../rbac/role.js";
+import { NAME_PATTERN } from "../rbac/names.js";
 import { isKind } from "../lib/yaml-text.js";
 import type { AdminCaller, AuthContext } from "./context.js";
 import { createResource, keys, load, loadAll, type IdentityRecord } from "./records.js";

@@ -12,7 +12,7 @@ import { joinReplyTranscript, joinRequestTranscript } from "../api/transcripts.j
 import type { WriteOp } from "../backend/backend.js";
 import { mac } from "../ca/jointoken.js";
 import { MeziteError, isMeziteError } from "../lib/errors.js";
-import { NAME_PATTERN } from "../rbac/role.js";
+import { NAME_PATTERN } from "../rbac/names.js";
 import type { AuthContext, Caller } from "./context.js";
 import { UnverifiedIdToken, verifyIdToken } from "./id-tokens.js";
 import { instancePrincipals, issueAgentCertificates, type Issued, type PublicKeys } from "./issue.js";

@@ -6,6 +6,9 @@
 import { isIP } from "node:net";
 import { isDnsName } from "../lib/address.js";
 
+/** A resource's name: roles, agent identities, join tokens. */
+export const NAME_PATTERN = /^[a-z0-9][a-z0-9._-]{0,62}$/;
+
 /** A Unix login name as OpenSSH and useradd take it (exact, case-sensitive). */
 export const LOGIN_PATTERN = /^[a-z_][a-z0-9_.-]{0,31}\$?$/i;
 

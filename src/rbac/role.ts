@@ -3,7 +3,7 @@ import { MeziteError } from "../lib/errors.js";
 import { isKind, parseYamlText } from "../lib/yaml-text.js";
 import { formatDuration, parseDuration } from "../lib/duration.js";
 import type { LabelRule, RoleAccess } from "./access.js";
-import { LOGIN_PATTERN } from "./names.js";
+import { LOGIN_PATTERN, NAME_PATTERN } from "./names.js";
 import { PERMIT_OPTIONS, optionsFromDocument, optionsToDocument, type RoleOptions } from "./options.js";
 import { checkTemplate, hasTemplate } from "./template.js";
 
@@ -24,7 +24,6 @@ function noDenyTemplate(value: string, where: string): void {
   if (hasTemplate(value)) bad(`${where}: "${value}": deny rules take no templates (one whose claim is missing would deny nothing)`);
 }
 
-export const NAME_PATTERN = /^[a-z0-9][a-z0-9._-]{0,62}$/;
 
 function bad(message: string): never {
   throw new MeziteError("ERR_BAD_ROLE", message);

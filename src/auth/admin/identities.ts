@@ -9,7 +9,7 @@ import * as pb from "../../api/gen/mezite/v1/common_pb.js";
 import { MeziteError, isMeziteError, notFound } from "../../lib/errors.js";
 import { principalsFor, requirePrincipals } from "../../rbac/access.js";
 import { certificateOptions } from "../../rbac/options.js";
-import { NAME_PATTERN } from "../../rbac/role.js";
+import { NAME_PATTERN } from "../../rbac/names.js";
 import { hasLoginTemplates } from "../../rbac/template.js";
 import type { AdminCaller, AuthContext } from "../context.js";
 import { isStale } from "../renew.js";
