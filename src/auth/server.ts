@@ -33,8 +33,11 @@ import {
   type GetRevocationsRequest,
   type HeartbeatRequest,
   type RenewHostCertificateRequest,
+  type WatchNodeRequest,
 } from "../api/gen/mezite/v1/node_pb.js";
-import { GetCaStateResponseSchema, RenewRequestSchema, type GetCaStateRequest, RenewResponseSchema, RenewService, type RenewRequest } from "../api/gen/mezite/v1/renew_pb.js";
+import {
+  GetCaStateResponseSchema, RenewRequestSchema, type GetCaStateRequest, RenewResponseSchema, RenewService, type RenewRequest, type WatchCaStateRequest,
+} from "../api/gen/mezite/v1/renew_pb.js";
 import { ERROR_REF_HEADER, toConnectError } from "../api/errors.js";
 import { unaryGrpc, type UnaryRoute } from "../api/grpc-unary.js";
 import type { Backend } from "../backend/backend.js";
@@ -64,6 +67,7 @@ import { Revocations } from "./revocations.js";
 import { renewAgent } from "./renew.js";
 import { CaWatcher, recordInstanceCaState, recordNodeCaState, renewSpreadMs } from "./rotation.js";
 import * as tokens from "./tokens.js";
+import { DEFAULT_WATCH_LIMITS, WatchHub, type WatchLimits } from "./watch.js";
 
 type RequestHandler = (req: IncomingMessage | Http2ServerRequest, res: ServerResponse | Http2ServerResponse) => void;
 
@@ -81,10 +85,12 @@ export interface AuthConfig {
   /** Serve plain HTTP/1.1 (health, metrics) on the TLS port too, chosen by ALPN. */
   singlePort: boolean;
   diagAddr?: string;
-  /** Open connections at most (default 4096); more are closed at once. */
+  /** Open connections at most (default 24,576); more are closed at once. */
   maxConnections?: number;
   /** Concurrent streams per connection at most (default 64), as an HTTP/2 setting. */
   maxStreams?: number;
+  /** Change streams (watch.ts) at most, in all and per source address. */
+  watchLimits?: WatchLimits;
 }
 
 /** Largest request accepted: every legitimate message is a few KiB. */
@@ -109,6 +115,8 @@ interface Peer {
   remoteAddr: string;
   x509: X509Certificate | undefined;
   authorized: boolean;
+  /** The HTTP/2 session, which a change stream keeps open (watch.ts). */
+  session?: ServerHttp2Session | undefined;
 }
 const peerKey = createContextKey<Peer>({ remoteAddr: "", x509: undefined, authorized: false });
 const callerKey = createContextKey<Caller>({ remoteAddr: "", cert: undefined });
@@ -116,7 +124,7 @@ const callerKey = createContextKey<Caller>({ remoteAddr: "", cert: undefined });
 function peerOf(req: Http2ServerRequest): Peer {
   const socket = req.socket as TLSSocket;
   const remoteAddr = socket.remoteAddress ?? "";
-  return { remoteAddr, x509: socket.getPeerX509Certificate(), authorized: socket.authorized };
+  return { remoteAddr, x509: socket.getPeerX509Certificate(), authorized: socket.authorized, session: req.stream?.session as ServerHttp2Session | undefined };
 }
 
 /**
@@ -173,7 +181,7 @@ export interface AuthMetrics {
   duration: ReturnType<Registry["histogram"]>;
 }
 
-function routes(ctx: AuthContext, revocations: Revocations, metrics: AuthMetrics, adminIdentity: () => AdminIdentityKeeper | undefined) {
+function routes(ctx: AuthContext, revocations: Revocations, hub: WatchHub, metrics: AuthMetrics, adminIdentity: () => AdminIdentityKeeper | undefined) {
   // Every handler goes through here: one place for metrics, logging and error mapping. Only an
   // admin hears an error's own message; anyone else gets its code and a sentence (errors.ts).
   const failed = (method: string, e: unknown, admin: boolean): ConnectError => {
@@ -206,6 +214,17 @@ function routes(ctx: AuthContext, revocations: Revocations, metrics: AuthMetrics
         throw failed(method, e, true);
       } finally {
         metrics.duration.observe((performance.now() - start) / 1000, { method });
+      }
+    };
+
+  /** A change stream (watch.ts): counted and its errors mapped like a unary call's. */
+  const watch = <Req, Res>(method: string, fn: (req: Req, caller: Caller, peer: Peer, signal: AbortSignal) => AsyncIterable<Res>) =>
+    async function* (req: Req, hc: HandlerContext): AsyncGenerator<Res> {
+      try {
+        yield* fn(req, hc.values.get(callerKey), hc.values.get(peerKey), hc.signal);
+        metrics.calls.inc({ method, result: "ok" });
+      } catch (e) {
+        throw failed(method, e, false);
       }
     };
 
@@ -257,6 +276,10 @@ function routes(ctx: AuthContext, revocations: Revocations, metrics: AuthMetrics
         await recordInstanceCaState(ctx, caller.cert?.identityId ?? "", caller.cert?.instanceId ?? "", req.heldCaState);
         return create(GetCaStateResponseSchema, { caState: caState(ctx.cas), renewWithinMs: BigInt(renewSpreadMs(ctx.cas, CA_KINDS)) });
       }),
+      watch: watch("WatchCaState", async function* (req: WatchCaStateRequest, caller, peer, signal) {
+        await recordInstanceCaState(ctx, caller.cert?.identityId ?? "", caller.cert?.instanceId ?? "", req.heldCaState);
+        yield* hub.watchDaemon(caller, peer.session, signal);
+      }),
     });
     router.service(NodeService, {
       heartbeat: unary("Heartbeat", async (req: HeartbeatRequest, caller) => {
@@ -269,6 +292,10 @@ function routes(ctx: AuthContext, revocations: Revocations, metrics: AuthMetrics
       getRevocations: unary("GetRevocations", async (req: GetRevocationsRequest, caller) => {
         await recordNodeCaState(ctx, await callingNode(ctx, caller), req.heldCaState, req.heldUserCaState);
         return { ...(await revocations.reply(req.krlVersion)), userCaState: caState(ctx.cas, ["user"]) };
+      }),
+      watch: watch("WatchRevocations", async function* (req: WatchNodeRequest, caller, peer, signal) {
+        await recordNodeCaState(ctx, await callingNode(ctx, caller), req.heldCaState, req.heldUserCaState);
+        yield* hub.watchNode(caller, peer.session, req.krlVersion, signal);
       }),
     });
     router.service(AgentService, {
@@ -333,6 +360,7 @@ function routes(ctx: AuthContext, revocations: Revocations, metrics: AuthMetrics
       listNodes: admin("ListNodes", async () => create(adminPb.ListNodesResponseSchema, { nodes: await nodes.listNodes(ctx) })),
       deleteNode: admin("DeleteNode", async (req: adminPb.DeleteNodeRequest, by) => {
         await nodes.removeNode(ctx, by, req.name);
+        hub.nodeRemoved(req.name);
         return {};
       }),
       listAudit: adminStream("ListAudit", async function* (req: adminPb.ListAuditRequest) {
@@ -395,7 +423,8 @@ const SECURE_OPTIONS = {
 
 /** How long a TLS handshake, a request's body, or a connection with nothing to say may take. */
 export const REQUEST_DEADLINE_MS = 10_000;
-const DEFAULT_MAX_CONNECTIONS = 4096;
+/** Room for DEFAULT_WATCH_LIMITS.maxStreams agents holding a stream each, plus renewals and admins. */
+const DEFAULT_MAX_CONNECTIONS = 24_576;
 const DEFAULT_MAX_STREAMS = 64;
 
 /**
@@ -462,7 +491,9 @@ export async function startAuthService(cfg: AuthConfig, log: Logger = createLogg
     const tlsNames = cfg.publicAddrs.length ? cfg.publicAddrs : [cfg.listen];
     const tls = await serverTls(cas, clusterName, tlsNames, now());
     let keeper: AdminIdentityKeeper | undefined;
-    const api = routes(ctx, new Revocations(ctx), metrics, () => keeper);
+    const revocations = new Revocations(ctx);
+    const hub = new WatchHub(ctx, revocations, log, cfg.watchLimits ?? DEFAULT_WATCH_LIMITS, REQUEST_DEADLINE_MS);
+    const api = routes(ctx, revocations, hub, metrics, () => keeper);
     const connectHandler = connectNodeAdapter({
       routes: api.router,
       interceptors: [api.authInterceptor],
@@ -516,8 +547,10 @@ export async function startAuthService(cfg: AuthConfig, log: Logger = createLogg
     watcher = new CaWatcher(ctx, async (fresh) => {
       srv.setSecureContext({ ...(await serverTls(fresh, clusterName, tlsNames, now())), ...SECURE_OPTIONS });
       await keeper?.refresh(true);
+      hub.casChanged();
     }, log);
     watcher.start();
+    hub.start();
     const diagServer = cfg.diagAddr ? await startDiagServer(cfg.diagAddr, diag) : undefined;
     ready = true;
     return {
@@ -529,6 +562,7 @@ export async function startAuthService(cfg: AuthConfig, log: Logger = createLogg
         ready = false;
         keeper?.stop();
         watcher?.stop();
+        hub.stop();
         await new Promise<void>((resolve) => {
           srv.close(() => resolve());
           // Clients keep idle HTTP/2 sessions open, which would hold close() open: a graceful

@@ -11,7 +11,7 @@ export function registerAuth(program: Command): void {
     .option("--listen <host:port>", "gRPC over TLS", "0.0.0.0:3025")
     .option("--public-addr <addrs>", "address(es) clients use, comma-separated (default: the listen address)")
     .option("--cluster-name <name>", "names the CAs and the SPIFFE trust domain (default: the backend's, or on a new cluster this host's name)")
-    .option("--max-connections <n>", "open connections at most; more are closed at once", "4096")
+    .option("--max-connections <n>", "open connections at most; more are closed at once", "24576")
     .option("--backend <spec>", "sqlite (in the data dir), memory, or postgres://...", "sqlite")
     .option("--single-port", "serve gRPC and plain HTTP (health, metrics) on one TLS port by ALPN", false)
     .option("--diag-addr <host:port>", "serve /livez, /readyz, /metrics over HTTP")

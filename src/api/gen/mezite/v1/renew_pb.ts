@@ -12,7 +12,58 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file mezite/v1/renew.proto.
  */
 export const file_mezite_v1_renew: GenFile = /*@__PURE__*/
-  fileDesc("ChVtZXppdGUvdjEvcmVuZXcucHJvdG8SCW1leml0ZS52MSIqChFHZXRDYVN0YXRlUmVxdWVzdBIVCg1oZWxkX2NhX3N0YXRlGB4gASgJIj8KEkdldENhU3RhdGVSZXNwb25zZRIQCghjYV9zdGF0ZRgBIAEoCRIXCg9yZW5ld193aXRoaW5fbXMYAiABKAMiiQEKDFJlbmV3UmVxdWVzdBISCgpyZXF1ZXN0X2lkGAEgASgMEhYKDnNzaF9wdWJsaWNfa2V5GAIgASgJEhcKD3g1MDlfcHVibGljX2tleRgDIAEoDBIaChJyZW5ld2FsX3B1YmxpY19rZXkYBCABKAwSGAoQcmVxdWVzdGVkX3R0bF9tcxgFIAEoAyJECg1SZW5ld1Jlc3BvbnNlEjMKDGNlcnRpZmljYXRlcxgBIAEoCzIdLm1leml0ZS52MS5Jc3N1ZWRDZXJ0aWZpY2F0ZXMylQEKDFJlbmV3U2VydmljZRI6CgVSZW5ldxIXLm1leml0ZS52MS5SZW5ld1JlcXVlc3QaGC5tZXppdGUudjEuUmVuZXdSZXNwb25zZRJJCgpHZXRDYVN0YXRlEhwubWV6aXRlLnYxLkdldENhU3RhdGVSZXF1ZXN0Gh0ubWV6aXRlLnYxLkdldENhU3RhdGVSZXNwb25zZWIGcHJvdG8z", [file_mezite_v1_common]);
+  fileDesc("ChVtZXppdGUvdjEvcmVuZXcucHJvdG8SCW1leml0ZS52MSIsChNXYXRjaENhU3RhdGVSZXF1ZXN0EhUKDWhlbGRfY2Ffc3RhdGUYASABKAkiTwoRV2F0Y2hDYVN0YXRlRXZlbnQSEAoIY2Ffc3RhdGUYASABKAkSFwoPcmVuZXdfd2l0aGluX21zGAIgASgDEg8KB3Jldm9rZWQYAyABKAgiKgoRR2V0Q2FTdGF0ZVJlcXVlc3QSFQoNaGVsZF9jYV9zdGF0ZRgeIAEoCSI/ChJHZXRDYVN0YXRlUmVzcG9uc2USEAoIY2Ffc3RhdGUYASABKAkSFwoPcmVuZXdfd2l0aGluX21zGAIgASgDIokBCgxSZW5ld1JlcXVlc3QSEgoKcmVxdWVzdF9pZBgBIAEoDBIWCg5zc2hfcHVibGljX2tleRgCIAEoCRIXCg94NTA5X3B1YmxpY19rZXkYAyABKAwSGgoScmVuZXdhbF9wdWJsaWNfa2V5GAQgASgMEhgKEHJlcXVlc3RlZF90dGxfbXMYBSABKAMiRAoNUmVuZXdSZXNwb25zZRIzCgxjZXJ0aWZpY2F0ZXMYASABKAsyHS5tZXppdGUudjEuSXNzdWVkQ2VydGlmaWNhdGVzMt4BCgxSZW5ld1NlcnZpY2USOgoFUmVuZXcSFy5tZXppdGUudjEuUmVuZXdSZXF1ZXN0GhgubWV6aXRlLnYxLlJlbmV3UmVzcG9uc2USSQoKR2V0Q2FTdGF0ZRIcLm1leml0ZS52MS5HZXRDYVN0YXRlUmVxdWVzdBodLm1leml0ZS52MS5HZXRDYVN0YXRlUmVzcG9uc2USRwoFV2F0Y2gSHi5tZXppdGUudjEuV2F0Y2hDYVN0YXRlUmVxdWVzdBocLm1leml0ZS52MS5XYXRjaENhU3RhdGVFdmVudDABYgZwcm90bzM", [file_mezite_v1_common]);
+
+/**
+ * @generated from message mezite.v1.WatchCaStateRequest
+ */
+export type WatchCaStateRequest = Message<"mezite.v1.WatchCaStateRequest"> & {
+  /**
+   * As GetCaStateRequest: reported when the stream opens.
+   *
+   * @generated from field: string held_ca_state = 1;
+   */
+  heldCaState: string;
+};
+
+/**
+ * Describes the message mezite.v1.WatchCaStateRequest.
+ * Use `create(WatchCaStateRequestSchema)` to create a new message.
+ */
+export const WatchCaStateRequestSchema: GenMessage<WatchCaStateRequest> = /*@__PURE__*/
+  messageDesc(file_mezite_v1_renew, 0);
+
+/**
+ * @generated from message mezite.v1.WatchCaStateEvent
+ */
+export type WatchCaStateEvent = Message<"mezite.v1.WatchCaStateEvent"> & {
+  /**
+   * As GetCaStateResponse.
+   *
+   * @generated from field: string ca_state = 1;
+   */
+  caState: string;
+
+  /**
+   * @generated from field: int64 renew_within_ms = 2;
+   */
+  renewWithinMs: bigint;
+
+  /**
+   * The identity, the instance or one of its roles was locked, or it was deleted: renew now (the
+   * refusal ends the daemon). The stream ends after this event.
+   *
+   * @generated from field: bool revoked = 3;
+   */
+  revoked: boolean;
+};
+
+/**
+ * Describes the message mezite.v1.WatchCaStateEvent.
+ * Use `create(WatchCaStateEventSchema)` to create a new message.
+ */
+export const WatchCaStateEventSchema: GenMessage<WatchCaStateEvent> = /*@__PURE__*/
+  messageDesc(file_mezite_v1_renew, 1);
 
 /**
  * @generated from message mezite.v1.GetCaStateRequest
@@ -32,7 +83,7 @@ export type GetCaStateRequest = Message<"mezite.v1.GetCaStateRequest"> & {
  * Use `create(GetCaStateRequestSchema)` to create a new message.
  */
 export const GetCaStateRequestSchema: GenMessage<GetCaStateRequest> = /*@__PURE__*/
-  messageDesc(file_mezite_v1_renew, 0);
+  messageDesc(file_mezite_v1_renew, 2);
 
 /**
  * @generated from message mezite.v1.GetCaStateResponse
@@ -57,7 +108,7 @@ export type GetCaStateResponse = Message<"mezite.v1.GetCaStateResponse"> & {
  * Use `create(GetCaStateResponseSchema)` to create a new message.
  */
 export const GetCaStateResponseSchema: GenMessage<GetCaStateResponse> = /*@__PURE__*/
-  messageDesc(file_mezite_v1_renew, 1);
+  messageDesc(file_mezite_v1_renew, 3);
 
 /**
  * @generated from message mezite.v1.RenewRequest
@@ -97,7 +148,7 @@ export type RenewRequest = Message<"mezite.v1.RenewRequest"> & {
  * Use `create(RenewRequestSchema)` to create a new message.
  */
 export const RenewRequestSchema: GenMessage<RenewRequest> = /*@__PURE__*/
-  messageDesc(file_mezite_v1_renew, 2);
+  messageDesc(file_mezite_v1_renew, 4);
 
 /**
  * @generated from message mezite.v1.RenewResponse
@@ -114,7 +165,7 @@ export type RenewResponse = Message<"mezite.v1.RenewResponse"> & {
  * Use `create(RenewResponseSchema)` to create a new message.
  */
 export const RenewResponseSchema: GenMessage<RenewResponse> = /*@__PURE__*/
-  messageDesc(file_mezite_v1_renew, 3);
+  messageDesc(file_mezite_v1_renew, 5);
 
 /**
  * Called over mTLS with an agent's renewal certificate, which names the identity, the instance
@@ -140,6 +191,18 @@ export const RenewService: GenService<{
     methodKind: "unary";
     input: typeof GetCaStateRequestSchema;
     output: typeof GetCaStateResponseSchema;
+  },
+  /**
+   * One long-lived stream per daemon (SPEC §20): the CA state now, then each phase change, and
+   * whether this instance was locked or deleted (then renew now: the refusal says which), instead
+   * of GetCaState every 45 s.
+   *
+   * @generated from rpc mezite.v1.RenewService.Watch
+   */
+  watch: {
+    methodKind: "server_streaming";
+    input: typeof WatchCaStateRequestSchema;
+    output: typeof WatchCaStateEventSchema;
   },
 }> = /*@__PURE__*/
   serviceDesc(file_mezite_v1_renew, 0);
