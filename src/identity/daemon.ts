@@ -261,7 +261,7 @@ export class IdentityDaemon {
       this.restartStream = () => restart.abort();
       try {
         await this.watchOnce(restart.signal, () => {
-          if (lastError !== "") this.deps.log.info("change stream up again");
+          this.deps.log.info(lastError !== "" ? "change stream up again" : "change stream up");
           lastError = "";
           backoff.reset();
         });

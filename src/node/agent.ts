@@ -305,7 +305,7 @@ export class NodeAgent {
       let wait: number;
       try {
         await this.watchOnce(signal, () => {
-          if (lastError !== "") this.deps.log.info("change stream up again");
+          this.deps.log.info(lastError !== "" ? "change stream up again" : "change stream up");
           lastError = "";
           backoff.reset();
         });
