@@ -12,6 +12,8 @@ export function registerAuth(program: Command): void {
     .option("--public-addr <addrs>", "address(es) clients use, comma-separated (default: the listen address)")
     .option("--cluster-name <name>", "names the CAs and the SPIFFE trust domain (default: the backend's, or on a new cluster this host's name)")
     .option("--max-connections <n>", "open connections at most; more are closed at once", "24576")
+    .option("--max-change-streams <n>", "change streams (SPEC §20) at most; agents beyond it poll", "20000")
+    .option("--max-change-streams-per-source <n>", "change streams at most from one source address", "2000")
     .option("--backend <spec>", "sqlite (in the data dir), memory, or postgres://...", "sqlite")
     .option("--single-port", "serve gRPC and plain HTTP (health, metrics) on one TLS port by ALPN", false)
     .option("--diag-addr <host:port>", "serve /livez, /readyz, /metrics over HTTP")
@@ -29,6 +31,10 @@ export function registerAuth(program: Command): void {
         publicAddrs: o["publicAddr"] ? String(o["publicAddr"]).split(",").map((s) => s.trim()).filter(Boolean) : [],
         clusterName: o["clusterName"] === undefined ? undefined : String(o["clusterName"]),
         maxConnections: wholeNumber(o["maxConnections"], "--max-connections", 1, 1_000_000),
+        watchLimits: {
+          maxStreams: wholeNumber(o["maxChangeStreams"], "--max-change-streams", 0, 1_000_000),
+          maxPerSource: wholeNumber(o["maxChangeStreamsPerSource"], "--max-change-streams-per-source", 0, 1_000_000),
+        },
         backend: String(o["backend"]),
         singlePort: o["singlePort"] === true || o["singlePort"] === "true",
         ...(o["diagAddr"] ? { diagAddr: String(o["diagAddr"]) } : {}),
