@@ -40,6 +40,8 @@ export interface ServiceOptions {
   mezdJs?: string;
   /** Serve /metrics on this port (--diag-addr); with --workers > 1 each scrape reaches one worker. */
   diagPort?: number;
+  /** More `mezd auth start` flags. */
+  args?: string[];
 }
 
 export async function startService(o: ServiceOptions = {}): Promise<Service> {
@@ -50,6 +52,7 @@ export async function startService(o: ServiceOptions = {}): Promise<Service> {
   const fd = openSync(logPath, "a", 0o600);
   const args = [...(o.nodeArgs ?? []), mezd, "auth", "start", `--data-dir=${dataDir}`, "--listen=127.0.0.1:0", "--cluster-name=bench.mezite", "--backend=sqlite", `--workers=${o.workers ?? 1}`];
   if (o.diagPort !== undefined) args.push(`--diag-addr=127.0.0.1:${o.diagPort}`);
+  args.push(...(o.args ?? []));
   const proc: ChildProcess = spawnTracked(process.execPath, args, { stdio: ["ignore", fd, fd] });
   closeSync(fd);
   const addr = await readyAddr(proc, logPath);

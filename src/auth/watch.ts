@@ -8,8 +8,15 @@
  * records, also changed by another auth service on the same backend) calls casChanged(), and one
  * timer here rebuilds the Revocations cache (at most once a second, whatever the number of
  * streams) and compares it with the last state pushed. Nothing runs per stream while nothing
- * changes: no timer but a one-shot at the caller's certificate expiry (the stream ends then),
- * no backend read; keepalive is the clients' HTTP/2 PING, answered by nghttp2 without JavaScript.
+ * changes: no timer but a one-shot at the stream's end of life, no backend read; keepalive is the
+ * clients' HTTP/2 PING, answered by nghttp2 without JavaScript.
+ *
+ * Lifetimes: a node's stream ends when the certificate it was opened with expires (it carries lock
+ * lists and the KRL). A daemon's outlives its certificate (renewed every 20 minutes: moving the
+ * stream each time would cost more than the stream itself) since it carries only the public CA
+ * state and whether this very instance was locked or deleted, after which it ends; it ends after
+ * DAEMON_STREAM_MS (±10 %) in any case, so every daemon authenticates again once a day and a
+ * fleet spreads over auth services added meanwhile.
  *
  * Streams are capped in all and per source address; one more is refused with ERR_RATE_LIMITED
  * (RESOURCE_EXHAUSTED) and the agent polls as before.
@@ -42,6 +49,8 @@ export const DEFAULT_WATCH_LIMITS: WatchLimits = { maxStreams: 20_000, maxPerSou
 
 /** How often the revocation state is rebuilt and compared while any stream is open. */
 const CHECK_INTERVAL_MS = 1_000;
+/** A daemon's stream ends after this long (±10 %) and is opened again with its current certificate. */
+export const DAEMON_STREAM_MS = 24 * 3_600_000;
 /** setTimeout's longest delay; a stream whose certificate outlives it ends then and reconnects. */
 const MAX_TIMER_MS = 2 ** 31 - 1;
 
@@ -235,7 +244,8 @@ export class WatchHub {
       remoteAddr: caller.remoteAddr, session, wake: undefined, ended: false,
       name: caller.cert?.subjectCommonName ?? "", krlVersion: heldKrlVersion, pending: undefined, removed: false,
     };
-    return this.run(sub, caller, signal, this.nodes, async () => {
+    const lifeMs = caller.cert ? caller.cert.notAfter.getTime() - this.ctx.now() : 0;
+    return this.run(sub, lifeMs, signal, this.nodes, async () => {
       const value = await this.nodeState();
       if (this.lastNodeDigest === "") this.lastNodeDigest = digestOf(value);
       return { events: [this.nodeEvent(sub, value)], last: false };
@@ -261,7 +271,7 @@ export class WatchHub {
     };
     const now = (revoked: boolean) =>
       create(WatchCaStateEventSchema, { caState: caState(this.ctx.cas), renewWithinMs: BigInt(renewSpreadMs(this.ctx.cas, CA_KINDS)), revoked });
-    return this.run(sub, caller, signal, this.daemons, async () => {
+    return this.run(sub, DAEMON_STREAM_MS * (0.9 + Math.random() * 0.2), signal, this.daemons, async () => {
       // The revocation state as the ticks see it (rebuilt at most once a second).
       sub.revoked = isRevoked(sub, this.revokedSets(await this.nodeState()));
       if (this.lastCaState === "") this.lastCaState = caState(this.ctx.cas);
@@ -276,18 +286,17 @@ export class WatchHub {
 
   /**
    * The loop every stream runs: admitted, its first events, then whatever each wake-up finds,
-   * until the client goes, the caller's certificate expires, or a last event (removed, revoked).
+   * until the client goes, its lifetime (`lifeMs`) ends, or a last event (removed, revoked).
    */
   private async *run<S extends Subscriber, E>(
-    sub: S, caller: Caller, signal: AbortSignal, set: Set<S>,
+    sub: S, lifeMs: number, signal: AbortSignal, set: Set<S>,
     first: () => Promise<{ events: E[]; last: boolean }>, next: () => { events: E[]; last: boolean },
   ): AsyncGenerator<E> {
     this.admit(sub);
     set.add(sub);
     const onAbort = () => this.end(sub);
     signal.addEventListener("abort", onAbort, { once: true });
-    const expires = caller.cert ? caller.cert.notAfter.getTime() - this.ctx.now() : MAX_TIMER_MS;
-    const expiry = setTimeout(() => this.end(sub), Math.max(0, Math.min(expires, MAX_TIMER_MS)));
+    const expiry = setTimeout(() => this.end(sub), Math.max(0, Math.min(lifeMs, MAX_TIMER_MS)));
     expiry.unref();
     try {
       let step = await first();

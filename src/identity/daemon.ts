@@ -41,9 +41,6 @@ const WATCH_KEEPALIVE: Keepalive = { pingIntervalMs: 60_000, pingTimeoutMs: 20_0
 /** Reconnecting a cut stream: full jitter from 1 s doubling to 60 s; refused (caps, an older service): again after minutes. */
 const WATCH_BACKOFF = { baseMs: 1_000, maxMs: 60_000 } as const;
 const WATCH_REFUSED_MS = 5 * 60_000;
-/** A renewal's connection stays usable this long after it: the stream moves onto it, no new handshake. */
-const FRESH_CLIENT_MS = 2_000;
-
 type RenewClient = Client<typeof RenewService>;
 
 export interface DaemonDeps {
@@ -74,12 +71,7 @@ export class IdentityDaemon {
   private streaming = false;
   /** A phase change the stream pushed, not yet looked at by waitForRenewal. */
   private pushed: { caState: string; renewWithinMs: number } | undefined;
-  /** The last renewal's connection, onto which the stream moves (its certificate is newer). */
-  private renewed: { client: RenewClient; certExpires: number; at: number } | undefined;
-  /** Ends the current stream so that the watch loop opens it again at once. */
-  private restartStream: (() => void) | undefined;
-  /** When the certificate the current stream was opened with expires (the service ends it then). */
-  private streamCertExpires = 0;
+
 
   constructor(private readonly opts: IdentityOptions, private readonly deps: DaemonDeps) {
     this.storage = new Storage(opts.storageDir);
@@ -246,40 +238,34 @@ export class IdentityDaemon {
 
   /**
    * Holds the change stream (RenewService.Watch): phase changes wake waitForRenewal; a lock or
-   * deletion of this instance renews now, whose refusal ends the daemon. A cut stream is replaced
-   * with jittered backoff; a refused one (caps, an older service) is asked for again after minutes,
-   * and waitForRenewal asks every --ca-check-interval meanwhile.
+   * deletion of this instance renews now, whose refusal ends the daemon. The stream lives across
+   * renewals (the service ends it after a day, or on a restart): it is opened again with the
+   * current certificate. A cut stream is replaced with jittered backoff; a refused one (caps, an
+   * older service) is asked for again after minutes, and waitForRenewal asks every
+   * --ca-check-interval meanwhile.
    */
   private async watchLoop(signal: AbortSignal): Promise<void> {
     const backoff = new Backoff({ ...WATCH_BACKOFF, random: this.random });
     let lastError = "";
     while (!signal.aborted) {
-      let wait = 0;
-      const restart = new AbortController();
-      const onAbort = () => restart.abort();
-      signal.addEventListener("abort", onAbort, { once: true });
-      this.restartStream = () => restart.abort();
+      let wait: number;
       try {
-        await this.watchOnce(restart.signal, () => {
+        await this.watchOnce(signal, () => {
           this.deps.log.info(lastError !== "" ? "change stream up again" : "change stream up");
           lastError = "";
           backoff.reset();
         });
-        if (!restart.signal.aborted) wait = backoff.next(); // ended by the service (its certificate expired, a restart)
+        wait = backoff.next(); // ended by the service (its lifetime, a restart)
       } catch (e) {
         if (signal.aborted) break;
-        if (!restart.signal.aborted) {
-          const err = fromConnectError(e, this.opts.authServer);
-          const cause = err.cause;
-          const refused = err.code === "ERR_RATE_LIMITED" || (cause instanceof ConnectError && cause.code === Code.Unimplemented);
-          wait = refused ? WATCH_REFUSED_MS * (0.5 + this.random()) : backoff.next();
-          if (err.message !== lastError) this.deps.log.warn(refused ? "change stream refused; asking every --ca-check-interval meanwhile" : "change stream failed; asking every --ca-check-interval meanwhile", { error: err.message, retry_in_ms: Math.round(wait) });
-          lastError = err.message;
-        }
+        const err = fromConnectError(e, this.opts.authServer);
+        const cause = err.cause;
+        const refused = err.code === "ERR_RATE_LIMITED" || (cause instanceof ConnectError && cause.code === Code.Unimplemented);
+        wait = refused ? WATCH_REFUSED_MS * (0.5 + this.random()) : backoff.next();
+        if (err.message !== lastError) this.deps.log.warn(refused ? "change stream refused; asking every --ca-check-interval meanwhile" : "change stream failed; asking every --ca-check-interval meanwhile", { error: err.message, retry_in_ms: Math.round(wait) });
+        lastError = err.message;
       } finally {
         this.streaming = false;
-        this.restartStream = undefined;
-        signal.removeEventListener("abort", onAbort);
       }
       await sleep(wait, signal);
     }
@@ -287,13 +273,9 @@ export class IdentityDaemon {
 
   private async watchOnce(signal: AbortSignal, up: () => void): Promise<void> {
     const state = this.state!;
-    // Right after a renewal, on its connection (no handshake); the renewal recorded what we hold.
-    const fresh = this.renewed !== undefined && this.now() - this.renewed.at < FRESH_CLIENT_MS ? this.renewed : undefined;
-    this.renewed = undefined;
-    const client = fresh?.client ?? this.renewClient(state);
-    this.streamCertExpires = fresh?.certExpires ?? state.expires;
     let first = true;
-    for await (const ev of client.watch({ heldCaState: fresh ? "" : state.ca_state ?? "" }, { signal, timeoutMs: 0 })) {
+    // Reports what the current certificates hold as it opens, as GetCaState does.
+    for await (const ev of this.renewClient(state).watch({ heldCaState: state.ca_state ?? "" }, { signal, timeoutMs: 0 })) {
       if (first) up();
       first = false;
       this.streaming = true;
@@ -441,9 +423,8 @@ export class IdentityDaemon {
     const keys = deserializeKeys(pending.keys);
     const request = buildRenewRequest(Buffer.from(pending.request_id, "hex"), keys, pending.ttl_ms);
     let certs: IssuedCertificates;
-    const client = this.renewClient(state);
     try {
-      const reply = await client.renew(request, { signal });
+      const reply = await this.renewClient(state).renew(request, { signal });
       if (!reply.certificates) throw new MeziteError("ERR_MALFORMED_CERT", "the auth service sent an empty renewal reply");
       certs = reply.certificates;
     } catch (e) {
@@ -458,12 +439,6 @@ export class IdentityDaemon {
     }
     this.apply(certs, keys, "renewed");
     this.storage.clearPending();
-    // The stream moves onto this connection (no handshake) when the certificate it was opened with
-    // would expire before the next renewal could move it.
-    if (this.restartStream && this.streamCertExpires < this.now() + 1.1 * this.opts.renewalIntervalMs + 60_000) {
-      this.renewed = { client, certExpires: state.expires, at: this.now() };
-      this.restartStream();
-    }
   }
 
   /** State first (it holds the renewal key the server now expects), then the outputs. */
