@@ -33,13 +33,16 @@ import {
   type GetRevocationsRequest,
   type HeartbeatRequest,
   type RenewHostCertificateRequest,
+  WatchNodeEventSchema,
+  WatchNodeRequestSchema,
   type WatchNodeRequest,
 } from "../api/gen/mezite/v1/node_pb.js";
 import {
-  GetCaStateResponseSchema, RenewRequestSchema, type GetCaStateRequest, RenewResponseSchema, RenewService, type RenewRequest, type WatchCaStateRequest,
+  GetCaStateResponseSchema, RenewRequestSchema, type GetCaStateRequest, RenewResponseSchema, RenewService, type RenewRequest,
+  WatchCaStateEventSchema, WatchCaStateRequestSchema, type WatchCaStateRequest,
 } from "../api/gen/mezite/v1/renew_pb.js";
 import { ERROR_REF_HEADER, toConnectError } from "../api/errors.js";
-import { unaryGrpc, type UnaryRoute } from "../api/grpc-unary.js";
+import { unaryGrpc, type StreamRoute, type UnaryRoute } from "../api/grpc-unary.js";
 import type { Backend } from "../backend/backend.js";
 import { openBackend } from "../backend/open.js";
 import { caPin, generateP256, issueServerCertificate, parseVerifiedCertificate, privateKeyToPem, type CertKind, type ParsedCert } from "../ca/x509.js";
@@ -219,9 +222,9 @@ function routes(ctx: AuthContext, revocations: Revocations, hub: WatchHub, metri
 
   /** A change stream (watch.ts): counted and its errors mapped like a unary call's. */
   const watch = <Req, Res>(method: string, fn: (req: Req, caller: Caller, peer: Peer, signal: AbortSignal) => AsyncIterable<Res>) =>
-    async function* (req: Req, hc: HandlerContext): AsyncGenerator<Res> {
+    async function* (req: Req, caller: Caller, peer: Peer, signal: AbortSignal): AsyncGenerator<Res> {
       try {
-        yield* fn(req, hc.values.get(callerKey), hc.values.get(peerKey), hc.signal);
+        yield* fn(req, caller, peer, signal);
         metrics.calls.inc({ method, result: "ok" });
       } catch (e) {
         throw failed(method, e, false);
@@ -258,9 +261,38 @@ function routes(ctx: AuthContext, revocations: Revocations, hub: WatchHub, metri
       },
     } as UnaryRoute,
   ];
-  const hot = new Map<string, UnaryRoute>([
+  // The change streams: held by every agent, so their per-call state is kept to what they need.
+  const watchDaemon = watch("WatchCaState", async function* (req: WatchCaStateRequest, caller, peer, signal) {
+    await recordInstanceCaState(ctx, caller.cert?.identityId ?? "", caller.cert?.instanceId ?? "", req.heldCaState);
+    yield* hub.watchDaemon(caller, peer.session, signal);
+  });
+  const watchNode = watch("WatchRevocations", async function* (req: WatchNodeRequest, caller, peer, signal) {
+    await recordNodeCaState(ctx, await callingNode(ctx, caller), req.heldCaState, req.heldUserCaState);
+    yield* hub.watchNode(caller, peer.session, req.krlVersion, signal);
+  });
+  const fastStream = <I extends DescMessage, O extends DescMessage>(service: DescService, input: I, output: O, method: string, handle: (req: MessageShape<I>, caller: Caller, peer: Peer, signal: AbortSignal) => AsyncIterable<MessageShape<O>>): [string, StreamRoute] => [
+    `/${service.typeName}/${method}`,
+    {
+      stream: true,
+      input,
+      output,
+      handle: async function* (req, http, signal) {
+        const peer = peerOf(http);
+        let caller: Caller;
+        try {
+          caller = await authenticate(ctx, peer, SERVICE_CALLER[service.typeName]!);
+        } catch (e) {
+          throw failed(method, e, false);
+        }
+        yield* handle(req as MessageShape<I>, caller, peer, signal);
+      },
+    } as StreamRoute,
+  ];
+  const hot = new Map<string, UnaryRoute | StreamRoute>([
     fast(JoinService, JoinRequestSchema, JoinResponseSchema, join, JoinService.method.join.name),
     fast(RenewService, RenewRequestSchema, RenewResponseSchema, renew, RenewService.method.renew.name),
+    fastStream(RenewService, WatchCaStateRequestSchema, WatchCaStateEventSchema, RenewService.method.watch.name, (req, caller, peer, signal) => watchDaemon(req, caller, peer, signal)),
+    fastStream(NodeService, WatchNodeRequestSchema, WatchNodeEventSchema, NodeService.method.watch.name, (req, caller, peer, signal) => watchNode(req, caller, peer, signal)),
   ]);
 
   const router = (router: ConnectRouter) => {
@@ -276,10 +308,7 @@ function routes(ctx: AuthContext, revocations: Revocations, hub: WatchHub, metri
         await recordInstanceCaState(ctx, caller.cert?.identityId ?? "", caller.cert?.instanceId ?? "", req.heldCaState);
         return create(GetCaStateResponseSchema, { caState: caState(ctx.cas), renewWithinMs: BigInt(renewSpreadMs(ctx.cas, CA_KINDS)) });
       }),
-      watch: watch("WatchCaState", async function* (req: WatchCaStateRequest, caller, peer, signal) {
-        await recordInstanceCaState(ctx, caller.cert?.identityId ?? "", caller.cert?.instanceId ?? "", req.heldCaState);
-        yield* hub.watchDaemon(caller, peer.session, signal);
-      }),
+      watch: (req, hc) => watchDaemon(req, hc.values.get(callerKey), hc.values.get(peerKey), hc.signal),
     });
     router.service(NodeService, {
       heartbeat: unary("Heartbeat", async (req: HeartbeatRequest, caller) => {
@@ -293,10 +322,7 @@ function routes(ctx: AuthContext, revocations: Revocations, hub: WatchHub, metri
         await recordNodeCaState(ctx, await callingNode(ctx, caller), req.heldCaState, req.heldUserCaState);
         return { ...(await revocations.reply(req.krlVersion)), userCaState: caState(ctx.cas, ["user"]) };
       }),
-      watch: watch("WatchRevocations", async function* (req: WatchNodeRequest, caller, peer, signal) {
-        await recordNodeCaState(ctx, await callingNode(ctx, caller), req.heldCaState, req.heldUserCaState);
-        yield* hub.watchNode(caller, peer.session, req.krlVersion, signal);
-      }),
+      watch: (req, hc) => watchNode(req, hc.values.get(callerKey), hc.values.get(peerKey), hc.signal),
     });
     router.service(AgentService, {
       listAccessibleNodes: unary("ListAccessibleNodes", (req, caller) => listAccessibleNodes(ctx, caller, req)),
