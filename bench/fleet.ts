@@ -27,7 +27,7 @@ import { readNodeConfig, readNodeTls } from "../src/node/layout.js";
 import { tokenFrom } from "../test/harness/auth.js";
 import type { Run, RunResult, Setup } from "./workers/loadgen.js";
 import type { Cred, FleetMessage, FleetReply } from "./workers/fleet-gen.js";
-import { ROOT, TSX, cpuSecondsPrecise, note, percentile, rssKiB, sleep, spawnTracked, tempDir } from "./lib.js";
+import { ROOT, TSX, cpuSecondsPrecise, mustRun, note, percentile, rssKiB, sleep, spawnTracked, tempDir } from "./lib.js";
 import { renewOnce, joinOnce } from "./rpc.js";
 import { addIdentity, createSeedRole, joinMany, mezctl, startService, type Service } from "./service.js";
 
@@ -60,6 +60,8 @@ export interface FleetFigures {
   credentials: { daemons: number; nodes: number };
   windowMs: number;
   idleCpuMsPerHour: number;
+  /** The idle service's CPU in the window before the agents and after them, ms: the noise floor. */
+  idleWindowsCpuMs: number[];
   renewalCpuMs: number;
   stream: PathFigures & {
     /** Reconnecting a daemon's stream (a new mTLS connection; once a day), ms of service CPU. */
@@ -67,6 +69,8 @@ export interface FleetFigures {
     rssKiBPerAgent: number;
     rssBeforeKiB: number;
     rssAfterKiB: number;
+    /** The floor: a bare node:http2 TLS server holding as many idle streams, per connection. */
+    bareRssKiBPerConnection: number;
   };
   poll: PathFigures;
   halfRate: number;
@@ -133,8 +137,9 @@ async function lockTime(svc: Service, gen: Gen, identity: string): Promise<{ ms:
   return { ms: r.seen === undefined || r.lastSeenAt === undefined ? -1 : r.lastSeenAt - t0, seen: r.seen ?? 0 };
 }
 
-async function measurePath(svc: Service, gen: Gen, o: FleetOptions, mode: "stream" | "poll", idleCpuPerSec: number, lockIdentity: string): Promise<PathFigures & { reopenCpuMs?: number; rssAfterKiB?: number }> {
+async function measurePath(svc: Service, gen: Gen, o: FleetOptions, mode: "stream" | "poll", idleCpuPerSec: number, lockIdentity: string): Promise<PathFigures & { reopenCpuMs?: number; rssBeforeKiB: number; rssAfterKiB: number; daemonsCpu: number }> {
   const hour = (cpuS: number, agents: number) => (((cpuS / (o.windowMs / 1000)) * 3600) / agents) * 1000;
+  const rssBeforeKiB = rssKiB(svc.pids()[0]!);
   note(`fleet (${mode}): connecting ${o.daemons} daemons`);
   let r = await gen.ask({ type: "connect", kind: "daemon", count: o.daemons, mode });
   check(`${mode} daemons`, r);
@@ -163,7 +168,7 @@ async function measurePath(svc: Service, gen: Gen, o: FleetOptions, mode: "strea
   }
   note(`fleet (${mode}): a lock's way to ${o.nodes} node agents`);
   const lock = await lockTime(svc, gen, lockIdentity);
-  return { daemonCpuMsPerHour, nodeCpuMsPerHour, lockMs: lock.seen === o.nodes ? lock.ms : -1, lockSeen: lock.seen, errors, firstError, rssAfterKiB, ...(reopenCpuMs !== undefined ? { reopenCpuMs } : {}) };
+  return { daemonsCpu, daemonCpuMsPerHour, nodeCpuMsPerHour, lockMs: lock.seen === o.nodes ? lock.ms : -1, lockSeen: lock.seen, errors, firstError, rssBeforeKiB, rssAfterKiB, ...(reopenCpuMs !== undefined ? { reopenCpuMs } : {}) };
 }
 
 export async function fleet(o: FleetOptions): Promise<FleetFigures> {
@@ -187,7 +192,6 @@ export async function fleet(o: FleetOptions): Promise<FleetFigures> {
     await sleep(2000);
     const idleCpu = await cpuOver(svc, o.windowMs);
     const idleCpuPerSec = idleCpu / (o.windowMs / 1000);
-    const rssBeforeKiB = rssKiB(svc.pids()[0]!);
     const c0 = serviceCpu(svc);
     const t0 = performance.now();
     let next = 0;
@@ -197,7 +201,7 @@ export async function fleet(o: FleetOptions): Promise<FleetFigures> {
     const renewalCpuMs = ((serviceCpu(svc) - c0 - idleCpuPerSec * ((performance.now() - t0) / 1000)) / o.renewals) * 1000;
 
     const stream = await measurePath(svc, gen, o, "stream", idleCpuPerSec, "fleet-lock");
-    const rssAfterKiB = stream.rssAfterKiB!;
+    const { rssBeforeKiB, rssAfterKiB } = stream;
 
     // Renewal latency at half the saturation rate with the fleet connected: saturation measured
     // here (closed loop, 8 in flight, as section 2 does), then half of it open loop.
@@ -220,13 +224,24 @@ export async function fleet(o: FleetOptions): Promise<FleetFigures> {
     await sleep(6000); // the closed connections' sessions end
     const poll = await measurePath(svc, gen, o, "poll", idleCpuPerSec, "fleet-lock");
     check("close", await gen.ask({ type: "close" }));
+    // The idle service again, after everything: the daemons' figures subtract the mean of both.
+    await sleep(6000);
+    const idleCpuAfter = await cpuOver(svc, o.windowMs);
+    const idleMean = (idleCpu + idleCpuAfter) / 2;
+    const perDaemonHour = (cpuS: number) => (((cpuS - idleMean) / (o.windowMs / 1000)) * 3600 * 1000) / o.daemons;
+    stream.daemonCpuMsPerHour = perDaemonHour(stream.daemonsCpu);
+    poll.daemonCpuMsPerHour = perDaemonHour(poll.daemonsCpu);
+
+    note(`fleet: the floor, a bare node:http2 server holding ${agents} streams`);
+    const bare = JSON.parse((await mustRun(process.execPath, [...TSX, join(ROOT, "bench/workers/bare-h2.ts"), String(agents)], { timeoutMs: 300_000 })).stdout.trim().split("\n").pop()!) as { rssKiBPerConnection: number };
 
     return {
       daemons: o.daemons,
       nodes: o.nodes,
       credentials: o.credentials,
       windowMs: o.windowMs,
-      idleCpuMsPerHour: idleCpuPerSec * 3600 * 1000,
+      idleCpuMsPerHour: (idleMean / (o.windowMs / 1000)) * 3600 * 1000,
+      idleWindowsCpuMs: [idleCpu * 1000, idleCpuAfter * 1000],
       renewalCpuMs,
       stream: {
         daemonCpuMsPerHour: stream.daemonCpuMsPerHour,
@@ -239,6 +254,7 @@ export async function fleet(o: FleetOptions): Promise<FleetFigures> {
         rssBeforeKiB,
         rssAfterKiB,
         rssKiBPerAgent: (rssAfterKiB - rssBeforeKiB) / agents,
+        bareRssKiBPerConnection: bare.rssKiBPerConnection,
       },
       poll: { daemonCpuMsPerHour: poll.daemonCpuMsPerHour, nodeCpuMsPerHour: poll.nodeCpuMsPerHour, lockMs: poll.lockMs, lockSeen: poll.lockSeen, errors: poll.errors, firstError: poll.firstError },
       halfRate,

@@ -164,8 +164,10 @@ export function sections(r: Results): string[] {
     out.push(line("  3 renewals an hour (the 20-minute interval)", ms(3 * fl.renewalCpuMs * 1000)));
     out.push(line("a daemon's stream reconnected (mTLS handshake + open)", ms(s.reopenCpuMs * 1000)));
     out.push(line("idle service CPU per hour (subtracted)", ms(fl.idleCpuMsPerHour * 1000)));
+    out.push(line("  its two windows, before and after the agents", ...fl.idleWindowsCpuMs.map((c) => ms(c * 1000))));
     out.push(line("service RSS before / with the streams", `${f1(s.rssBeforeKiB / 1024)} MiB`, `${f1(s.rssAfterKiB / 1024)} MiB`));
     out.push(line("  per connected agent", `${f1(s.rssKiBPerAgent)} KiB`));
+    out.push(line("  floor: bare node:http2 + TLS, one idle stream each", `${f1(s.bareRssKiBPerConnection)} KiB`));
     out.push(line(`renewals at ${fl.halfRate}/s (half saturation), fleet connected`, `p50 ${f1(fl.renewP50Ms)} ms`, `p99 ${f1(fl.renewP99Ms)} ms`));
     if (fl.renewErrors > 0) out.push(line("  renewals that failed", f0(fl.renewErrors)));
     const k = 100_000;
