@@ -28,8 +28,8 @@ export interface StreamRoute<I extends DescMessage = DescMessage, O extends Desc
   stream: true;
   input: I;
   output: O;
-  /** `signal` aborts when the client goes away. */
-  handle(input: MessageShape<I>, req: Http2ServerRequest, signal: AbortSignal): AsyncIterable<MessageShape<O>>;
+  /** `signal` aborts when the client goes away. The stream's messages, once the call is accepted. */
+  handle(input: MessageShape<I>, req: Http2ServerRequest, signal: AbortSignal): Promise<AsyncIterable<MessageShape<O>>>;
 }
 
 type Handler = (req: IncomingMessage | Http2ServerRequest, res: ServerResponse | Http2ServerResponse) => void;
@@ -56,8 +56,8 @@ async function serveStream(route: StreamRoute, maxBytes: number, req: Http2Serve
   res.once("close", gone);
   let trailers: Record<string, string> = { "grpc-status": "0" };
   try {
-    const input = fromBinaryOr(route.input, await readMessage(req, maxBytes));
-    for await (const message of route.handle(input, req, abort.signal)) {
+    const messages = await route.handle(fromBinaryOr(route.input, await readMessage(req, maxBytes)), req, abort.signal);
+    for await (const message of messages) {
       if (res.stream.destroyed) break;
       if (!res.headersSent) res.writeHead(200, { "content-type": "application/grpc" });
       res.write(frame(toBinary(route.output, message)));

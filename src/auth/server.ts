@@ -220,15 +220,27 @@ function routes(ctx: AuthContext, revocations: Revocations, hub: WatchHub, metri
       }
     };
 
-  /** A change stream (watch.ts): counted and its errors mapped like a unary call's. */
-  const watch = <Req, Res>(method: string, fn: (req: Req, caller: Caller, peer: Peer, signal: AbortSignal) => AsyncIterable<Res>) =>
-    async function* (req: Req, caller: Caller, peer: Peer, signal: AbortSignal): AsyncGenerator<Res> {
+  /**
+   * A change stream (watch.ts): `open` checks and records, then gives the stream; counted and its
+   * errors mapped like a unary call's. What stays referenced for the stream's life is the
+   * stream's own state alone, not the request, certificate or caller (a service holds thousands).
+   */
+  const watch = <Req, Res>(method: string, open: (req: Req, caller: Caller, peer: Peer, signal: AbortSignal) => Promise<AsyncIterable<Res>>) =>
+    async (req: Req, caller: Caller, peer: Peer, signal: AbortSignal): Promise<AsyncIterable<Res>> => {
+      let events: AsyncIterable<Res>;
       try {
-        yield* fn(req, caller, peer, signal);
-        metrics.calls.inc({ method, result: "ok" });
+        events = await open(req, caller, peer, signal);
       } catch (e) {
         throw failed(method, e, false);
       }
+      return (async function* () {
+        try {
+          yield* events;
+          metrics.calls.inc({ method, result: "ok" });
+        } catch (e) {
+          throw failed(method, e, false);
+        }
+      })();
     };
 
   /** Checks the caller for connect's calls: each service's kind, before its handler runs. */
@@ -262,21 +274,21 @@ function routes(ctx: AuthContext, revocations: Revocations, hub: WatchHub, metri
     } as UnaryRoute,
   ];
   // The change streams: held by every agent, so their per-call state is kept to what they need.
-  const watchDaemon = watch("WatchCaState", async function* (req: WatchCaStateRequest, caller, peer, signal) {
+  const watchDaemon = watch("WatchCaState", async (req: WatchCaStateRequest, caller, peer, signal) => {
     await recordInstanceCaState(ctx, caller.cert?.identityId ?? "", caller.cert?.instanceId ?? "", req.heldCaState);
-    yield* hub.watchDaemon(caller, peer.session, signal);
+    return hub.watchDaemon(caller, peer.session, signal);
   });
-  const watchNode = watch("WatchRevocations", async function* (req: WatchNodeRequest, caller, peer, signal) {
+  const watchNode = watch("WatchRevocations", async (req: WatchNodeRequest, caller, peer, signal) => {
     await recordNodeCaState(ctx, await callingNode(ctx, caller), req.heldCaState, req.heldUserCaState);
-    yield* hub.watchNode(caller, peer.session, req.krlVersion, signal);
+    return hub.watchNode(caller, peer.session, req.krlVersion, signal);
   });
-  const fastStream = <I extends DescMessage, O extends DescMessage>(service: DescService, input: I, output: O, method: string, handle: (req: MessageShape<I>, caller: Caller, peer: Peer, signal: AbortSignal) => AsyncIterable<MessageShape<O>>): [string, StreamRoute] => [
+  const fastStream = <I extends DescMessage, O extends DescMessage>(service: DescService, input: I, output: O, method: string, open: (req: MessageShape<I>, caller: Caller, peer: Peer, signal: AbortSignal) => Promise<AsyncIterable<MessageShape<O>>>): [string, StreamRoute] => [
     `/${service.typeName}/${method}`,
     {
       stream: true,
       input,
       output,
-      handle: async function* (req, http, signal) {
+      handle: async (req, http, signal) => {
         const peer = peerOf(http);
         let caller: Caller;
         try {
@@ -284,7 +296,7 @@ function routes(ctx: AuthContext, revocations: Revocations, hub: WatchHub, metri
         } catch (e) {
           throw failed(method, e, false);
         }
-        yield* handle(req as MessageShape<I>, caller, peer, signal);
+        return open(req as MessageShape<I>, caller, peer, signal);
       },
     } as StreamRoute,
   ];
@@ -308,7 +320,9 @@ function routes(ctx: AuthContext, revocations: Revocations, hub: WatchHub, metri
         await recordInstanceCaState(ctx, caller.cert?.identityId ?? "", caller.cert?.instanceId ?? "", req.heldCaState);
         return create(GetCaStateResponseSchema, { caState: caState(ctx.cas), renewWithinMs: BigInt(renewSpreadMs(ctx.cas, CA_KINDS)) });
       }),
-      watch: (req, hc) => watchDaemon(req, hc.values.get(callerKey), hc.values.get(peerKey), hc.signal),
+      watch: async function* (req, hc) {
+        yield* await watchDaemon(req, hc.values.get(callerKey), hc.values.get(peerKey), hc.signal);
+      },
     });
     router.service(NodeService, {
       heartbeat: unary("Heartbeat", async (req: HeartbeatRequest, caller) => {
@@ -322,7 +336,9 @@ function routes(ctx: AuthContext, revocations: Revocations, hub: WatchHub, metri
         await recordNodeCaState(ctx, await callingNode(ctx, caller), req.heldCaState, req.heldUserCaState);
         return { ...(await revocations.reply(req.krlVersion)), userCaState: caState(ctx.cas, ["user"]) };
       }),
-      watch: (req, hc) => watchNode(req, hc.values.get(callerKey), hc.values.get(peerKey), hc.signal),
+      watch: async function* (req, hc) {
+        yield* await watchNode(req, hc.values.get(callerKey), hc.values.get(peerKey), hc.signal);
+      },
     });
     router.service(AgentService, {
       listAccessibleNodes: unary("ListAccessibleNodes", (req, caller) => listAccessibleNodes(ctx, caller, req)),
