@@ -32,8 +32,11 @@ import { renewOnce, joinOnce } from "./rpc.js";
 import { addIdentity, createSeedRole, joinMany, mezctl, startService, type Service } from "./service.js";
 
 export interface FleetOptions {
+  /** Streams: simulated daemons and node agents. */
   daemons: number;
   nodes: number;
+  /** Polling, for comparison: fewer (10,000 daemons polling would need more than this machine has). */
+  poll: { daemons: number; nodes: number };
   /** Joined identities and nodes whose certificates the simulated agents share. */
   credentials: { daemons: number; nodes: number };
   windowMs: number;
@@ -57,11 +60,10 @@ export interface PathFigures {
 export interface FleetFigures {
   daemons: number;
   nodes: number;
+  polled: { daemons: number; nodes: number };
   credentials: { daemons: number; nodes: number };
   windowMs: number;
   idleCpuMsPerHour: number;
-  /** The idle service's CPU in the window before the agents and after them, ms: the noise floor. */
-  idleWindowsCpuMs: number[];
   renewalCpuMs: number;
   stream: PathFigures & {
     /** Reconnecting a daemon's stream (a new mTLS connection; once a day), ms of service CPU. */
@@ -77,6 +79,9 @@ export interface FleetFigures {
   renewP50Ms: number;
   renewP99Ms: number;
   renewErrors: number;
+  /** The same rate with no agent connected, just before. */
+  baseP50Ms: number;
+  baseP99Ms: number;
 }
 
 class Gen {
@@ -137,25 +142,25 @@ async function lockTime(svc: Service, gen: Gen, identity: string): Promise<{ ms:
   return { ms: r.seen === undefined || r.lastSeenAt === undefined ? -1 : r.lastSeenAt - t0, seen: r.seen ?? 0 };
 }
 
-async function measurePath(svc: Service, gen: Gen, o: FleetOptions, mode: "stream" | "poll", idleCpuPerSec: number, lockIdentity: string): Promise<PathFigures & { reopenCpuMs?: number; rssBeforeKiB: number; rssAfterKiB: number; daemonsCpu: number }> {
+async function measurePath(svc: Service, gen: Gen, o: FleetOptions, n: { daemons: number; nodes: number }, mode: "stream" | "poll", idleCpuPerSec: number, lockIdentity: string): Promise<PathFigures & { reopenCpuMs?: number; rssBeforeKiB: number; rssAfterKiB: number }> {
   const hour = (cpuS: number, agents: number) => (((cpuS / (o.windowMs / 1000)) * 3600) / agents) * 1000;
   const rssBeforeKiB = rssKiB(svc.pids()[0]!);
-  note(`fleet (${mode}): connecting ${o.daemons} daemons`);
-  let r = await gen.ask({ type: "connect", kind: "daemon", count: o.daemons, mode });
+  note(`fleet (${mode}): connecting ${n.daemons} daemons`);
+  let r = await gen.ask({ type: "connect", kind: "daemon", count: n.daemons, mode });
   check(`${mode} daemons`, r);
   let errors = r.failed;
   let firstError = r.firstError;
   await sleep(3000);
   const daemonsCpu = await cpuOver(svc, o.windowMs);
-  const daemonCpuMsPerHour = hour(daemonsCpu - idleCpuPerSec * (o.windowMs / 1000), o.daemons);
-  note(`fleet (${mode}): connecting ${o.nodes} node agents`);
-  r = await gen.ask({ type: "connect", kind: "node", count: o.nodes, mode });
+  const daemonCpuMsPerHour = hour(daemonsCpu - idleCpuPerSec * (o.windowMs / 1000), n.daemons);
+  note(`fleet (${mode}): connecting ${n.nodes} node agents`);
+  r = await gen.ask({ type: "connect", kind: "node", count: n.nodes, mode });
   check(`${mode} nodes`, r);
   errors += r.failed;
   firstError ||= r.firstError;
   await sleep(3000);
   const allCpu = await cpuOver(svc, o.windowMs);
-  const nodeCpuMsPerHour = hour(allCpu - daemonsCpu, o.nodes);
+  const nodeCpuMsPerHour = hour(allCpu - daemonsCpu, n.nodes);
   const rssAfterKiB = rssKiB(svc.pids()[0]!);
   let reopenCpuMs: number | undefined;
   if (mode === "stream") {
@@ -164,11 +169,11 @@ async function measurePath(svc: Service, gen: Gen, o: FleetOptions, mode: "strea
     r = await gen.ask({ type: "reopen" });
     check("reopen", r);
     const cpu = serviceCpu(svc) - before - idleCpuPerSec * ((performance.now() - t0) / 1000);
-    reopenCpuMs = (cpu / o.daemons) * 1000;
+    reopenCpuMs = (cpu / n.daemons) * 1000;
   }
-  note(`fleet (${mode}): a lock's way to ${o.nodes} node agents`);
+  note(`fleet (${mode}): a lock's way to ${n.nodes} node agents`);
   const lock = await lockTime(svc, gen, lockIdentity);
-  return { daemonsCpu, daemonCpuMsPerHour, nodeCpuMsPerHour, lockMs: lock.seen === o.nodes ? lock.ms : -1, lockSeen: lock.seen, errors, firstError, rssBeforeKiB, rssAfterKiB, ...(reopenCpuMs !== undefined ? { reopenCpuMs } : {}) };
+  return { daemonCpuMsPerHour, nodeCpuMsPerHour, lockMs: lock.seen === n.nodes ? lock.ms : -1, lockSeen: lock.seen, errors, firstError, rssBeforeKiB, rssAfterKiB, ...(reopenCpuMs !== undefined ? { reopenCpuMs } : {}) };
 }
 
 export async function fleet(o: FleetOptions): Promise<FleetFigures> {
@@ -189,7 +194,7 @@ export async function fleet(o: FleetOptions): Promise<FleetFigures> {
     check("setup", await gen.ask({ type: "setup", addr: svc.addr, daemons: daemonCreds, nodes: nodeCreds }));
 
     note("fleet: the idle service, and a renewal's cost");
-    await sleep(2000);
+    await sleep(10_000); // what the joins left behind (GC, SQLite) settles
     const idleCpu = await cpuOver(svc, o.windowMs);
     const idleCpuPerSec = idleCpu / (o.windowMs / 1000);
     const c0 = serviceCpu(svc);
@@ -200,37 +205,35 @@ export async function fleet(o: FleetOptions): Promise<FleetFigures> {
     }));
     const renewalCpuMs = ((serviceCpu(svc) - c0 - idleCpuPerSec * ((performance.now() - t0) / 1000)) / o.renewals) * 1000;
 
-    const stream = await measurePath(svc, gen, o, "stream", idleCpuPerSec, "fleet-lock");
-    const { rssBeforeKiB, rssAfterKiB } = stream;
-
-    // Renewal latency at half the saturation rate with the fleet connected: saturation measured
-    // here (closed loop, 8 in flight, as section 2 does), then half of it open loop.
-    note("fleet: renewal saturation with the fleet connected, then half of it");
+    // Renewal latency at half the saturation rate (closed loop, 8 in flight, as section 2 does),
+    // open loop: first with no agent connected, then with the fleet's streams.
+    note("fleet: renewal saturation, then half of it with no agent connected");
     const lg = new Gen("bench/workers/loadgen.ts");
+    const half = (rate: number) => lg.ask<RunResult>({ type: "run", mode: "open", concurrency: 0, rate, startAt: Date.now() + 500, warmupMs: 2000, durationMs: o.latencyWindowMs } as Run);
+    let base: RunResult;
     let lat: RunResult;
     let halfRate: number;
+    let stream: Awaited<ReturnType<typeof measurePath>>;
     try {
       await lg.ask({ type: "setup", addr: svc.addr, caPem: latency.caPem, identities: latency.joined, poolSize: 64 } as Setup);
       const sat = await lg.ask<RunResult>({ type: "run", mode: "closed", concurrency: 8, rate: 0, startAt: Date.now() + 500, warmupMs: 2000, durationMs: o.latencyWindowMs } as Run);
       halfRate = Math.max(1, Math.floor(sat.completed / (o.latencyWindowMs / 1000) / 2));
       note(`fleet: saturation ${(sat.completed / (o.latencyWindowMs / 1000)).toFixed(0)}/s; renewals at ${halfRate}/s`);
       await sleep(2000);
-      lat = await lg.ask<RunResult>({ type: "run", mode: "open", concurrency: 0, rate: halfRate, startAt: Date.now() + 500, warmupMs: 2000, durationMs: o.latencyWindowMs } as Run);
+      base = await half(halfRate);
+      await sleep(5000);
+      stream = await measurePath(svc, gen, o, o, "stream", idleCpuPerSec, "fleet-lock");
+      note(`fleet: renewals at ${halfRate}/s with the fleet connected`);
+      lat = await half(halfRate);
     } finally {
       lg.stop();
     }
+    const { rssBeforeKiB, rssAfterKiB } = stream;
 
     check("close", await gen.ask({ type: "close" }));
     await sleep(6000); // the closed connections' sessions end
-    const poll = await measurePath(svc, gen, o, "poll", idleCpuPerSec, "fleet-lock");
+    const poll = await measurePath(svc, gen, o, o.poll, "poll", idleCpuPerSec, "fleet-lock");
     check("close", await gen.ask({ type: "close" }));
-    // The idle service again, after everything: the daemons' figures subtract the mean of both.
-    await sleep(6000);
-    const idleCpuAfter = await cpuOver(svc, o.windowMs);
-    const idleMean = (idleCpu + idleCpuAfter) / 2;
-    const perDaemonHour = (cpuS: number) => (((cpuS - idleMean) / (o.windowMs / 1000)) * 3600 * 1000) / o.daemons;
-    stream.daemonCpuMsPerHour = perDaemonHour(stream.daemonsCpu);
-    poll.daemonCpuMsPerHour = perDaemonHour(poll.daemonsCpu);
 
     note(`fleet: the floor, a bare node:http2 server holding ${agents} streams`);
     const bare = JSON.parse((await mustRun(process.execPath, [...TSX, join(ROOT, "bench/workers/bare-h2.ts"), String(agents)], { timeoutMs: 300_000 })).stdout.trim().split("\n").pop()!) as { rssKiBPerConnection: number };
@@ -240,8 +243,8 @@ export async function fleet(o: FleetOptions): Promise<FleetFigures> {
       nodes: o.nodes,
       credentials: o.credentials,
       windowMs: o.windowMs,
-      idleCpuMsPerHour: (idleMean / (o.windowMs / 1000)) * 3600 * 1000,
-      idleWindowsCpuMs: [idleCpu * 1000, idleCpuAfter * 1000],
+      polled: o.poll,
+      idleCpuMsPerHour: idleCpuPerSec * 3600 * 1000,
       renewalCpuMs,
       stream: {
         daemonCpuMsPerHour: stream.daemonCpuMsPerHour,
@@ -261,6 +264,8 @@ export async function fleet(o: FleetOptions): Promise<FleetFigures> {
       renewP50Ms: percentile(lat.latencies, 50),
       renewP99Ms: percentile(lat.latencies, 99),
       renewErrors: lat.errors,
+      baseP50Ms: percentile(base.latencies, 50),
+      baseP99Ms: percentile(base.latencies, 99),
     };
   } finally {
     gen.stop();

@@ -154,21 +154,23 @@ export function sections(r: Results): string[] {
     const p = fl.poll;
     out.push(`8. Fleet: ${fl.daemons.toLocaleString("en")} simulated daemons and ${fl.nodes.toLocaleString("en")} node agents, one service (SQLite), each agent on its own mTLS connection`);
     out.push(`   (certificates of ${fl.credentials.daemons} joined identities and ${fl.credentials.nodes} joined nodes, shared; CPU over ${f0(fl.windowMs / 1000)} s windows minus the idle service's)`);
-    out.push(line("", "streams", "polling"));
+    out.push(line("", `streams`, `polling`));
+    out.push(line("  agents: daemons + nodes", `${fl.daemons}+${fl.nodes}`, `${fl.polled.daemons}+${fl.polled.nodes}`));
     out.push(line("service CPU per connected daemon-hour", ms(s.daemonCpuMsPerHour * 1000), ms(p.daemonCpuMsPerHour * 1000)));
     out.push(line("  + a reconnect a day (the stream's lifetime)", ms(fleetDaemonHour(fl) * 1000), "-"));
     out.push(line("service CPU per connected node-hour", ms(s.nodeCpuMsPerHour * 1000), ms(p.nodeCpuMsPerHour * 1000)));
-    out.push(line("a lock seen by every node agent (from mezctl's start)", s.lockMs >= 0 ? `${f0(s.lockMs)} ms` : `${s.lockSeen}/${fl.nodes} saw it`, p.lockMs >= 0 ? `${f0(p.lockMs)} ms` : `${p.lockSeen}/${fl.nodes} saw it`));
+    out.push(line("a lock seen by every node agent (from mezctl's start)", s.lockMs >= 0 ? `${f0(s.lockMs)} ms` : `${s.lockSeen}/${fl.nodes} saw it`, p.lockMs >= 0 ? `${f0(p.lockMs)} ms` : `${p.lockSeen}/${fl.polled.nodes} saw it`));
     out.push(line("agents that failed to connect or poll", f0(s.errors), f0(p.errors)));
     out.push(line("a renewal's service CPU (new mTLS connection)", ms(fl.renewalCpuMs * 1000)));
     out.push(line("  3 renewals an hour (the 20-minute interval)", ms(3 * fl.renewalCpuMs * 1000)));
     out.push(line("a daemon's stream reconnected (mTLS handshake + open)", ms(s.reopenCpuMs * 1000)));
     out.push(line("idle service CPU per hour (subtracted)", ms(fl.idleCpuMsPerHour * 1000)));
-    out.push(line("  its two windows, before and after the agents", ...fl.idleWindowsCpuMs.map((c) => ms(c * 1000))));
+
     out.push(line("service RSS before / with the streams", `${f1(s.rssBeforeKiB / 1024)} MiB`, `${f1(s.rssAfterKiB / 1024)} MiB`));
     out.push(line("  per connected agent", `${f1(s.rssKiBPerAgent)} KiB`));
     out.push(line("  floor: bare node:http2 + TLS, one idle stream each", `${f1(s.bareRssKiBPerConnection)} KiB`));
     out.push(line(`renewals at ${fl.halfRate}/s (half saturation), fleet connected`, `p50 ${f1(fl.renewP50Ms)} ms`, `p99 ${f1(fl.renewP99Ms)} ms`));
+    out.push(line("  the same rate with no agent connected", `p50 ${f1(fl.baseP50Ms)} ms`, `p99 ${f1(fl.baseP99Ms)} ms`));
     if (fl.renewErrors > 0) out.push(line("  renewals that failed", f0(fl.renewErrors)));
     const k = 100_000;
     const cores = (k * fleetDaemonHour(fl) + (k / 10) * s.nodeCpuMsPerHour) / 3_600_000;

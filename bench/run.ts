@@ -44,7 +44,7 @@ const config = quick
       scale: { identities: 10_000, joins: 8, renewals: 16, lsRuns: 1, statusRuns: 2 },
       agents: { runs: 3, principalsRuns: 6, settleMs: 2000, idleMs: 2000 },
       revocations: { serials: 100_000, rounds: 2 },
-      fleet: { daemons: 200, nodes: 20, credentials: { daemons: 20, nodes: 4 }, windowMs: 10_000, renewals: 100, latencyWindowMs: 5_000 },
+      fleet: { daemons: 200, nodes: 20, poll: { daemons: 200, nodes: 20 }, credentials: { daemons: 20, nodes: 4 }, windowMs: 10_000, renewals: 100, latencyWindowMs: 5_000 },
     }
   : {
       floor: { windowMs: 3000, rounds: 2 },
@@ -52,7 +52,7 @@ const config = quick
       scale: { identities: 100_000, joins: 30, renewals: 60, lsRuns: 3, statusRuns: 5 },
       agents: { runs: 10, principalsRuns: 20, settleMs: 2000, idleMs: 24_000, noCodeCache: true },
       revocations: { serials: 100_000, rounds: 5 },
-      fleet: { daemons: 1_000, nodes: 100, credentials: { daemons: 100, nodes: 20 }, windowMs: 60_000, renewals: 400, latencyWindowMs: 15_000 },
+      fleet: { daemons: 10_000, nodes: 1_000, poll: { daemons: 1_000, nodes: 100 }, credentials: { daemons: 100, nodes: 20 }, windowMs: 60_000, renewals: 400, latencyWindowMs: 15_000 },
     };
 
 /** Source files newer than their build: the run would measure old code. */

@@ -167,10 +167,11 @@ export class WatchHub {
         s.wake?.();
       }
     }
-    const revoked = this.revokedSets(value);
-    const revokedDigest = `${value.lockedIdentityIds.join(",")}|${value.lockedInstanceIds.join(",")}|${revoked.instances.size}:${[...revoked.instances].join(",")}`;
+    // Deleted instances change the KRL or at least the number of tombstones.
+    const revokedDigest = `${value.krlVersion}|${value.lockedIdentityIds.join(",")}|${value.lockedInstanceIds.join(",")}|${this.revocations.revokedInstances().size}`;
     if (revokedDigest !== this.lastRevokedDigest) {
       this.lastRevokedDigest = revokedDigest;
+      const revoked = this.revokedSets(value);
       for (const s of this.daemons) {
         if (s.revoked || !isRevoked(s, revoked)) continue;
         s.revoked = true;

@@ -69,6 +69,8 @@ export class IdentityDaemon {
   private backoffCutUsed = false;
   /** A change stream is up: CA phase changes are pushed, not asked for. */
   private streaming = false;
+  /** The stream went down: waitForRenewal's sleep ends, so that it asks every --ca-check-interval again. */
+  private streamLost = false;
   /** A phase change the stream pushed, not yet looked at by waitForRenewal. */
   private pushed: { caState: string; renewWithinMs: number } | undefined;
 
@@ -198,6 +200,7 @@ export class IdentityDaemon {
       // While a change stream is up, phase changes are pushed: no asking.
       const check = this.streaming ? Infinity : this.now() + this.opts.caCheckIntervalMs * (0.9 + this.random() * 0.2);
       await this.sleepUntil(Math.min(renewAt, check, rotateAt), signal, true);
+      this.streamLost = false;
       if (signal.aborted || this.renewRequested || this.now() >= renewAt) return false;
       if (this.now() >= rotateAt) return true;
       const changed = this.pushed !== undefined ? this.takePushed() : this.now() >= check ? await this.caStateChanged(signal) : undefined;
@@ -265,7 +268,11 @@ export class IdentityDaemon {
         if (err.message !== lastError) this.deps.log.warn(refused ? "change stream refused; asking every --ca-check-interval meanwhile" : "change stream failed; asking every --ca-check-interval meanwhile", { error: err.message, retry_in_ms: Math.round(wait) });
         lastError = err.message;
       } finally {
-        this.streaming = false;
+        if (this.streaming) {
+          this.streaming = false;
+          this.streamLost = true;
+          this.wake?.();
+        }
       }
       await sleep(wait, signal);
     }
@@ -339,7 +346,7 @@ export class IdentityDaemon {
    * (renewSoon) ends it.
    */
   private async sleepUntil(at: number, signal: AbortSignal, wakeOnPush = false): Promise<void> {
-    while (!signal.aborted && !this.renewRequested && !(wakeOnPush && this.pushed !== undefined) && this.now() < at) {
+    while (!signal.aborted && !this.renewRequested && !(wakeOnPush && (this.pushed !== undefined || this.streamLost)) && this.now() < at) {
       const step = new AbortController();
       const stop = () => step.abort();
       signal.addEventListener("abort", stop, { once: true });
