@@ -5,11 +5,11 @@
  * the manual step's spread; a lock of its identity ends it within seconds, not at its next renewal.
  */
 import assert from "node:assert/strict";
-import { mkdtempSync, rmSync } from "node:fs";
+import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, before, describe, test } from "node:test";
-import { mezctlOk, type AuthProcess } from "../harness/auth.js";
+import { SEED_ROLE, mezctlOk, startAuth, type AuthProcess } from "../harness/auth.js";
 import { JOINED, RENEWED, addIdentity, killDaemons, startAuthWithRole, startDaemon } from "./fixture.js";
 
 let dir: string;
@@ -48,5 +48,29 @@ describe("identity daemons on change streams", () => {
     assert.equal(code, 3, `the locked daemon ends (exit 3) within 10 s, not at its next renewal:\n${d.output()}`);
     assert.match(d.output(), /locked/);
     process.stdout.write(`# lock ended the daemon after ${Date.now() - locked} ms\n`);
+  });
+});
+
+describe("a service that refuses change streams (--max-change-streams=0)", () => {
+  test("the daemon asks every --ca-check-interval instead, and still follows a phase change", async () => {
+    const refusing = await startAuth({ extraArgs: ["--max-change-streams=0"] });
+    const work = mkdtempSync(join(tmpdir(), "mezite-id-refused-"));
+    try {
+      writeFileSync(join(work, "role.yaml"), SEED_ROLE);
+      await mezctlOk(refusing, "create", "-f", join(work, "role.yaml"));
+      const token = await addIdentity(refusing, "poller");
+      const d = startDaemon(refusing.addr, join(work, "out"), [`--token=${token}`, "--ca-check-interval=2s"]);
+      await d.waitFor(JOINED);
+      await d.waitFor(/"msg":"change stream refused; asking every --ca-check-interval meanwhile"/);
+      await mezctlOk(refusing, "ca", "rotate", "--type=user", "--manual", "--phase=init");
+      await d.waitFor(/"msg":"CA rotation phase changed; renewing"/, 1, 10_000);
+      await d.waitFor(RENEWED, 1, 20_000);
+      assert.doesNotMatch(d.output(), /"msg":"change stream up"/);
+      d.proc.kill("SIGTERM");
+      assert.equal(await d.exited, 0);
+    } finally {
+      await refusing.stop();
+      rmSync(work, { recursive: true, force: true });
+    }
   });
 });
