@@ -3,6 +3,7 @@
  * and whether it is met. Ratios are of figures measured side by side in the same run.
  */
 import type { DaemonFigures, NodeFigures, StandaloneFigures } from "./agents.js";
+import type { FleetFigures } from "./fleet.js";
 import type { RevocationsFigures } from "./revocations.js";
 import type { ScaleFigures } from "./scale.js";
 import type { WorkersFigures } from "./throughput.js";
@@ -27,6 +28,7 @@ export interface Results {
   node?: NodeFigures;
   standalone?: StandaloneFigures;
   revocations?: RevocationsFigures;
+  fleet?: FleetFigures;
 }
 
 export interface TargetRow {
@@ -150,8 +152,45 @@ export function sections(r: Results): string[] {
     out.push(line("bulk insert of the tombstones", `${f1(rv.insertMs / 1000)} s`));
     out.push("");
   }
+  const fl = r.fleet;
+  if (fl) {
+    const s = fl.stream;
+    const p = fl.poll;
+    out.push(`8. Fleet: ${fl.daemons.toLocaleString("en")} simulated daemons and ${fl.nodes.toLocaleString("en")} node agents, one service (SQLite), each agent on its own mTLS connection`);
+    out.push(`   (certificates of ${fl.credentials.daemons} joined identities and ${fl.credentials.nodes} joined nodes, shared; CPU over ${f0(fl.windowMs / 1000)} s windows minus the idle service's)`);
+    out.push(line("", `streams`, `polling`));
+    out.push(line("  agents: daemons + nodes", `${fl.daemons}+${fl.nodes}`, `${fl.polled.daemons}+${fl.polled.nodes}`));
+    out.push(line("service CPU per connected agent-hour (all connected)", ms(s.agentCpuMsPerHour * 1000), ms(p.agentCpuMsPerHour * 1000)));
+    out.push(line("  + a daemon's reconnect a day (its stream's lifetime)", ms(fleetAgentHour(fl) * 1000), "-"));
+    out.push(line("  daemons alone (window before the nodes joined)", ms(s.daemonCpuMsPerHour * 1000), ms(p.daemonCpuMsPerHour * 1000)));
+    out.push(line("  nodes alone (the next window's increase)", ms(s.nodeCpuMsPerHour * 1000), ms(p.nodeCpuMsPerHour * 1000)));
+    out.push(line("a lock seen by every node agent (from mezctl's start)", s.lockMs >= 0 ? `${f0(s.lockMs)} ms` : `${s.lockSeen}/${fl.nodes} saw it`, p.lockMs >= 0 ? `${f0(p.lockMs)} ms` : `${p.lockSeen}/${fl.polled.nodes} saw it`));
+    out.push(line("agents that failed to connect or poll", f0(s.errors), f0(p.errors)));
+    out.push(line("a renewal's service CPU (new mTLS connection)", ms(fl.renewalCpuMs * 1000)));
+    out.push(line("  3 renewals an hour (the 20-minute interval)", ms(3 * fl.renewalCpuMs * 1000)));
+    out.push(line("a daemon's stream reconnected (mTLS handshake + open)", ms(s.reopenCpuMs * 1000)));
+    out.push(line("idle service CPU per hour (subtracted)", ms(fl.idleCpuMsPerHour * 1000)));
+
+    out.push(line("service RSS before / with the streams", `${f1(s.rssBeforeKiB / 1024)} MiB`, `${f1(s.rssAfterKiB / 1024)} MiB`));
+    out.push(line("  per connected agent", `${f1(s.rssKiBPerAgent)} KiB`));
+    out.push(line("  floor: bare node:http2 + TLS, one idle stream each", `${f1(s.bareRssKiBPerConnection)} KiB`));
+    out.push(line(`renewals at ${fl.halfRate}/s (half saturation), fleet connected`, `p50 ${f1(fl.renewP50Ms)} ms`, `p99 ${f1(fl.renewP99Ms)} ms`));
+    out.push(line("  the same rate with no agent connected", `p50 ${f1(fl.baseP50Ms)} ms`, `p99 ${f1(fl.baseP99Ms)} ms`));
+    if (fl.renewErrors > 0) out.push(line("  renewals that failed", f0(fl.renewErrors)));
+    const k = 100_000;
+    const cores = (1.1 * k * fleetAgentHour(fl)) / 3_600_000;
+    const pollCores = (1.1 * k * p.agentCpuMsPerHour) / 3_600_000;
+    out.push(line("extrapolated: 100,000 daemons + 10,000 nodes, cores", cores.toFixed(2), pollCores.toFixed(2)));
+    out.push(line("  service memory for their streams", `${f0((1.1 * k * s.rssKiBPerAgent) / 1024)} MiB`));
+    out.push("   (linear in the per-agent figures above: an idle stream's cost is its own; a push costs one write per stream)");
+    if (s.firstError || p.firstError) out.push(`   first error: ${s.firstError || p.firstError}`);
+    out.push("");
+  }
   return out;
 }
+
+/** An agent-hour on a stream, with a daemon's one reconnect a day (counted for every agent). */
+export const fleetAgentHour = (fl: FleetFigures) => fl.stream.agentCpuMsPerHour + fl.stream.reopenCpuMs / 24;
 
 export function targets(r: Results): TargetRow[] {
   const rows: TargetRow[] = [];
@@ -184,6 +223,15 @@ export function targets(r: Results): TargetRow[] {
     rows.push({ target: `${k}: KRL ≤ 8 bytes per serial + 1 KiB`, value: `${f0(rv.krlBytes / 1024)} KiB`, met: rv.krlBytes <= 8 * rv.serials + 1024 });
     const beyond = rv.queryCpuMs - rv.queryOneSerialCpuMs;
     rows.push({ target: `${k}: ssh-keygen -Q ≤ 100 ms CPU beyond its start-up`, value: `${f0(beyond)} ms`, met: beyond <= 100 });
+  }
+  const fl = r.fleet;
+  if (fl) {
+    const budget = 0.1 * 3 * fl.renewalCpuMs;
+    const k = `${fl.daemons >= 1000 ? `${Math.round(fl.daemons / 1000)}k` : fl.daemons}+${fl.nodes}`;
+    rows.push({ target: `fleet ${k}: agent-hour on a stream ≤ 10 % of its 3 renewals`, value: pct(fleetAgentHour(fl) / (3 * fl.renewalCpuMs)), met: fleetAgentHour(fl) <= budget });
+    rows.push({ target: `fleet ${k}: service memory per connected agent ≤ 20 KiB`, value: `${f1(fl.stream.rssKiBPerAgent)} KiB`, met: fl.stream.rssKiBPerAgent <= 20 });
+    rows.push({ target: `fleet ${k}: a lock reaches all ${fl.nodes} node agents' KRL ≤ 5 s`, value: fl.stream.lockMs >= 0 ? `${f0(fl.stream.lockMs)} ms` : "not all", met: fl.stream.lockMs >= 0 && fl.stream.lockMs <= 5000 });
+    rows.push({ target: `fleet ${k}: renewal p99 ≤ 50 ms at half saturation, connected`, value: `${f1(fl.renewP99Ms)} ms`, met: fl.renewP99Ms <= 50 && fl.renewErrors === 0 });
   }
   const sa = r.standalone;
   if (sa) {

@@ -1,5 +1,5 @@
 /**
- * `npm run bench [-- --quick] [-- --only=floor,throughput,scale,agents,revocations]`: what Mezite exists for,
+ * `npm run bench [-- --quick] [-- --only=floor,throughput,scale,agents,revocations,fleet]`: what Mezite exists for,
  * against the physical limit, in one run. Prints a table (progress goes to stderr) and writes
  * bench/results.json. Every figure that is judged is a ratio of two things measured side by side
  * in this run, because absolute figures on a shared 2-core machine drift from run to run.
@@ -9,13 +9,14 @@ import { existsSync, readdirSync, statSync, writeFileSync } from "node:fs";
 import { cpus, loadavg } from "node:os";
 import { join, relative } from "node:path";
 import { agents } from "./agents.js";
+import { fleet } from "./fleet.js";
 import { revocations } from "./revocations.js";
 import { ROOT, TSX, mustRun, note } from "./lib.js";
 import { sections, targetLines, targets, type FloorFigures, type Results } from "./report.js";
 import { scale } from "./scale.js";
 import { throughput } from "./throughput.js";
 
-const SECTIONS = ["floor", "throughput", "scale", "agents", "revocations"] as const;
+const SECTIONS = ["floor", "throughput", "scale", "agents", "revocations", "fleet"] as const;
 type Section = (typeof SECTIONS)[number];
 
 const args = process.argv.slice(2);
@@ -43,6 +44,7 @@ const config = quick
       scale: { identities: 10_000, joins: 8, renewals: 16, lsRuns: 1, statusRuns: 2 },
       agents: { runs: 3, principalsRuns: 6, settleMs: 2000, idleMs: 2000 },
       revocations: { serials: 100_000, rounds: 2 },
+      fleet: { daemons: 200, nodes: 20, poll: { daemons: 200, nodes: 20 }, credentials: { daemons: 20, nodes: 4 }, windowMs: 10_000, renewals: 100, latencyWindowMs: 5_000 },
     }
   : {
       floor: { windowMs: 3000, rounds: 2 },
@@ -50,6 +52,7 @@ const config = quick
       scale: { identities: 100_000, joins: 30, renewals: 60, lsRuns: 3, statusRuns: 5 },
       agents: { runs: 10, principalsRuns: 20, settleMs: 2000, idleMs: 24_000, noCodeCache: true },
       revocations: { serials: 100_000, rounds: 5 },
+      fleet: { daemons: 10_000, nodes: 1_000, poll: { daemons: 1_000, nodes: 100 }, credentials: { daemons: 100, nodes: 20 }, windowMs: 60_000, renewals: 400, latencyWindowMs: 15_000 },
     };
 
 /** Source files newer than their build: the run would measure old code. */
@@ -106,6 +109,7 @@ await runSection("agents", async () => {
   results.standalone = a.standalone;
 });
 await runSection("revocations", async () => void (results.revocations = await revocations(config.revocations)));
+await runSection("fleet", async () => void (results.fleet = await fleet(config.fleet)));
 
 const rows = targets(results);
 const header = [

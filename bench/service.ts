@@ -42,6 +42,8 @@ export interface ServiceOptions {
   diagPort?: number;
   /** Serve the dashboard on this port (--web-addr). */
   webPort?: number;
+  /** More `mezd auth start` flags. */
+  args?: string[];
 }
 
 export async function startService(o: ServiceOptions = {}): Promise<Service> {
@@ -53,6 +55,7 @@ export async function startService(o: ServiceOptions = {}): Promise<Service> {
   const args = [...(o.nodeArgs ?? []), mezd, "auth", "start", `--data-dir=${dataDir}`, "--listen=127.0.0.1:0", "--cluster-name=bench.mezite", "--backend=sqlite", `--workers=${o.workers ?? 1}`];
   if (o.diagPort !== undefined) args.push(`--diag-addr=127.0.0.1:${o.diagPort}`);
   if (o.webPort !== undefined) args.push(`--web-addr=127.0.0.1:${o.webPort}`);
+  args.push(...(o.args ?? []));
   const proc: ChildProcess = spawnTracked(process.execPath, args, { stdio: ["ignore", fd, fd] });
   closeSync(fd);
   const addr = await readyAddr(proc, logPath);

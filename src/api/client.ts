@@ -26,7 +26,16 @@ export function normalizeAddr(addr: string): string {
   return /:\d+$/.test(a) ? a : `${a}:3025`;
 }
 
-export function connect<T extends DescService>(service: T, addr: string, tls: ClientTls): Client<T> {
+/**
+ * HTTP/2 PINGs while a call is open, for a change stream that is quiet for minutes (SPEC §20): a
+ * PING unanswered within the timeout closes the connection, so the stream fails and is replaced.
+ */
+export interface Keepalive {
+  pingIntervalMs: number;
+  pingTimeoutMs: number;
+}
+
+export function connect<T extends DescService>(service: T, addr: string, tls: ClientTls, keepalive?: Keepalive): Client<T> {
   const verify = tls.caPem !== undefined;
   const baseUrl = `https://${normalizeAddr(addr)}`;
   const nodeOptions: SecureClientSessionOptions = {
@@ -41,7 +50,7 @@ export function connect<T extends DescService>(service: T, addr: string, tls: Cl
     baseUrl,
     defaultTimeoutMs: DEFAULT_CALL_TIMEOUT_MS,
     // Daemons make a new client per renewal: let each connection go soon after its call.
-    sessionManager: guardedSessionManager(new Http2SessionManager(baseUrl, { idleConnectionTimeoutMs: 5_000 }, nodeOptions)),
+    sessionManager: guardedSessionManager(new Http2SessionManager(baseUrl, { idleConnectionTimeoutMs: 5_000, ...keepalive }, nodeOptions)),
     nodeOptions,
   });
   return createClient(service, transport);

@@ -6,6 +6,10 @@
  * framed as flag byte + 4-byte length, and the status in the trailers (gRPC over HTTP/2,
  * PROTOCOL-HTTP2.md). Anything else, including these calls gzip-compressed or in another
  * protocol (Connect, gRPC-Web), goes to `fallback`, which is connect for the whole API.
+ *
+ * Server streams too, for the change streams every agent holds open (SPEC §20): connect-node's
+ * per-call state is several times what the stream itself needs, and a service holds tens of
+ * thousands of them.
  */
 import type { IncomingMessage, ServerResponse } from "node:http";
 import type { Http2ServerRequest, Http2ServerResponse } from "node:http2";
@@ -19,12 +23,21 @@ export interface UnaryRoute<I extends DescMessage = DescMessage, O extends DescM
   handle(input: MessageShape<I>, req: Http2ServerRequest): Promise<MessageShape<O>>;
 }
 
+/** A server-streaming call: one request message, then every message `handle` yields, then the status. */
+export interface StreamRoute<I extends DescMessage = DescMessage, O extends DescMessage = DescMessage> {
+  stream: true;
+  input: I;
+  output: O;
+  /** `signal` aborts when the client goes away. The stream's messages, once the call is accepted. */
+  handle(input: MessageShape<I>, req: Http2ServerRequest, signal: AbortSignal): Promise<AsyncIterable<MessageShape<O>>>;
+}
+
 type Handler = (req: IncomingMessage | Http2ServerRequest, res: ServerResponse | Http2ServerResponse) => void;
 
 const GRPC_TYPES = new Set(["application/grpc", "application/grpc+proto"]);
 
 /** routes: by path, e.g. "/mezite.v1.RenewService/Renew". */
-export function unaryGrpc(routes: Map<string, UnaryRoute>, maxRequestBytes: number, fallback: Handler): Handler {
+export function unaryGrpc(routes: Map<string, UnaryRoute | StreamRoute>, maxRequestBytes: number, fallback: Handler): Handler {
   return (req, res) => {
     const route = req.httpVersionMajor === 2 && req.method === "POST" ? routes.get(req.url ?? "") : undefined;
     const encoding = req.headers["grpc-encoding"];
@@ -32,8 +45,32 @@ export function unaryGrpc(routes: Map<string, UnaryRoute>, maxRequestBytes: numb
       fallback(req, res);
       return;
     }
-    void serve(route, maxRequestBytes, req as Http2ServerRequest, res as Http2ServerResponse);
+    if ("stream" in route) void serveStream(route, maxRequestBytes, req as Http2ServerRequest, res as Http2ServerResponse);
+    else void serve(route, maxRequestBytes, req as Http2ServerRequest, res as Http2ServerResponse);
   };
+}
+
+async function serveStream(route: StreamRoute, maxBytes: number, req: Http2ServerRequest, res: Http2ServerResponse): Promise<void> {
+  const abort = new AbortController();
+  const gone = () => abort.abort();
+  res.once("close", gone);
+  let trailers: Record<string, string> = { "grpc-status": "0" };
+  try {
+    const messages = await route.handle(fromBinaryOr(route.input, await readMessage(req, maxBytes)), req, abort.signal);
+    for await (const message of messages) {
+      if (res.stream.destroyed) break;
+      if (!res.headersSent) res.writeHead(200, { "content-type": "application/grpc" });
+      res.write(frame(toBinary(route.output, message)));
+    }
+  } catch (e) {
+    trailers = errorTrailers(toConnectError(e));
+  } finally {
+    res.off("close", gone);
+  }
+  if (res.stream.destroyed) return; // the client went away
+  if (!res.headersSent) res.writeHead(200, { "content-type": "application/grpc" });
+  res.addTrailers(trailers);
+  res.end();
 }
 
 async function serve(route: UnaryRoute, maxBytes: number, req: Http2ServerRequest, res: Http2ServerResponse): Promise<void> {

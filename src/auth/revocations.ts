@@ -102,7 +102,7 @@ export interface RevocationsOptions {
 }
 
 export class Revocations {
-  private cached: { at: number; cas: ClusterCas; value: GetRevocationsResponse } | undefined;
+  private cached: { at: number; cas: ClusterCas; value: GetRevocationsResponse; revokedInstances: ReadonlySet<string> } | undefined;
   private pending: Promise<GetRevocationsResponse> | undefined;
   /** Role and login locks by lock id: the serials a scan of every issued certificate found. */
   private readonly scans = new Map<string, Scanned>();
@@ -131,6 +131,11 @@ export class Revocations {
     return this.pending;
   }
 
+  /** The instances deleted (their tombstones) as of the last get(): what watch.ts tells daemons. */
+  revokedInstances(): ReadonlySet<string> {
+    return this.cached?.revokedInstances ?? new Set();
+  }
+
   /**
    * One range read of the tombstones (each holds its instance's serials) and one of the serials
    * revoked one by one, in chunks that let the event loop run in between; the locks' certificates
@@ -142,8 +147,10 @@ export class Revocations {
     const live = (expires: number) => revokedUntil(expires) > now;
     const serials = new SerialList();
     const legacy: string[] = []; // tombstones written before they kept their serials
+    const revokedInstances = new Set<string>();
     for await (const chunk of rangeChunks(backend, keys.revokedInstances, REBUILD_CHUNK)) {
       for (const item of chunk) {
+        revokedInstances.add(item.key.slice(keys.revokedInstances.length));
         const t = decode<TombstoneRecord>(item);
         if (t.certs === undefined) legacy.push(item.key.slice(keys.revokedInstances.length));
         else for (const [serial, expires] of t.certs) if (live(expires)) serials.add(BigInt(serial));
@@ -181,7 +188,7 @@ export class Revocations {
       lockedRoles: ofKind("role").map((l) => l.target),
       lockedLogins: ofKind("login").map((l) => l.target),
     });
-    this.cached = { at, cas, value };
+    this.cached = { at, cas, value, revokedInstances };
     return value;
   }
 

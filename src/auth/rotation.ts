@@ -21,6 +21,14 @@ export const STEPS = 3;
 /** The longest a daemon or node may spread its renewal after a phase change (renewSpreadMs). */
 const MAX_RENEW_SPREAD_MS = 30 * 60_000;
 /**
+ * A manual step's spread: 10 ms per live instance and node (at most ~100 renewals a second from
+ * the step, whatever the fleet's size), at least 5 s (a few daemons on change streams still renew
+ * within seconds, so a quick manual rotation is not held up), at most MAX_RENEW_SPREAD_MS.
+ */
+export const MANUAL_SPREAD_MIN_MS = 5_000;
+const MANUAL_SPREAD_PER_AGENT_MS = 10;
+export const manualSpreadMs = (agents: number): number => Math.min(Math.max(MANUAL_SPREAD_MIN_MS, agents * MANUAL_SPREAD_PER_AGENT_MS), MAX_RENEW_SPREAD_MS);
+/**
  * The shortest grace period taken at all (10 s a phase: tests, and daemons run with a short
  * --ca-check-interval). Daemons ask every 45 s by default and nodes every 2 s, so mezctl warns
  * below SAFE_PHASE_MS a phase.
@@ -59,12 +67,12 @@ function checkStep(ca: CertAuthority, to: Phase): void {
 const keysOf = (k: StoredKeys): StoredKeys => ({ ssh_public: k.ssh_public, ssh_private_sealed: k.ssh_private_sealed, x509_cert_pem: k.x509_cert_pem, x509_key_sealed: k.x509_key_sealed });
 
 /** The record after a step from `ca` to `to`. */
-async function stepped(ctx: AuthContext, store: CaStore, stored: StoredCa, ca: CertAuthority, to: Phase, mode: "auto" | "manual", graceMs: number): Promise<StoredCa> {
+async function stepped(ctx: AuthContext, store: CaStore, stored: StoredCa, ca: CertAuthority, to: Phase, mode: "auto" | "manual", graceMs: number, manualSpread: number): Promise<StoredCa> {
   const now = ctx.now();
   const lastRotated = stored.last_rotated !== undefined ? { last_rotated: stored.last_rotated } : {};
   if (to === "init") {
     const next = await createCaKeys(ca.kind, store.clusterName, store.clusterKey, now, true);
-    const spread_ms = mode === "auto" ? Math.floor(Math.min(graceMs / STEPS / 4, MAX_RENEW_SPREAD_MS)) : 0;
+    const spread_ms = mode === "auto" ? Math.floor(Math.min(graceMs / STEPS / 4, MAX_RENEW_SPREAD_MS)) : manualSpread;
     const rotation = { id: randomBytes(8).toString("hex"), mode, grace_ms: graceMs, started: now, phase_started: now };
     return { kind: stored.kind, ...keysOf(stored), ...lastRotated, phase: "init", next, spread_ms, rotation };
   }
@@ -74,7 +82,7 @@ async function stepped(ctx: AuthContext, store: CaStore, stored: StoredCa, ca: C
     const done = ca.phase === "update_servers";
     return { kind: stored.kind, ...keysOf(done ? stored.next! : stored), ...(done ? { last_rotated: now } : lastRotated), spread_ms: stored.spread_ms ?? 0 };
   }
-  return { ...stored, phase: to, spread_ms: mode === "manual" ? 0 : stored.spread_ms ?? 0, rotation: { ...stored.rotation!, mode, phase_started: now } };
+  return { ...stored, phase: to, spread_ms: mode === "manual" ? manualSpread : stored.spread_ms ?? 0, rotation: { ...stored.rotation!, mode, phase_started: now } };
 }
 
 /**
@@ -101,8 +109,10 @@ export async function rotate(ctx: AuthContext, req: RotateRequest): Promise<Clus
     checkStep(ca, to);
   }
   const notes = new Map<CaKind, string>();
+  let manualSpread = MANUAL_SPREAD_MIN_MS;
   if (req.phase !== undefined) {
     const fleet = await fleetState(ctx, ctx.cas);
+    manualSpread = manualSpreadMs(fleet.instances + fleet.nodes);
     for (const { ca } of loaded) {
       const behind = behindFor(fleet, ca, to);
       if (behind.count > 0 && req.force) notes.set(ca.kind, `; forced while ${behindText(behind)} ${behind.count > 1 ? "were" : "was"} behind`);
@@ -117,7 +127,7 @@ export async function rotate(ctx: AuthContext, req: RotateRequest): Promise<Clus
   for (const { ca, stored } of loaded) {
     // A manual step takes over an automatic rotation; a rollback keeps its mode, so an automatic rotation also finishes rolling back by itself.
     const mode = req.phase === undefined ? "auto" : to === "rollback" ? stored.rotation?.mode ?? "manual" : "manual";
-    await commitStep(ctx, store, stored, ca, to, mode, req.graceMs, { actor: req.actor, remote_addr: req.remoteAddr }, notes.get(ca.kind));
+    await commitStep(ctx, store, stored, ca, to, mode, req.graceMs, { actor: req.actor, remote_addr: req.remoteAddr }, notes.get(ca.kind), manualSpread);
   }
   await ctx.refreshCas(true);
   return ctx.cas;
@@ -125,8 +135,9 @@ export async function rotate(ctx: AuthContext, req: RotateRequest): Promise<Clus
 
 async function commitStep(
   ctx: AuthContext, store: CaStore, stored: StoredCa, ca: CertAuthority, to: Phase, mode: "auto" | "manual", graceMs: number, by: { actor: string; remote_addr: string }, note = "",
+  manualSpread = MANUAL_SPREAD_MIN_MS,
 ): Promise<CertAuthority> {
-  const record = await stepped(ctx, store, stored, ca, to, mode, graceMs);
+  const record = await stepped(ctx, store, stored, ca, to, mode, graceMs, manualSpread);
   let after: CertAuthority;
   try {
     after = await store.swap(ca.kind, ca.revision, record);
@@ -146,8 +157,8 @@ async function commitStep(
 /**
  * How long after seeing a phase change a daemon or node may wait to renew, at random: a fleet
  * renewing within one check interval of each phase change would swamp the service. An automatic
- * rotation allows a quarter of a phase (at most 30 minutes); a manual one none, since nobody here
- * knows its pace: the operator watches `mezctl ca status` and steps on. With both CAs rotating,
+ * rotation allows a quarter of a phase (at most 30 minutes); a manual one manualSpreadMs (the
+ * operator watches `mezctl ca status` and steps on: seconds for a small fleet). With both CAs rotating,
  * the more hurried one counts; with neither, the spread of the rotation that just ended.
  */
 export function renewSpreadMs(cas: ClusterCas, kinds: readonly CaKind[]): number {

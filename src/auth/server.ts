@@ -33,10 +33,16 @@ import {
   type GetRevocationsRequest,
   type HeartbeatRequest,
   type RenewHostCertificateRequest,
+  WatchNodeEventSchema,
+  WatchNodeRequestSchema,
+  type WatchNodeRequest,
 } from "../api/gen/mezite/v1/node_pb.js";
-import { GetCaStateResponseSchema, RenewRequestSchema, type GetCaStateRequest, RenewResponseSchema, RenewService, type RenewRequest } from "../api/gen/mezite/v1/renew_pb.js";
+import {
+  GetCaStateResponseSchema, RenewRequestSchema, type GetCaStateRequest, RenewResponseSchema, RenewService, type RenewRequest,
+  WatchCaStateEventSchema, WatchCaStateRequestSchema, type WatchCaStateRequest,
+} from "../api/gen/mezite/v1/renew_pb.js";
 import { ERROR_REF_HEADER, toConnectError } from "../api/errors.js";
-import { unaryGrpc, type UnaryRoute } from "../api/grpc-unary.js";
+import { unaryGrpc, type StreamRoute, type UnaryRoute } from "../api/grpc-unary.js";
 import type { Backend } from "../backend/backend.js";
 import { openBackend } from "../backend/open.js";
 import { caPin, generateP256, issueServerCertificate, parseVerifiedCertificate, privateKeyToPem, type CertKind, type ParsedCert } from "../ca/x509.js";
@@ -69,6 +75,7 @@ import { CaWatcher, recordInstanceCaState, recordNodeCaState, renewSpreadMs } fr
 import * as tokens from "./tokens.js";
 import { createSignIn } from "../web/sessions.js";
 import { startWebServer, type WebServer } from "../web/server.js";
+import { DEFAULT_WATCH_LIMITS, WatchHub, type WatchLimits } from "./watch.js";
 
 type RequestHandler = (req: IncomingMessage | Http2ServerRequest, res: ServerResponse | Http2ServerResponse) => void;
 
@@ -86,7 +93,7 @@ export interface AuthConfig {
   /** Serve plain HTTP/1.1 (health, metrics) on the TLS port too, chosen by ALPN. */
   singlePort: boolean;
   diagAddr?: string;
-  /** Open connections at most (default 4096); more are closed at once. */
+  /** Open connections at most (default 24,576); more are closed at once. */
   maxConnections?: number;
   /** Open connections from one source address (an IPv6 /64) at most (default 512); more are closed at once. */
   maxConnectionsPerSource?: number;
@@ -94,6 +101,8 @@ export interface AuthConfig {
   maxStreams?: number;
   /** HOST:PORT for the dashboard over HTTPS (SPEC §18); none: no dashboard. */
   webAddr?: string;
+  /** Change streams (watch.ts) at most, in all and per source address. */
+  watchLimits?: WatchLimits;
 }
 
 /** Largest request accepted: every legitimate message is a few KiB. */
@@ -118,6 +127,8 @@ interface Peer {
   remoteAddr: string;
   x509: X509Certificate | undefined;
   authorized: boolean;
+  /** The HTTP/2 session, which a change stream keeps open (watch.ts). */
+  session?: ServerHttp2Session | undefined;
 }
 const peerKey = createContextKey<Peer>({ remoteAddr: "", x509: undefined, authorized: false });
 const callerKey = createContextKey<Caller>({ remoteAddr: "", cert: undefined });
@@ -125,7 +136,7 @@ const callerKey = createContextKey<Caller>({ remoteAddr: "", cert: undefined });
 function peerOf(req: Http2ServerRequest): Peer {
   const socket = req.socket as TLSSocket;
   const remoteAddr = socket.remoteAddress ?? "";
-  return { remoteAddr, x509: socket.getPeerX509Certificate(), authorized: socket.authorized };
+  return { remoteAddr, x509: socket.getPeerX509Certificate(), authorized: socket.authorized, session: req.stream?.session as ServerHttp2Session | undefined };
 }
 
 /**
@@ -186,7 +197,7 @@ export interface AuthMetrics {
   duration: ReturnType<Registry["histogram"]>;
 }
 
-function routes(ctx: AuthContext, revocations: Revocations, metrics: AuthMetrics, adminIdentity: () => AdminIdentityKeeper | undefined, web: () => WebServer | undefined) {
+function routes(ctx: AuthContext, revocations: Revocations, hub: WatchHub, metrics: AuthMetrics, adminIdentity: () => AdminIdentityKeeper | undefined, web: () => WebServer | undefined) {
   // Every handler goes through here: one place for metrics, logging and error mapping. Only an
   // admin hears an error's own message; anyone else gets its code and a sentence (errors.ts).
   const failed = (method: string, e: unknown, admin: boolean): ConnectError => {
@@ -222,6 +233,29 @@ function routes(ctx: AuthContext, revocations: Revocations, metrics: AuthMetrics
       }
     };
 
+  /**
+   * A change stream (watch.ts): `open` checks and records, then gives the stream; counted and its
+   * errors mapped like a unary call's. What stays referenced for the stream's life is the
+   * stream's own state alone, not the request, certificate or caller (a service holds thousands).
+   */
+  const watch = <Req, Res>(method: string, open: (req: Req, caller: Caller, peer: Peer, signal: AbortSignal) => Promise<AsyncIterable<Res>>) =>
+    async (req: Req, caller: Caller, peer: Peer, signal: AbortSignal): Promise<AsyncIterable<Res>> => {
+      let events: AsyncIterable<Res>;
+      try {
+        events = await open(req, caller, peer, signal);
+      } catch (e) {
+        throw failed(method, e, false);
+      }
+      return (async function* () {
+        try {
+          yield* events;
+          metrics.calls.inc({ method, result: "ok" });
+        } catch (e) {
+          throw failed(method, e, false);
+        }
+      })();
+    };
+
   /** Checks the caller for connect's calls: each service's kind, before its handler runs. */
   const authInterceptor: Interceptor = (next) => async (req) => {
     const accepts = SERVICE_CALLER[req.service.typeName] ?? "admin";
@@ -252,9 +286,38 @@ function routes(ctx: AuthContext, revocations: Revocations, metrics: AuthMetrics
       },
     } as UnaryRoute,
   ];
-  const hot = new Map<string, UnaryRoute>([
+  // The change streams: held by every agent, so their per-call state is kept to what they need.
+  const watchDaemon = watch("WatchCaState", async (req: WatchCaStateRequest, caller, peer, signal) => {
+    await recordInstanceCaState(ctx, caller.cert?.identityId ?? "", caller.cert?.instanceId ?? "", req.heldCaState);
+    return hub.watchDaemon(caller, peer.session, signal);
+  });
+  const watchNode = watch("WatchRevocations", async (req: WatchNodeRequest, caller, peer, signal) => {
+    await recordNodeCaState(ctx, await callingNode(ctx, caller), req.heldCaState, req.heldUserCaState);
+    return hub.watchNode(caller, peer.session, req.krlVersion, signal);
+  });
+  const fastStream = <I extends DescMessage, O extends DescMessage>(service: DescService, input: I, output: O, method: string, open: (req: MessageShape<I>, caller: Caller, peer: Peer, signal: AbortSignal) => Promise<AsyncIterable<MessageShape<O>>>): [string, StreamRoute] => [
+    `/${service.typeName}/${method}`,
+    {
+      stream: true,
+      input,
+      output,
+      handle: async (req, http, signal) => {
+        const peer = peerOf(http);
+        let caller: Caller;
+        try {
+          caller = await authenticate(ctx, peer, SERVICE_CALLER[service.typeName]!);
+        } catch (e) {
+          throw failed(method, e, false);
+        }
+        return open(req as MessageShape<I>, caller, peer, signal);
+      },
+    } as StreamRoute,
+  ];
+  const hot = new Map<string, UnaryRoute | StreamRoute>([
     fast(JoinService, JoinRequestSchema, JoinResponseSchema, join, JoinService.method.join.name),
     fast(RenewService, RenewRequestSchema, RenewResponseSchema, renew, RenewService.method.renew.name),
+    fastStream(RenewService, WatchCaStateRequestSchema, WatchCaStateEventSchema, RenewService.method.watch.name, (req, caller, peer, signal) => watchDaemon(req, caller, peer, signal)),
+    fastStream(NodeService, WatchNodeRequestSchema, WatchNodeEventSchema, NodeService.method.watch.name, (req, caller, peer, signal) => watchNode(req, caller, peer, signal)),
   ]);
 
   const router = (router: ConnectRouter) => {
@@ -271,6 +334,9 @@ function routes(ctx: AuthContext, revocations: Revocations, metrics: AuthMetrics
         return create(GetCaStateResponseSchema, { caState: caState(ctx.cas), renewWithinMs: BigInt(renewSpreadMs(ctx.cas, CA_KINDS)) });
       }),
       release: unary("Release", (_req, caller) => releaseInstance(ctx, caller, "renewal")),
+      watch: async function* (req, hc) {
+        yield* await watchDaemon(req, hc.values.get(callerKey), hc.values.get(peerKey), hc.signal);
+      },
     });
     router.service(NodeService, {
       heartbeat: unary("Heartbeat", async (req: HeartbeatRequest, caller) => {
@@ -284,6 +350,9 @@ function routes(ctx: AuthContext, revocations: Revocations, metrics: AuthMetrics
         await recordNodeCaState(ctx, await callingNode(ctx, caller), req.heldCaState, req.heldUserCaState);
         return { ...(await revocations.reply(req.krlVersion)), userCaState: caState(ctx.cas, ["user"]) };
       }),
+      watch: async function* (req, hc) {
+        yield* await watchNode(req, hc.values.get(callerKey), hc.values.get(peerKey), hc.signal);
+      },
     });
     router.service(AgentService, {
       listAccessibleNodes: unary("ListAccessibleNodes", (req, caller) => listAccessibleNodes(ctx, caller, req)),
@@ -348,6 +417,7 @@ function routes(ctx: AuthContext, revocations: Revocations, metrics: AuthMetrics
       listNodes: admin("ListNodes", async () => create(adminPb.ListNodesResponseSchema, { nodes: await nodes.listNodes(ctx) })),
       deleteNode: admin("DeleteNode", async (req: adminPb.DeleteNodeRequest, by) => {
         await nodes.removeNode(ctx, by, req.name);
+        hub.nodeRemoved(req.name);
         return {};
       }),
       listAudit: adminStream("ListAudit", async function* (req: adminPb.ListAuditRequest) {
@@ -416,8 +486,10 @@ const SECURE_OPTIONS = {
 
 /** How long a TLS handshake, a request's body, or a connection with nothing to say may take. */
 export const REQUEST_DEADLINE_MS = 10_000;
-const DEFAULT_MAX_CONNECTIONS = 4096;
-const DEFAULT_MAX_CONNECTIONS_PER_SOURCE = 512;
+/** Room for DEFAULT_WATCH_LIMITS.maxStreams agents holding a stream each, plus renewals and admins. */
+const DEFAULT_MAX_CONNECTIONS = 24_576;
+/** Above DEFAULT_WATCH_LIMITS.maxPerSource: a NAT'd fleet's streams fit, with room for its renewals. */
+const DEFAULT_MAX_CONNECTIONS_PER_SOURCE = 2_560;
 const DEFAULT_MAX_STREAMS = 64;
 
 /**
@@ -486,7 +558,9 @@ export async function startAuthService(cfg: AuthConfig, log: Logger = createLogg
     const tls = await serverTls(cas, clusterName, tlsNames, now());
     let keeper: AdminIdentityKeeper | undefined;
     let web: WebServer | undefined;
-    const api = routes(ctx, new Revocations(ctx), metrics, () => keeper, () => web);
+    const revocations = new Revocations(ctx);
+    const hub = new WatchHub(ctx, revocations, log, cfg.watchLimits ?? DEFAULT_WATCH_LIMITS, REQUEST_DEADLINE_MS);
+    const api = routes(ctx, revocations, hub, metrics, () => keeper, () => web);
     const connectHandler = connectNodeAdapter({
       routes: api.router,
       interceptors: [api.authInterceptor],
@@ -547,8 +621,10 @@ export async function startAuthService(cfg: AuthConfig, log: Logger = createLogg
       srv.setSecureContext({ ...fresher, ...SECURE_OPTIONS });
       web?.setTls(fresher);
       await keeper?.refresh(true);
+      hub.casChanged();
     }, log);
     watcher.start();
+    hub.start();
     const diagServer = cfg.diagAddr ? await startDiagServer(cfg.diagAddr, diag) : undefined;
     web = cfg.webAddr ? await startWebServer(ctx, cfg.webAddr, tls) : undefined;
     ready = true;
@@ -562,6 +638,7 @@ export async function startAuthService(cfg: AuthConfig, log: Logger = createLogg
         ready = false;
         keeper?.stop();
         watcher?.stop();
+        hub.stop();
         await new Promise<void>((resolve) => {
           srv.close(() => resolve());
           // Clients keep idle HTTP/2 sessions open, which would hold close() open: a graceful

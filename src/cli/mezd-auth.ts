@@ -11,8 +11,10 @@ export function registerAuth(program: Command): void {
     .option("--listen <host:port>", "gRPC over TLS", "0.0.0.0:3025")
     .option("--public-addr <addrs>", "address(es) clients use, comma-separated (default: the listen address)")
     .option("--cluster-name <name>", "names the CAs and the SPIFFE trust domain (default: the backend's, or on a new cluster this host's name)")
-    .option("--max-connections <n>", "open connections at most; more are closed at once", "4096")
-    .option("--max-connections-per-source <n>", "open connections from one source address (an IPv6 /64) at most; more are closed at once (behind a load balancer that hides client addresses, raise it to --max-connections)", "512")
+    .option("--max-connections <n>", "open connections at most; more are closed at once", "24576")
+    .option("--max-connections-per-source <n>", "open connections from one source address (an IPv6 /64) at most; more are closed at once (behind a load balancer that hides client addresses, raise it to --max-connections)", "2560")
+    .option("--max-change-streams <n>", "change streams (one per connected daemon or node) at most; agents beyond it poll", "20000")
+    .option("--max-change-streams-per-source <n>", "change streams at most from one source address", "2000")
     .option("--backend <spec>", "sqlite (in the data dir), memory, or postgres://...", "sqlite")
     .option("--single-port", "serve gRPC and plain HTTP (health, metrics) on one TLS port by ALPN", false)
     .option("--diag-addr <host:port>", "serve /livez, /readyz, /metrics over HTTP")
@@ -32,6 +34,10 @@ export function registerAuth(program: Command): void {
         clusterName: o["clusterName"] === undefined ? undefined : String(o["clusterName"]),
         maxConnections: wholeNumber(o["maxConnections"], "--max-connections", 1, 1_000_000),
         maxConnectionsPerSource: wholeNumber(o["maxConnectionsPerSource"], "--max-connections-per-source", 1, 1_000_000),
+        watchLimits: {
+          maxStreams: wholeNumber(o["maxChangeStreams"], "--max-change-streams", 0, 1_000_000),
+          maxPerSource: wholeNumber(o["maxChangeStreamsPerSource"], "--max-change-streams-per-source", 0, 1_000_000),
+        },
         backend: String(o["backend"]),
         singlePort: o["singlePort"] === true || o["singlePort"] === "true",
         ...(o["diagAddr"] ? { diagAddr: String(o["diagAddr"]) } : {}),

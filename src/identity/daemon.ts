@@ -7,7 +7,8 @@ import { randomBytes, type KeyObject } from "node:crypto";
 import type { IssuedCertificates } from "../api/gen/mezite/v1/common_pb.js";
 import { JoinService } from "../api/gen/mezite/v1/join_pb.js";
 import { RenewService } from "../api/gen/mezite/v1/renew_pb.js";
-import { connect } from "../api/client.js";
+import { Code, ConnectError, type Client } from "@connectrpc/connect";
+import { connect, type Keepalive } from "../api/client.js";
 import { fromConnectError } from "../api/errors.js";
 import { checkCaPin } from "../api/pin.js";
 import { bundleHasPin, privateKeyToPem } from "../ca/x509.js";
@@ -36,6 +37,13 @@ import { Storage, type IdentityState } from "./storage.js";
 /** Renewal refusals after which the certificates held must not be used (the agent drops them). */
 const REVOKING_CODES: readonly ErrorCode[] = ["ERR_LOCKED", "ERR_IDENTITY_DELETED", "ERR_GENERATION_MISMATCH"];
 
+/** A change stream is quiet for minutes: HTTP/2 PINGs find a dead connection within ~80 s. */
+const WATCH_KEEPALIVE: Keepalive = { pingIntervalMs: 60_000, pingTimeoutMs: 20_000 };
+/** Reconnecting a cut stream: full jitter from 1 s doubling to 60 s; refused (caps, an older service): again after minutes. */
+const WATCH_BACKOFF = { baseMs: 1_000, maxMs: 60_000 } as const;
+const WATCH_REFUSED_MS = 5 * 60_000;
+type RenewClient = Client<typeof RenewService>;
+
 export interface DaemonDeps {
   log: Logger;
   now?: () => number;
@@ -60,6 +68,13 @@ export class IdentityDaemon {
   private renewRequested = false;
   /** Set once a SIGHUP has cut a wait short in the current run of failures. */
   private backoffCutUsed = false;
+  /** A change stream is up: CA phase changes are pushed, not asked for. */
+  private streaming = false;
+  /** The stream went down: waitForRenewal's sleep ends, so that it asks every --ca-check-interval again. */
+  private streamLost = false;
+  /** A phase change the stream pushed, not yet looked at by waitForRenewal. */
+  private pushed: { caState: string; renewWithinMs: number } | undefined;
+
 
   constructor(private readonly opts: IdentityOptions, private readonly deps: DaemonDeps) {
     this.storage = new Storage(opts.storageDir);
@@ -145,11 +160,21 @@ export class IdentityDaemon {
       }
       await this.withRetry(signal, () => this.issueOnce(signal), this.opts.oneShot ? this.opts.oneShotRetryMs : Infinity);
       if (this.opts.oneShot) return;
-      while (!signal.aborted) {
-        const rotated = await this.waitForRenewal(signal);
-        if (signal.aborted) break;
-        this.renewRequested = false;
-        await this.withRetry(signal, () => this.renew(signal, rotated), Infinity);
+      const stop = new AbortController();
+      const onAbort = () => stop.abort();
+      signal.addEventListener("abort", onAbort, { once: true });
+      const watching = this.opts.watch !== false ? this.watchLoop(stop.signal) : Promise.resolve();
+      try {
+        while (!signal.aborted) {
+          const rotated = await this.waitForRenewal(signal);
+          if (signal.aborted) break;
+          this.renewRequested = false;
+          await this.withRetry(signal, () => this.renew(signal, rotated), Infinity);
+        }
+      } finally {
+        stop.abort();
+        signal.removeEventListener("abort", onAbort);
+        await watching;
       }
     } catch (e) {
       if (!signal.aborted) throw e;
@@ -173,11 +198,13 @@ export class IdentityDaemon {
     let seen = "";
     for (;;) {
       // ±10 %: a fleet started together does not ask in lockstep.
-      const check = this.now() + this.opts.caCheckIntervalMs * (0.9 + this.random() * 0.2);
-      await this.sleepUntil(Math.min(renewAt, check, rotateAt), signal);
+      // While a change stream is up, phase changes are pushed: no asking.
+      const check = this.streaming ? Infinity : this.now() + this.opts.caCheckIntervalMs * (0.9 + this.random() * 0.2);
+      await this.sleepUntil(Math.min(renewAt, check, rotateAt), signal, true);
+      this.streamLost = false;
       if (signal.aborted || this.renewRequested || this.now() >= renewAt) return false;
       if (this.now() >= rotateAt) return true;
-      const changed = await this.caStateChanged(signal);
+      const changed = this.pushed !== undefined ? this.takePushed() : this.now() >= check ? await this.caStateChanged(signal) : undefined;
       if (changed === undefined || changed.caState === seen) continue;
       seen = changed.caState;
       this.deps.log.info("CA rotation phase changed; renewing", { ca_state: changed.caState, within_ms: changed.renewWithinMs });
@@ -202,8 +229,72 @@ export class IdentityDaemon {
     }
   }
 
-  private renewClient(state: IdentityState) {
-    return connect(RenewService, this.opts.authServer, { certPem: state.renewal_cert_pem, keyPem: state.renewal_key_pem, caPem: state.tls_ca_pem });
+  private renewClient(state: IdentityState): RenewClient {
+    return connect(RenewService, this.opts.authServer, { certPem: state.renewal_cert_pem, keyPem: state.renewal_key_pem, caPem: state.tls_ca_pem }, WATCH_KEEPALIVE);
+  }
+
+  /** A pushed phase change, when it is not what the current certificates hold. */
+  private takePushed(): { caState: string; renewWithinMs: number } | undefined {
+    const p = this.pushed;
+    this.pushed = undefined;
+    return p && p.caState !== "" && p.caState !== this.state?.ca_state ? p : undefined;
+  }
+
+  /**
+   * Holds the change stream (RenewService.Watch): phase changes wake waitForRenewal; a lock or
+   * deletion of this instance renews now, whose refusal ends the daemon. The stream lives across
+   * renewals (the service ends it after a day, or on a restart): it is opened again with the
+   * current certificate. A cut stream is replaced with jittered backoff; a refused one (caps, an
+   * older service) is asked for again after minutes, and waitForRenewal asks every
+   * --ca-check-interval meanwhile.
+   */
+  private async watchLoop(signal: AbortSignal): Promise<void> {
+    const backoff = new Backoff({ ...WATCH_BACKOFF, random: this.random });
+    let lastError = "";
+    while (!signal.aborted) {
+      let wait: number;
+      try {
+        await this.watchOnce(signal, () => {
+          this.deps.log.info(lastError !== "" ? "change stream up again" : "change stream up");
+          lastError = "";
+          backoff.reset();
+        });
+        wait = backoff.next(); // ended by the service (its lifetime, a restart)
+      } catch (e) {
+        if (signal.aborted) break;
+        const err = fromConnectError(e, this.opts.authServer);
+        const cause = err.cause;
+        const refused = err.code === "ERR_RATE_LIMITED" || (cause instanceof ConnectError && cause.code === Code.Unimplemented);
+        wait = refused ? WATCH_REFUSED_MS * (0.5 + this.random()) : backoff.next();
+        if (err.message !== lastError) this.deps.log.warn(refused ? "change stream refused; asking every --ca-check-interval meanwhile" : "change stream failed; asking every --ca-check-interval meanwhile", { error: err.message, retry_in_ms: Math.round(wait) });
+        lastError = err.message;
+      } finally {
+        if (this.streaming) {
+          this.streaming = false;
+          this.streamLost = true;
+          this.wake?.();
+        }
+      }
+      await sleep(wait, signal);
+    }
+  }
+
+  private async watchOnce(signal: AbortSignal, up: () => void): Promise<void> {
+    const state = this.state!;
+    let first = true;
+    // Reports what the current certificates hold as it opens, as GetCaState does.
+    for await (const ev of this.renewClient(state).watch({ heldCaState: state.ca_state ?? "" }, { signal, timeoutMs: 0 })) {
+      if (first) up();
+      first = false;
+      this.streaming = true;
+      if (ev.revoked) {
+        this.deps.log.warn("the auth service says this instance was locked or deleted; renewing now");
+        this.renewRequested = true;
+      } else {
+        this.pushed = { caState: ev.caState, renewWithinMs: Number(ev.renewWithinMs) };
+      }
+      this.wake?.();
+    }
   }
 
   /** Interval after the last issue, ±10 % jitter so a fleet started together spreads out. */
@@ -255,8 +346,8 @@ export class IdentityDaemon {
    * VM) renews at once on waking instead of when a monotonic timer would fire. A SIGHUP
    * (renewSoon) ends it.
    */
-  private async sleepUntil(at: number, signal: AbortSignal): Promise<void> {
-    while (!signal.aborted && !this.renewRequested && this.now() < at) {
+  private async sleepUntil(at: number, signal: AbortSignal, wakeOnPush = false): Promise<void> {
+    while (!signal.aborted && !this.renewRequested && !(wakeOnPush && (this.pushed !== undefined || this.streamLost)) && this.now() < at) {
       const step = new AbortController();
       const stop = () => step.abort();
       signal.addEventListener("abort", stop, { once: true });

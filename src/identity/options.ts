@@ -40,6 +40,8 @@ export interface IdentityOptions {
    * daemons cost ~7 % of a core.
    */
   caCheckIntervalMs: number;
+  /** Hold a change stream (SPEC §20) and ask every caCheckIntervalMs only while it is down. Default true. */
+  watch?: boolean;
 }
 
 export type JoinMethod = "token" | "github" | "gitlab" | "oidc";

@@ -1,14 +1,17 @@
 /**
- * `mezd node start` (SPEC §7): keeps a joined node's ssh dir current. Three services share one
- * retry loop: revocations (KRL, lock list, User CA keys) every ~2 s so a lock stops logins within
- * seconds; a heartbeat every ~30 s for `mezctl nodes ls`; and host certificate renewal once less
- * than half its life remains. A failing call backs off and leaves the current files in place.
+ * `mezd node start` (SPEC §7, §20): keeps a joined node's ssh dir current. Three services share
+ * one retry loop: revocations (KRL, lock list, User CA keys), pushed on one long-lived stream
+ * (NodeService.Watch) so a lock stops logins within seconds, and polled every ~2 s while no
+ * stream is up (cut, refused, or an older service); a heartbeat every ~30 s for `mezctl nodes
+ * ls`; and host certificate renewal once less than half its life remains. A failing call backs
+ * off and leaves the current files in place.
  */
 import { closeSync, constants, lstatSync, openSync, readFileSync } from "node:fs";
 import { create } from "@bufbuild/protobuf";
 import type { Client } from "@connectrpc/connect";
+import { Code, ConnectError } from "@connectrpc/connect";
 import { NodeService, RenewHostCertificateRequestSchema, type GetRevocationsResponse } from "../api/gen/mezite/v1/node_pb.js";
-import { connect } from "../api/client.js";
+import { connect, type Keepalive } from "../api/client.js";
 import { fromConnectError } from "../api/errors.js";
 import { KRL_HEADER_BYTES, krlContentVersion } from "../ca/krl.js";
 import { formatAuthorizedKey, parseAuthorizedKey, parseOpenSSHPrivateKey } from "../ca/sshkey.js";
@@ -35,9 +38,22 @@ export interface NodeAgentOptions {
   heartbeatIntervalMs: number;
   /** Longest wait between retries of a failing call. Default 30 s. */
   maxBackoffMs: number;
+  /** Hold a change stream (SPEC §20) and poll only while it is down. Default true. */
+  watch?: boolean;
 }
 
 export const NODE_DEFAULTS = { revocationIntervalMs: 2_000, heartbeatIntervalMs: 30_000, maxBackoffMs: 30_000 } as const;
+
+/** A change stream is quiet for minutes: HTTP/2 PINGs find a dead connection within ~80 s. */
+export const WATCH_KEEPALIVE: Keepalive = { pingIntervalMs: 60_000, pingTimeoutMs: 20_000 };
+/**
+ * Reconnecting a cut stream: full jitter from 1 s doubling to 60 s, so a fleet cut together (a
+ * service restart) comes back spread out. A service that refuses streams (over its caps:
+ * ERR_RATE_LIMITED) or has none (UNIMPLEMENTED) is asked again after WATCH_REFUSED_MS, jittered;
+ * the agent polls meanwhile.
+ */
+const WATCH_BACKOFF = { baseMs: 1_000, maxMs: 60_000 } as const;
+const WATCH_REFUSED_MS = 5 * 60_000;
 
 export interface NodeAgentDeps {
   log: Logger;
@@ -66,6 +82,10 @@ export class NodeAgent {
   private caRenewal: { state: string; at: number } | undefined;
   /** The User CA state of the last reply whose keys are in user_ca.pub, reported with each fetch. */
   private userCaState = "";
+  /** A change stream is up: revocations are pushed, not polled. */
+  private streaming = false;
+  /** Something changed that only the next fetch reports (a host certificate of the new Host CA key). */
+  private reportDue = false;
 
   constructor(private readonly opts: NodeAgentOptions, private readonly deps: NodeAgentDeps) {
     this.now = deps.now ?? Date.now;
@@ -77,7 +97,7 @@ export class NodeAgent {
       return c && Math.round((c.validBeforeMs - this.now()) / 1000);
     });
     this.registry.gauge("mezite_node_revocations_age_seconds", "seconds since the revocation state was last fetched", () =>
-      this.lastRevocationSync === undefined ? undefined : Math.round((this.now() - this.lastRevocationSync) / 1000),
+      this.lastRevocationSync === undefined ? undefined : this.streaming ? 0 : Math.round((this.now() - this.lastRevocationSync) / 1000),
     );
   }
 
@@ -91,7 +111,7 @@ export class NodeAgent {
     if (!cert) return "the host certificate is missing or unreadable";
     if (cert.validBeforeMs <= this.now()) return "the host certificate has expired";
     if (this.lastRevocationSync === undefined) return "revocations not fetched yet";
-    const age = this.now() - this.lastRevocationSync;
+    const age = this.streaming ? 0 : this.now() - this.lastRevocationSync;
     if (age > 30_000) return `revocations last fetched ${Math.round(age / 1000)}s ago`;
     return undefined;
   }
@@ -116,7 +136,7 @@ export class NodeAgent {
   private rpc(): Client<typeof NodeService> {
     if (!this.client) {
       const tls = readNodeTls(this.opts.sshDir);
-      this.client = connect(NodeService, this.authServer, { certPem: tls.cert_pem, keyPem: tls.key_pem, caPem: this.config.tls_ca_pem });
+      this.client = connect(NodeService, this.authServer, { certPem: tls.cert_pem, keyPem: tls.key_pem, caPem: this.config.tls_ca_pem }, WATCH_KEEPALIVE);
     }
     return this.client;
   }
@@ -138,9 +158,19 @@ export class NodeAgent {
     // What this node holds goes with each fetch: `mezctl ca status` names nodes behind a rotation;
     // and the KRL's version, so an unchanged KRL is not sent again.
     const held = this.heldKrlVersion();
+    this.reportDue = false;
     const r = await this.call("revocations", (c) =>
       c.getRevocations({ krlVersion: held, heldCaState: this.config.ca_state ?? "", heldUserCaState: this.userCaState }, signal ? { signal } : {}),
     );
+    return this.applyRevocations(r, held, signal);
+  }
+
+  /**
+   * Writes a revocation state, fetched or pushed, and renews the host certificate when a Host CA
+   * phase change asks for it and its moment has come; true when any file changed. `held`: the
+   * KRL version this node held when the state was made for it.
+   */
+  private async applyRevocations(r: GetRevocationsResponse, held: string, signal?: AbortSignal): Promise<boolean> {
     // An empty krl means "the one you hold is current", and only when it names the one we sent.
     const krlCurrent = r.krl.length === 0 && held !== "" && r.krlVersion === held;
     checkRevocations(r, krlCurrent);
@@ -165,6 +195,7 @@ export class NodeAgent {
       if (this.now() >= this.caRenewal.at) {
         await this.renew(signal);
         this.caRenewal = undefined;
+        this.reportDue = true;
       }
     }
     if (changed) this.deps.log.info("revocation state updated", { ssh_dir: d, locked_identities: r.lockedIdentityIds.length, locked_roles: r.lockedRoles.length, locked_logins: r.lockedLogins.length, locked_instances: r.lockedInstanceIds.length });
@@ -254,6 +285,70 @@ export class NodeAgent {
     this.deps.log.info("host certificate renewed", { node: creds.nodeName, expires: new Date(Number(creds.hostCertExpires)).toISOString() });
   }
 
+  /** While streaming: the spread moment of a Host CA renewal came; renew, then report it. */
+  private async renewIfCaDue(signal: AbortSignal): Promise<void> {
+    if (this.caRenewal === undefined || this.now() < this.caRenewal.at) return;
+    await this.syncRevocations(signal);
+    if (this.reportDue) await this.syncRevocations(signal);
+  }
+
+  /**
+   * Holds the change stream: each event is written as a fetched reply would be; after one that
+   * moved the CA state this node holds (new User CA keys written, a host certificate renewed) one
+   * fetch reports it, as rotation needs. A cut stream is replaced with jittered backoff; a refused
+   * one (caps, an older service) is asked for again after minutes. Polling covers every gap.
+   */
+  private async watchLoop(signal: AbortSignal): Promise<void> {
+    const backoff = new Backoff({ ...WATCH_BACKOFF, random: this.random });
+    let lastError = "";
+    while (!signal.aborted) {
+      let wait: number;
+      try {
+        await this.watchOnce(signal, () => {
+          this.deps.log.info(lastError !== "" ? "change stream up again" : "change stream up");
+          lastError = "";
+          backoff.reset();
+        });
+        wait = backoff.next();
+      } catch (e) {
+        if (signal.aborted) break;
+        if (isMeziteError(e, "ERR_NOT_AUTHORIZED")) throw e; // removed or replaced
+        const refused = streamRefused(e);
+        wait = refused ? WATCH_REFUSED_MS * (0.5 + this.random()) : backoff.next();
+        const message = (e as Error)?.message ?? String(e);
+        if (message !== lastError) this.deps.log.warn(refused ? "change stream refused; polling meanwhile" : "change stream failed; polling meanwhile", { error: message, retry_in_ms: Math.round(wait) });
+        lastError = message;
+      } finally {
+        this.streaming = false;
+      }
+      await sleep(wait, signal);
+    }
+  }
+
+  private async watchOnce(signal: AbortSignal, up: () => void): Promise<void> {
+    const held = this.heldKrlVersion();
+    const request = { krlVersion: held, heldCaState: this.config.ca_state ?? "", heldUserCaState: this.userCaState };
+    let first = true;
+    try {
+      for await (const ev of this.rpc().watch(request, { signal, timeoutMs: 0 })) {
+        if (ev.removed) {
+          await this.syncRevocations(signal); // says why (ERR_NOT_AUTHORIZED), which ends the agent
+          return;
+        }
+        if (!ev.revocations) continue;
+        const userBefore = this.userCaState;
+        await this.applyRevocations(ev.revocations, first ? held : this.heldKrlVersion(), signal);
+        this.calls.inc({ op: "revocations_pushed", result: "ok" });
+        if (first) up();
+        first = false;
+        this.streaming = true;
+        if (this.userCaState !== userBefore || this.reportDue) await this.syncRevocations(signal);
+      }
+    } catch (e) {
+      throw fromConnectError(e, this.authServer);
+    }
+  }
+
   /**
    * Runs every service until `signal` aborts, or until the service says this node is no longer
    * one (removed or replaced: ERR_NOT_AUTHORIZED), which ends them all and is thrown.
@@ -267,7 +362,9 @@ export class NodeAgent {
     const ending = (p: Promise<void>) => p.catch((e: unknown) => (stop.abort(), Promise.reject(e)));
     try {
       await Promise.all([
-        ending(this.every("revocations", this.opts.revocationIntervalMs, signal, () => this.syncRevocations(signal))),
+        // Polled while no stream is up; while one is, only a Host CA renewal's due moment is kept.
+        ending(this.every("revocations", this.opts.revocationIntervalMs, signal, () => (this.streaming ? this.renewIfCaDue(signal) : this.syncRevocations(signal)))),
+        ...(this.opts.watch !== false ? [ending(this.watchLoop(signal))] : []),
         ending(this.every("heartbeat", this.opts.heartbeatIntervalMs, signal, () => this.heartbeat(signal))),
         // Checked as often as heartbeats: the certificate lives days, half of it is never close.
         ending(this.every("renewal", this.opts.heartbeatIntervalMs, signal, () => this.renewIfDue(signal))),
@@ -305,6 +402,13 @@ export class NodeAgent {
       await sleep(wait, signal);
     }
   }
+}
+
+/** Whether a failed Watch means the service will not stream to us for now (then poll longer). */
+function streamRefused(e: unknown): boolean {
+  if (isMeziteError(e, "ERR_RATE_LIMITED")) return true;
+  const cause = e instanceof MeziteError ? e.cause : e;
+  return cause instanceof ConnectError && cause.code === Code.Unimplemented;
 }
 
 /** The file's bytes, or undefined when it is missing or not a plain file we can read (then it is rewritten). */

@@ -12,7 +12,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file mezite/v1/node.proto.
  */
 export const file_mezite_v1_node: GenFile = /*@__PURE__*/
-  fileDesc("ChRtZXppdGUvdjEvbm9kZS5wcm90bxIJbWV6aXRlLnYxIj4KEEhlYXJ0YmVhdFJlcXVlc3QSDwoHYWRkcmVzcxgBIAEoCRIZChFob3N0X2NlcnRfZXhwaXJlcxgCIAEoAyITChFIZWFydGJlYXRSZXNwb25zZSJOChtSZW5ld0hvc3RDZXJ0aWZpY2F0ZVJlcXVlc3QSFwoPaG9zdF9wdWJsaWNfa2V5GAEgASgJEhYKDnRsc19wdWJsaWNfa2V5GAIgASgMIk8KHFJlbmV3SG9zdENlcnRpZmljYXRlUmVzcG9uc2USLwoLY3JlZGVudGlhbHMYASABKAsyGi5tZXppdGUudjEuTm9kZUNyZWRlbnRpYWxzIl8KFUdldFJldm9jYXRpb25zUmVxdWVzdBITCgtrcmxfdmVyc2lvbhgUIAEoCRIVCg1oZWxkX2NhX3N0YXRlGB4gASgJEhoKEmhlbGRfdXNlcl9jYV9zdGF0ZRgfIAEoCSL9AQoWR2V0UmV2b2NhdGlvbnNSZXNwb25zZRILCgNrcmwYASABKAwSGAoQdXNlcl9jYV9zc2hfa2V5cxgCIAMoCRIbChNsb2NrZWRfaWRlbnRpdHlfaWRzGAMgAygJEhsKE2xvY2tlZF9pbnN0YW5jZV9pZHMYBCADKAkSFAoMbG9ja2VkX3JvbGVzGAUgAygJEhUKDWxvY2tlZF9sb2dpbnMYBiADKAkSEAoIY2Ffc3RhdGUYByABKAkSFwoPcmVuZXdfd2l0aGluX21zGAggASgDEhMKC2tybF92ZXJzaW9uGBQgASgJEhUKDXVzZXJfY2Ffc3RhdGUYHiABKAkylQIKC05vZGVTZXJ2aWNlEkYKCUhlYXJ0YmVhdBIbLm1leml0ZS52MS5IZWFydGJlYXRSZXF1ZXN0GhwubWV6aXRlLnYxLkhlYXJ0YmVhdFJlc3BvbnNlEmcKFFJlbmV3SG9zdENlcnRpZmljYXRlEiYubWV6aXRlLnYxLlJlbmV3SG9zdENlcnRpZmljYXRlUmVxdWVzdBonLm1leml0ZS52MS5SZW5ld0hvc3RDZXJ0aWZpY2F0ZVJlc3BvbnNlElUKDkdldFJldm9jYXRpb25zEiAubWV6aXRlLnYxLkdldFJldm9jYXRpb25zUmVxdWVzdBohLm1leml0ZS52MS5HZXRSZXZvY2F0aW9uc1Jlc3BvbnNlYgZwcm90bzM", [file_mezite_v1_join]);
+  fileDesc("ChRtZXppdGUvdjEvbm9kZS5wcm90bxIJbWV6aXRlLnYxIj4KEEhlYXJ0YmVhdFJlcXVlc3QSDwoHYWRkcmVzcxgBIAEoCRIZChFob3N0X2NlcnRfZXhwaXJlcxgCIAEoAyITChFIZWFydGJlYXRSZXNwb25zZSJOChtSZW5ld0hvc3RDZXJ0aWZpY2F0ZVJlcXVlc3QSFwoPaG9zdF9wdWJsaWNfa2V5GAEgASgJEhYKDnRsc19wdWJsaWNfa2V5GAIgASgMIk8KHFJlbmV3SG9zdENlcnRpZmljYXRlUmVzcG9uc2USLwoLY3JlZGVudGlhbHMYASABKAsyGi5tZXppdGUudjEuTm9kZUNyZWRlbnRpYWxzIl8KFUdldFJldm9jYXRpb25zUmVxdWVzdBITCgtrcmxfdmVyc2lvbhgUIAEoCRIVCg1oZWxkX2NhX3N0YXRlGB4gASgJEhoKEmhlbGRfdXNlcl9jYV9zdGF0ZRgfIAEoCSL9AQoWR2V0UmV2b2NhdGlvbnNSZXNwb25zZRILCgNrcmwYASABKAwSGAoQdXNlcl9jYV9zc2hfa2V5cxgCIAMoCRIbChNsb2NrZWRfaWRlbnRpdHlfaWRzGAMgAygJEhsKE2xvY2tlZF9pbnN0YW5jZV9pZHMYBCADKAkSFAoMbG9ja2VkX3JvbGVzGAUgAygJEhUKDWxvY2tlZF9sb2dpbnMYBiADKAkSEAoIY2Ffc3RhdGUYByABKAkSFwoPcmVuZXdfd2l0aGluX21zGAggASgDEhMKC2tybF92ZXJzaW9uGBQgASgJEhUKDXVzZXJfY2Ffc3RhdGUYHiABKAkiWgoQV2F0Y2hOb2RlUmVxdWVzdBITCgtrcmxfdmVyc2lvbhgBIAEoCRIVCg1oZWxkX2NhX3N0YXRlGAIgASgJEhoKEmhlbGRfdXNlcl9jYV9zdGF0ZRgDIAEoCSJZCg5XYXRjaE5vZGVFdmVudBI2CgtyZXZvY2F0aW9ucxgBIAEoCzIhLm1leml0ZS52MS5HZXRSZXZvY2F0aW9uc1Jlc3BvbnNlEg8KB3JlbW92ZWQYAiABKAgy2AIKC05vZGVTZXJ2aWNlEkYKCUhlYXJ0YmVhdBIbLm1leml0ZS52MS5IZWFydGJlYXRSZXF1ZXN0GhwubWV6aXRlLnYxLkhlYXJ0YmVhdFJlc3BvbnNlEmcKFFJlbmV3SG9zdENlcnRpZmljYXRlEiYubWV6aXRlLnYxLlJlbmV3SG9zdENlcnRpZmljYXRlUmVxdWVzdBonLm1leml0ZS52MS5SZW5ld0hvc3RDZXJ0aWZpY2F0ZVJlc3BvbnNlElUKDkdldFJldm9jYXRpb25zEiAubWV6aXRlLnYxLkdldFJldm9jYXRpb25zUmVxdWVzdBohLm1leml0ZS52MS5HZXRSZXZvY2F0aW9uc1Jlc3BvbnNlEkEKBVdhdGNoEhsubWV6aXRlLnYxLldhdGNoTm9kZVJlcXVlc3QaGS5tZXppdGUudjEuV2F0Y2hOb2RlRXZlbnQwAWIGcHJvdG8z", [file_mezite_v1_join]);
 
 /**
  * @generated from message mezite.v1.HeartbeatRequest
@@ -196,6 +196,62 @@ export const GetRevocationsResponseSchema: GenMessage<GetRevocationsResponse> = 
   messageDesc(file_mezite_v1_node, 5);
 
 /**
+ * @generated from message mezite.v1.WatchNodeRequest
+ */
+export type WatchNodeRequest = Message<"mezite.v1.WatchNodeRequest"> & {
+  /**
+   * As GetRevocationsRequest: what the node holds, reported when the stream opens.
+   *
+   * @generated from field: string krl_version = 1;
+   */
+  krlVersion: string;
+
+  /**
+   * @generated from field: string held_ca_state = 2;
+   */
+  heldCaState: string;
+
+  /**
+   * @generated from field: string held_user_ca_state = 3;
+   */
+  heldUserCaState: string;
+};
+
+/**
+ * Describes the message mezite.v1.WatchNodeRequest.
+ * Use `create(WatchNodeRequestSchema)` to create a new message.
+ */
+export const WatchNodeRequestSchema: GenMessage<WatchNodeRequest> = /*@__PURE__*/
+  messageDesc(file_mezite_v1_node, 6);
+
+/**
+ * @generated from message mezite.v1.WatchNodeEvent
+ */
+export type WatchNodeEvent = Message<"mezite.v1.WatchNodeEvent"> & {
+  /**
+   * The revocation state as GetRevocations answers it; krl is empty when the KRL is the one the
+   * node holds (krl_version names it). The first event is sent as the stream opens.
+   *
+   * @generated from field: mezite.v1.GetRevocationsResponse revocations = 1;
+   */
+  revocations?: GetRevocationsResponse | undefined;
+
+  /**
+   * This node was removed: the stream ends after this event.
+   *
+   * @generated from field: bool removed = 2;
+   */
+  removed: boolean;
+};
+
+/**
+ * Describes the message mezite.v1.WatchNodeEvent.
+ * Use `create(WatchNodeEventSchema)` to create a new message.
+ */
+export const WatchNodeEventSchema: GenMessage<WatchNodeEvent> = /*@__PURE__*/
+  messageDesc(file_mezite_v1_node, 7);
+
+/**
  * Called over mTLS with a node's certificate (signed by the Host CA).
  *
  * @generated from service mezite.v1.NodeService
@@ -224,6 +280,17 @@ export const NodeService: GenService<{
     methodKind: "unary";
     input: typeof GetRevocationsRequestSchema;
     output: typeof GetRevocationsResponseSchema;
+  },
+  /**
+   * One long-lived stream per node agent (SPEC §20): the revocation state now, then again each
+   * time it changes (a lock, a deletion, a CA phase change), instead of a poll every 2 s.
+   *
+   * @generated from rpc mezite.v1.NodeService.Watch
+   */
+  watch: {
+    methodKind: "server_streaming";
+    input: typeof WatchNodeRequestSchema;
+    output: typeof WatchNodeEventSchema;
   },
 }> = /*@__PURE__*/
   serviceDesc(file_mezite_v1_node, 0);

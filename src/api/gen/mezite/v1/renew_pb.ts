@@ -12,7 +12,58 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file mezite/v1/renew.proto.
  */
 export const file_mezite_v1_renew: GenFile = /*@__PURE__*/
-  fileDesc("ChVtZXppdGUvdjEvcmVuZXcucHJvdG8SCW1leml0ZS52MSIqChFHZXRDYVN0YXRlUmVxdWVzdBIVCg1oZWxkX2NhX3N0YXRlGB4gASgJIj8KEkdldENhU3RhdGVSZXNwb25zZRIQCghjYV9zdGF0ZRgBIAEoCRIXCg9yZW5ld193aXRoaW5fbXMYAiABKAMirQEKDFJlbmV3UmVxdWVzdBISCgpyZXF1ZXN0X2lkGAEgASgMEhYKDnNzaF9wdWJsaWNfa2V5GAIgASgJEhcKD3g1MDlfcHVibGljX2tleRgDIAEoDBIaChJyZW5ld2FsX3B1YmxpY19rZXkYBCABKAwSGAoQcmVxdWVzdGVkX3R0bF9tcxgFIAEoAxIiCgRob3N0GBQgASgLMhQubWV6aXRlLnYxLkhvc3RGYWN0cyJECg1SZW5ld1Jlc3BvbnNlEjMKDGNlcnRpZmljYXRlcxgBIAEoCzIdLm1leml0ZS52MS5Jc3N1ZWRDZXJ0aWZpY2F0ZXMiEAoOUmVsZWFzZVJlcXVlc3QiYAoPUmVsZWFzZVJlc3BvbnNlEhUKDWFscmVhZHlfZW5kZWQYASABKAgSEAoIaWRlbnRpdHkYAiABKAkSEwoLaW5zdGFuY2VfaWQYAyABKAkSDwoHcmV2b2tlZBgEIAEoDTLXAQoMUmVuZXdTZXJ2aWNlEjoKBVJlbmV3EhcubWV6aXRlLnYxLlJlbmV3UmVxdWVzdBoYLm1leml0ZS52MS5SZW5ld1Jlc3BvbnNlEkkKCkdldENhU3RhdGUSHC5tZXppdGUudjEuR2V0Q2FTdGF0ZVJlcXVlc3QaHS5tZXppdGUudjEuR2V0Q2FTdGF0ZVJlc3BvbnNlEkAKB1JlbGVhc2USGS5tZXppdGUudjEuUmVsZWFzZVJlcXVlc3QaGi5tZXppdGUudjEuUmVsZWFzZVJlc3BvbnNlYgZwcm90bzM", [file_mezite_v1_common]);
+  fileDesc("ChVtZXppdGUvdjEvcmVuZXcucHJvdG8SCW1leml0ZS52MSIsChNXYXRjaENhU3RhdGVSZXF1ZXN0EhUKDWhlbGRfY2Ffc3RhdGUYASABKAkiTwoRV2F0Y2hDYVN0YXRlRXZlbnQSEAoIY2Ffc3RhdGUYASABKAkSFwoPcmVuZXdfd2l0aGluX21zGAIgASgDEg8KB3Jldm9rZWQYAyABKAgiKgoRR2V0Q2FTdGF0ZVJlcXVlc3QSFQoNaGVsZF9jYV9zdGF0ZRgeIAEoCSI/ChJHZXRDYVN0YXRlUmVzcG9uc2USEAoIY2Ffc3RhdGUYASABKAkSFwoPcmVuZXdfd2l0aGluX21zGAIgASgDIq0BCgxSZW5ld1JlcXVlc3QSEgoKcmVxdWVzdF9pZBgBIAEoDBIWCg5zc2hfcHVibGljX2tleRgCIAEoCRIXCg94NTA5X3B1YmxpY19rZXkYAyABKAwSGgoScmVuZXdhbF9wdWJsaWNfa2V5GAQgASgMEhgKEHJlcXVlc3RlZF90dGxfbXMYBSABKAMSIgoEaG9zdBgUIAEoCzIULm1leml0ZS52MS5Ib3N0RmFjdHMiRAoNUmVuZXdSZXNwb25zZRIzCgxjZXJ0aWZpY2F0ZXMYASABKAsyHS5tZXppdGUudjEuSXNzdWVkQ2VydGlmaWNhdGVzIhAKDlJlbGVhc2VSZXF1ZXN0ImAKD1JlbGVhc2VSZXNwb25zZRIVCg1hbHJlYWR5X2VuZGVkGAEgASgIEhAKCGlkZW50aXR5GAIgASgJEhMKC2luc3RhbmNlX2lkGAMgASgJEg8KB3Jldm9rZWQYBCABKA0yoAIKDFJlbmV3U2VydmljZRI6CgVSZW5ldxIXLm1leml0ZS52MS5SZW5ld1JlcXVlc3QaGC5tZXppdGUudjEuUmVuZXdSZXNwb25zZRJJCgpHZXRDYVN0YXRlEhwubWV6aXRlLnYxLkdldENhU3RhdGVSZXF1ZXN0Gh0ubWV6aXRlLnYxLkdldENhU3RhdGVSZXNwb25zZRJACgdSZWxlYXNlEhkubWV6aXRlLnYxLlJlbGVhc2VSZXF1ZXN0GhoubWV6aXRlLnYxLlJlbGVhc2VSZXNwb25zZRJHCgVXYXRjaBIeLm1leml0ZS52MS5XYXRjaENhU3RhdGVSZXF1ZXN0GhwubWV6aXRlLnYxLldhdGNoQ2FTdGF0ZUV2ZW50MAFiBnByb3RvMw", [file_mezite_v1_common]);
+
+/**
+ * @generated from message mezite.v1.WatchCaStateRequest
+ */
+export type WatchCaStateRequest = Message<"mezite.v1.WatchCaStateRequest"> & {
+  /**
+   * As GetCaStateRequest: reported when the stream opens.
+   *
+   * @generated from field: string held_ca_state = 1;
+   */
+  heldCaState: string;
+};
+
+/**
+ * Describes the message mezite.v1.WatchCaStateRequest.
+ * Use `create(WatchCaStateRequestSchema)` to create a new message.
+ */
+export const WatchCaStateRequestSchema: GenMessage<WatchCaStateRequest> = /*@__PURE__*/
+  messageDesc(file_mezite_v1_renew, 0);
+
+/**
+ * @generated from message mezite.v1.WatchCaStateEvent
+ */
+export type WatchCaStateEvent = Message<"mezite.v1.WatchCaStateEvent"> & {
+  /**
+   * As GetCaStateResponse.
+   *
+   * @generated from field: string ca_state = 1;
+   */
+  caState: string;
+
+  /**
+   * @generated from field: int64 renew_within_ms = 2;
+   */
+  renewWithinMs: bigint;
+
+  /**
+   * The identity, the instance or one of its roles was locked, or it was deleted: renew now (the
+   * refusal ends the daemon). The stream ends after this event.
+   *
+   * @generated from field: bool revoked = 3;
+   */
+  revoked: boolean;
+};
+
+/**
+ * Describes the message mezite.v1.WatchCaStateEvent.
+ * Use `create(WatchCaStateEventSchema)` to create a new message.
+ */
+export const WatchCaStateEventSchema: GenMessage<WatchCaStateEvent> = /*@__PURE__*/
+  messageDesc(file_mezite_v1_renew, 1);
 
 /**
  * @generated from message mezite.v1.GetCaStateRequest
@@ -32,7 +83,7 @@ export type GetCaStateRequest = Message<"mezite.v1.GetCaStateRequest"> & {
  * Use `create(GetCaStateRequestSchema)` to create a new message.
  */
 export const GetCaStateRequestSchema: GenMessage<GetCaStateRequest> = /*@__PURE__*/
-  messageDesc(file_mezite_v1_renew, 0);
+  messageDesc(file_mezite_v1_renew, 2);
 
 /**
  * @generated from message mezite.v1.GetCaStateResponse
@@ -57,7 +108,7 @@ export type GetCaStateResponse = Message<"mezite.v1.GetCaStateResponse"> & {
  * Use `create(GetCaStateResponseSchema)` to create a new message.
  */
 export const GetCaStateResponseSchema: GenMessage<GetCaStateResponse> = /*@__PURE__*/
-  messageDesc(file_mezite_v1_renew, 1);
+  messageDesc(file_mezite_v1_renew, 3);
 
 /**
  * @generated from message mezite.v1.RenewRequest
@@ -102,7 +153,7 @@ export type RenewRequest = Message<"mezite.v1.RenewRequest"> & {
  * Use `create(RenewRequestSchema)` to create a new message.
  */
 export const RenewRequestSchema: GenMessage<RenewRequest> = /*@__PURE__*/
-  messageDesc(file_mezite_v1_renew, 2);
+  messageDesc(file_mezite_v1_renew, 4);
 
 /**
  * @generated from message mezite.v1.RenewResponse
@@ -119,7 +170,7 @@ export type RenewResponse = Message<"mezite.v1.RenewResponse"> & {
  * Use `create(RenewResponseSchema)` to create a new message.
  */
 export const RenewResponseSchema: GenMessage<RenewResponse> = /*@__PURE__*/
-  messageDesc(file_mezite_v1_renew, 3);
+  messageDesc(file_mezite_v1_renew, 5);
 
 /**
  * @generated from message mezite.v1.ReleaseRequest
@@ -132,7 +183,7 @@ export type ReleaseRequest = Message<"mezite.v1.ReleaseRequest"> & {
  * Use `create(ReleaseRequestSchema)` to create a new message.
  */
 export const ReleaseRequestSchema: GenMessage<ReleaseRequest> = /*@__PURE__*/
-  messageDesc(file_mezite_v1_renew, 4);
+  messageDesc(file_mezite_v1_renew, 6);
 
 /**
  * @generated from message mezite.v1.ReleaseResponse
@@ -168,7 +219,7 @@ export type ReleaseResponse = Message<"mezite.v1.ReleaseResponse"> & {
  * Use `create(ReleaseResponseSchema)` to create a new message.
  */
 export const ReleaseResponseSchema: GenMessage<ReleaseResponse> = /*@__PURE__*/
-  messageDesc(file_mezite_v1_renew, 5);
+  messageDesc(file_mezite_v1_renew, 7);
 
 /**
  * Called over mTLS with an agent's renewal certificate, which names the identity, the instance
@@ -205,6 +256,18 @@ export const RenewService: GenService<{
     methodKind: "unary";
     input: typeof ReleaseRequestSchema;
     output: typeof ReleaseResponseSchema;
+  },
+  /**
+   * One long-lived stream per daemon (SPEC §20): the CA state now, then each phase change, and
+   * whether this instance was locked or deleted (then renew now: the refusal says which), instead
+   * of GetCaState every 45 s.
+   *
+   * @generated from rpc mezite.v1.RenewService.Watch
+   */
+  watch: {
+    methodKind: "server_streaming";
+    input: typeof WatchCaStateRequestSchema;
+    output: typeof WatchCaStateEventSchema;
   },
 }> = /*@__PURE__*/
   serviceDesc(file_mezite_v1_renew, 0);
