@@ -8,7 +8,7 @@ import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, test } from "node:test";
-import { CaWatcher, advanceDue, caStatus, recordInstanceCaState, recordNodeCaState, renewSpreadMs, rotate } from "../../src/auth/rotation.js";
+import { CaWatcher, MANUAL_SPREAD_MIN_MS, advanceDue, caStatus, manualSpreadMs, recordInstanceCaState, recordNodeCaState, renewSpreadMs, rotate } from "../../src/auth/rotation.js";
 import { CA_KINDS, NODE_CA_KINDS, caState, caStatesOf, type CaKind, type Phase } from "../../src/auth/cas.js";
 import type { AuthContext } from "../../src/auth/context.js";
 import { encode, keys, load, type InstanceRecord, type NodeRecord } from "../../src/auth/records.js";
@@ -185,13 +185,14 @@ test("an automatic rotation rolled back finishes rolling back by itself, on the 
   assert.deepEqual([ctx.cas.user.phase, ctx.cas.user.trusted.map((k) => k.sshFingerprint)], ["standby", [old]]);
 });
 
-test("renewals after a phase change spread over a quarter of an automatic phase (at most 30 min), none for manual steps", async () => {
+test("renewals after a phase change spread over a quarter of an automatic phase (at most 30 min); a manual step's over seconds by fleet size", async () => {
   const ctx = await context();
   assert.equal(renewSpreadMs(ctx.cas, CA_KINDS), 0);
   await rotate(ctx, { kinds: ["host"], phase: undefined, graceMs: 3 * 3_600_000, actor: "t", remoteAddr: "" });
   assert.equal(renewSpreadMs(ctx.cas, ["host"]), 15 * 60_000);
   await step(ctx, "user", "init"); // manual, and more hurried: it counts for daemons
-  assert.deepEqual([renewSpreadMs(ctx.cas, CA_KINDS), renewSpreadMs(ctx.cas, NODE_CA_KINDS)], [0, 15 * 60_000]);
+  assert.deepEqual([renewSpreadMs(ctx.cas, CA_KINDS), renewSpreadMs(ctx.cas, NODE_CA_KINDS)], [MANUAL_SPREAD_MIN_MS, 15 * 60_000]);
+  assert.deepEqual([manualSpreadMs(10), manualSpreadMs(10_000), manualSpreadMs(1_000_000)], [MANUAL_SPREAD_MIN_MS, 100_000, 30 * 60_000], "10 ms an agent, 5 s to 30 min");
   await step(ctx, "user", "rollback");
   await step(ctx, "user", "standby");
   // The host rotation goes on by itself; its last step's renewals spread as the others did.
@@ -205,8 +206,8 @@ test("renewals after a phase change spread over a quarter of an automatic phase 
   const long = await context();
   await rotate(long, { kinds: ["user"], phase: undefined, graceMs: 48 * 3_600_000, actor: "t", remoteAddr: "" });
   assert.equal(renewSpreadMs(long.cas, CA_KINDS), 30 * 60_000);
-  await step(long, "user", "update_clients"); // a manual step takes over: no spread from now on
-  assert.equal(renewSpreadMs(long.cas, CA_KINDS), 0);
+  await step(long, "user", "update_clients"); // a manual step takes over: its seconds from now on
+  assert.equal(renewSpreadMs(long.cas, CA_KINDS), MANUAL_SPREAD_MIN_MS);
 });
 
 test("a service whose application of a phase change failed retries it until it succeeds", async () => {
