@@ -7,8 +7,9 @@ import { randomBytes, type KeyObject } from "node:crypto";
 import type { IssuedCertificates } from "../api/gen/mezite/v1/common_pb.js";
 import { JoinService } from "../api/gen/mezite/v1/join_pb.js";
 import { RenewService } from "../api/gen/mezite/v1/renew_pb.js";
-import { Code, ConnectError, type Client } from "@connectrpc/connect";
-import { connect, type Keepalive } from "../api/client.js";
+import type { Client } from "@connectrpc/connect";
+import { connect } from "../api/client.js";
+import { WATCH_KEEPALIVE, holdStream } from "../api/stream.js";
 import { fromConnectError } from "../api/errors.js";
 import { checkCaPin } from "../api/pin.js";
 import { bundleHasPin, privateKeyToPem } from "../ca/x509.js";
@@ -37,11 +38,6 @@ import { Storage, type IdentityState } from "./storage.js";
 /** Renewal refusals after which the certificates held must not be used (the agent drops them). */
 const REVOKING_CODES: readonly ErrorCode[] = ["ERR_LOCKED", "ERR_IDENTITY_DELETED", "ERR_GENERATION_MISMATCH"];
 
-/** A change stream is quiet for minutes: HTTP/2 PINGs find a dead connection within ~80 s. */
-const WATCH_KEEPALIVE: Keepalive = { pingIntervalMs: 60_000, pingTimeoutMs: 20_000 };
-/** Reconnecting a cut stream: full jitter from 1 s doubling to 60 s; refused (caps, an older service): again after minutes. */
-const WATCH_BACKOFF = { baseMs: 1_000, maxMs: 60_000 } as const;
-const WATCH_REFUSED_MS = 5 * 60_000;
 type RenewClient = Client<typeof RenewService>;
 
 export interface DaemonDeps {
@@ -248,35 +244,22 @@ export class IdentityDaemon {
    * older service) is asked for again after minutes, and waitForRenewal asks every
    * --ca-check-interval meanwhile.
    */
-  private async watchLoop(signal: AbortSignal): Promise<void> {
-    const backoff = new Backoff({ ...WATCH_BACKOFF, random: this.random });
-    let lastError = "";
-    while (!signal.aborted) {
-      let wait: number;
-      try {
-        await this.watchOnce(signal, () => {
-          this.deps.log.info(lastError !== "" ? "change stream up again" : "change stream up");
-          lastError = "";
-          backoff.reset();
-        });
-        wait = backoff.next(); // ended by the service (its lifetime, a restart)
-      } catch (e) {
-        if (signal.aborted) break;
-        const err = fromConnectError(e, this.opts.authServer);
-        const cause = err.cause;
-        const refused = err.code === "ERR_RATE_LIMITED" || (cause instanceof ConnectError && cause.code === Code.Unimplemented);
-        wait = refused ? WATCH_REFUSED_MS * (0.5 + this.random()) : backoff.next();
-        if (err.message !== lastError) this.deps.log.warn(refused ? "change stream refused; asking every --ca-check-interval meanwhile" : "change stream failed; asking every --ca-check-interval meanwhile", { error: err.message, retry_in_ms: Math.round(wait) });
-        lastError = err.message;
-      } finally {
-        if (this.streaming) {
+  private watchLoop(signal: AbortSignal): Promise<void> {
+    return holdStream(
+      {
+        run: (delivered) => this.watchOnce(signal, delivered).catch((e: unknown) => Promise.reject(fromConnectError(e, this.opts.authServer))),
+        down: () => {
+          if (!this.streaming) return;
           this.streaming = false;
           this.streamLost = true;
           this.wake?.();
-        }
-      }
-      await sleep(wait, signal);
-    }
+        },
+        log: this.deps.log,
+        meanwhile: "asking every --ca-check-interval",
+      },
+      signal,
+      this.random,
+    );
   }
 
   private async watchOnce(signal: AbortSignal, up: () => void): Promise<void> {

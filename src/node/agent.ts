@@ -9,9 +9,9 @@
 import { closeSync, constants, lstatSync, openSync, readFileSync } from "node:fs";
 import { create } from "@bufbuild/protobuf";
 import type { Client } from "@connectrpc/connect";
-import { Code, ConnectError } from "@connectrpc/connect";
 import { NodeService, RenewHostCertificateRequestSchema, type GetRevocationsResponse } from "../api/gen/mezite/v1/node_pb.js";
-import { connect, type Keepalive } from "../api/client.js";
+import { connect } from "../api/client.js";
+import { WATCH_KEEPALIVE, holdStream } from "../api/stream.js";
 import { fromConnectError } from "../api/errors.js";
 import { KRL_HEADER_BYTES, krlContentVersion } from "../ca/krl.js";
 import { formatAuthorizedKey, parseAuthorizedKey, parseOpenSSHPrivateKey } from "../ca/sshkey.js";
@@ -44,16 +44,6 @@ export interface NodeAgentOptions {
 
 export const NODE_DEFAULTS = { revocationIntervalMs: 2_000, heartbeatIntervalMs: 30_000, maxBackoffMs: 30_000 } as const;
 
-/** A change stream is quiet for minutes: HTTP/2 PINGs find a dead connection within ~80 s. */
-export const WATCH_KEEPALIVE: Keepalive = { pingIntervalMs: 60_000, pingTimeoutMs: 20_000 };
-/**
- * Reconnecting a cut stream: full jitter from 1 s doubling to 60 s, so a fleet cut together (a
- * service restart) comes back spread out. A service that refuses streams (over its caps:
- * ERR_RATE_LIMITED) or has none (UNIMPLEMENTED) is asked again after WATCH_REFUSED_MS, jittered;
- * the agent polls meanwhile.
- */
-const WATCH_BACKOFF = { baseMs: 1_000, maxMs: 60_000 } as const;
-const WATCH_REFUSED_MS = 5 * 60_000;
 
 export interface NodeAgentDeps {
   log: Logger;
@@ -298,31 +288,18 @@ export class NodeAgent {
    * fetch reports it, as rotation needs. A cut stream is replaced with jittered backoff; a refused
    * one (caps, an older service) is asked for again after minutes. Polling covers every gap.
    */
-  private async watchLoop(signal: AbortSignal): Promise<void> {
-    const backoff = new Backoff({ ...WATCH_BACKOFF, random: this.random });
-    let lastError = "";
-    while (!signal.aborted) {
-      let wait: number;
-      try {
-        await this.watchOnce(signal, () => {
-          this.deps.log.info(lastError !== "" ? "change stream up again" : "change stream up");
-          lastError = "";
-          backoff.reset();
-        });
-        wait = backoff.next();
-      } catch (e) {
-        if (signal.aborted) break;
-        if (isMeziteError(e, "ERR_NOT_AUTHORIZED")) throw e; // removed or replaced
-        const refused = streamRefused(e);
-        wait = refused ? WATCH_REFUSED_MS * (0.5 + this.random()) : backoff.next();
-        const message = (e as Error)?.message ?? String(e);
-        if (message !== lastError) this.deps.log.warn(refused ? "change stream refused; polling meanwhile" : "change stream failed; polling meanwhile", { error: message, retry_in_ms: Math.round(wait) });
-        lastError = message;
-      } finally {
-        this.streaming = false;
-      }
-      await sleep(wait, signal);
-    }
+  private watchLoop(signal: AbortSignal): Promise<void> {
+    return holdStream(
+      {
+        run: (delivered) => this.watchOnce(signal, delivered),
+        down: () => void (this.streaming = false),
+        fatal: (e) => isMeziteError(e, "ERR_NOT_AUTHORIZED"), // removed or replaced
+        log: this.deps.log,
+        meanwhile: "polling",
+      },
+      signal,
+      this.random,
+    );
   }
 
   private async watchOnce(signal: AbortSignal, up: () => void): Promise<void> {
@@ -405,12 +382,6 @@ export class NodeAgent {
 }
 
 /** Whether a failed Watch means the service will not stream to us for now (then poll longer). */
-function streamRefused(e: unknown): boolean {
-  if (isMeziteError(e, "ERR_RATE_LIMITED")) return true;
-  const cause = e instanceof MeziteError ? e.cause : e;
-  return cause instanceof ConnectError && cause.code === Code.Unimplemented;
-}
-
 /** The file's bytes, or undefined when it is missing or not a plain file we can read (then it is rewritten). */
 function readBinary(path: string): Buffer | undefined {
   try {
