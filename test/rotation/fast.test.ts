@@ -13,9 +13,9 @@ import { join } from "node:path";
 import { after, before, describe, test } from "node:test";
 import { SEED_ROLE, mezctlOk, startAuth, type AuthProcess } from "../harness/auth.js";
 import { missingComponent, sshdTestsCannotRun } from "../harness/require.js";
-import { JOINED, killDaemons, seedSsh } from "../identity/fixture.js";
+import { JOINED, killDaemons } from "../identity/fixture.js";
 import {
-  AS_NODE, LoginLoop, caStatus, report, signingCa, startRotationAgent, startRotationNode, stepWhenAllowed, until, type RotationAgent, type RotationNode,
+  LoginLoop, caStatus, report, signingCa, startLoginLoop, startRotationAgent, startRotationNode, stepWhenAllowed, until, type RotationAgent, type RotationNode,
 } from "./fixture.js";
 
 const missing = sshdTestsCannotRun();
@@ -39,14 +39,7 @@ describe("--type=all stepped by hand as fast as mezctl allows, with a daemon on 
     await mezctlOk(auth, "create", "-f", join(work, "role.yaml"));
     node = await startRotationNode(auth, work, auth.addr, auth.addr);
     agent = await startRotationAgent(auth, work, auth.addr, []); // default --ca-check-interval (45s)
-    let last = "";
-    await until("a first login", 15_000, async () => {
-      const r = await seedSsh(agent.dest, node.sshd.port, "deploy", AS_NODE);
-      last = r.stderr;
-      return r.code === 0 ? true : undefined;
-    }).catch((e: Error) => Promise.reject(new Error(`${e.message}: ${last}`)));
-    loop = new LoginLoop(agent.dest, node.sshd.port);
-    loop.start();
+    loop = await startLoginLoop(agent, node);
   });
 
   after(async () => {

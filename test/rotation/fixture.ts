@@ -207,3 +207,16 @@ export async function manualStep(bed: RotationBed, admin: AuthProcess, type: "us
   report(`${type} CA ${phase} (through ${admin.addr}): reached the daemon and the node within ${ms} ms`);
   await sleep(2_000);
 }
+
+/** Waits for a first login with the agent's outputs (the node agent writes its first KRL within ~2 s; until then sshd may refuse), then logs in once a second. */
+export async function startLoginLoop(agent: RotationAgent, node: RotationNode): Promise<LoginLoop> {
+  let last = "";
+  await until("a first login", 15_000, async () => {
+    const r = await seedSsh(agent.dest, node.sshd.port, "deploy", AS_NODE);
+    last = r.stderr;
+    return r.code === 0 ? true : undefined;
+  }).catch((e: Error) => Promise.reject(new Error(`${e.message}: ${last}`)));
+  const loop = new LoginLoop(agent.dest, node.sshd.port);
+  loop.start();
+  return loop;
+}

@@ -16,7 +16,7 @@ import { missingComponent, sshdTestsCannotRun } from "../harness/require.js";
 import { sshRun, type Sshd } from "../harness/sshd.js";
 import { killDaemons, seedSsh } from "../identity/fixture.js";
 import {
-  AS_NODE, LoginLoop, caStatus, keepAside, loginWith, manualStep, report, signingCa, startOldHostSshd, startRotationAgent, startRotationNode, until,
+  AS_NODE, LoginLoop, caStatus, keepAside, loginWith, manualStep, report, signingCa, startLoginLoop, startOldHostSshd, startRotationAgent, startRotationNode, until,
   type RotationAgent, type RotationNode,
 } from "./fixture.js";
 
@@ -41,15 +41,7 @@ describe("CA rotation with real sshd, node agent and identity daemon", () => {
     await mezctlOk(auth, "create", "-f", join(work, "role.yaml"));
     node = await startRotationNode(auth, work, auth.addr, auth.addr);
     agent = await startRotationAgent(auth, work, auth.addr);
-    // The node agent writes its first KRL within ~2 s; until then sshd may refuse.
-    let last = "";
-    await until("a first login", 15_000, async () => {
-      const r = await seedSsh(agent.dest, node.sshd.port, "deploy", AS_NODE);
-      last = r.stderr;
-      return r.code === 0 ? true : undefined;
-    }).catch((e: Error) => Promise.reject(new Error(`${e.message}: ${last}`)));
-    loop = new LoginLoop(agent.dest, node.sshd.port);
-    loop.start();
+    loop = await startLoginLoop(agent, node);
   });
 
   after(async () => {
