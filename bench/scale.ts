@@ -14,7 +14,7 @@ import { Agent as HttpsAgent, get as httpsGet } from "node:https";
 import { join } from "node:path";
 import Database from "better-sqlite3";
 import { keys, type IdentityRecord, type InstanceRecord, type IssuedCertRecord, type TokenRecord } from "../src/auth/records.js";
-import { median, note } from "./lib.js";
+import { MEZCTL_JS, median, note, spawnTracked } from "./lib.js";
 import { joinOnce, renewOnce, type Renewer } from "./rpc.js";
 import { addIdentity, createSeedRole, mezctl, startService, type Service } from "./service.js";
 import { adminApi } from "../test/auth/client.js";
@@ -61,10 +61,41 @@ export interface ScaleFigures {
   dbMiB: number;
   join: { empty: number; full: number };
   renew: { empty: number; full: number };
-  ls: { empty: number; full: number };
+  /** `agent-identities ls` (text) and `--format=json`, wall ms until the first row and the last (medians). */
+  ls: { empty: Listing; full: Listing; fullJson: Listing };
   status: { empty: number; full: number };
   /** Dashboard pages, full HTML over HTTPS with a session (ms, median). */
   web: { identities: { empty: number; full: number }; search: { empty: number; full: number }; identity: { empty: number; full: number }; overview: { empty: number; full: number } };
+}
+
+export interface Listing {
+  firstMs: number;
+  allMs: number;
+}
+
+/**
+ * Runs a mezctl listing as an admin at a terminal would, timing from the start until its first
+ * row has arrived on stdout (text: the line after the header's dashes; JSON: the first document's
+ * opening brace) and until it exits.
+ */
+function timeListing(svc: Service, args: string[]): Promise<Listing> {
+  return new Promise((resolve, reject) => {
+    const t0 = performance.now();
+    let firstMs = 0;
+    let seen = "";
+    const p = spawnTracked(process.execPath, [MEZCTL_JS, `--identity=${svc.identityPath}`, ...args], { stdio: ["ignore", "pipe", "pipe"] });
+    const firstRow = args.includes("--format=json") ? /\n  \{/ : /\n-[- ]*\n./;
+    p.stdout!.on("data", (d: Buffer) => {
+      if (firstMs) return;
+      seen += d.toString("utf8");
+      if (firstRow.test(seen)) firstMs = performance.now() - t0;
+      else if (seen.length > 100_000) seen = seen.slice(-1000);
+    });
+    let err = "";
+    p.stderr!.on("data", (d: Buffer) => (err += d.toString("utf8")));
+    p.on("error", reject);
+    p.on("exit", (code) => (code === 0 && firstMs ? resolve({ firstMs, allMs: performance.now() - t0 }) : reject(new Error(`mezctl ${args.join(" ")} exited ${code} (first row seen: ${firstMs > 0}): ${err.slice(-500)}`))));
+  });
 }
 
 interface Row {
@@ -170,7 +201,13 @@ export async function scale(o: ScaleOptions): Promise<ScaleFigures> {
       for (let i = 0; i < runs; i++) for (const side of ["empty", "full"] as const) out[side].push((await mezctl(both[side], ...args)).ms);
       return { empty: median(out.empty), full: median(out.full) };
     };
-    const ls = await cli(o.lsRuns, "agent-identities", "ls");
+    const listings = { empty: [] as Listing[], full: [] as Listing[], fullJson: [] as Listing[] };
+    for (let i = 0; i < o.lsRuns; i++) {
+      for (const side of ["empty", "full"] as const) listings[side].push(await timeListing(both[side], ["agent-identities", "ls"]));
+      listings.fullJson.push(await timeListing(full, ["agent-identities", "ls", "--format=json"]));
+    }
+    const medianListing = (l: Listing[]) => ({ firstMs: median(l.map((x) => x.firstMs)), allMs: median(l.map((x) => x.allMs)) });
+    const ls = { empty: medianListing(listings.empty), full: medianListing(listings.full), fullJson: medianListing(listings.fullJson) };
     const status = await cli(o.statusRuns, "agent-identities", "status", "live-0");
     // The dashboard: the first page of identities, a search with a page cursor deep into the
     // fleet, and one identity's page (on the empty side, the few it has).

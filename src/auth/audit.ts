@@ -181,27 +181,28 @@ export class Audit {
 
   /**
    * Events since `since` of `type` (or its prefix), oldest first, in pages as they are read. With
-   * a `limit`, the newest `limit` of them: the scan keeps no more than that many at a time.
+   * a `limit`, the newest `limit` of them.
    */
   async *list(since: number, type: string, limit: number): AsyncGenerator<AuditEvent[]> {
-    const startAfter = `${keys.audit}${String(Math.max(0, since - 1)).padStart(15, "0")}~`;
-    const matches = (e: AuditEvent) => !type || e.type === type || e.type.startsWith(`${type}.`);
-    let newest: AuditEvent[] = [];
-    for (let after = startAfter; ; ) {
+    if (limit > 0) {
+      // The newest `limit`, read backwards from the end: what they cost is the limit's, not the window's.
+      const { events } = await newestEvents(this.backend, since, type, limit, Infinity);
+      events.reverse();
+      for (let i = 0; i < events.length; i += AUDIT_PAGE) yield events.slice(i, i + AUDIT_PAGE);
+      return;
+    }
+    for (let after = `${keys.audit}${String(Math.max(0, since - 1)).padStart(15, "0")}~`; ; ) {
       const items = await this.backend.range(keys.audit, { startAfter: after, limit: AUDIT_PAGE });
-      const events = items.map((i) => JSON.parse(i.value) as AuditEvent).filter(matches);
-      if (limit > 0) {
-        newest.push(...events);
-        if (newest.length > limit) newest = newest.slice(-limit);
-      } else if (events.length > 0) {
-        yield events;
-      }
-      if (items.length < AUDIT_PAGE) break;
+      const events = items.map((i) => JSON.parse(i.value) as AuditEvent).filter((e) => ofType(e, type));
+      if (events.length > 0) yield events;
+      if (items.length < AUDIT_PAGE) return;
       after = items[items.length - 1]!.key;
     }
-    for (let i = 0; i < newest.length; i += AUDIT_PAGE) yield newest.slice(i, i + AUDIT_PAGE);
   }
 }
+
+/** An event of `type`, or of a type under it ("lock" takes "lock.create"); "" takes all. */
+const ofType = (e: AuditEvent, type: string) => !type || e.type === type || e.type.startsWith(`${type}.`);
 
 /** Events read from the backend, and sent, at a time. */
 const AUDIT_PAGE = 1000;
@@ -225,7 +226,7 @@ export async function newestEvents(backend: Backend, since: number, type: string
     for (const i of items) {
       if (i.key < floor) return { events, complete: true };
       const e = JSON.parse(i.value) as AuditEvent;
-      if (!type || e.type === type || e.type.startsWith(`${type}.`)) events.push(e);
+      if (ofType(e, type)) events.push(e);
       if (events.length >= limit) return { events, complete: true };
     }
     scanned += items.length;

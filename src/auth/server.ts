@@ -376,7 +376,7 @@ function routes(ctx: AuthContext, revocations: Revocations, hub: WatchHub, metri
         create(adminPb.AddAgentIdentityResponseSchema, await identities.addAgentIdentity(ctx, by, req.name, req.roles, req.token)),
       ),
       listAgentIdentities: adminStream("ListAgentIdentities", async function* (req: adminPb.ListAgentIdentitiesRequest) {
-        for await (const page of identities.listAgentIdentities(ctx, req.pageSize)) yield create(adminPb.ListAgentIdentitiesResponseSchema, { identities: page });
+        for await (const page of identities.listAgentIdentities(ctx, req)) yield create(adminPb.ListAgentIdentitiesResponseSchema, { identities: page });
       }),
       getAgentIdentity: admin("GetAgentIdentity", async (req: adminPb.GetAgentIdentityRequest) =>
         create(adminPb.GetAgentIdentityResponseSchema, { identity: await identities.getAgentIdentity(ctx, req.name) }),
@@ -414,7 +414,7 @@ function routes(ctx: AuthContext, revocations: Revocations, hub: WatchHub, metri
         await joinMethods.deleteJoinToken(ctx, by, req.name);
         return {};
       }),
-      listNodes: admin("ListNodes", async () => create(adminPb.ListNodesResponseSchema, { nodes: await nodes.listNodes(ctx) })),
+      listNodes: admin("ListNodes", async (req: adminPb.ListNodesRequest) => create(adminPb.ListNodesResponseSchema, await nodes.listNodes(ctx, req))),
       deleteNode: admin("DeleteNode", async (req: adminPb.DeleteNodeRequest, by) => {
         await nodes.removeNode(ctx, by, req.name);
         hub.nodeRemoved(req.name);

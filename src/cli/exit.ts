@@ -39,6 +39,17 @@ export function fail(program: string, e: unknown): never {
 }
 
 /**
+ * A reader that stopped early (`mezctl audit ls | head`) ends the program quietly, as a closed
+ * pipe ends `cat`, instead of an EPIPE stack on the next page written.
+ */
+export function endQuietlyOnClosedPipe(): void {
+  process.stdout.on("error", (e: NodeJS.ErrnoException) => {
+    if (e.code === "EPIPE") process.exit(EXIT.ok);
+    fail("mezctl", e);
+  });
+}
+
+/**
  * Every command of a program exits through fail() with SPEC §6's codes, commander's own errors
  * included; an unknown `--opt=value` gets the "did you mean" that `--opt value` gets (commander
  * compares the whole `opt=value` with the known names, which never comes close).

@@ -17,8 +17,8 @@ import { MeziteError } from "../lib/errors.js";
 import { roleFromDocument, roleToDocument } from "../rbac/role.js";
 import { isKind, parseYamlText } from "../lib/yaml-text.js";
 import { escapeText } from "../lib/escape.js";
-import { fail, routeCommanderErrors } from "./exit.js";
-import { parseFormat, printDocument, progressLine, relTime, table, type Format } from "./output.js";
+import { endQuietlyOnClosedPipe, fail, routeCommanderErrors } from "./exit.js";
+import { ListingWriter, parseFormat, printDocument, relTime, table, type Format } from "./output.js";
 import * as view from "./views.js";
 import { SAFE_PHASE_MS, STEPS } from "../auth/rotation.js";
 import { versionLine } from "../lib/version.js";
@@ -81,6 +81,24 @@ async function call<T>(a: Admin, fn: (c: Client<typeof AdminService>) => Promise
 function out(a: Admin, doc: unknown, text: () => string): void {
   if (a.format === "text") process.stdout.write(text());
   else printDocument(a.format, doc);
+}
+
+/** A listing's pages, printed as they arrive (SPEC §20). */
+async function printListing<T>(a: Admin, headers: string[], row: (x: T) => string[], doc: (x: T) => unknown, pages: (c: Client<typeof AdminService>) => AsyncIterable<T[]>): Promise<void> {
+  const w = new ListingWriter(a.format, headers, row, doc);
+  await call(a, async (c) => {
+    for await (const page of pages(c)) w.page(page);
+  });
+  w.end();
+}
+
+/** Nodes asked for per call: a page the service reads in a few milliseconds. */
+const NODE_PAGE = 500;
+
+function countOption(s: string, flag: string): number {
+  const n = Number(s);
+  if (!/^\d+$/.test(s) || !Number.isSafeInteger(n)) throw new MeziteError("ERR_USAGE", `${flag} must be a whole number (0 for all)`);
+  return n;
 }
 
 function ttlOption(s: string | undefined, flag: string): number {
@@ -295,18 +313,18 @@ ai.command("add-token")
   });
 
 ai.command("ls")
-  .description("list agent identities")
-  .action(async () => {
+  .description("list agent identities in name order, printed page by page as the service reads them")
+  .option("--prefix <prefix>", "only names that start with this")
+  .option("--role <role>", "only identities with this role")
+  .option("--limit <n>", "at most this many (the first in name order); 0 for all", "0")
+  .action(async (o: { prefix?: string; role?: string; limit: string }) => {
     const a = admin();
-    const progress = progressLine("agent identities");
-    const list = await call(a, async (c) => {
-      const all = [];
-      for await (const page of c.listAgentIdentities({})) progress((all.push(...page.identities), all.length));
-      return all;
-    }).finally(() => progress.done());
-    // Documents only when asked for: building 100,000 of them costs a second.
-    if (a.format === "text") process.stdout.write(table(view.IDENTITY_HEADERS, list.map((s) => view.identityRow(s))));
-    else printDocument(a.format, list.map(view.identityDoc));
+    const limit = countOption(o.limit, "--limit");
+    // The table needs only what brief statuses carry; documents carry everything.
+    const brief = a.format === "text";
+    await printListing(a, view.IDENTITY_HEADERS, view.identityRow, view.identityDoc, async function* (c) {
+      for await (const page of c.listAgentIdentities({ namePrefix: o.prefix ?? "", role: o.role ?? "", limit, brief })) yield page.identities;
+    });
   });
 
 ai.command("status")
@@ -468,13 +486,25 @@ nodes
   });
 nodes
   .command("ls")
-  .description("list nodes")
-  .action(async () => {
+  .description("list nodes in name order, printed page by page as the service reads them")
+  .option("--prefix <prefix>", "only names that start with this")
+  .option("--labels <k=v,...>", "only nodes with all of these labels")
+  .option("--limit <n>", "at most this many (the first in name order); 0 for all", "0")
+  .action(async (o: { prefix?: string; labels?: string; limit: string }) => {
     const a = admin();
-    const list = (await call(a, (c) => c.listNodes({}))).nodes;
-    out(a, list.map(view.nodeDoc), () =>
-      table(["NAME", "LABELS", "ADDRESS", "LAST HEARTBEAT", "HOST CERT EXPIRES"], list.map((n) => [n.name, view.labelsText(n.labels), n.address, relTime(n.lastHeartbeat), relTime(n.hostCertExpires)])),
-    );
+    const labels = parseLabels(o.labels ?? "");
+    const limit = countOption(o.limit, "--limit") || Infinity;
+    await printListing(a, view.NODE_HEADERS, view.nodeRow, view.nodeDoc, async function* (c) {
+      let seen = 0;
+      for (let pageToken = ""; ; ) {
+        const res = await c.listNodes({ pageSize: NODE_PAGE, pageToken, namePrefix: o.prefix ?? "", labels });
+        const page = res.nodes.slice(0, limit - seen);
+        seen += page.length;
+        yield page;
+        pageToken = res.nextPageToken;
+        if (!pageToken || seen >= limit) return;
+      }
+    });
   });
 
 program
@@ -484,18 +514,14 @@ program
   .description("list audit events")
   .option("--since <duration>", "how far back", "1h")
   .option("--type <type>", "only this event type (or prefix, e.g. agent_identity)")
-  .option("--limit <n>", "at most this many (the newest); 0 for all, streamed", "1000")
+  .option("--limit <n>", "at most this many (the newest); 0 for all", "1000")
   .action(async (o: { since: string; type?: string; limit: string }) => {
     const a = admin();
     const since = Date.now() - ttlOption(o.since, "--since");
-    const limit = Number(o.limit);
-    if (!Number.isInteger(limit) || limit < 0) throw new MeziteError("ERR_USAGE", "--limit must be a whole number");
-    const events = await call(a, async (c) => {
-      const all = [];
-      for await (const page of c.listAudit({ since: BigInt(since), type: o.type ?? "", limit })) all.push(...page.events);
-      return all;
+    const limit = countOption(o.limit, "--limit");
+    await printListing(a, view.AUDIT_HEADERS, view.auditRow, view.auditDoc, async function* (c) {
+      for await (const page of c.listAudit({ since: BigInt(since), type: o.type ?? "", limit })) yield page.events;
     });
-    out(a, events.map(view.auditDoc), () => table(view.AUDIT_HEADERS, events.map(view.auditRow)));
   });
 
 program
@@ -563,4 +589,5 @@ ca
   });
 
 routeCommanderErrors(program);
+endQuietlyOnClosedPipe();
 program.parseAsync(process.argv).catch((e: unknown) => fail("mezctl", e));

@@ -29,11 +29,11 @@ export function relTime(ms: bigint | number, now = Date.now()): string {
 
 /** Columns of text; every cell is escaped (lib/escape.ts), since cells show what nodes and clients sent. */
 export function table(headers: string[], cells: string[][]): string {
-  if (cells.length === 0) return headers.join("  ") + "\n";
-  const rows = cells.map((r) => r.map(escapeText));
-  const widths = headers.map((h, i) => Math.max(h.length, ...rows.map((r) => (r[i] ?? "").length)));
-  const line = (cells: string[]) => cells.map((c, i) => (i === cells.length - 1 ? c : c.padEnd(widths[i]!))).join("  ").trimEnd();
-  return [line(headers), line(widths.map((w) => "-".repeat(w))), ...rows.map(line)].join("\n") + "\n";
+  let out = "";
+  const w = new ListingWriter<string[]>("text", headers, (r) => r, (r) => r, (s) => (out += s));
+  w.page(cells);
+  w.end();
+  return out;
 }
 
 export function printDocument(format: Exclude<Format, "text">, doc: unknown): void {
@@ -41,16 +41,49 @@ export function printDocument(format: Exclude<Format, "text">, doc: unknown): vo
 }
 
 /**
- * "Fetching agent identities: 12,000…" on stderr, redrawn in place, for a listing that takes a
- * while; only on a terminal (scripts and pipes get nothing) and only after the first second.
+ * A listing printed as its pages arrive (SPEC §20): the first rows show before the last is read.
+ * Text columns are as wide as the first page needs and only ever widen after it; JSON is the
+ * bytes JSON.stringify(all, null, 2) would print, YAML one sequence item per document.
  */
-export function progressLine(what: string, stream: NodeJS.WriteStream = process.stderr, afterMs = 1000): ((count: number) => void) & { done(): void } {
-  const start = Date.now();
-  let shown = false;
-  const update = (count: number) => {
-    if (!stream.isTTY || Date.now() - start < afterMs) return;
-    stream.write(`\rFetching ${what}: ${count.toLocaleString("en")}…`);
-    shown = true;
-  };
-  return Object.assign(update, { done: () => shown && stream.write("\r\x1b[K") });
+export class ListingWriter<T> {
+  private widths: number[] | undefined;
+  private count = 0;
+
+  constructor(
+    private readonly format: Format,
+    private readonly headers: string[],
+    private readonly row: (item: T) => string[],
+    private readonly doc: (item: T) => unknown,
+    private readonly write: (s: string) => void = (s) => process.stdout.write(s),
+  ) {}
+
+  page(items: T[]): void {
+    if (items.length === 0) return;
+    if (this.format === "json") this.write(items.map((i, n) => (this.count + n === 0 ? "[\n" : ",\n") + JSON.stringify(this.doc(i), null, 2).replace(/^/gm, "  ")).join(""));
+    else if (this.format === "yaml") this.write(toYaml(items.map(this.doc)));
+    else this.write(this.textRows(items.map((i) => this.row(i).map(escapeText))));
+    this.count += items.length;
+  }
+
+  end(): void {
+    if (this.count > 0) this.write(this.format === "json" ? "\n]\n" : "");
+    else this.write(this.format === "json" ? "[]\n" : this.format === "yaml" ? "[]\n" : this.headers.join("  ") + "\n");
+  }
+
+  private textRows(rows: string[][]): string {
+    const out: string[] = [];
+    if (!this.widths) {
+      this.widths = this.headers.map((h, i) => Math.max(h.length, ...rows.map((r) => (r[i] ?? "").length)));
+      out.push(this.line(this.headers), this.line(this.widths.map((w) => "-".repeat(w))));
+    }
+    for (const r of rows) {
+      r.forEach((c, i) => (this.widths![i] = Math.max(this.widths![i]!, c.length)));
+      out.push(this.line(r));
+    }
+    return out.join("\n") + "\n";
+  }
+
+  private line(cells: string[]): string {
+    return cells.map((c, i) => (i === cells.length - 1 ? c : c.padEnd(this.widths![i]!))).join("  ").trimEnd();
+  }
 }

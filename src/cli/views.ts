@@ -14,6 +14,7 @@ export function identityDoc(s: pb.AgentIdentityStatus) {
     name: s.name,
     id: s.id,
     roles: s.roles,
+    status: s.state,
     locked: s.locked,
     generation: Number(s.generation),
     last_seen: isoTime(s.lastSeen),
@@ -40,12 +41,8 @@ export function identityDoc(s: pb.AgentIdentityStatus) {
   };
 }
 
-export function identityStatus(s: pb.AgentIdentityStatus): string {
-  return s.locked ? "locked" : s.instances.length === 0 ? (s.tokenState === "unused" ? "awaiting join" : "no instance") : s.instances.every((i) => i.locked) ? "locked" : "active";
-}
-
 export function identityRow(s: pb.AgentIdentityStatus): string[] {
-  return [s.name, s.roles.join(","), identityStatus(s), String(s.generation), relTime(s.lastSeen), relTime(s.certExpires)];
+  return [s.name, s.roles.join(","), s.state, String(s.generation), relTime(s.lastSeen), relTime(s.certExpires)];
 }
 export const IDENTITY_HEADERS = ["NAME", "ROLES", "STATUS", "GENERATION", "LAST SEEN", "CERT EXPIRES"];
 
@@ -55,7 +52,7 @@ export function identityText(s: pb.AgentIdentityStatus): string {
     `Agent identity: ${e(s.name)}`,
     `ID:             ${e(s.id)}`,
     `Roles:          [${e(s.roles.join(", "))}]`,
-    `Status:         ${identityStatus(s)}`,
+    `Status:         ${s.state}`,
     `Generation:     ${s.generation}`,
     `Last seen:      ${relTime(s.lastSeen)}${s.lastAddress ? ` from ${e(s.lastAddress)}` : ""}`,
     `Cert expires:   ${relTime(s.certExpires)}`,
@@ -111,6 +108,9 @@ export function nodeDoc(n: pb.Node) {
 }
 
 export const labelsText = (l: Record<string, string>) => Object.entries(l).map(([k, v]) => `${k}=${v}`).join(",");
+
+export const nodeRow = (n: pb.Node) => [n.name, labelsText(n.labels), n.address, relTime(n.lastHeartbeat), relTime(n.hostCertExpires)];
+export const NODE_HEADERS = ["NAME", "LABELS", "ADDRESS", "LAST HEARTBEAT", "HOST CERT EXPIRES"];
 
 export function caDoc(c: CaStatus) {
   return {

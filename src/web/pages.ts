@@ -8,16 +8,14 @@ import { create } from "@bufbuild/protobuf";
 import { CaKeyStatusSchema, CaStatusSchema, type CaStatus } from "../api/gen/mezite/v1/admin_pb.js";
 import { getCaStatus } from "../auth/admin/ca-rotation.js";
 import { CA_KINDS } from "../auth/cas.js";
-import { statusOf } from "../auth/admin/identities.js";
+import { NAME_PREFIX, readStatus, statusMaker } from "../auth/admin/identities.js";
 import { listLocks } from "../auth/admin/locks.js";
+import { listNodes } from "../auth/admin/nodes.js";
 import { newestEvents, type AuditEvent } from "../auth/audit.js";
 import type { AuthContext } from "../auth/context.js";
 import { activeLocks } from "../auth/locks.js";
-import { decode, keys, loadAll, type IdentityRecord, type InstanceRecord, type NodeRecord, type StoredRole } from "../auth/records.js";
-import { tokensOf } from "../auth/tokens.js";
-import { isStale } from "../auth/renew.js";
+import { decode, keys, type IdentityRecord } from "../auth/records.js";
 import { identityStartHint } from "../lib/hints.js";
-import { principalsFor } from "../rbac/access.js";
 import { Html, html, postForm, query, when } from "./html.js";
 import { CHART_HOURS, type RenewalChart } from "./renewals.js";
 import type { Session } from "./sessions.js";
@@ -25,7 +23,6 @@ import type { Session } from "./sessions.js";
 export const PAGE_SIZE = 50;
 
 /** A search prefix or page cursor that could be part of a name: anything else matches nothing. */
-const NAME_PART = /^[a-z0-9._-]{0,63}$/;
 
 function lockBadge(locked: boolean): Html {
   return locked ? html`<span class="badge bad">locked</span>` : html`<span class="badge ok">active</span>`;
@@ -112,7 +109,7 @@ export interface IdentityPage {
  * either way: one range read of the backend's index, whatever the fleet's size.
  */
 export async function identityPage(ctx: AuthContext, iq: IdentityQuery): Promise<IdentityPage> {
-  if (!NAME_PART.test(iq.q) || !NAME_PART.test(iq.after) || !NAME_PART.test(iq.before)) return { rows: [], next: undefined, prev: undefined };
+  if (!NAME_PREFIX.test(iq.q) || !NAME_PREFIX.test(iq.after) || !NAME_PREFIX.test(iq.before)) return { rows: [], next: undefined, prev: undefined };
   const prefix = keys.identities + iq.q;
   const desc = iq.sort === "-name";
   const back = iq.before !== "";
@@ -125,16 +122,8 @@ export async function identityPage(ctx: AuthContext, iq: IdentityQuery): Promise
   const last = page[page.length - 1]?.name;
   const next = back ? last : more ? last : undefined;
   const prev = back ? (more ? first : undefined) : cursor ? first : undefined;
-  const now = ctx.now();
-  const [locks, roles] = await Promise.all([activeLocks(ctx.backend, now), loadAll<StoredRole>(ctx.backend, keys.roles)]);
-  const roleBy = new Map(roles.map((r) => [r.value.role, r.value]));
-  const rows = await Promise.all(
-    page.map(async (id) => {
-      const [instances, tokens] = await Promise.all([loadAll<InstanceRecord>(ctx.backend, keys.instancesOf(id.id)), tokensOf(ctx, id.id)]);
-      const rs = id.roles.map((r) => roleBy.get(r)).filter((r) => r !== undefined);
-      return statusOf(id, instances.map((i) => i.value), tokens, locks, rs, now, (i) => isStale(ctx, i), principalsFor(rs));
-    }),
-  );
+  const status = await statusMaker(ctx);
+  const rows = await Promise.all(page.map((id) => readStatus(ctx, status, id)));
   return { rows, next, prev };
 }
 
@@ -194,9 +183,7 @@ ${identityStartHint(authAddr, name).map((line) => html`<p><code>${line}</code></
 
 export async function nodesView(ctx: AuthContext, after: string): Promise<Html> {
   const now = ctx.now();
-  const items = await ctx.backend.range(keys.nodes, { limit: PAGE_SIZE + 1, ...(after && !after.includes("/") ? { startAfter: keys.node(after) } : {}) });
-  const nodes = items.slice(0, PAGE_SIZE).map((i) => decode<NodeRecord>(i));
-  const next = items.length > PAGE_SIZE ? nodes[nodes.length - 1]!.name : undefined;
+  const { nodes, nextPageToken: next } = await listNodes(ctx, { pageSize: PAGE_SIZE, pageToken: after.includes("/") ? "" : after });
   return html`<table id="nodes"><thead><tr><th>name ↑</th><th>labels</th><th>principals</th><th>address</th><th>last heartbeat</th><th>host cert expiry</th></tr></thead><tbody>
 ${nodes.length === 0 ? html`<tr><td colspan="6" class="muted">no nodes</td></tr>` : ""}
 ${nodes.map((n) => html`<tr><td>${n.name}</td><td>${Object.entries(n.labels).map(([k, v]) => html`<span class="badge">${k}=${v}</span> `)}</td><td>${n.principals.join(", ")}</td><td><code>${n.address}</code></td><td>${when(n.lastHeartbeat, now)}</td><td>${when(n.hostCertExpires, now)}</td></tr>`)}

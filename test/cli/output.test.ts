@@ -1,40 +1,44 @@
 /**
- * Text output: the progress line of long listings (on a terminal after a second, never in a
- * pipe), and what nodes and clients sent shown escaped, never as terminal control.
+ * Text output: listings streamed page by page (text, JSON and YAML), and what nodes and clients
+ * sent shown escaped, never as terminal control.
  */
 import assert from "node:assert/strict";
 import { test } from "node:test";
 import { create } from "@bufbuild/protobuf";
 import { ListAccessibleNodesResponseSchema } from "../../src/api/gen/mezite/v1/agent_pb.js";
-import { progressLine, table } from "../../src/cli/output.js";
+import { stringify as toYaml } from "yaml";
+import { ListingWriter, table, type Format } from "../../src/cli/output.js";
 import { escapeText } from "../../src/lib/escape.js";
 import { lsText } from "../../src/msh/ls.js";
 
-function fakeStream(isTTY: boolean) {
-  const written: string[] = [];
-  return { written, stream: { isTTY, write: (s: string) => written.push(s) > 0 } as unknown as NodeJS.WriteStream };
+/** A ListingWriter fed `pages`, and everything it wrote, write by write. */
+function listing(format: Format, pages: { name: string; n: number }[][]) {
+  const writes: string[] = [];
+  const w = new ListingWriter(format, ["NAME", "N"], (x: { name: string; n: number }) => [x.name, String(x.n)], (x) => ({ name: x.name, n: x.n, nested: { list: [x.n] } }), (s) => writes.push(s));
+  for (const p of pages) w.page(p);
+  w.end();
+  return { writes, out: writes.join("") };
 }
 
-test("a terminal sees the count redrawn in place, then the line cleared", () => {
-  const { written, stream } = fakeStream(true);
-  const progress = progressLine("agent identities", stream, 0);
-  progress(500);
-  progress(12_000);
-  progress.done();
-  assert.deepEqual(written, ["\rFetching agent identities: 500…", "\rFetching agent identities: 12,000…", "\r\x1b[K"]);
+const ROWS = [[{ name: "a", n: 1 }, { name: "bb", n: 2 }], [], [{ name: "ccc-longer-than-the-first-page", n: 3 }]];
+const DOCS = ROWS.flat().map((x) => ({ name: x.name, n: x.n, nested: { list: [x.n] } }));
+
+test("a streamed listing prints each page as it arrives, and the same bytes as the whole document would", () => {
+  const json = listing("json", ROWS);
+  assert.equal(json.out, JSON.stringify(DOCS, null, 2) + "\n");
+  assert.ok(json.writes[0]!.startsWith("[\n") && json.writes[0]!.includes('"bb"') && !json.writes[0]!.includes("ccc"), "the first page is written on its own");
+  assert.deepEqual(JSON.parse(json.out), DOCS);
+  assert.equal(listing("json", []).out, "[]\n");
+  assert.equal(listing("json", [[{ name: "a", n: 1 }]]).out, JSON.stringify([DOCS[0]], null, 2) + "\n");
+  assert.equal(listing("yaml", ROWS).out, toYaml(DOCS));
+  assert.equal(listing("yaml", []).out, toYaml([]));
 });
 
-test("a pipe, or a listing done within the first second, gets nothing", () => {
-  const pipe = fakeStream(false);
-  const p = progressLine("agent identities", pipe.stream, 0);
-  p(500);
-  p.done();
-  assert.deepEqual(pipe.written, []);
-  const quick = fakeStream(true);
-  const q = progressLine("agent identities", quick.stream, 60_000);
-  q(500);
-  q.done();
-  assert.deepEqual(quick.written, []);
+test("a streamed table: the first page sets the columns, a wider cell later widens them from its row on", () => {
+  const { writes, out } = listing("text", [...ROWS, [{ name: "d", n: 4 }]]);
+  assert.equal(writes[0], "NAME  N\n----  -\na     1\nbb    2\n");
+  assert.equal(out.split("\n").slice(4).join("\n"), "ccc-longer-than-the-first-page  3\nd                               4\n");
+  assert.equal(listing("text", []).out, "NAME  N\n", "no rows: the header alone, as before");
 });
 
 test("escapeText: control characters, invisible format characters and backslashes become visible escapes", () => {

@@ -53,6 +53,8 @@ export function statusOf(
   /** renew.ts isStale: certificates of a retired User CA key. */
   stale: (i: InstanceRecord) => boolean,
   logins = principalsFor(roles),
+  /** Only what a listing's table shows (ListAgentIdentitiesRequest.brief). */
+  brief = false,
 ): pb.AgentIdentityStatus {
   const identityLocks = locksOn(locks, { identityName: identity.name, roles: identity.roles, logins });
   const instanceLocked = (id: string, principals: string[]) => locks.some((l) => (l.kind === "instance" && l.target === id) || (l.kind === "login" && principals.includes(l.target)));
@@ -62,27 +64,37 @@ export function statusOf(
   const newestToken = tokens.sort((a, b) => b.created - a.created)[0];
   const tokenState = !newestToken ? "none" : newestToken.used ? "used" : newestToken.expires <= now ? "expired" : "unused";
   const byRecent = [...instances].sort((a, b) => b.lastSeen - a.lastSeen);
+  const each = byRecent.map((i) => {
+    const principals = principalsOf(i);
+    return { i, principals, locked: identityLocks.length > 0 || instanceLocked(i.id, principals) };
+  });
+  const state =
+    identityLocks.length > 0 || (each.length > 0 && each.every((e) => e.locked)) ? "locked" : each.length > 0 ? "active" : tokenState === "unused" ? "awaiting join" : "no instance";
   const max = (f: (i: InstanceRecord) => bigint) => instances.reduce((m, i) => (f(i) > m ? f(i) : m), 0n);
-  return create(pb.AgentIdentityStatusSchema, {
+  const summary = {
     name: identity.name,
     id: identity.id,
     roles: identity.roles,
     locked: identityLocks.length > 0,
+    state,
     generation: max((i) => BigInt(i.generation)),
     lastSeen: max((i) => BigInt(i.lastSeen)),
     certExpires: max((i) => BigInt(i.certExpires)),
     created: BigInt(identity.created),
+  };
+  if (brief) return create(pb.AgentIdentityStatusSchema, summary);
+  return create(pb.AgentIdentityStatusSchema, {
+    ...summary,
     tokenState,
     locks: [...identityLocks, ...locks.filter((l) => l.kind === "instance" && instances.some((i) => i.id === l.target))].map(lockToProto),
     lastAddress: byRecent[0]?.address ?? "",
     principals: logins,
     principalsError: logins.length === 0 ? "the roles allow no login after deny rules" : "",
-    instances: byRecent.map((i) => {
-      const principals = principalsOf(i);
-      return create(pb.InstanceSchema, {
+    instances: each.map(({ i, principals, locked }) =>
+      create(pb.InstanceSchema, {
         id: i.id,
         generation: BigInt(i.generation),
-        locked: identityLocks.length > 0 || instanceLocked(i.id, principals),
+        locked,
         lastSeen: BigInt(i.lastSeen),
         certExpires: BigInt(i.certExpires),
         address: i.address,
@@ -92,8 +104,8 @@ export function statusOf(
         ...(i.host ? { host: create(pb.HostFactsSchema, i.host) } : {}),
         stale: stale(i),
         principals,
-      });
-    }),
+      }),
+    ),
   });
 }
 
@@ -108,30 +120,97 @@ export async function addIdentityToken(ctx: AuthContext, by: AdminCaller, identi
 export async function getAgentIdentity(ctx: AuthContext, name: string): Promise<pb.AgentIdentityStatus> {
   const found = await load<IdentityRecord>(ctx.backend, keys.identity(name));
   if (!found) throw notFound(`agent identity "${name}"`);
-  const id = found.value;
+  return readStatus(ctx, await statusMaker(ctx), found.value);
+}
+
+type StatusMaker = (id: IdentityRecord, instances: InstanceRecord[], tokens: TokenRecord[]) => pb.AgentIdentityStatus;
+
+/** statusOf with the cluster's locks and roles read once, for any number of identities. */
+export async function statusMaker(ctx: AuthContext, brief = false): Promise<StatusMaker> {
   const now = ctx.now();
-  const [instances, tokens, locks, roles] = await Promise.all([
-    loadAll<InstanceRecord>(ctx.backend, keys.instancesOf(id.id)),
-    tokensOf(ctx, id.id),
-    activeLocks(ctx.backend, now),
-    Promise.all(id.roles.map((r) => load<StoredRole>(ctx.backend, keys.role(r)))),
-  ]);
-  const present = roles.filter((r) => r !== undefined).map((r) => r.value); // as listAgentIdentities does
-  return statusOf(id, instances.map((i) => i.value), tokens, locks, present, now, (i) => isStale(ctx, i));
+  const [locks, roles] = await Promise.all([activeLocks(ctx.backend, now), loadAll<StoredRole>(ctx.backend, keys.roles)]);
+  const roleSet = roleSets(roles.map((r) => r.value));
+  return (id, instances, tokens) => {
+    const set = roleSet(id.roles);
+    return statusOf(id, instances, tokens, locks, set.roles, now, (i) => isStale(ctx, i), set.logins, brief);
+  };
+}
+
+/** One identity's status from its own instances and tokens (two short range reads). */
+export async function readStatus(ctx: AuthContext, status: StatusMaker, id: IdentityRecord): Promise<pb.AgentIdentityStatus> {
+  const [instances, tokens] = await Promise.all([loadAll<InstanceRecord>(ctx.backend, keys.instancesOf(id.id)), tokensOf(ctx, id.id)]);
+  return status(id, instances.map((i) => i.value), tokens);
 }
 
 const PAGE_DEFAULT = 500;
 const PAGE_MAX = 1000;
 
+export interface IdentityListing {
+  /** Identities per page: 0 for the default (500), at most 1000. */
+  pageSize?: number;
+  namePrefix?: string;
+  /** Only identities that have this role. */
+  role?: string;
+  /** At most this many, the first in name order; 0 for all. */
+  limit?: number;
+  /** Only what a listing's table shows (statusOf's `brief`). */
+  brief?: boolean;
+}
+
 /**
- * Every identity's status, in pages in name order. Instances and tokens are read in one pass
- * each first and grouped (three range scans in all, not queries per identity).
+ * Identities' statuses in pages in name order; the first page never waits for the whole set
+ * (SPEC §20). The first page reads its identities' instances and tokens one identity at a time,
+ * a few milliseconds at any fleet size; when more pages follow, the rest is joined from one pass
+ * over all instances and one over all tokens, which at 100,000 identities takes a third of the
+ * time of two reads per identity.
  */
-export async function* listAgentIdentities(ctx: AuthContext, pageSize = 0): AsyncGenerator<pb.AgentIdentityStatus[]> {
-  if (pageSize > PAGE_MAX) throw new MeziteError("ERR_USAGE", `page size ${pageSize} is too large: at most ${PAGE_MAX}`);
-  const size = pageSize || PAGE_DEFAULT;
-  const now = ctx.now();
-  const [locks, roles] = await Promise.all([activeLocks(ctx.backend, now), loadAll<StoredRole>(ctx.backend, keys.roles)]);
+export async function* listAgentIdentities(ctx: AuthContext, q: IdentityListing = {}): AsyncGenerator<pb.AgentIdentityStatus[]> {
+  const size = q.pageSize || PAGE_DEFAULT;
+  if (size > PAGE_MAX) throw new MeziteError("ERR_USAGE", `page size ${size} is too large: at most ${PAGE_MAX}`);
+  const prefix = q.namePrefix ?? "";
+  if (!NAME_PREFIX.test(prefix)) throw new MeziteError("ERR_USAGE", `"${prefix.slice(0, 70)}" cannot begin an agent identity name: use [a-z0-9._-]`);
+  const limit = q.limit || Infinity;
+  const status = await statusMaker(ctx, q.brief);
+  const identities = matchingIdentities(ctx, keys.identities + prefix, q.role)[Symbol.asyncIterator]();
+  const next = async () => {
+    const r = await identities.next();
+    return r.done ? undefined : r.value;
+  };
+
+  const first: IdentityRecord[] = [];
+  for (let id; first.length < Math.min(size, limit) && (id = await next()); ) first.push(id);
+  if (first.length === 0) return;
+  yield await Promise.all(first.map((id) => readStatus(ctx, status, id)));
+  let sent = first.length;
+  if (sent < size || sent >= limit) return;
+
+  const instancesBy = await allInstances(ctx);
+  // A brief status reads tokens only to tell "awaiting join" from "no instance".
+  const newestToken = q.brief ? undefined : await newestTokens(ctx);
+  let page: pb.AgentIdentityStatus[] = [];
+  for (let id; sent < limit && (id = await next()); sent++) {
+    const instances = instancesBy.get(id.id) ?? [];
+    const token = newestToken?.get(id.id);
+    page.push(status(id, instances, newestToken ? (token ? [token] : []) : instances.length ? [] : await tokensOf(ctx, id.id)));
+    if (page.length === size) {
+      yield page;
+      page = [];
+    }
+  }
+  if (page.length > 0) yield page;
+}
+
+/** What may begin an identity name (a listing's prefix, the dashboard's search). */
+export const NAME_PREFIX = /^[a-z0-9._-]{0,63}$/;
+
+async function* matchingIdentities(ctx: AuthContext, prefix: string, role: string | undefined): AsyncGenerator<IdentityRecord> {
+  for await (const chunk of loadChunks<IdentityRecord>(ctx.backend, prefix)) {
+    for (const id of chunk) if (!role || id.roles.includes(role)) yield id;
+  }
+}
+
+/** Every instance, grouped by identity. */
+async function allInstances(ctx: AuthContext): Promise<Map<string, InstanceRecord[]>> {
   const instancesBy = new Map<string, InstanceRecord[]>();
   for await (const chunk of loadChunks<InstanceRecord>(ctx.backend, keys.instances)) {
     for (const i of chunk) {
@@ -140,42 +219,36 @@ export async function* listAgentIdentities(ctx: AuthContext, pageSize = 0): Asyn
       else instancesBy.set(i.identityId, [i]);
     }
   }
-  // Only the newest token of each identity counts for its status.
-  const newestToken = new Map<string, TokenRecord>();
+  return instancesBy;
+}
+
+/** Each identity's newest token: the only one its status shows. */
+async function newestTokens(ctx: AuthContext): Promise<Map<string, TokenRecord>> {
+  const newest = new Map<string, TokenRecord>();
   for await (const chunk of loadChunks<TokenRecord>(ctx.backend, keys.tokens)) {
     for (const t of chunk) {
       if (t.identityId === undefined) continue;
-      const seen = newestToken.get(t.identityId);
-      if (!seen || t.created > seen.created) newestToken.set(t.identityId, t);
+      const seen = newest.get(t.identityId);
+      if (!seen || t.created > seen.created) newest.set(t.identityId, t);
     }
   }
-  const roleBy = new Map(roles.map((r) => [r.value.role, r.value]));
-  // A fleet shares a few role sets: resolve each set's roles and logins once.
-  const roleSets = new Map<string, { roles: StoredRole[]; logins: string[] }>();
-  const roleSet = (names: string[]) => {
+  return newest;
+}
+
+/** A fleet shares a few role sets: each set's roles and logins are resolved once. */
+function roleSets(roles: StoredRole[]): (names: string[]) => { roles: StoredRole[]; logins: string[] } {
+  const roleBy = new Map(roles.map((r) => [r.role, r]));
+  const sets = new Map<string, { roles: StoredRole[]; logins: string[] }>();
+  return (names) => {
     const key = names.join("\n");
-    let set = roleSets.get(key);
+    let set = sets.get(key);
     if (!set) {
       const found = names.map((r) => roleBy.get(r)).filter((r) => r !== undefined);
       set = { roles: found, logins: principalsFor(found) };
-      roleSets.set(key, set);
+      sets.set(key, set);
     }
     return set;
   };
-  let page: pb.AgentIdentityStatus[] = [];
-  for await (const chunk of loadChunks<IdentityRecord>(ctx.backend, keys.identities)) {
-    for (const id of chunk) {
-      const instances = instancesBy.get(id.id) ?? [];
-      const token = newestToken.get(id.id);
-      const set = roleSet(id.roles);
-      page.push(statusOf(id, instances, token ? [token] : [], locks, set.roles, now, (i) => isStale(ctx, i), set.logins));
-      if (page.length === size) {
-        yield page;
-        page = [];
-      }
-    }
-  }
-  if (page.length > 0) yield page;
 }
 
 export async function deleteAgentIdentity(ctx: AuthContext, by: AdminCaller, name: string): Promise<void> {

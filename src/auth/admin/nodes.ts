@@ -6,20 +6,42 @@ import { MeziteError, notFound } from "../../lib/errors.js";
 import { LABEL_KEY_PATTERN, LABEL_VALUE_PATTERN } from "../../rbac/names.js";
 import type { AdminCaller, AuthContext } from "../context.js";
 import { revokeHostKey } from "../nodes.js";
-import { keys, load, loadAll, type NodeClaim, type NodeRecord } from "../records.js";
+import { decode, keys, load, type NodeClaim, type NodeRecord } from "../records.js";
 import { newTokenRecord, storeToken } from "../tokens.js";
 
-export async function listNodes(ctx: AuthContext): Promise<pb.Node[]> {
-  return (await loadAll<NodeRecord>(ctx.backend, keys.nodes)).map(({ value: n }) =>
-    create(pb.NodeSchema, {
-      name: n.name,
-      labels: n.labels,
-      address: n.address,
-      lastHeartbeat: BigInt(n.lastHeartbeat),
-      hostCertExpires: BigInt(n.hostCertExpires),
-      principals: n.principals,
-    }),
-  );
+const PAGE_MAX = 1000;
+
+export interface NodeListing {
+  /** Nodes per page: 0 for all at once (what clients before paging ask), at most 1000. */
+  pageSize?: number;
+  /** The last page's nextPageToken; "" for the first page. */
+  pageToken?: string;
+  namePrefix?: string;
+  /** Only nodes carrying every one of these labels with these values. */
+  labels?: Record<string, string>;
+}
+
+/**
+ * One page of nodes in name order, filtered on the server. Each call reads at most a page of
+ * records, so a page may hold fewer nodes than asked (filtered out) and still name a next page.
+ */
+export async function listNodes(ctx: AuthContext, q: NodeListing = {}): Promise<{ nodes: pb.Node[]; nextPageToken: string }> {
+  const size = q.pageSize ?? 0;
+  if (size > PAGE_MAX) throw new MeziteError("ERR_USAGE", `page size ${size} is too large: at most ${PAGE_MAX}`);
+  const token = q.pageToken ?? "";
+  // A token is the last node name a page read: no "/", or it could reach past the nodes' keys.
+  if (token.includes("/")) throw new MeziteError("ERR_USAGE", "invalid page token: pass the last reply's next_page_token");
+  const prefix = q.namePrefix ?? "";
+  if (prefix.includes("/")) throw new MeziteError("ERR_USAGE", `"${prefix.slice(0, 70)}" cannot begin a node name`);
+  // One more than a page: a next page is named only when there is one.
+  const items = await ctx.backend.range(keys.nodes + prefix, { ...(size ? { limit: size + 1 } : {}), ...(token ? { startAfter: keys.node(token) } : {}) });
+  const more = size > 0 && items.length > size;
+  const read = items.slice(0, size || items.length).map((i) => decode<NodeRecord>(i));
+  const labels = Object.entries(q.labels ?? {});
+  const nodes = read
+    .filter((n) => labels.every(([k, v]) => n.labels[k] === v))
+    .map((n) => create(pb.NodeSchema, { name: n.name, labels: n.labels, address: n.address, lastHeartbeat: BigInt(n.lastHeartbeat), hostCertExpires: BigInt(n.hostCertExpires), principals: n.principals }));
+  return { nodes, nextPageToken: more ? read[read.length - 1]!.name : "" };
 }
 
 /** `tokens add --type=node [--replace=NAME]`: the labels the joining node gets, and nothing else. */
