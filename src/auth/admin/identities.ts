@@ -73,18 +73,18 @@ export function statusOf(
   const max = (f: (i: InstanceRecord) => bigint) => instances.reduce((m, i) => (f(i) > m ? f(i) : m), 0n);
   const summary = {
     name: identity.name,
-    id: identity.id,
     roles: identity.roles,
     locked: identityLocks.length > 0,
     state,
     generation: max((i) => BigInt(i.generation)),
     lastSeen: max((i) => BigInt(i.lastSeen)),
     certExpires: max((i) => BigInt(i.certExpires)),
-    created: BigInt(identity.created),
   };
   if (brief) return create(pb.AgentIdentityStatusSchema, summary);
   return create(pb.AgentIdentityStatusSchema, {
     ...summary,
+    id: identity.id,
+    created: BigInt(identity.created),
     tokenState,
     locks: [...identityLocks, ...locks.filter((l) => l.kind === "instance" && instances.some((i) => i.id === l.target))].map(lockToProto),
     lastAddress: byRecent[0]?.address ?? "",
@@ -171,31 +171,37 @@ export async function* listAgentIdentities(ctx: AuthContext, q: IdentityListing 
   if (!NAME_PREFIX.test(prefix)) throw new MeziteError("ERR_USAGE", `"${prefix.slice(0, 70)}" cannot begin an agent identity name: use [a-z0-9._-]`);
   const limit = q.limit || Infinity;
   const status = await statusMaker(ctx, q.brief);
-  const identities = matchingIdentities(ctx, keys.identities + prefix, q.role)[Symbol.asyncIterator]();
-  const next = async () => {
-    const r = await identities.next();
-    return r.done ? undefined : r.value;
-  };
+  const chunks = matchingIdentities(ctx, keys.identities + prefix, q.role);
 
-  const first: IdentityRecord[] = [];
-  for (let id; first.length < Math.min(size, limit) && (id = await next()); ) first.push(id);
+  const firstSize = Math.min(size, limit);
+  const read: IdentityRecord[] = [];
+  for (let r; read.length < firstSize && !(r = await chunks.next()).done; ) read.push(...r.value);
+  const first = read.splice(0, firstSize);
   if (first.length === 0) return;
   yield await Promise.all(first.map((id) => readStatus(ctx, status, id)));
   let sent = first.length;
   if (sent < size || sent >= limit) return;
 
-  const instancesBy = await allInstances(ctx);
+  const instancesBy = await allInstances(ctx, q.brief ?? false);
   // A brief status reads tokens only to tell "awaiting join" from "no instance".
   const newestToken = q.brief ? undefined : await newestTokens(ctx);
   let page: pb.AgentIdentityStatus[] = [];
-  for (let id; sent < limit && (id = await next()); sent++) {
-    const instances = instancesBy.get(id.id) ?? [];
-    const token = newestToken?.get(id.id);
-    page.push(status(id, instances, newestToken ? (token ? [token] : []) : instances.length ? [] : await tokensOf(ctx, id.id)));
-    if (page.length === size) {
-      yield page;
-      page = [];
+  const rest = async function* () {
+    yield read;
+    yield* chunks;
+  };
+  for await (const chunk of rest()) {
+    for (const id of chunk.slice(0, limit - sent)) {
+      const instances = instancesBy.get(id.id) ?? [];
+      const token = newestToken?.get(id.id);
+      page.push(status(id, instances, newestToken ? (token ? [token] : []) : instances.length ? [] : await tokensOf(ctx, id.id)));
+      if (page.length === size) {
+        yield page;
+        page = [];
+      }
     }
+    sent += Math.min(chunk.length, limit - sent);
+    if (sent === limit) break;
   }
   if (page.length > 0) yield page;
 }
@@ -203,23 +209,31 @@ export async function* listAgentIdentities(ctx: AuthContext, q: IdentityListing 
 /** What may begin an identity name (a listing's prefix, the dashboard's search). */
 export const NAME_PREFIX = /^[a-z0-9._-]{0,63}$/;
 
-async function* matchingIdentities(ctx: AuthContext, prefix: string, role: string | undefined): AsyncGenerator<IdentityRecord> {
-  for await (const chunk of loadChunks<IdentityRecord>(ctx.backend, prefix)) {
-    for (const id of chunk) if (!role || id.roles.includes(role)) yield id;
-  }
+/** Identities under a name prefix with a role (any, if none), a backend chunk at a time. */
+async function* matchingIdentities(ctx: AuthContext, prefix: string, role: string | undefined): AsyncGenerator<IdentityRecord[]> {
+  for await (const chunk of loadChunks<IdentityRecord>(ctx.backend, prefix)) yield role ? chunk.filter((id) => id.roles.includes(role)) : chunk;
 }
 
-/** Every instance, grouped by identity. */
-async function allInstances(ctx: AuthContext): Promise<Map<string, InstanceRecord[]>> {
+/** Every instance, grouped by identity (brief: only what a brief status reads). */
+async function allInstances(ctx: AuthContext, brief: boolean): Promise<Map<string, InstanceRecord[]>> {
   const instancesBy = new Map<string, InstanceRecord[]>();
   for await (const chunk of loadChunks<InstanceRecord>(ctx.backend, keys.instances)) {
-    for (const i of chunk) {
+    for (const full of chunk) {
+      const i = brief ? briefInstance(full) : full;
       const list = instancesBy.get(i.identityId);
       if (list) list.push(i);
       else instancesBy.set(i.identityId, [i]);
     }
   }
   return instancesBy;
+}
+
+/**
+ * What a brief status reads of an instance, the rest blank: 100,000 whole records held until the
+ * last page cost a listing more in garbage collection than in reading them.
+ */
+function briefInstance(i: InstanceRecord): InstanceRecord {
+  return { id: i.id, identityId: i.identityId, generation: i.generation, lastSeen: i.lastSeen, certExpires: i.certExpires, ...(i.claims ? { claims: i.claims } : {}), identityName: "", created: 0, address: "", serial: "" };
 }
 
 /** Each identity's newest token: the only one its status shows. */
