@@ -15,6 +15,8 @@ export interface RevocationsFigures {
   insertMs: number;
   /** A rebuild of the KRL and lock lists past the cache, wall, median. */
   rebuildMs: number;
+  /** A look past the cache when nothing changed (the change mark's read), wall, median. */
+  unchangedMs: number;
   /** The longest a 1 ms timer waited during the rebuilds: wall, and this process's CPU in that wait. */
   stallMs: number;
   stallCpuMs: number;

@@ -49,5 +49,19 @@ export function lockAuditDetail(e: unknown): string {
 export async function createLock(backend: Backend, kind: LockKind, target: string, reason: string, ttlMs: number, now: number, id: string = randomUUID()): Promise<LockRecord> {
   const lock: LockRecord = { id, kind, target, reason, created: now, expires: ttlMs > 0 ? now + ttlMs : 0 };
   await backend.put(keys.lock(lock.id), encode(lock), lock.expires ? { expires: lock.expires } : {});
+  await markRevocationsChanged(backend);
   return lock;
+}
+
+export async function deleteLock(backend: Backend, id: string): Promise<void> {
+  await backend.delete(keys.lock(id));
+  await markRevocationsChanged(backend);
+}
+
+/**
+ * After (never before) a change the KRL is built from is written: a service that reads the mark
+ * before it reads the rest either sees the change or sees the mark move on its next look.
+ */
+export async function markRevocationsChanged(backend: Backend): Promise<void> {
+  await backend.put(keys.revocationsChanged, randomUUID());
 }

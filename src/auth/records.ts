@@ -173,6 +173,11 @@ export const keys = {
   /** A certificate issued while a lock that catches it was being made: in the KRL until it expires. */
   revokedCert: (serial: string) => `/revoked-certs/${serial}`,
   revokedCerts: "/revoked-certs/",
+  /**
+   * A random value written after every change the KRL is built from (a tombstone, a serial revoked,
+   * a lock made or removed): services rebuild it only when this moved or an entry expired.
+   */
+  revocationsChanged: "/revocations-changed",
   /** The reply that issued certificate SERIAL: base64 binary IssuedCertificates, kept until it expires. */
   reply: (serial: string) => `/replies/${serial}`,
   /** Index: the tokens of an identity, so its status reads its own tokens, not everyone's. */

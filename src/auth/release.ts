@@ -16,6 +16,7 @@ import type { CertKind } from "../ca/x509.js";
 import { MeziteError } from "../lib/errors.js";
 import type { AuthContext, Caller } from "./context.js";
 import { keys, load, loadAll, type IdentityRecord, type InstanceRecord, type LockRecord } from "./records.js";
+import { deleteLock } from "./locks.js";
 import { tombstone } from "./revocations.js";
 
 /**
@@ -28,7 +29,7 @@ export async function endInstance(ctx: AuthContext, inst: InstanceRecord): Promi
   await ctx.backend.delete(keys.instance(inst.identityId, inst.id));
   const second = await tombstone(ctx, [inst]);
   const locks = await loadAll<LockRecord>(ctx.backend, keys.locks);
-  await Promise.all(locks.filter((l) => l.value.kind === "instance" && l.value.target === inst.id).map((l) => ctx.backend.delete(keys.lock(l.value.id))));
+  await Promise.all(locks.filter((l) => l.value.kind === "instance" && l.value.target === inst.id).map((l) => deleteLock(ctx.backend, l.value.id)));
   return Math.max(first, second);
 }
 

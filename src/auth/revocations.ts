@@ -9,7 +9,9 @@
  * one range (in chunks, yielding to the event loop). Every entry stays KRL_GRACE_MS past its
  * certificate's expiry. Only a role or login lock needs a scan of every issued
  * certificate; its result is kept for the lock's lifetime (no certificate is issued to a locked
- * role or login).
+ * role or login). A rebuild happens only when it could differ: every write it is built from is
+ * followed by a new keys.revocationsChanged (by whichever service wrote it), and a rebuild notes
+ * when its first entry expires; otherwise a look costs one point read.
  *
  * Races: a join or renewal that read the locks and the identity before an rm, rm-instance or lock
  * may commit after it. Each side looks again after its own write, so whichever looks second sees
@@ -32,7 +34,7 @@ import { BACKDATE_MS } from "./issue.js";
 import { NODE_CA_KINDS, caState, trustedSshLines, type ClusterCas } from "./cas.js";
 import { renewSpreadMs } from "./rotation.js";
 import type { AuthContext } from "./context.js";
-import { activeLocks, locksOn, refuseIfLocked, type LockSubject } from "./locks.js";
+import { activeLocks, locksOn, markRevocationsChanged, refuseIfLocked, type LockSubject } from "./locks.js";
 import { decode, encode, keys, load, loadAll, loadChunks, rangeChunks, type IdentityRecord, type InstanceRecord, type IssuedCertRecord, type LockRecord } from "./records.js";
 
 /**
@@ -70,6 +72,7 @@ export async function tombstone(ctx: AuthContext, instances: InstanceRecord[]): 
       return certs.length;
     }),
   );
+  if (instances.length > 0) await markRevocationsChanged(ctx.backend);
   return counts.reduce((a, b) => a + b, 0);
 }
 
@@ -82,6 +85,7 @@ export async function revokeIfLockedMeanwhile(ctx: AuthContext, subject: LockSub
   const locks = locksOn(await activeLocks(ctx.backend, ctx.now()), subject);
   if (locks.length === 0) return;
   await ctx.backend.put(keys.revokedCert(cert.serial), encode({ identityName: cert.identityName }), { expires: revokedUntil(cert.expires) });
+  await markRevocationsChanged(ctx.backend);
   refuseIfLocked(locks, subject);
 }
 
@@ -95,14 +99,29 @@ const REBUILD_CHUNK = 500;
 const yieldToLoop = () => new Promise<void>((resolve) => setImmediate(resolve));
 
 export interface RevocationsOptions {
-  /** Many nodes polling every few seconds cost one computation per `maxAgeMs`. Default 1 s. */
+  /**
+   * Many nodes polling every few seconds cost one look per `maxAgeMs` (default 1 s): one read of
+   * keys.revocationsChanged, and a rebuild only when it moved or an entry expired.
+   */
   maxAgeMs?: number;
   /** Ages the cache: monotonic, so a wall clock stepped back cannot keep a new lock from the nodes. */
   monotonic?: () => number;
 }
 
+interface Computed {
+  /** Monotonic time it was computed, or last found unchanged. */
+  at: number;
+  cas: ClusterCas;
+  value: GetRevocationsResponse;
+  revokedInstances: ReadonlySet<string>;
+  /** The backend's keys.revocationsChanged when it was read, before everything else. */
+  mark: string | undefined;
+  /** Wall time at which its first entry expires (a certificate past its grace, a lock's TTL). */
+  until: number;
+}
+
 export class Revocations {
-  private cached: { at: number; cas: ClusterCas; value: GetRevocationsResponse; revokedInstances: ReadonlySet<string> } | undefined;
+  private cached: Computed | undefined;
   private pending: Promise<GetRevocationsResponse> | undefined;
   /** Role and login locks by lock id: the serials a scan of every issued certificate found. */
   private readonly scans = new Map<string, Scanned>();
@@ -127,8 +146,22 @@ export class Revocations {
     const at = this.monotonic();
     // A CA phase change shows at once: nodes must trust a new key before anything it signed reaches them.
     if (this.cached && at - this.cached.at < this.maxAgeMs && this.cached.cas === this.ctx.cas) return this.cached.value;
-    this.pending ??= this.compute(at).finally(() => (this.pending = undefined));
+    this.pending ??= this.refresh(at).finally(() => (this.pending = undefined));
     return this.pending;
+  }
+
+  /**
+   * One point read when nothing changed: a rebuild reads every tombstone (100,000 revoked serials
+   * cost 0.2-0.65 s of CPU), and the change streams ask every second.
+   */
+  private async refresh(at: number): Promise<GetRevocationsResponse> {
+    const mark = (await this.ctx.backend.get(keys.revocationsChanged))?.value;
+    const c = this.cached;
+    if (c && c.cas === this.ctx.cas && c.mark === mark && this.ctx.now() < c.until) {
+      c.at = at;
+      return c.value;
+    }
+    return this.compute(at, mark);
   }
 
   /** The instances deleted (their tombstones) as of the last get(): what watch.ts tells daemons. */
@@ -141,15 +174,21 @@ export class Revocations {
    * revoked one by one, in chunks that let the event loop run in between; the locks' certificates
    * are read per locked instance (few). Entries stay until KRL_GRACE_MS past their expiry.
    */
-  private async compute(at: number): Promise<GetRevocationsResponse> {
+  private async compute(at: number, mark: string | undefined): Promise<GetRevocationsResponse> {
     const { backend, cas } = this.ctx;
     const now = this.ctx.now();
-    const live = (expires: number) => revokedUntil(expires) > now;
+    let until = Infinity;
+    const live = (expires: number) => {
+      const end = revokedUntil(expires);
+      if (end > now) until = Math.min(until, end);
+      return end > now;
+    };
     const serials = new SerialList();
     const legacy: string[] = []; // tombstones written before they kept their serials
     const revokedInstances = new Set<string>();
     for await (const chunk of rangeChunks(backend, keys.revokedInstances, REBUILD_CHUNK)) {
       for (const item of chunk) {
+        if (item.expires !== undefined) until = Math.min(until, item.expires);
         revokedInstances.add(item.key.slice(keys.revokedInstances.length));
         const t = decode<TombstoneRecord>(item);
         if (t.certs === undefined) legacy.push(item.key.slice(keys.revokedInstances.length));
@@ -158,11 +197,15 @@ export class Revocations {
       await yieldToLoop();
     }
     for await (const chunk of rangeChunks(backend, keys.revokedCerts, REBUILD_CHUNK)) {
-      for (const item of chunk) serials.add(BigInt(item.key.slice(keys.revokedCerts.length)));
+      for (const item of chunk) {
+        if (item.expires !== undefined) until = Math.min(until, item.expires);
+        serials.add(BigInt(item.key.slice(keys.revokedCerts.length)));
+      }
       await yieldToLoop();
     }
 
     const locks = await activeLocks(backend, now);
+    for (const l of locks) if (l.expires > 0) until = Math.min(until, l.expires);
     const ofKind = (k: LockRecord["kind"]) => locks.filter((l) => l.kind === k);
     const lockedIdentities = (await Promise.all(ofKind("agent_identity").map((l) => load<IdentityRecord>(backend, keys.identity(l.target)))))
       .filter((i) => i !== undefined)
@@ -171,7 +214,7 @@ export class Revocations {
     const instanceIds = new Set([...legacy, ...ofKind("instance").map((l) => l.target), ...lockedIdentityInstances.flat().map((i) => i.value.id)]);
     const certsOfInstances = await Promise.all([...instanceIds].map((id) => loadAll<IssuedCertRecord>(backend, keys.certsOf(id))));
     for (const c of certsOfInstances.flat()) if (live(c.value.expires)) serials.add(BigInt(c.value.serial));
-    for (const s of await this.scanned([...ofKind("role"), ...ofKind("login")], now)) serials.add(s);
+    for (const c of await this.scanned([...ofKind("role"), ...ofKind("login")], now)) if (live(c.expires)) serials.add(c.serial);
     const sorted = await sortSerials(serials, yieldToLoop);
 
     // Serials are random 64-bit numbers, unique across keys: each trusted key revokes them all.
@@ -188,12 +231,12 @@ export class Revocations {
       lockedRoles: ofKind("role").map((l) => l.target),
       lockedLogins: ofKind("login").map((l) => l.target),
     });
-    this.cached = { at, cas, value, revokedInstances };
+    this.cached = { at, cas, value, revokedInstances, mark, until };
     return value;
   }
 
-  /** Serials of the unexpired certificates each role or login lock catches, scanning only when needed. */
-  private async scanned(locks: LockRecord[], now: number): Promise<bigint[]> {
+  /** The certificates each role or login lock catches, scanning only when needed. */
+  private async scanned(locks: LockRecord[], now: number): Promise<Scanned> {
     for (const id of this.scans.keys()) if (!locks.some((l) => l.id === id)) this.scans.delete(id);
     const stale = locks.filter((l) => !this.scans.has(l.id));
     if (stale.length > 0) {
@@ -209,6 +252,6 @@ export class Revocations {
       }
       for (const [id, certs] of found) this.scans.set(id, certs);
     }
-    return locks.flatMap((l) => this.scans.get(l.id)!.filter((c) => revokedUntil(c.expires) > now).map((c) => c.serial));
+    return locks.flatMap((l) => this.scans.get(l.id)!);
   }
 }

@@ -117,6 +117,39 @@ test("the KRL follows locks and deletions, and nothing else", async (t) => {
   assert.deepEqual(await revoked(t, r), [], "expired certificates leave the KRL");
 });
 
+test("a service rebuilds the KRL only when what it is built from changed (as the backend tells any service) or an entry expired", async (t) => {
+  let rebuilds = 0;
+  const ctx = await context(
+    (b) =>
+      new Proxy(b, {
+        get: (target, prop) => {
+          if (prop !== "range") return (Reflect.get(target, prop) as Function).bind(target);
+          return (prefix: string, opts?: object) => ((rebuilds += Number(prefix === keys.revokedInstances && !opts?.["startAfter" as keyof object])), target.range(prefix, opts));
+        },
+      }),
+  );
+  const r = revocations(ctx);
+  const web = await fleetMember(ctx, "web", ["deployer"], ["deploy"], 2);
+  if ((await revoked(t, r)) === undefined) return;
+  const first = rebuilds;
+  for (let i = 0; i < 5; i++) assert.deepEqual(await revoked(t, r), [], "nothing changed");
+  assert.equal(rebuilds, first, "five seconds of nothing new cost no rebuild");
+
+  await removeInstance(ctx, BY, "web", "web-inst-0");
+  assert.deepEqual(await revoked(t, r), [web["web-inst-0"]]);
+  assert.equal(rebuilds, first + 1);
+  await addLock(ctx, BY, "instance", "web-inst-1", "", 60_000);
+  assert.deepEqual(await revoked(t, r), [web["web-inst-0"], web["web-inst-1"]].sort());
+  assert.deepEqual(await revoked(t, r), [web["web-inst-0"], web["web-inst-1"]].sort());
+  assert.equal(rebuilds, first + 2, "a lock: one rebuild");
+  clock += 60_000; // the lock's TTL runs out: no write marks that
+  assert.deepEqual(await revoked(t, r), [web["web-inst-0"]]);
+  assert.equal(rebuilds, first + 3);
+  clock += HOUR + KRL_GRACE_MS; // the deleted instance's certificate expires
+  assert.deepEqual(await revoked(t, r), []);
+  assert.equal(rebuilds, first + 4);
+});
+
 /**
  * A join whose backend runs an rm of its identity to completion at a chosen moment: just before
  * the join's commit, or just after it (so that rm may have listed the identity's instances before

@@ -14,7 +14,7 @@ import { hasLoginTemplates } from "../../rbac/template.js";
 import type { AdminCaller, AuthContext } from "../context.js";
 import { isStale } from "../renew.js";
 import { instancePrincipals } from "../issue.js";
-import { activeLocks, locksOn } from "../locks.js";
+import { activeLocks, deleteLock, locksOn } from "../locks.js";
 import { encode, keys, load, loadAll, loadChunks, type IdentityRecord, type InstanceRecord, type LockRecord, type StoredRole, type TokenRecord } from "../records.js";
 import { endInstance } from "../release.js";
 import { tombstone } from "../revocations.js";
@@ -287,7 +287,7 @@ export async function deleteAgentIdentity(ctx: AuthContext, by: AdminCaller, nam
     ...instances.map((i) => ctx.backend.delete(keys.instance(id, i.id))),
     ...locks
       .filter((l) => (l.value.kind === "agent_identity" && l.value.target === name) || (l.value.kind === "instance" && instanceIds.has(l.value.target)))
-      .map((l) => ctx.backend.delete(keys.lock(l.value.id))),
+      .map((l) => deleteLock(ctx.backend, l.value.id)),
   ]);
   // A renewal that committed before its instance was deleted is seen by this look (one after
   // cannot commit: its compare-and-swap on the instance fails).

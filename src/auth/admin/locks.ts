@@ -3,7 +3,7 @@ import { create } from "@bufbuild/protobuf";
 import * as pb from "../../api/gen/mezite/v1/common_pb.js";
 import { MeziteError, notFound } from "../../lib/errors.js";
 import type { AdminCaller, AuthContext } from "../context.js";
-import { activeLocks, createLock } from "../locks.js";
+import { activeLocks, createLock, deleteLock } from "../locks.js";
 import { LOCK_KINDS, keys, loadAll, type LockKind, type LockRecord } from "../records.js";
 
 export function lockToProto(l: LockRecord): pb.Lock {
@@ -39,7 +39,7 @@ export async function removeLocks(ctx: AuthContext, by: AdminCaller, idOrTarget:
   );
   if (hits.length === 0) throw notFound(`lock ${idOrTarget}`);
   for (const h of hits) {
-    await ctx.backend.delete(keys.lock(h.value.id));
+    await deleteLock(ctx.backend, h.value.id);
     await ctx.audit.emit({ type: "lock.delete", ...by.audit, identity: h.value.kind === "agent_identity" ? h.value.target : "", detail: `${h.value.kind}=${h.value.target}` });
   }
   return hits.length;
