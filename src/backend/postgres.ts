@@ -9,6 +9,7 @@
  */
 import pg from "pg";
 import { MeziteError } from "../lib/errors.js";
+import type { Counter } from "../lib/metrics.js";
 import {
   alreadyExists, checkExpires, checkKey, checkPrefix, checkRange, checkValue, closedError, compareFailed, descendingBound,
   makeItem, newRevision, opItem, prefixEnd, resolveBackendOptions, startSweeper,
@@ -20,6 +21,12 @@ export interface PostgresOptions extends BackendOptions {
   poolSize?: number;
   /** How long to wait for a connection (new, or a free one from the pool). Default 5000 ms. */
   connectTimeoutMs?: number;
+  /**
+   * Counts every statement sent, by name (`statement` label; BEGIN, COMMIT and ROLLBACK too), so an
+   * operator sees what each call costs the database. Each is one round trip: pg sends a named
+   * statement's parse, bind and execute together.
+   */
+  queries?: Counter;
 }
 
 const SCHEMA_VERSION = 1;
@@ -66,6 +73,7 @@ export class PostgresBackend implements Backend {
   readonly #target: string;
   readonly #now: () => number;
   readonly #stopSweeper: () => void;
+  readonly #queries: Counter | undefined;
   #closed = false;
 
   /** Connects and creates or migrates the schema; fails with ERR_UNREACHABLE if the server is down. */
@@ -88,6 +96,7 @@ export class PostgresBackend implements Backend {
     if (!Number.isInteger(connectTimeoutMs) || connectTimeoutMs < 1) throw new MeziteError("ERR_CONFIG", `PostgreSQL connect timeout must be a positive integer of milliseconds, got ${connectTimeoutMs}`);
     this.#target = describeUrl(url);
     this.#now = o.now;
+    this.#queries = options.queries;
     this.#pool = new pg.Pool({
       connectionString: url,
       max: poolSize,
@@ -143,6 +152,7 @@ export class PostgresBackend implements Backend {
       throw pgError(e, this.#target);
     }
     const run = async (name: keyof typeof SQL | "BEGIN" | "COMMIT", values: unknown[]) => {
+      this.#queries?.inc({ statement: name });
       try {
         return await (name === "BEGIN" || name === "COMMIT" ? client.query(name) : client.query({ name, text: SQL[name], values }));
       } catch (e) {
@@ -163,6 +173,7 @@ export class PostgresBackend implements Backend {
       return items;
     } catch (e) {
       // A connection that cannot even roll back is dropped from the pool rather than reused.
+      this.#queries?.inc({ statement: "ROLLBACK" });
       await client.query("ROLLBACK").catch((rollbackFailed: Error) => (broken = rollbackFailed));
       throw e;
     } finally {
@@ -221,6 +232,7 @@ export class PostgresBackend implements Backend {
 
   async #query<R extends pg.QueryResultRow = pg.QueryResultRow>(name: keyof typeof SQL, values: unknown[]): Promise<pg.QueryResult<R>> {
     if (this.#closed) throw closedError();
+    this.#queries?.inc({ statement: name });
     try {
       return await this.#pool.query<R>({ name, text: SQL[name], values });
     } catch (e) {

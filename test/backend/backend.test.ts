@@ -20,6 +20,7 @@ import { openBackend } from "../../src/backend/open.js";
 import { PostgresBackend } from "../../src/backend/postgres.js";
 import { SqliteBackend } from "../../src/backend/sqlite.js";
 import { isMeziteError } from "../../src/lib/errors.js";
+import { Registry } from "../../src/lib/metrics.js";
 import type { ErrorCode } from "../../src/lib/errors.js";
 import { startPostgres } from "../harness/postgres.js";
 import { missingComponent, PG_BIN_DIR } from "../harness/require.js";
@@ -597,6 +598,27 @@ test("postgres backend", async (t) => {
       const results = await Promise.all(Array.from({ length: 20 }, (_, i) => b.put(`/after/${i}`, "ok")));
       assert.equal(results.length, 20);
       assert.equal(await b.count("/after/"), 20);
+    } finally {
+      await b.close();
+    }
+  });
+
+  await t.test("the queries counter counts every statement sent, by name, transactions' own included", async () => {
+    const queries = new Registry().counter("q", "");
+    let clock = T0;
+    const b = await PostgresBackend.open(await newDatabase(), { now: () => clock, sweepIntervalMs: 0, queries });
+    try {
+      const counts = () => Object.fromEntries(queries.series.state().map((s) => [s.labels["statement"], s.values[0]]));
+      const item = await b.put("/a", "1");
+      await b.put("/ttl", "1", { expires: T0 + 10 });
+      assert.deepEqual(counts(), { put: 2 });
+      await b.get("/a");
+      clock += 10;
+      assert.equal(await b.get("/ttl"), undefined); // found expired: purged on the spot
+      await b.write([{ op: "cas", key: "/a", revision: item.revision, value: "2" }, { op: "put", key: "/b", value: "1" }]);
+      await rejectsWith(b.write([{ op: "put", key: "/c", value: "1" }, { op: "create", key: "/b", value: "2" }]), "ERR_ALREADY_EXISTS");
+      await b.range("/");
+      assert.deepEqual(counts(), { put: 4, get: 2, purge: 1, BEGIN: 2, cas: 1, COMMIT: 1, create: 1, ROLLBACK: 1, range: 1 });
     } finally {
       await b.close();
     }
