@@ -64,8 +64,10 @@ export interface HaSetup {
   otherCores: number;
   /** Renewals per CPU-second of the services (A + B). */
   perServiceCpuSecond: number;
-  /** PostgreSQL CPU per renewal, ms. */
+  /** CPU per renewal, ms: the services (A + B), PostgreSQL, the load generators (the daemons' side). */
+  serviceCpuMs: number;
   postgresCpuMs: number;
+  loadgenCpuMs: number;
   /** Statements sent per renewal, by name, over all windows. */
   queriesPerRenewal: Queries;
   errors: number;
@@ -74,6 +76,8 @@ export interface HaSetup {
 
 export interface HaFigures {
   identities: number;
+  /** The machine's, which services, PostgreSQL and the load generators share. */
+  cores: number;
   one: HaSetup;
   two: HaSetup;
   /** Statements per call: adding an identity through the admin API, and its join. */
@@ -221,8 +225,8 @@ export async function ha(o: HaOptions): Promise<HaFigures> {
       const mean = (f: (w: HaWindow) => number) => sum(ws.map(f)) / ws.length;
       const renewals = sum(ws.map((w) => w.renewals));
       const secs = (ws.length * o.windowMs) / 1000;
-      const svcCpu = sum(ws.map((w) => (w.serviceCores[0] + w.serviceCores[1]) * (o.windowMs / 1000)));
-      const pgCpu = sum(ws.map((w) => w.postgresCores * (o.windowMs / 1000)));
+      const cpuMs = (cores: (w: HaWindow) => number) => (renewals > 0 ? sum(ws.map((w) => cores(w) * o.windowMs)) / renewals : 0);
+      const serviceCpuMs = cpuMs((w) => w.serviceCores[0] + w.serviceCores[1]);
       return {
         services,
         windows: ws,
@@ -232,8 +236,10 @@ export async function ha(o: HaOptions): Promise<HaFigures> {
         loadgenCores: mean((w) => w.loadgenCores),
         machineBusy: mean((w) => w.machineBusy),
         otherCores: mean((w) => w.otherCores),
-        perServiceCpuSecond: svcCpu > 0 ? renewals / svcCpu : 0,
-        postgresCpuMs: renewals > 0 ? (1000 * pgCpu) / renewals : 0,
+        perServiceCpuSecond: serviceCpuMs > 0 ? 1000 / serviceCpuMs : 0,
+        serviceCpuMs,
+        postgresCpuMs: cpuMs((w) => w.postgresCores),
+        loadgenCpuMs: cpuMs((w) => w.loadgenCores),
         queriesPerRenewal: per(ws.map((w) => w.queries).reduce(add, {}), renewals || 1),
         errors: sum(ws.map((w) => w.errors)),
         firstError: ws.find((w) => w.firstError)?.firstError ?? "",
@@ -241,6 +247,7 @@ export async function ha(o: HaOptions): Promise<HaFigures> {
     };
     return {
       identities: o.identities,
+      cores: cpus().length,
       one: summarize(1),
       two: summarize(2),
       queriesPerAdd: per(minus(q1, q0), o.identities),

@@ -4,7 +4,7 @@
  */
 import type { DaemonFigures, NodeFigures, StandaloneFigures } from "./agents.js";
 import type { FleetFigures } from "./fleet.js";
-import type { HaFigures } from "./ha.js";
+import type { HaFigures, HaSetup } from "./ha.js";
 import type { RevocationsFigures } from "./revocations.js";
 import type { ScaleFigures } from "./scale.js";
 import type { WorkersFigures } from "./throughput.js";
@@ -194,7 +194,7 @@ export function sections(r: Results): string[] {
   if (h) {
     const both = [h.one, h.two];
     const rt = (q: Record<string, number>) => total(q).toFixed(1);
-    const byStatement = (q: Record<string, number>) => Object.entries(q).sort(([, a], [, b]) => b - a).map(([k, v]) => `${k} ${v.toFixed(1)}`).join(", ");
+    const byStatement = (q: Record<string, number>) => Object.entries(q).filter(([, v]) => v >= 0.05).sort(([, a], [, b]) => b - a).map(([k, v]) => `${k} ${v.toFixed(1)}`).join(", ");
     out.push(`9. HA: auth services on one PostgreSQL (the tests' server: local, fsync=off), ${h.identities} joined identities, a new mTLS connection per renewal; alternating windows`);
     out.push(line("", "one service", "two services"));
     out.push(line("renewals/s at saturation (wall)", ...both.map((s) => f0(s.rate))));
@@ -204,10 +204,12 @@ export function sections(r: Results): string[] {
     out.push(line("load generators' CPU, cores (niced)", ...both.map((s) => s.loadgenCores.toFixed(2))));
     out.push(line("anything else (other people's jobs, this bench)", ...both.map((s) => s.otherCores.toFixed(2))));
     out.push(line("whole machine busy", ...both.map((s) => pct(s.machineBusy))));
-    out.push(line("renewals per service CPU-second (A + B)", ...both.map((s) => f0(s.perServiceCpuSecond))));
-    out.push(line("PostgreSQL CPU per renewal", ...both.map((s) => ms(1000 * s.postgresCpuMs))));
+    out.push(line("CPU per renewal: the services (A + B)", ...both.map((s) => ms(1000 * s.serviceCpuMs))));
+    out.push(line("  PostgreSQL", ...both.map((s) => ms(1000 * s.postgresCpuMs))));
+    out.push(line("  the load generators (the daemons' side of it)", ...both.map((s) => ms(1000 * s.loadgenCpuMs))));
+    out.push(line(`  all three: ceiling on ${h.cores} cores, renewals/s`, ...both.map((s) => f0(haCeiling(h, s)))));
     out.push(line("PostgreSQL round trips per renewal (statements sent)", ...both.map((s) => rt(s.queriesPerRenewal))));
-    out.push(`    by statement (two services): ${byStatement(h.two.queriesPerRenewal)}`);
+    out.push(`    by statement (two services): ${byStatement(h.two.queriesPerRenewal)} (BEGIN to COMMIT: one transaction)`);
     out.push(line("PostgreSQL round trips per join / per identity added", rt(h.queriesPerJoin), rt(h.queriesPerAdd)));
     out.push(line("  statements per second with no load (both services)", f1(h.idleQueriesPerSecond)));
     out.push(line("failed renewals", ...both.map((s) => String(s.errors))));
@@ -216,11 +218,20 @@ export function sections(r: Results): string[] {
     out.push(line("  per service CPU-s × 2 (each service on its own core)", x(haCpuScaling(h))));
     out.push(line("renewals/s one PostgreSQL core serves at this cost", f0(1000 / h.two.postgresCpuMs)));
     const busy = h.two.machineBusy >= 0.9;
-    out.push(`   limit: ${busy ? `CPU: the machine was ${pct(h.two.machineBusy)} busy with two services, PostgreSQL ${h.two.postgresCores.toFixed(2)} cores of it; the load generators need more CPU per renewal than a service` : `not CPU (machine ${pct(h.two.machineBusy)} busy): the services wait, on PostgreSQL's round trips or the load generators`}`);
+    out.push(
+      busy
+        ? `   limit: CPU. The machine was ${pct(h.two.machineBusy)} busy with two services; a renewal costs ${f1(haCpuMs(h.two))} ms of CPU here all told, so ${h.cores} cores cap either set-up at ~${f0(haCeiling(h, h.two))}/s, and 1.7× one service would be ${f0(1.7 * h.one.rate)}/s`
+        : `   limit: not CPU (machine ${pct(h.two.machineBusy)} busy): the services wait, on PostgreSQL's round trips or on the load generators`,
+    );
     out.push("");
   }
   return out;
 }
+
+/** CPU one renewal costs on this machine: services, PostgreSQL and load generators, ms. */
+const haCpuMs = (s: HaSetup) => s.serviceCpuMs + s.postgresCpuMs + s.loadgenCpuMs;
+/** The renewal rate the machine's cores allow at that cost, had the bench every core to itself. */
+const haCeiling = (h: HaFigures, s: HaSetup) => (1000 * h.cores) / haCpuMs(s);
 
 /** Two services against one if each had a core of its own: per-CPU-second efficiency, times two. */
 export const haCpuScaling = (h: HaFigures) => (2 * h.two.perServiceCpuSecond) / h.one.perServiceCpuSecond;
