@@ -49,7 +49,12 @@ export interface HaWindow {
   machineBusy: number;
   /** Cores busy with anything else: this bench's own process, other people's jobs. */
   otherCores: number;
+  /**
+   * Statements the services sent from before the load started to after its last renewal was
+   * answered (no renewal half done at either end), and the renewals they answered meanwhile.
+   */
   queries: Queries;
+  answered: number;
 }
 
 export interface HaSetup {
@@ -68,7 +73,7 @@ export interface HaSetup {
   serviceCpuMs: number;
   postgresCpuMs: number;
   loadgenCpuMs: number;
-  /** Statements sent per renewal, by name, over all windows. */
+  /** Statements sent per renewal answered, by name, over all windows (background ones included). */
   queriesPerRenewal: Queries;
   errors: number;
   firstError: string;
@@ -89,16 +94,19 @@ export interface HaFigures {
 
 const LOADGENS = 2;
 
-/** The services' statements so far, by name, from /metrics. */
-async function queries(svcs: Service[]): Promise<Queries> {
-  const out: Queries = {};
+/** The services' statements so far, by name, and the renewals they answered, from /metrics. */
+async function counts(svcs: Service[]): Promise<{ queries: Queries; answered: number }> {
+  const queries: Queries = {};
+  let answered = 0;
   for (const text of await Promise.all(svcs.map((s) => s.metrics()))) {
     for (const m of text.matchAll(/^mezite_backend_queries_total\{statement="([^"]+)"\} (\d+)$/gm)) {
-      out[m[1]!] = (out[m[1]!] ?? 0) + Number(m[2]);
+      queries[m[1]!] = (queries[m[1]!] ?? 0) + Number(m[2]);
     }
+    answered += Number(/^mezite_auth_requests_total\{method="Renew",result="ok"\} (\d+)$/m.exec(text)?.[1] ?? 0);
   }
-  return out;
+  return { queries, answered };
 }
+const queries = async (svcs: Service[]) => (await counts(svcs)).queries;
 
 const minus = (b: Queries, a: Queries): Queries => Object.fromEntries(Object.entries(b).map(([k, v]) => [k, v - (a[k] ?? 0)]).filter(([, v]) => v !== 0));
 const add = (a: Queries, b: Queries): Queries => Object.fromEntries([...new Set([...Object.keys(a), ...Object.keys(b)])].map((k) => [k, (a[k] ?? 0) + (b[k] ?? 0)]));
@@ -169,17 +177,15 @@ export async function ha(o: HaOptions): Promise<HaFigures> {
       const startAt = Date.now() + 300;
       const from = startAt + w.warmupMs;
       const to = from + w.windowMs;
-      const sample = async () => {
-        // The scrapes are asked first and answered while /proc is read, so both sit at the edge.
-        const q = queries(both);
-        return { svc: both.map((s) => s.cpu()), pg: treeCpuSeconds(postmaster), gens: sum(gens.map((g) => g.cpu())), machine: machineTicks(), queries: await q };
-      };
+      const sample = () => ({ svc: both.map((s) => s.cpu()), pg: treeCpuSeconds(postmaster), gens: sum(gens.map((g) => g.cpu())), machine: machineTicks() });
       const at = async (when: number) => (await sleep(when - Date.now()), sample());
+      const c0 = await counts(both);
       const [results, s0, s1] = await Promise.all([
         Promise.all(gens.map((g, i) => g.run({ addr: services === 2 ? both[i % 2]!.addr : a.addr, mode: "closed", concurrency: o.concurrency, rate: 0, startAt, warmupMs: w.warmupMs, durationMs: w.windowMs }))),
         at(from),
         at(to),
       ]);
+      const c1 = await counts(both);
       const secs = w.windowMs / 1000;
       const renewals = sum(results.map((r) => r.completed));
       const serviceCores: [number, number] = [(s1.svc[0]! - s0.svc[0]!) / secs, (s1.svc[1]! - s0.svc[1]!) / secs];
@@ -197,7 +203,8 @@ export async function ha(o: HaOptions): Promise<HaFigures> {
         loadgenCores,
         machineBusy,
         otherCores: Math.max(0, machineBusy * cpus().length - serviceCores[0] - serviceCores[1] - postgresCores - loadgenCores),
-        queries: minus(s1.queries, s0.queries),
+        queries: minus(c1.queries, c0.queries),
+        answered: c1.answered - c0.answered,
       };
     };
 
@@ -209,7 +216,7 @@ export async function ha(o: HaOptions): Promise<HaFigures> {
       for (const services of [1, 2] as const) {
         const w = await window(services, o);
         windows.push(w);
-        const rt = w.renewals ? (total(w.queries) / w.renewals).toFixed(1) : "-";
+        const rt = w.answered ? (total(w.queries) / w.answered).toFixed(2) : "-";
         note(`ha: ${services} service(s), round ${round + 1}: ${w.rate.toFixed(0)} renewals/s, services ${w.serviceCores.map((c) => c.toFixed(2)).join("+")} cores, PostgreSQL ${w.postgresCores.toFixed(2)}, load ${w.loadgenCores.toFixed(2)}, machine ${(100 * w.machineBusy).toFixed(0)} %, ${rt} statements/renewal`);
       }
     }
@@ -240,7 +247,7 @@ export async function ha(o: HaOptions): Promise<HaFigures> {
         serviceCpuMs,
         postgresCpuMs: cpuMs((w) => w.postgresCores),
         loadgenCpuMs: cpuMs((w) => w.loadgenCores),
-        queriesPerRenewal: per(ws.map((w) => w.queries).reduce(add, {}), renewals || 1),
+        queriesPerRenewal: per(ws.map((w) => w.queries).reduce(add, {}), sum(ws.map((w) => w.answered)) || 1),
         errors: sum(ws.map((w) => w.errors)),
         firstError: ws.find((w) => w.firstError)?.firstError ?? "",
       };

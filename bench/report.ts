@@ -220,7 +220,7 @@ export function sections(r: Results): string[] {
     const busy = h.two.machineBusy >= 0.9;
     out.push(
       busy
-        ? `   limit: CPU. The machine was ${pct(h.two.machineBusy)} busy with two services; a renewal costs ${f1(haCpuMs(h.two))} ms of CPU here all told, so ${h.cores} cores cap either set-up at ~${f0(haCeiling(h, h.two))}/s, and 1.7× one service would be ${f0(1.7 * h.one.rate)}/s`
+        ? `   limit: CPU. The machine was ${pct(h.two.machineBusy)} busy with two services (other jobs ${h.two.otherCores.toFixed(2)} cores of it); a renewal costs ${f1(haCpuMs(h.two))} ms of CPU here all told, so ${h.cores} cores cap either set-up at ~${f0(haCeiling(h, h.two))}/s, and 1.7× one service would be ${f0(1.7 * h.one.rate)}/s`
         : `   limit: not CPU (machine ${pct(h.two.machineBusy)} busy): the services wait, on PostgreSQL's round trips or on the load generators`,
     );
     out.push("");
