@@ -45,6 +45,9 @@ const SQL = {
   purge: "DELETE FROM items WHERE key = $1 AND expires <= $2",
   put: `INSERT INTO items (${ROW}) VALUES ($1, $2, $3, $4)
         ON CONFLICT (key) DO UPDATE SET value = excluded.value, revision = excluded.revision, expires = excluded.expires`,
+  // Several puts of distinct keys (one statement may not touch a row twice), a column per array.
+  putMany: `INSERT INTO items (${ROW}) SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[])
+            ON CONFLICT (key) DO UPDATE SET value = excluded.value, revision = excluded.revision, expires = excluded.expires`,
   // Inserts, or replaces an expired row; a live row makes it a no-op (rowCount 0).
   create: `INSERT INTO items (${ROW}) VALUES ($1, $2, $3, $4)
            ON CONFLICT (key) DO UPDATE SET value = excluded.value, revision = excluded.revision, expires = excluded.expires
@@ -162,11 +165,17 @@ export class PostgresBackend implements Backend {
     let broken: Error | undefined;
     try {
       await run("BEGIN", []);
-      for (const [i, o] of ops.entries()) {
+      for (let i = 0; i < ops.length; i++) {
+        const o = ops[i]!;
         const it = items[i]!;
         const expires = it.expires ?? null;
-        if (o.op === "put") await run("put", [it.key, it.value, it.revision, expires]);
-        else if (o.op === "create" && (await run("create", [it.key, it.value, it.revision, expires, this.#now()])).rowCount !== 1) throw alreadyExists(o.key);
+        if (o.op === "put") {
+          // Consecutive puts of distinct keys go as one statement: a round trip, not one each.
+          const batch = [it];
+          while (ops[i + 1]?.op === "put" && !batch.some((b) => b.key === items[i + 1]!.key)) batch.push(items[++i]!);
+          if (batch.length === 1) await run("put", [it.key, it.value, it.revision, expires]);
+          else await run("putMany", [batch.map((b) => b.key), batch.map((b) => b.value), batch.map((b) => b.revision), batch.map((b) => b.expires ?? null)]);
+        } else if (o.op === "create" && (await run("create", [it.key, it.value, it.revision, expires, this.#now()])).rowCount !== 1) throw alreadyExists(o.key);
         else if (o.op === "cas" && (await run("cas", [it.value, it.revision, expires, it.key, o.revision, this.#now()])).rowCount !== 1) throw compareFailed(o.key);
       }
       await run("COMMIT", []);

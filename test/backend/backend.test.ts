@@ -132,6 +132,20 @@ async function backendSuite(t: TestContext, newStore: NewStore): Promise<void> {
     await rejectsWith(b.write([{ op: "cas", key: "/w/cas", revision: base.revision, value: "2" }]), "ERR_COMPARE_FAILED");
   });
 
+  await t.test("a batch of puts: each lands with its own expiry and any value; of two on one key the last wins", async (st) => {
+    const { b, clock } = await setup(st);
+    const odd = `{"a":"b,c"} \\ 'q' NULL {} ü\n`;
+    const written = await b.write([
+      { op: "put", key: "/p/1", value: "one", expires: T0 + 1000 },
+      { op: "put", key: "/p/2", value: odd },
+      { op: "put", key: "/p/1", value: "again", expires: T0 + 1000 },
+      { op: "put", key: "/p/3", value: "NULL" },
+    ]);
+    assert.deepEqual(await b.range("/p/"), [written[2], written[1], written[3]]);
+    clock.advance(1000);
+    assert.deepEqual((await b.range("/p/")).map((i) => i.key), ["/p/2", "/p/3"]);
+  });
+
   await t.test("deleteIf needs the current revision", async (st) => {
     const { b } = await setup(st);
     const v1 = await b.put("/d", "1");
@@ -603,7 +617,7 @@ test("postgres backend", async (t) => {
     }
   });
 
-  await t.test("the queries counter counts every statement sent, by name, transactions' own included", async () => {
+  await t.test("the queries counter counts every statement sent, by name, transactions' own included; a batch's consecutive puts are one", async () => {
     const queries = new Registry().counter("q", "");
     let clock = T0;
     const b = await PostgresBackend.open(await newDatabase(), { now: () => clock, sweepIntervalMs: 0, queries });
@@ -619,6 +633,8 @@ test("postgres backend", async (t) => {
       await rejectsWith(b.write([{ op: "put", key: "/c", value: "1" }, { op: "create", key: "/b", value: "2" }]), "ERR_ALREADY_EXISTS");
       await b.range("/");
       assert.deepEqual(counts(), { put: 4, get: 2, purge: 1, BEGIN: 2, cas: 1, COMMIT: 1, create: 1, ROLLBACK: 1, range: 1 });
+      await b.write([{ op: "cas", key: "/a", revision: (await b.get("/a"))!.revision, value: "3" }, ...["/x", "/y", "/z"].map((key) => ({ op: "put" as const, key, value: "1" }))]);
+      assert.deepEqual(counts(), { put: 4, get: 3, purge: 1, BEGIN: 3, cas: 2, COMMIT: 2, create: 1, ROLLBACK: 1, range: 1, putMany: 1 });
     } finally {
       await b.close();
     }
