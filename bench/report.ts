@@ -210,7 +210,7 @@ export function sections(r: Results): string[] {
     out.push(line(`  all three: ceiling on ${h.cores} cores, renewals/s`, ...both.map((s) => f0(haCeiling(h, s)))));
     out.push(line("PostgreSQL round trips per renewal (statements sent)", ...both.map((s) => rt(s.queriesPerRenewal))));
     out.push(`    by statement (two services): ${byStatement(h.two.queriesPerRenewal)} (BEGIN to COMMIT: one transaction)`);
-    out.push(line("PostgreSQL round trips per join / per identity added", rt(h.queriesPerJoin), rt(h.queriesPerAdd)));
+    out.push(line("PostgreSQL round trips per join / per identity added", `${rt(h.queriesPerJoin)} / ${rt(h.queriesPerAdd)}`));
     out.push(line("  statements per second with no load (both services)", f1(h.idleQueriesPerSecond)));
     out.push(line("failed renewals", ...both.map((s) => String(s.errors))));
     for (const s of both) if (s.firstError) out.push(`  first failure, ${s.services} service(s): ${s.firstError}`);
@@ -234,7 +234,7 @@ const haCpuMs = (s: HaSetup) => s.serviceCpuMs + s.postgresCpuMs + s.loadgenCpuM
 const haCeiling = (h: HaFigures, s: HaSetup) => (1000 * h.cores) / haCpuMs(s);
 
 /** Two services against one if each had a core of its own: per-CPU-second efficiency, times two. */
-export const haCpuScaling = (h: HaFigures) => (2 * h.two.perServiceCpuSecond) / h.one.perServiceCpuSecond;
+const haCpuScaling = (h: HaFigures) => (2 * h.two.perServiceCpuSecond) / h.one.perServiceCpuSecond;
 
 /** An agent-hour on a stream, with a daemon's one reconnect a day (counted for every agent). */
 export const fleetAgentHour = (fl: FleetFigures) => fl.stream.agentCpuMsPerHour + fl.stream.reopenCpuMs / 24;
