@@ -161,6 +161,30 @@ export function descendants(pid: number): number[] {
   return out;
 }
 
+/**
+ * CPU seconds of a process and all its descendants, the exited ones included: utime + stime of
+ * each live one, plus what the root has reaped (cutime + cstime). For PostgreSQL's postmaster,
+ * whose backends come and go.
+ */
+export function treeCpuSeconds(pid: number): number {
+  let reaped = 0;
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, "utf8");
+    const f = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
+    reaped = (Number(f[13]) + Number(f[14])) / CLK_TCK; // cutime, cstime
+  } catch {
+    return 0;
+  }
+  return reaped + [pid, ...descendants(pid)].reduce((s, p) => s + cpuSeconds(p), 0);
+}
+
+/** Busy and total jiffies of the whole machine, from /proc/stat. */
+export function machineTicks(): { busy: number; total: number } {
+  const f = readFileSync("/proc/stat", "utf8").split("\n")[0]!.trim().split(/\s+/).slice(1).map(Number);
+  const total = sum(f);
+  return { busy: total - (f[3] ?? 0) - (f[4] ?? 0), total };
+}
+
 /** Resident set size in KiB (VmRSS). */
 export function rssKiB(pid: number): number {
   const m = /^VmRSS:\s+(\d+) kB/m.exec(readFileSync(`/proc/${pid}/status`, "utf8"));

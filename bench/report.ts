@@ -4,6 +4,7 @@
  */
 import type { DaemonFigures, NodeFigures, StandaloneFigures } from "./agents.js";
 import type { FleetFigures } from "./fleet.js";
+import type { HaFigures, HaSetup } from "./ha.js";
 import type { RevocationsFigures } from "./revocations.js";
 import type { ScaleFigures } from "./scale.js";
 import type { WorkersFigures } from "./throughput.js";
@@ -29,6 +30,7 @@ export interface Results {
   standalone?: StandaloneFigures;
   revocations?: RevocationsFigures;
   fleet?: FleetFigures;
+  ha?: HaFigures;
 }
 
 export interface TargetRow {
@@ -42,6 +44,8 @@ const pct = (x: number) => `${(100 * x).toFixed(0)} %`;
 const x = (r: number) => `${r.toFixed(2)}×`;
 const f0 = (n: number) => n.toFixed(0);
 const f1 = (n: number) => n.toFixed(1);
+/** Statements by name → all of them. */
+const total = (q: Record<string, number>) => Object.values(q).reduce((a, b) => a + b, 0);
 
 function line(label: string, ...values: string[]): string {
   return `  ${label.padEnd(56)}${values.map((v) => v.padStart(14)).join("")}`;
@@ -189,8 +193,51 @@ export function sections(r: Results): string[] {
     if (s.firstError || p.firstError) out.push(`   first error: ${s.firstError || p.firstError}`);
     out.push("");
   }
+  const h = r.ha;
+  if (h) {
+    const both = [h.one, h.two];
+    const rt = (q: Record<string, number>) => total(q).toFixed(1);
+    const byStatement = (q: Record<string, number>) => Object.entries(q).filter(([, v]) => v >= 0.05).sort(([, a], [, b]) => b - a).map(([k, v]) => `${k} ${v.toFixed(1)}`).join(", ");
+    out.push(`9. HA: auth services on one PostgreSQL (the tests' server: local, fsync=off), ${h.identities} joined identities, a new mTLS connection per renewal; alternating windows`);
+    out.push(line("", "one service", "two services"));
+    out.push(line("renewals/s at saturation (wall)", ...both.map((s) => f0(s.rate))));
+    out.push(line("service A CPU, cores", ...both.map((s) => s.serviceCores[0].toFixed(2))));
+    out.push(line("service B CPU, cores (idle in the one-service windows)", ...both.map((s) => s.serviceCores[1].toFixed(2))));
+    out.push(line("PostgreSQL CPU, cores (postmaster and backends)", ...both.map((s) => s.postgresCores.toFixed(2))));
+    out.push(line("load generators' CPU, cores (niced)", ...both.map((s) => s.loadgenCores.toFixed(2))));
+    out.push(line("anything else (other people's jobs, this bench)", ...both.map((s) => s.otherCores.toFixed(2))));
+    out.push(line("whole machine busy", ...both.map((s) => pct(s.machineBusy))));
+    out.push(line("CPU per renewal: the services (A + B)", ...both.map((s) => ms(1000 * s.serviceCpuMs))));
+    out.push(line("  PostgreSQL", ...both.map((s) => ms(1000 * s.postgresCpuMs))));
+    out.push(line("  the load generators (the daemons' side of it)", ...both.map((s) => ms(1000 * s.loadgenCpuMs))));
+    out.push(line(`  all three: ceiling on ${h.cores} cores, renewals/s`, ...both.map((s) => f0(haCeiling(h, s)))));
+    out.push(line("PostgreSQL round trips per renewal (statements sent)", ...both.map((s) => rt(s.queriesPerRenewal))));
+    out.push(`    by statement (two services): ${byStatement(h.two.queriesPerRenewal)} (BEGIN to COMMIT: one transaction)`);
+    out.push(line("PostgreSQL round trips per join / per identity added", `${rt(h.queriesPerJoin)} / ${rt(h.queriesPerAdd)}`));
+    out.push(line("  statements per second with no load (both services)", f1(h.idleQueriesPerSecond)));
+    out.push(line("failed renewals", ...both.map((s) => String(s.errors))));
+    for (const s of both) if (s.firstError) out.push(`  first failure, ${s.services} service(s): ${s.firstError}`);
+    out.push(line("two services / one, wall", x(h.two.rate / h.one.rate)));
+    out.push(line("  per service CPU-s × 2 (each service on its own core)", x(haCpuScaling(h))));
+    out.push(line("renewals/s one PostgreSQL core serves at this cost", f0(1000 / h.two.postgresCpuMs)));
+    const busy = h.two.machineBusy >= 0.9;
+    out.push(
+      busy
+        ? `   limit: CPU. The machine was ${pct(h.two.machineBusy)} busy with two services (other jobs ${h.two.otherCores.toFixed(2)} cores of it); a renewal costs ${f1(haCpuMs(h.two))} ms of CPU here all told, so ${h.cores} cores cap either set-up at ~${f0(haCeiling(h, h.two))}/s, and 1.7× one service would be ${f0(1.7 * h.one.rate)}/s`
+        : `   limit: not CPU (machine ${pct(h.two.machineBusy)} busy): the services wait, on PostgreSQL's round trips or on the load generators`,
+    );
+    out.push("");
+  }
   return out;
 }
+
+/** CPU one renewal costs on this machine: services, PostgreSQL and load generators, ms. */
+const haCpuMs = (s: HaSetup) => s.serviceCpuMs + s.postgresCpuMs + s.loadgenCpuMs;
+/** The renewal rate the machine's cores allow at that cost, had the bench every core to itself. */
+const haCeiling = (h: HaFigures, s: HaSetup) => (1000 * h.cores) / haCpuMs(s);
+
+/** Two services against one if each had a core of its own: per-CPU-second efficiency, times two. */
+const haCpuScaling = (h: HaFigures) => (2 * h.two.perServiceCpuSecond) / h.one.perServiceCpuSecond;
 
 /** An agent-hour on a stream, with a daemon's one reconnect a day (counted for every agent). */
 export const fleetAgentHour = (fl: FleetFigures) => fl.stream.agentCpuMsPerHour + fl.stream.reopenCpuMs / 24;
@@ -242,6 +289,11 @@ export function targets(r: Results): TargetRow[] {
     rows.push({ target: "release tarball under 40 MB", value: `${f1(sa.tarballBytes / 1e6)} MB`, met: sa.tarballBytes < 40e6 });
     rows.push({ target: "standalone one-shot ≤ 2× bare node", value: x(sa.oneShotMs / sa.bareNodeMs), met: sa.oneShotMs <= 2 * sa.bareNodeMs });
     rows.push({ target: "standalone one-shot no slower than the bundle", value: x(sa.oneShotMs / sa.bundleOneShotMs), met: sa.oneShotMs <= sa.bundleOneShotMs });
+  }
+  const h = r.ha;
+  if (h) {
+    const ratio = h.two.rate / h.one.rate;
+    rows.push({ target: `HA: two services on PostgreSQL ≥ 1.7× one (wall; ${f1(total(h.two.queriesPerRenewal))} round trips/renewal)`, value: x(ratio), met: ratio >= 1.7 && h.one.errors + h.two.errors === 0 });
   }
   return rows;
 }

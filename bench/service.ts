@@ -42,6 +42,8 @@ export interface ServiceOptions {
   diagPort?: number;
   /** Serve the dashboard on this port (--web-addr). */
   webPort?: number;
+  /** --backend: sqlite (the default) or a postgres:// URL. */
+  backend?: string;
   /** More `mezd auth start` flags. */
   args?: string[];
 }
@@ -52,7 +54,7 @@ export async function startService(o: ServiceOptions = {}): Promise<Service> {
   const dataDir = o.dataDir ?? tempDir("auth");
   const logPath = join(dataDir, `service-${Date.now()}.log`);
   const fd = openSync(logPath, "a", 0o600);
-  const args = [...(o.nodeArgs ?? []), mezd, "auth", "start", `--data-dir=${dataDir}`, "--listen=127.0.0.1:0", "--cluster-name=bench.mezite", "--backend=sqlite", `--workers=${o.workers ?? 1}`];
+  const args = [...(o.nodeArgs ?? []), mezd, "auth", "start", `--data-dir=${dataDir}`, "--listen=127.0.0.1:0", "--cluster-name=bench.mezite", `--backend=${o.backend ?? "sqlite"}`, `--workers=${o.workers ?? 1}`];
   if (o.diagPort !== undefined) args.push(`--diag-addr=127.0.0.1:${o.diagPort}`);
   if (o.webPort !== undefined) args.push(`--web-addr=127.0.0.1:${o.webPort}`);
   args.push(...(o.args ?? []));

@@ -10,11 +10,10 @@
  * crypto floor and across worker counts.
  */
 import type { ChildProcess } from "node:child_process";
-import { readFileSync } from "node:fs";
 import { setPriority } from "node:os";
 import { join } from "node:path";
 import type { Run, RunResult, Setup } from "./workers/loadgen.js";
-import { ROOT, TSX, cpuSeconds, note, percentile, spawnTracked, sum } from "./lib.js";
+import { ROOT, TSX, cpuSeconds, machineTicks, note, percentile, spawnTracked, sum } from "./lib.js";
 import { freePort } from "../test/harness/net.js";
 import { createSeedRole, joinMany, startService, type Joined, type Service, type ServiceOptions } from "./service.js";
 
@@ -66,7 +65,7 @@ export interface WorkersFigures {
 
 const LOADGENS = 2;
 
-class LoadGen {
+export class LoadGen {
   readonly proc: ChildProcess;
   private waiters: ((m: unknown) => void)[] = [];
 
@@ -109,13 +108,6 @@ class LoadGen {
       // not root: keep the current niceness
     }
   }
-}
-
-/** Busy and total jiffies of the whole machine, from /proc/stat. */
-function machineTicks(): { busy: number; total: number } {
-  const f = readFileSync("/proc/stat", "utf8").split("\n")[0]!.trim().split(/\s+/).slice(1).map(Number);
-  const total = sum(f);
-  return { busy: total - (f[3] ?? 0) - (f[4] ?? 0), total };
 }
 
 export interface Target {

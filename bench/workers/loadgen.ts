@@ -31,6 +31,8 @@ export interface Setup {
 
 export interface Run {
   type: "run";
+  /** The service this run renews against; default the setup's (the daemons' state carries over). */
+  addr?: string;
   mode: "closed" | "open";
   /** closed: renewals in flight. */
   concurrency: number;
@@ -65,6 +67,7 @@ interface PoolKeys {
 }
 
 let setup: Setup;
+let addr = "";
 let pool: PoolKeys[] = [];
 let idle: Daemon[] = [];
 
@@ -83,7 +86,7 @@ async function renewOnce(d: Daemon): Promise<void> {
   d.pending ??= { requestId: randomBytes(16), keys: pool[Math.floor(Math.random() * pool.length)]! };
   const { requestId, keys } = d.pending;
   const tls = { certPem: d.certPem, keyPem: d.keyPem, caPem: setup.caPem };
-  const res = await once(RenewService, setup.addr, tls, (c) => c.renew(create(RenewRequestSchema, { requestId, ...keys.parts, requestedTtlMs: 3_600_000n })));
+  const res = await once(RenewService, addr, tls, (c) => c.renew(create(RenewRequestSchema, { requestId, ...keys.parts, requestedTtlMs: 3_600_000n })));
   const pem = res.certificates?.renewalCertificatePem;
   if (!pem) throw new Error("renew reply without a renewal certificate");
   d.certPem = pem;
@@ -92,6 +95,7 @@ async function renewOnce(d: Daemon): Promise<void> {
 }
 
 async function run(r: Run): Promise<RunResult> {
+  addr = r.addr ?? setup.addr;
   const from = r.startAt + r.warmupMs;
   const to = from + r.durationMs;
   const out: RunResult = { type: "result", completed: 0, errors: 0, firstError: "", latencies: [] };

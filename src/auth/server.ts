@@ -525,7 +525,10 @@ function dialable(host: string, port: number): string {
 export async function startAuthService(cfg: AuthConfig, log: Logger = createLogger(process.stderr), clusterMetrics?: () => Promise<string>): Promise<AuthService> {
   ensureDir(cfg.dataDir, 0o700, { what: `--data-dir ${cfg.dataDir}` });
   const { host, port: wantPort } = splitHostPort(cfg.listen, "--listen");
-  const backend: Backend = await openBackend(cfg.backend, cfg.dataDir);
+  const registry = new Registry();
+  const backend: Backend = await openBackend(cfg.backend, cfg.dataDir, {
+    queries: registry.counter("mezite_backend_queries_total", "statements sent to PostgreSQL, one round trip each, by statement (none with SQLite)"),
+  });
   const now = () => Date.now();
   let server: Http2SecureServer | undefined;
   try {
@@ -538,7 +541,6 @@ export async function startAuthService(cfg: AuthConfig, log: Logger = createLogg
       backend, cas, caStore, refreshCas: (at) => watcher?.refresh(at) ?? Promise.resolve(),
       clusterName, publicAddrs: cfg.publicAddrs, now, audit: new Audit(backend, auditLog, now), log,
     };
-    const registry = new Registry();
     const metrics: AuthMetrics = {
       calls: registry.counter("mezite_auth_requests_total", "API calls by method and result"),
       duration: registry.histogram(

@@ -9,6 +9,7 @@
  */
 import pg from "pg";
 import { MeziteError } from "../lib/errors.js";
+import type { Counter } from "../lib/metrics.js";
 import {
   alreadyExists, checkExpires, checkKey, checkPrefix, checkRange, checkValue, closedError, compareFailed, descendingBound,
   makeItem, newRevision, opItem, prefixEnd, resolveBackendOptions, startSweeper,
@@ -20,6 +21,12 @@ export interface PostgresOptions extends BackendOptions {
   poolSize?: number;
   /** How long to wait for a connection (new, or a free one from the pool). Default 5000 ms. */
   connectTimeoutMs?: number;
+  /**
+   * Counts every statement sent, by name (`statement` label; BEGIN, COMMIT and ROLLBACK too), so an
+   * operator sees what each call costs the database. Each is one round trip: pg sends a named
+   * statement's parse, bind and execute together.
+   */
+  queries?: Counter;
 }
 
 const SCHEMA_VERSION = 1;
@@ -38,6 +45,9 @@ const SQL = {
   purge: "DELETE FROM items WHERE key = $1 AND expires <= $2",
   put: `INSERT INTO items (${ROW}) VALUES ($1, $2, $3, $4)
         ON CONFLICT (key) DO UPDATE SET value = excluded.value, revision = excluded.revision, expires = excluded.expires`,
+  // Several puts of distinct keys (one statement may not touch a row twice), a column per array.
+  putMany: `INSERT INTO items (${ROW}) SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[])
+            ON CONFLICT (key) DO UPDATE SET value = excluded.value, revision = excluded.revision, expires = excluded.expires`,
   // Inserts, or replaces an expired row; a live row makes it a no-op (rowCount 0).
   create: `INSERT INTO items (${ROW}) VALUES ($1, $2, $3, $4)
            ON CONFLICT (key) DO UPDATE SET value = excluded.value, revision = excluded.revision, expires = excluded.expires
@@ -66,6 +76,7 @@ export class PostgresBackend implements Backend {
   readonly #target: string;
   readonly #now: () => number;
   readonly #stopSweeper: () => void;
+  readonly #queries: Counter | undefined;
   #closed = false;
 
   /** Connects and creates or migrates the schema; fails with ERR_UNREACHABLE if the server is down. */
@@ -88,6 +99,7 @@ export class PostgresBackend implements Backend {
     if (!Number.isInteger(connectTimeoutMs) || connectTimeoutMs < 1) throw new MeziteError("ERR_CONFIG", `PostgreSQL connect timeout must be a positive integer of milliseconds, got ${connectTimeoutMs}`);
     this.#target = describeUrl(url);
     this.#now = o.now;
+    this.#queries = options.queries;
     this.#pool = new pg.Pool({
       connectionString: url,
       max: poolSize,
@@ -143,6 +155,7 @@ export class PostgresBackend implements Backend {
       throw pgError(e, this.#target);
     }
     const run = async (name: keyof typeof SQL | "BEGIN" | "COMMIT", values: unknown[]) => {
+      this.#queries?.inc({ statement: name });
       try {
         return await (name === "BEGIN" || name === "COMMIT" ? client.query(name) : client.query({ name, text: SQL[name], values }));
       } catch (e) {
@@ -152,17 +165,24 @@ export class PostgresBackend implements Backend {
     let broken: Error | undefined;
     try {
       await run("BEGIN", []);
-      for (const [i, o] of ops.entries()) {
+      for (let i = 0; i < ops.length; i++) {
+        const o = ops[i]!;
         const it = items[i]!;
         const expires = it.expires ?? null;
-        if (o.op === "put") await run("put", [it.key, it.value, it.revision, expires]);
-        else if (o.op === "create" && (await run("create", [it.key, it.value, it.revision, expires, this.#now()])).rowCount !== 1) throw alreadyExists(o.key);
+        if (o.op === "put") {
+          // Consecutive puts of distinct keys go as one statement: a round trip, not one each.
+          const batch = [it];
+          while (ops[i + 1]?.op === "put" && !batch.some((b) => b.key === items[i + 1]!.key)) batch.push(items[++i]!);
+          if (batch.length === 1) await run("put", [it.key, it.value, it.revision, expires]);
+          else await run("putMany", [batch.map((b) => b.key), batch.map((b) => b.value), batch.map((b) => b.revision), batch.map((b) => b.expires ?? null)]);
+        } else if (o.op === "create" && (await run("create", [it.key, it.value, it.revision, expires, this.#now()])).rowCount !== 1) throw alreadyExists(o.key);
         else if (o.op === "cas" && (await run("cas", [it.value, it.revision, expires, it.key, o.revision, this.#now()])).rowCount !== 1) throw compareFailed(o.key);
       }
       await run("COMMIT", []);
       return items;
     } catch (e) {
       // A connection that cannot even roll back is dropped from the pool rather than reused.
+      this.#queries?.inc({ statement: "ROLLBACK" });
       await client.query("ROLLBACK").catch((rollbackFailed: Error) => (broken = rollbackFailed));
       throw e;
     } finally {
@@ -221,6 +241,7 @@ export class PostgresBackend implements Backend {
 
   async #query<R extends pg.QueryResultRow = pg.QueryResultRow>(name: keyof typeof SQL, values: unknown[]): Promise<pg.QueryResult<R>> {
     if (this.#closed) throw closedError();
+    this.#queries?.inc({ statement: name });
     try {
       return await this.#pool.query<R>({ name, text: SQL[name], values });
     } catch (e) {

@@ -20,6 +20,7 @@ import { openBackend } from "../../src/backend/open.js";
 import { PostgresBackend } from "../../src/backend/postgres.js";
 import { SqliteBackend } from "../../src/backend/sqlite.js";
 import { isMeziteError } from "../../src/lib/errors.js";
+import { Registry } from "../../src/lib/metrics.js";
 import type { ErrorCode } from "../../src/lib/errors.js";
 import { startPostgres } from "../harness/postgres.js";
 import { missingComponent, PG_BIN_DIR } from "../harness/require.js";
@@ -129,6 +130,20 @@ async function backendSuite(t: TestContext, newStore: NewStore): Promise<void> {
     clock.advance(1000);
     assert.equal(await b.get("/w/new"), undefined, "expiry applies to batch writes too");
     await rejectsWith(b.write([{ op: "cas", key: "/w/cas", revision: base.revision, value: "2" }]), "ERR_COMPARE_FAILED");
+  });
+
+  await t.test("a batch of puts: each lands with its own expiry and any value; of two on one key the last wins", async (st) => {
+    const { b, clock } = await setup(st);
+    const odd = `{"a":"b,c"} \\ 'q' NULL {} ü\n`;
+    const written = await b.write([
+      { op: "put", key: "/p/1", value: "one", expires: T0 + 1000 },
+      { op: "put", key: "/p/2", value: odd },
+      { op: "put", key: "/p/1", value: "again", expires: T0 + 1000 },
+      { op: "put", key: "/p/3", value: "NULL" },
+    ]);
+    assert.deepEqual(await b.range("/p/"), [written[2], written[1], written[3]]);
+    clock.advance(1000);
+    assert.deepEqual((await b.range("/p/")).map((i) => i.key), ["/p/2", "/p/3"]);
   });
 
   await t.test("deleteIf needs the current revision", async (st) => {
@@ -597,6 +612,29 @@ test("postgres backend", async (t) => {
       const results = await Promise.all(Array.from({ length: 20 }, (_, i) => b.put(`/after/${i}`, "ok")));
       assert.equal(results.length, 20);
       assert.equal(await b.count("/after/"), 20);
+    } finally {
+      await b.close();
+    }
+  });
+
+  await t.test("the queries counter counts every statement sent, by name, transactions' own included; a batch's consecutive puts are one", async () => {
+    const queries = new Registry().counter("q", "");
+    let clock = T0;
+    const b = await PostgresBackend.open(await newDatabase(), { now: () => clock, sweepIntervalMs: 0, queries });
+    try {
+      const counts = () => Object.fromEntries(queries.series.state().map((s) => [s.labels["statement"], s.values[0]]));
+      const item = await b.put("/a", "1");
+      await b.put("/ttl", "1", { expires: T0 + 10 });
+      assert.deepEqual(counts(), { put: 2 });
+      await b.get("/a");
+      clock += 10;
+      assert.equal(await b.get("/ttl"), undefined); // found expired: purged on the spot
+      await b.write([{ op: "cas", key: "/a", revision: item.revision, value: "2" }, { op: "put", key: "/b", value: "1" }]);
+      await rejectsWith(b.write([{ op: "put", key: "/c", value: "1" }, { op: "create", key: "/b", value: "2" }]), "ERR_ALREADY_EXISTS");
+      await b.range("/");
+      assert.deepEqual(counts(), { put: 4, get: 2, purge: 1, BEGIN: 2, cas: 1, COMMIT: 1, create: 1, ROLLBACK: 1, range: 1 });
+      await b.write([{ op: "cas", key: "/a", revision: (await b.get("/a"))!.revision, value: "3" }, ...["/x", "/y", "/z"].map((key) => ({ op: "put" as const, key, value: "1" }))]);
+      assert.deepEqual(counts(), { put: 4, get: 3, purge: 1, BEGIN: 3, cas: 2, COMMIT: 2, create: 1, ROLLBACK: 1, range: 1, putMany: 1 });
     } finally {
       await b.close();
     }

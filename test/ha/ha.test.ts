@@ -13,6 +13,7 @@ import { startPostgres, type PostgresServer } from "../harness/postgres.js";
 import { missingComponent, PG_BIN_DIR } from "../harness/require.js";
 import { MEZD, mezctl, mezctlOk, run, SEED_ROLE_PATH, startAuth, tokenFrom, type AuthProcess } from "../harness/auth.js";
 import { startProxy, type Proxy } from "../harness/proxy.js";
+import { freePort } from "../harness/net.js";
 import { adminApi, join as joinAuth, outcome, pending, renew, tally, type Held } from "../auth/client.js";
 import { exportJWK, generateKeyPair, SignJWT } from "jose";
 import { JoinService } from "../../src/api/gen/mezite/v1/join_pb.js";
@@ -25,6 +26,7 @@ describe("two auth services on one PostgreSQL", { concurrency: false }, () => {
   let a: AuthProcess;
   let b: AuthProcess;
   let proxy: Proxy;
+  let bDiag: number;
   const tmp = mkdtempSync(join(tmpdir(), "mezite-ha-"));
 
   before(async () => {
@@ -35,7 +37,8 @@ describe("two auth services on one PostgreSQL", { concurrency: false }, () => {
     const bDir = join(tmp, "b");
     mkdirSync(bDir, { mode: 0o700 });
     copyFileSync(join(a.dataDir, "cluster.key"), join(bDir, "cluster.key"));
-    b = await startAuth({ backend: pg.url, dataDir: bDir });
+    bDiag = await freePort();
+    b = await startAuth({ backend: pg.url, dataDir: bDir, extraArgs: [`--diag-addr=127.0.0.1:${bDiag}`] });
     proxy = await startProxy(() => [a.port, b.port]);
     await mezctlOk(a, "create", "-f", SEED_ROLE_PATH);
   });
@@ -127,6 +130,23 @@ describe("two auth services on one PostgreSQL", { concurrency: false }, () => {
     assert.equal(again.certs.generation, 2n);
     const concurrent = await Promise.all(Array.from({ length: 10 }, (_, i) => renew(i % 2 ? a.addr : b.addr, held, p)));
     assert.ok(concurrent.every((c) => c.certs.serial === first.certs.serial));
+  });
+
+  test("/metrics counts the statements a service sends PostgreSQL: a renewal's transaction is four", async (t) => {
+    if (!requirePg(t)) return;
+    const held = await joinAuth(a.addr, await addIdentity("ha-metrics"));
+    const statements = async () => {
+      const text = await (await fetch(`http://127.0.0.1:${bDiag}/metrics`)).text();
+      return Object.fromEntries([...text.matchAll(/^mezite_backend_queries_total\{statement="([^"]+)"\} (\d+)$/gm)].map((m) => [m[1]!, Number(m[2])]));
+    };
+    const before = await statements();
+    await renew(b.addr, held);
+    const after = await statements();
+    const sent = (name: string) => (after[name] ?? 0) - (before[name] ?? 0);
+    // The generation's swap, then the certificate, the reply and the audit event in one statement,
+    // commit together.
+    assert.deepEqual([sent("BEGIN"), sent("cas"), sent("putMany"), sent("put"), sent("COMMIT")], [1, 1, 1, 0, 1], JSON.stringify({ before, after }));
+    assert.ok(sent("get") >= 2, JSON.stringify({ before, after }));
   });
 
   test("killing one service mid-load: renewals go on through the other, no lock, no loss", async (t) => {
