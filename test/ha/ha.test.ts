@@ -106,11 +106,14 @@ describe("two auth services on one PostgreSQL", { concurrency: false }, () => {
     const held = await joinAuth(a.addr, await addIdentity("ha-clone"));
     const other = await joinAuth(b.addr, tokenFrom(await mezctlOk(a, "agent-identities", "add-token", "ha-clone")));
     const results = await Promise.all(Array.from({ length: 20 }, (_, i) => outcome(renew(i % 2 ? a.addr : b.addr, held))));
-    // Requests that arrive after the clone lock exists are refused by the lock itself.
+    // Requests that arrive after the clone lock exists are refused by the lock itself, and so may
+    // the one whose generation swap won: its look at the locks after committing (the race check of
+    // revocations.ts) can already find the clone lock a loser made, and its certificate is in the
+    // KRL either way (an instance lock revokes the instance's certificates).
     const counts = tally(results);
-    assert.equal(counts["ok"], 1, JSON.stringify(counts));
+    assert.ok((counts["ok"] ?? 0) <= 1, JSON.stringify(counts));
     assert.ok((counts["ERR_GENERATION_MISMATCH"] ?? 0) >= 1, JSON.stringify(counts));
-    assert.equal((counts["ERR_GENERATION_MISMATCH"] ?? 0) + (counts["ERR_LOCKED"] ?? 0), 19, JSON.stringify(counts));
+    assert.equal((counts["ok"] ?? 0) + (counts["ERR_GENERATION_MISMATCH"] ?? 0) + (counts["ERR_LOCKED"] ?? 0), 20, JSON.stringify(counts));
     const status = JSON.parse(await mezctlOk(a, "agent-identities", "status", "ha-clone", "--format=json")) as { instances: { id: string; locked: boolean; generation: number }[] };
     const inst = status.instances.find((i) => i.id === held.certs.instanceId)!;
     assert.equal(inst.locked, true);
