@@ -161,7 +161,7 @@ export interface IdentityListing {
  * Identities' statuses in pages in name order; the first page never waits for the whole set
  * (SPEC §20). The first page reads its identities' instances and tokens one identity at a time,
  * a few milliseconds at any fleet size; when more pages follow, the rest is joined from one pass
- * over all instances and one over all tokens, which at 100,000 identities takes a third of the
+ * over all instances and one over all tokens, which at 100,000 identities takes about half the
  * time of two reads per identity.
  */
 export async function* listAgentIdentities(ctx: AuthContext, q: IdentityListing = {}): AsyncGenerator<pb.AgentIdentityStatus[]> {
