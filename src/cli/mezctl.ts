@@ -95,9 +95,10 @@ async function printListing<T>(a: Admin, headers: string[], row: (x: T) => strin
 /** Nodes asked for per call: a page the service reads in a few milliseconds. */
 const NODE_PAGE = 500;
 
+/** A count for the service (a protobuf uint32). */
 function countOption(s: string, flag: string): number {
   const n = Number(s);
-  if (!/^\d+$/.test(s) || !Number.isSafeInteger(n)) throw new MeziteError("ERR_USAGE", `${flag} must be a whole number (0 for all)`);
+  if (!/^\d+$/.test(s) || n > 0xffffffff) throw new MeziteError("ERR_USAGE", `${flag} must be a whole number (0 for all)`);
   return n;
 }
 
