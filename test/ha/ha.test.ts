@@ -5,12 +5,13 @@
  */
 import { after, before, describe, test, type TestContext } from "node:test";
 import assert from "node:assert/strict";
-import { copyFileSync, mkdirSync, mkdtempSync, rmSync } from "node:fs";
+import { copyFileSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { Code } from "@connectrpc/connect";
 import { startPostgres, type PostgresServer } from "../harness/postgres.js";
-import { missingComponent, PG_BIN_DIR } from "../harness/require.js";
+import { missingComponent, PG_BIN_DIR, SSH_KEYGEN_PATH } from "../harness/require.js";
+import { joinNode, revoked, startNodeAgent, waitFor } from "../harness/node-agent.js";
 import { MEZD, mezctl, mezctlOk, run, SEED_ROLE_PATH, startAuth, tokenFrom, type AuthProcess } from "../harness/auth.js";
 import { startProxy, type Proxy } from "../harness/proxy.js";
 import { freePort } from "../harness/net.js";
@@ -92,6 +93,25 @@ describe("two auth services on one PostgreSQL", { concurrency: false }, () => {
     }
     const tokens = JSON.parse(await viaB("tokens", "ls", "--format=json")) as { agent_identity: string; used: boolean }[];
     assert.ok(tokens.some((x) => x.agent_identity === "ha-visible" && x.used));
+  });
+
+  test("a lock made through one service reaches the KRL of a node agent streaming from the other within seconds", async (t) => {
+    if (!requirePg(t)) return;
+    if (SSH_KEYGEN_PATH === undefined) return missingComponent(t, "ssh-keygen", "apt-get install openssh-client");
+    const held = await joinAuth(b.addr, await addIdentity("ha-krl"));
+    const certPath = join(tmp, "ha-krl-cert.pub");
+    writeFileSync(certPath, `${held.certs.sshCertificate}\n`);
+    const dir = await joinNode(a, "ha-node", join(tmp, "ha-node"), b.addr);
+    // Polls every 10 minutes: only B's change stream can bring the lock in time.
+    const node = startNodeAgent(b.addr, dir, 10 * 60_000);
+    t.after(() => node.stop());
+    await waitFor("the node agent's stream from B is up", () => /"change stream up"/.test(node.log()));
+    assert.equal(revoked(dir, certPath), false);
+    const t0 = Date.now();
+    await mezctlOk(a, "agent-identities", "lock", "ha-krl", "--reason=ha test");
+    // B learns of A's lock only through the database (its revocation state's change mark).
+    await waitFor("B's node agent revokes the certificate", () => revoked(dir, certPath), 10_000);
+    process.stdout.write(`# lock through A -> in the KRL of B's node agent after ${Date.now() - t0} ms\n`);
   });
 
   test("one token, 50 concurrent joins spread over both services: exactly one succeeds", async (t) => {

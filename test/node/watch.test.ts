@@ -6,7 +6,6 @@
  * polls instead, and the lock still arrives.
  */
 import assert from "node:assert/strict";
-import { spawnSync } from "node:child_process";
 import { chmodSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -18,14 +17,13 @@ import { connect } from "../../src/api/client.js";
 import { parseToken } from "../../src/ca/jointoken.js";
 import { encodeOpenSSHPrivateKey } from "../../src/ca/sshkey.js";
 import { buildJoinRequest, generateIssueKeys, verifyJoinReply } from "../../src/identity/protocol.js";
-import { createLogger, silentLogger } from "../../src/lib/log.js";
-import { NodeAgent } from "../../src/node/agent.js";
-import { MEZD, SEED_ROLE, mezctlOk, principalsMezd, run, startAuth, tokenFrom, type AuthProcess } from "../harness/auth.js";
-import { SSH_KEYGEN_PATH, missingComponent, sshdTestsCannotRun } from "../harness/require.js";
+import { silentLogger } from "../../src/lib/log.js";
+import { SEED_ROLE, mezctlOk, startAuth, tokenFrom, type AuthProcess } from "../harness/auth.js";
+import { joinNode as joinNodeInto, revoked, startNodeAgent, waitFor } from "../harness/node-agent.js";
+import { missingComponent, sshdTestsCannotRun } from "../harness/require.js";
 import { ensureUser, sshRun, startSshd, type Sshd } from "../harness/sshd.js";
 
 const missing = sshdTestsCannotRun();
-const PRINCIPALS_MEZD = principalsMezd();
 /** Far longer than any wait here: whatever arrives in time came by the stream. */
 const NO_POLL_MS = 10 * 60_000;
 
@@ -55,49 +53,7 @@ async function joinAgent(auth: Admin, name: string): Promise<{ keyPath: string; 
   return a;
 }
 
-async function joinNode(auth: Admin, name: string): Promise<string> {
-  const token = tokenFrom(await mezctlOk(auth, "tokens", "add", "--type=node", "--labels=env=staging"));
-  const dir = join(work, `node-${name}`);
-  const r = await run(MEZD, ["node", "join", `--auth-server=${auth.addr}`, `--token=${token}`, `--hostname=${name}`, `--ssh-dir=${dir}`, `--mezd-path=${PRINCIPALS_MEZD}`]);
-  assert.equal(r.code, 0, r.stderr);
-  return dir;
-}
-
-/** A NodeAgent in this process, its log kept. */
-function startNodeAgent(authServer: string, sshDir: string, revocationIntervalMs: number) {
-  let log = "";
-  const agent = new NodeAgent(
-    { sshDir, authServer, advertiseAddr: "", revocationIntervalMs, heartbeatIntervalMs: NO_POLL_MS, maxBackoffMs: 30_000 },
-    { log: createLogger({ write: (s: string) => ((log += s), true) } as NodeJS.WritableStream) },
-  );
-  const stop = new AbortController();
-  const running = agent.run(stop.signal).catch((e: unknown) => (log += `run failed: ${String(e)}\n`));
-  return {
-    agent,
-    log: () => log,
-    /** Revocation fetches (polls and reports) and pushed states so far. */
-    calls: () => {
-      const text = agent.registry.render();
-      const n = (op: string) => Number(new RegExp(`^mezite_node_calls_total\\{op="${op}",result="ok"\\} (\\d+)$`, "m").exec(text)?.[1] ?? 0);
-      return { fetched: n("revocations"), pushed: n("revocations_pushed") };
-    },
-    stop: async () => {
-      stop.abort();
-      await running;
-    },
-  };
-}
-
-async function waitFor(what: string, cond: () => boolean, limitMs = 20_000): Promise<void> {
-  const start = Date.now();
-  while (!cond()) {
-    assert.ok(Date.now() - start < limitMs, `${what}: not within ${limitMs} ms`);
-    await new Promise((r) => setTimeout(r, 50));
-  }
-}
-
-const revoked = (sshDir: string, certPath: string) =>
-  /REVOKED/.test(spawnSync(SSH_KEYGEN_PATH!, ["-Q", "-f", join(sshDir, "revoked.krl"), certPath], { encoding: "utf8" }).stdout);
+const joinNode = (auth: Admin, name: string) => joinNodeInto(auth, name, join(work, `node-${name}`));
 
 before(() => {
   if (missing) return;
