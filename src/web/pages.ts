@@ -28,6 +28,11 @@ function lockBadge(locked: boolean): Html {
   return locked ? html`<span class="badge bad">locked</span>` : html`<span class="badge ok">active</span>`;
 }
 
+/** An identity's state as `agent-identities ls` shows it: locked, active, awaiting join or no instance. */
+function stateBadge(state: string): Html {
+  return html`<span class="badge ${state === "locked" ? "bad" : state === "active" ? "ok" : "muted"}">${state}</span>`;
+}
+
 // ---- overview
 
 /** What the overview keeps between views, per server: the renewals' counts, the CA holders' count. */
@@ -135,7 +140,7 @@ ${iq.q || iq.after || iq.before ? html`<a href="/identities">clear</a>` : ""}</f
 <table id="identities"><thead><tr><th><a id="sort-name" href="/identities${flip}" title="reverse the order">name ${sort ? "↓" : "↑"}</a></th><th>roles</th><th>status</th><th>instances</th><th>generation</th><th>last seen</th><th>cert expiry</th><th>token</th></tr></thead><tbody>
 ${res.rows.length === 0 ? html`<tr><td colspan="8" class="muted">no agent identity${iq.q ? html` starts with “${iq.q}”` : ""}</td></tr>` : ""}
 ${res.rows.map(
-  (s) => html`<tr><td><a href="/identities/${encodeURIComponent(s.name)}">${s.name}</a></td><td>${s.roles.join(", ")}</td><td>${lockBadge(s.locked)}</td><td class="num">${s.instances.length}</td>
+  (s) => html`<tr><td><a href="/identities/${encodeURIComponent(s.name)}">${s.name}</a></td><td>${s.roles.join(", ")}</td><td>${stateBadge(s.state)}</td><td class="num">${s.instances.length}</td>
 <td class="num">${s.generation}</td><td>${when(s.lastSeen, now)}</td><td>${when(s.certExpires, now)}</td><td>${s.tokenState}</td></tr>`,
 )}</tbody></table>
 <div class="pager">${res.prev ? html`<a href="/identities${query({ q: iq.q, sort })}">« first</a><a rel="prev" href="/identities${query({ q: iq.q, sort, before: res.prev })}">‹ previous page</a>` : ""}${res.next ? html`<a rel="next" href="/identities${query({ q: iq.q, sort, after: res.next })}">next page ›</a>` : ""}</div>
@@ -147,7 +152,7 @@ ${res.rows.map(
 export function identityView(s: pb.AgentIdentityStatus, session: Session, now: number, flash: Html | undefined): Html {
   const base = `/identities/${encodeURIComponent(s.name)}`;
   return html`${flash ? html`<div class="flash">${flash}</div>` : ""}
-<dl><dt>status</dt><dd>${lockBadge(s.locked)}</dd><dt>roles</dt><dd>${s.roles.join(", ")}</dd>
+<dl><dt>status</dt><dd>${stateBadge(s.state)}</dd><dt>roles</dt><dd>${s.roles.join(", ")}</dd>
 <dt>principals</dt><dd>${s.principals.length ? s.principals.join(", ") : html`<span class="bad">${s.principalsError || "none"}</span>`}</dd>
 <dt>generation</dt><dd>${s.generation}</dd><dt>last seen</dt><dd>${when(s.lastSeen, now)}${s.lastAddress ? html` from <code>${s.lastAddress}</code>` : ""}</dd>
 <dt>cert expiry</dt><dd>${when(s.certExpires, now)}</dd><dt>created</dt><dd>${when(s.created, now)}</dd><dt>newest token</dt><dd>${s.tokenState}</dd><dt>id</dt><dd><code>${s.id}</code></dd></dl>

@@ -339,6 +339,8 @@ test("identities: server-side search by name prefix, both orders, paging both wa
   const first = await names();
   assert.equal(first.length, 50);
   assert.deepEqual(first.slice(0, 2), ["app-000", "app-001"]);
+  // Their state as `agent-identities ls` shows it: none of them has joined yet.
+  assert.deepEqual(await page.locator("#identities tbody td:nth-child(3)").first().textContent(), "awaiting join");
   const next = () => page.getByRole("link", { name: "next page ›" });
   await next().click();
   assert.deepEqual((await names()).slice(0, 1), ["app-050"]);
