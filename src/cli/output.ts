@@ -59,7 +59,8 @@ export class ListingWriter<T> {
 
   page(items: T[]): void {
     if (items.length === 0) return;
-    if (this.format === "json") this.write(items.map((i, n) => (this.count + n === 0 ? "[\n" : ",\n") + JSON.stringify(this.doc(i), null, 2).replace(/^/gm, "  ")).join(""));
+    // A page as an array is its elements already indented as the whole array's: drop its brackets.
+    if (this.format === "json") this.write((this.count === 0 ? "[\n" : ",\n") + JSON.stringify(items.map(this.doc), null, 2).slice(2, -2));
     else if (this.format === "yaml") this.write(toYaml(items.map(this.doc)));
     else this.write(this.textRows(items.map((i) => this.row(i).map(escapeText))));
     this.count += items.length;
