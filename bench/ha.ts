@@ -19,29 +19,18 @@ import { PG_BIN_DIR } from "../test/harness/require.js";
 import { machineTicks, note, sleep, sum, tempDir, treeCpuSeconds } from "./lib.js";
 import { joinOnce } from "./rpc.js";
 import { addIdentity, createSeedRole, startService, type Joined, type Service } from "./service.js";
-import { LoadGen } from "./throughput.js";
+import { LoadGen, type ThroughputOptions } from "./throughput.js";
 
-export interface HaOptions {
-  identities: number;
-  /** Unmeasured saturation of both services before the first round: the JIT warms up. */
-  jitWarmupMs: number;
-  rounds: number;
-  warmupMs: number;
-  windowMs: number;
-  /** Renewals in flight per load generator (there are two, in both set-ups). */
-  concurrency: number;
-}
+/** Sizes and windows as section 2's: the same load generators, spread over one or two services. */
+export type HaOptions = ThroughputOptions;
 
 /** Statement name → count. */
 type Queries = Record<string, number>;
 
-export interface HaWindow {
-  services: 1 | 2;
-  renewals: number;
-  errors: number;
-  firstError: string;
+/** Renewals/s and where the machine's CPU went: over a window, or the mean over windows. */
+interface HaLoad {
   rate: number;
-  /** Cores used by A and by B over the window. */
+  /** Cores used by A and by B. */
   serviceCores: [number, number];
   postgresCores: number;
   loadgenCores: number;
@@ -49,6 +38,13 @@ export interface HaWindow {
   machineBusy: number;
   /** Cores busy with anything else: this bench's own process, other people's jobs. */
   otherCores: number;
+}
+
+export interface HaWindow extends HaLoad {
+  services: 1 | 2;
+  renewals: number;
+  errors: number;
+  firstError: string;
   /**
    * Statements the services sent from before the load started to after its last renewal was
    * answered (no renewal half done at either end), and the renewals they answered meanwhile.
@@ -57,16 +53,10 @@ export interface HaWindow {
   answered: number;
 }
 
-export interface HaSetup {
+/** HaLoad's figures are the means over the windows. */
+export interface HaSetup extends HaLoad {
   services: 1 | 2;
   windows: HaWindow[];
-  /** Means over the windows. */
-  rate: number;
-  serviceCores: [number, number];
-  postgresCores: number;
-  loadgenCores: number;
-  machineBusy: number;
-  otherCores: number;
   /** Renewals per CPU-second of the services (A + B). */
   perServiceCpuSecond: number;
   /** CPU per renewal, ms: the services (A + B), PostgreSQL, the load generators (the daemons' side). */
