@@ -20,7 +20,9 @@ async function main(argv: string[]): Promise<void> {
   if (argv[2] === "auth" || argv[2] === "identity" || argv[2] === "node") disableCoreDumps();
   // A node:cluster worker (auth start --workers) is started as `mezd SCRIPT ARGS...`, SCRIPT being
   // the primary's argv[1]; a standalone executable reads its own path as the script: drop SCRIPT.
-  if (isSea() && (createRequire(process.execPath)("node:cluster") as { isWorker: boolean }).isWorker) argv = [argv[0]!, argv[1]!, ...argv.slice(3)];
+  // A worker talks to its primary over an IPC channel: without one, node:cluster is not loaded
+  // just to say no.
+  if (isSea() && process.channel !== undefined && (createRequire(process.execPath)("node:cluster") as { isWorker: boolean }).isWorker) argv = [argv[0]!, argv[1]!, ...argv.slice(3)];
   // The standalone mezd (scripts/release.mjs) is itself the principals command a node join
   // writes into sshd's config; join's own default points into a checkout's bin/.
   if (isSea() && argv[2] === "node" && argv[3] === "join" && !argv.some((a) => a === "--mezd-path" || a.startsWith("--mezd-path="))) {

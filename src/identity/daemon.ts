@@ -20,7 +20,7 @@ import { Registry } from "../lib/metrics.js";
 import { obtainIdToken } from "./id-token.js";
 import type { IdentityOptions, IdTokenJoin } from "./options.js";
 import { AgentKeyring, startAgentServer, type AgentServer } from "./agent.js";
-import { writeOutputs, checkDestination, removeSshKeyFile } from "./outputs.js";
+import { stageOutputs, checkDestination, removeSshKeyFile } from "./outputs.js";
 import {
   buildJoinRequest,
   buildRenewRequest,
@@ -448,11 +448,20 @@ export class IdentityDaemon {
       issued: this.now(),
       ca_state: certs.caState,
     };
-    this.storage.saveState(state);
+    // The outputs are written and their fsyncs started before the state is saved, so that the
+    // state's fsync joins theirs in one journal commit; they are put in place only once it is.
+    const outputs = stageOutputs(this.opts.destinationDir, certs, keys, { sshKeyFile: this.opts.sshKeyFile, sshAgentSocket: this.opts.sshAgentSocket });
+    try {
+      this.storage.saveState(state);
+    } catch (e) {
+      // Waited for: a one-shot exits on this error, and must leave no temp file with a key in it.
+      await outputs.then((o) => o.discard(), () => undefined);
+      throw e;
+    }
     this.sshKey = keys.ssh;
     // The agent swaps key and certificate in one assignment; the files follow.
     this.keyring?.set(keys.ssh, certs.sshCertificate, certs.identityName);
-    await writeOutputs(this.opts.destinationDir, certs, keys, { sshKeyFile: this.opts.sshKeyFile, sshAgentSocket: this.opts.sshAgentSocket });
+    (await outputs).commit();
     this.state = state;
     this.renewals.inc({ kind: what === "joined" ? "join" : "renew" });
     this.deps.log.info(`agent identity ${what}`, {

@@ -8,7 +8,7 @@ import type { IssuedCertificates } from "../api/gen/mezite/v1/common_pb.js";
 import { encodeOpenSSHPrivateKey } from "../ca/sshkey.js";
 import { privateKeyToPem } from "../ca/x509.js";
 import { MeziteError } from "../lib/errors.js";
-import { assertNotSymlink, ensureDir, writeFilesAtomicAsync } from "../lib/files.js";
+import { assertNotSymlink, ensureDir, stageFilesAsync, type StagedFiles } from "../lib/files.js";
 import type { IssueKeys } from "./protocol.js";
 
 export const OUTPUT_FILES = ["ssh_key", "ssh_cert", "x509_cert.pem", "x509_key.pem", "cert_serial", "ssh_known_hosts", "ssh_config", "x509_ca.pem"] as const;
@@ -101,6 +101,14 @@ export function removeOutputs(dest: string): string[] {
 }
 
 export async function writeOutputs(dest: string, certs: IssuedCertificates, keys: IssueKeys, out: OutputOptions = { sshKeyFile: true, sshAgentSocket: undefined }): Promise<void> {
+  (await stageOutputs(dest, certs, keys, out)).commit();
+}
+
+/**
+ * The outputs written beside their targets and synced (their fsyncs run while the caller goes on),
+ * not yet in place: commit() renames them, discard() removes them.
+ */
+export async function stageOutputs(dest: string, certs: IssuedCertificates, keys: IssueKeys, out: OutputOptions = { sshKeyFile: true, sshAgentSocket: undefined }): Promise<StagedFiles> {
   checkDestination(dest);
   const f = (name: string, data: string, mode: number) => ({ path: join(dest, name), data, mode });
   // Every file is written and synced first, then all are renamed back to back (one directory
@@ -109,9 +117,9 @@ export async function writeOutputs(dest: string, certs: IssuedCertificates, keys
   // login fails only if it starts before the first rename and signs after the second (or fits
   // wholly between the two, microseconds apart). Key first, it fails if it starts before the
   // second rename and signs after the first: a wider window. No order closes it:
-  // --ssh-agent-socket does. The X.509 pair is likewise renamed back to back. Written side by
+  // --ssh-agent-socket does. The X.509 pair is likewise renamed back to back. Synced side by
   // side (their fsyncs commit together): the one-shot's largest wait after the request itself.
-  await writeFilesAtomicAsync([
+  return stageFilesAsync([
     f("ssh_cert", certs.sshCertificate + "\n", 0o644),
     ...(out.sshKeyFile ? [f("ssh_key", encodeOpenSSHPrivateKey(keys.ssh), 0o600)] : []),
     f("x509_key.pem", privateKeyToPem(keys.x509), 0o600),

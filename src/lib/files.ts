@@ -3,9 +3,8 @@
  * the same directory, fsync, rename over the target, fsync the directory. A symlink (or anything
  * but a regular file) where the target should be is refused, never followed.
  */
-import { constants, closeSync, fstatSync, fsyncSync, lstatSync, mkdirSync, openSync, renameSync, unlinkSync, writeSync, readFileSync, chmodSync, fchmodSync } from "node:fs";
+import { constants, closeSync, fstatSync, fsync, fsyncSync, lstatSync, mkdirSync, openSync, renameSync, unlinkSync, writeSync, readFileSync, chmodSync, fchmodSync } from "node:fs";
 import { randomBytes } from "node:crypto";
-import { open, type FileHandle } from "node:fs/promises";
 import { basename, dirname, join } from "node:path";
 import { MeziteError } from "./errors.js";
 
@@ -56,20 +55,57 @@ export function writeFilesAtomic(files: FileWrite[]): void {
 }
 
 /**
- * writeFilesAtomic with the files written and synced side by side on libuv's threads: the
- * filesystem's journal then commits their fsyncs together instead of one after another (8 files:
- * about half the time on ext4). The same guarantees, the renames still back to back, in order.
+ * writeFilesAtomic with the files synced side by side on libuv's threads: the filesystem's journal
+ * then commits their fsyncs together instead of one after another (8 files: about half the time
+ * on ext4). The same guarantees, the renames still back to back, in order.
  */
 export async function writeFilesAtomicAsync(files: FileWrite[]): Promise<void> {
+  (await stageFilesAsync(files)).commit();
+}
+
+/** Files written beside their targets and synced, not yet in place. */
+export interface StagedFiles {
+  /** Renames each over its target, in the order given, then syncs their directories. */
+  commit(): void;
+  /** Removes the temp files: nothing is replaced. */
+  discard(): void;
+}
+
+/**
+ * The first half of writeFilesAtomicAsync. Every file is written to its temp name before the
+ * promise is returned (small files: at once, on this thread); their fsyncs then run side by side
+ * on libuv's threads, so the caller may meanwhile sync and commit another file (whose fsync then
+ * joins theirs in the journal's commit) before it puts these in place. Resolves once every one is
+ * synced; when any write or sync fails, it rejects with that file's error and leaves no temp file.
+ */
+export async function stageFilesAsync(files: FileWrite[]): Promise<StagedFiles> {
   for (const f of files) assertNotSymlink(f.path);
-  const results = await Promise.allSettled(files.map((f) => stageAsync(f.path, f.data, f.mode ?? 0o600)));
-  const staged = results.flatMap((r, i) => (r.status === "fulfilled" ? [{ tmp: r.value, path: files[i]!.path }] : []));
-  const failed = results.find((r) => r.status === "rejected");
-  if (failed) {
-    discard(staged);
-    throw (failed as PromiseRejectedResult).reason;
+  const written: Written[] = [];
+  try {
+    for (const f of files) written.push(writeTemp(f.path, f.data, f.mode ?? 0o600));
+  } catch (e) {
+    discardWritten(written);
+    throw e;
   }
-  commit(files, staged);
+  const synced = await Promise.allSettled(written.map((w) => new Promise<void>((res, rej) => fsync(w.fd, (e) => (e ? rej(e) : res())))));
+  const failed = synced.findIndex((r) => r.status === "rejected");
+  if (failed >= 0) {
+    discardWritten(written);
+    throw storageError(written[failed]!.path, (synced[failed] as PromiseRejectedResult).reason);
+  }
+  let current = "";
+  try {
+    for (const w of written) {
+      current = w.path;
+      closeSync(w.fd);
+      w.fd = -1;
+    }
+  } catch (e) {
+    discardWritten(written);
+    throw storageError(current, e);
+  }
+  const staged: Staged[] = written.map((w) => ({ tmp: w.tmp, path: w.path }));
+  return { commit: () => commit(files, staged), discard: () => discard(staged) };
 }
 
 interface Staged {
@@ -117,8 +153,15 @@ function tempName(path: string): string {
 // O_EXCL|O_NOFOLLOW: never write through a link an attacker planted at the temp name.
 const TEMP_FLAGS = constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL | constants.O_NOFOLLOW;
 
-/** Writes `data` to a fresh temp file beside `path`, with `mode` set before any byte lands; returns its name. */
-function stage(path: string, data: string | Uint8Array, mode: number): string {
+/** A temp file beside `path` with its data written, not yet synced; its descriptor still open. */
+interface Written {
+  tmp: string;
+  fd: number;
+  path: string;
+}
+
+/** Writes `data` to a fresh temp file beside `path`, with `mode` set before any byte lands. */
+function writeTemp(path: string, data: string | Uint8Array, mode: number): Written {
   const tmp = tempName(path);
   let fd: number | undefined;
   try {
@@ -129,40 +172,42 @@ function stage(path: string, data: string | Uint8Array, mode: number): string {
     const buf = typeof data === "string" ? Buffer.from(data) : data;
     let off = 0;
     while (off < buf.length) off += writeSync(fd, buf, off, buf.length - off);
-    fsyncSync(fd);
-    closeSync(fd);
-    fd = undefined;
-    return tmp;
+    return { tmp, fd, path };
   } catch (e) {
-    if (fd !== undefined) closeSync(fd);
-    try {
-      unlinkSync(tmp);
-    } catch {
-      /* already gone */
-    }
+    discardWritten([{ tmp, fd: fd ?? -1, path }]);
     throw storageError(path, e);
   }
 }
 
-/** stage(), on libuv's threads. */
-async function stageAsync(path: string, data: string | Uint8Array, mode: number): Promise<string> {
-  const tmp = tempName(path);
-  let fh: FileHandle | undefined;
-  try {
-    fh = await open(tmp, TEMP_FLAGS, mode);
-    await fh.chmod(mode); // fchmod on the descriptor, as in stage()
-    await fh.writeFile(typeof data === "string" ? Buffer.from(data) : data);
-    await fh.sync();
-    await fh.close();
-    fh = undefined;
-    return tmp;
-  } catch (e) {
-    await fh?.close().catch(() => undefined);
+/** Closes what is still open and removes the temp files. */
+function discardWritten(written: Written[]): void {
+  for (const w of written) {
+    if (w.fd !== -1) {
+      try {
+        closeSync(w.fd);
+      } catch {
+        /* closed */
+      }
+      w.fd = -1;
+    }
     try {
-      unlinkSync(tmp);
+      unlinkSync(w.tmp);
     } catch {
       /* already gone */
     }
+  }
+}
+
+/** Writes and syncs `data` to a fresh temp file beside `path` (writeTemp); returns its name. */
+function stage(path: string, data: string | Uint8Array, mode: number): string {
+  const w = writeTemp(path, data, mode);
+  try {
+    fsyncSync(w.fd);
+    closeSync(w.fd);
+    w.fd = -1;
+    return w.tmp;
+  } catch (e) {
+    discardWritten([w]);
     throw storageError(path, e);
   }
 }
