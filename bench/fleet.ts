@@ -86,7 +86,7 @@ export interface FleetFigures {
   baseP99Ms: number;
 }
 
-class Gen {
+export class Gen {
   readonly proc: ChildProcess;
   private waiters: ((m: FleetReply) => void)[] = [];
   constructor(script: string) {
@@ -111,9 +111,9 @@ class Gen {
  * After agents connect, before a window: connecting thousands of TLS connections leaves garbage
  * whose collection would otherwise land in the window.
  */
-const SETTLE_MS = 15_000;
+export const SETTLE_MS = 15_000;
 
-const serviceCpu = (svc: Service) => svc.pids().reduce((s, p) => s + cpuSecondsPrecise(p), 0);
+export const serviceCpu = (svc: Service) => svc.pids().reduce((s, p) => s + cpuSecondsPrecise(p), 0);
 
 /** Service CPU seconds over `ms`. */
 async function cpuOver(svc: Service, ms: number): Promise<number> {
@@ -122,7 +122,7 @@ async function cpuOver(svc: Service, ms: number): Promise<number> {
   return serviceCpu(svc) - a;
 }
 
-async function joinNodes(svc: Service, n: number): Promise<Cred[]> {
+export async function joinNodes(svc: Service, n: number): Promise<Cred[]> {
   const out: Cred[] = [];
   for (let i = 0; i < n; i++) {
     const token = tokenFrom((await mezctl(svc, "tokens", "add", "--type=node", "--labels=env=bench")).stdout);
@@ -134,20 +134,23 @@ async function joinNodes(svc: Service, n: number): Promise<Cred[]> {
   return out;
 }
 
-function check(what: string, r: FleetReply): void {
+export function check(what: string, r: FleetReply): void {
   if (r.type === "error") throw new Error(`fleet generator: ${what}: ${r.firstError}`);
   if (r.failed > 0) note(`fleet: ${what}: ${r.failed} failed, e.g. ${r.firstError}`);
 }
 
-/** A lock on `identity` from before mezctl runs to every node agent having seen it. */
-async function lockTime(svc: Service, gen: Gen, identity: string): Promise<{ ms: number; seen: number }> {
-  const seen = gen.ask({ type: "arm" });
+/**
+ * A lock on `identity` made through `svc`, from before mezctl runs to every node agent of each
+ * generator having seen it (one result per generator: they may stream from other services).
+ */
+export async function lockTime(svc: Service, gens: Gen[], identity: string): Promise<{ ms: number; seen: number }[]> {
+  const seen = gens.map((g) => g.ask({ type: "arm" }));
   await sleep(200); // armed before the lock exists
   const t0 = Date.now();
   await mezctl(svc, "agent-identities", "lock", identity, "--reason=bench");
-  const r = await seen;
+  const rs = await Promise.all(seen);
   await mezctl(svc, "agent-identities", "unlock", identity);
-  return { ms: r.seen === undefined || r.lastSeenAt === undefined ? -1 : r.lastSeenAt - t0, seen: r.seen ?? 0 };
+  return rs.map((r) => ({ ms: r.seen === undefined || r.lastSeenAt === undefined ? -1 : r.lastSeenAt - t0, seen: r.seen ?? 0 }));
 }
 
 async function measurePath(svc: Service, gen: Gen, o: FleetOptions, n: { daemons: number; nodes: number }, mode: "stream" | "poll", idleCpuPerSec: number, lockIdentity: string): Promise<PathFigures & { reopenCpuMs?: number; rssBeforeKiB: number; rssAfterKiB: number }> {
@@ -181,14 +184,21 @@ async function measurePath(svc: Service, gen: Gen, o: FleetOptions, n: { daemons
     reopenCpuMs = (cpu / n.daemons) * 1000;
   }
   note(`fleet (${mode}): a lock's way to ${n.nodes} node agents`);
-  const lock = await lockTime(svc, gen, lockIdentity);
+  const lock = (await lockTime(svc, [gen], lockIdentity))[0]!;
   return { agentCpuMsPerHour, daemonCpuMsPerHour, nodeCpuMsPerHour, lockMs: lock.seen === n.nodes ? lock.ms : -1, lockSeen: lock.seen, errors, firstError, rssBeforeKiB, rssAfterKiB, ...(reopenCpuMs !== undefined ? { reopenCpuMs } : {}) };
 }
 
+/** A service's flags for a simulated fleet of `agents`: one source address (127.0.0.1) for all, so the per-source caps must let it in. */
+export const fleetServiceArgs = (agents: number): string[] => [
+  `--max-change-streams=${Math.max(20_000, agents + 100)}`,
+  `--max-change-streams-per-source=${agents + 100}`,
+  `--max-connections=${agents + 4096}`,
+  `--max-connections-per-source=${agents + 4096}`,
+];
+
 export async function fleet(o: FleetOptions): Promise<FleetFigures> {
   const agents = o.daemons + o.nodes;
-  // One source address (127.0.0.1) for the whole simulated fleet: the per-source cap must let it in.
-  const svc = await startService({ args: [`--max-change-streams=${Math.max(20_000, agents + 100)}`, `--max-change-streams-per-source=${agents + 100}`, `--max-connections=${agents + 4096}`] });
+  const svc = await startService({ args: fleetServiceArgs(agents) });
   const gen = new Gen("bench/workers/fleet-gen.ts");
   try {
     await createSeedRole(svc);

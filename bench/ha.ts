@@ -96,12 +96,12 @@ async function counts(svcs: Service[]): Promise<{ queries: Queries; answered: nu
   }
   return { queries, answered };
 }
-const queries = async (svcs: Service[]) => (await counts(svcs)).queries;
+export const queries = async (svcs: Service[]) => (await counts(svcs)).queries;
 
 const minus = (b: Queries, a: Queries): Queries => Object.fromEntries(Object.entries(b).map(([k, v]) => [k, v - (a[k] ?? 0)]).filter(([, v]) => v !== 0));
 const add = (a: Queries, b: Queries): Queries => Object.fromEntries([...new Set([...Object.keys(a), ...Object.keys(b)])].map((k) => [k, (a[k] ?? 0) + (b[k] ?? 0)]));
 const per = (q: Queries, n: number): Queries => Object.fromEntries(Object.entries(q).map(([k, v]) => [k, v / n]));
-const total = (q: Queries): number => sum(Object.values(q));
+export const total = (q: Queries): number => sum(Object.values(q));
 
 /** The postmaster's pid: the parent of a backend it started for us. */
 async function postmasterPid(url: string): Promise<number> {
@@ -124,23 +124,51 @@ async function inLanes(n: number, lanes: number, fn: (i: number) => Promise<void
   }));
 }
 
-export async function ha(o: HaOptions): Promise<HaFigures> {
+/** Two auth services on one private PostgreSQL, with /metrics; stop() stops all three. */
+export interface Pair {
+  a: Service;
+  b: Service;
+  /** PostgreSQL's postmaster: its CPU with its backends' is treeCpuSeconds(postmaster). */
+  postmaster: number;
+  stop(): Promise<void>;
+}
+
+/**
+ * A private PostgreSQL (the tests' own harness), service A on it with the seed role, then service B
+ * on the same database with A's cluster key (as the HA tests start it). `args`: more flags for both.
+ */
+export async function startPair(args: string[] = []): Promise<Pair> {
   // A missing PostgreSQL fails the section: a skipped HA figure must not look like a measured one.
-  if (PG_BIN_DIR === undefined) throw new Error("PostgreSQL server binaries are missing (apt-get install postgresql): the ha section needs a real PostgreSQL");
-  note("ha: starting PostgreSQL and auth service A on it");
+  if (PG_BIN_DIR === undefined) throw new Error("PostgreSQL server binaries are missing (apt-get install postgresql): this section needs a real PostgreSQL");
   const db = await startPostgres();
   const started: Service[] = [];
-  const gens: LoadGen[] = [];
+  const stop = async () => {
+    for (const s of started) await s.stop();
+    await db.stop();
+  };
   try {
     const postmaster = await postmasterPid(db.url);
-    const a = await startService({ backend: db.url, diagPort: await freePort() });
+    const a = await startService({ backend: db.url, diagPort: await freePort(), args });
     started.push(a);
     await createSeedRole(a);
     // B shares the database; it needs A's cluster key to unseal the CAs stored there.
     const bDir = tempDir("auth-b");
     copyFileSync(join(a.dataDir, "cluster.key"), join(bDir, "cluster.key"));
-    const b = await startService({ backend: db.url, dataDir: bDir, diagPort: await freePort() });
+    const b = await startService({ backend: db.url, dataDir: bDir, diagPort: await freePort(), args });
     started.push(b);
+    return { a, b, postmaster, stop };
+  } catch (e) {
+    await stop();
+    throw e;
+  }
+}
+
+export async function ha(o: HaOptions): Promise<HaFigures> {
+  note("ha: starting PostgreSQL and auth services A and B on it");
+  const pair = await startPair();
+  const gens: LoadGen[] = [];
+  try {
+    const { a, b, postmaster } = pair;
     const both = [a, b];
 
     note(`ha: adding and joining ${o.identities} agent identities`);
@@ -253,7 +281,6 @@ export async function ha(o: HaOptions): Promise<HaFigures> {
     };
   } finally {
     for (const g of gens) g.proc.kill("SIGKILL");
-    for (const s of started) await s.stop();
-    await db.stop();
+    await pair.stop();
   }
 }

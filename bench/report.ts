@@ -4,6 +4,7 @@
  */
 import type { DaemonFigures, NodeFigures, StandaloneFigures } from "./agents.js";
 import type { FleetFigures } from "./fleet.js";
+import type { FleetHaFigures, FleetHaService } from "./fleet-ha.js";
 import type { HaFigures, HaSetup } from "./ha.js";
 import type { RevocationsFigures } from "./revocations.js";
 import type { ScaleFigures } from "./scale.js";
@@ -31,6 +32,7 @@ export interface Results {
   revocations?: RevocationsFigures;
   fleet?: FleetFigures;
   ha?: HaFigures;
+  fleetHa?: FleetHaFigures;
 }
 
 export interface TargetRow {
@@ -228,6 +230,36 @@ export function sections(r: Results): string[] {
     );
     out.push("");
   }
+  const fh = r.fleetHa;
+  if (fh) {
+    const [sa, sb] = fh.services;
+    const both = [sa, sb];
+    const agents = fh.daemons + fh.nodes;
+    out.push(`10. Fleet on two services: ${fh.daemons.toLocaleString("en")} simulated daemons and ${fh.nodes.toLocaleString("en")} node agents split evenly over services A and B on one PostgreSQL (section 9's), each agent on its own mTLS connection`);
+    out.push(`   (certificates of ${fh.credentials.daemons} joined identities and ${fh.credentials.nodes} joined nodes, shared; CPU over ${f0(fh.windowMs / 1000)} s windows minus the same window with no agent connected)`);
+    out.push(line("", "service A", "service B"));
+    out.push(line("  agents: daemons + nodes", ...both.map((s) => `${s.daemons}+${s.nodes}`)));
+    out.push(line("service CPU per connected agent-hour", ...both.map((s) => ms(s.agentCpuMsPerHour * 1000))));
+    out.push(line("  + a daemon's reconnect a day (its stream's lifetime)", ...both.map((s) => ms(fleetHaAgentHour(s) * 1000))));
+    out.push(line("a renewal's service CPU (new mTLS connection)", ...both.map((s) => ms(s.renewalCpuMs * 1000))));
+    out.push(line("  3 renewals an hour (the 20-minute interval)", ...both.map((s) => ms(3 * s.renewalCpuMs * 1000))));
+    out.push(line("  PostgreSQL's CPU for it", ...both.map((s) => ms(s.renewalPostgresCpuMs * 1000))));
+    out.push(line("a daemon's stream reconnected (mTLS handshake + open)", ...both.map((s) => ms(s.reopenCpuMs * 1000))));
+    out.push(line("idle service CPU per hour (subtracted)", ...both.map((s) => ms(s.idleCpuMsPerHour * 1000))));
+    out.push(line("service RSS before / with the streams, MiB", ...both.map((s) => `${f1(s.rssBeforeKiB / 1024)} / ${f1(s.rssAfterKiB / 1024)}`)));
+    out.push(line("  per connected agent", ...both.map((s) => `${f1(s.rssKiBPerAgent)} KiB`)));
+    out.push(line("statements/s to PostgreSQL: no agent connected", ...both.map((s) => f1(s.idleQueriesPerSecond))));
+    out.push(line("  half the fleet connected / all of it", ...both.map((s) => `${f1(s.halfQueriesPerSecond)} / ${f1(s.fleetQueriesPerSecond)}`)));
+    out.push(line("PostgreSQL CPU per hour: no agent / fleet connected", ms(fh.postgresIdleCpuMsPerHour * 1000), ms(fh.postgresFleetCpuMsPerHour * 1000)));
+    out.push(line("  per connected agent-hour", ms(((fh.postgresFleetCpuMsPerHour - fh.postgresIdleCpuMsPerHour) / agents) * 1000)));
+    out.push(line("a lock seen by every node agent (from mezctl's start)", "A's nodes", "B's nodes"));
+    const lockMs = (t: number, seen: number, of: number) => (t >= 0 ? `${f0(t)} ms` : `${seen}/${of} saw it`);
+    for (const l of fh.locks) out.push(line(`  made through ${l.via}`, ...[0, 1].map((i) => lockMs(l.ms[i]!, l.seen[i]!, both[i]!.nodes))));
+    out.push(line("agents that failed to connect or reconnect", f0(fh.errors)));
+    if (fh.firstError) out.push(`   first error: ${fh.firstError}`);
+    out.push("   (B hears of a lock made through A only through the database: its revocation state re-reads a change mark each second)");
+    out.push("");
+  }
   return out;
 }
 
@@ -238,6 +270,9 @@ const haCeiling = (h: HaFigures, s: HaSetup) => (1000 * h.cores) / haCpuMs(s);
 
 /** Two services against one if each had a core of its own: per-CPU-second efficiency, times two. */
 const haCpuScaling = (h: HaFigures) => (2 * h.two.perServiceCpuSecond) / h.one.perServiceCpuSecond;
+
+/** The same on one service of section 10. */
+export const fleetHaAgentHour = (s: FleetHaService) => s.agentCpuMsPerHour + s.reopenCpuMs / 24;
 
 /** An agent-hour on a stream, with a daemon's one reconnect a day (counted for every agent). */
 export const fleetAgentHour = (fl: FleetFigures) => fl.stream.agentCpuMsPerHour + fl.stream.reopenCpuMs / 24;
@@ -294,6 +329,18 @@ export function targets(r: Results): TargetRow[] {
   if (h) {
     const ratio = h.two.rate / h.one.rate;
     rows.push({ target: `HA: two services on PostgreSQL ≥ 1.7× one (wall; ${f1(total(h.two.queriesPerRenewal))} round trips/renewal)`, value: x(ratio), met: ratio >= 1.7 && h.one.errors + h.two.errors === 0 });
+  }
+  const fh = r.fleetHa;
+  if (fh) {
+    const k = `${fh.daemons >= 1000 ? `${Math.round(fh.daemons / 1000)}k` : fh.daemons}+${fh.nodes} on A+B`;
+    const worstShare = Math.max(...fh.services.map((s) => fleetHaAgentHour(s) / (3 * s.renewalCpuMs)));
+    rows.push({ target: `fleet ${k}: agent-hour on a stream ≤ 10 % of 3 renewals (worse)`, value: pct(worstShare), met: worstShare <= 0.1 });
+    const worstRss = Math.max(...fh.services.map((s) => s.rssKiBPerAgent));
+    rows.push({ target: `fleet ${k}: service memory per agent ≤ 20 KiB (worse)`, value: `${f1(worstRss)} KiB`, met: worstRss <= 20 });
+    const all = fh.locks.flatMap((l) => l.ms);
+    const slowest = Math.max(...all);
+    const reached = all.length > 0 && all.every((t) => t >= 0);
+    rows.push({ target: `fleet ${k}: a lock via either reaches all ${fh.nodes} nodes ≤ 5 s (slowest)`, value: reached ? `${f0(slowest)} ms` : "not all", met: reached && slowest <= 5000 });
   }
   return rows;
 }

@@ -1,5 +1,5 @@
 /**
- * `npm run bench [-- --quick] [-- --only=floor,throughput,scale,agents,revocations,fleet,ha]`: what Mezite exists for,
+ * `npm run bench [-- --quick] [-- --only=floor,throughput,scale,agents,revocations,fleet,ha,fleet-ha]`: what Mezite exists for,
  * against the physical limit, in one run. Prints a table (progress goes to stderr) and writes
  * bench/results.json. Every figure that is judged is a ratio of two things measured side by side
  * in this run, because absolute figures on a shared 2-core machine drift from run to run.
@@ -10,6 +10,7 @@ import { cpus, loadavg } from "node:os";
 import { join, relative } from "node:path";
 import { agents } from "./agents.js";
 import { fleet } from "./fleet.js";
+import { fleetHa } from "./fleet-ha.js";
 import { ha } from "./ha.js";
 import { revocations } from "./revocations.js";
 import { ROOT, TSX, mustRun, note } from "./lib.js";
@@ -17,7 +18,7 @@ import { sections, targetLines, targets, type FloorFigures, type Results } from 
 import { scale } from "./scale.js";
 import { throughput } from "./throughput.js";
 
-const SECTIONS = ["floor", "throughput", "scale", "agents", "revocations", "fleet", "ha"] as const;
+const SECTIONS = ["floor", "throughput", "scale", "agents", "revocations", "fleet", "ha", "fleet-ha"] as const;
 type Section = (typeof SECTIONS)[number];
 
 const args = process.argv.slice(2);
@@ -47,6 +48,7 @@ const config = quick
       revocations: { serials: 100_000, rounds: 2 },
       fleet: { daemons: 200, nodes: 20, poll: { daemons: 200, nodes: 20 }, credentials: { daemons: 20, nodes: 4 }, windowMs: 10_000, renewals: 100, latencyWindowMs: 5_000 },
       ha: { identities: 48, jitWarmupMs: 2000, rounds: 1, warmupMs: 1000, windowMs: 3000, concurrency: 6 },
+      fleetHa: { daemons: 200, nodes: 20, credentials: { daemons: 20, nodes: 4 }, windowMs: 10_000, renewals: 100, locks: 1 },
     }
   : {
       floor: { windowMs: 3000, rounds: 2 },
@@ -56,6 +58,7 @@ const config = quick
       revocations: { serials: 100_000, rounds: 5 },
       fleet: { daemons: 10_000, nodes: 1_000, poll: { daemons: 1_000, nodes: 100 }, credentials: { daemons: 100, nodes: 20 }, windowMs: 60_000, renewals: 400, latencyWindowMs: 15_000 },
       ha: { identities: 128, jitWarmupMs: 10_000, rounds: 3, warmupMs: 3000, windowMs: 8000, concurrency: 8 },
+      fleetHa: { daemons: 10_000, nodes: 1_000, credentials: { daemons: 100, nodes: 20 }, windowMs: 60_000, renewals: 400, locks: 3 },
     };
 
 /** Source files newer than their build: the run would measure old code. */
@@ -114,6 +117,7 @@ await runSection("agents", async () => {
 await runSection("revocations", async () => void (results.revocations = await revocations(config.revocations)));
 await runSection("fleet", async () => void (results.fleet = await fleet(config.fleet)));
 await runSection("ha", async () => void (results.ha = await ha(config.ha)));
+await runSection("fleet-ha", async () => void (results.fleetHa = await fleetHa(config.fleetHa)));
 
 const rows = targets(results);
 const header = [
