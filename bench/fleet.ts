@@ -187,8 +187,8 @@ async function measurePath(svc: Service, gen: Gen, o: FleetOptions, n: { daemons
 
 export async function fleet(o: FleetOptions): Promise<FleetFigures> {
   const agents = o.daemons + o.nodes;
-  // One source address (127.0.0.1) for the whole simulated fleet: the per-source cap must let it in.
-  const svc = await startService({ args: [`--max-change-streams=${Math.max(20_000, agents + 100)}`, `--max-change-streams-per-source=${agents + 100}`, `--max-connections=${agents + 4096}`] });
+  // One source address (127.0.0.1) for the whole simulated fleet: the per-source caps must let it in.
+  const svc = await startService({ args: [`--max-change-streams=${Math.max(20_000, agents + 100)}`, `--max-change-streams-per-source=${agents + 100}`, `--max-connections=${agents + 4096}`, `--max-connections-per-source=${agents + 4096}`] });
   const gen = new Gen("bench/workers/fleet-gen.ts");
   try {
     await createSeedRole(svc);
