@@ -21,6 +21,7 @@
  */
 import type { ChildProcess } from "node:child_process";
 import { join } from "node:path";
+import { WATCH_KEEPALIVE } from "../src/api/stream.js";
 import { parseToken } from "../src/ca/jointoken.js";
 import { joinNode } from "../src/node/join.js";
 import { readNodeConfig, readNodeTls } from "../src/node/layout.js";
@@ -65,6 +66,8 @@ export interface FleetFigures {
   polled: { daemons: number; nodes: number };
   credentials: { daemons: number; nodes: number };
   windowMs: number;
+  /** The stream path's windows: whole PING intervals (streamWindowMs). */
+  streamWindowMs: number;
   idleCpuMsPerHour: number;
   renewalCpuMs: number;
   stream: PathFigures & {
@@ -150,8 +153,16 @@ async function lockTime(svc: Service, gen: Gen, identity: string): Promise<{ ms:
   return { ms: r.seen === undefined || r.lastSeenAt === undefined ? -1 : r.lastSeenAt - t0, seen: r.seen ?? 0 };
 }
 
+/**
+ * A streaming agent's only traffic is a PING every WATCH_KEEPALIVE interval, each from the moment
+ * its stream opened: a window shorter than that interval counts whichever agents happened to
+ * connect in step with it. Whole intervals count each agent's PINGs exactly.
+ */
+export const streamWindowMs = (o: FleetOptions) => Math.ceil(o.windowMs / WATCH_KEEPALIVE.pingIntervalMs) * WATCH_KEEPALIVE.pingIntervalMs;
+
 async function measurePath(svc: Service, gen: Gen, o: FleetOptions, n: { daemons: number; nodes: number }, mode: "stream" | "poll", idleCpuPerSec: number, lockIdentity: string): Promise<PathFigures & { reopenCpuMs?: number; rssBeforeKiB: number; rssAfterKiB: number }> {
-  const hour = (cpuS: number, agents: number) => (((cpuS / (o.windowMs / 1000)) * 3600) / agents) * 1000;
+  const windowMs = mode === "stream" ? streamWindowMs(o) : o.windowMs;
+  const hour = (cpuS: number, agents: number) => (((cpuS / (windowMs / 1000)) * 3600) / agents) * 1000;
   const rssBeforeKiB = rssKiB(svc.pids()[0]!);
   note(`fleet (${mode}): connecting ${n.daemons} daemons`);
   let r = await gen.ask({ type: "connect", kind: "daemon", count: n.daemons, mode });
@@ -159,17 +170,17 @@ async function measurePath(svc: Service, gen: Gen, o: FleetOptions, n: { daemons
   let errors = r.failed;
   let firstError = r.firstError;
   await sleep(SETTLE_MS);
-  const daemonsCpu = await cpuOver(svc, o.windowMs);
-  const daemonCpuMsPerHour = hour(daemonsCpu - idleCpuPerSec * (o.windowMs / 1000), n.daemons);
+  const daemonsCpu = await cpuOver(svc, windowMs);
+  const daemonCpuMsPerHour = hour(daemonsCpu - idleCpuPerSec * (windowMs / 1000), n.daemons);
   note(`fleet (${mode}): connecting ${n.nodes} node agents`);
   r = await gen.ask({ type: "connect", kind: "node", count: n.nodes, mode });
   check(`${mode} nodes`, r);
   errors += r.failed;
   firstError ||= r.firstError;
   await sleep(SETTLE_MS);
-  const allCpu = await cpuOver(svc, o.windowMs);
+  const allCpu = await cpuOver(svc, windowMs);
   const nodeCpuMsPerHour = hour(allCpu - daemonsCpu, n.nodes);
-  const agentCpuMsPerHour = hour(allCpu - idleCpuPerSec * (o.windowMs / 1000), n.daemons + n.nodes);
+  const agentCpuMsPerHour = hour(allCpu - idleCpuPerSec * (windowMs / 1000), n.daemons + n.nodes);
   const rssAfterKiB = rssKiB(svc.pids()[0]!);
   let reopenCpuMs: number | undefined;
   if (mode === "stream") {
@@ -252,6 +263,7 @@ export async function fleet(o: FleetOptions): Promise<FleetFigures> {
       nodes: o.nodes,
       credentials: o.credentials,
       windowMs: o.windowMs,
+      streamWindowMs: streamWindowMs(o),
       polled: o.poll,
       idleCpuMsPerHour: idleCpuPerSec * 3600 * 1000,
       renewalCpuMs,

@@ -157,7 +157,7 @@ export function sections(r: Results): string[] {
     const s = fl.stream;
     const p = fl.poll;
     out.push(`8. Fleet: ${fl.daemons.toLocaleString("en")} simulated daemons and ${fl.nodes.toLocaleString("en")} node agents, one service (SQLite), each agent on its own mTLS connection`);
-    out.push(`   (certificates of ${fl.credentials.daemons} joined identities and ${fl.credentials.nodes} joined nodes, shared; CPU over ${f0(fl.windowMs / 1000)} s windows minus the idle service's)`);
+    out.push(`   (certificates of ${fl.credentials.daemons} joined identities and ${fl.credentials.nodes} joined nodes, shared; CPU over ${f0(fl.windowMs / 1000)} s windows, ${f0(fl.streamWindowMs / 1000)} s on streams (whole PING intervals), minus the idle service's)`);
     out.push(line("", `streams`, `polling`));
     out.push(line("  agents: daemons + nodes", `${fl.daemons}+${fl.nodes}`, `${fl.polled.daemons}+${fl.polled.nodes}`));
     out.push(line("service CPU per connected agent-hour (all connected)", ms(s.agentCpuMsPerHour * 1000), ms(p.agentCpuMsPerHour * 1000)));
