@@ -121,10 +121,19 @@ const SETTLE_MS = 60_000;
 
 const serviceCpu = (svc: Service) => svc.pids().reduce((s, p) => s + cpuSecondsPrecise(p), 0);
 
-/** Service CPU seconds over `ms`. */
-async function cpuOver(svc: Service, ms: number): Promise<number> {
+/**
+ * Service CPU seconds over `ms`. With `what`, each 10 s slice's CPU is noted too: a one-off (a
+ * major GC) shows apart from a steady cost.
+ */
+async function cpuOver(svc: Service, ms: number, what?: string): Promise<number> {
   const a = serviceCpu(svc);
-  await sleep(ms);
+  const slices: string[] = [];
+  for (let t = 0; t < ms; t += 10_000) {
+    const s = serviceCpu(svc);
+    await sleep(Math.min(10_000, ms - t));
+    slices.push(((serviceCpu(svc) - s) * 1000).toFixed(0));
+  }
+  if (what) note(`fleet: ${what}: service CPU ms per 10 s: ${slices.join(" ")}`);
   return serviceCpu(svc) - a;
 }
 
@@ -173,7 +182,7 @@ async function measurePath(svc: Service, gen: Gen, o: FleetOptions, n: { daemons
   let errors = r.failed;
   let firstError = r.firstError;
   await sleep(SETTLE_MS);
-  const daemonsCpu = await cpuOver(svc, windowMs);
+  const daemonsCpu = await cpuOver(svc, windowMs, `${mode}, daemons`);
   const daemonCpuMsPerHour = hour(daemonsCpu - idleCpuPerSec * (windowMs / 1000), n.daemons);
   note(`fleet (${mode}): connecting ${n.nodes} node agents`);
   r = await gen.ask({ type: "connect", kind: "node", count: n.nodes, mode });
@@ -181,7 +190,7 @@ async function measurePath(svc: Service, gen: Gen, o: FleetOptions, n: { daemons
   errors += r.failed;
   firstError ||= r.firstError;
   await sleep(SETTLE_MS);
-  const allCpu = await cpuOver(svc, windowMs);
+  const allCpu = await cpuOver(svc, windowMs, `${mode}, all`);
   const nodeCpuMsPerHour = hour(allCpu - daemonsCpu, n.nodes);
   const agentCpuMsPerHour = hour(allCpu - idleCpuPerSec * (windowMs / 1000), n.daemons + n.nodes);
   const rssAfterKiB = rssKiB(svc.pids()[0]!);
@@ -221,7 +230,7 @@ export async function fleet(o: FleetOptions): Promise<FleetFigures> {
 
     note("fleet: the idle service, and a renewal's cost");
     await sleep(10_000); // what the joins left behind (GC, SQLite) settles
-    const idleCpu = await cpuOver(svc, o.windowMs);
+    const idleCpu = await cpuOver(svc, o.windowMs, "idle");
     const idleCpuPerSec = idleCpu / (o.windowMs / 1000);
     const c0 = serviceCpu(svc);
     const t0 = performance.now();
