@@ -16,7 +16,7 @@
 import { note, rssKiB, sleep, treeCpuSeconds } from "./lib.js";
 import { renewOnce, joinOnce } from "./rpc.js";
 import { addIdentity, joinMany, type Service } from "./service.js";
-import { Gen, SETTLE_MS, check, fleetServiceArgs, joinNodes, lockTime, serviceCpu } from "./fleet.js";
+import { Gen, SETTLE_MS, check, fleetServiceArgs, joinNodes, lockTime, serviceCpu, streamWindowMs } from "./fleet.js";
 import type { Cred, FleetReply } from "./workers/fleet-gen.js";
 import { queries, startPair, total } from "./ha.js";
 
@@ -154,7 +154,7 @@ export async function fleetHa(o: FleetHaOptions): Promise<FleetHaFigures> {
     }
     await sleep(SETTLE_MS);
     s0 = await sample(svcs, postmaster);
-    await sleep(o.windowMs);
+    await sleep(streamWindowMs(o)); // whole PING intervals, as section 8's stream windows
     const connected = between(s0, await sample(svcs, postmaster));
     const rssAfterKiB = svcs.map((s) => rssKiB(s.pids()[0]!));
 
@@ -198,7 +198,7 @@ export async function fleetHa(o: FleetHaOptions): Promise<FleetHaFigures> {
       daemons: o.daemons,
       nodes: o.nodes,
       credentials: o.credentials,
-      windowMs: o.windowMs,
+      windowMs: streamWindowMs(o),
       services: [service(0), service(1)],
       postgresIdleCpuMsPerHour: perHour(idle.pg, idle.secs),
       postgresFleetCpuMsPerHour: perHour(connected.pg, connected.secs),

@@ -166,7 +166,7 @@ export function sections(r: Results): string[] {
     const s = fl.stream;
     const p = fl.poll;
     out.push(`8. Fleet: ${fl.daemons.toLocaleString("en")} simulated daemons and ${fl.nodes.toLocaleString("en")} node agents, one service (SQLite), each agent on its own mTLS connection`);
-    out.push(`   (certificates of ${fl.credentials.daemons} joined identities and ${fl.credentials.nodes} joined nodes, shared; CPU over ${f0(fl.windowMs / 1000)} s windows minus the idle service's)`);
+    out.push(`   (certificates of ${fl.credentials.daemons} joined identities and ${fl.credentials.nodes} joined nodes, shared; CPU over ${f0(fl.windowMs / 1000)} s windows, ${f0(fl.streamWindowMs / 1000)} s on streams (whole PING intervals), minus the idle service's)`);
     out.push(line("", `streams`, `polling`));
     out.push(line("  agents: daemons + nodes", `${fl.daemons}+${fl.nodes}`, `${fl.polled.daemons}+${fl.polled.nodes}`));
     out.push(line("service CPU per connected agent-hour (all connected)", ms(s.agentCpuMsPerHour * 1000), ms(p.agentCpuMsPerHour * 1000)));
@@ -236,7 +236,7 @@ export function sections(r: Results): string[] {
     const both = [sa, sb];
     const agents = fh.daemons + fh.nodes;
     out.push(`10. Fleet on two services: ${fh.daemons.toLocaleString("en")} simulated daemons and ${fh.nodes.toLocaleString("en")} node agents split evenly over services A and B on one PostgreSQL (section 9's), each agent on its own mTLS connection`);
-    out.push(`   (certificates of ${fh.credentials.daemons} joined identities and ${fh.credentials.nodes} joined nodes, shared; CPU over ${f0(fh.windowMs / 1000)} s windows minus the same window with no agent connected)`);
+    out.push(`   (certificates of ${fh.credentials.daemons} joined identities and ${fh.credentials.nodes} joined nodes, shared; CPU over a ${f0(fh.windowMs / 1000)} s window with the fleet connected (whole PING intervals) minus the rate with no agent connected)`);
     out.push(line("", "service A", "service B"));
     out.push(line("  agents: daemons + nodes", ...both.map((s) => `${s.daemons}+${s.nodes}`)));
     out.push(line("service CPU per connected agent-hour", ...both.map((s) => ms(s.agentCpuMsPerHour * 1000))));

@@ -3,7 +3,7 @@
  * holds simulated identity daemons and node agents against one auth service, each on its own
  * TLS connection with a real client certificate (from real joins; see fleet.ts for how they are
  * shared), speaking the real protocol as src/identity/daemon.ts and src/node/agent.ts do:
- *  - stream: one Watch stream each (HTTP/2 PINGs every 60 s, as the agents send them);
+ *  - stream: one Watch stream each, with the agents' HTTP/2 PINGs (WATCH_KEEPALIVE);
  *  - poll: daemons ask GetCaState every 45 s (±10 %) on a new connection each time, nodes ask
  *    GetRevocations every 2 s (±10 %) on their one connection, sending the KRL version they hold.
  * It records, per node agent, when it first saw a lock after `arm`.
@@ -14,6 +14,7 @@ import { Http2SessionManager, createGrpcTransport } from "@connectrpc/connect-no
 import { createClient, type Client } from "@connectrpc/connect";
 import { NodeService } from "../../src/api/gen/mezite/v1/node_pb.js";
 import { RenewService } from "../../src/api/gen/mezite/v1/renew_pb.js";
+import { WATCH_KEEPALIVE } from "../../src/api/stream.js";
 import { once } from "../rpc.js";
 
 export interface Cred {
@@ -58,10 +59,8 @@ let armed = false;
 let errors = { failed: 0, first: "" };
 let onLockSeen: (() => void) | undefined;
 
-const KEEPALIVE = { pingIntervalMs: 60_000, pingTimeoutMs: 20_000 };
-
 function sessionFor(cred: Cred): Http2SessionManager {
-  return new Http2SessionManager(`https://${addr}`, { idleConnectionTimeoutMs: 5_000, ...KEEPALIVE }, {
+  return new Http2SessionManager(`https://${addr}`, { idleConnectionTimeoutMs: 5_000, ...WATCH_KEEPALIVE }, {
     cert: cred.certPem, key: cred.keyPem, ca: cred.caPem, rejectUnauthorized: true, minVersion: "TLSv1.3",
   });
 }

@@ -34,8 +34,9 @@ import { renewSpreadMs } from "./rotation.js";
 
 export interface WatchLimits {
   /**
-   * Streams at most in all (default 20,000): each costs ~10-20 KiB of service memory (npm run
-   * bench), so this bounds them to a few hundred MiB; agents beyond it poll.
+   * Streams at most in all (default 20,000): each agent's connection and stream cost ~75 KiB of
+   * service memory, ~60 KiB of it Node's TLS and nghttp2 floor (npm run bench, fleet), so this
+   * bounds them to ~1.5 GiB; agents beyond it poll.
    */
   maxStreams: number;
   /**
