@@ -1,5 +1,5 @@
 /**
- * Bench section 7, fleet (SPEC §20): what connected agents cost the auth service when nothing
+ * Bench section 8, fleet (SPEC §20): what connected agents cost the auth service when nothing
  * happens, pushed (change streams) and polled (the old path), against one service on SQLite.
  *
  * A load generator (workers/fleet-gen.ts) holds N simulated identity daemons and M simulated node
@@ -16,8 +16,9 @@
  * new mTLS connection each, as daemons renew), and the target compares an agent-hour with three
  * of them (the default 20-minute interval). The service ends a daemon's stream after a day
  * (src/auth/watch.ts), so each daemon reconnects (a new mTLS handshake) once a day: that is
- * measured too and counted as 1/24 an hour. Then a lock's time to reach every node agent, renewal latency at half the saturation
- * rate with the fleet connected, and the same CPU and lock figures with polling.
+ * measured too and counted as 1/24 an hour. Then a lock's time to reach every node agent, renewal
+ * latency at half the saturation rate with the fleet connected, and the same CPU and lock figures
+ * with polling.
  */
 import type { ChildProcess } from "node:child_process";
 import { join } from "node:path";
