@@ -14,24 +14,13 @@
  * each) is the yardstick, as in section 8.
  */
 import { note, rssKiB, sleep, treeCpuSeconds } from "./lib.js";
-import { renewOnce, joinOnce } from "./rpc.js";
-import { addIdentity, joinMany, type Service } from "./service.js";
-import { Gen, SETTLE_MS, check, fleetServiceArgs, joinNodes, lockTime, serviceCpu, streamWindowMs } from "./fleet.js";
-import type { Cred, FleetReply } from "./workers/fleet-gen.js";
+import type { Service } from "./service.js";
+import { Gen, SETTLE_MS, check, fleetServiceArgs, fleetSetup, lockTime, renewTimes, serviceCpu, streamWindowMs, type FleetOptions } from "./fleet.js";
+import type { FleetReply } from "./workers/fleet-gen.js";
 import { queries, startPair, total } from "./ha.js";
 
-export interface FleetHaOptions {
-  /** In all, half on each service. */
-  daemons: number;
-  nodes: number;
-  /** Joined identities and nodes whose certificates the simulated agents share (see fleet.ts). */
-  credentials: { daemons: number; nodes: number };
-  windowMs: number;
-  /** Renewals measured on each service for a renewal's cost. */
-  renewals: number;
-  /** Locks made through each service. */
-  locks: number;
-}
+/** Section 8's sizes (daemons and nodes in all, half on each service; renewals on each), and locks made through each service. */
+export type FleetHaOptions = Pick<FleetOptions, "daemons" | "nodes" | "credentials" | "windowMs" | "renewals"> & { locks: number };
 
 export interface FleetHaService {
   daemons: number;
@@ -103,11 +92,7 @@ export async function fleetHa(o: FleetHaOptions): Promise<FleetHaFigures> {
   const gens = [new Gen("bench/workers/fleet-gen.ts"), new Gen("bench/workers/fleet-gen.ts")];
   try {
     note(`fleet-ha: joining ${o.credentials.daemons} identities and ${o.credentials.nodes} nodes (through A) for the simulated agents' certificates`);
-    const { joined, caPem } = await joinMany(a, "fleet-d", o.credentials.daemons);
-    const daemonCreds: Cred[] = joined.map((j) => ({ certPem: j.certPem, keyPem: j.keyPem, caPem }));
-    const nodeCreds = await joinNodes(a, o.credentials.nodes);
-    const renewers = await Promise.all(Array.from({ length: 4 }, async (_, i) => joinOnce(a.addr, await addIdentity(a, `fleet-r-${i}`))));
-    await joinOnce(a.addr, await addIdentity(a, "fleet-lock"));
+    const { daemons: daemonCreds, nodes: nodeCreds, renewers } = await fleetSetup(a, o.credentials);
     await Promise.all(gens.map(async (g, i) => check(`setup ${"AB"[i]}`, await g.ask({ type: "setup", addr: svcs[i]!.addr, daemons: daemonCreds, nodes: nodeCreds }))));
 
     note("fleet-ha: both services with no agent connected, and a renewal's cost on each");
@@ -119,10 +104,7 @@ export async function fleetHa(o: FleetHaOptions): Promise<FleetHaFigures> {
     const renewal: { cpuMs: number; pgCpuMs: number }[] = [];
     for (const [i, svc] of svcs.entries()) {
       s0 = await sample(svcs, postmaster);
-      let next = 0;
-      await Promise.all(renewers.map(async (r) => {
-        while (next++ < o.renewals) await renewOnce(svc.addr, r);
-      }));
+      await renewTimes(svc.addr, renewers, o.renewals);
       const d = between(s0, await sample(svcs, postmaster));
       renewal.push({ cpuMs: ((d.cpu[i]! - idleCpuPerSec[i]! * d.secs) / o.renewals) * 1000, pgCpuMs: ((d.pg - (idle.pg / idle.secs) * d.secs) / o.renewals) * 1000 });
     }

@@ -30,7 +30,7 @@ import { tokenFrom } from "../test/harness/auth.js";
 import type { Run, RunResult, Setup } from "./workers/loadgen.js";
 import type { Cred, FleetMessage, FleetReply } from "./workers/fleet-gen.js";
 import { ROOT, TSX, cpuSecondsPrecise, mustRun, note, percentile, rssKiB, sleep, spawnTracked, tempDir } from "./lib.js";
-import { renewOnce, joinOnce } from "./rpc.js";
+import { renewOnce, joinOnce, type Renewer } from "./rpc.js";
 import { addIdentity, createSeedRole, joinMany, mezctl, startService, type Service } from "./service.js";
 
 export interface FleetOptions {
@@ -138,7 +138,28 @@ async function cpuOver(svc: Service, ms: number, what?: string): Promise<number>
   return serviceCpu(svc) - a;
 }
 
-export async function joinNodes(svc: Service, n: number): Promise<Cred[]> {
+/**
+ * The joins a simulated fleet stands on, through `svc`: the certificates its agents share, four
+ * identities that renew (a renewal's cost, latency with the fleet connected) and "fleet-lock".
+ */
+export async function fleetSetup(svc: Service, credentials: { daemons: number; nodes: number }): Promise<{ daemons: Cred[]; nodes: Cred[]; renewers: Renewer[] }> {
+  const { joined, caPem } = await joinMany(svc, "fleet-d", credentials.daemons);
+  const daemons = joined.map((j) => ({ certPem: j.certPem, keyPem: j.keyPem, caPem }));
+  const nodes = await joinNodes(svc, credentials.nodes);
+  const renewers = await Promise.all(Array.from({ length: 4 }, async (_, i) => joinOnce(svc.addr, await addIdentity(svc, `fleet-r-${i}`))));
+  await joinOnce(svc.addr, await addIdentity(svc, "fleet-lock"));
+  return { daemons, nodes, renewers };
+}
+
+/** `count` renewals through `addr`, one in flight per renewer. */
+export async function renewTimes(addr: string, renewers: Renewer[], count: number): Promise<void> {
+  let next = 0;
+  await Promise.all(renewers.map(async (r) => {
+    while (next++ < count) await renewOnce(addr, r);
+  }));
+}
+
+async function joinNodes(svc: Service, n: number): Promise<Cred[]> {
   const out: Cred[] = [];
   for (let i = 0; i < n; i++) {
     const token = tokenFrom((await mezctl(svc, "tokens", "add", "--type=node", "--labels=env=bench")).stdout);
@@ -230,14 +251,9 @@ export async function fleet(o: FleetOptions): Promise<FleetFigures> {
   try {
     await createSeedRole(svc);
     note(`fleet: joining ${o.credentials.daemons} identities and ${o.credentials.nodes} nodes for the simulated agents' certificates`);
-    const { joined, caPem } = await joinMany(svc, "fleet-d", o.credentials.daemons);
-    const daemonCreds: Cred[] = joined.map((j) => ({ certPem: j.certPem, keyPem: j.keyPem, caPem }));
-    const nodeCreds = await joinNodes(svc, o.credentials.nodes);
-    // Identities that renew (the renewal cost, and latency with the fleet connected) and one to lock.
-    const renewers = await Promise.all(Array.from({ length: 4 }, async (_, i) => joinOnce(svc.addr, await addIdentity(svc, `fleet-r-${i}`))));
-    await joinOnce(svc.addr, await addIdentity(svc, "fleet-lock"));
+    const { daemons, nodes, renewers } = await fleetSetup(svc, o.credentials);
     const latency = await joinMany(svc, "fleet-l", 32);
-    check("setup", await gen.ask({ type: "setup", addr: svc.addr, daemons: daemonCreds, nodes: nodeCreds }));
+    check("setup", await gen.ask({ type: "setup", addr: svc.addr, daemons, nodes }));
 
     note("fleet: the idle service, and a renewal's cost");
     await sleep(10_000); // what the joins left behind (GC, SQLite) settles
@@ -245,10 +261,7 @@ export async function fleet(o: FleetOptions): Promise<FleetFigures> {
     const idleCpuPerSec = idleCpu / (o.windowMs / 1000);
     const c0 = serviceCpu(svc);
     const t0 = performance.now();
-    let next = 0;
-    await Promise.all(renewers.map(async (r) => {
-      while (next++ < o.renewals) await renewOnce(svc.addr, r);
-    }));
+    await renewTimes(svc.addr, renewers, o.renewals);
     const renewalCpuMs = ((serviceCpu(svc) - c0 - idleCpuPerSec * ((performance.now() - t0) / 1000)) / o.renewals) * 1000;
 
     // Renewal latency at half the saturation rate (closed loop, 8 in flight, as section 2 does),
