@@ -161,6 +161,11 @@ async function commitStep(
  * operator watches `mezctl ca status` and steps on: seconds for a small fleet). With both CAs rotating,
  * the more hurried one counts; with neither, the spread of the rotation that just ended.
  */
+/** What a daemon is told of the CAs (GetCaState, its change stream): their state and the spread for a renewal it asks for. */
+export function daemonCaState(cas: ClusterCas): { caState: string; renewWithinMs: bigint } {
+  return { caState: caState(cas), renewWithinMs: BigInt(renewSpreadMs(cas, CA_KINDS)) };
+}
+
 export function renewSpreadMs(cas: ClusterCas, kinds: readonly CaKind[]): number {
   const all = kinds.map((k) => cas[k]);
   const rotating = all.filter((ca) => ca.phase !== "standby");

@@ -71,7 +71,7 @@ import * as joinMethods from "./join-methods.js";
 import { callingNode, heartbeat, joinNode, renewNode } from "./nodes.js";
 import { Revocations } from "./revocations.js";
 import { renewAgent, staleInstanceRefusal } from "./renew.js";
-import { CaWatcher, recordInstanceCaState, recordNodeCaState, renewSpreadMs } from "./rotation.js";
+import { CaWatcher, recordInstanceCaState, recordNodeCaState, daemonCaState } from "./rotation.js";
 import * as tokens from "./tokens.js";
 import { createSignIn } from "../web/sessions.js";
 import { startWebServer, type WebServer } from "../web/server.js";
@@ -331,7 +331,7 @@ function routes(ctx: AuthContext, revocations: Revocations, hub: WatchHub, metri
       renew: (req, hc) => renew(req, hc.values.get(callerKey)),
       getCaState: unary("GetCaState", async (req: GetCaStateRequest, caller) => {
         await recordInstanceCaState(ctx, caller.cert?.identityId ?? "", caller.cert?.instanceId ?? "", req.heldCaState);
-        return create(GetCaStateResponseSchema, { caState: caState(ctx.cas), renewWithinMs: BigInt(renewSpreadMs(ctx.cas, CA_KINDS)) });
+        return create(GetCaStateResponseSchema, daemonCaState(ctx.cas));
       }),
       release: unary("Release", (_req, caller) => releaseInstance(ctx, caller, "renewal")),
       watch: async function* (req, hc) {

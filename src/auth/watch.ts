@@ -27,10 +27,10 @@ import { WatchNodeEventSchema, type GetRevocationsResponse, type WatchNodeEvent 
 import { WatchCaStateEventSchema, type WatchCaStateEvent } from "../api/gen/mezite/v1/renew_pb.js";
 import { MeziteError } from "../lib/errors.js";
 import type { Logger } from "../lib/log.js";
-import { CA_KINDS, caState } from "./cas.js";
+import { caState } from "./cas.js";
 import type { AuthContext, Caller } from "./context.js";
 import type { Revocations } from "./revocations.js";
-import { renewSpreadMs } from "./rotation.js";
+import { daemonCaState } from "./rotation.js";
 
 export interface WatchLimits {
   /**
@@ -150,10 +150,9 @@ export class WatchHub {
   }
 
   private async compare(): Promise<void> {
-    const ca = caState(this.ctx.cas);
-    if (ca !== this.lastCaState) {
-      this.lastCaState = ca;
-      const pending = { caState: ca, renewWithinMs: BigInt(renewSpreadMs(this.ctx.cas, CA_KINDS)) };
+    const pending = daemonCaState(this.ctx.cas);
+    if (pending.caState !== this.lastCaState) {
+      this.lastCaState = pending.caState;
       for (const s of this.daemons) {
         s.pending = pending;
         s.wake?.();
@@ -272,7 +271,7 @@ export class WatchHub {
       identityId: caller.cert?.identityId ?? "", instanceId: caller.cert?.instanceId ?? "", pending: undefined, revoked: false,
     };
     const now = (revoked: boolean) =>
-      create(WatchCaStateEventSchema, { caState: caState(this.ctx.cas), renewWithinMs: BigInt(renewSpreadMs(this.ctx.cas, CA_KINDS)), revoked });
+      create(WatchCaStateEventSchema, { ...daemonCaState(this.ctx.cas), revoked });
     return this.run(sub, DAEMON_STREAM_MS * (0.9 + Math.random() * 0.2), signal, this.daemons, async () => {
       // The revocation state as the ticks see it (rebuilt at most once a second).
       sub.revoked = isRevoked(sub, this.revokedSets(await this.nodeState()));

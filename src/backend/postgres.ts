@@ -172,7 +172,11 @@ export class PostgresBackend implements Backend {
         if (o.op === "put") {
           // Consecutive puts of distinct keys go as one statement: a round trip, not one each.
           const batch = [it];
-          while (ops[i + 1]?.op === "put" && !batch.some((b) => b.key === items[i + 1]!.key)) batch.push(items[++i]!);
+          const batched = new Set([it.key]);
+          while (ops[i + 1]?.op === "put" && !batched.has(items[i + 1]!.key)) {
+            batch.push(items[++i]!);
+            batched.add(items[i]!.key);
+          }
           if (batch.length === 1) await run("put", [it.key, it.value, it.revision, expires]);
           else await run("putMany", [batch.map((b) => b.key), batch.map((b) => b.value), batch.map((b) => b.revision), batch.map((b) => b.expires ?? null)]);
         } else if (o.op === "create" && (await run("create", [it.key, it.value, it.revision, expires, this.#now()])).rowCount !== 1) throw alreadyExists(o.key);

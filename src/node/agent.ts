@@ -144,16 +144,30 @@ export class NodeAgent {
   }
 
   /** Fetches the revocation state and replaces the files that changed; true when any did. */
-  async syncRevocations(signal?: AbortSignal): Promise<boolean> {
-    // What this node holds goes with each fetch: `mezctl ca status` names nodes behind a rotation;
-    // and the KRL's version, so an unchanged KRL is not sent again.
-    const held = this.heldKrlVersion();
-    this.reportDue = false;
-    const r = await this.call("revocations", (c) =>
-      c.getRevocations({ krlVersion: held, heldCaState: this.config.ca_state ?? "", heldUserCaState: this.userCaState }, signal ? { signal } : {}),
-    );
-    return this.applyRevocations(r, held, signal);
+  syncRevocations(signal?: AbortSignal): Promise<boolean> {
+    return this.inTurn(async () => {
+      // What this node holds goes with each fetch: `mezctl ca status` names nodes behind a rotation;
+      // and the KRL's version, so an unchanged KRL is not sent again.
+      const held = this.heldKrlVersion();
+      this.reportDue = false;
+      const r = await this.call("revocations", (c) =>
+        c.getRevocations({ krlVersion: held, heldCaState: this.config.ca_state ?? "", heldUserCaState: this.userCaState }, signal ? { signal } : {}),
+      );
+      return this.applyRevocations(r, held, signal);
+    });
   }
+
+  /**
+   * Fetch-and-apply and a pushed state's apply run one at a time, in the order they began: a poll
+   * in flight when the stream comes up must not write its older state over the pushed one (the
+   * stream sends again only on a change), nor both see a Host CA renewal due and renew twice.
+   */
+  private inTurn<T>(f: () => Promise<T>): Promise<T> {
+    const p = this.turn.then(f, f);
+    this.turn = p.catch(() => undefined);
+    return p;
+  }
+  private turn: Promise<unknown> = Promise.resolve();
 
   /**
    * Writes a revocation state, fetched or pushed, and renews the host certificate when a Host CA
@@ -314,7 +328,9 @@ export class NodeAgent {
         }
         if (!ev.revocations) continue;
         const userBefore = this.userCaState;
-        await this.applyRevocations(ev.revocations, first ? held : this.heldKrlVersion(), signal);
+        const pushed = ev.revocations;
+        const heldThen = first ? held : this.heldKrlVersion();
+        await this.inTurn(() => this.applyRevocations(pushed, heldThen, signal));
         this.calls.inc({ op: "revocations_pushed", result: "ok" });
         if (first) up();
         first = false;
@@ -381,7 +397,6 @@ export class NodeAgent {
   }
 }
 
-/** Whether a failed Watch means the service will not stream to us for now (then poll longer). */
 /** The file's bytes, or undefined when it is missing or not a plain file we can read (then it is rewritten). */
 function readBinary(path: string): Buffer | undefined {
   try {

@@ -22,20 +22,15 @@ export const hasTemplate = (value: string): boolean => value.includes("{") || va
 /**
  * Checks one templated value as written in a role: every brace belongs to a `{{claims.NAME}}`,
  * and the text around the templates is of the kind the field takes (checked with each template
- * standing for a plain word). Returns the claim names it uses. Throws ERR_BAD_ROLE naming `where`.
+ * standing for a plain word). Throws ERR_BAD_ROLE naming `where`.
  */
-export function checkTemplate(value: string, kind: "login" | "label value", where: string): string[] {
-  const names: string[] = [];
-  const rest = value.replace(TEMPLATE, (_, name: string) => {
-    names.push(name);
-    return "x";
-  });
+export function checkTemplate(value: string, kind: "login" | "label value", where: string): void {
+  const rest = value.replace(TEMPLATE, "x");
   if (rest.includes("{") || rest.includes("}")) {
     throw new MeziteError("ERR_BAD_ROLE", `${where}: "${value}" is not a valid template: write {{claims.NAME}}, e.g. {{claims.environment}}`);
   }
   const pattern = kind === "login" ? LOGIN_PATTERN : LABEL_VALUE_PATTERN;
   if (!pattern.test(rest)) throw new MeziteError("ERR_BAD_ROLE", `${where}: "${value}" cannot make a valid ${kind} whatever the claim holds`);
-  return names;
 }
 
 /** The text with every template replaced by its claim, or undefined when a claim is missing. */

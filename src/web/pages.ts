@@ -22,8 +22,6 @@ import type { Session } from "./sessions.js";
 
 export const PAGE_SIZE = 50;
 
-/** A search prefix or page cursor that could be part of a name: anything else matches nothing. */
-
 function lockBadge(locked: boolean): Html {
   return locked ? html`<span class="badge bad">locked</span>` : html`<span class="badge ok">active</span>`;
 }
