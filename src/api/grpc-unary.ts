@@ -50,6 +50,12 @@ export function unaryGrpc(routes: Map<string, UnaryRoute | StreamRoute>, maxRequ
   };
 }
 
+/**
+ * Frames by message object: a change pushed to every stream is one object (watch.ts), framed once
+ * rather than once per stream (a KRL of 100,000 serials is ~800 KB).
+ */
+const framed = new WeakMap<object, Buffer>();
+
 async function serveStream(route: StreamRoute, maxBytes: number, req: Http2ServerRequest, res: Http2ServerResponse): Promise<void> {
   const abort = new AbortController();
   const gone = () => abort.abort();
@@ -60,7 +66,9 @@ async function serveStream(route: StreamRoute, maxBytes: number, req: Http2Serve
     for await (const message of messages) {
       if (res.stream.destroyed) break;
       if (!res.headersSent) res.writeHead(200, { "content-type": "application/grpc" });
-      res.write(frame(toBinary(route.output, message)));
+      let bytes = framed.get(message);
+      if (!bytes) framed.set(message, (bytes = frame(toBinary(route.output, message))));
+      res.write(bytes);
     }
   } catch (e) {
     trailers = errorTrailers(toConnectError(e));

@@ -27,7 +27,7 @@ import { WatchNodeEventSchema, type GetRevocationsResponse, type WatchNodeEvent 
 import { WatchCaStateEventSchema, type WatchCaStateEvent } from "../api/gen/mezite/v1/renew_pb.js";
 import { MeziteError } from "../lib/errors.js";
 import type { Logger } from "../lib/log.js";
-import { caState } from "./cas.js";
+import { caState, type ClusterCas } from "./cas.js";
 import type { AuthContext, Caller } from "./context.js";
 import type { Revocations } from "./revocations.js";
 import { daemonCaState } from "./rotation.js";
@@ -90,7 +90,12 @@ export class WatchHub {
   private running: Promise<void> | undefined;
   private lastNodeDigest = "";
   private lastCaState = "";
-  private lastRevokedDigest = "";
+  /** The state nodes are sent, one object until the revocation state or the CAs change (nodeState). */
+  private state: { raw: GetRevocationsResponse; cas: ClusterCas; value: GetRevocationsResponse } | undefined;
+  /** The value compare() last looked at: between rebuilds there is nothing to compare. */
+  private compared: GetRevocationsResponse | undefined;
+  /** Each state's event for nodes, with and without its KRL: one message object for every stream, so it is encoded once. */
+  private readonly nodeEvents = new WeakMap<GetRevocationsResponse, { full: WatchNodeEvent; withoutKrl: WatchNodeEvent }>();
   private failing = false;
 
   constructor(
@@ -159,6 +164,9 @@ export class WatchHub {
       }
     }
     const value = await this.nodeState();
+    if (value === this.compared) return;
+    this.compared = value;
+    // A rebuild with the same content (a lock's TTL ran out on nothing) is not pushed.
     const digest = digestOf(value);
     if (digest !== this.lastNodeDigest) {
       this.lastNodeDigest = digest;
@@ -167,27 +175,22 @@ export class WatchHub {
         s.wake?.();
       }
     }
-    // Deleted instances change the KRL or at least the number of tombstones.
-    const revokedDigest = `${value.krlVersion}|${value.lockedIdentityIds.join(",")}|${value.lockedInstanceIds.join(",")}|${this.revocations.revokedInstances().size}`;
-    if (revokedDigest !== this.lastRevokedDigest) {
-      this.lastRevokedDigest = revokedDigest;
-      const revoked = this.revokedSets(value);
-      for (const s of this.daemons) {
-        if (s.revoked || !isRevoked(s, revoked)) continue;
-        s.revoked = true;
-        s.wake?.();
-      }
+    for (const s of this.daemons) {
+      if (s.revoked || !this.isRevoked(s, value)) continue;
+      s.revoked = true;
+      s.wake?.();
     }
   }
 
   private async nodeState(): Promise<GetRevocationsResponse> {
-    return { ...(await this.revocations.get()), userCaState: caState(this.ctx.cas, ["user"]) };
+    const raw = await this.revocations.get();
+    if (this.state?.raw !== raw || this.state.cas !== this.ctx.cas) this.state = { raw, cas: this.ctx.cas, value: { ...raw, userCaState: caState(this.ctx.cas, ["user"]) } };
+    return this.state.value;
   }
 
-  private revokedSets(value: GetRevocationsResponse): { identities: ReadonlySet<string>; instances: ReadonlySet<string> } {
-    const instances = new Set(this.revocations.revokedInstances());
-    for (const id of value.lockedInstanceIds) instances.add(id);
-    return { identities: new Set(value.lockedIdentityIds), instances };
+  /** Its instance deleted (a tombstone), or it or its identity locked. */
+  private isRevoked(s: DaemonSub, value: GetRevocationsResponse): boolean {
+    return value.lockedIdentityIds.includes(s.identityId) || value.lockedInstanceIds.includes(s.instanceId) || this.revocations.revokedInstances().has(s.instanceId);
   }
 
   /** Counts the stream against the caps (or refuses it) and keeps its session open while it lasts. */
@@ -261,7 +264,12 @@ export class WatchHub {
   private nodeEvent(sub: NodeSub, value: GetRevocationsResponse): WatchNodeEvent {
     const held = sub.krlVersion !== "" && sub.krlVersion === value.krlVersion;
     sub.krlVersion = value.krlVersion;
-    return create(WatchNodeEventSchema, { revocations: held ? { ...value, krl: new Uint8Array(0) } : value });
+    let events = this.nodeEvents.get(value);
+    if (!events) {
+      events = { full: create(WatchNodeEventSchema, { revocations: value }), withoutKrl: create(WatchNodeEventSchema, { revocations: { ...value, krl: new Uint8Array(0) } }) };
+      this.nodeEvents.set(value, events);
+    }
+    return held ? events.withoutKrl : events.full;
   }
 
   /** A daemon's stream: the CA state now, then each phase change, and a lock or deletion of its instance. */
@@ -274,7 +282,7 @@ export class WatchHub {
       create(WatchCaStateEventSchema, { ...daemonCaState(this.ctx.cas), revoked });
     return this.run(sub, DAEMON_STREAM_MS * (0.9 + Math.random() * 0.2), signal, this.daemons, async () => {
       // The revocation state as the ticks see it (rebuilt at most once a second).
-      sub.revoked = isRevoked(sub, this.revokedSets(await this.nodeState()));
+      sub.revoked = this.isRevoked(sub, await this.nodeState());
       if (this.lastCaState === "") this.lastCaState = caState(this.ctx.cas);
       return { events: [now(sub.revoked)], last: sub.revoked };
     }, () => {
@@ -319,8 +327,4 @@ export class WatchHub {
       this.release(sub);
     }
   }
-}
-
-function isRevoked(s: DaemonSub, sets: { identities: ReadonlySet<string>; instances: ReadonlySet<string> }): boolean {
-  return sets.identities.has(s.identityId) || sets.instances.has(s.instanceId);
 }
