@@ -15,6 +15,7 @@ import { join } from "node:path";
 import { Code, ConnectError, createContextKey, createContextValues, type ConnectRouter, type HandlerContext, type Interceptor } from "@connectrpc/connect";
 import { connectNodeAdapter } from "@connectrpc/connect-node";
 import { create, type DescMessage, type DescService, type MessageShape } from "@bufbuild/protobuf";
+import { briefPage } from "../api/brief-page.js";
 import { AdminService } from "../api/gen/mezite/v1/admin_pb.js";
 import { AgentService } from "../api/gen/mezite/v1/agent_pb.js";
 import * as adminPb from "../api/gen/mezite/v1/admin_pb.js";
@@ -376,7 +377,8 @@ function routes(ctx: AuthContext, revocations: Revocations, hub: WatchHub, metri
         create(adminPb.AddAgentIdentityResponseSchema, await identities.addAgentIdentity(ctx, by, req.name, req.roles, req.token)),
       ),
       listAgentIdentities: adminStream("ListAgentIdentities", async function* (req: adminPb.ListAgentIdentitiesRequest) {
-        for await (const page of identities.listAgentIdentities(ctx, req)) yield create(adminPb.ListAgentIdentitiesResponseSchema, { identities: page });
+        if (req.brief) for await (const page of identities.listBriefStatuses(ctx, req)) yield briefPage(page);
+        else for await (const page of identities.listAgentIdentities(ctx, req)) yield create(adminPb.ListAgentIdentitiesResponseSchema, { identities: page });
       }),
       getAgentIdentity: admin("GetAgentIdentity", async (req: adminPb.GetAgentIdentityRequest) =>
         create(adminPb.GetAgentIdentityResponseSchema, { identity: await identities.getAgentIdentity(ctx, req.name) }),

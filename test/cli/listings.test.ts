@@ -17,7 +17,8 @@ import { create } from "@bufbuild/protobuf";
 import { TokenVerifierSchema } from "../../src/api/gen/mezite/v1/admin_pb.js";
 import type { AgentIdentityStatus } from "../../src/api/gen/mezite/v1/common_pb.js";
 import { roleToProto } from "../../src/api/roles.js";
-import { addAgentIdentity, getAgentIdentity, listAgentIdentities } from "../../src/auth/admin/identities.js";
+import type { BriefStatus } from "../../src/api/brief-page.js";
+import { addAgentIdentity, getAgentIdentity, listAgentIdentities, listBriefStatuses } from "../../src/auth/admin/identities.js";
 import { createRole as createRoleIn } from "../../src/auth/admin/roles.js";
 import type { AdminCaller } from "../../src/auth/context.js";
 import { keys, type NodeRecord } from "../../src/auth/records.js";
@@ -199,6 +200,13 @@ test("the first page of identities is sent before any pass over every instance o
     for await (const page of pages) listed.push(...page);
     assert.deepEqual(new Set(scans), new Set([keys.instances, keys.tokens]), "the rest came from one pass over each");
     assert.deepEqual(listed, await Promise.all(listed.map((s) => getAgentIdentity(ctx, s.name))));
+    const brief: BriefStatus[] = [];
+    for await (const page of listBriefStatuses(ctx, { pageSize: 3 })) brief.push(...page);
+    assert.deepEqual(
+      brief,
+      listed.map(({ name, roles, locked, state, generation, lastSeen, certExpires }) => ({ name, roles, locked, state, generation, lastSeen, certExpires })),
+      "brief statuses are the whole ones' summaries",
+    );
   } finally {
     await memory.close();
     rmSync(unitDir, { recursive: true, force: true });

@@ -4,6 +4,7 @@
  */
 import { randomUUID } from "node:crypto";
 import { create } from "@bufbuild/protobuf";
+import type { BriefStatus } from "../../api/brief-page.js";
 import type { TokenVerifier } from "../../api/gen/mezite/v1/admin_pb.js";
 import * as pb from "../../api/gen/mezite/v1/common_pb.js";
 import { MeziteError, isMeziteError, notFound } from "../../lib/errors.js";
@@ -53,34 +54,8 @@ export function statusOf(
   /** renew.ts isStale: certificates of a retired User CA key. */
   stale: (i: InstanceRecord) => boolean,
   logins = principalsFor(roles),
-  /** Only what a listing's table shows (ListAgentIdentitiesRequest.brief). */
-  brief = false,
 ): pb.AgentIdentityStatus {
-  const identityLocks = locksOn(locks, { identityName: identity.name, roles: identity.roles, logins });
-  const instanceLocked = (id: string, principals: string[]) => locks.some((l) => (l.kind === "instance" && l.target === id) || (l.kind === "login" && principals.includes(l.target)));
-  // Each instance's own logins: its roles' templates resolved from its join's claims.
-  const templated = hasLoginTemplates(roles);
-  const principalsOf = (i: InstanceRecord) => (templated ? instancePrincipals(roles, i.claims) : logins);
-  const newestToken = tokens.sort((a, b) => b.created - a.created)[0];
-  const tokenState = !newestToken ? "none" : newestToken.used ? "used" : newestToken.expires <= now ? "expired" : "unused";
-  const byRecent = [...instances].sort((a, b) => b.lastSeen - a.lastSeen);
-  const each = byRecent.map((i) => {
-    const principals = principalsOf(i);
-    return { i, principals, locked: identityLocks.length > 0 || instanceLocked(i.id, principals) };
-  });
-  const state =
-    identityLocks.length > 0 || (each.length > 0 && each.every((e) => e.locked)) ? "locked" : each.length > 0 ? "active" : tokenState === "unused" ? "awaiting join" : "no instance";
-  const max = (f: (i: InstanceRecord) => bigint) => instances.reduce((m, i) => (f(i) > m ? f(i) : m), 0n);
-  const summary = {
-    name: identity.name,
-    roles: identity.roles,
-    locked: identityLocks.length > 0,
-    state,
-    generation: max((i) => BigInt(i.generation)),
-    lastSeen: max((i) => BigInt(i.lastSeen)),
-    certExpires: max((i) => BigInt(i.certExpires)),
-  };
-  if (brief) return create(pb.AgentIdentityStatusSchema, summary);
+  const { summary, identityLocks, tokenState, byRecent, each } = summarize(identity, instances, tokens, locks, roles, now, logins);
   return create(pb.AgentIdentityStatusSchema, {
     ...summary,
     id: identity.id,
@@ -109,6 +84,39 @@ export function statusOf(
   });
 }
 
+/** Only what a listing's table shows (ListAgentIdentitiesRequest.brief): statusOf's summary, not a message. */
+export function briefStatusOf(identity: IdentityRecord, instances: InstanceRecord[], tokens: TokenRecord[], locks: LockRecord[], roles: StoredRole[], now: number, logins: string[]): BriefStatus {
+  return summarize(identity, instances, tokens, locks, roles, now, logins).summary;
+}
+
+function summarize(identity: IdentityRecord, instances: InstanceRecord[], tokens: TokenRecord[], locks: LockRecord[], roles: StoredRole[], now: number, logins: string[]) {
+  const identityLocks = locksOn(locks, { identityName: identity.name, roles: identity.roles, logins });
+  const instanceLocked = (id: string, principals: string[]) => locks.some((l) => (l.kind === "instance" && l.target === id) || (l.kind === "login" && principals.includes(l.target)));
+  // Each instance's own logins: its roles' templates resolved from its join's claims.
+  const templated = hasLoginTemplates(roles);
+  const principalsOf = (i: InstanceRecord) => (templated ? instancePrincipals(roles, i.claims) : logins);
+  const newestToken = tokens.sort((a, b) => b.created - a.created)[0];
+  const tokenState = !newestToken ? "none" : newestToken.used ? "used" : newestToken.expires <= now ? "expired" : "unused";
+  const byRecent = [...instances].sort((a, b) => b.lastSeen - a.lastSeen);
+  const each = byRecent.map((i) => {
+    const principals = principalsOf(i);
+    return { i, principals, locked: identityLocks.length > 0 || instanceLocked(i.id, principals) };
+  });
+  const state =
+    identityLocks.length > 0 || (each.length > 0 && each.every((e) => e.locked)) ? "locked" : each.length > 0 ? "active" : tokenState === "unused" ? "awaiting join" : "no instance";
+  const max = (f: (i: InstanceRecord) => bigint) => instances.reduce((m, i) => (f(i) > m ? f(i) : m), 0n);
+  const summary: BriefStatus = {
+    name: identity.name,
+    roles: identity.roles,
+    locked: identityLocks.length > 0,
+    state,
+    generation: max((i) => BigInt(i.generation)),
+    lastSeen: max((i) => BigInt(i.lastSeen)),
+    certExpires: max((i) => BigInt(i.certExpires)),
+  };
+  return { summary, identityLocks, tokenState, byRecent, each };
+}
+
 /** `agent-identities add-token`: another one-time token for an existing identity (a new instance). */
 export async function addIdentityToken(ctx: AuthContext, by: AdminCaller, identityName: string, v: TokenVerifier | undefined): Promise<pb.TokenInfo> {
   const identity = await load<IdentityRecord>(ctx.backend, keys.identity(identityName));
@@ -123,21 +131,33 @@ export async function getAgentIdentity(ctx: AuthContext, name: string): Promise<
   return readStatus(ctx, await statusMaker(ctx), found.value);
 }
 
-type StatusMaker = (id: IdentityRecord, instances: InstanceRecord[], tokens: TokenRecord[]) => pb.AgentIdentityStatus;
+type StatusMaker<S> = (id: IdentityRecord, instances: InstanceRecord[], tokens: TokenRecord[]) => S;
 
 /** statusOf with the cluster's locks and roles read once, for any number of identities. */
-export async function statusMaker(ctx: AuthContext, brief = false): Promise<StatusMaker> {
-  const now = ctx.now();
-  const [locks, roles] = await Promise.all([activeLocks(ctx.backend, now), loadAll<StoredRole>(ctx.backend, keys.roles)]);
-  const roleSet = roleSets(roles.map((r) => r.value));
+export async function statusMaker(ctx: AuthContext): Promise<StatusMaker<pb.AgentIdentityStatus>> {
+  const { now, locks, roleSet } = await clusterState(ctx);
   return (id, instances, tokens) => {
     const set = roleSet(id.roles);
-    return statusOf(id, instances, tokens, locks, set.roles, now, (i) => isStale(ctx, i), set.logins, brief);
+    return statusOf(id, instances, tokens, locks, set.roles, now, (i) => isStale(ctx, i), set.logins);
   };
 }
 
+async function briefStatusMaker(ctx: AuthContext): Promise<StatusMaker<BriefStatus>> {
+  const { now, locks, roleSet } = await clusterState(ctx);
+  return (id, instances, tokens) => {
+    const set = roleSet(id.roles);
+    return briefStatusOf(id, instances, tokens, locks, set.roles, now, set.logins);
+  };
+}
+
+async function clusterState(ctx: AuthContext) {
+  const now = ctx.now();
+  const [locks, roles] = await Promise.all([activeLocks(ctx.backend, now), loadAll<StoredRole>(ctx.backend, keys.roles)]);
+  return { now, locks, roleSet: roleSets(roles.map((r) => r.value)) };
+}
+
 /** One identity's status from its own instances and tokens (two short range reads). */
-export async function readStatus(ctx: AuthContext, status: StatusMaker, id: IdentityRecord): Promise<pb.AgentIdentityStatus> {
+export async function readStatus<S>(ctx: AuthContext, status: StatusMaker<S>, id: IdentityRecord): Promise<S> {
   const [instances, tokens] = await Promise.all([loadAll<InstanceRecord>(ctx.backend, keys.instancesOf(id.id)), tokensOf(ctx, id.id)]);
   return status(id, instances.map((i) => i.value), tokens);
 }
@@ -153,8 +173,16 @@ export interface IdentityListing {
   role?: string;
   /** At most this many, the first in name order; 0 for all. */
   limit?: number;
-  /** Only what a listing's table shows (statusOf's `brief`). */
-  brief?: boolean;
+}
+
+/** Identities' whole statuses in pages in name order (see listStatuses). */
+export async function* listAgentIdentities(ctx: AuthContext, q: IdentityListing = {}): AsyncGenerator<pb.AgentIdentityStatus[]> {
+  yield* listStatuses(ctx, q, await statusMaker(ctx), false);
+}
+
+/** Identities' brief statuses (ListAgentIdentitiesRequest.brief) in pages in name order. */
+export async function* listBriefStatuses(ctx: AuthContext, q: IdentityListing = {}): AsyncGenerator<BriefStatus[]> {
+  yield* listStatuses(ctx, q, await briefStatusMaker(ctx), true);
 }
 
 /**
@@ -164,13 +192,12 @@ export interface IdentityListing {
  * over all instances and one over all tokens, which at 100,000 identities takes about half the
  * time of two reads per identity.
  */
-export async function* listAgentIdentities(ctx: AuthContext, q: IdentityListing = {}): AsyncGenerator<pb.AgentIdentityStatus[]> {
+async function* listStatuses<S>(ctx: AuthContext, q: IdentityListing, status: StatusMaker<S>, brief: boolean): AsyncGenerator<S[]> {
   const size = q.pageSize || PAGE_DEFAULT;
   if (size > PAGE_MAX) throw new MeziteError("ERR_USAGE", `page size ${size} is too large: at most ${PAGE_MAX}`);
   const prefix = q.namePrefix ?? "";
   if (!NAME_PREFIX.test(prefix)) throw new MeziteError("ERR_USAGE", `"${prefix.slice(0, 70)}" cannot begin an agent identity name: use [a-z0-9._-]`);
   const limit = q.limit || Infinity;
-  const status = await statusMaker(ctx, q.brief);
   const chunks = matchingIdentities(ctx, keys.identities + prefix, q.role);
 
   const firstSize = Math.min(size, limit);
@@ -182,10 +209,10 @@ export async function* listAgentIdentities(ctx: AuthContext, q: IdentityListing 
   let sent = first.length;
   if (sent < size || sent >= limit) return;
 
-  const instancesBy = await allInstances(ctx, q.brief ?? false);
+  const instancesBy = await allInstances(ctx, brief);
   // A brief status reads tokens only to tell "awaiting join" from "no instance".
-  const newestToken = q.brief ? undefined : await newestTokens(ctx);
-  let page: pb.AgentIdentityStatus[] = [];
+  const newestToken = brief ? undefined : await newestTokens(ctx);
+  let page: S[] = [];
   const rest = async function* () {
     yield read;
     yield* chunks;
