@@ -5,11 +5,13 @@
  * third of the whole listing. The statuses are written here into one buffer and handed to the
  * response as its field 1 in encoded form ($unknown, which toBinary writes out verbatim): on the
  * wire the same bytes as toBinary(create(...)) (test/api/brief-page.test.ts compares them).
+ * A reply in JSON (the Connect protocol or gRPC-Web with +json) has no place for encoded fields:
+ * it gets the statuses as messages.
  */
 import { create } from "@bufbuild/protobuf";
 import { WireType } from "@bufbuild/protobuf/wire";
 import { ListAgentIdentitiesResponseSchema, type ListAgentIdentitiesResponse } from "./gen/mezite/v1/admin_pb.js";
-import type { AgentIdentityStatus } from "./gen/mezite/v1/common_pb.js";
+import { AgentIdentityStatusSchema, type AgentIdentityStatus } from "./gen/mezite/v1/common_pb.js";
 
 /** What a listing's table shows of an identity: the fields a brief status carries. */
 export type BriefStatus = Pick<AgentIdentityStatus, "name" | "roles" | "locked" | "state" | "generation" | "lastSeen" | "certExpires">;
@@ -25,7 +27,8 @@ const STATE = (15 << 3) | WireType.LengthDelimited;
 /** ListAgentIdentitiesResponse.identities */
 const IDENTITIES = 1;
 
-export function briefPage(statuses: BriefStatus[]): ListAgentIdentitiesResponse {
+export function briefPage(statuses: BriefStatus[], json = false): ListAgentIdentitiesResponse {
+  if (json) return create(ListAgentIdentitiesResponseSchema, { identities: statuses.map((s) => create(AgentIdentityStatusSchema, s)) });
   const sizes = statuses.map(payloadSize);
   const buf = Buffer.allocUnsafe(sizes.reduce((sum, s) => sum + varintSize(s) + s, 0));
   const page = create(ListAgentIdentitiesResponseSchema);
@@ -112,4 +115,9 @@ function bigVarint(buf: Buffer, pos: number, v: bigint): number {
   }
   buf[pos++] = Number(u);
   return pos;
+}
+
+/** A call whose messages are JSON: application/json, application/connect+json, application/grpc+json, application/grpc-web+json. */
+export function isJsonContentType(contentType: string | null): boolean {
+  return /json$/i.test((contentType ?? "").split(";")[0]!.trim());
 }

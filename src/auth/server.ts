@@ -15,7 +15,7 @@ import { join } from "node:path";
 import { Code, ConnectError, createContextKey, createContextValues, type ConnectRouter, type HandlerContext, type Interceptor } from "@connectrpc/connect";
 import { connectNodeAdapter } from "@connectrpc/connect-node";
 import { create, type DescMessage, type DescService, type MessageShape } from "@bufbuild/protobuf";
-import { briefPage } from "../api/brief-page.js";
+import { briefPage, isJsonContentType } from "../api/brief-page.js";
 import { AdminService } from "../api/gen/mezite/v1/admin_pb.js";
 import { AgentService } from "../api/gen/mezite/v1/agent_pb.js";
 import * as adminPb from "../api/gen/mezite/v1/admin_pb.js";
@@ -221,11 +221,11 @@ function routes(ctx: AuthContext, revocations: Revocations, hub: WatchHub, metri
   const unary = <Req, Res>(method: string, fn: (req: Req, caller: Caller) => Promise<Res>) => (req: Req, hc: HandlerContext) =>
     timed(method, SERVICE_CALLER[hc.service.typeName] === "admin", () => fn(req, hc.values.get(callerKey)));
   const admin = <Req, Res>(method: string, fn: (req: Req, by: AdminCaller) => Promise<Res>) => unary(method, (req: Req, caller) => fn(req, adminCaller(caller)));
-  const adminStream = <Req, Res>(method: string, fn: (req: Req) => AsyncIterable<Res>) =>
-    async function* (req: Req): AsyncGenerator<Res> {
+  const adminStream = <Req, Res>(method: string, fn: (req: Req, hc: HandlerContext) => AsyncIterable<Res>) =>
+    async function* (req: Req, hc: HandlerContext): AsyncGenerator<Res> {
       const start = performance.now();
       try {
-        yield* fn(req);
+        yield* fn(req, hc);
         metrics.calls.inc({ method, result: "ok" });
       } catch (e) {
         throw failed(method, e, true);
@@ -376,8 +376,9 @@ function routes(ctx: AuthContext, revocations: Revocations, hub: WatchHub, metri
       addAgentIdentity: admin("AddAgentIdentity", async (req: adminPb.AddAgentIdentityRequest, by) =>
         create(adminPb.AddAgentIdentityResponseSchema, await identities.addAgentIdentity(ctx, by, req.name, req.roles, req.token)),
       ),
-      listAgentIdentities: adminStream("ListAgentIdentities", async function* (req: adminPb.ListAgentIdentitiesRequest) {
-        if (req.brief) for await (const page of identities.listBriefStatuses(ctx, req)) yield briefPage(page);
+      listAgentIdentities: adminStream("ListAgentIdentities", async function* (req: adminPb.ListAgentIdentitiesRequest, hc) {
+        const json = isJsonContentType(hc.requestHeader.get("content-type"));
+        if (req.brief) for await (const page of identities.listBriefStatuses(ctx, req)) yield briefPage(page, json);
         else for await (const page of identities.listAgentIdentities(ctx, req)) yield create(adminPb.ListAgentIdentitiesResponseSchema, { identities: page });
       }),
       getAgentIdentity: admin("GetAgentIdentity", async (req: adminPb.GetAgentIdentityRequest) =>

@@ -14,7 +14,10 @@ import { after, before, test } from "node:test";
 import Database from "better-sqlite3";
 import { parse as parseYaml } from "yaml";
 import { create } from "@bufbuild/protobuf";
-import { TokenVerifierSchema } from "../../src/api/gen/mezite/v1/admin_pb.js";
+import { createClient, type Client } from "@connectrpc/connect";
+import { createConnectTransport, createGrpcWebTransport } from "@connectrpc/connect-node";
+import { readAdminIdentity } from "../../src/api/admin-identity.js";
+import { AdminService, TokenVerifierSchema } from "../../src/api/gen/mezite/v1/admin_pb.js";
 import type { AgentIdentityStatus } from "../../src/api/gen/mezite/v1/common_pb.js";
 import { roleToProto } from "../../src/api/roles.js";
 import type { BriefStatus } from "../../src/api/brief-page.js";
@@ -102,6 +105,27 @@ test("agent-identities ls: every identity once in name order, the table's status
   const status = new Map(docs.map((d) => [d.name, d.status]));
   assert.deepEqual([svc(0), svc(1), svc(507), svc(508)].map((n) => status.get(n)), ["awaiting join", "active", "active", "locked"]);
   assert.equal(docs.find((d) => d.name === svc(507))!.instances.length, 1, "documents keep the instances");
+});
+
+test("brief statuses reach every protocol the admin API speaks: gRPC, Connect in binary, and Connect and gRPC-Web in JSON", async () => {
+  const id = readAdminIdentity(auth.identityPath);
+  const options = { baseUrl: `https://${auth.addr}`, nodeOptions: { cert: id.cert_pem, key: id.key_pem, ca: id.ca_pem } };
+  const list = async (client: Client<typeof AdminService>) => {
+    const all: AgentIdentityStatus[] = [];
+    for await (const page of client.listAgentIdentities({ brief: true, namePrefix: "svc-05" })) all.push(...page.identities);
+    return all.map(({ name, roles, locked, state, generation, lastSeen, certExpires }) => ({ name, roles, locked, state, generation, lastSeen, certExpires }));
+  };
+  const viaGrpc = await list(adminApi(auth));
+  assert.deepEqual(viaGrpc.map((s) => s.name), Array.from({ length: 20 }, (_, i) => svc(500 + i)));
+  assert.equal(viaGrpc.find((s) => s.name === svc(508))?.state, "locked");
+  assert.ok(viaGrpc.find((s) => s.name === svc(507))!.generation > 0n);
+  for (const transport of [
+    createConnectTransport({ ...options, httpVersion: "2", useBinaryFormat: true }),
+    createConnectTransport({ ...options, httpVersion: "2", useBinaryFormat: false }),
+    createGrpcWebTransport({ ...options, httpVersion: "2", useBinaryFormat: false }),
+  ]) {
+    assert.deepEqual(await list(createClient(AdminService, transport)), viaGrpc);
+  }
 });
 
 test("agent-identities ls filters on the service: --prefix, --role and --limit, alone and together", async () => {
