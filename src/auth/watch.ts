@@ -319,6 +319,9 @@ export class WatchHub {
       signal.removeEventListener("abort", onAbort);
       set.delete(sub);
       this.release(sub);
+      // With nobody listening nothing is compared: the next stream's first state is the one to compare with.
+      if (this.nodes.size === 0) this.lastNodeDigest = "";
+      if (this.daemons.size === 0) this.lastCaState = "";
     }
   }
 }
