@@ -22,7 +22,7 @@ import { create, toBinary } from "@bufbuild/protobuf";
 import { connectNodeAdapter } from "@connectrpc/connect-node";
 import { RenewResponseSchema, RenewService } from "../../src/api/gen/mezite/v1/renew_pb.js";
 import { openCaStore } from "../../src/auth/cas.js";
-import { issueAgentCertificates } from "../../src/auth/issue.js";
+import { instanceAccess, issueAgentCertificates } from "../../src/auth/issue.js";
 import { MemoryBackend } from "../../src/backend/memory.js";
 import { generateP256, issueClientCertificate, issueServerCertificate, p256PointFromDer, privateKeyToPem, publicKeyToDer } from "../../src/ca/x509.js";
 import { parseRoleYaml } from "../../src/rbac/role.js";
@@ -83,7 +83,7 @@ const identity = { id: randomUUID(), name: "bench-identity", roles: ["ci-deploye
 const point = () => p256PointFromDer(publicKeyToDer(generateP256().publicKey));
 const pub = { ssh: generateKeyPairSync("ed25519").publicKey, x509: point(), renewal: point() };
 const issueOnce = () =>
-  issueAgentCertificates({ cas, clusterName: "bench.mezite", identity, roles, instanceId: randomUUID(), generation: 8n, keys: pub, requestedTtlMs: 3_600_000, now: Date.now(), revokedHostKeys: [] });
+  issueAgentCertificates({ cas, clusterName: "bench.mezite", identity, access: instanceAccess(roles, undefined), instanceId: randomUUID(), generation: 8n, keys: pub, requestedTtlMs: 3_600_000, now: Date.now(), revokedHostKeys: [] });
 const reply = create(RenewResponseSchema, { certificates: (await issueOnce()).certs });
 
 type Kind = "tls+tickets" | "tls" | "h2" | "grpc";

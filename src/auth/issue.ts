@@ -40,22 +40,27 @@ export function roleRulesExtension(roles: RoleAccess[]): string {
 /** A role as issuance reads it: rules (templates unresolved) and certificate options. */
 export type IssueRole = RoleAccess & { options?: RoleOptions | undefined };
 
-/**
- * The principals an instance's certificates name: its roles' templates resolved from its join's
- * claims, minus denied logins (empty when nothing is left).
- */
-export function instancePrincipals(roles: RoleAccess[], claims: JoinClaims | undefined): string[] {
-  return principalsFor(resolveRoles(roles, claims));
+/** An instance's roles as its certificates carry them, resolved once per join or renewal (instanceAccess). */
+export interface InstanceAccess {
+  /** As stored, templates unresolved: what tells why no login is left. */
+  stored: IssueRole[];
+  /** Their templates resolved from the instance's join's claims: nodes never see a template. */
+  roles: IssueRole[];
+  /** The logins its certificates name: the resolved allowed logins minus denied ones (empty when nothing is left). */
+  principals: string[];
+}
+
+export function instanceAccess(roles: IssueRole[], claims: JoinClaims | undefined): InstanceAccess {
+  const resolved = resolveRoles(roles, claims);
+  return { stored: roles, roles: resolved, principals: principalsFor(resolved) };
 }
 
 export interface IssueInput {
   cas: ClusterCas;
   clusterName: string;
   identity: IdentityRecord;
-  /** As stored: templates are resolved here, from `claims`. */
-  roles: IssueRole[];
-  /** What the instance's join recorded (ID-token joins); none for a bootstrap-token join. */
-  claims?: JoinClaims | undefined;
+  /** Its roles, resolved from what its join recorded (the claims of an ID-token join). */
+  access: InstanceAccess;
   instanceId: string;
   generation: bigint;
   keys: PublicKeys;
@@ -75,19 +80,18 @@ export interface Issued {
 }
 
 export async function issueAgentCertificates(i: IssueInput): Promise<Issued> {
-  // The rules the certificate carries are the resolved ones: nodes never see a template.
-  const roles = resolveRoles(i.roles, i.claims);
-  if (principalsFor(roles).length === 0 && hasLoginTemplates(i.roles)) {
+  const { roles } = i.access;
+  if (i.access.principals.length === 0 && hasLoginTemplates(i.access.stored)) {
     const names = roles.map((r) => r.role).join(", ");
     throw new MeziteError("ERR_NO_LOGINS", `roles [${names}] allow this instance no SSH login: its join's claims leave no valid login in the {{claims.*}} templates (a claim missing, not a valid login name, or denied)`);
   }
   const principals = requirePrincipals(roles);
-  const options = certificateOptions(i.roles);
-  const ttl = sessionTtlMs(i.roles, i.requestedTtlMs);
+  const options = certificateOptions(roles);
+  const ttl = sessionTtlMs(roles, i.requestedTtlMs);
   const notBefore = i.now - BACKDATE_MS;
   const notAfter = i.now + ttl;
   const serial = randomSerial();
-  const roleNames = i.roles.map((r) => r.role);
+  const roleNames = roles.map((r) => r.role);
   const sshBlob = signSshCertificate(
     {
       type: "user",

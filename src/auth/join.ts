@@ -15,7 +15,7 @@ import { MeziteError, isMeziteError } from "../lib/errors.js";
 import { NAME_PATTERN } from "../rbac/names.js";
 import type { AuthContext, Caller } from "./context.js";
 import { UnverifiedIdToken, verifyIdToken } from "./id-tokens.js";
-import { instancePrincipals, issueAgentCertificates, type Issued, type PublicKeys } from "./issue.js";
+import { instanceAccess, issueAgentCertificates, type Issued, type PublicKeys } from "./issue.js";
 import { certSummary } from "./certs.js";
 import { RECORDED_CLAIMS, claimText, matchingRule, type JoinTokenRecord } from "./join-methods.js";
 import { activeLocks, lockAuditDetail, refuseIfLocked } from "./locks.js";
@@ -66,7 +66,8 @@ async function joinInstance(ctx: AuthContext, j: InstanceJoin): Promise<Issued> 
   j.audit.roles = identity.value.roles;
   const roles = await loadRoles(ctx.backend, identity.value.roles);
   const now = ctx.now();
-  const subject = { identityName: j.identityName, roles: identity.value.roles, logins: instancePrincipals(roles, j.extra.claims) };
+  const access = instanceAccess(roles, j.extra.claims);
+  const subject = { identityName: j.identityName, roles: identity.value.roles, logins: access.principals };
   refuseIfLocked(await activeLocks(ctx.backend, now), subject);
 
   const instanceId = randomUUID();
@@ -74,8 +75,7 @@ async function joinInstance(ctx: AuthContext, j: InstanceJoin): Promise<Issued> 
     cas: ctx.cas,
     clusterName: ctx.clusterName,
     identity: identity.value,
-    roles,
-    claims: j.extra.claims,
+    access,
     instanceId,
     generation: 1n,
     keys: j.keys,

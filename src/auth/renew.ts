@@ -10,7 +10,7 @@ import { IssuedCertificatesSchema, type IssuedCertificates } from "../api/gen/me
 import { RenewResponseSchema, type RenewRequest, type RenewResponse } from "../api/gen/mezite/v1/renew_pb.js";
 import { MeziteError, isMeziteError } from "../lib/errors.js";
 import type { AuthContext, Caller } from "./context.js";
-import { instancePrincipals, issueAgentCertificates, keysHash } from "./issue.js";
+import { instanceAccess, issueAgentCertificates, keysHash } from "./issue.js";
 import { certSummary } from "./certs.js";
 import { activeLocks, createLock, lockAuditDetail, refuseIfLocked } from "./locks.js";
 import { encode, instanceExpiry, keys, load, type IdentityRecord, type InstanceRecord } from "./records.js";
@@ -73,7 +73,8 @@ export async function renewAgent(ctx: AuthContext, req: RenewRequest, caller: Ca
           `generation mismatch for agent identity "${name}" instance ${inst.id}: its credentials are in use elsewhere; the instance is now locked`,
         );
       }
-      const subject = { identityName: name, instanceId: inst.id, roles: roleNames, logins: instancePrincipals(roles, inst.claims) };
+      const access = instanceAccess(roles, inst.claims);
+      const subject = { identityName: name, instanceId: inst.id, roles: roleNames, logins: access.principals };
       refuseIfLocked(locks, subject);
       if (retry) return create(RenewResponseSchema, { certificates: await storedReply(ctx, inst.serial) });
 
@@ -82,8 +83,7 @@ export async function renewAgent(ctx: AuthContext, req: RenewRequest, caller: Ca
         cas: ctx.cas,
         clusterName: ctx.clusterName,
         identity: identity.value,
-        roles,
-        claims: inst.claims,
+        access,
         instanceId: inst.id,
         generation,
         keys: pub,

@@ -8,6 +8,7 @@ import { randomBytes } from "node:crypto";
 import { formatDuration } from "../lib/duration.js";
 import { MeziteError, isMeziteError } from "../lib/errors.js";
 import type { Logger } from "../lib/log.js";
+import { PeriodicCheck } from "../lib/periodic-check.js";
 import { caPin } from "../ca/x509.js";
 import { caName } from "../lib/ca-name.js";
 import { CA_KINDS, caState, caStatesOf, createCaKeys, type CaKind, type CaStore, type CertAuthority, type ClusterCas, type Phase, type StoredCa, type StoredKeys } from "./cas.js";
@@ -279,11 +280,8 @@ export async function caStatus(ctx: AuthContext): Promise<CaStatus[]> {
  * once per second, for a caller that met a certificate of a key it does not know yet.
  */
 export class CaWatcher {
-  private timer: NodeJS.Timeout | undefined;
-  private running: Promise<void> | undefined;
+  private readonly checks: PeriodicCheck;
   private lastRun = 0;
-  /** Logged once when checks start failing (a backend outage) and once when they work again, not every second. */
-  private failing = false;
   /** ctx.cas changed but onChange has not yet succeeded for it. */
   private unapplied = false;
 
@@ -291,42 +289,29 @@ export class CaWatcher {
     private readonly ctx: AuthContext,
     private readonly onChange: (cas: ClusterCas) => Promise<void>,
     private readonly log: Logger,
-    private readonly intervalMs = 1_000,
-  ) {}
+    intervalMs = 1_000,
+  ) {
+    this.checks = new PeriodicCheck({
+      check: () => this.check().finally(() => (this.lastRun = Date.now())),
+      intervalMs,
+      log,
+      failed: "could not check the CAs for a rotation; retrying every second",
+      recovered: "checking the CAs for a rotation works again",
+    });
+  }
 
   start(): void {
-    this.timer = setInterval(() => void this.tick(), this.intervalMs);
-    this.timer.unref();
+    this.checks.start();
   }
 
   stop(): void {
-    clearInterval(this.timer);
+    this.checks.stop();
   }
 
-  /** `now`: at once, for a change this service made itself. */
+  /** `now`: at once (or right after the check under way), for a change this service made itself. */
   async refresh(now = false): Promise<void> {
-    if (!now && Date.now() - this.lastRun < 1_000) return this.running;
-    await this.running;
-    return this.tick();
-  }
-
-  private tick(): Promise<void> {
-    this.running ??= this.check()
-      .then(
-        () => {
-          if (this.failing) this.log.info("checking the CAs for a rotation works again");
-          this.failing = false;
-        },
-        (e: unknown) => {
-          if (!this.failing) this.log.error("could not check the CAs for a rotation; retrying every second", { error: (e as Error).message });
-          this.failing = true;
-        },
-      )
-      .finally(() => {
-        this.lastRun = Date.now();
-        this.running = undefined;
-      });
-    return this.running;
+    if (!now && Date.now() - this.lastRun < 1_000) return this.checks.running;
+    return this.checks.run();
   }
 
   private async check(): Promise<void> {

@@ -27,6 +27,7 @@ import { WatchNodeEventSchema, type GetRevocationsResponse, type WatchNodeEvent 
 import { WatchCaStateEventSchema, type WatchCaStateEvent } from "../api/gen/mezite/v1/renew_pb.js";
 import { MeziteError } from "../lib/errors.js";
 import type { Logger } from "../lib/log.js";
+import { PeriodicCheck } from "../lib/periodic-check.js";
 import { caState, type ClusterCas } from "./cas.js";
 import type { AuthContext, Caller } from "./context.js";
 import type { Revocations } from "./revocations.js";
@@ -86,8 +87,7 @@ export class WatchHub {
   private readonly perSource = new Map<string, number>();
   /** Sessions holding watch streams: their idle timeout is off while they do. */
   private readonly held = new Map<ServerHttp2Session, number>();
-  private timer: NodeJS.Timeout | undefined;
-  private running: Promise<void> | undefined;
+  private readonly checks: PeriodicCheck;
   private lastNodeDigest = "";
   private lastCaState = "";
   /** The state nodes are sent, one object until the revocation state or the CAs change (nodeState). */
@@ -96,16 +96,23 @@ export class WatchHub {
   private compared: GetRevocationsResponse | undefined;
   /** Each state's event for nodes, with and without its KRL: one message object for every stream, so it is encoded once. */
   private readonly nodeEvents = new WeakMap<GetRevocationsResponse, { full: WatchNodeEvent; withoutKrl: WatchNodeEvent }>();
-  private failing = false;
 
   constructor(
     private readonly ctx: AuthContext,
     private readonly revocations: Revocations,
-    private readonly log: Logger,
+    log: Logger,
     private readonly limits: WatchLimits = DEFAULT_WATCH_LIMITS,
     /** The idle timeout sessions get back once their last watch stream ends. */
     private readonly sessionTimeoutMs = 0,
-  ) {}
+  ) {
+    this.checks = new PeriodicCheck({
+      check: () => this.compare(),
+      intervalMs: CHECK_INTERVAL_MS,
+      log,
+      failed: "watch streams: could not read the revocation state; retrying every second",
+      recovered: "watch streams: reading the revocation state works again",
+    });
+  }
 
   /** Streams open now: nodes and daemons. */
   get size(): { nodes: number; daemons: number } {
@@ -113,12 +120,11 @@ export class WatchHub {
   }
 
   start(): void {
-    this.timer = setInterval(() => void this.check(), CHECK_INTERVAL_MS);
-    this.timer.unref();
+    this.checks.start();
   }
 
   stop(): void {
-    clearInterval(this.timer);
+    this.checks.stop();
     for (const s of [...this.nodes, ...this.daemons]) this.end(s);
   }
 
@@ -136,25 +142,13 @@ export class WatchHub {
     }
   }
 
-  /** Runs the comparison once (at most one at a time); failures are logged once, then retried every tick. */
+  /** Runs the comparison now, or right after the one under way; failures are logged once, then retried every tick. */
   check(): Promise<void> {
-    if (this.nodes.size + this.daemons.size === 0) return Promise.resolve();
-    this.running ??= this.compare()
-      .then(
-        () => {
-          if (this.failing) this.log.info("watch streams: reading the revocation state works again");
-          this.failing = false;
-        },
-        (e: unknown) => {
-          if (!this.failing) this.log.error("watch streams: could not read the revocation state; retrying every second", { error: (e as Error).message });
-          this.failing = true;
-        },
-      )
-      .finally(() => (this.running = undefined));
-    return this.running;
+    return this.checks.run();
   }
 
   private async compare(): Promise<void> {
+    if (this.nodes.size + this.daemons.size === 0) return; // nobody to tell: no backend read
     const pending = daemonCaState(this.ctx.cas);
     if (pending.caState !== this.lastCaState) {
       this.lastCaState = pending.caState;
@@ -325,6 +319,9 @@ export class WatchHub {
       signal.removeEventListener("abort", onAbort);
       set.delete(sub);
       this.release(sub);
+      // With nobody listening nothing is compared: the next stream's first state is the one to compare with.
+      if (this.nodes.size === 0) this.lastNodeDigest = "";
+      if (this.daemons.size === 0) this.lastCaState = "";
     }
   }
 }

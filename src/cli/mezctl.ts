@@ -1,7 +1,6 @@
 /** mezctl: the admin CLI (SPEC §3). Talks to the auth service's admin API over mTLS. */
 import { installLightHeaders } from "../lib/headers.js";
 import { Command, Option } from "commander";
-import { createHash, randomBytes } from "node:crypto";
 import { readFileSync } from "node:fs";
 import { create } from "@bufbuild/protobuf";
 import type { Client } from "@connectrpc/connect";
@@ -14,6 +13,7 @@ import { deriveTokenSecrets, generateToken } from "../ca/jointoken.js";
 import { ed25519RawPublic } from "../ca/sshkey.js";
 import { formatDuration, parseDuration } from "../lib/duration.js";
 import { MeziteError } from "../lib/errors.js";
+import { newSecret, secretDigest } from "../lib/dashboard-secret.js";
 import { roleFromDocument, roleToDocument } from "../rbac/role.js";
 import { isKind, parseYamlText } from "../lib/yaml-text.js";
 import { escapeText } from "../lib/escape.js";
@@ -257,9 +257,9 @@ program
   .description("print a one-time sign-in link for the web dashboard (works once, within 5 minutes)")
   .action(async () => {
     // The secret is made here and only its hash is sent: the service never holds a usable link.
-    const secret = randomBytes(32).toString("base64url");
+    const secret = newSecret();
     const a = admin();
-    const res = await call(a, (c) => c.createDashboardSignIn({ secretHash: createHash("sha256").update(Buffer.from(secret, "base64url")).digest() }));
+    const res = await call(a, (c) => c.createDashboardSignIn({ secretHash: secretDigest(secret)! }));
     const url = `${res.webUrl}/signin/${secret}`;
     const expires = new Date(Number(res.expires)).toISOString();
     out(a, { url, expires }, () => `${url}\n\nOpen it in a browser: it signs in once, until ${expires}, for a 12-hour session.\n`);

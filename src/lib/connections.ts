@@ -5,6 +5,7 @@
  * allocation); an IPv4-mapped address counts as the IPv4 address.
  */
 import { isIPv4, isIPv6, type Server, type Socket } from "node:net";
+import { ipv6Groups } from "./address.js";
 
 /** What a connection's remote address counts as. */
 export function sourceOf(remoteAddress: string | undefined): string {
@@ -12,17 +13,7 @@ export function sourceOf(remoteAddress: string | undefined): string {
   const mapped = /^::ffff:(\d+\.\d+\.\d+\.\d+)$/i.exec(remoteAddress);
   if (mapped) return mapped[1]!;
   if (isIPv4(remoteAddress) || !isIPv6(remoteAddress)) return remoteAddress;
-  return `${expandIPv6(remoteAddress).slice(0, 4).join(":")}::/64`;
-}
-
-/** The eight 16-bit groups of an IPv6 address, as hex without leading zeros. */
-function expandIPv6(addr: string): string[] {
-  const [head, tail] = addr.split("%")[0]!.split("::") as [string, string | undefined];
-  const groups = (s: string) => (s === "" ? [] : s.split(":"));
-  const h = groups(head);
-  const t = tail === undefined ? [] : groups(tail);
-  const all = tail === undefined ? h : [...h, ...Array<string>(8 - h.length - t.length).fill("0"), ...t];
-  return all.map((g) => parseInt(g, 16).toString(16));
+  return `${ipv6Groups(remoteAddress).slice(0, 4).map((g) => g.toString(16)).join(":")}::/64`;
 }
 
 /**

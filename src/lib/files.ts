@@ -44,23 +44,14 @@ export interface FileWrite {
  */
 export function writeFilesAtomic(files: FileWrite[]): void {
   for (const f of files) assertNotSymlink(f.path);
-  const staged: Staged[] = [];
+  const temps: TempFile[] = [];
   try {
-    for (const f of files) staged.push({ tmp: stage(f.path, f.data, f.mode ?? 0o600), path: f.path });
+    for (const f of files) temps.push(stage(f.path, f.data, f.mode ?? 0o600));
   } catch (e) {
-    discard(staged);
+    discard(temps);
     throw e;
   }
-  commit(files, staged);
-}
-
-/**
- * writeFilesAtomic with the files synced side by side on libuv's threads: the filesystem's journal
- * then commits their fsyncs together instead of one after another (8 files: about half the time
- * on ext4). The same guarantees, the renames still back to back, in order.
- */
-export async function writeFilesAtomicAsync(files: FileWrite[]): Promise<void> {
-  (await stageFilesAsync(files)).commit();
+  commit(files, temps);
 }
 
 /** Files written beside their targets and synced, not yet in place. */
@@ -72,52 +63,68 @@ export interface StagedFiles {
 }
 
 /**
- * The first half of writeFilesAtomicAsync. Every file is written to its temp name before the
- * promise is returned (small files: at once, on this thread); their fsyncs then run side by side
- * on libuv's threads, so the caller may meanwhile sync and commit another file (whose fsync then
- * joins theirs in the journal's commit) before it puts these in place. Resolves once every one is
- * synced; when any write or sync fails, it rejects with that file's error and leaves no temp file.
+ * writeFilesAtomic in two halves, with the files synced side by side on libuv's threads: the
+ * filesystem's journal then commits their fsyncs together instead of one after another (8 files:
+ * about half the time on ext4). Every file is written to its temp name before the promise is
+ * returned (small files: at once, on this thread); their fsyncs then run side by side, so the
+ * caller may meanwhile sync and commit another file (whose fsync then joins theirs in the
+ * journal's commit) before it puts these in place. Resolves once every one is synced; when any
+ * write or sync fails, it rejects with that file's error and leaves no temp file. The same
+ * guarantees as writeFilesAtomic once committed: the renames back to back, in order.
  */
 export async function stageFilesAsync(files: FileWrite[]): Promise<StagedFiles> {
   for (const f of files) assertNotSymlink(f.path);
-  const written: Written[] = [];
+  const temps: TempFile[] = [];
   try {
-    for (const f of files) written.push(writeTemp(f.path, f.data, f.mode ?? 0o600));
+    for (const f of files) temps.push(writeTemp(f.path, f.data, f.mode ?? 0o600));
   } catch (e) {
-    discardWritten(written);
+    discard(temps);
     throw e;
   }
-  const synced = await Promise.allSettled(written.map((w) => new Promise<void>((res, rej) => fsync(w.fd, (e) => (e ? rej(e) : res())))));
+  const synced = await Promise.allSettled(temps.map((t) => new Promise<void>((res, rej) => fsync(t.fd, (e) => (e ? rej(e) : res())))));
   const failed = synced.findIndex((r) => r.status === "rejected");
   if (failed >= 0) {
-    discardWritten(written);
-    throw storageError(written[failed]!.path, (synced[failed] as PromiseRejectedResult).reason);
+    discard(temps);
+    throw storageError(temps[failed]!.path, (synced[failed] as PromiseRejectedResult).reason);
   }
   let current = "";
   try {
-    for (const w of written) {
-      current = w.path;
-      closeSync(w.fd);
-      w.fd = -1;
+    for (const t of temps) {
+      current = t.path;
+      closeSync(t.fd);
+      t.fd = -1;
     }
   } catch (e) {
-    discardWritten(written);
+    discard(temps);
     throw storageError(current, e);
   }
-  const staged: Staged[] = written.map((w) => ({ tmp: w.tmp, path: w.path }));
-  return { commit: () => commit(files, staged), discard: () => discard(staged) };
+  return { commit: () => commit(files, temps), discard: () => discard(temps) };
 }
 
-interface Staged {
+/**
+ * A temp file beside its target `path`: open (`fd`) while it is written and synced, closed
+ * (`fd` -1) once staged, renamed over `path` at commit (`tmp` "").
+ */
+interface TempFile {
   tmp: string;
+  fd: number;
   path: string;
 }
 
-function discard(staged: Staged[]): void {
-  for (const s of staged) {
-    if (s.tmp === "") continue;
+/** Closes what is still open and removes the temp files not yet renamed. */
+function discard(temps: TempFile[]): void {
+  for (const t of temps) {
+    if (t.fd !== -1) {
+      try {
+        closeSync(t.fd);
+      } catch {
+        /* closed */
+      }
+      t.fd = -1;
+    }
+    if (t.tmp === "") continue;
     try {
-      unlinkSync(s.tmp);
+      unlinkSync(t.tmp);
     } catch {
       /* already gone */
     }
@@ -125,16 +132,16 @@ function discard(staged: Staged[]): void {
 }
 
 /** Renames every staged file over its target, in order, then syncs their directories. */
-function commit(files: FileWrite[], staged: Staged[]): void {
+function commit(files: FileWrite[], temps: TempFile[]): void {
   let current = files[0]?.path ?? "";
   try {
-    for (const s of staged) {
-      current = s.path;
-      renameSync(s.tmp, s.path);
-      s.tmp = "";
+    for (const t of temps) {
+      current = t.path;
+      renameSync(t.tmp, t.path);
+      t.tmp = "";
     }
   } catch (e) {
-    discard(staged);
+    discard(temps);
     throw storageError(current, e);
   }
   for (const dir of new Set(files.map((f) => dirname(f.path)))) fsyncDir(dir);
@@ -153,15 +160,8 @@ function tempName(path: string): string {
 // O_EXCL|O_NOFOLLOW: never write through a link an attacker planted at the temp name.
 const TEMP_FLAGS = constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL | constants.O_NOFOLLOW;
 
-/** A temp file beside `path` with its data written, not yet synced; its descriptor still open. */
-interface Written {
-  tmp: string;
-  fd: number;
-  path: string;
-}
-
-/** Writes `data` to a fresh temp file beside `path`, with `mode` set before any byte lands. */
-function writeTemp(path: string, data: string | Uint8Array, mode: number): Written {
+/** Writes `data` to a fresh temp file beside `path`, with `mode` set before any byte lands; not yet synced, still open. */
+function writeTemp(path: string, data: string | Uint8Array, mode: number): TempFile {
   const tmp = tempName(path);
   let fd: number | undefined;
   try {
@@ -174,40 +174,21 @@ function writeTemp(path: string, data: string | Uint8Array, mode: number): Writt
     while (off < buf.length) off += writeSync(fd, buf, off, buf.length - off);
     return { tmp, fd, path };
   } catch (e) {
-    discardWritten([{ tmp, fd: fd ?? -1, path }]);
+    discard([{ tmp, fd: fd ?? -1, path }]);
     throw storageError(path, e);
   }
 }
 
-/** Closes what is still open and removes the temp files. */
-function discardWritten(written: Written[]): void {
-  for (const w of written) {
-    if (w.fd !== -1) {
-      try {
-        closeSync(w.fd);
-      } catch {
-        /* closed */
-      }
-      w.fd = -1;
-    }
-    try {
-      unlinkSync(w.tmp);
-    } catch {
-      /* already gone */
-    }
-  }
-}
-
-/** Writes and syncs `data` to a fresh temp file beside `path` (writeTemp); returns its name. */
-function stage(path: string, data: string | Uint8Array, mode: number): string {
-  const w = writeTemp(path, data, mode);
+/** Writes and syncs `data` to a fresh temp file beside `path` (writeTemp), and closes it. */
+function stage(path: string, data: string | Uint8Array, mode: number): TempFile {
+  const t = writeTemp(path, data, mode);
   try {
-    fsyncSync(w.fd);
-    closeSync(w.fd);
-    w.fd = -1;
-    return w.tmp;
+    fsyncSync(t.fd);
+    closeSync(t.fd);
+    t.fd = -1;
+    return t;
   } catch (e) {
-    discardWritten([w]);
+    discard([t]);
     throw storageError(path, e);
   }
 }

@@ -14,6 +14,7 @@
  *   lists); an empty intersection is refused at issue, as no address could use the certificate.
  */
 import { isIP } from "node:net";
+import { ipv6Groups } from "../lib/address.js";
 import { MeziteError } from "../lib/errors.js";
 
 export interface RoleOptions {
@@ -52,18 +53,7 @@ function ipv4ToBigInt(s: string): bigint {
 }
 
 function ipv6ToBigInt(s: string): bigint {
-  let text = s;
-  const v4 = /^(.*:)(\d+\.\d+\.\d+\.\d+)$/.exec(text);
-  if (v4) {
-    const n = ipv4ToBigInt(v4[2]!);
-    text = `${v4[1]!}${(n >> 16n).toString(16)}:${(n & 0xffffn).toString(16)}`;
-  }
-  const [head = "", tail] = text.split("::");
-  const groups = (p: string) => (p === "" ? [] : p.split(":").map((g) => BigInt(parseInt(g, 16))));
-  const h = groups(head);
-  const t = tail === undefined ? [] : groups(tail);
-  const parts = tail === undefined ? h : [...h, ...Array<bigint>(8 - h.length - t.length).fill(0n), ...t];
-  return parts.reduce((acc, g) => (acc << 16n) | g, 0n);
+  return ipv6Groups(s).reduce((acc, g) => (acc << 16n) | BigInt(g), 0n);
 }
 
 /**

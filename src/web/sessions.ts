@@ -6,7 +6,8 @@
  * `mezctl admin revoke-certs` (a leaked admin.identity) also ends every link and session made
  * before it: they were opened with an admin certificate.
  */
-import { createHash, randomBytes, timingSafeEqual } from "node:crypto";
+import { timingSafeEqual } from "node:crypto";
+import { newSecret, secretDigest } from "../lib/dashboard-secret.js";
 import { MeziteError } from "../lib/errors.js";
 import type { AdminCaller, AuthContext } from "../auth/context.js";
 import { revokedBefore } from "../auth/admin-cert.js";
@@ -34,18 +35,8 @@ export interface Session {
   csrf: string;
 }
 
-const sha256Hex = (b: Uint8Array | string): string => createHash("sha256").update(b).digest("hex");
-
-/** A secret as it travels in a link or cookie: 32 random bytes, base64url. */
-export function newSecret(): string {
-  return randomBytes(32).toString("base64url");
-}
-
-/** What the service stores of a secret: its SHA-256 (of the 32 decoded bytes), hex. */
-export function secretHash(secret: string): string | undefined {
-  if (!/^[A-Za-z0-9_-]{43}$/.test(secret)) return undefined;
-  return sha256Hex(Buffer.from(secret, "base64url"));
-}
+/** What the service stores of a secret (lib/dashboard-secret.ts): its SHA-256, hex. */
+const secretHash = (secret: string): string | undefined => secretDigest(secret)?.toString("hex");
 
 /** The admin API's half: stores a link's hash (mezctl made the secret) for SIGN_IN_TTL_MS. */
 export async function createSignIn(ctx: AuthContext, by: AdminCaller, hash: Uint8Array): Promise<number> {

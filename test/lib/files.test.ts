@@ -4,7 +4,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, test } from "node:test";
 import { isMeziteError } from "../../src/lib/errors.js";
-import { writeFileAtomic, writeFilesAtomic, writeFilesAtomicAsync } from "../../src/lib/files.js";
+import { stageFilesAsync, writeFileAtomic, writeFilesAtomic, type FileWrite } from "../../src/lib/files.js";
 
 const tmp = mkdtempSync(join(tmpdir(), "mezite-files-"));
 after(() => rmSync(tmp, { recursive: true, force: true }));
@@ -50,12 +50,13 @@ test("writeFilesAtomic: all files replaced, in order; when one cannot be written
   assert.deepEqual(readdirSync(d).filter((f) => f.endsWith(".tmp")), []);
 });
 
-test("writeFilesAtomicAsync: the same guarantees (order, modes, nothing replaced and no temp file left when one fails)", async () => {
+test("stageFilesAsync, then commit: the same guarantees (order, modes, nothing replaced and no temp file left when one fails); discard replaces nothing", async () => {
+  const stageAndCommit = async (files: FileWrite[]) => (await stageFilesAsync(files)).commit();
   const d = join(tmp, "set-async");
   mkdirSync(d);
   const old = process.umask(0o077);
   try {
-    await writeFilesAtomicAsync([{ path: join(d, "ssh_cert"), data: "cert 1", mode: 0o644 }, { path: join(d, "ssh_key"), data: new TextEncoder().encode("key 1") }]);
+    await stageAndCommit([{ path: join(d, "ssh_cert"), data: "cert 1", mode: 0o644 }, { path: join(d, "ssh_key"), data: new TextEncoder().encode("key 1") }]);
   } finally {
     process.umask(old);
   }
@@ -65,15 +66,21 @@ test("writeFilesAtomicAsync: the same guarantees (order, modes, nothing replaced
   assert.equal(mode(join(d, "ssh_key")), 0o600, "0600 unless said otherwise");
 
   mkdirSync(join(d, "blocked"));
-  await assert.rejects(writeFilesAtomicAsync([{ path: join(d, "ssh_cert"), data: "cert 2" }, { path: join(d, "blocked"), data: "x" }]), (e) => isMeziteError(e, "ERR_STORAGE"));
+  await assert.rejects(stageAndCommit([{ path: join(d, "ssh_cert"), data: "cert 2" }, { path: join(d, "blocked"), data: "x" }]), (e) => isMeziteError(e, "ERR_STORAGE"));
   symlinkSync(join(tmp, "public"), join(d, "link"));
-  await assert.rejects(writeFilesAtomicAsync([{ path: join(d, "ssh_cert"), data: "cert 3" }, { path: join(d, "link"), data: "x" }]), (e) => isMeziteError(e, "ERR_SYMLINK"));
+  await assert.rejects(stageAndCommit([{ path: join(d, "ssh_cert"), data: "cert 3" }, { path: join(d, "link"), data: "x" }]), (e) => isMeziteError(e, "ERR_SYMLINK"));
   // One write fails (its directory is missing) while the other is written: neither is renamed, no temp stays.
   await assert.rejects(
-    writeFilesAtomicAsync([{ path: join(d, "ssh_cert"), data: "cert 4" }, { path: join(d, "missing", "x"), data: "x" }]),
+    stageAndCommit([{ path: join(d, "ssh_cert"), data: "cert 4" }, { path: join(d, "missing", "x"), data: "x" }]),
     (e) => isMeziteError(e, "ERR_STORAGE") && /cannot write .*missing\/x: /.test(e.message),
   );
   assert.equal(readFileSync(join(d, "ssh_cert"), "utf8"), "cert 1");
   assert.equal(readFileSync(join(tmp, "public"), "utf8"), "a", "the link's target is untouched");
+  assert.deepEqual(readdirSync(d).filter((f) => f.endsWith(".tmp")), []);
+
+  const staged = await stageFilesAsync([{ path: join(d, "ssh_cert"), data: "cert 5" }]);
+  assert.equal(readdirSync(d).filter((f) => f.endsWith(".tmp")).length, 1, "staged beside its target");
+  staged.discard();
+  assert.equal(readFileSync(join(d, "ssh_cert"), "utf8"), "cert 1");
   assert.deepEqual(readdirSync(d).filter((f) => f.endsWith(".tmp")), []);
 });

@@ -11,7 +11,8 @@ import { after, test } from "node:test";
 import { MemoryBackend } from "../../src/backend/memory.js";
 import { revokeAdminCertificates } from "../../src/auth/admin-cert.js";
 import type { AdminCaller } from "../../src/auth/context.js";
-import { SESSION_TTL_MS, SIGN_IN_TTL_MS, actorOf, createSignIn, csrfMatches, newSecret, sessionOf, signIn, signOut } from "../../src/web/sessions.js";
+import { newSecret, secretDigest } from "../../src/lib/dashboard-secret.js";
+import { SESSION_TTL_MS, SIGN_IN_TTL_MS, actorOf, createSignIn, csrfMatches, sessionOf, signIn, signOut } from "../../src/web/sessions.js";
 import { unitAuthContext } from "../harness/auth-context.js";
 
 const dir = mkdtempSync(join(tmpdir(), "mezite-web-sessions-"));
@@ -20,6 +21,7 @@ after(() => rmSync(dir, { recursive: true, force: true }));
 let clock = Date.UTC(2026, 0, 1);
 const now = () => clock;
 const admin: AdminCaller = { remoteAddr: "127.0.0.1", cert: undefined, audit: { actor: "admin (serial 7)", remote_addr: "127.0.0.1" } };
+/** The hash of a secret written out (SHA-256 of its 32 bytes), to hold lib/dashboard-secret.ts (mezctl's side) to it. */
 const hashOf = (secret: string) => createHash("sha256").update(Buffer.from(secret, "base64url")).digest();
 
 async function setup() {
@@ -36,6 +38,8 @@ async function everything(backend: MemoryBackend): Promise<string> {
 test("a sign-in link works once, within 5 minutes; the backend holds only its hash", async () => {
   const { backend, ctx } = await setup();
   const secret = newSecret();
+  assert.deepEqual(secretDigest(secret), hashOf(secret), "mezctl sends the hash the service looks the link up by");
+  assert.equal(secretDigest(`${secret}=`), undefined, "a string not shaped like a secret has no hash");
   const expires = await createSignIn(ctx, admin, hashOf(secret));
   assert.equal(expires, clock + SIGN_IN_TTL_MS);
   assert.ok(!(await everything(backend)).includes(secret), "the link's secret is stored nowhere");

@@ -14,7 +14,7 @@ import { NAME_PATTERN } from "../../rbac/names.js";
 import { hasLoginTemplates } from "../../rbac/template.js";
 import type { AdminCaller, AuthContext } from "../context.js";
 import { isStale } from "../renew.js";
-import { instancePrincipals } from "../issue.js";
+import { instanceAccess } from "../issue.js";
 import { activeLocks, deleteLock, locksOn } from "../locks.js";
 import { encode, keys, load, loadAll, loadChunks, type IdentityRecord, type InstanceRecord, type LockRecord, type StoredRole, type TokenRecord } from "../records.js";
 import { endInstance } from "../release.js";
@@ -94,7 +94,7 @@ function summarize(identity: IdentityRecord, instances: InstanceRecord[], tokens
   const instanceLocked = (id: string, principals: string[]) => locks.some((l) => (l.kind === "instance" && l.target === id) || (l.kind === "login" && principals.includes(l.target)));
   // Each instance's own logins: its roles' templates resolved from its join's claims.
   const templated = hasLoginTemplates(roles);
-  const principalsOf = (i: InstanceRecord) => (templated ? instancePrincipals(roles, i.claims) : logins);
+  const principalsOf = (i: InstanceRecord) => (templated ? instanceAccess(roles, i.claims).principals : logins);
   const newestToken = tokens.sort((a, b) => b.created - a.created)[0];
   const tokenState = !newestToken ? "none" : newestToken.used ? "used" : newestToken.expires <= now ? "expired" : "unused";
   const byRecent = [...instances].sort((a, b) => b.lastSeen - a.lastSeen);
