@@ -27,7 +27,9 @@ export class PeriodicCheck {
   constructor(private readonly opts: PeriodicCheckOptions) {}
 
   start(): void {
-    this.timer = setInterval(() => void this.run(), this.opts.intervalMs);
+    // A tick that finds a run under way is dropped: a check slower than the interval must not
+    // turn into checks back to back. Only run() from outside asks for one more.
+    this.timer = setInterval(() => void (this.current ?? this.run()), this.opts.intervalMs);
     this.timer.unref();
   }
 

@@ -4,13 +4,13 @@ import { createLogger } from "../../src/lib/log.js";
 import { PeriodicCheck } from "../../src/lib/periodic-check.js";
 
 /** A check whose runs the test ends one by one, each as it says (ok or failing). */
-function harness() {
+function harness(intervalMs = 60_000) {
   let logged = "";
   const log = createLogger({ write: (s: string) => ((logged += s), true) } as NodeJS.WritableStream);
   const runs: { end: (ok: boolean) => void }[] = [];
   const checks = new PeriodicCheck({
     check: () => new Promise<void>((resolve, reject) => runs.push({ end: (ok) => (ok ? resolve() : reject(new Error("backend down"))) })),
-    intervalMs: 60_000,
+    intervalMs,
     log,
     failed: "check failing",
     recovered: "check works again",
@@ -64,4 +64,22 @@ test("PeriodicCheck: a failure is logged once until the check works again, and t
       ["info", "check works again", undefined],
     ],
   );
+});
+
+test("PeriodicCheck: ticks that find a run under way are dropped, not queued (a slow check does not run back to back)", async () => {
+  const { checks, runs } = harness(5);
+  checks.start();
+  try {
+    while (runs.length === 0) await new Promise((r) => setTimeout(r, 5));
+    // Many ticks pass while the first run is held (40 intervals; one is enough to matter).
+    await new Promise((r) => setTimeout(r, 200));
+    assert.equal(runs.length, 1);
+    const running = checks.running!;
+    runs[0]!.end(true);
+    await settle();
+    assert.equal(runs.length, 1, "no run queued by the ticks that came during the first");
+    await running;
+  } finally {
+    checks.stop();
+  }
 });
