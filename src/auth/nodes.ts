@@ -24,6 +24,7 @@ import { MeziteError, isMeziteError } from "../lib/errors.js";
 import { NODE_CA_KINDS, caState, caStatesOf, tlsCaBundle, trustedSshLines, type ClusterCas } from "./cas.js";
 import type { AuthContext, Caller } from "./context.js";
 import { BACKDATE_MS } from "./issue.js";
+import { markRevocationsChanged } from "./locks.js";
 import { encode, keys, load, type Loaded, type NodeClaim, type NodeRecord, type TokenRecord } from "./records.js";
 import { checkToken, commitJoin } from "./tokens.js";
 import * as v from "./validate.js";
@@ -182,6 +183,7 @@ export async function joinNode(ctx: AuthContext, req: JoinNodeRequest, caller: C
       }
       return new MeziteError("ERR_COMPARE_FAILED", "another join changed this node's names at the same time: join again");
     });
+    if (replaced) await markRevocationsChanged(ctx.backend); // the replaced node's stream ends (watch.ts)
     await ctx.audit.emit({
       type: "node.join",
       identity: node.name,

@@ -114,6 +114,8 @@ interface Computed {
   cas: ClusterCas;
   value: GetRevocationsResponse;
   revokedInstances: ReadonlySet<string>;
+  /** Ids of nodes removed or replaced (their revoked host keys) whose host certificates may live. */
+  removedNodes: ReadonlySet<string>;
   /** The backend's keys.revocationsChanged when it was read, before everything else. */
   mark: string | undefined;
   /** Wall time at which its first entry expires (a certificate past its grace, a lock's TTL). */
@@ -169,6 +171,11 @@ export class Revocations {
     return this.cached?.revokedInstances ?? new Set();
   }
 
+  /** The nodes removed or replaced as of the last get(), on any service: what watch.ts tells their streams. */
+  removedNodes(): ReadonlySet<string> {
+    return this.cached?.removedNodes ?? new Set();
+  }
+
   /**
    * One range read of the tombstones (each holds its instance's serials) and one of the serials
    * revoked one by one, in chunks that let the event loop run in between; the locks' certificates
@@ -204,6 +211,8 @@ export class Revocations {
       await yieldToLoop();
     }
 
+    const removedNodes = new Set((await backend.range(keys.revokedHostKeys)).map((i) => i.key.slice(keys.revokedHostKeys.length)));
+
     const locks = await activeLocks(backend, now);
     for (const l of locks) if (l.expires > 0) until = Math.min(until, l.expires);
     const ofKind = (k: LockRecord["kind"]) => locks.filter((l) => l.kind === k);
@@ -231,7 +240,7 @@ export class Revocations {
       lockedRoles: ofKind("role").map((l) => l.target),
       lockedLogins: ofKind("login").map((l) => l.target),
     });
-    this.cached = { at, cas, value, revokedInstances, mark, until };
+    this.cached = { at, cas, value, revokedInstances, removedNodes, mark, until };
     return value;
   }
 

@@ -420,7 +420,6 @@ function routes(ctx: AuthContext, revocations: Revocations, hub: WatchHub, metri
       listNodes: admin("ListNodes", async (req: adminPb.ListNodesRequest) => create(adminPb.ListNodesResponseSchema, await nodes.listNodes(ctx, req))),
       deleteNode: admin("DeleteNode", async (req: adminPb.DeleteNodeRequest, by) => {
         await nodes.removeNode(ctx, by, req.name);
-        hub.nodeRemoved(req.name);
         return {};
       }),
       listAudit: adminStream("ListAudit", async function* (req: adminPb.ListAuditRequest) {

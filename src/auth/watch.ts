@@ -64,7 +64,7 @@ interface Subscriber {
 }
 
 interface NodeSub extends Subscriber {
-  name: string;
+  nodeId: string;
   /** The KRL version this node holds, as far as the stream knows: an event repeats no KRL it has. */
   krlVersion: string;
   pending: GetRevocationsResponse | undefined;
@@ -133,15 +133,6 @@ export class WatchHub {
     void this.check();
   }
 
-  /** A node removed on this service: its stream says so and ends (others find out by their heartbeat). */
-  nodeRemoved(name: string): void {
-    for (const s of this.nodes) {
-      if (s.name !== name) continue;
-      s.removed = true;
-      s.wake?.();
-    }
-  }
-
   /** Runs the comparison now, or right after the one under way; failures are logged once, then retried every tick. */
   check(): Promise<void> {
     return this.checks.run();
@@ -168,6 +159,13 @@ export class WatchHub {
         s.pending = value;
         s.wake?.();
       }
+    }
+    // Removed or replaced through any service: the rebuild read the revoked host keys.
+    const removed = this.revocations.removedNodes();
+    for (const s of this.nodes) {
+      if (s.removed || !removed.has(s.nodeId)) continue;
+      s.removed = true;
+      s.wake?.();
     }
     for (const s of this.daemons) {
       if (s.revoked || !this.isRevoked(s, value)) continue;
@@ -240,7 +238,7 @@ export class WatchHub {
   watchNode(caller: Caller, session: ServerHttp2Session | undefined, heldKrlVersion: string, signal: AbortSignal): AsyncGenerator<WatchNodeEvent> {
     const sub: NodeSub = {
       remoteAddr: caller.remoteAddr, session, wake: undefined, ended: false,
-      name: caller.cert?.subjectCommonName ?? "", krlVersion: heldKrlVersion, pending: undefined, removed: false,
+      nodeId: caller.cert?.nodeId ?? "", krlVersion: heldKrlVersion, pending: undefined, removed: false,
     };
     const lifeMs = caller.cert ? caller.cert.notAfter.getTime() - this.ctx.now() : 0;
     return this.run(sub, lifeMs, signal, this.nodes, async () => {

@@ -114,6 +114,19 @@ describe("two auth services on one PostgreSQL", { concurrency: false }, () => {
     process.stdout.write(`# lock through A -> in the KRL of B's node agent after ${Date.now() - t0} ms\n`);
   });
 
+  test("a node removed through one service hears it on its stream from the other within seconds, and its agent stops", async (t) => {
+    if (!requirePg(t)) return;
+    const dir = await joinNode(a, "ha-removed", join(tmp, "ha-removed"), b.addr);
+    // Polls and heartbeats every 10 minutes: only B's change stream can bring the removal in time.
+    const node = startNodeAgent(b.addr, dir, 10 * 60_000);
+    t.after(() => node.stop());
+    await waitFor("the node agent's stream from B is up", () => /"change stream up"/.test(node.log()));
+    const t0 = Date.now();
+    await mezctlOk(a, "nodes", "rm", "ha-removed");
+    await waitFor("B's node agent stops: removed", () => /run failed: .*"ha-removed" was removed or replaced/.test(node.log()), 10_000);
+    process.stdout.write(`# node removed through A -> its agent streaming from B stopped after ${Date.now() - t0} ms\n`);
+  });
+
   test("one token, 50 concurrent joins spread over both services: exactly one succeeds", async (t) => {
     if (!requirePg(t)) return;
     const token = await addIdentity("ha-join-race");

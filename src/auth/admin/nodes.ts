@@ -5,6 +5,7 @@ import * as pb from "../../api/gen/mezite/v1/common_pb.js";
 import { MeziteError, notFound } from "../../lib/errors.js";
 import { LABEL_KEY_PATTERN, LABEL_VALUE_PATTERN } from "../../rbac/names.js";
 import type { AdminCaller, AuthContext } from "../context.js";
+import { markRevocationsChanged } from "../locks.js";
 import { revokeHostKey } from "../nodes.js";
 import { decode, keys, load, type NodeClaim, type NodeRecord } from "../records.js";
 import { newTokenRecord, storeToken } from "../tokens.js";
@@ -66,6 +67,9 @@ export async function removeNode(ctx: AuthContext, by: AdminCaller, name: string
   if (!(await ctx.backend.deleteIf(keys.node(name), found.revision))) {
     throw new MeziteError("ERR_COMPARE_FAILED", `node "${name}" changed while being removed (a replacement joined?): look at mezctl nodes ls and retry`);
   }
+  // Every service's change streams look at the revoked host keys when this mark moves: the node's
+  // agent hears of its removal within seconds through whichever service it streams from.
+  await markRevocationsChanged(ctx.backend);
   for (const p of new Set([node.name, ...node.principals].map((x) => x.toLowerCase()))) {
     const claim = await load<NodeClaim>(ctx.backend, keys.nodeClaim(p));
     if (claim?.value.nodeId === node.id) await ctx.backend.deleteIf(keys.nodeClaim(p), claim.revision);
