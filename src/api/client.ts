@@ -2,7 +2,7 @@
  * gRPC clients over TLS for every program that talks to the auth service. The one place that
  * knows how addresses, client certificates and server verification are wired.
  */
-import { Code, ConnectError, createClient, type Client } from "@connectrpc/connect";
+import { Code, ConnectError, createClient, type Client, type Transport } from "@connectrpc/connect";
 import { Http2SessionManager, createGrpcTransport } from "@connectrpc/connect-node";
 import type { DescService } from "@bufbuild/protobuf";
 import type { ClientHttp2Session, SecureClientSessionOptions } from "node:http2";
@@ -36,6 +36,11 @@ export interface Keepalive {
 }
 
 export function connect<T extends DescService>(service: T, addr: string, tls: ClientTls, keepalive?: Keepalive): Client<T> {
+  return createClient(service, connectTransport(addr, tls, keepalive));
+}
+
+/** The transport under connect()'s clients, for a call read another way (brief-page.ts readBriefPages). */
+export function connectTransport(addr: string, tls: ClientTls, keepalive?: Keepalive): Transport {
   const verify = tls.caPem !== undefined;
   const baseUrl = `https://${normalizeAddr(addr)}`;
   const nodeOptions: SecureClientSessionOptions = {
@@ -46,14 +51,13 @@ export function connect<T extends DescService>(service: T, addr: string, tls: Cl
     minVersion: "TLSv1.3",
     ...(tls.checkServer ? { checkServerIdentity: (_host: string, cert: PeerCertificate) => tls.checkServer!(cert) } : {}),
   };
-  const transport = createGrpcTransport({
+  return createGrpcTransport({
     baseUrl,
     defaultTimeoutMs: DEFAULT_CALL_TIMEOUT_MS,
     // Daemons make a new client per renewal: let each connection go soon after its call.
     sessionManager: guardedSessionManager(new Http2SessionManager(baseUrl, { idleConnectionTimeoutMs: 5_000, ...keepalive }, nodeOptions)),
     nodeOptions,
   });
-  return createClient(service, transport);
 }
 
 interface ConnectingState {

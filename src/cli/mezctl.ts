@@ -3,9 +3,10 @@ import { installLightHeaders } from "../lib/headers.js";
 import { Command, Option } from "commander";
 import { readFileSync } from "node:fs";
 import { create } from "@bufbuild/protobuf";
-import type { Client } from "@connectrpc/connect";
+import { createClient, type Client, type Transport } from "@connectrpc/connect";
 import { AdminService, TokenVerifierSchema } from "../api/gen/mezite/v1/admin_pb.js";
-import { connect } from "../api/client.js";
+import { readBriefPages } from "../api/brief-page.js";
+import { connectTransport } from "../api/client.js";
 import { fromConnectError } from "../api/errors.js";
 import { readAdminIdentity } from "../api/admin-identity.js";
 import { roleFromProto, roleToProto } from "../api/roles.js";
@@ -58,6 +59,7 @@ function globals() {
 
 interface Admin {
   client: Client<typeof AdminService>;
+  transport: Transport;
   addr: string;
   format: Format;
 }
@@ -66,7 +68,8 @@ function admin(): Admin {
   const g = globals();
   const id = readAdminIdentity(g.identityPath);
   const addr = g.authServer ?? id.auth_server;
-  return { client: connect(AdminService, addr, { certPem: id.cert_pem, keyPem: id.key_pem, caPem: id.ca_pem }), addr, format: g.format };
+  const transport = connectTransport(addr, { certPem: id.cert_pem, keyPem: id.key_pem, caPem: id.ca_pem });
+  return { client: createClient(AdminService, transport), transport, addr, format: g.format };
 }
 
 /** Runs one admin call, turning transport and server errors into one-line MeziteErrors. */
@@ -321,11 +324,13 @@ ai.command("ls")
   .action(async (o: { prefix?: string; role?: string; limit: string }) => {
     const a = admin();
     const limit = countOption(o.limit, "--limit");
+    const request = { namePrefix: o.prefix ?? "", role: o.role ?? "", limit };
     // The table needs only what brief statuses carry; documents carry everything.
-    const brief = a.format === "text";
-    await printListing(a, view.IDENTITY_HEADERS, view.identityRow, view.identityDoc, async function* (c) {
-      for await (const page of c.listAgentIdentities({ namePrefix: o.prefix ?? "", role: o.role ?? "", limit, brief })) yield page.identities;
-    });
+    if (a.format === "text") await printListing(a, view.IDENTITY_HEADERS, view.identityRow, () => ({}), () => readBriefPages(a.transport, request));
+    else
+      await printListing(a, view.IDENTITY_HEADERS, view.identityRow, view.identityDoc, async function* (c) {
+        for await (const page of c.listAgentIdentities(request)) yield page.identities;
+      });
   });
 
 ai.command("status")

@@ -1,4 +1,5 @@
 /** How resources look to an admin: JSON documents (snake_case) and table rows. */
+import type { BriefStatus } from "../api/brief-page.js";
 import type * as pb from "../api/gen/mezite/v1/common_pb.js";
 import type { CaStatus, CertificateInfo } from "../api/gen/mezite/v1/admin_pb.js";
 import { caName } from "../lib/ca-name.js";
@@ -41,7 +42,7 @@ export function identityDoc(s: pb.AgentIdentityStatus) {
   };
 }
 
-export function identityRow(s: pb.AgentIdentityStatus): string[] {
+export function identityRow(s: BriefStatus): string[] {
   return [s.name, s.roles.join(","), s.state, String(s.generation), relTime(s.lastSeen), relTime(s.certExpires)];
 }
 export const IDENTITY_HEADERS = ["NAME", "ROLES", "STATUS", "GENERATION", "LAST SEEN", "CERT EXPIRES"];

@@ -12,7 +12,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file mezite/v1/admin.proto.
  */
 export const file_mezite_v1_admin: GenFile = /*@__PURE__*/
-  fileDesc("ChVtZXppdGUvdjEvYWRtaW4ucHJvdG8SCW1leml0ZS52MSIXChVHZXRDbHVzdGVySW5mb1JlcXVlc3QiZQoWR2V0Q2x1c3RlckluZm9SZXNwb25zZRIUCgxjbHVzdGVyX25hbWUYASABKAkSFAoMcHVibGljX2FkZHJzGAIgAygJEg4KBmNhX3BpbhgDIAEoCRIPCgdjYV9waW5zGAQgAygJIkEKEUNyZWF0ZVJvbGVSZXF1ZXN0Eh0KBHJvbGUYASABKAsyDy5tZXppdGUudjEuUm9sZRINCgVmb3JjZRgCIAEoCCJFChJDcmVhdGVSb2xlUmVzcG9uc2USHQoEcm9sZRgBIAEoCzIPLm1leml0ZS52MS5Sb2xlEhAKCHJlcGxhY2VkGAIgASgIIhIKEExpc3RSb2xlc1JlcXVlc3QiMwoRTGlzdFJvbGVzUmVzcG9uc2USHgoFcm9sZXMYASADKAsyDy5tZXppdGUudjEuUm9sZSIeCg5HZXRSb2xlUmVxdWVzdBIMCgRuYW1lGAEgASgJIjAKD0dldFJvbGVSZXNwb25zZRIdCgRyb2xlGAEgASgLMg8ubWV6aXRlLnYxLlJvbGUiIQoRRGVsZXRlUm9sZVJlcXVlc3QSDAoEbmFtZRgBIAEoCSIUChJEZWxldGVSb2xlUmVzcG9uc2UiVgoNVG9rZW5WZXJpZmllchIQCgh0b2tlbl9pZBgBIAEoCRISCgp2ZXJpZnlfa2V5GAIgASgMEg8KB21hY19rZXkYAyABKAwSDgoGdHRsX21zGAQgASgDIl8KF0FkZEFnZW50SWRlbnRpdHlSZXF1ZXN0EgwKBG5hbWUYASABKAkSDQoFcm9sZXMYAiADKAkSJwoFdG9rZW4YAyABKAsyGC5tZXppdGUudjEuVG9rZW5WZXJpZmllciJxChhBZGRBZ2VudElkZW50aXR5UmVzcG9uc2USMAoIaWRlbnRpdHkYASABKAsyHi5tZXppdGUudjEuQWdlbnRJZGVudGl0eVN0YXR1cxIjCgV0b2tlbhgCIAEoCzIULm1leml0ZS52MS5Ub2tlbkluZm8icAoaTGlzdEFnZW50SWRlbnRpdGllc1JlcXVlc3QSEQoJcGFnZV9zaXplGAEgASgNEhMKC25hbWVfcHJlZml4GAIgASgJEgwKBHJvbGUYAyABKAkSDQoFbGltaXQYBCABKA0SDQoFYnJpZWYYBSABKAgiUQobTGlzdEFnZW50SWRlbnRpdGllc1Jlc3BvbnNlEjIKCmlkZW50aXRpZXMYASADKAsyHi5tZXppdGUudjEuQWdlbnRJZGVudGl0eVN0YXR1cyInChdHZXRBZ2VudElkZW50aXR5UmVxdWVzdBIMCgRuYW1lGAEgASgJIkwKGEdldEFnZW50SWRlbnRpdHlSZXNwb25zZRIwCghpZGVudGl0eRgBIAEoCzIeLm1leml0ZS52MS5BZ2VudElkZW50aXR5U3RhdHVzIioKGkRlbGV0ZUFnZW50SWRlbnRpdHlSZXF1ZXN0EgwKBG5hbWUYASABKAkiHQobRGVsZXRlQWdlbnRJZGVudGl0eVJlc3BvbnNlIjoKFVJlbW92ZUluc3RhbmNlUmVxdWVzdBIMCgRuYW1lGAEgASgJEhMKC2luc3RhbmNlX2lkGAIgASgJIhgKFlJlbW92ZUluc3RhbmNlUmVzcG9uc2Ui2QEKD0FkZFRva2VuUmVxdWVzdBIMCgR0eXBlGAEgASgJEhYKDmFnZW50X2lkZW50aXR5GAIgASgJEjYKBmxhYmVscxgDIAMoCzImLm1leml0ZS52MS5BZGRUb2tlblJlcXVlc3QuTGFiZWxzRW50cnkSJwoFdG9rZW4YBCABKAsyGC5tZXppdGUudjEuVG9rZW5WZXJpZmllchIQCghyZXBsYWNlcxgFIAEoCRotCgtMYWJlbHNFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAk6AjgBIjcKEEFkZFRva2VuUmVzcG9uc2USIwoFdG9rZW4YASABKAsyFC5tZXppdGUudjEuVG9rZW5JbmZvIhMKEUxpc3RUb2tlbnNSZXF1ZXN0IjoKEkxpc3RUb2tlbnNSZXNwb25zZRIkCgZ0b2tlbnMYASADKAsyFC5tZXppdGUudjEuVG9rZW5JbmZvIiAKEkRlbGV0ZVRva2VuUmVxdWVzdBIKCgJpZBgBIAEoCSIVChNEZWxldGVUb2tlblJlc3BvbnNlIlgKEUNyZWF0ZUxvY2tSZXF1ZXN0EhMKC3RhcmdldF9raW5kGAEgASgJEg4KBnRhcmdldBgCIAEoCRIOCgZyZWFzb24YAyABKAkSDgoGdHRsX21zGAQgASgDIjMKEkNyZWF0ZUxvY2tSZXNwb25zZRIdCgRsb2NrGAEgASgLMg8ubWV6aXRlLnYxLkxvY2siEgoQTGlzdExvY2tzUmVxdWVzdCIzChFMaXN0TG9ja3NSZXNwb25zZRIeCgVsb2NrcxgBIAMoCzIPLm1leml0ZS52MS5Mb2NrIh8KEURlbGV0ZUxvY2tSZXF1ZXN0EgoKAmlkGAEgASgJIiUKEkRlbGV0ZUxvY2tSZXNwb25zZRIPCgdyZW1vdmVkGAEgASgNIrYBChBMaXN0Tm9kZXNSZXF1ZXN0EhEKCXBhZ2Vfc2l6ZRgBIAEoDRISCgpwYWdlX3Rva2VuGAIgASgJEhMKC25hbWVfcHJlZml4GAMgASgJEjcKBmxhYmVscxgEIAMoCzInLm1leml0ZS52MS5MaXN0Tm9kZXNSZXF1ZXN0LkxhYmVsc0VudHJ5Gi0KC0xhYmVsc0VudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoCToCOAEiTAoRTGlzdE5vZGVzUmVzcG9uc2USHgoFbm9kZXMYASADKAsyDy5tZXppdGUudjEuTm9kZRIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAkiPgoWQ3JlYXRlSm9pblRva2VuUmVxdWVzdBIVCg1kb2N1bWVudF9qc29uGAEgASgJEg0KBWZvcmNlGAIgASgIIl0KF0NyZWF0ZUpvaW5Ub2tlblJlc3BvbnNlEjAKCmpvaW5fdG9rZW4YASABKAsyHC5tZXppdGUudjEuSm9pblRva2VuUmVzb3VyY2USEAoIcmVwbGFjZWQYAiABKAgiFwoVTGlzdEpvaW5Ub2tlbnNSZXF1ZXN0IksKFkxpc3RKb2luVG9rZW5zUmVzcG9uc2USMQoLam9pbl90b2tlbnMYASADKAsyHC5tZXppdGUudjEuSm9pblRva2VuUmVzb3VyY2UiJgoWRGVsZXRlSm9pblRva2VuUmVxdWVzdBIMCgRuYW1lGAEgASgJIhkKF0RlbGV0ZUpvaW5Ub2tlblJlc3BvbnNlIiEKEURlbGV0ZU5vZGVSZXF1ZXN0EgwKBG5hbWUYASABKAkiFAoSRGVsZXRlTm9kZVJlc3BvbnNlIiAKHlJldm9rZUFkbWluQ2VydGlmaWNhdGVzUmVxdWVzdCI5Ch9SZXZva2VBZG1pbkNlcnRpZmljYXRlc1Jlc3BvbnNlEhYKDnJldm9rZWRfYmVmb3JlGAEgASgDIj4KEExpc3RBdWRpdFJlcXVlc3QSDQoFc2luY2UYASABKAMSDAoEdHlwZRgCIAEoCRINCgVsaW1pdBgDIAEoDSI6ChFMaXN0QXVkaXRSZXNwb25zZRIlCgZldmVudHMYASADKAsyFS5tZXppdGUudjEuQXVkaXRFdmVudCJ5CgtDYUtleVN0YXR1cxIMCgRyb2xlGAEgASgJEhcKD3NzaF9maW5nZXJwcmludBgCIAEoCRIQCgh4NTA5X3BpbhgDIAEoCRIPCgdzaWduaW5nGAQgASgIEg8KB3RydXN0ZWQYBSABKAgSDwoHaG9sZGVycxgGIAEoDSLtAQoIQ2FTdGF0dXMSDAoEdHlwZRgBIAEoCRINCgVwaGFzZRgCIAEoCRIMCgRtb2RlGAMgASgJEg8KB3N0YXJ0ZWQYBCABKAMSFQoNcGhhc2Vfc3RhcnRlZBgFIAEoAxIVCg1uZXh0X3BoYXNlX2F0GAYgASgDEhQKDGxhc3Rfcm90YXRlZBgHIAEoAxIkCgRrZXlzGAggAygLMhYubWV6aXRlLnYxLkNhS2V5U3RhdHVzEhUKDWhvbGRlcnNfdG90YWwYCSABKA0SFAoMYmVoaW5kX2NvdW50GB4gASgNEg4KBmJlaGluZBgfIAMoCSIUChJHZXRDYVN0YXR1c1JlcXVlc3QiNwoTR2V0Q2FTdGF0dXNSZXNwb25zZRIgCgNjYXMYASADKAsyEy5tZXppdGUudjEuQ2FTdGF0dXMiVgoPUm90YXRlQ2FSZXF1ZXN0EgwKBHR5cGUYASABKAkSDQoFcGhhc2UYAiABKAkSFwoPZ3JhY2VfcGVyaW9kX21zGAMgASgDEg0KBWZvcmNlGB4gASgIIjQKEFJvdGF0ZUNhUmVzcG9uc2USIAoDY2FzGAEgAygLMhMubWV6aXRlLnYxLkNhU3RhdHVzIicKFUdldENlcnRpZmljYXRlUmVxdWVzdBIOCgZzZXJpYWwYASABKAkijAMKD0NlcnRpZmljYXRlSW5mbxIOCgZzZXJpYWwYASABKAkSEAoIaWRlbnRpdHkYAiABKAkSEwoLaW5zdGFuY2VfaWQYAyABKAkSDQoFcm9sZXMYBCADKAkSEgoKcHJpbmNpcGFscxgFIAMoCRITCgt2YWxpZF9hZnRlchgGIAEoAxIUCgx2YWxpZF9iZWZvcmUYByABKAMSEQoJaXNzdWVkX2J5GAggASgJEhEKCWlzc3VlZF9hdBgJIAEoAxISCgpnZW5lcmF0aW9uGAogASgEEhMKC3JlbW90ZV9hZGRyGAsgASgJEhMKC2pvaW5fbWV0aG9kGAwgASgJEhIKCmpvaW5fdG9rZW4YDSABKAkSNgoGY2xhaW1zGA4gAygLMiYubWV6aXRlLnYxLkNlcnRpZmljYXRlSW5mby5DbGFpbXNFbnRyeRIVCg1pbnN0YW5jZV9saXZlGA8gASgIGi0KC0NsYWltc0VudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoCToCOAEiSQoWR2V0Q2VydGlmaWNhdGVSZXNwb25zZRIvCgtjZXJ0aWZpY2F0ZRgBIAEoCzIaLm1leml0ZS52MS5DZXJ0aWZpY2F0ZUluZm8iMwocQ3JlYXRlRGFzaGJvYXJkU2lnbkluUmVxdWVzdBITCgtzZWNyZXRfaGFzaBgBIAEoDCJBCh1DcmVhdGVEYXNoYm9hcmRTaWduSW5SZXNwb25zZRIPCgd3ZWJfdXJsGAEgASgJEg8KB2V4cGlyZXMYAiABKAMy0BEKDEFkbWluU2VydmljZRJVCg5HZXRDbHVzdGVySW5mbxIgLm1leml0ZS52MS5HZXRDbHVzdGVySW5mb1JlcXVlc3QaIS5tZXppdGUudjEuR2V0Q2x1c3RlckluZm9SZXNwb25zZRJJCgpDcmVhdGVSb2xlEhwubWV6aXRlLnYxLkNyZWF0ZVJvbGVSZXF1ZXN0Gh0ubWV6aXRlLnYxLkNyZWF0ZVJvbGVSZXNwb25zZRJGCglMaXN0Um9sZXMSGy5tZXppdGUudjEuTGlzdFJvbGVzUmVxdWVzdBocLm1leml0ZS52MS5MaXN0Um9sZXNSZXNwb25zZRJACgdHZXRSb2xlEhkubWV6aXRlLnYxLkdldFJvbGVSZXF1ZXN0GhoubWV6aXRlLnYxLkdldFJvbGVSZXNwb25zZRJJCgpEZWxldGVSb2xlEhwubWV6aXRlLnYxLkRlbGV0ZVJvbGVSZXF1ZXN0Gh0ubWV6aXRlLnYxLkRlbGV0ZVJvbGVSZXNwb25zZRJbChBBZGRBZ2VudElkZW50aXR5EiIubWV6aXRlLnYxLkFkZEFnZW50SWRlbnRpdHlSZXF1ZXN0GiMubWV6aXRlLnYxLkFkZEFnZW50SWRlbnRpdHlSZXNwb25zZRJmChNMaXN0QWdlbnRJZGVudGl0aWVzEiUubWV6aXRlLnYxLkxpc3RBZ2VudElkZW50aXRpZXNSZXF1ZXN0GiYubWV6aXRlLnYxLkxpc3RBZ2VudElkZW50aXRpZXNSZXNwb25zZTABElsKEEdldEFnZW50SWRlbnRpdHkSIi5tZXppdGUudjEuR2V0QWdlbnRJZGVudGl0eVJlcXVlc3QaIy5tZXppdGUudjEuR2V0QWdlbnRJZGVudGl0eVJlc3BvbnNlEmQKE0RlbGV0ZUFnZW50SWRlbnRpdHkSJS5tZXppdGUudjEuRGVsZXRlQWdlbnRJZGVudGl0eVJlcXVlc3QaJi5tZXppdGUudjEuRGVsZXRlQWdlbnRJZGVudGl0eVJlc3BvbnNlElUKDlJlbW92ZUluc3RhbmNlEiAubWV6aXRlLnYxLlJlbW92ZUluc3RhbmNlUmVxdWVzdBohLm1leml0ZS52MS5SZW1vdmVJbnN0YW5jZVJlc3BvbnNlEkMKCEFkZFRva2VuEhoubWV6aXRlLnYxLkFkZFRva2VuUmVxdWVzdBobLm1leml0ZS52MS5BZGRUb2tlblJlc3BvbnNlEkkKCkxpc3RUb2tlbnMSHC5tZXppdGUudjEuTGlzdFRva2Vuc1JlcXVlc3QaHS5tZXppdGUudjEuTGlzdFRva2Vuc1Jlc3BvbnNlEkwKC0RlbGV0ZVRva2VuEh0ubWV6aXRlLnYxLkRlbGV0ZVRva2VuUmVxdWVzdBoeLm1leml0ZS52MS5EZWxldGVUb2tlblJlc3BvbnNlEkkKCkNyZWF0ZUxvY2sSHC5tZXppdGUudjEuQ3JlYXRlTG9ja1JlcXVlc3QaHS5tZXppdGUudjEuQ3JlYXRlTG9ja1Jlc3BvbnNlEkYKCUxpc3RMb2NrcxIbLm1leml0ZS52MS5MaXN0TG9ja3NSZXF1ZXN0GhwubWV6aXRlLnYxLkxpc3RMb2Nrc1Jlc3BvbnNlEkkKCkRlbGV0ZUxvY2sSHC5tZXppdGUudjEuRGVsZXRlTG9ja1JlcXVlc3QaHS5tZXppdGUudjEuRGVsZXRlTG9ja1Jlc3BvbnNlElgKD0NyZWF0ZUpvaW5Ub2tlbhIhLm1leml0ZS52MS5DcmVhdGVKb2luVG9rZW5SZXF1ZXN0GiIubWV6aXRlLnYxLkNyZWF0ZUpvaW5Ub2tlblJlc3BvbnNlElUKDkxpc3RKb2luVG9rZW5zEiAubWV6aXRlLnYxLkxpc3RKb2luVG9rZW5zUmVxdWVzdBohLm1leml0ZS52MS5MaXN0Sm9pblRva2Vuc1Jlc3BvbnNlElgKD0RlbGV0ZUpvaW5Ub2tlbhIhLm1leml0ZS52MS5EZWxldGVKb2luVG9rZW5SZXF1ZXN0GiIubWV6aXRlLnYxLkRlbGV0ZUpvaW5Ub2tlblJlc3BvbnNlEkYKCUxpc3ROb2RlcxIbLm1leml0ZS52MS5MaXN0Tm9kZXNSZXF1ZXN0GhwubWV6aXRlLnYxLkxpc3ROb2Rlc1Jlc3BvbnNlEkkKCkRlbGV0ZU5vZGUSHC5tZXppdGUudjEuRGVsZXRlTm9kZVJlcXVlc3QaHS5tZXppdGUudjEuRGVsZXRlTm9kZVJlc3BvbnNlEkgKCUxpc3RBdWRpdBIbLm1leml0ZS52MS5MaXN0QXVkaXRSZXF1ZXN0GhwubWV6aXRlLnYxLkxpc3RBdWRpdFJlc3BvbnNlMAEScAoXUmV2b2tlQWRtaW5DZXJ0aWZpY2F0ZXMSKS5tZXppdGUudjEuUmV2b2tlQWRtaW5DZXJ0aWZpY2F0ZXNSZXF1ZXN0GioubWV6aXRlLnYxLlJldm9rZUFkbWluQ2VydGlmaWNhdGVzUmVzcG9uc2USTAoLR2V0Q2FTdGF0dXMSHS5tZXppdGUudjEuR2V0Q2FTdGF0dXNSZXF1ZXN0Gh4ubWV6aXRlLnYxLkdldENhU3RhdHVzUmVzcG9uc2USQwoIUm90YXRlQ2ESGi5tZXppdGUudjEuUm90YXRlQ2FSZXF1ZXN0GhsubWV6aXRlLnYxLlJvdGF0ZUNhUmVzcG9uc2USVQoOR2V0Q2VydGlmaWNhdGUSIC5tZXppdGUudjEuR2V0Q2VydGlmaWNhdGVSZXF1ZXN0GiEubWV6aXRlLnYxLkdldENlcnRpZmljYXRlUmVzcG9uc2USagoVQ3JlYXRlRGFzaGJvYXJkU2lnbkluEicubWV6aXRlLnYxLkNyZWF0ZURhc2hib2FyZFNpZ25JblJlcXVlc3QaKC5tZXppdGUudjEuQ3JlYXRlRGFzaGJvYXJkU2lnbkluUmVzcG9uc2ViBnByb3RvMw", [file_mezite_v1_common]);
+  fileDesc("ChVtZXppdGUvdjEvYWRtaW4ucHJvdG8SCW1leml0ZS52MSIXChVHZXRDbHVzdGVySW5mb1JlcXVlc3QiZQoWR2V0Q2x1c3RlckluZm9SZXNwb25zZRIUCgxjbHVzdGVyX25hbWUYASABKAkSFAoMcHVibGljX2FkZHJzGAIgAygJEg4KBmNhX3BpbhgDIAEoCRIPCgdjYV9waW5zGAQgAygJIkEKEUNyZWF0ZVJvbGVSZXF1ZXN0Eh0KBHJvbGUYASABKAsyDy5tZXppdGUudjEuUm9sZRINCgVmb3JjZRgCIAEoCCJFChJDcmVhdGVSb2xlUmVzcG9uc2USHQoEcm9sZRgBIAEoCzIPLm1leml0ZS52MS5Sb2xlEhAKCHJlcGxhY2VkGAIgASgIIhIKEExpc3RSb2xlc1JlcXVlc3QiMwoRTGlzdFJvbGVzUmVzcG9uc2USHgoFcm9sZXMYASADKAsyDy5tZXppdGUudjEuUm9sZSIeCg5HZXRSb2xlUmVxdWVzdBIMCgRuYW1lGAEgASgJIjAKD0dldFJvbGVSZXNwb25zZRIdCgRyb2xlGAEgASgLMg8ubWV6aXRlLnYxLlJvbGUiIQoRRGVsZXRlUm9sZVJlcXVlc3QSDAoEbmFtZRgBIAEoCSIUChJEZWxldGVSb2xlUmVzcG9uc2UiVgoNVG9rZW5WZXJpZmllchIQCgh0b2tlbl9pZBgBIAEoCRISCgp2ZXJpZnlfa2V5GAIgASgMEg8KB21hY19rZXkYAyABKAwSDgoGdHRsX21zGAQgASgDIl8KF0FkZEFnZW50SWRlbnRpdHlSZXF1ZXN0EgwKBG5hbWUYASABKAkSDQoFcm9sZXMYAiADKAkSJwoFdG9rZW4YAyABKAsyGC5tZXppdGUudjEuVG9rZW5WZXJpZmllciJxChhBZGRBZ2VudElkZW50aXR5UmVzcG9uc2USMAoIaWRlbnRpdHkYASABKAsyHi5tZXppdGUudjEuQWdlbnRJZGVudGl0eVN0YXR1cxIjCgV0b2tlbhgCIAEoCzIULm1leml0ZS52MS5Ub2tlbkluZm8icAoaTGlzdEFnZW50SWRlbnRpdGllc1JlcXVlc3QSEQoJcGFnZV9zaXplGAEgASgNEhMKC25hbWVfcHJlZml4GAIgASgJEgwKBHJvbGUYAyABKAkSDQoFbGltaXQYBCABKA0SDQoFYnJpZWYYBSABKAgiUQobTGlzdEFnZW50SWRlbnRpdGllc1Jlc3BvbnNlEjIKCmlkZW50aXRpZXMYASADKAsyHi5tZXppdGUudjEuQWdlbnRJZGVudGl0eVN0YXR1cyI4CiJMaXN0QWdlbnRJZGVudGl0aWVzRW5jb2RlZFJlc3BvbnNlEhIKCmlkZW50aXRpZXMYASADKAwiJwoXR2V0QWdlbnRJZGVudGl0eVJlcXVlc3QSDAoEbmFtZRgBIAEoCSJMChhHZXRBZ2VudElkZW50aXR5UmVzcG9uc2USMAoIaWRlbnRpdHkYASABKAsyHi5tZXppdGUudjEuQWdlbnRJZGVudGl0eVN0YXR1cyIqChpEZWxldGVBZ2VudElkZW50aXR5UmVxdWVzdBIMCgRuYW1lGAEgASgJIh0KG0RlbGV0ZUFnZW50SWRlbnRpdHlSZXNwb25zZSI6ChVSZW1vdmVJbnN0YW5jZVJlcXVlc3QSDAoEbmFtZRgBIAEoCRITCgtpbnN0YW5jZV9pZBgCIAEoCSIYChZSZW1vdmVJbnN0YW5jZVJlc3BvbnNlItkBCg9BZGRUb2tlblJlcXVlc3QSDAoEdHlwZRgBIAEoCRIWCg5hZ2VudF9pZGVudGl0eRgCIAEoCRI2CgZsYWJlbHMYAyADKAsyJi5tZXppdGUudjEuQWRkVG9rZW5SZXF1ZXN0LkxhYmVsc0VudHJ5EicKBXRva2VuGAQgASgLMhgubWV6aXRlLnYxLlRva2VuVmVyaWZpZXISEAoIcmVwbGFjZXMYBSABKAkaLQoLTGFiZWxzRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4ASI3ChBBZGRUb2tlblJlc3BvbnNlEiMKBXRva2VuGAEgASgLMhQubWV6aXRlLnYxLlRva2VuSW5mbyITChFMaXN0VG9rZW5zUmVxdWVzdCI6ChJMaXN0VG9rZW5zUmVzcG9uc2USJAoGdG9rZW5zGAEgAygLMhQubWV6aXRlLnYxLlRva2VuSW5mbyIgChJEZWxldGVUb2tlblJlcXVlc3QSCgoCaWQYASABKAkiFQoTRGVsZXRlVG9rZW5SZXNwb25zZSJYChFDcmVhdGVMb2NrUmVxdWVzdBITCgt0YXJnZXRfa2luZBgBIAEoCRIOCgZ0YXJnZXQYAiABKAkSDgoGcmVhc29uGAMgASgJEg4KBnR0bF9tcxgEIAEoAyIzChJDcmVhdGVMb2NrUmVzcG9uc2USHQoEbG9jaxgBIAEoCzIPLm1leml0ZS52MS5Mb2NrIhIKEExpc3RMb2Nrc1JlcXVlc3QiMwoRTGlzdExvY2tzUmVzcG9uc2USHgoFbG9ja3MYASADKAsyDy5tZXppdGUudjEuTG9jayIfChFEZWxldGVMb2NrUmVxdWVzdBIKCgJpZBgBIAEoCSIlChJEZWxldGVMb2NrUmVzcG9uc2USDwoHcmVtb3ZlZBgBIAEoDSK2AQoQTGlzdE5vZGVzUmVxdWVzdBIRCglwYWdlX3NpemUYASABKA0SEgoKcGFnZV90b2tlbhgCIAEoCRITCgtuYW1lX3ByZWZpeBgDIAEoCRI3CgZsYWJlbHMYBCADKAsyJy5tZXppdGUudjEuTGlzdE5vZGVzUmVxdWVzdC5MYWJlbHNFbnRyeRotCgtMYWJlbHNFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAk6AjgBIkwKEUxpc3ROb2Rlc1Jlc3BvbnNlEh4KBW5vZGVzGAEgAygLMg8ubWV6aXRlLnYxLk5vZGUSFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJIj4KFkNyZWF0ZUpvaW5Ub2tlblJlcXVlc3QSFQoNZG9jdW1lbnRfanNvbhgBIAEoCRINCgVmb3JjZRgCIAEoCCJdChdDcmVhdGVKb2luVG9rZW5SZXNwb25zZRIwCgpqb2luX3Rva2VuGAEgASgLMhwubWV6aXRlLnYxLkpvaW5Ub2tlblJlc291cmNlEhAKCHJlcGxhY2VkGAIgASgIIhcKFUxpc3RKb2luVG9rZW5zUmVxdWVzdCJLChZMaXN0Sm9pblRva2Vuc1Jlc3BvbnNlEjEKC2pvaW5fdG9rZW5zGAEgAygLMhwubWV6aXRlLnYxLkpvaW5Ub2tlblJlc291cmNlIiYKFkRlbGV0ZUpvaW5Ub2tlblJlcXVlc3QSDAoEbmFtZRgBIAEoCSIZChdEZWxldGVKb2luVG9rZW5SZXNwb25zZSIhChFEZWxldGVOb2RlUmVxdWVzdBIMCgRuYW1lGAEgASgJIhQKEkRlbGV0ZU5vZGVSZXNwb25zZSIgCh5SZXZva2VBZG1pbkNlcnRpZmljYXRlc1JlcXVlc3QiOQofUmV2b2tlQWRtaW5DZXJ0aWZpY2F0ZXNSZXNwb25zZRIWCg5yZXZva2VkX2JlZm9yZRgBIAEoAyI+ChBMaXN0QXVkaXRSZXF1ZXN0Eg0KBXNpbmNlGAEgASgDEgwKBHR5cGUYAiABKAkSDQoFbGltaXQYAyABKA0iOgoRTGlzdEF1ZGl0UmVzcG9uc2USJQoGZXZlbnRzGAEgAygLMhUubWV6aXRlLnYxLkF1ZGl0RXZlbnQieQoLQ2FLZXlTdGF0dXMSDAoEcm9sZRgBIAEoCRIXCg9zc2hfZmluZ2VycHJpbnQYAiABKAkSEAoIeDUwOV9waW4YAyABKAkSDwoHc2lnbmluZxgEIAEoCBIPCgd0cnVzdGVkGAUgASgIEg8KB2hvbGRlcnMYBiABKA0i7QEKCENhU3RhdHVzEgwKBHR5cGUYASABKAkSDQoFcGhhc2UYAiABKAkSDAoEbW9kZRgDIAEoCRIPCgdzdGFydGVkGAQgASgDEhUKDXBoYXNlX3N0YXJ0ZWQYBSABKAMSFQoNbmV4dF9waGFzZV9hdBgGIAEoAxIUCgxsYXN0X3JvdGF0ZWQYByABKAMSJAoEa2V5cxgIIAMoCzIWLm1leml0ZS52MS5DYUtleVN0YXR1cxIVCg1ob2xkZXJzX3RvdGFsGAkgASgNEhQKDGJlaGluZF9jb3VudBgeIAEoDRIOCgZiZWhpbmQYHyADKAkiFAoSR2V0Q2FTdGF0dXNSZXF1ZXN0IjcKE0dldENhU3RhdHVzUmVzcG9uc2USIAoDY2FzGAEgAygLMhMubWV6aXRlLnYxLkNhU3RhdHVzIlYKD1JvdGF0ZUNhUmVxdWVzdBIMCgR0eXBlGAEgASgJEg0KBXBoYXNlGAIgASgJEhcKD2dyYWNlX3BlcmlvZF9tcxgDIAEoAxINCgVmb3JjZRgeIAEoCCI0ChBSb3RhdGVDYVJlc3BvbnNlEiAKA2NhcxgBIAMoCzITLm1leml0ZS52MS5DYVN0YXR1cyInChVHZXRDZXJ0aWZpY2F0ZVJlcXVlc3QSDgoGc2VyaWFsGAEgASgJIowDCg9DZXJ0aWZpY2F0ZUluZm8SDgoGc2VyaWFsGAEgASgJEhAKCGlkZW50aXR5GAIgASgJEhMKC2luc3RhbmNlX2lkGAMgASgJEg0KBXJvbGVzGAQgAygJEhIKCnByaW5jaXBhbHMYBSADKAkSEwoLdmFsaWRfYWZ0ZXIYBiABKAMSFAoMdmFsaWRfYmVmb3JlGAcgASgDEhEKCWlzc3VlZF9ieRgIIAEoCRIRCglpc3N1ZWRfYXQYCSABKAMSEgoKZ2VuZXJhdGlvbhgKIAEoBBITCgtyZW1vdGVfYWRkchgLIAEoCRITCgtqb2luX21ldGhvZBgMIAEoCRISCgpqb2luX3Rva2VuGA0gASgJEjYKBmNsYWltcxgOIAMoCzImLm1leml0ZS52MS5DZXJ0aWZpY2F0ZUluZm8uQ2xhaW1zRW50cnkSFQoNaW5zdGFuY2VfbGl2ZRgPIAEoCBotCgtDbGFpbXNFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAk6AjgBIkkKFkdldENlcnRpZmljYXRlUmVzcG9uc2USLwoLY2VydGlmaWNhdGUYASABKAsyGi5tZXppdGUudjEuQ2VydGlmaWNhdGVJbmZvIjMKHENyZWF0ZURhc2hib2FyZFNpZ25JblJlcXVlc3QSEwoLc2VjcmV0X2hhc2gYASABKAwiQQodQ3JlYXRlRGFzaGJvYXJkU2lnbkluUmVzcG9uc2USDwoHd2ViX3VybBgBIAEoCRIPCgdleHBpcmVzGAIgASgDMtARCgxBZG1pblNlcnZpY2USVQoOR2V0Q2x1c3RlckluZm8SIC5tZXppdGUudjEuR2V0Q2x1c3RlckluZm9SZXF1ZXN0GiEubWV6aXRlLnYxLkdldENsdXN0ZXJJbmZvUmVzcG9uc2USSQoKQ3JlYXRlUm9sZRIcLm1leml0ZS52MS5DcmVhdGVSb2xlUmVxdWVzdBodLm1leml0ZS52MS5DcmVhdGVSb2xlUmVzcG9uc2USRgoJTGlzdFJvbGVzEhsubWV6aXRlLnYxLkxpc3RSb2xlc1JlcXVlc3QaHC5tZXppdGUudjEuTGlzdFJvbGVzUmVzcG9uc2USQAoHR2V0Um9sZRIZLm1leml0ZS52MS5HZXRSb2xlUmVxdWVzdBoaLm1leml0ZS52MS5HZXRSb2xlUmVzcG9uc2USSQoKRGVsZXRlUm9sZRIcLm1leml0ZS52MS5EZWxldGVSb2xlUmVxdWVzdBodLm1leml0ZS52MS5EZWxldGVSb2xlUmVzcG9uc2USWwoQQWRkQWdlbnRJZGVudGl0eRIiLm1leml0ZS52MS5BZGRBZ2VudElkZW50aXR5UmVxdWVzdBojLm1leml0ZS52MS5BZGRBZ2VudElkZW50aXR5UmVzcG9uc2USZgoTTGlzdEFnZW50SWRlbnRpdGllcxIlLm1leml0ZS52MS5MaXN0QWdlbnRJZGVudGl0aWVzUmVxdWVzdBomLm1leml0ZS52MS5MaXN0QWdlbnRJZGVudGl0aWVzUmVzcG9uc2UwARJbChBHZXRBZ2VudElkZW50aXR5EiIubWV6aXRlLnYxLkdldEFnZW50SWRlbnRpdHlSZXF1ZXN0GiMubWV6aXRlLnYxLkdldEFnZW50SWRlbnRpdHlSZXNwb25zZRJkChNEZWxldGVBZ2VudElkZW50aXR5EiUubWV6aXRlLnYxLkRlbGV0ZUFnZW50SWRlbnRpdHlSZXF1ZXN0GiYubWV6aXRlLnYxLkRlbGV0ZUFnZW50SWRlbnRpdHlSZXNwb25zZRJVCg5SZW1vdmVJbnN0YW5jZRIgLm1leml0ZS52MS5SZW1vdmVJbnN0YW5jZVJlcXVlc3QaIS5tZXppdGUudjEuUmVtb3ZlSW5zdGFuY2VSZXNwb25zZRJDCghBZGRUb2tlbhIaLm1leml0ZS52MS5BZGRUb2tlblJlcXVlc3QaGy5tZXppdGUudjEuQWRkVG9rZW5SZXNwb25zZRJJCgpMaXN0VG9rZW5zEhwubWV6aXRlLnYxLkxpc3RUb2tlbnNSZXF1ZXN0Gh0ubWV6aXRlLnYxLkxpc3RUb2tlbnNSZXNwb25zZRJMCgtEZWxldGVUb2tlbhIdLm1leml0ZS52MS5EZWxldGVUb2tlblJlcXVlc3QaHi5tZXppdGUudjEuRGVsZXRlVG9rZW5SZXNwb25zZRJJCgpDcmVhdGVMb2NrEhwubWV6aXRlLnYxLkNyZWF0ZUxvY2tSZXF1ZXN0Gh0ubWV6aXRlLnYxLkNyZWF0ZUxvY2tSZXNwb25zZRJGCglMaXN0TG9ja3MSGy5tZXppdGUudjEuTGlzdExvY2tzUmVxdWVzdBocLm1leml0ZS52MS5MaXN0TG9ja3NSZXNwb25zZRJJCgpEZWxldGVMb2NrEhwubWV6aXRlLnYxLkRlbGV0ZUxvY2tSZXF1ZXN0Gh0ubWV6aXRlLnYxLkRlbGV0ZUxvY2tSZXNwb25zZRJYCg9DcmVhdGVKb2luVG9rZW4SIS5tZXppdGUudjEuQ3JlYXRlSm9pblRva2VuUmVxdWVzdBoiLm1leml0ZS52MS5DcmVhdGVKb2luVG9rZW5SZXNwb25zZRJVCg5MaXN0Sm9pblRva2VucxIgLm1leml0ZS52MS5MaXN0Sm9pblRva2Vuc1JlcXVlc3QaIS5tZXppdGUudjEuTGlzdEpvaW5Ub2tlbnNSZXNwb25zZRJYCg9EZWxldGVKb2luVG9rZW4SIS5tZXppdGUudjEuRGVsZXRlSm9pblRva2VuUmVxdWVzdBoiLm1leml0ZS52MS5EZWxldGVKb2luVG9rZW5SZXNwb25zZRJGCglMaXN0Tm9kZXMSGy5tZXppdGUudjEuTGlzdE5vZGVzUmVxdWVzdBocLm1leml0ZS52MS5MaXN0Tm9kZXNSZXNwb25zZRJJCgpEZWxldGVOb2RlEhwubWV6aXRlLnYxLkRlbGV0ZU5vZGVSZXF1ZXN0Gh0ubWV6aXRlLnYxLkRlbGV0ZU5vZGVSZXNwb25zZRJICglMaXN0QXVkaXQSGy5tZXppdGUudjEuTGlzdEF1ZGl0UmVxdWVzdBocLm1leml0ZS52MS5MaXN0QXVkaXRSZXNwb25zZTABEnAKF1Jldm9rZUFkbWluQ2VydGlmaWNhdGVzEikubWV6aXRlLnYxLlJldm9rZUFkbWluQ2VydGlmaWNhdGVzUmVxdWVzdBoqLm1leml0ZS52MS5SZXZva2VBZG1pbkNlcnRpZmljYXRlc1Jlc3BvbnNlEkwKC0dldENhU3RhdHVzEh0ubWV6aXRlLnYxLkdldENhU3RhdHVzUmVxdWVzdBoeLm1leml0ZS52MS5HZXRDYVN0YXR1c1Jlc3BvbnNlEkMKCFJvdGF0ZUNhEhoubWV6aXRlLnYxLlJvdGF0ZUNhUmVxdWVzdBobLm1leml0ZS52MS5Sb3RhdGVDYVJlc3BvbnNlElUKDkdldENlcnRpZmljYXRlEiAubWV6aXRlLnYxLkdldENlcnRpZmljYXRlUmVxdWVzdBohLm1leml0ZS52MS5HZXRDZXJ0aWZpY2F0ZVJlc3BvbnNlEmoKFUNyZWF0ZURhc2hib2FyZFNpZ25JbhInLm1leml0ZS52MS5DcmVhdGVEYXNoYm9hcmRTaWduSW5SZXF1ZXN0GigubWV6aXRlLnYxLkNyZWF0ZURhc2hib2FyZFNpZ25JblJlc3BvbnNlYgZwcm90bzM", [file_mezite_v1_common]);
 
 /**
  * @generated from message mezite.v1.GetClusterInfoRequest
@@ -355,6 +355,28 @@ export const ListAgentIdentitiesResponseSchema: GenMessage<ListAgentIdentitiesRe
   messageDesc(file_mezite_v1_admin, 14);
 
 /**
+ * ListAgentIdentitiesResponse as a client may read it: each status left encoded (the same bytes
+ * on the wire). mezctl reads brief pages this way and decodes the statuses itself
+ * (src/api/brief-page.ts): at 100,000 identities decoding them through the schema was most of
+ * its CPU. Not a reply of its own: no method returns it.
+ *
+ * @generated from message mezite.v1.ListAgentIdentitiesEncodedResponse
+ */
+export type ListAgentIdentitiesEncodedResponse = Message<"mezite.v1.ListAgentIdentitiesEncodedResponse"> & {
+  /**
+   * @generated from field: repeated bytes identities = 1;
+   */
+  identities: Uint8Array[];
+};
+
+/**
+ * Describes the message mezite.v1.ListAgentIdentitiesEncodedResponse.
+ * Use `create(ListAgentIdentitiesEncodedResponseSchema)` to create a new message.
+ */
+export const ListAgentIdentitiesEncodedResponseSchema: GenMessage<ListAgentIdentitiesEncodedResponse> = /*@__PURE__*/
+  messageDesc(file_mezite_v1_admin, 15);
+
+/**
  * @generated from message mezite.v1.GetAgentIdentityRequest
  */
 export type GetAgentIdentityRequest = Message<"mezite.v1.GetAgentIdentityRequest"> & {
@@ -369,7 +391,7 @@ export type GetAgentIdentityRequest = Message<"mezite.v1.GetAgentIdentityRequest
  * Use `create(GetAgentIdentityRequestSchema)` to create a new message.
  */
 export const GetAgentIdentityRequestSchema: GenMessage<GetAgentIdentityRequest> = /*@__PURE__*/
-  messageDesc(file_mezite_v1_admin, 15);
+  messageDesc(file_mezite_v1_admin, 16);
 
 /**
  * @generated from message mezite.v1.GetAgentIdentityResponse
@@ -386,7 +408,7 @@ export type GetAgentIdentityResponse = Message<"mezite.v1.GetAgentIdentityRespon
  * Use `create(GetAgentIdentityResponseSchema)` to create a new message.
  */
 export const GetAgentIdentityResponseSchema: GenMessage<GetAgentIdentityResponse> = /*@__PURE__*/
-  messageDesc(file_mezite_v1_admin, 16);
+  messageDesc(file_mezite_v1_admin, 17);
 
 /**
  * @generated from message mezite.v1.DeleteAgentIdentityRequest
@@ -403,7 +425,7 @@ export type DeleteAgentIdentityRequest = Message<"mezite.v1.DeleteAgentIdentityR
  * Use `create(DeleteAgentIdentityRequestSchema)` to create a new message.
  */
 export const DeleteAgentIdentityRequestSchema: GenMessage<DeleteAgentIdentityRequest> = /*@__PURE__*/
-  messageDesc(file_mezite_v1_admin, 17);
+  messageDesc(file_mezite_v1_admin, 18);
 
 /**
  * @generated from message mezite.v1.DeleteAgentIdentityResponse
@@ -416,7 +438,7 @@ export type DeleteAgentIdentityResponse = Message<"mezite.v1.DeleteAgentIdentity
  * Use `create(DeleteAgentIdentityResponseSchema)` to create a new message.
  */
 export const DeleteAgentIdentityResponseSchema: GenMessage<DeleteAgentIdentityResponse> = /*@__PURE__*/
-  messageDesc(file_mezite_v1_admin, 18);
+  messageDesc(file_mezite_v1_admin, 19);
 
 /**
  * @generated from message mezite.v1.RemoveInstanceRequest
@@ -438,7 +460,7 @@ export type RemoveInstanceRequest = Message<"mezite.v1.RemoveInstanceRequest"> &
  * Use `create(RemoveInstanceRequestSchema)` to create a new message.
  */
 export const RemoveInstanceRequestSchema: GenMessage<RemoveInstanceRequest> = /*@__PURE__*/
-  messageDesc(file_mezite_v1_admin, 19);
+  messageDesc(file_mezite_v1_admin, 20);
 
 /**
  * @generated from message mezite.v1.RemoveInstanceResponse
@@ -451,7 +473,7 @@ export type RemoveInstanceResponse = Message<"mezite.v1.RemoveInstanceResponse">
  * Use `create(RemoveInstanceResponseSchema)` to create a new message.
  */
 export const RemoveInstanceResponseSchema: GenMessage<RemoveInstanceResponse> = /*@__PURE__*/
-  messageDesc(file_mezite_v1_admin, 20);
+  messageDesc(file_mezite_v1_admin, 21);
 
 /**
  * @generated from message mezite.v1.AddTokenRequest
@@ -496,7 +518,7 @@ export type AddTokenRequest = Message<"mezite.v1.AddTokenRequest"> & {
  * Use `create(AddTokenRequestSchema)` to create a new message.
  */
 export const AddTokenRequestSchema: GenMessage<AddTokenRequest> = /*@__PURE__*/
-  messageDesc(file_mezite_v1_admin, 21);
+  messageDesc(file_mezite_v1_admin, 22);
 
 /**
  * @generated from message mezite.v1.AddTokenResponse
@@ -513,7 +535,7 @@ export type AddTokenResponse = Message<"mezite.v1.AddTokenResponse"> & {
  * Use `create(AddTokenResponseSchema)` to create a new message.
  */
 export const AddTokenResponseSchema: GenMessage<AddTokenResponse> = /*@__PURE__*/
-  messageDesc(file_mezite_v1_admin, 22);
+  messageDesc(file_mezite_v1_admin, 23);
 
 /**
  * @generated from message mezite.v1.ListTokensRequest
@@ -526,7 +548,7 @@ export type ListTokensRequest = Message<"mezite.v1.ListTokensRequest"> & {
  * Use `create(ListTokensRequestSchema)` to create a new message.
  */
 export const ListTokensRequestSchema: GenMessage<ListTokensRequest> = /*@__PURE__*/
-  messageDesc(file_mezite_v1_admin, 23);
+  messageDesc(file_mezite_v1_admin, 24);
 
 /**
  * @generated from message mezite.v1.ListTokensResponse
@@ -543,7 +565,7 @@ export type ListTokensResponse = Message<"mezite.v1.ListTokensResponse"> & {
  * Use `create(ListTokensResponseSchema)` to create a new message.
  */
 export const ListTokensResponseSchema: GenMessage<ListTokensResponse> = /*@__PURE__*/
-  messageDesc(file_mezite_v1_admin, 24);
+  messageDesc(file_mezite_v1_admin, 25);
 
 /**
  * @generated from message mezite.v1.DeleteTokenRequest
@@ -560,7 +582,7 @@ export type DeleteTokenRequest = Message<"mezite.v1.DeleteTokenRequest"> & {
  * Use `create(DeleteTokenRequestSchema)` to create a new message.
  */
 export const DeleteTokenRequestSchema: GenMessage<DeleteTokenRequest> = /*@__PURE__*/
-  messageDesc(file_mezite_v1_admin, 25);
+  messageDesc(file_mezite_v1_admin, 26);
 
 /**
  * @generated from message mezite.v1.DeleteTokenResponse
@@ -573,7 +595,7 @@ export type DeleteTokenResponse = Message<"mezite.v1.DeleteTokenResponse"> & {
  * Use `create(DeleteTokenResponseSchema)` to create a new message.
  */
 export const DeleteTokenResponseSchema: GenMessage<DeleteTokenResponse> = /*@__PURE__*/
-  messageDesc(file_mezite_v1_admin, 26);
+  messageDesc(file_mezite_v1_admin, 27);
 
 /**
  * @generated from message mezite.v1.CreateLockRequest
@@ -605,7 +627,7 @@ export type CreateLockRequest = Message<"mezite.v1.CreateLockRequest"> & {
  * Use `create(CreateLockRequestSchema)` to create a new message.
  */
 export const CreateLockRequestSchema: GenMessage<CreateLockRequest> = /*@__PURE__*/
-  messageDesc(file_mezite_v1_admin, 27);
+  messageDesc(file_mezite_v1_admin, 28);
 
 /**
  * @generated from message mezite.v1.CreateLockResponse
@@ -622,7 +644,7 @@ export type CreateLockResponse = Message<"mezite.v1.CreateLockResponse"> & {
  * Use `create(CreateLockResponseSchema)` to create a new message.
  */
 export const CreateLockResponseSchema: GenMessage<CreateLockResponse> = /*@__PURE__*/
-  messageDesc(file_mezite_v1_admin, 28);
+  messageDesc(file_mezite_v1_admin, 29);
 
 /**
  * @generated from message mezite.v1.ListLocksRequest
@@ -635,7 +657,7 @@ export type ListLocksRequest = Message<"mezite.v1.ListLocksRequest"> & {
  * Use `create(ListLocksRequestSchema)` to create a new message.
  */
 export const ListLocksRequestSchema: GenMessage<ListLocksRequest> = /*@__PURE__*/
-  messageDesc(file_mezite_v1_admin, 29);
+  messageDesc(file_mezite_v1_admin, 30);
 
 /**
  * @generated from message mezite.v1.ListLocksResponse
@@ -652,7 +674,7 @@ export type ListLocksResponse = Message<"mezite.v1.ListLocksResponse"> & {
  * Use `create(ListLocksResponseSchema)` to create a new message.
  */
 export const ListLocksResponseSchema: GenMessage<ListLocksResponse> = /*@__PURE__*/
-  messageDesc(file_mezite_v1_admin, 30);
+  messageDesc(file_mezite_v1_admin, 31);
 
 /**
  * @generated from message mezite.v1.DeleteLockRequest
@@ -671,7 +693,7 @@ export type DeleteLockRequest = Message<"mezite.v1.DeleteLockRequest"> & {
  * Use `create(DeleteLockRequestSchema)` to create a new message.
  */
 export const DeleteLockRequestSchema: GenMessage<DeleteLockRequest> = /*@__PURE__*/
-  messageDesc(file_mezite_v1_admin, 31);
+  messageDesc(file_mezite_v1_admin, 32);
 
 /**
  * @generated from message mezite.v1.DeleteLockResponse
@@ -688,7 +710,7 @@ export type DeleteLockResponse = Message<"mezite.v1.DeleteLockResponse"> & {
  * Use `create(DeleteLockResponseSchema)` to create a new message.
  */
 export const DeleteLockResponseSchema: GenMessage<DeleteLockResponse> = /*@__PURE__*/
-  messageDesc(file_mezite_v1_admin, 32);
+  messageDesc(file_mezite_v1_admin, 33);
 
 /**
  * @generated from message mezite.v1.ListNodesRequest
@@ -728,7 +750,7 @@ export type ListNodesRequest = Message<"mezite.v1.ListNodesRequest"> & {
  * Use `create(ListNodesRequestSchema)` to create a new message.
  */
 export const ListNodesRequestSchema: GenMessage<ListNodesRequest> = /*@__PURE__*/
-  messageDesc(file_mezite_v1_admin, 33);
+  messageDesc(file_mezite_v1_admin, 34);
 
 /**
  * @generated from message mezite.v1.ListNodesResponse
@@ -753,7 +775,7 @@ export type ListNodesResponse = Message<"mezite.v1.ListNodesResponse"> & {
  * Use `create(ListNodesResponseSchema)` to create a new message.
  */
 export const ListNodesResponseSchema: GenMessage<ListNodesResponse> = /*@__PURE__*/
-  messageDesc(file_mezite_v1_admin, 34);
+  messageDesc(file_mezite_v1_admin, 35);
 
 /**
  * @generated from message mezite.v1.CreateJoinTokenRequest
@@ -777,7 +799,7 @@ export type CreateJoinTokenRequest = Message<"mezite.v1.CreateJoinTokenRequest">
  * Use `create(CreateJoinTokenRequestSchema)` to create a new message.
  */
 export const CreateJoinTokenRequestSchema: GenMessage<CreateJoinTokenRequest> = /*@__PURE__*/
-  messageDesc(file_mezite_v1_admin, 35);
+  messageDesc(file_mezite_v1_admin, 36);
 
 /**
  * @generated from message mezite.v1.CreateJoinTokenResponse
@@ -799,7 +821,7 @@ export type CreateJoinTokenResponse = Message<"mezite.v1.CreateJoinTokenResponse
  * Use `create(CreateJoinTokenResponseSchema)` to create a new message.
  */
 export const CreateJoinTokenResponseSchema: GenMessage<CreateJoinTokenResponse> = /*@__PURE__*/
-  messageDesc(file_mezite_v1_admin, 36);
+  messageDesc(file_mezite_v1_admin, 37);
 
 /**
  * @generated from message mezite.v1.ListJoinTokensRequest
@@ -812,7 +834,7 @@ export type ListJoinTokensRequest = Message<"mezite.v1.ListJoinTokensRequest"> &
  * Use `create(ListJoinTokensRequestSchema)` to create a new message.
  */
 export const ListJoinTokensRequestSchema: GenMessage<ListJoinTokensRequest> = /*@__PURE__*/
-  messageDesc(file_mezite_v1_admin, 37);
+  messageDesc(file_mezite_v1_admin, 38);
 
 /**
  * @generated from message mezite.v1.ListJoinTokensResponse
@@ -829,7 +851,7 @@ export type ListJoinTokensResponse = Message<"mezite.v1.ListJoinTokensResponse">
  * Use `create(ListJoinTokensResponseSchema)` to create a new message.
  */
 export const ListJoinTokensResponseSchema: GenMessage<ListJoinTokensResponse> = /*@__PURE__*/
-  messageDesc(file_mezite_v1_admin, 38);
+  messageDesc(file_mezite_v1_admin, 39);
 
 /**
  * @generated from message mezite.v1.DeleteJoinTokenRequest
@@ -846,7 +868,7 @@ export type DeleteJoinTokenRequest = Message<"mezite.v1.DeleteJoinTokenRequest">
  * Use `create(DeleteJoinTokenRequestSchema)` to create a new message.
  */
 export const DeleteJoinTokenRequestSchema: GenMessage<DeleteJoinTokenRequest> = /*@__PURE__*/
-  messageDesc(file_mezite_v1_admin, 39);
+  messageDesc(file_mezite_v1_admin, 40);
 
 /**
  * @generated from message mezite.v1.DeleteJoinTokenResponse
@@ -859,7 +881,7 @@ export type DeleteJoinTokenResponse = Message<"mezite.v1.DeleteJoinTokenResponse
  * Use `create(DeleteJoinTokenResponseSchema)` to create a new message.
  */
 export const DeleteJoinTokenResponseSchema: GenMessage<DeleteJoinTokenResponse> = /*@__PURE__*/
-  messageDesc(file_mezite_v1_admin, 40);
+  messageDesc(file_mezite_v1_admin, 41);
 
 /**
  * @generated from message mezite.v1.DeleteNodeRequest
@@ -876,7 +898,7 @@ export type DeleteNodeRequest = Message<"mezite.v1.DeleteNodeRequest"> & {
  * Use `create(DeleteNodeRequestSchema)` to create a new message.
  */
 export const DeleteNodeRequestSchema: GenMessage<DeleteNodeRequest> = /*@__PURE__*/
-  messageDesc(file_mezite_v1_admin, 41);
+  messageDesc(file_mezite_v1_admin, 42);
 
 /**
  * @generated from message mezite.v1.DeleteNodeResponse
@@ -889,7 +911,7 @@ export type DeleteNodeResponse = Message<"mezite.v1.DeleteNodeResponse"> & {
  * Use `create(DeleteNodeResponseSchema)` to create a new message.
  */
 export const DeleteNodeResponseSchema: GenMessage<DeleteNodeResponse> = /*@__PURE__*/
-  messageDesc(file_mezite_v1_admin, 42);
+  messageDesc(file_mezite_v1_admin, 43);
 
 /**
  * @generated from message mezite.v1.RevokeAdminCertificatesRequest
@@ -902,7 +924,7 @@ export type RevokeAdminCertificatesRequest = Message<"mezite.v1.RevokeAdminCerti
  * Use `create(RevokeAdminCertificatesRequestSchema)` to create a new message.
  */
 export const RevokeAdminCertificatesRequestSchema: GenMessage<RevokeAdminCertificatesRequest> = /*@__PURE__*/
-  messageDesc(file_mezite_v1_admin, 43);
+  messageDesc(file_mezite_v1_admin, 44);
 
 /**
  * @generated from message mezite.v1.RevokeAdminCertificatesResponse
@@ -921,7 +943,7 @@ export type RevokeAdminCertificatesResponse = Message<"mezite.v1.RevokeAdminCert
  * Use `create(RevokeAdminCertificatesResponseSchema)` to create a new message.
  */
 export const RevokeAdminCertificatesResponseSchema: GenMessage<RevokeAdminCertificatesResponse> = /*@__PURE__*/
-  messageDesc(file_mezite_v1_admin, 44);
+  messageDesc(file_mezite_v1_admin, 45);
 
 /**
  * @generated from message mezite.v1.ListAuditRequest
@@ -948,7 +970,7 @@ export type ListAuditRequest = Message<"mezite.v1.ListAuditRequest"> & {
  * Use `create(ListAuditRequestSchema)` to create a new message.
  */
 export const ListAuditRequestSchema: GenMessage<ListAuditRequest> = /*@__PURE__*/
-  messageDesc(file_mezite_v1_admin, 45);
+  messageDesc(file_mezite_v1_admin, 46);
 
 /**
  * @generated from message mezite.v1.ListAuditResponse
@@ -965,7 +987,7 @@ export type ListAuditResponse = Message<"mezite.v1.ListAuditResponse"> & {
  * Use `create(ListAuditResponseSchema)` to create a new message.
  */
 export const ListAuditResponseSchema: GenMessage<ListAuditResponse> = /*@__PURE__*/
-  messageDesc(file_mezite_v1_admin, 46);
+  messageDesc(file_mezite_v1_admin, 47);
 
 /**
  * @generated from message mezite.v1.CaKeyStatus
@@ -1013,7 +1035,7 @@ export type CaKeyStatus = Message<"mezite.v1.CaKeyStatus"> & {
  * Use `create(CaKeyStatusSchema)` to create a new message.
  */
 export const CaKeyStatusSchema: GenMessage<CaKeyStatus> = /*@__PURE__*/
-  messageDesc(file_mezite_v1_admin, 47);
+  messageDesc(file_mezite_v1_admin, 48);
 
 /**
  * @generated from message mezite.v1.CaStatus
@@ -1091,7 +1113,7 @@ export type CaStatus = Message<"mezite.v1.CaStatus"> & {
  * Use `create(CaStatusSchema)` to create a new message.
  */
 export const CaStatusSchema: GenMessage<CaStatus> = /*@__PURE__*/
-  messageDesc(file_mezite_v1_admin, 48);
+  messageDesc(file_mezite_v1_admin, 49);
 
 /**
  * @generated from message mezite.v1.GetCaStatusRequest
@@ -1104,7 +1126,7 @@ export type GetCaStatusRequest = Message<"mezite.v1.GetCaStatusRequest"> & {
  * Use `create(GetCaStatusRequestSchema)` to create a new message.
  */
 export const GetCaStatusRequestSchema: GenMessage<GetCaStatusRequest> = /*@__PURE__*/
-  messageDesc(file_mezite_v1_admin, 49);
+  messageDesc(file_mezite_v1_admin, 50);
 
 /**
  * @generated from message mezite.v1.GetCaStatusResponse
@@ -1121,7 +1143,7 @@ export type GetCaStatusResponse = Message<"mezite.v1.GetCaStatusResponse"> & {
  * Use `create(GetCaStatusResponseSchema)` to create a new message.
  */
 export const GetCaStatusResponseSchema: GenMessage<GetCaStatusResponse> = /*@__PURE__*/
-  messageDesc(file_mezite_v1_admin, 50);
+  messageDesc(file_mezite_v1_admin, 51);
 
 /**
  * @generated from message mezite.v1.RotateCaRequest
@@ -1162,7 +1184,7 @@ export type RotateCaRequest = Message<"mezite.v1.RotateCaRequest"> & {
  * Use `create(RotateCaRequestSchema)` to create a new message.
  */
 export const RotateCaRequestSchema: GenMessage<RotateCaRequest> = /*@__PURE__*/
-  messageDesc(file_mezite_v1_admin, 51);
+  messageDesc(file_mezite_v1_admin, 52);
 
 /**
  * @generated from message mezite.v1.RotateCaResponse
@@ -1179,7 +1201,7 @@ export type RotateCaResponse = Message<"mezite.v1.RotateCaResponse"> & {
  * Use `create(RotateCaResponseSchema)` to create a new message.
  */
 export const RotateCaResponseSchema: GenMessage<RotateCaResponse> = /*@__PURE__*/
-  messageDesc(file_mezite_v1_admin, 52);
+  messageDesc(file_mezite_v1_admin, 53);
 
 /**
  * @generated from message mezite.v1.GetCertificateRequest
@@ -1198,7 +1220,7 @@ export type GetCertificateRequest = Message<"mezite.v1.GetCertificateRequest"> &
  * Use `create(GetCertificateRequestSchema)` to create a new message.
  */
 export const GetCertificateRequestSchema: GenMessage<GetCertificateRequest> = /*@__PURE__*/
-  messageDesc(file_mezite_v1_admin, 53);
+  messageDesc(file_mezite_v1_admin, 54);
 
 /**
  * @generated from message mezite.v1.CertificateInfo
@@ -1295,7 +1317,7 @@ export type CertificateInfo = Message<"mezite.v1.CertificateInfo"> & {
  * Use `create(CertificateInfoSchema)` to create a new message.
  */
 export const CertificateInfoSchema: GenMessage<CertificateInfo> = /*@__PURE__*/
-  messageDesc(file_mezite_v1_admin, 54);
+  messageDesc(file_mezite_v1_admin, 55);
 
 /**
  * @generated from message mezite.v1.GetCertificateResponse
@@ -1312,7 +1334,7 @@ export type GetCertificateResponse = Message<"mezite.v1.GetCertificateResponse">
  * Use `create(GetCertificateResponseSchema)` to create a new message.
  */
 export const GetCertificateResponseSchema: GenMessage<GetCertificateResponse> = /*@__PURE__*/
-  messageDesc(file_mezite_v1_admin, 55);
+  messageDesc(file_mezite_v1_admin, 56);
 
 /**
  * @generated from message mezite.v1.CreateDashboardSignInRequest
@@ -1331,7 +1353,7 @@ export type CreateDashboardSignInRequest = Message<"mezite.v1.CreateDashboardSig
  * Use `create(CreateDashboardSignInRequestSchema)` to create a new message.
  */
 export const CreateDashboardSignInRequestSchema: GenMessage<CreateDashboardSignInRequest> = /*@__PURE__*/
-  messageDesc(file_mezite_v1_admin, 56);
+  messageDesc(file_mezite_v1_admin, 57);
 
 /**
  * @generated from message mezite.v1.CreateDashboardSignInResponse
@@ -1357,7 +1379,7 @@ export type CreateDashboardSignInResponse = Message<"mezite.v1.CreateDashboardSi
  * Use `create(CreateDashboardSignInResponseSchema)` to create a new message.
  */
 export const CreateDashboardSignInResponseSchema: GenMessage<CreateDashboardSignInResponse> = /*@__PURE__*/
-  messageDesc(file_mezite_v1_admin, 57);
+  messageDesc(file_mezite_v1_admin, 58);
 
 /**
  * Called over mTLS with the admin certificate from admin.identity.
