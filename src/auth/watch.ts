@@ -25,6 +25,7 @@ import type { ServerHttp2Session } from "node:http2";
 import { create } from "@bufbuild/protobuf";
 import { WatchNodeEventSchema, type GetRevocationsResponse, type WatchNodeEvent } from "../api/gen/mezite/v1/node_pb.js";
 import { WatchCaStateEventSchema, type WatchCaStateEvent } from "../api/gen/mezite/v1/renew_pb.js";
+import { sourceOf } from "../lib/connections.js";
 import { MeziteError } from "../lib/errors.js";
 import type { Logger } from "../lib/log.js";
 import { PeriodicCheck } from "../lib/periodic-check.js";
@@ -41,7 +42,7 @@ export interface WatchLimits {
    */
   maxStreams: number;
   /**
-   * Streams at most from one source address (default 2,000): a fleet behind one NAT gateway
+   * Streams at most from one source, an IPv4 address or an IPv6 /64 (default 2,000): a fleet behind one NAT gateway
    * still streams at the size one gateway usually fronts, while one host cannot take every slot.
    */
   maxPerSource: number;
@@ -57,7 +58,8 @@ export const DAEMON_STREAM_MS = 24 * 3_600_000;
 const MAX_TIMER_MS = 2 ** 31 - 1;
 
 interface Subscriber {
-  remoteAddr: string;
+  /** What its address counts as against the per-source cap: an IPv6 /64 is one source (lib/connections.ts). */
+  source: string;
   session: ServerHttp2Session | undefined;
   wake: (() => void) | undefined;
   ended: boolean;
@@ -187,14 +189,14 @@ export class WatchHub {
 
   /** Counts the stream against the caps (or refuses it) and keeps its session open while it lasts. */
   private admit(s: Subscriber): void {
-    const from = this.perSource.get(s.remoteAddr) ?? 0;
+    const from = this.perSource.get(s.source) ?? 0;
     if (this.nodes.size + this.daemons.size >= this.limits.maxStreams) {
       throw new MeziteError("ERR_RATE_LIMITED", `the auth service holds its most change streams (${this.limits.maxStreams}): poll instead`);
     }
     if (from >= this.limits.maxPerSource) {
       throw new MeziteError("ERR_RATE_LIMITED", `the auth service holds its most change streams from one address (${this.limits.maxPerSource}): poll instead`);
     }
-    this.perSource.set(s.remoteAddr, from + 1);
+    this.perSource.set(s.source, from + 1);
     if (s.session && !s.session.destroyed) {
       const n = this.held.get(s.session) ?? 0;
       // Quiet for minutes on end by design: the session's idle timeout would close it. The
@@ -212,9 +214,9 @@ export class WatchHub {
   }
 
   private release(s: Subscriber): void {
-    const from = (this.perSource.get(s.remoteAddr) ?? 1) - 1;
-    if (from > 0) this.perSource.set(s.remoteAddr, from);
-    else this.perSource.delete(s.remoteAddr);
+    const from = (this.perSource.get(s.source) ?? 1) - 1;
+    if (from > 0) this.perSource.set(s.source, from);
+    else this.perSource.delete(s.source);
     if (s.session) {
       const n = (this.held.get(s.session) ?? 1) - 1;
       if (n > 0) this.held.set(s.session, n);
@@ -237,7 +239,7 @@ export class WatchHub {
    */
   watchNode(caller: Caller, session: ServerHttp2Session | undefined, heldKrlVersion: string, signal: AbortSignal): AsyncGenerator<WatchNodeEvent> {
     const sub: NodeSub = {
-      remoteAddr: caller.remoteAddr, session, wake: undefined, ended: false,
+      source: sourceOf(caller.remoteAddr), session, wake: undefined, ended: false,
       nodeId: caller.cert?.nodeId ?? "", krlVersion: heldKrlVersion, pending: undefined, removed: false,
     };
     const lifeMs = caller.cert ? caller.cert.notAfter.getTime() - this.ctx.now() : 0;
@@ -267,7 +269,7 @@ export class WatchHub {
   /** A daemon's stream: the CA state now, then each phase change, and a lock or deletion of its instance. */
   watchDaemon(caller: Caller, session: ServerHttp2Session | undefined, signal: AbortSignal): AsyncGenerator<WatchCaStateEvent> {
     const sub: DaemonSub = {
-      remoteAddr: caller.remoteAddr, session, wake: undefined, ended: false,
+      source: sourceOf(caller.remoteAddr), session, wake: undefined, ended: false,
       identityId: caller.cert?.identityId ?? "", instanceId: caller.cert?.instanceId ?? "", pending: undefined, revoked: false,
     };
     const now = (revoked: boolean) =>

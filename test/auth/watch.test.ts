@@ -13,7 +13,7 @@ import { caState } from "../../src/auth/cas.js";
 import type { AdminCaller, Caller } from "../../src/auth/context.js";
 import { Revocations } from "../../src/auth/revocations.js";
 import { rotate } from "../../src/auth/rotation.js";
-import { WatchHub } from "../../src/auth/watch.js";
+import { WatchHub, type WatchLimits } from "../../src/auth/watch.js";
 import { MemoryBackend } from "../../src/backend/memory.js";
 import { parseCertificatePem } from "../../src/ca/x509.js";
 import { unitAuthContext } from "../harness/auth-context.js";
@@ -25,10 +25,10 @@ const BY: AdminCaller = { remoteAddr: "127.0.0.1", cert: undefined, audit: { act
 let clock = Date.UTC(2026, 10, 28, 12);
 
 /** A hub, and streams of each kind opened on it the way the RPC handlers open them. */
-async function hubWithStreams() {
+async function hubWithStreams(limits?: WatchLimits) {
   const now = () => clock;
   const ctx = await unitAuthContext({ backend: new MemoryBackend({ now, sweepIntervalMs: 0 }), dataDir: mkdtempSync(join(dir, "data-")), clusterName: "test.mezite", now });
-  const hub = new WatchHub(ctx, new Revocations(ctx, { monotonic: now }), ctx.log);
+  const hub = new WatchHub(ctx, new Revocations(ctx, { monotonic: now }), ctx.log, limits);
   // A stream lives as long as its caller's certificate: the Host CA's own is long-lived enough.
   const caller: Caller = { remoteAddr: "127.0.0.1", cert: parseCertificatePem(ctx.cas.host.current.x509CertPem) };
   const streams = <E>(watch: (signal: AbortSignal) => AsyncGenerator<E>) => () => {
@@ -39,6 +39,8 @@ async function hubWithStreams() {
     ctx,
     hub,
     node: streams((signal) => hub.watchNode(caller, undefined, "", signal)),
+    /** A node stream from another address, with the same certificate. */
+    nodeFrom: (remoteAddr: string) => streams((signal) => hub.watchNode({ ...caller, remoteAddr }, undefined, "", signal))(),
     daemon: streams((signal) => hub.watchDaemon(caller, undefined, signal)),
   };
 }
@@ -79,4 +81,28 @@ test("a daemon stream opened after every other one closed gets its first CA stat
   const first = await firstStateOnce(hub, daemon, async () => void (await rotate(ctx, { kinds: ["user"], phase: "init", graceMs: 0, actor: "test", remoteAddr: "" })));
   assert.deepEqual([before, ctx.cas.user.phase], ["standby", "init"]);
   assert.equal(first?.caState, caState(ctx.cas), "the daemon starts with the CA state after the phase change");
+});
+
+test("the per-source stream cap counts an IPv6 /64 as one source, as the connection cap does", async () => {
+  const { hub, nodeFrom } = await hubWithStreams({ maxStreams: 10, maxPerSource: 2 });
+  const refused = async (addr: string) => {
+    const s = nodeFrom(addr);
+    try {
+      await s.events.next();
+      return false;
+    } catch (e) {
+      assert.match((e as Error).message, /most change streams from one address/);
+      return true;
+    }
+  };
+  assert.equal(await refused("2001:db8::1"), false);
+  assert.equal(await refused("2001:db8::2"), false);
+  // Another address of the same /64 is the same host as far as the cap can tell.
+  assert.equal(await refused("2001:db8::3"), true);
+  assert.equal(await refused("2001:db8:0:0:ffff::9"), true);
+  assert.equal(await refused("2001:db8:0:1::1"), false, "the next /64 is another source");
+  assert.equal(await refused("198.51.100.7"), false);
+  assert.equal(await refused("::ffff:198.51.100.7"), false, "an IPv4-mapped address is its IPv4 address: its second stream");
+  assert.equal(await refused("198.51.100.7"), true);
+  hub.stop();
 });
