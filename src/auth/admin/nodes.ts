@@ -59,14 +59,22 @@ export async function addNodeToken(ctx: AuthContext, by: AdminCaller, labels: Re
  * that is gone), leaves `nodes ls`, and its host key is listed as revoked to agents.
  */
 export async function removeNode(ctx: AuthContext, by: AdminCaller, name: string): Promise<void> {
-  const found = await load<NodeRecord>(ctx.backend, keys.node(name));
-  if (!found) throw notFound(`node "${name.slice(0, 260)}"`);
-  const node = found.value;
-  // Revoked first: there is no moment where the node is gone and its host key still trusted.
-  await ctx.backend.write([revokeHostKey(node, ctx.now())]);
-  if (!(await ctx.backend.deleteIf(keys.node(name), found.revision))) {
-    throw new MeziteError("ERR_COMPARE_FAILED", `node "${name}" changed while being removed (a replacement joined?): look at mezctl nodes ls and retry`);
+  let found = await load<NodeRecord>(ctx.backend, keys.node(name));
+  for (let attempt = 1; ; attempt++) {
+    if (!found) throw notFound(`node "${name.slice(0, 260)}"`);
+    // Revoked first: there is no moment where the node is gone and its host key still trusted.
+    await ctx.backend.write([revokeHostKey(found.value, ctx.now())]);
+    if (await ctx.backend.deleteIf(keys.node(name), found.revision)) break;
+    // Changed meanwhile. The same node (a heartbeat, every 30 s) is removed on a second try: a
+    // failed rm must not leave a live node's host key revoked. Another node under the name (a
+    // replacement) revoked this key itself when it joined.
+    const now = await load<NodeRecord>(ctx.backend, keys.node(name));
+    if (now && (now.value.id !== found.value.id || attempt === 5)) {
+      throw new MeziteError("ERR_COMPARE_FAILED", `node "${name}" changed while being removed (a replacement joined?): look at mezctl nodes ls and retry`);
+    }
+    found = now;
   }
+  const node = found.value;
   // Every service's change streams look at the revoked host keys when this mark moves: the node's
   // agent hears of its removal within seconds through whichever service it streams from.
   await markRevocationsChanged(ctx.backend);
