@@ -91,6 +91,14 @@ const joseFetch = async (url: string, options: { signal: AbortSignal }): Promise
   return new Response(body, { status: 200, headers: { "content-type": "application/json" } });
 };
 
+/**
+ * The `iss` values that name a join token's issuer. The issuer is stored without a trailing slash
+ * (join-methods.ts) but some issuers write one into every token and their discovery document
+ * (Auth0: `https://TENANT.auth0.com/`): both forms name the same issuer, whose keys are fetched
+ * from the same place either way.
+ */
+const issuerForms = (issuer: string): string[] => [issuer, `${issuer}/`];
+
 /** Key sets by issuer (discovery is looked up once per issuer and process). */
 const remoteKeys = new Map<string, Promise<JWTVerifyGetKey>>();
 
@@ -101,7 +109,7 @@ async function discover(issuer: string): Promise<JWTVerifyGetKey> {
   } catch (e) {
     throw unreachable(issuer, (e as Error).message, e);
   }
-  if (doc.issuer !== issuer) throw unreachable(issuer, `its discovery document names another issuer (${String(doc.issuer).slice(0, 100)})`);
+  if (typeof doc.issuer !== "string" || !issuerForms(issuer).includes(doc.issuer)) throw unreachable(issuer, `its discovery document names another issuer (${String(doc.issuer).slice(0, 100)})`);
   if (typeof doc.jwks_uri !== "string" || !doc.jwks_uri.startsWith("https://")) throw unreachable(issuer, "its discovery document has no https jwks_uri");
   return createRemoteJWKSet(new URL(doc.jwks_uri), { timeoutDuration: KEYS_DEADLINE_MS, cooldownDuration: COOLDOWN_MS, cacheMaxAge: CACHE_MAX_AGE_MS, [customFetch]: joseFetch });
 }
@@ -158,7 +166,7 @@ export async function verifyIdToken(jwt: string, issuer: string, audience: strin
   try {
     ({ payload: claims } = await jwtVerify(jwt, keyFor(issuer, staticJwks), {
       algorithms: ALGORITHMS,
-      issuer,
+      issuer: issuerForms(issuer),
       audience,
       clockTolerance: LEEWAY_S,
       currentDate: new Date(nowMs),

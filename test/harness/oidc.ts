@@ -99,7 +99,8 @@ export async function startIssuer(dir: string): Promise<Issuer> {
     if (url.pathname === "/badjwks/.well-known/openid-configuration") return json(200, { issuer: `${issuer.origin}/badjwks`, jwks_uri: `${issuer.origin}/badjwks/jwks` });
     if (url.pathname.endsWith("/.well-known/openid-configuration")) {
       const prefix = url.pathname.slice(0, -"/.well-known/openid-configuration".length);
-      return json(200, { issuer: `${issuer.origin}${prefix}`, jwks_uri: `${issuer.origin}/jwks`, id_token_signing_alg_values_supported: ["ES256", "RS256", "EdDSA"] });
+      // Under /slashed the issuer ends in "/", as Auth0's (https://TENANT.auth0.com/) does.
+      return json(200, { issuer: `${issuer.origin}${prefix}${prefix === "/slashed" ? "/" : ""}`, jwks_uri: `${issuer.origin}/jwks`, id_token_signing_alg_values_supported: ["ES256", "RS256", "EdDSA"] });
     }
     if (url.pathname === "/jwks") return json(200, { keys: issuer.published.map((k) => k.jwk) });
     if (url.pathname === "/github-token") {

@@ -248,6 +248,18 @@ ${section}
     assert.ok(claims.every((c) => c["sub"] === "system:serviceaccount:deploy:runner") && claims.length === 4);
   });
 
+  test("an issuer whose iss ends in a slash (Auth0's form) joins: the join token written either way", async () => {
+    await addIdentity(auth, "slashed-worker", ["ci-deployer"]);
+    const iss = `${issuer.origin}/slashed/`;
+    const file = join(tmp, "slashed.yaml");
+    for (const [name, written] of [["slashed", iss], ["unslashed", iss.slice(0, -1)]]) {
+      writeFileSync(file, `kind: join_token\nmetadata:\n  name: ${name}\nspec:\n  agent_identity: slashed-worker\n  join_method: oidc\n  oidc:\n    issuer: ${written}\n    allow:\n      - sub: worker\n`);
+      await mezctlOk(auth, "create", "-f", file);
+      await joinWith(await issuer.sign({ iss, aud: CLUSTER, sub: "worker" }), name);
+    }
+    await refused(joinWith(await issuer.sign({ iss: `${iss}x`, aud: CLUSTER, sub: "worker" }), "slashed"), "ERR_TOKEN_INVALID");
+  });
+
   test("GitLab: the job's id_tokens variable, verified against the GitLab instance's keys", async () => {
     await addIdentity(auth, "gitlab-ci", ["ci-deployer"]);
     const host = new URL(issuer.origin).host;
