@@ -41,7 +41,8 @@ const IDENTITIES = 1;
 export function briefPage(statuses: BriefStatus[], json = false): ListAgentIdentitiesResponse {
   if (json) return create(ListAgentIdentitiesResponseSchema, { identities: statuses.map((s) => create(AgentIdentityStatusSchema, s)) });
   const sizes = statuses.map(payloadSize);
-  const buf = Buffer.allocUnsafe(sizes.reduce((sum, s) => sum + varintSize(s) + s, 0));
+  // Zeroed, not allocUnsafe: a size miscounted would send zeros, never old memory.
+  const buf = Buffer.alloc(sizes.reduce((sum, s) => sum + varintSize(s) + s, 0));
   const page = create(ListAgentIdentitiesResponseSchema);
   page.$unknown = [];
   let pos = 0;
