@@ -341,7 +341,10 @@ export class IdentityDaemon {
           // The last wait is cut to what is left of the budget, so the final attempt lands on it.
           const left = budgetMs - (this.now() - started);
           if (left <= 0) throw e;
-          const delay = Math.min(backoff.next(), left);
+          // While the outputs are valid, no wait leaps past their expiry: at most half the time
+          // left, so the attempts close in on it and one lands just before (SPEC §6).
+          const valid = this.state ? this.state.expires - this.now() : 0;
+          const delay = Math.round(Math.min(backoff.next(), left, valid > 0 ? Math.max(valid / 2, 250) : Infinity));
           this.deps.log.warn("issue failed; retrying", { error: (e as Error).message, code, retry_in_ms: delay, attempt: backoff.failures });
           await this.sleepUntil(this.now() + delay, signal);
           if (this.renewRequested) this.backoffCutUsed = true;
