@@ -14,7 +14,7 @@ export function registerIdentity(program: Command): void {
     .option("--destination-dir <dir>", "where certificates are written (required)")
     .option("--storage-dir <dir>", "renewal certificate and state (default DEST/.mezite, mode 0700)")
     .option("--cert-ttl <duration>", "requested certificate TTL, capped by the roles", "1h")
-    .option("--renewal-interval <duration>", "how often to renew; must be shorter than --cert-ttl", "20m")
+    .option("--renewal-interval <duration>", "how often to renew, and by 2/3 of a certificate's lifetime at the latest; must be shorter than --cert-ttl", "20m")
     .option("--one-shot", "join or renew once, write the outputs, and exit", false)
     .option("--one-shot-retry <duration>", "how long --one-shot keeps retrying an unreachable or failing auth service before it gives up", "30s")
     .option("--ssh-agent-socket <path>", "also serve the SSH key and certificate over the SSH agent protocol on this Unix socket (0600, in a private 0700 directory); ssh_config then uses it, and logins never race a renewal")

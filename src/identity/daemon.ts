@@ -14,6 +14,7 @@ import { fromConnectError } from "../api/errors.js";
 import { checkCaPin } from "../api/pin.js";
 import { bundleHasPin, privateKeyToPem } from "../ca/x509.js";
 import { Backoff, sleep } from "../lib/backoff.js";
+import { formatDuration } from "../lib/duration.js";
 import { MeziteError, isFinalError, isMeziteError, type ErrorCode } from "../lib/errors.js";
 import type { Logger } from "../lib/log.js";
 import { Registry } from "../lib/metrics.js";
@@ -37,6 +38,13 @@ import { Storage, type IdentityState } from "./storage.js";
 
 /** Renewal refusals after which the certificates held must not be used (the agent drops them). */
 const REVOKING_CODES: readonly ErrorCode[] = ["ERR_LOCKED", "ERR_IDENTITY_DELETED", "ERR_GENERATION_MISMATCH"];
+
+/**
+ * A renewal comes at this share of the granted lifetime at the latest (before the ±10 % jitter,
+ * so never past 2/3): a role's max_session_ttl may cap --cert-ttl below --renewal-interval, and
+ * the rest of the lifetime is what the retries have to ride out an auth service outage (SPEC §6).
+ */
+const RENEW_BY_LIFETIME_SHARE = 0.6;
 
 type RenewClient = Client<typeof RenewService>;
 
@@ -70,7 +78,8 @@ export class IdentityDaemon {
   private streamLost = false;
   /** A phase change the stream pushed, not yet looked at by waitForRenewal. */
   private pushed: { caState: string; renewWithinMs: number } | undefined;
-
+  /** The lifetime-cut-short warning is logged once, not at every renewal, until the lifetime grows again. */
+  private shortLifetimeWarned = false;
 
   constructor(private readonly opts: IdentityOptions, private readonly deps: DaemonDeps) {
     this.storage = new Storage(opts.storageDir);
@@ -280,11 +289,30 @@ export class IdentityDaemon {
     }
   }
 
-  /** Interval after the last issue, ±10 % jitter so a fleet started together spreads out. */
+  /**
+   * The interval after the last issue, or sooner when the certificates live too short for it
+   * (RENEW_BY_LIFETIME_SHARE); ±10 % jitter so a fleet started together spreads out.
+   */
   private nextRenewalAt(): number {
     const s = this.state!;
-    const jitter = (this.random() * 0.2 - 0.1) * this.opts.renewalIntervalMs;
-    return Math.min(s.issued + this.opts.renewalIntervalMs + jitter, s.expires - 5_000);
+    const lifetime = s.expires - s.issued;
+    this.warnIfLifetimeShort(lifetime);
+    const spread = 0.9 + this.random() * 0.2;
+    return s.issued + Math.min(this.opts.renewalIntervalMs, lifetime * RENEW_BY_LIFETIME_SHARE) * spread;
+  }
+
+  /** The roles granted no more than the interval: the operator should know their setting is overruled. */
+  private warnIfLifetimeShort(lifetime: number): void {
+    // To the second: the request's round trip is not part of what the roles granted.
+    const granted = Math.round(lifetime / 1000) * 1000;
+    const short = granted <= this.opts.renewalIntervalMs;
+    if (short && !this.shortLifetimeWarned) {
+      this.deps.log.warn("the roles grant certificates no longer than --renewal-interval; renewing at 2/3 of their lifetime at the latest: lower --renewal-interval or raise the roles' max_session_ttl", {
+        granted_ttl: formatDuration(granted),
+        renewal_interval: formatDuration(this.opts.renewalIntervalMs),
+      });
+    }
+    this.shortLifetimeWarned = short;
   }
 
   /**
@@ -313,7 +341,10 @@ export class IdentityDaemon {
           // The last wait is cut to what is left of the budget, so the final attempt lands on it.
           const left = budgetMs - (this.now() - started);
           if (left <= 0) throw e;
-          const delay = Math.min(backoff.next(), left);
+          // While the outputs are valid, no wait leaps past their expiry: at most half the time
+          // left, so the attempts close in on it and one lands just before (SPEC §6).
+          const valid = this.state ? this.state.expires - this.now() : 0;
+          const delay = Math.round(Math.min(backoff.next(), left, valid > 0 ? Math.max(valid / 2, 250) : Infinity));
           this.deps.log.warn("issue failed; retrying", { error: (e as Error).message, code, retry_in_ms: delay, attempt: backoff.failures });
           await this.sleepUntil(this.now() + delay, signal);
           if (this.renewRequested) this.backoffCutUsed = true;
