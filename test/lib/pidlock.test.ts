@@ -1,0 +1,91 @@
+import assert from "node:assert/strict";
+import { spawn, spawnSync, type ChildProcess } from "node:child_process";
+import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { createInterface } from "node:readline";
+import { after, test } from "node:test";
+import { isMeziteError } from "../../src/lib/errors.js";
+import { takeDirLock } from "../../src/lib/pidlock.js";
+
+const tmp = mkdtempSync(join(tmpdir(), "mezite-pidlock-"));
+const children: ChildProcess[] = [];
+after(() => {
+  for (const c of children) c.kill("SIGKILL");
+  rmSync(tmp, { recursive: true, force: true });
+});
+let dirs = 0;
+const newDir = () => {
+  const d = join(tmp, `d${dirs++}`);
+  mkdirSync(d);
+  return d;
+};
+
+/** A lock-racer process: `ask` sends a line and resolves with its answer. */
+async function racer(dir: string): Promise<{ proc: ChildProcess; ask: (line: string) => Promise<string> }> {
+  const proc = spawn(process.execPath, ["--import", "tsx", join(import.meta.dirname, "lock-racer.ts"), dir], { stdio: ["pipe", "pipe", "inherit"] });
+  children.push(proc);
+  const answers: string[] = [];
+  const waiting: ((line: string) => void)[] = [];
+  createInterface({ input: proc.stdout! }).on("line", (line) => (waiting.length > 0 ? waiting.shift()!(line) : answers.push(line)));
+  const next = () => (answers.length > 0 ? Promise.resolve(answers.shift()!) : new Promise<string>((res) => waiting.push(res)));
+  assert.equal(await next(), "ready");
+  return {
+    proc,
+    ask: (line) => {
+      proc.stdin!.write(`${line}\n`);
+      return next();
+    },
+  };
+}
+
+function sleeper(): ChildProcess {
+  const p = spawn("sleep", ["600"], { stdio: "ignore" });
+  children.push(p);
+  return p;
+}
+
+const deadPid = () => spawnSync("true").pid!;
+const startTime = (pid: number) => {
+  const stat = readFileSync(`/proc/${pid}/stat`, "utf8");
+  return stat.slice(stat.lastIndexOf(")") + 2).split(" ")[19]!;
+};
+const bootId = () => readFileSync("/proc/sys/kernel/random/boot_id", "utf8").trim();
+
+function tryLock(dir: string): "taken" | string {
+  try {
+    takeDirLock(dir, (pid) => `busy ${pid}`)();
+    return "taken";
+  } catch (e) {
+    if (isMeziteError(e, "ERR_CONFIG")) return e.message;
+    throw e;
+  }
+}
+
+test("a crash-left lock whose pid now belongs to another process (reused after a reboot) is taken over; the live holder is not", async () => {
+  const dir = newDir();
+  const holder = await racer(dir);
+  assert.equal(await holder.ask("take"), "held");
+  assert.equal(tryLock(dir), `busy ${holder.proc.pid}`, "the live holder keeps it");
+  holder.proc.kill("SIGKILL");
+  await new Promise((res) => holder.proc.once("exit", res));
+  const left = readFileSync(join(dir, "lock"), "utf8");
+
+  // The dead holder's pid number is now some other live process's.
+  const other = sleeper();
+  writeFileSync(join(dir, "lock"), left.replace(/^\d+/, String(other.pid)));
+  assert.equal(tryLock(dir), "taken", `lock ${JSON.stringify(left)} with a reused pid`);
+  assert.ok(!existsSync(join(dir, "lock")));
+
+  // Same pid and start time but written before a reboot: dead too.
+  writeFileSync(join(dir, "lock"), `${other.pid} 00000000-0000-0000-0000-000000000000 ${startTime(other.pid!)}\n`);
+  assert.equal(tryLock(dir), "taken");
+  // The very process (same boot, same start): live.
+  writeFileSync(join(dir, "lock"), `${other.pid} ${bootId()} ${startTime(other.pid!)}\n`);
+  assert.equal(tryLock(dir), `busy ${other.pid}`);
+  // A lock in the old format (pid only) keeps the old check: a live pid holds it, a dead one does not.
+  writeFileSync(join(dir, "lock"), `${other.pid}\n`);
+  assert.equal(tryLock(dir), `busy ${other.pid}`);
+  writeFileSync(join(dir, "lock"), `${deadPid()}\n`);
+  assert.equal(tryLock(dir), "taken");
+});
