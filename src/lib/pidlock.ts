@@ -10,6 +10,10 @@ import { MeziteError } from "./errors.js";
 import { readFileNoFollow } from "./files.js";
 
 const LOCK_FILE = "lock";
+/** Held while a stale lock is removed, so two processes never both take over the same one. */
+const TAKEOVER_FILE = "lock.takeover";
+/** How long to keep trying while others take over or release the lock at the same moment. */
+const CONTENTION_MS = 2_000;
 
 /**
  * Takes `dir`/lock, or throws ERR_CONFIG with `busy(pid)` while a live process holds it.
@@ -17,7 +21,8 @@ const LOCK_FILE = "lock";
  */
 export function takeDirLock(dir: string, busy: (pid: number) => string): () => void {
   const path = join(dir, LOCK_FILE);
-  for (let attempt = 0; attempt < 3; attempt++) {
+  const giveUp = Date.now() + CONTENTION_MS;
+  while (Date.now() < giveUp) {
     if (createLock(path)) {
       let held = true;
       return () => {
@@ -29,13 +34,38 @@ export function takeDirLock(dir: string, busy: (pid: number) => string): () => v
     if (text === undefined) continue; // released meanwhile
     const holder = parseHolder(text);
     if (holder !== undefined && holder.pid !== process.pid && alive(holder)) throw new MeziteError("ERR_CONFIG", busy(holder.pid));
-    rmSync(path, { force: true }); // left by a process that died: take it over
+    if (!removeStale(join(dir, TAKEOVER_FILE), path, text)) pause(5);
   }
-  throw new MeziteError("ERR_STORAGE", `cannot lock ${dir}`);
+  throw new MeziteError("ERR_STORAGE", `cannot lock ${dir}: other processes kept taking it over`);
 }
 
 /**
- * Creates the lock file already holding our pid: a finished temp file linked into place (link
+ * Removes the lock at `path` if it still is `stale`, the dead holder's we judged. Without the
+ * takeover file a process that read the dead holder's lock could delete the one a faster process
+ * had just put in its place, and both would run. False if another live process is taking over.
+ */
+function removeStale(takeover: string, path: string, stale: string): boolean {
+  if (!createLock(takeover)) {
+    const text = readFileNoFollow(takeover);
+    const holder = text === undefined ? undefined : parseHolder(text);
+    // Left by a process that died in the few lines below: remove it unless it changed meanwhile.
+    if (text !== undefined && (holder === undefined || !alive(holder)) && readFileNoFollow(takeover) === text) rmSync(takeover, { force: true });
+    return false;
+  }
+  try {
+    if (readFileNoFollow(path) === stale) rmSync(path, { force: true });
+    return true;
+  } finally {
+    rmSync(takeover, { force: true });
+  }
+}
+
+function pause(ms: number): void {
+  Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, ms);
+}
+
+/**
+ * Creates the lock file already holding our record: a finished temp file linked into place (link
  * fails if the name exists), so a process starting at the same moment never reads it empty and
  * mistakes it for a dead one's.
  */

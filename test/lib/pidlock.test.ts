@@ -65,7 +65,7 @@ function tryLock(dir: string): "taken" | string {
 test("a crash-left lock whose pid now belongs to another process (reused after a reboot) is taken over; the live holder is not", async () => {
   const dir = newDir();
   const holder = await racer(dir);
-  assert.equal(await holder.ask("take"), "held");
+  assert.equal(await holder.ask("take 0"), "held");
   assert.equal(tryLock(dir), `busy ${holder.proc.pid}`, "the live holder keeps it");
   holder.proc.kill("SIGKILL");
   await new Promise((res) => holder.proc.once("exit", res));
@@ -88,4 +88,36 @@ test("a crash-left lock whose pid now belongs to another process (reused after a
   assert.equal(tryLock(dir), `busy ${other.pid}`);
   writeFileSync(join(dir, "lock"), `${deadPid()}\n`);
   assert.equal(tryLock(dir), "taken");
+});
+
+test("four processes racing over a stale lock: exactly one holds it, every round", async () => {
+  const dir = newDir();
+  const racers = await Promise.all(Array.from({ length: 4 }, () => racer(dir)));
+  const rounds = 150;
+  const twoHolders: string[] = [];
+  for (let round = 0; round < rounds; round++) {
+    // Left by a dead process, in the new format and in the old one.
+    const dead = deadPid();
+    writeFileSync(join(dir, "lock"), round % 2 === 0 ? `${dead} ${bootId()} 1\n` : `${dead}\n`);
+    const at = Date.now() + 30;
+    const answers = await Promise.all(racers.map((r) => r.ask(`take ${at}`)));
+    const holders = racers.filter((_, i) => answers[i] === "held");
+    if (holders.length !== 1) twoHolders.push(`round ${round}: ${answers.join(", ")}`);
+    else {
+      const pid = holders[0]!.proc.pid;
+      assert.deepEqual(answers.filter((a) => a !== "held"), racers.slice(1).map(() => `busy ${pid}`), "the losers name the winner");
+      assert.equal(Number(readFileSync(join(dir, "lock"), "utf8").split(" ")[0]), pid);
+    }
+    for (const h of holders) assert.equal(await h.ask("release"), "released");
+    assert.ok(!existsSync(join(dir, "lock.takeover")), "no takeover file left behind");
+  }
+  assert.deepEqual(twoHolders, [], `${twoHolders.length} of ${rounds} rounds without exactly one holder`);
+});
+
+test("a takeover file left by a process that died mid-takeover does not block the lock", () => {
+  const dir = newDir();
+  writeFileSync(join(dir, "lock"), `${deadPid()}\n`);
+  writeFileSync(join(dir, "lock.takeover"), `${deadPid()} ${bootId()} 1\n`);
+  assert.equal(tryLock(dir), "taken");
+  assert.ok(!existsSync(join(dir, "lock.takeover")));
 });
