@@ -218,6 +218,28 @@ describe("mezd identity start refuses", { concurrency: true }, () => {
         refused(await oneShot(auth.addr, dest), 3, /storage dir .* is corrupt .*join again with a new token/);
       }
     });
+
+    test("a key that does not parse, in state.json or in the pending renewal: the same clear error (3), naming the file, not the key", async () => {
+      const dest = await joined("corrupt-keys");
+      const statePath = join(dest, ".mezite/state.json");
+      const good = readFileSync(statePath, "utf8");
+      const state = JSON.parse(good) as { generation: string; renewal_key_pem: string };
+      // Truncated inside the base64 body, the armour intact.
+      const truncated = `${state.renewal_key_pem.slice(0, 60)}\n-----END PRIVATE KEY-----\n`;
+      writeFileSync(statePath, JSON.stringify({ ...state, renewal_key_pem: truncated }));
+      let r = await oneShot(auth.addr, dest);
+      refused(r, 3, /storage dir .* is corrupt \(state\.json holds a key or certificate that does not parse\).*join again with a new token/);
+      assert.ok(!r.stderr.includes(truncated.slice(28, 60)), "no key material in the output");
+
+      // A pending request cannot be dropped for a fresh one: the server may have answered it
+      // (generation moved on) and answers only that very request again.
+      writeFileSync(statePath, good);
+      const pending = { request_id: randomBytes(16).toString("hex"), from_generation: state.generation, ttl_ms: 60_000, keys: { ssh: "-----BEGIN OPENSSH PRIVATE KEY-----\nAAAA\n-----END OPENSSH PRIVATE KEY-----\n", x509: truncated, renewal: truncated } };
+      writeFileSync(join(dest, ".mezite/pending_renewal.json"), JSON.stringify(pending));
+      r = await oneShot(auth.addr, dest);
+      refused(r, 3, /storage dir .* is corrupt \(pending_renewal\.json holds a key or certificate that does not parse\).*join again with a new token/);
+      assert.ok(!r.stderr.includes(truncated.slice(28, 60)), "no key material in the output");
+    });
   });
 
   describe("a copied storage dir", { concurrency: 1 }, () => {
