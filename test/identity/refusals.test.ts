@@ -1,12 +1,13 @@
 /**
  * Everything `mezd identity start` must refuse, with SPEC §6's exit code and one line saying
  * why: bad usage (2), tokens and identities that can never work (3), an unreachable auth
- * service (1, after a bounded retry), symlinked outputs, a shared storage dir, corrupt state,
- * and a copied storage dir (generation mismatch: that instance is locked, nothing else).
+ * service (1, after a bounded retry), symlinked outputs, a destination dir others could change,
+ * a shared storage dir, corrupt state, and a copied storage dir (generation mismatch: that
+ * instance is locked, nothing else).
  */
 import assert from "node:assert/strict";
 import { randomBytes } from "node:crypto";
-import { cpSync, existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, symlinkSync, unlinkSync, writeFileSync } from "node:fs";
+import { chmodSync, chownSync, cpSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, symlinkSync, unlinkSync, writeFileSync } from "node:fs";
 import { createServer } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -186,6 +187,34 @@ describe("mezd identity start refuses", { concurrency: true }, () => {
       symlinkSync(victim, join(dest, "x509_key.pem"));
       refused(await oneShot(auth.addr, dest), 2, /x509_key.pem is a symlink/);
       assert.equal(readFileSync(victim, "utf8"), "precious\n");
+    });
+
+    test("a destination dir others could change is refused (2) before the token is spent; a fresh one and an own 0755 one are used", async () => {
+      // Whoever can replace ssh_config there has the user of `ssh -F DIR/ssh_config` run its ProxyCommand.
+      const token = await addIdentity(auth, "guarded-dest");
+      const unsafe: [string, (d: string) => void, RegExp][] = [
+        ["0777", (d) => chmodSync(d, 0o777), /is writable by group or others \(mode 777\): run chmod go-w on it, or use another directory/],
+        ["sticky 1777", (d) => chmodSync(d, 0o1777), /is writable by group or others \(mode 1777\)/],
+        ["0775", (d) => chmodSync(d, 0o775), /is writable by group or others \(mode 775\)/],
+      ];
+      if (process.getuid?.() === 0) unsafe.push(["owned by nobody", (d) => chownSync(d, 65534, 65534), /is owned by uid 65534, not by this user \(uid 0\): chown it to this user, or use another directory/]);
+      for (const [how, spoil, message] of unsafe) {
+        const dest = newDir();
+        mkdirSync(dest);
+        chmodSync(dest, 0o755);
+        spoil(dest);
+        refused(await oneShot(auth.addr, dest, [`--token=${token}`]), 2, new RegExp(`^mezd: --destination-dir ${dest} ${message.source}`));
+        assert.deepEqual(readdirSync(dest), [], `${how}: nothing written`);
+      }
+      const fresh = newDir();
+      assert.equal((await oneShot(auth.addr, fresh, [`--token=${token}`])).code, 0, "the refused runs must not have used the token");
+      assert.equal(statSync(fresh).mode & 0o7777, 0o755, "a missing dir is created 0755");
+      const own = newDir();
+      mkdirSync(own);
+      chmodSync(own, 0o755);
+      const r = await oneShot(auth.addr, own, [`--token=${await addIdentity(auth, "own-dest")}`]);
+      assert.equal(r.code, 0, r.stderr);
+      assert.ok(existsSync(join(own, "ssh_config")));
     });
 
     test("a second daemon on the same storage dir is refused; a dead one's lock is taken over", async () => {
