@@ -1,6 +1,6 @@
-// A separate process for test/lib/pidlock.test.ts: on "take <epoch ms>" it spins until that
-// moment (so racers start within microseconds of each other), tries the dir lock and answers
-// "held" or "busy <pid>"; on "release" it lets go. Real processes, so the race is real.
+// A separate process for test/lib/pidlock.test.ts: on "take <epoch ms>" it tries the dir lock at
+// that moment (racers start within microseconds of each other) and answers "held" or
+// "busy <pid>"; on "release" it lets go. Real processes, so the race is real.
 import { createInterface } from "node:readline";
 import { isMeziteError } from "../../src/lib/errors.js";
 import { takeDirLock } from "../../src/lib/pidlock.js";
@@ -10,13 +10,12 @@ let release: (() => void) | undefined;
 createInterface({ input: process.stdin }).on("line", (line) => {
   const [command, at] = line.split(" ");
   if (command === "take") {
-    while (Date.now() < Number(at ?? 0)); // spin: a timer would add milliseconds of jitter
-    try {
-      release = takeDirLock(dir, (pid) => `busy ${pid}`);
-      console.log("held");
-    } catch (e) {
-      console.log(isMeziteError(e, "ERR_CONFIG") ? e.message : `error ${(e as Error).message}`);
-    }
+    const start = Number(at ?? 0);
+    // A timer to near the moment, then a short spin: a timer alone adds milliseconds of jitter.
+    setTimeout(() => {
+      while (Date.now() < start);
+      take();
+    }, start - Date.now() - 3);
   } else if (command === "release") {
     release?.();
     release = undefined;
@@ -24,3 +23,12 @@ createInterface({ input: process.stdin }).on("line", (line) => {
   }
 });
 console.log("ready");
+
+function take(): void {
+  try {
+    release = takeDirLock(dir, (pid) => `busy ${pid}`);
+    console.log("held");
+  } catch (e) {
+    console.log(isMeziteError(e, "ERR_CONFIG") ? e.message : `error ${(e as Error).message}`);
+  }
+}
