@@ -8,7 +8,7 @@ import type { IssuedCertificates } from "../api/gen/mezite/v1/common_pb.js";
 import { encodeOpenSSHPrivateKey } from "../ca/sshkey.js";
 import { privateKeyToPem } from "../ca/x509.js";
 import { MeziteError } from "../lib/errors.js";
-import { assertNotSymlink, ensureDir, stageFilesAsync, type StagedFiles } from "../lib/files.js";
+import { assertNotSymlink, assertOwnDir, ensureDir, stageFilesAsync, type StagedFiles } from "../lib/files.js";
 import type { IssueKeys } from "./protocol.js";
 
 export const OUTPUT_FILES = ["ssh_key", "ssh_cert", "x509_cert.pem", "x509_key.pem", "cert_serial", "ssh_known_hosts", "ssh_config", "x509_ca.pem"] as const;
@@ -57,14 +57,21 @@ export function renderKnownHosts(hostCaKeys: string[], revokedHostKeys: string[]
 
 /**
  * Refuses before anything is written, so a bad destination never leaves half the outputs.
- * A missing dir is created 0755; an existing one keeps the mode its owner chose.
+ * A missing dir is created 0755; an existing one keeps the mode its owner chose, but must be
+ * ours (or root's) and not writable by others: whoever can replace ssh_config there has our
+ * user, or root, run its ProxyCommand at the next `ssh -F`.
  */
 export function checkDestination(dest: string): void {
   let mode = 0o755;
+  let st;
   try {
-    mode = lstatSync(dest).mode & 0o7777;
+    st = lstatSync(dest);
   } catch {
     // missing: created below
+  }
+  if (st?.isDirectory()) {
+    assertOwnDir(dest, `--destination-dir ${dest}`, { rootToo: true, code: "ERR_CONFIG" });
+    mode = st.mode & 0o7777;
   }
   ensureDir(dest, mode);
   for (const f of OUTPUT_FILES) assertNotSymlink(join(dest, f));

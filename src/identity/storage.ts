@@ -5,10 +5,11 @@
  */
 import { rmdirSync, unlinkSync } from "node:fs";
 import { join } from "node:path";
+import { parseCertificatePem, pemToPrivateKey } from "../ca/x509.js";
 import { MeziteError } from "../lib/errors.js";
 import { ensureDir, readFileNoFollow, writeFileAtomic } from "../lib/files.js";
 import { takeDirLock } from "../lib/pidlock.js";
-import type { SerializedKeys } from "./protocol.js";
+import { deserializeKeys, type SerializedKeys } from "./protocol.js";
 
 export interface IdentityState {
   version: 1;
@@ -45,6 +46,19 @@ function corrupt(dir: string, what: string, cause?: unknown): MeziteError {
   return new MeziteError("ERR_STATE_CORRUPT", `the storage dir ${dir} is corrupt (${what}): remove it and join again with a new token`, { cause });
 }
 
+/**
+ * Parses what was read back, so a damaged key or certificate is told as corrupt state (final: a
+ * new token is needed) rather than a malformed key or a TLS failure blamed on the auth service,
+ * both retried forever. The message names the file, never its content.
+ */
+function parses(dir: string, name: string, parse: () => unknown): void {
+  try {
+    parse();
+  } catch (e) {
+    throw corrupt(dir, `${name} holds a key or certificate that does not parse`, e);
+  }
+}
+
 export class Storage {
   private release: (() => void) | undefined;
 
@@ -76,6 +90,7 @@ export class Storage {
     if (s === undefined) return undefined;
     const strings = ["auth_server", "identity_name", "identity_id", "instance_id", "generation", "tls_ca_pem", "renewal_cert_pem", "renewal_key_pem"] as const;
     if (s.version !== 1 || strings.some((k) => typeof s[k] !== "string" || s[k] === "") || typeof s.expires !== "number") throw corrupt(this.dir, `${STATE} is incomplete`);
+    parses(this.dir, STATE, () => [pemToPrivateKey(s.renewal_key_pem!), parseCertificatePem(s.renewal_cert_pem!)]);
     return s as IdentityState;
   }
 
@@ -87,6 +102,9 @@ export class Storage {
     const p = this.readJson<Partial<PendingRenewal>>(PENDING);
     if (p === undefined) return undefined;
     if (typeof p.request_id !== "string" || typeof p.from_generation !== "string" || !p.keys) throw corrupt(this.dir, `${PENDING} is incomplete`);
+    // Not dropped to renew afresh: the server may have answered it already (the generation moved
+    // on), and only this very request, keys and all, is answered again; another is a clone's.
+    parses(this.dir, PENDING, () => deserializeKeys(p.keys!));
     return p as PendingRenewal;
   }
 

@@ -6,7 +6,7 @@
 import { constants, closeSync, fstatSync, fsync, fsyncSync, lstatSync, mkdirSync, openSync, renameSync, unlinkSync, writeSync, readFileSync, chmodSync, fchmodSync } from "node:fs";
 import { randomBytes } from "node:crypto";
 import { basename, dirname, join } from "node:path";
-import { MeziteError } from "./errors.js";
+import { MeziteError, type ErrorCode } from "./errors.js";
 
 function errno(e: unknown): string | undefined {
   return (e as NodeJS.ErrnoException | undefined)?.code;
@@ -207,11 +207,13 @@ function fsyncDir(dir: string): void {
 
 /**
  * Refuses a directory others could change under us: anyone who owns it or can write to it can
- * swap or plant the files in it (keys, state, the database). `dir` must be a real directory owned
- * by this user (`uid`) and not writable by group or others; `what` names it in the error
- * ("--data-dir /var/lib/mezite").
+ * swap or plant the files in it (keys, state, the database, an ssh_config). `dir` must be a real
+ * directory owned by this user (`uid`; or root with `rootToo`) and not writable by group or
+ * others, sticky or not (strict like OpenSSH's StrictModes); `what` names it in the error
+ * ("--data-dir /var/lib/mezite"), thrown with `code`.
  */
-export function assertOwnDir(dir: string, what = dir, uid: number | undefined = process.getuid?.()): void {
+export function assertOwnDir(dir: string, what = dir, opts: { uid?: number; rootToo?: boolean; code?: ErrorCode } = {}): void {
+  const { uid = process.getuid?.(), rootToo = false, code = "ERR_STORAGE" } = opts;
   let st;
   try {
     st = lstatSync(dir);
@@ -220,8 +222,10 @@ export function assertOwnDir(dir: string, what = dir, uid: number | undefined = 
   }
   if (st.isSymbolicLink()) throw new MeziteError("ERR_SYMLINK", `${what} is a symlink: refusing to follow it`);
   if (!st.isDirectory()) throw new MeziteError("ERR_STORAGE", `${what} exists and is not a directory`);
-  if (uid !== undefined && st.uid !== uid) throw new MeziteError("ERR_STORAGE", `${what} is owned by uid ${st.uid}, not by this user (uid ${uid}): chown it to this user, or use another directory`);
-  if ((st.mode & 0o022) !== 0) throw new MeziteError("ERR_STORAGE", `${what} is writable by group or others (mode ${(st.mode & 0o777).toString(8)}): run chmod go-w on it, or use another directory`);
+  if (uid !== undefined && st.uid !== uid && !(rootToo && st.uid === 0)) {
+    throw new MeziteError(code, `${what} is owned by uid ${st.uid}, not by this user (uid ${uid})${rootToo && uid !== 0 ? " or root" : ""}: chown it to this user, or use another directory`);
+  }
+  if ((st.mode & 0o022) !== 0) throw new MeziteError(code, `${what} is writable by group or others (mode ${(st.mode & 0o7777).toString(8)}): run chmod go-w on it, or use another directory`);
 }
 
 /**

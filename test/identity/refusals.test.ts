@@ -1,12 +1,13 @@
 /**
  * Everything `mezd identity start` must refuse, with SPEC §6's exit code and one line saying
  * why: bad usage (2), tokens and identities that can never work (3), an unreachable auth
- * service (1, after a bounded retry), symlinked outputs, a shared storage dir, corrupt state,
- * and a copied storage dir (generation mismatch: that instance is locked, nothing else).
+ * service (1, after a bounded retry), symlinked outputs, a destination dir others could change,
+ * a shared storage dir, corrupt state, and a copied storage dir (generation mismatch: that
+ * instance is locked, nothing else).
  */
 import assert from "node:assert/strict";
 import { randomBytes } from "node:crypto";
-import { cpSync, existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, symlinkSync, unlinkSync, writeFileSync } from "node:fs";
+import { chmodSync, chownSync, cpSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, symlinkSync, unlinkSync, writeFileSync } from "node:fs";
 import { createServer } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -188,6 +189,34 @@ describe("mezd identity start refuses", { concurrency: true }, () => {
       assert.equal(readFileSync(victim, "utf8"), "precious\n");
     });
 
+    test("a destination dir others could change is refused (2) before the token is spent; a fresh one and an own 0755 one are used", async () => {
+      // Whoever can replace ssh_config there has the user of `ssh -F DIR/ssh_config` run its ProxyCommand.
+      const token = await addIdentity(auth, "guarded-dest");
+      const unsafe: [string, (d: string) => void, RegExp][] = [
+        ["0777", (d) => chmodSync(d, 0o777), /is writable by group or others \(mode 777\): run chmod go-w on it, or use another directory/],
+        ["sticky 1777", (d) => chmodSync(d, 0o1777), /is writable by group or others \(mode 1777\)/],
+        ["0775", (d) => chmodSync(d, 0o775), /is writable by group or others \(mode 775\)/],
+      ];
+      if (process.getuid?.() === 0) unsafe.push(["owned by nobody", (d) => chownSync(d, 65534, 65534), /is owned by uid 65534, not by this user \(uid 0\): chown it to this user, or use another directory/]);
+      for (const [how, spoil, message] of unsafe) {
+        const dest = newDir();
+        mkdirSync(dest);
+        chmodSync(dest, 0o755);
+        spoil(dest);
+        refused(await oneShot(auth.addr, dest, [`--token=${token}`]), 2, new RegExp(`^mezd: --destination-dir ${dest} ${message.source}`));
+        assert.deepEqual(readdirSync(dest), [], `${how}: nothing written`);
+      }
+      const fresh = newDir();
+      assert.equal((await oneShot(auth.addr, fresh, [`--token=${token}`])).code, 0, "the refused runs must not have used the token");
+      assert.equal(statSync(fresh).mode & 0o7777, 0o755, "a missing dir is created 0755");
+      const own = newDir();
+      mkdirSync(own);
+      chmodSync(own, 0o755);
+      const r = await oneShot(auth.addr, own, [`--token=${await addIdentity(auth, "own-dest")}`]);
+      assert.equal(r.code, 0, r.stderr);
+      assert.ok(existsSync(join(own, "ssh_config")));
+    });
+
     test("a second daemon on the same storage dir is refused; a dead one's lock is taken over", async () => {
       const dest = await joined("shared-storage");
       const holder = startDaemon(auth.addr, dest, ["--cert-ttl=1m", "--renewal-interval=50s"]);
@@ -217,6 +246,28 @@ describe("mezd identity start refuses", { concurrency: true }, () => {
         writeFileSync(join(dest, ".mezite/state.json"), garbage);
         refused(await oneShot(auth.addr, dest), 3, /storage dir .* is corrupt .*join again with a new token/);
       }
+    });
+
+    test("a key that does not parse, in state.json or in the pending renewal: the same clear error (3), naming the file, not the key", async () => {
+      const dest = await joined("corrupt-keys");
+      const statePath = join(dest, ".mezite/state.json");
+      const good = readFileSync(statePath, "utf8");
+      const state = JSON.parse(good) as { generation: string; renewal_key_pem: string };
+      // Truncated inside the base64 body, the armour intact.
+      const truncated = `${state.renewal_key_pem.slice(0, 60)}\n-----END PRIVATE KEY-----\n`;
+      writeFileSync(statePath, JSON.stringify({ ...state, renewal_key_pem: truncated }));
+      let r = await oneShot(auth.addr, dest);
+      refused(r, 3, /storage dir .* is corrupt \(state\.json holds a key or certificate that does not parse\).*join again with a new token/);
+      assert.ok(!r.stderr.includes(truncated.slice(28, 60)), "no key material in the output");
+
+      // A pending request cannot be dropped for a fresh one: the server may have answered it
+      // (generation moved on) and answers only that very request again.
+      writeFileSync(statePath, good);
+      const pending = { request_id: randomBytes(16).toString("hex"), from_generation: state.generation, ttl_ms: 60_000, keys: { ssh: "-----BEGIN OPENSSH PRIVATE KEY-----\nAAAA\n-----END OPENSSH PRIVATE KEY-----\n", x509: truncated, renewal: truncated } };
+      writeFileSync(join(dest, ".mezite/pending_renewal.json"), JSON.stringify(pending));
+      r = await oneShot(auth.addr, dest);
+      refused(r, 3, /storage dir .* is corrupt \(pending_renewal\.json holds a key or certificate that does not parse\).*join again with a new token/);
+      assert.ok(!r.stderr.includes(truncated.slice(28, 60)), "no key material in the output");
     });
   });
 
