@@ -47,7 +47,7 @@ import { unaryGrpc, type StreamRoute, type UnaryRoute } from "../api/grpc-unary.
 import type { Backend } from "../backend/backend.js";
 import { openBackend } from "../backend/open.js";
 import { caPin, generateP256, issueServerCertificate, parseVerifiedCertificate, privateKeyToPem, type CertKind, type ParsedCert } from "../ca/x509.js";
-import { capConnectionsPerSource } from "../lib/connections.js";
+import { capConnections } from "../lib/connections.js";
 import { diagSource, handleDiag, splitHostPort, startDiagServer, type DiagSource } from "../lib/diag.js";
 import { MeziteError, isMeziteError } from "../lib/errors.js";
 import { ensureDir } from "../lib/files.js";
@@ -94,7 +94,7 @@ export interface AuthConfig {
   /** Serve plain HTTP/1.1 (health, metrics) on the TLS port too, chosen by ALPN. */
   singlePort: boolean;
   diagAddr?: string;
-  /** Open connections at most (default 24,576); more are closed at once. */
+  /** Open connections at most (default 24,576); more are closed at once, or evict connections without a client certificate (connections.ts). */
   maxConnections?: number;
   /** Open connections from one source address (an IPv6 /64) at most (default 512); more are closed at once. */
   maxConnectionsPerSource?: number;
@@ -598,9 +598,13 @@ export async function startAuthService(cfg: AuthConfig, log: Logger = createLogg
       handler,
     );
     server.on("sessionError", () => {}); // a client that vanishes mid-handshake is not our error
-    server.maxConnections = cfg.maxConnections ?? DEFAULT_MAX_CONNECTIONS;
     const refusedConnections = registry.counter("mezite_auth_connections_refused_total", "connections closed at once because their source address held --max-connections-per-source");
-    capConnectionsPerSource(server, cfg.maxConnectionsPerSource ?? DEFAULT_MAX_CONNECTIONS_PER_SOURCE, () => refusedConnections.inc());
+    const evictedConnections = registry.counter("mezite_auth_connections_evicted_total", "connections without a verified client certificate closed to make room for a new one (the service was full)");
+    capConnections(
+      server,
+      { max: cfg.maxConnections ?? DEFAULT_MAX_CONNECTIONS, perSource: cfg.maxConnectionsPerSource ?? DEFAULT_MAX_CONNECTIONS_PER_SOURCE },
+      { refused: () => refusedConnections.inc(), evicted: () => evictedConnections.inc() },
+    );
     // A session with no frames for this long is closed (with no 'timeout' listener, Node destroys it).
     server.setTimeout(REQUEST_DEADLINE_MS);
     const sessions = new Set<ServerHttp2Session>();
