@@ -22,6 +22,14 @@ export interface ConnectionCaps {
 }
 
 /**
+ * The auth service's (`mezd auth start --max-connections`, `--max-connections-per-source`): room
+ * for DEFAULT_WATCH_LIMITS.maxStreams (watch.ts) agents holding a stream each plus renewals and
+ * admins; per source above DEFAULT_WATCH_LIMITS.maxPerSource, so a NAT'd fleet's streams fit with
+ * room for its renewals. SPEC §2 says 4096 in all: too few for the change streams.
+ */
+export const DEFAULT_CONNECTION_CAPS: ConnectionCaps = { max: 24_576, perSource: 2_560 };
+
+/**
  * The share of `max` that connections without a verified client certificate keep when the server
  * is full: the rest (7/8; 21,504 of the default 24,576) stays reachable for certificate holders,
  * which is room for every change stream (watch.ts) plus renewals and admins.
