@@ -13,7 +13,7 @@ import { caPin } from "../ca/x509.js";
 import { caName } from "../lib/ca-name.js";
 import { CA_KINDS, caState, caStatesOf, createCaKeys, type CaKind, type CaStore, type CertAuthority, type ClusterCas, type Phase, type StoredCa, type StoredKeys } from "./cas.js";
 import type { AuthContext } from "./context.js";
-import { encode, keys, load, loadChunks, type InstanceRecord, type Loaded, type NodeRecord } from "./records.js";
+import { encode, instanceExpiry, keys, load, loadChunks, type InstanceRecord, type Loaded, type NodeRecord } from "./records.js";
 
 /** The step after each phase when nothing goes wrong. */
 const FORWARD: Record<Phase, Phase> = { standby: "init", init: "update_clients", update_clients: "update_servers", update_servers: "standby", rollback: "standby" };
@@ -423,7 +423,8 @@ export async function recordInstanceCaState(ctx: AuthContext, identityId: string
   const now = caStatesOf(ctx.cas);
   const found = await load<InstanceRecord>(ctx.backend, keys.instance(identityId, instanceId));
   if (!found || sameStates(found.value.caStates, now)) return;
-  await swapQuietly(ctx, keys.instance(identityId, instanceId), found, { ...found.value, caStates: now });
+  const next = { ...found.value, caStates: now };
+  await swapQuietly(ctx, keys.instance(identityId, instanceId), found, next, instanceExpiry(next));
 }
 
 /** A node reports what it holds with each revocation fetch (its ca_state, and the User CA state of the keys it last wrote). */
@@ -432,15 +433,18 @@ export async function recordNodeCaState(ctx: AuthContext, node: Loaded<NodeRecor
   if (heldHost !== "" && heldHost === caState(ctx.cas, ["host"])) states.host = heldHost;
   if (heldUser !== "" && heldUser === caState(ctx.cas, ["user"])) states.user = heldUser;
   if (sameStates(node.value.caStates, states)) return;
-  await swapQuietly(ctx, keys.node(node.value.name), node, { ...node.value, caStates: states });
+  await swapQuietly(ctx, keys.node(node.value.name), node, { ...node.value, caStates: states }, {}); // node records never expire
 }
 
 const sameStates = (a: InstanceRecord["caStates"], b: InstanceRecord["caStates"]): boolean => a?.user === b?.user && a?.host === b?.host;
 
-/** A report lost to a concurrent change (a renewal, a heartbeat) is simply made again next time. */
-async function swapQuietly<T>(ctx: AuthContext, key: string, found: Loaded<T>, next: T): Promise<void> {
+/**
+ * A report lost to a concurrent change (a renewal, a heartbeat) is simply made again next time.
+ * `expires` must be the record's own: a write replaces the expiry too (backend.ts).
+ */
+async function swapQuietly<T>(ctx: AuthContext, key: string, found: Loaded<T>, next: T, expires: { expires?: number }): Promise<void> {
   try {
-    await ctx.backend.compareAndSwap(key, found.revision, encode(next));
+    await ctx.backend.compareAndSwap(key, found.revision, encode(next), expires);
   } catch (e) {
     if (!isMeziteError(e, "ERR_COMPARE_FAILED")) throw e;
   }

@@ -47,7 +47,7 @@ import { unaryGrpc, type StreamRoute, type UnaryRoute } from "../api/grpc-unary.
 import type { Backend } from "../backend/backend.js";
 import { openBackend } from "../backend/open.js";
 import { caPin, generateP256, issueServerCertificate, parseVerifiedCertificate, privateKeyToPem, type CertKind, type ParsedCert } from "../ca/x509.js";
-import { capConnectionsPerSource } from "../lib/connections.js";
+import { DEFAULT_CONNECTION_CAPS, capConnections } from "../lib/connections.js";
 import { diagSource, handleDiag, splitHostPort, startDiagServer, type DiagSource } from "../lib/diag.js";
 import { MeziteError, isMeziteError } from "../lib/errors.js";
 import { ensureDir } from "../lib/files.js";
@@ -94,9 +94,9 @@ export interface AuthConfig {
   /** Serve plain HTTP/1.1 (health, metrics) on the TLS port too, chosen by ALPN. */
   singlePort: boolean;
   diagAddr?: string;
-  /** Open connections at most (default 24,576); more are closed at once. */
+  /** Open connections at most (default 24,576); more are closed at once, or evict connections without a client certificate (connections.ts). */
   maxConnections?: number;
-  /** Open connections from one source address (an IPv6 /64) at most (default 512); more are closed at once. */
+  /** Open connections from one source address (an IPv6 /64) at most (default 2,560); more are closed at once. */
   maxConnectionsPerSource?: number;
   /** Concurrent streams per connection at most (default 64), as an HTTP/2 setting. */
   maxStreams?: number;
@@ -488,10 +488,6 @@ const SECURE_OPTIONS = {
 
 /** How long a TLS handshake, a request's body, or a connection with nothing to say may take. */
 export const REQUEST_DEADLINE_MS = 10_000;
-/** Room for DEFAULT_WATCH_LIMITS.maxStreams agents holding a stream each, plus renewals and admins. */
-const DEFAULT_MAX_CONNECTIONS = 24_576;
-/** Above DEFAULT_WATCH_LIMITS.maxPerSource: a NAT'd fleet's streams fit, with room for its renewals. */
-const DEFAULT_MAX_CONNECTIONS_PER_SOURCE = 2_560;
 const DEFAULT_MAX_STREAMS = 64;
 
 /**
@@ -598,9 +594,13 @@ export async function startAuthService(cfg: AuthConfig, log: Logger = createLogg
       handler,
     );
     server.on("sessionError", () => {}); // a client that vanishes mid-handshake is not our error
-    server.maxConnections = cfg.maxConnections ?? DEFAULT_MAX_CONNECTIONS;
     const refusedConnections = registry.counter("mezite_auth_connections_refused_total", "connections closed at once because their source address held --max-connections-per-source");
-    capConnectionsPerSource(server, cfg.maxConnectionsPerSource ?? DEFAULT_MAX_CONNECTIONS_PER_SOURCE, () => refusedConnections.inc());
+    const evictedConnections = registry.counter("mezite_auth_connections_evicted_total", "connections without a verified client certificate closed to make room for a new one (the service was full)");
+    capConnections(
+      server,
+      { max: cfg.maxConnections ?? DEFAULT_CONNECTION_CAPS.max, perSource: cfg.maxConnectionsPerSource ?? DEFAULT_CONNECTION_CAPS.perSource },
+      { refused: () => refusedConnections.inc(), evicted: () => evictedConnections.inc() },
+    );
     // A session with no frames for this long is closed (with no 'timeout' listener, Node destroys it).
     server.setTimeout(REQUEST_DEADLINE_MS);
     const sessions = new Set<ServerHttp2Session>();

@@ -1,5 +1,6 @@
 import type { Command } from "commander";
 import { applyConfigFile } from "./config.js";
+import { DEFAULT_CONNECTION_CAPS } from "../lib/connections.js";
 import { MeziteError } from "../lib/errors.js";
 
 export function registerAuth(program: Command): void {
@@ -11,8 +12,8 @@ export function registerAuth(program: Command): void {
     .option("--listen <host:port>", "gRPC over TLS", "0.0.0.0:3025")
     .option("--public-addr <addrs>", "address(es) clients use, comma-separated (default: the listen address)")
     .option("--cluster-name <name>", "names the CAs and the SPIFFE trust domain (default: the backend's, or on a new cluster this host's name)")
-    .option("--max-connections <n>", "open connections at most; more are closed at once", "24576")
-    .option("--max-connections-per-source <n>", "open connections from one source address (an IPv6 /64) at most; more are closed at once (behind a load balancer that hides client addresses, raise it to --max-connections)", "2560")
+    .option("--max-connections <n>", "open connections at most; more are closed at once, except that while full, connections without a client certificate beyond an eighth of it give way to new ones", String(DEFAULT_CONNECTION_CAPS.max))
+    .option("--max-connections-per-source <n>", "open connections from one source address (an IPv6 /64) at most; more are closed at once (behind a load balancer that hides client addresses, raise it to --max-connections)", String(DEFAULT_CONNECTION_CAPS.perSource))
     .option("--max-change-streams <n>", "change streams (one per connected daemon or node) at most; agents beyond it poll", "20000")
     .option("--max-change-streams-per-source <n>", "change streams at most from one source address", "2000")
     .option("--backend <spec>", "sqlite (in the data dir), memory, or postgres://...", "sqlite")

@@ -1,7 +1,8 @@
 /**
  * Slow and hostile clients (SPEC §13) against the real auth service: a connection that sends
  * nothing, a TLS session that never speaks HTTP/2, and half a request are each closed within
- * 10 s while the service keeps serving; connections and streams are capped; a flood of joins
+ * 10 s while the service keeps serving; connections and streams are capped, and connections
+ * without a client certificate cannot crowd out those with one; a flood of joins
  * with unknown token ids is audited as one event, not one write each; audit ls has a real limit.
  */
 import assert from "node:assert/strict";
@@ -16,9 +17,10 @@ import { connect as tlsConnect, type TLSSocket } from "node:tls";
 import { after, before, test } from "node:test";
 import { JoinService } from "../../src/api/gen/mezite/v1/join_pb.js";
 import { connect } from "../../src/api/client.js";
+import { readAdminIdentity } from "../../src/api/admin-identity.js";
 import { buildJoinRequest, generateIssueKeys } from "../../src/identity/protocol.js";
 import { SEED_ROLE, mezctl, startAuth, type AuthProcess } from "../harness/auth.js";
-import { HOUR_MS, addIdentity, auditEvents, createRole, join, outcome, tally } from "./client.js";
+import { HOUR_MS, addIdentity, adminApi, auditEvents, createRole, join, outcome, renew, tally } from "./client.js";
 
 /** The service's deadline is 10 s; allow for a loaded machine. */
 const CLOSED_WITHIN_MS = 12_000;
@@ -79,10 +81,13 @@ test("silent connections, a TLS session without HTTP/2 and half a request are cl
 test("connections beyond --max-connections are closed at once; streams per connection are capped", async () => {
   const capped = await startAuth({ extraArgs: ["--max-connections=6"] });
   after(() => capped.stop());
+  // Held with a client certificate: connections without one would give way to the seventh.
+  const id = readAdminIdentity(capped.identityPath);
   const held = await Promise.all(
     Array.from({ length: 6 }, async () => {
-      const s = tlsTo(capped.port);
-      await once(s, "secureConnect");
+      const s = h2connect(`https://127.0.0.1:${capped.port}`, { rejectUnauthorized: false, cert: id.cert_pem, key: id.key_pem });
+      s.on("error", () => {});
+      await once(s, "remoteSettings"); // the service has seen the certificate (TLS 1.3: after the client's secureConnect)
       return s;
     }),
   );
@@ -138,6 +143,56 @@ test("connections beyond --max-connections-per-source from one address are close
     return false;
   })();
   assert.ok(again, "127.0.0.1 was still refused after its connections closed");
+});
+
+test("connections kept open by many sources without a certificate cannot keep a renewal, an admin call or a join out", async () => {
+  // The service is full of sources that answer its idle timeout with a cheap request (a GET that
+  // gets a 404) every 2 s and reconnect when closed; each source fills its --max-connections-per-source.
+  const capped = await startAuth({ extraArgs: ["--max-connections=21", "--max-connections-per-source=3"] });
+  after(() => capped.stop());
+  await createRole(capped, SEED_ROLE);
+  const held = await join(capped.addr, await addIdentity(capped, "renewer", ["ci-deployer"]));
+  await new Promise((r) => setTimeout(r, 6_000)); // client.ts's sessions from 127.0.0.1 go (5 s idle): it may hold 3
+  let stopping = false;
+  const answered = new Set<ReturnType<typeof h2connect>>(); // holders open and answered
+  const sessions = new Set<ReturnType<typeof h2connect>>();
+  const hold = (localAddress: string): void => {
+    if (stopping) return;
+    const session = h2connect(`https://127.0.0.1:${capped.port}`, {
+      createConnection: () => tlsConnect({ socket: netConnect({ host: "127.0.0.1", port: capped.port, localAddress }), ALPNProtocols: ["h2"], rejectUnauthorized: false }),
+    });
+    sessions.add(session);
+    session.on("error", () => {});
+    const ask = () => {
+      if (session.closed || session.destroyed) return;
+      const req = session.request({ ":method": "GET", ":path": "/" });
+      req.on("error", () => {});
+      req.on("response", (h) => h[":status"] === 404 && answered.add(session));
+      req.resume();
+    };
+    ask();
+    const timer = setInterval(ask, 2_000);
+    session.once("close", () => {
+      clearInterval(timer);
+      sessions.delete(session);
+      answered.delete(session);
+      setTimeout(() => hold(localAddress), 100);
+    });
+  };
+  for (let host = 2; host <= 8; host++) for (let i = 0; i < 3; i++) hold(`127.0.0.${host}`);
+  try {
+    for (let i = 0; i < 100 && answered.size < 21; i++) await new Promise((r) => setTimeout(r, 100));
+    assert.equal(answered.size, 21, "every holder is served: the service is full");
+    const [renewed, admin, named] = await Promise.all([
+      outcome(renew(capped.addr, held)),
+      outcome(adminApi(capped).getCaStatus({})),
+      outcome(connect(JoinService, capped.addr, {}).getClusterName({})),
+    ]);
+    assert.deepEqual({ renewed, admin, named }, { renewed: "ok", admin: "ok", named: "ok" });
+  } finally {
+    stopping = true;
+    for (const s of sessions) s.destroy();
+  }
 });
 
 test("a flood of joins with unknown token ids is one audit event, not one write each", async () => {

@@ -292,6 +292,18 @@ test("a manual step past a live instance behind is refused with one line unless 
   assert.match(events.find((e) => e.detail?.startsWith("User CA: update_servers -> standby"))?.detail ?? "", /; forced while 1 live instance or node \(old\/old-0000\) was behind$/);
 });
 
+test("a daemon's report of its CA state keeps its ID-token instance's expiry", async () => {
+  const ctx = await context();
+  // As join.ts stores an ID-token instance (one per CI run): it leaves the store with its certificates.
+  const inst: InstanceRecord = { ...(await liveInstance(ctx, "run", undefined)), joinMethod: "github" };
+  const key = keys.instance(inst.identityId, inst.id);
+  await ctx.backend.put(key, encode(inst), { expires: inst.certExpires });
+  await recordInstanceCaState(ctx, inst.identityId, inst.id, caState(ctx.cas));
+  const stored = (await ctx.backend.get(key))!;
+  assert.deepEqual(JSON.parse(stored.value).caStates, caStatesOf(ctx.cas), "the report was recorded");
+  assert.equal(stored.expires, inst.certExpires);
+});
+
 test("a node is behind a User CA step until it reports the keys it wrote; nodes offline for minutes hold nothing up", async () => {
   const ctx = await context();
   const node: NodeRecord = {
