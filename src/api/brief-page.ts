@@ -188,39 +188,42 @@ export function decodeBriefStatus(bytes: Uint8Array): BriefStatus {
 
 const malformed = () => new Error("the auth service sent a malformed identity status: upgrade mezctl or the service so they match");
 
-/** A tag or a length: a varint below 2^32 (five bytes at most), in Number arithmetic. */
+/** A tag or a length: a varint below 2^32 (five bytes at most). */
 function readLength(buf: Buffer, at: { pos: number }): number {
-  let n = 0;
-  let scale = 1;
-  for (let i = 0; i < 5; i++) {
-    if (at.pos >= buf.length) throw malformed();
-    const byte = buf[at.pos++]!;
-    n += (byte & 0x7f) * scale;
-    if (byte < 0x80) return n;
-    scale *= 128;
-  }
-  throw malformed();
+  const n = readShortVarint(buf, at, 5);
+  if (n < 0) throw malformed();
+  return n;
 }
 
-/** A varint of up to 64 bits: 7 bytes or fewer in Number arithmetic (exact below 2^53), more through BigInt. */
+/** A varint of up to 64 bits: in Number arithmetic when 7 bytes or fewer (exact below 2^53), else through BigInt. */
 function readVarint(buf: Buffer, at: { pos: number }): bigint {
-  let n = 0;
-  let scale = 1;
-  for (let i = 0; i < 7; i++) {
-    if (at.pos >= buf.length) throw malformed();
-    const byte = buf[at.pos++]!;
-    n += (byte & 0x7f) * scale;
-    if (byte < 0x80) return BigInt(n);
-    scale *= 128;
-  }
-  let big = BigInt(n);
-  for (let shift = 49n; shift < 70n; shift += 7n) {
+  const n = readShortVarint(buf, at, 7);
+  if (n >= 0) return BigInt(n);
+  let big = 0n;
+  for (let shift = 0n; shift < 70n; shift += 7n) {
     if (at.pos >= buf.length) throw malformed();
     const byte = buf[at.pos++]!;
     big |= BigInt(byte & 0x7f) << shift;
     if (byte < 0x80) return BigInt.asUintN(64, big);
   }
   throw malformed();
+}
+
+/** A varint of at most `maxBytes` bytes; -1, and `at` left where it was, for a longer one. */
+function readShortVarint(buf: Buffer, at: { pos: number }, maxBytes: number): number {
+  let n = 0;
+  let scale = 1;
+  for (let pos = at.pos; pos < at.pos + maxBytes; pos++) {
+    if (pos >= buf.length) throw malformed();
+    const byte = buf[pos]!;
+    n += (byte & 0x7f) * scale;
+    if (byte < 0x80) {
+      at.pos = pos + 1;
+      return n;
+    }
+    scale *= 128;
+  }
+  return -1;
 }
 
 function skipField(buf: Buffer, at: { pos: number }, wireType: number): void {
