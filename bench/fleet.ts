@@ -29,7 +29,8 @@ import { readNodeConfig, readNodeTls } from "../src/node/layout.js";
 import { tokenFrom } from "../test/harness/auth.js";
 import type { Run, RunResult, Setup } from "./workers/loadgen.js";
 import type { Cred, FleetMessage, FleetReply } from "./workers/fleet-gen.js";
-import { ROOT, TSX, cpuSecondsPrecise, mustRun, note, percentile, rssKiB, sleep, spawnTracked, tempDir } from "./lib.js";
+import { ROOT, TSX, addBuckets, bucketQuantile, cpuSecondsPrecise, mustRun, note, percentile, renewBuckets, rssKiB, sleep, spawnTracked, tempDir, type Buckets } from "./lib.js";
+import { freePort } from "../test/harness/net.js";
 import { renewOnce, joinOnce, type Renewer } from "./rpc.js";
 import { addIdentity, createSeedRole, joinMany, mezctl, startService, type Service } from "./service.js";
 
@@ -88,6 +89,12 @@ export interface FleetFigures {
   /** The same rate with no agent connected, just before. */
   baseP50Ms: number;
   baseP99Ms: number;
+  /**
+   * The service's own Renew handler time, p99, as its histogram's bucket bound (ms), with the
+   * fleet connected and without: whether the tail is inside the handler or around it (the TLS
+   * handshake, the event loop before the handler runs, the load generators' share of the cores).
+   */
+  handlerP99Ms: { fleet: number; base: number };
 }
 
 export class Gen {
@@ -246,7 +253,7 @@ export const fleetServiceArgs = (agents: number): string[] => [
 
 export async function fleet(o: FleetOptions): Promise<FleetFigures> {
   const agents = o.daemons + o.nodes;
-  const svc = await startService({ args: fleetServiceArgs(agents) });
+  const svc = await startService({ args: fleetServiceArgs(agents), diagPort: await freePort() });
   const gen = new Gen("bench/workers/fleet-gen.ts");
   try {
     await createSeedRole(svc);
@@ -268,7 +275,13 @@ export async function fleet(o: FleetOptions): Promise<FleetFigures> {
     // open loop: first with no agent connected, then with the fleet's streams.
     note("fleet: renewal saturation, then half of it with no agent connected");
     const lg = new Gen("bench/workers/loadgen.ts");
-    const half = (rate: number) => lg.ask<RunResult>({ type: "run", mode: "open", concurrency: 0, rate, startAt: Date.now() + 500, warmupMs: 2000, durationMs: o.latencyWindowMs } as Run);
+    const handler = { fleet: new Map() as Buckets, base: new Map() as Buckets };
+    const half = async (rate: number, into: Buckets) => {
+      const before = renewBuckets(await svc.metrics());
+      const r = await lg.ask<RunResult>({ type: "run", mode: "open", concurrency: 0, rate, startAt: Date.now() + 500, warmupMs: 2000, durationMs: o.latencyWindowMs } as Run);
+      addBuckets(into, renewBuckets(await svc.metrics()), before);
+      return r;
+    };
     let base: RunResult;
     let lat: RunResult;
     let halfRate: number;
@@ -279,11 +292,11 @@ export async function fleet(o: FleetOptions): Promise<FleetFigures> {
       halfRate = Math.max(1, Math.floor(sat.completed / (o.latencyWindowMs / 1000) / 2));
       note(`fleet: saturation ${(sat.completed / (o.latencyWindowMs / 1000)).toFixed(0)}/s; renewals at ${halfRate}/s`);
       await sleep(2000);
-      base = await half(halfRate);
+      base = await half(halfRate, handler.base);
       await sleep(5000);
       stream = await measurePath(svc, gen, o, o, "stream", idleCpuPerSec, "fleet-lock");
       note(`fleet: renewals at ${halfRate}/s with the fleet connected`);
-      lat = await half(halfRate);
+      lat = await half(halfRate, handler.fleet);
     } finally {
       lg.stop();
     }
@@ -327,6 +340,7 @@ export async function fleet(o: FleetOptions): Promise<FleetFigures> {
       renewErrors: lat.errors,
       baseP50Ms: percentile(base.latencies, 50),
       baseP99Ms: percentile(base.latencies, 99),
+      handlerP99Ms: { fleet: bucketQuantile(handler.fleet, 0.99), base: bucketQuantile(handler.base, 0.99) },
     };
   } finally {
     gen.stop();

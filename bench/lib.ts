@@ -209,3 +209,24 @@ export const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeou
 export function note(msg: string): void {
   process.stderr.write(`  ${msg}\n`);
 }
+
+/** Cumulative counts of the service's Renew handler-time histogram (its /metrics), by upper bound in seconds. */
+export type Buckets = Map<number, number>;
+
+export function renewBuckets(metrics: string): Buckets {
+  const re = /^mezite_auth_request_duration_seconds_bucket\{method="Renew",le="([^"]+)"\} (\d+)$/gm;
+  return new Map([...metrics.matchAll(re)].map((m) => [m[1] === "+Inf" ? Infinity : Number(m[1]), Number(m[2])]));
+}
+
+/** Adds to `into` what the histogram counted between `before` and `after` (a window's renewals). */
+export function addBuckets(into: Buckets, after: Buckets, before: Buckets): Buckets {
+  for (const [le, n] of after) into.set(le, (into.get(le) ?? 0) + n - (before.get(le) ?? 0));
+  return into;
+}
+
+/** The upper bound (ms) of the first bucket holding the q-quantile: a histogram says no more. */
+export function bucketQuantile(b: Buckets, q: number): number {
+  const bounds = [...b.keys()].sort((x, y) => x - y);
+  const total = b.get(Infinity) ?? 0;
+  return 1000 * (bounds.find((le) => (b.get(le) ?? 0) >= q * total) ?? Infinity);
+}

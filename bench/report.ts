@@ -185,6 +185,7 @@ export function sections(r: Results): string[] {
     out.push(line("  floor: bare node:http2 + TLS, one idle stream each", `${f1(s.bareRssKiBPerConnection)} KiB`));
     out.push(line(`renewals at ${fl.halfRate}/s (half saturation), fleet connected`, `p50 ${f1(fl.renewP50Ms)} ms`, `p99 ${f1(fl.renewP99Ms)} ms`));
     out.push(line("  the same rate with no agent connected", `p50 ${f1(fl.baseP50Ms)} ms`, `p99 ${f1(fl.baseP99Ms)} ms`));
+    if (fl.handlerP99Ms) out.push(line("  the service's Renew handler alone, p99: connected / not", `≤ ${fl.handlerP99Ms.fleet} ms`, `≤ ${fl.handlerP99Ms.base} ms`));
     if (fl.renewErrors > 0) out.push(line("  renewals that failed", f0(fl.renewErrors)));
     const k = 100_000;
     const cores = (1.1 * k * fleetAgentHour(fl)) / 3_600_000;

@@ -13,7 +13,7 @@ import type { ChildProcess } from "node:child_process";
 import { setPriority } from "node:os";
 import { join } from "node:path";
 import type { Run, RunResult, Setup } from "./workers/loadgen.js";
-import { ROOT, TSX, cpuSeconds, machineTicks, note, percentile, spawnTracked, sum } from "./lib.js";
+import { ROOT, TSX, addBuckets, bucketQuantile, cpuSeconds, machineTicks, note, percentile, renewBuckets, spawnTracked, sum, type Buckets } from "./lib.js";
 import { freePort } from "../test/harness/net.js";
 import { createSeedRole, joinMany, startService, type Joined, type Service, type ServiceOptions } from "./service.js";
 
@@ -159,21 +159,6 @@ export async function window(t: Target, r: Omit<Run, "type" | "startAt" | "warmu
 
 const mean = (xs: number[]) => sum(xs) / xs.length;
 
-/** Cumulative counts of the service's Renew handler-time histogram, by upper bound in seconds. */
-type Buckets = Map<number, number>;
-
-function renewBuckets(metrics: string): Buckets {
-  const re = /^mezite_auth_request_duration_seconds_bucket\{method="Renew",le="([^"]+)"\} (\d+)$/gm;
-  return new Map([...metrics.matchAll(re)].map((m) => [m[1] === "+Inf" ? Infinity : Number(m[1]), Number(m[2])]));
-}
-
-/** The upper bound (ms) of the first bucket holding the q-quantile: a histogram says no more. */
-function bucketQuantile(b: Buckets, q: number): number {
-  const bounds = [...b.keys()].sort((x, y) => x - y);
-  const total = b.get(Infinity) ?? 0;
-  return 1000 * (bounds.find((le) => (b.get(le) ?? 0) >= q * total) ?? Infinity);
-}
-
 export async function throughput(o: ThroughputOptions): Promise<WorkersFigures[]> {
   note(`starting auth services (--workers=1 and --workers=2) and joining ${o.identities} agent identities in each`);
   // The one-worker service also serves /metrics: its Renew handler times, apart from the client's.
@@ -198,7 +183,7 @@ export async function throughput(o: ThroughputOptions): Promise<WorkersFigures[]
         const before = t.workers === 1 ? renewBuckets(await t.svc.metrics()) : undefined;
         const { results } = await window(t, { mode: "open", concurrency: 0, rate: rateOf(t.workers) / 2 / LOADGENS }, o);
         const h = half.get(t.workers)!;
-        if (before) for (const [le, n] of renewBuckets(await t.svc.metrics())) h.handler.set(le, (h.handler.get(le) ?? 0) + n - (before.get(le) ?? 0));
+        if (before) addBuckets(h.handler, renewBuckets(await t.svc.metrics()), before);
         h.lat.push(...results.flatMap((r) => r.latencies));
         h.renewals += sum(results.map((r) => r.completed));
         h.errors += sum(results.map((r) => r.errors));
