@@ -329,8 +329,9 @@ export class NodeAgent {
         if (!ev.revocations) continue;
         const userBefore = this.userCaState;
         const pushed = ev.revocations;
-        const heldThen = first ? held : this.heldKrlVersion();
-        await this.inTurn(() => this.applyRevocations(pushed, heldThen, signal));
+        const wasFirst = first;
+        // What this node holds is read in its turn: a poll ahead of it may have just written a KRL.
+        await this.inTurn(() => this.applyRevocations(pushed, wasFirst ? held : this.heldKrlVersion(), signal));
         this.calls.inc({ op: "revocations_pushed", result: "ok" });
         if (first) up();
         first = false;
