@@ -60,6 +60,8 @@ export function connectTransport(addr: string, tls: ClientTls, keepalive?: Keepa
   });
 }
 
+const ignoreLateError = () => {};
+
 interface ConnectingState {
   t: string;
   conn?: Promise<ClientHttp2Session>;
@@ -74,6 +76,13 @@ interface ConnectingState {
  * call's deadline) and no I/O ever runs again: the process spins silently until killed. Here such
  * a session fails the connection attempt instead: the call fails as Unavailable, and the next one
  * connects afresh. (The state machine is private to connect-node: this wraps its setState.)
+ *
+ * It also leaves an error listener on every session. On a GOAWAY to an idle connection
+ * connect-node destroys the session with an error that Node emits only once the socket has
+ * closed; if connect-node let go of the session before that (a new call replaced it, or its
+ * idle timer fired: ~300 ms apart on a loaded machine), that error had no listener and ended the
+ * process, e.g. a daemon whose auth service restarted. The calls on it have already ended; the
+ * error is of use to no one.
  */
 export function guardedSessionManager(m: Http2SessionManager): Http2SessionManager {
   const inner = m as unknown as { setState?: (s: ConnectingState) => void };
@@ -86,6 +95,7 @@ export function guardedSessionManager(m: Http2SessionManager): Http2SessionManag
             ...s,
             conn: s.conn.then((session) => {
               if (session.destroyed || session.closed) throw new ConnectError("the connection closed as it opened", Code.Unavailable);
+              session.on("error", ignoreLateError);
               return session;
             }),
           }
