@@ -174,7 +174,9 @@ export class IdentityDaemon {
           const rotated = await this.waitForRenewal(signal);
           if (signal.aborted) break;
           this.renewRequested = false;
-          await this.withRetry(signal, () => this.renew(signal, rotated), Infinity);
+          // Certificates that expired during an outage can never renew: from then on each attempt
+          // is start-up's (a new join, or the one-line "join again" when there is nothing to join with).
+          await this.withRetry(signal, () => (this.state!.expires <= this.now() ? this.issueOnce(signal) : this.renew(signal, rotated)), Infinity);
         }
       } finally {
         stop.abort();

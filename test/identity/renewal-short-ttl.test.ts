@@ -2,7 +2,8 @@
  * A role's max_session_ttl below --renewal-interval (SPEC §5, §6): a daemon on its defaults (1h
  * requested, every 20m) gets 1-minute certificates. It says so once, renews by 2/3 of the
  * lifetime (not 5 s before the expiry), and through an auth service outage over that point it
- * keeps trying up to the expiry, so a service back in the last seconds still renews in time.
+ * keeps trying up to the expiry, so a service back in the last seconds still renews in time; an
+ * outage that outlasts the certificates ends the daemon at their expiry with what to do.
  */
 import assert from "node:assert/strict";
 import { writeFileSync } from "node:fs";
@@ -62,4 +63,21 @@ test("roles capping certificates at 1m under the default 20m interval: one warni
   assert.ok(renewedAt < expires, `renewed ${renewedAt - expires} ms after the outputs expired`);
   assert.equal(await daemon.stop(), 0);
   assert.equal(daemon.count(SHORT_WARNING), 1, daemon.output());
+
+  // Started again from its storage dir, without the token, it renews; then an outage outlasts
+  // the certificates. Once they have expired no renewal can succeed: the daemon says so in one
+  // line and exits 3 (SPEC §6) at the expiry, not retrying for as long as the service is away.
+  const again = startDaemon(bed.auth.addr, join(bed.tmp, "certs"));
+  await again.waitFor(RENEWED);
+  const renewed = logLines(again.output()).find((l) => l["msg"] === "agent identity renewed")!;
+  const expiresAgain = Date.parse(renewed["expires"] as string);
+  await bed.auth.kill9();
+  // The lifetime and a margin for a loaded machine: the last attempt before the expiry comes at
+  // most 250 ms before it, the next one at most 250 ms after.
+  const code = await Promise.race([again.exited, new Promise<string>((r) => setTimeout(() => r("still running"), expiresAgain - Date.now() + 10_000))]);
+  assert.equal(code, 3, again.output());
+  const last = again.output().trimEnd().split("\n").at(-1)!;
+  assert.match(last, /^mezd: the renewal certificate in .* expired at .*: join again with a new token$/);
+  process.stderr.write(`# exited ${Date.now() - expiresAgain} ms after the expiry, with the service down\n`);
+  await bed.auth.restart();
 });
