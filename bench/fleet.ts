@@ -29,7 +29,7 @@ import { readNodeConfig, readNodeTls } from "../src/node/layout.js";
 import { tokenFrom } from "../test/harness/auth.js";
 import type { Run, RunResult, Setup } from "./workers/loadgen.js";
 import type { Cred, FleetMessage, FleetReply } from "./workers/fleet-gen.js";
-import { ROOT, TSX, addBuckets, bucketQuantile, cpuSecondsPrecise, mustRun, note, percentile, renewBuckets, rssKiB, sleep, spawnTracked, tempDir, type Buckets } from "./lib.js";
+import { ROOT, TSX, addBuckets, bucketQuantile, cpuSecondsPrecise, histogramBuckets, histogramSum, mustRun, note, percentile, renewBuckets, rssKiB, sleep, spawnTracked, tempDir, type Buckets } from "./lib.js";
 import { freePort } from "../test/harness/net.js";
 import { renewOnce, joinOnce, type Renewer } from "./rpc.js";
 import { addIdentity, createSeedRole, joinMany, mezctl, startService, type Service } from "./service.js";
@@ -95,6 +95,37 @@ export interface FleetFigures {
    * handshake, the event loop before the handler runs, the load generators' share of the cores).
    */
   handlerP99Ms: { fleet: number; base: number };
+  /** The event loop's delay (sampled every 200 ms), p99 as a bucket bound (ms), in the same windows. */
+  loopDelayP99Ms?: { fleet: number; base: number };
+  /** The service's GC pauses in the same windows: how many, their total and longest bucket (ms). */
+  gc?: { fleet: GcPauses; base: GcPauses };
+}
+
+export interface GcPauses {
+  count: number;
+  totalMs: number;
+  maxMs: number;
+}
+
+/** What the service's /metrics says of a latency window: its Renew handler times, the event loop's delay, GC pauses. */
+interface Inside {
+  handler: Buckets;
+  loop: Buckets;
+  gc: Buckets;
+  gcSeconds: number;
+}
+
+const newInside = (): Inside => ({ handler: new Map(), loop: new Map(), gc: new Map(), gcSeconds: 0 });
+
+function addInside(into: Inside, after: string, before: string): void {
+  addBuckets(into.handler, renewBuckets(after), renewBuckets(before));
+  addBuckets(into.loop, histogramBuckets(after, "mezite_event_loop_delay_seconds"), histogramBuckets(before, "mezite_event_loop_delay_seconds"));
+  addBuckets(into.gc, histogramBuckets(after, "mezite_gc_pause_seconds"), histogramBuckets(before, "mezite_gc_pause_seconds"));
+  into.gcSeconds += histogramSum(after, "mezite_gc_pause_seconds") - histogramSum(before, "mezite_gc_pause_seconds");
+}
+
+function gcOf(w: Inside): GcPauses {
+  return { count: w.gc.get(Infinity) ?? 0, totalMs: w.gcSeconds * 1000, maxMs: bucketQuantile(w.gc, 1) };
 }
 
 export class Gen {
@@ -275,11 +306,11 @@ export async function fleet(o: FleetOptions): Promise<FleetFigures> {
     // open loop: first with no agent connected, then with the fleet's streams.
     note("fleet: renewal saturation, then half of it with no agent connected");
     const lg = new Gen("bench/workers/loadgen.ts");
-    const handler = { fleet: new Map() as Buckets, base: new Map() as Buckets };
-    const half = async (rate: number, into: Buckets) => {
-      const before = renewBuckets(await svc.metrics());
+    const inside = { fleet: newInside(), base: newInside() };
+    const half = async (rate: number, into: Inside) => {
+      const before = await svc.metrics();
       const r = await lg.ask<RunResult>({ type: "run", mode: "open", concurrency: 0, rate, startAt: Date.now() + 500, warmupMs: 2000, durationMs: o.latencyWindowMs } as Run);
-      addBuckets(into, renewBuckets(await svc.metrics()), before);
+      addInside(into, await svc.metrics(), before);
       return r;
     };
     let base: RunResult;
@@ -292,11 +323,11 @@ export async function fleet(o: FleetOptions): Promise<FleetFigures> {
       halfRate = Math.max(1, Math.floor(sat.completed / (o.latencyWindowMs / 1000) / 2));
       note(`fleet: saturation ${(sat.completed / (o.latencyWindowMs / 1000)).toFixed(0)}/s; renewals at ${halfRate}/s`);
       await sleep(2000);
-      base = await half(halfRate, handler.base);
+      base = await half(halfRate, inside.base);
       await sleep(5000);
       stream = await measurePath(svc, gen, o, o, "stream", idleCpuPerSec, "fleet-lock");
       note(`fleet: renewals at ${halfRate}/s with the fleet connected`);
-      lat = await half(halfRate, handler.fleet);
+      lat = await half(halfRate, inside.fleet);
     } finally {
       lg.stop();
     }
@@ -340,7 +371,9 @@ export async function fleet(o: FleetOptions): Promise<FleetFigures> {
       renewErrors: lat.errors,
       baseP50Ms: percentile(base.latencies, 50),
       baseP99Ms: percentile(base.latencies, 99),
-      handlerP99Ms: { fleet: bucketQuantile(handler.fleet, 0.99), base: bucketQuantile(handler.base, 0.99) },
+      handlerP99Ms: { fleet: bucketQuantile(inside.fleet.handler, 0.99), base: bucketQuantile(inside.base.handler, 0.99) },
+      loopDelayP99Ms: { fleet: bucketQuantile(inside.fleet.loop, 0.99), base: bucketQuantile(inside.base.loop, 0.99) },
+      gc: { fleet: gcOf(inside.fleet), base: gcOf(inside.base) },
     };
   } finally {
     gen.stop();

@@ -210,13 +210,27 @@ export function note(msg: string): void {
   process.stderr.write(`  ${msg}\n`);
 }
 
-/** Cumulative counts of the service's Renew handler-time histogram (its /metrics), by upper bound in seconds. */
+/** Cumulative counts of a histogram of the service's (its /metrics), by upper bound in seconds. */
 export type Buckets = Map<number, number>;
 
-export function renewBuckets(metrics: string): Buckets {
-  const re = /^mezite_auth_request_duration_seconds_bucket\{method="Renew",le="([^"]+)"\} (\d+)$/gm;
-  return new Map([...metrics.matchAll(re)].map((m) => [m[1] === "+Inf" ? Infinity : Number(m[1]), Number(m[2])]));
+/** One histogram's buckets, summed over the label sets that hold `labels` (e.g. `method="Renew",`; "": all). */
+export function histogramBuckets(metrics: string, name: string, labels = ""): Buckets {
+  const out: Buckets = new Map();
+  for (const m of metrics.matchAll(new RegExp(`^${name}_bucket\\{(.*)le="([^"]+)"\\} (\\d+)$`, "gm"))) {
+    if (!m[1]!.includes(labels)) continue;
+    const le = m[2] === "+Inf" ? Infinity : Number(m[2]);
+    out.set(le, (out.get(le) ?? 0) + Number(m[3]));
+  }
+  return out;
 }
+
+/** One histogram's sum of observations (seconds), over all its label sets. */
+export function histogramSum(metrics: string, name: string): number {
+  return [...metrics.matchAll(new RegExp(`^${name}_sum(?:\\{.*\\})? (\\S+)$`, "gm"))].reduce((n, m) => n + Number(m[1]), 0);
+}
+
+/** The service's Renew handler times. */
+export const renewBuckets = (metrics: string): Buckets => histogramBuckets(metrics, "mezite_auth_request_duration_seconds", 'method="Renew",');
 
 /** Adds to `into` what the histogram counted between `before` and `after` (a window's renewals). */
 export function addBuckets(into: Buckets, after: Buckets, before: Buckets): Buckets {

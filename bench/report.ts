@@ -3,7 +3,7 @@
  * and whether it is met. Ratios are of figures measured side by side in the same run.
  */
 import type { DaemonFigures, NodeFigures, StandaloneFigures } from "./agents.js";
-import type { FleetFigures } from "./fleet.js";
+import type { FleetFigures, GcPauses } from "./fleet.js";
 import type { FleetHaFigures, FleetHaService } from "./fleet-ha.js";
 import type { HaFigures, HaSetup } from "./ha.js";
 import type { RevocationsFigures } from "./revocations.js";
@@ -186,6 +186,9 @@ export function sections(r: Results): string[] {
     out.push(line(`renewals at ${fl.halfRate}/s (half saturation), fleet connected`, `p50 ${f1(fl.renewP50Ms)} ms`, `p99 ${f1(fl.renewP99Ms)} ms`));
     out.push(line("  the same rate with no agent connected", `p50 ${f1(fl.baseP50Ms)} ms`, `p99 ${f1(fl.baseP99Ms)} ms`));
     if (fl.handlerP99Ms) out.push(line("  the service's Renew handler alone, p99: connected / not", `≤ ${fl.handlerP99Ms.fleet} ms`, `≤ ${fl.handlerP99Ms.base} ms`));
+    if (fl.loopDelayP99Ms) out.push(line("  its event loop's delay, p99: connected / not", `≤ ${fl.loopDelayP99Ms.fleet} ms`, `≤ ${fl.loopDelayP99Ms.base} ms`));
+    const gc = (g: GcPauses) => `${f0(g.count)}, ${f0(g.totalMs)} ms, ≤ ${g.maxMs} ms`;
+    if (fl.gc) out.push(line("  its GC pauses (how many, total, longest): connected / not", gc(fl.gc.fleet), gc(fl.gc.base)));
     if (fl.renewErrors > 0) out.push(line("  renewals that failed", f0(fl.renewErrors)));
     const k = 100_000;
     const cores = (1.1 * k * fleetAgentHour(fl)) / 3_600_000;

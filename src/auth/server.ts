@@ -52,6 +52,7 @@ import { diagSource, handleDiag, splitHostPort, startDiagServer, type DiagSource
 import { MeziteError, isMeziteError } from "../lib/errors.js";
 import { ensureDir } from "../lib/files.js";
 import { createLogger, type Logger } from "../lib/log.js";
+import { watchRuntime } from "../lib/runtime-metrics.js";
 import { Registry, type MetricState } from "../lib/metrics.js";
 import { AdminIdentityKeeper, checkAdminCert, revokeAdminCertificates } from "./admin-cert.js";
 import { listAccessibleNodes } from "./agent-service.js";
@@ -631,6 +632,7 @@ export async function startAuthService(cfg: AuthConfig, log: Logger = createLogg
     hub.start();
     const diagServer = cfg.diagAddr ? await startDiagServer(cfg.diagAddr, diag) : undefined;
     web = cfg.webAddr ? await startWebServer(ctx, cfg.webAddr, tls) : undefined;
+    const stopRuntimeMetrics = watchRuntime(registry);
     ready = true;
     return {
       port,
@@ -640,6 +642,7 @@ export async function startAuthService(cfg: AuthConfig, log: Logger = createLogg
       metricsState: () => registry.state(),
       stop: async () => {
         ready = false;
+        stopRuntimeMetrics();
         keeper?.stop();
         watcher?.stop();
         hub.stop();

@@ -115,6 +115,9 @@ test("--diag-addr serves /livez, /readyz and /metrics over HTTP", async () => {
     assert.match(metrics, /# TYPE mezite_auth_request_duration_seconds histogram\n/);
     assert.match(metrics, /^mezite_auth_request_duration_seconds_count\{method="ListRoles"\} 1$/m);
     assert.match(metrics, /^mezite_auth_request_duration_seconds_bucket\{method="ListRoles",le="\+Inf"\} 1$/m);
+    // What a call waits for outside its handler (test/lib/runtime-metrics.test.ts counts them).
+    assert.match(metrics, /^# TYPE mezite_event_loop_delay_seconds histogram$/m);
+    assert.match(metrics, /^# TYPE mezite_gc_pause_seconds histogram$/m);
     assert.equal((await get("/nope")).status, 404);
   } finally {
     await auth.stop();
