@@ -49,8 +49,10 @@ export const ANONYMOUS_SHARE = 1 / 8;
  * takes the oldest one's place instead of being refused (`evicted` hears of it). Below that share,
  * and whenever the server has room, nothing changes. An absolute lifetime for anonymous
  * connections would not do: a holder reconnects as fast as it is closed.
+ *
+ * Returns a reader of how many connections are open and how many of those are unproven.
  */
-export function capConnections(server: TlsServer, caps: ConnectionCaps, on: { refused?: (source: string) => void; evicted?: () => void } = {}): void {
+export function capConnections(server: TlsServer, caps: ConnectionCaps, on: { refused?: (source: string) => void; evicted?: () => void } = {}): () => { open: number; unproven: number } {
   const perSource = new Map<string, number>();
   // Oldest first (a Map keeps insertion order). Keyed by remote address and port, which the raw
   // socket accepted here and the TLSSocket that 'secureConnection' gives share.
@@ -95,4 +97,5 @@ export function capConnections(server: TlsServer, caps: ConnectionCaps, on: { re
   server.on("secureConnection", (tls: TLSSocket) => {
     if (tls.authorized) unproven.delete(keyOf(tls));
   });
+  return () => ({ open, unproven: unproven.size });
 }

@@ -12,6 +12,8 @@ export interface MetricState {
   type: MetricType;
   /** Histograms: the buckets' upper bounds, ascending. */
   bounds?: number[];
+  /** Gauges: each worker holds its own share (its connections), so workers' values add up. */
+  perWorker?: boolean;
   series: { labels: Labels; values: number[] }[];
 }
 
@@ -73,11 +75,11 @@ export class Registry {
   }
 
   /** `read` gives one value, or one per label set. */
-  gauge(name: string, help: string, read: () => number | { labels: Labels; value: number }[] | undefined): void {
+  gauge(name: string, help: string, read: () => number | { labels: Labels; value: number }[] | undefined, opts: { perWorker?: boolean } = {}): void {
     this.metrics.push(() => {
       const v = read();
       const series = v === undefined ? [] : typeof v === "number" ? [{ labels: {}, values: [v] }] : v.map((s) => ({ labels: s.labels, values: [s.value] }));
-      return { name, help, type: "gauge", series };
+      return { name, help, type: "gauge", series, ...(opts.perWorker ? { perWorker: true } : {}) };
     });
   }
 
@@ -93,7 +95,7 @@ export class Registry {
 /**
  * Prometheus text for one or more registries' states (a cluster's workers), summing counters and
  * histograms with the same name and labels; gauges are states that every worker reads alike, so the
- * highest counts.
+ * highest counts, unless each worker holds its own share (perWorker): those add up too.
  */
 export function renderMetrics(states: MetricState[][]): string {
   const merged = new Map<string, { metric: MetricState; series: Map<string, { labels: Labels; values: number[] }> }>();
@@ -103,7 +105,7 @@ export function renderMetrics(states: MetricState[][]): string {
     for (const s of m.series) {
       const key = labelText(s.labels);
       const cur = entry.series.get(key);
-      if (cur) s.values.forEach((v, i) => (cur.values[i] = m.type === "gauge" ? Math.max(cur.values[i]!, v) : cur.values[i]! + v));
+      if (cur) s.values.forEach((v, i) => (cur.values[i] = m.type === "gauge" && !m.perWorker ? Math.max(cur.values[i]!, v) : cur.values[i]! + v));
       else entry.series.set(key, { labels: s.labels, values: [...s.values] });
     }
   }

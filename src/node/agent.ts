@@ -44,7 +44,6 @@ export interface NodeAgentOptions {
 
 export const NODE_DEFAULTS = { revocationIntervalMs: 2_000, heartbeatIntervalMs: 30_000, maxBackoffMs: 30_000 } as const;
 
-
 export interface NodeAgentDeps {
   log: Logger;
   now?: () => number;
@@ -76,6 +75,8 @@ export class NodeAgent {
   private streaming = false;
   /** Something changed that only the next fetch reports (a host certificate of the new Host CA key). */
   private reportDue = false;
+  /** The last fetch-and-apply or pushed apply begun (inTurn). */
+  private turn: Promise<unknown> = Promise.resolve();
 
   constructor(private readonly opts: NodeAgentOptions, private readonly deps: NodeAgentDeps) {
     this.now = deps.now ?? Date.now;
@@ -167,7 +168,6 @@ export class NodeAgent {
     this.turn = p.catch(() => undefined);
     return p;
   }
-  private turn: Promise<unknown> = Promise.resolve();
 
   /**
    * Writes a revocation state, fetched or pushed, and renews the host certificate when a Host CA

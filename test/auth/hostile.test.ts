@@ -20,6 +20,7 @@ import { connect } from "../../src/api/client.js";
 import { readAdminIdentity } from "../../src/api/admin-identity.js";
 import { buildJoinRequest, generateIssueKeys } from "../../src/identity/protocol.js";
 import { SEED_ROLE, mezctl, startAuth, type AuthProcess } from "../harness/auth.js";
+import { freePort } from "../harness/net.js";
 import { HOUR_MS, addIdentity, adminApi, auditEvents, createRole, join, outcome, renew, tally } from "./client.js";
 
 /** The service's deadline is 10 s; allow for a loaded machine. */
@@ -148,11 +149,20 @@ test("connections beyond --max-connections-per-source from one address are close
 test("connections kept open by many sources without a certificate cannot keep a renewal, an admin call or a join out", async () => {
   // The service is full of sources that answer its idle timeout with a cheap request (a GET that
   // gets a 404) every 2 s and reconnect when closed; each source fills its --max-connections-per-source.
-  const capped = await startAuth({ extraArgs: ["--max-connections=21", "--max-connections-per-source=3"] });
+  const diagPort = await freePort();
+  const capped = await startAuth({ extraArgs: ["--max-connections=21", "--max-connections-per-source=3", `--diag-addr=127.0.0.1:${diagPort}`] });
   after(() => capped.stop());
   await createRole(capped, SEED_ROLE);
   const held = await join(capped.addr, await addIdentity(capped, "renewer", ["ci-deployer"]));
-  await new Promise((r) => setTimeout(r, 6_000)); // client.ts's sessions from 127.0.0.1 go (5 s idle): it may hold 3
+  /** The service's open connections, with a verified client certificate and without. */
+  const connections = async () => {
+    const metrics = await (await fetch(`http://127.0.0.1:${diagPort}/metrics`)).text();
+    const count = (verified: boolean) => Number(new RegExp(`^mezite_auth_connections\\{verified="${verified}"\\} (\\d+)$`, "m").exec(metrics)?.[1]);
+    return { verified: count(true), unverified: count(false) };
+  };
+  // client.ts's sessions of the calls above go after 5 s idle: until then they hold slots.
+  for (let i = 0; i < 100 && Object.values(await connections()).some((n) => n !== 0); i++) await new Promise((r) => setTimeout(r, 200));
+  assert.deepEqual(await connections(), { verified: 0, unverified: 0 }, "the setup's connections closed");
   let stopping = false;
   const answered = new Set<ReturnType<typeof h2connect>>(); // holders open and answered
   const sessions = new Set<ReturnType<typeof h2connect>>();
@@ -183,6 +193,7 @@ test("connections kept open by many sources without a certificate cannot keep a 
   try {
     for (let i = 0; i < 100 && answered.size < 21; i++) await new Promise((r) => setTimeout(r, 100));
     assert.equal(answered.size, 21, "every holder is served: the service is full");
+    assert.deepEqual(await connections(), { verified: 0, unverified: 21 });
     const [renewed, admin, named] = await Promise.all([
       outcome(renew(capped.addr, held)),
       outcome(adminApi(capped).getCaStatus({})),

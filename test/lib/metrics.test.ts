@@ -36,6 +36,11 @@ test("registries' states render summed, series by series: what a cluster's prima
     return { r, calls: r.counter("calls_total", "calls"), time: r.histogram("t_seconds", "time", [0.1, 1]) };
   };
   const [a, b] = [worker(), worker()];
+  // A state every worker reads alike (the highest counts), and each worker's own share (they add).
+  for (const [w, phase, conns] of [[a, 1, 4], [b, 0, 6]] as const) {
+    w.r.gauge("phase", "phase", () => phase);
+    w.r.gauge("conns", "conns", () => conns, { perWorker: true });
+  }
   a.calls.inc({ method: "Renew" }, 2);
   b.calls.inc({ method: "Renew" }, 3);
   b.calls.inc({ method: "Join" });
@@ -56,6 +61,12 @@ test("registries' states render summed, series by series: what a cluster's prima
       't_seconds_bucket{le="+Inf"} 3',
       "t_seconds_sum 5.55",
       "t_seconds_count 3",
+      "# HELP phase phase",
+      "# TYPE phase gauge",
+      "phase 1",
+      "# HELP conns conns",
+      "# TYPE conns gauge",
+      "conns 10",
       "",
     ].join("\n"),
   );
