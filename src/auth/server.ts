@@ -6,6 +6,7 @@
  * API, each issued by its own CA.
  */
 import { X509Certificate, constants } from "node:crypto";
+import v8 from "node:v8";
 import { constants as h2, createSecureServer, type Http2SecureServer, type Http2ServerRequest, type Http2ServerResponse, type ServerHttp2Session } from "node:http2";
 import type { IncomingMessage, ServerResponse } from "node:http";
 import type { TLSSocket } from "node:tls";
@@ -518,10 +519,25 @@ function dialable(host: string, port: number): string {
 }
 
 /**
+ * Each connection (a change stream's above all) holds ~17 KiB of long-lived JS objects, so with
+ * 11,000 agents the heap is ~190 MB that every major GC marks: 100-200 ms of the main thread,
+ * the renewals arriving meanwhile waiting. By default V8 lets the heap grow only ~10 % past what
+ * a major GC kept before the next one, which renewals' garbage reaches within seconds at a high
+ * rate: renewal p99 97-138 ms in 15 s windows holding a major GC, 21-24 ms in those without
+ * (bench/fleet.ts, 74 renewals/s). Letting the heap double first makes them several times rarer
+ * (none in 45 s at that rate), for at most that much more heap.
+ */
+function growHeapForConnections(): void {
+  v8.setFlagsFromString(`--heap-growing-percent=${HEAP_GROWING_PERCENT}`);
+}
+const HEAP_GROWING_PERCENT = 100;
+
+/**
  * `clusterMetrics`: in a cluster worker, what /metrics serves on the TLS port (--single-port):
  * every worker's counts, which the primary collects.
  */
 export async function startAuthService(cfg: AuthConfig, log: Logger = createLogger(process.stderr), clusterMetrics?: () => Promise<string>): Promise<AuthService> {
+  growHeapForConnections();
   ensureDir(cfg.dataDir, 0o700, { what: `--data-dir ${cfg.dataDir}` });
   const { host, port: wantPort } = splitHostPort(cfg.listen, "--listen");
   const registry = new Registry();
@@ -597,11 +613,18 @@ export async function startAuthService(cfg: AuthConfig, log: Logger = createLogg
     server.on("sessionError", () => {}); // a client that vanishes mid-handshake is not our error
     const refusedConnections = registry.counter("mezite_auth_connections_refused_total", "connections closed at once because their source address held --max-connections-per-source");
     const evictedConnections = registry.counter("mezite_auth_connections_evicted_total", "connections without a verified client certificate closed to make room for a new one (the service was full)");
-    capConnections(
+    const connections = capConnections(
       server,
       { max: cfg.maxConnections ?? DEFAULT_CONNECTION_CAPS.max, perSource: cfg.maxConnectionsPerSource ?? DEFAULT_CONNECTION_CAPS.perSource },
       { refused: () => refusedConnections.inc(), evicted: () => evictedConnections.inc() },
     );
+    registry.gauge("mezite_auth_connections", "open connections, with and without a client certificate the TLS layer verified (see --max-connections)", () => {
+      const { open, unproven } = connections();
+      return [
+        { labels: { verified: "true" }, value: open - unproven },
+        { labels: { verified: "false" }, value: unproven },
+      ];
+    }, { perWorker: true });
     // A session with no frames for this long is closed (with no 'timeout' listener, Node destroys it).
     server.setTimeout(REQUEST_DEADLINE_MS);
     const sessions = new Set<ServerHttp2Session>();
