@@ -187,8 +187,9 @@ export function sections(r: Results): string[] {
     out.push(line("  the same rate with no agent connected", `p50 ${f1(fl.baseP50Ms)} ms`, `p99 ${f1(fl.baseP99Ms)} ms`));
     if (fl.handlerP99Ms) out.push(line("  the service's Renew handler alone, p99: connected / not", `≤ ${fl.handlerP99Ms.fleet} ms`, `≤ ${fl.handlerP99Ms.base} ms`));
     if (fl.loopDelayP99Ms) out.push(line("  its event loop's delay, p99: connected / not", `≤ ${fl.loopDelayP99Ms.fleet} ms`, `≤ ${fl.loopDelayP99Ms.base} ms`));
-    const gc = (g: GcPauses) => `${f0(g.count)}, ${f0(g.totalMs)} ms, ≤ ${g.maxMs} ms`;
-    if (fl.gc) out.push(line("  its GC pauses (how many, total, longest): connected / not", gc(fl.gc.fleet), gc(fl.gc.base)));
+    const gc = (g: GcPauses) => `${f0(g.count)} / ${f0(g.totalMs)} ms`;
+    if (fl.gc) out.push(line("  its GC pauses, how many / their total: connected / not", gc(fl.gc.fleet), gc(fl.gc.base)));
+    if (fl.gc) out.push(line("  its longest GC pause: connected / not", `≤ ${fl.gc.fleet.maxMs} ms`, `≤ ${fl.gc.base.maxMs} ms`));
     if (fl.renewErrors > 0) out.push(line("  renewals that failed", f0(fl.renewErrors)));
     const k = 100_000;
     const cores = (1.1 * k * fleetAgentHour(fl)) / 3_600_000;
