@@ -33,8 +33,10 @@ let firstClosed: Promise<unknown> | undefined;
 const realConnect = http2.connect;
 (http2 as { connect: typeof http2.connect }).connect = ((...args: Parameters<typeof http2.connect>) => {
   const session = realConnect(...args);
-  firstClosed ??= new Promise((r) => session.once("close", r));
-  session.once("goaway", () => startSecond(call()));
+  if (firstClosed === undefined) {
+    firstClosed = new Promise((r) => session.once("close", r));
+    session.once("goaway", () => startSecond(call()));
+  }
   return session;
 }) as typeof http2.connect;
 syncBuiltinESMExports(); // connect-node's `import * as http2` sees the wrapper too
