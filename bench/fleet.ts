@@ -125,7 +125,9 @@ function addInside(into: Inside, after: string, before: string): void {
 }
 
 function gcOf(w: Inside): GcPauses {
-  return { count: w.gc.get(Infinity) ?? 0, totalMs: w.gcSeconds * 1000, maxMs: bucketQuantile(w.gc, 1) };
+  const count = w.gc.get(Infinity) ?? 0;
+  // With no pause, the lowest bucket would read as one: 0 instead.
+  return { count, totalMs: w.gcSeconds * 1000, maxMs: count > 0 ? bucketQuantile(w.gc, 1) : 0 };
 }
 
 export class Gen {
