@@ -66,19 +66,28 @@ test("PeriodicCheck: a failure is logged once until the check works again, and t
   );
 });
 
-test("PeriodicCheck: ticks that find a run under way are dropped, not queued (a slow check does not run back to back)", async () => {
+test("PeriodicCheck: ticks that find a run under way are dropped, not queued (a slow check does not run back to back)", async (t) => {
+  // Mocked timers: with real ones a tick due just after the first run ends (on a loaded machine)
+  // starts a new run, which is right, and looks like a queued one.
+  t.mock.timers.enable({ apis: ["setInterval"] });
   const { checks, runs } = harness(5);
   checks.start();
   try {
-    while (runs.length === 0) await new Promise((r) => setTimeout(r, 5));
-    // Many ticks pass while the first run is held (40 intervals; one is enough to matter).
-    await new Promise((r) => setTimeout(r, 200));
+    t.mock.timers.tick(5);
+    assert.equal(runs.length, 1, "the first tick runs the check");
+    // 40 ticks pass while the first run is held; one queued would be enough to matter.
+    for (let i = 0; i < 40; i++) t.mock.timers.tick(5);
     assert.equal(runs.length, 1);
     const running = checks.running!;
     runs[0]!.end(true);
+    await running;
     await settle();
     assert.equal(runs.length, 1, "no run queued by the ticks that came during the first");
-    await running;
+    assert.equal(checks.running, undefined);
+    t.mock.timers.tick(5);
+    assert.equal(runs.length, 2, "the next tick after it runs the check again");
+    runs[1]!.end(true);
+    await checks.running;
   } finally {
     checks.stop();
   }
