@@ -49,6 +49,13 @@ function closedAfter(socket: Socket | TLSSocket, limitMs: number): Promise<numbe
   });
 }
 
+/** The service's open connections (from its /metrics), with a verified client certificate and without. */
+async function openConnections(diagPort: number): Promise<{ verified: number; unverified: number }> {
+  const metrics = await (await fetch(`http://127.0.0.1:${diagPort}/metrics`)).text();
+  const count = (verified: boolean) => Number(new RegExp(`^mezite_auth_connections\\{verified="${verified}"\\} (\\d+)$`, "m").exec(metrics)?.[1]);
+  return { verified: count(true), unverified: count(false) };
+}
+
 const tlsTo = (port: number) => tlsConnect({ host: "127.0.0.1", port, ALPNProtocols: ["h2"], rejectUnauthorized: false });
 
 test("silent connections, a TLS session without HTTP/2 and half a request are closed within 10 s; the service keeps serving", async () => {
@@ -80,7 +87,8 @@ test("silent connections, a TLS session without HTTP/2 and half a request are cl
 });
 
 test("connections beyond --max-connections are closed at once; streams per connection are capped", async () => {
-  const capped = await startAuth({ extraArgs: ["--max-connections=6"] });
+  const diagPort = await freePort();
+  const capped = await startAuth({ extraArgs: ["--max-connections=6", `--diag-addr=127.0.0.1:${diagPort}`] });
   after(() => capped.stop());
   // Held with a client certificate: connections without one would give way to the seventh.
   const id = readAdminIdentity(capped.identityPath);
@@ -99,7 +107,8 @@ test("connections beyond --max-connections are closed at once; streams per conne
   } finally {
     for (const s of held) s.destroy();
   }
-  await new Promise((r) => setTimeout(r, 200)); // the service sees the six go
+  // The service sees the six go (a fixed wait was not enough on a loaded machine).
+  for (let i = 0; i < 100 && (await openConnections(diagPort)).verified !== 0; i++) await new Promise((r) => setTimeout(r, 100));
   const session = h2connect(`https://127.0.0.1:${capped.port}`, { rejectUnauthorized: false });
   session.on("error", () => {});
   await once(session, "remoteSettings");
@@ -154,12 +163,7 @@ test("connections kept open by many sources without a certificate cannot keep a 
   after(() => capped.stop());
   await createRole(capped, SEED_ROLE);
   const held = await join(capped.addr, await addIdentity(capped, "renewer", ["ci-deployer"]));
-  /** The service's open connections, with a verified client certificate and without. */
-  const connections = async () => {
-    const metrics = await (await fetch(`http://127.0.0.1:${diagPort}/metrics`)).text();
-    const count = (verified: boolean) => Number(new RegExp(`^mezite_auth_connections\\{verified="${verified}"\\} (\\d+)$`, "m").exec(metrics)?.[1]);
-    return { verified: count(true), unverified: count(false) };
-  };
+  const connections = () => openConnections(diagPort);
   // client.ts's sessions of the calls above go after 5 s idle: until then they hold slots.
   for (let i = 0; i < 100 && Object.values(await connections()).some((n) => n !== 0); i++) await new Promise((r) => setTimeout(r, 200));
   assert.deepEqual(await connections(), { verified: 0, unverified: 0 }, "the setup's connections closed");
