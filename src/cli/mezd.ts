@@ -17,7 +17,8 @@ async function main(argv: string[]): Promise<void> {
   // Before anything loads: a secret given as an argument leaves what `ps` shows (secret-args.ts).
   for (const w of hideSecretArgs(argv)) process.stderr.write(`mezd: warning: ${w}\n`);
   // Every daemon and join holds keys in memory: no core file may carry them (core-dumps.ts).
-  if (argv[2] === "auth" || argv[2] === "identity" || argv[2] === "node") disableCoreDumps();
+  // Awaited below, with the programs' loading, before any of them runs.
+  const coreDumpsOff = argv[2] === "auth" || argv[2] === "identity" || argv[2] === "node" ? disableCoreDumps() : undefined;
   // A node:cluster worker (auth start --workers) is started as `mezd SCRIPT ARGS...`, SCRIPT being
   // the primary's argv[1]; a standalone executable reads its own path as the script: drop SCRIPT.
   // A worker talks to its primary over an IPC channel: without one, node:cluster is not loaded
@@ -36,6 +37,7 @@ async function main(argv: string[]): Promise<void> {
     import("./mezd-node.js"),
     import("../lib/headers.js"),
     import("../lib/version.js"),
+    coreDumpsOff,
   ]);
   // Before connect builds its first request: Node's own Headers would load undici (~30 ms, 7 MB).
   installLightHeaders();

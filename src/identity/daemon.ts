@@ -438,13 +438,14 @@ export class IdentityDaemon {
       this.storage.clearPending(); // answered and applied before a crash
       pending = undefined;
     }
+    let keys: IssueKeys | undefined;
     if (!pending) {
       const fresh = generateIssueKeys();
-      const keys = rotated && this.sshKey ? { ...fresh, ssh: this.sshKey } : fresh;
+      keys = rotated && this.sshKey ? { ...fresh, ssh: this.sshKey } : fresh;
       pending = { request_id: randomBytes(16).toString("hex"), from_generation: state.generation, ttl_ms: this.opts.certTtlMs, keys: serializeKeys(keys) };
       this.storage.savePending(pending);
     }
-    const keys = deserializeKeys(pending.keys);
+    keys ??= deserializeKeys(pending.keys); // a request from before a restart: answered again only with its own keys
     const request = buildRenewRequest(Buffer.from(pending.request_id, "hex"), keys, pending.ttl_ms);
     let certs: IssuedCertificates;
     try {

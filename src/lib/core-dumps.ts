@@ -6,9 +6,10 @@
  * lower its own limits, and children (cluster workers) inherit them. The systemd units say
  * LimitCORE=0 too. Without prlimit, the limit stays as the caller set it (`ulimit -c 0` then).
  * systemd-coredump and apport honour RLIMIT_CORE 0 although the kernel pipes cores to them.
- * Kept free of imports beyond Node's: mezd.ts calls it before loading the programs.
+ * Kept free of imports beyond Node's: mezd.ts starts it before loading the programs, and waits
+ * for it before any of them runs: the tool's ~3 ms run beside the loading, not before it.
  */
-import { spawnSync } from "node:child_process";
+import { spawn } from "node:child_process";
 import { readFileSync } from "node:fs";
 
 /** The core-size limits from /proc/self/limits' text: [soft, hard], "unlimited" or bytes. */
@@ -18,7 +19,7 @@ export function coreLimits(limitsText: string): [string, string] | undefined {
 }
 
 /** Sets RLIMIT_CORE to 0 (soft and hard) for this process; true when it is 0 afterwards. */
-export function disableCoreDumps(): boolean {
+export async function disableCoreDumps(): Promise<boolean> {
   if (process.platform !== "linux") return false;
   const isZero = () => {
     try {
@@ -29,6 +30,10 @@ export function disableCoreDumps(): boolean {
     }
   };
   if (isZero()) return true; // a cluster worker inherits it; a unit's LimitCORE=0 set it already
-  spawnSync("prlimit", [`--pid=${process.pid}`, "--core=0:0"], { stdio: "ignore", timeout: 5000 });
+  await new Promise<void>((resolve) => {
+    const tool = spawn("prlimit", [`--pid=${process.pid}`, "--core=0:0"], { stdio: "ignore", timeout: 5000 });
+    tool.on("error", () => resolve()); // no prlimit: the limit stays as the caller set it
+    tool.on("close", () => resolve());
+  });
   return isZero();
 }
