@@ -37,6 +37,24 @@ export interface RangeOptions {
   descending?: boolean;
 }
 
+export type FieldRangeOptions = Omit<RangeOptions, "descending">;
+
+/** A row of Backend.rangeFields: the value's fields in the order asked, null where absent. */
+export interface FieldsRow {
+  key: string;
+  fields: unknown[];
+}
+
+const FIELD_NAME = /^[A-Za-z_][A-Za-z0-9_]{0,63}$/;
+
+/** rangeFields' field names: plain identifiers, as they are written into the query's text. */
+export function checkFields(fields: readonly string[]): readonly string[] {
+  if (fields.length === 0 || fields.length > 32 || !fields.every((f) => FIELD_NAME.test(f))) {
+    throw new MeziteError("ERR_INTERNAL", `invalid range fields ${JSON.stringify(fields).slice(0, 80)}: 1 to 32 names of letters, digits and _`);
+  }
+  return fields;
+}
+
 /** One write of an atomic batch (Backend.write): put, create-if-absent or compare-and-swap. */
 export type WriteOp =
   | { op: "put"; key: string; value: string; expires?: number }
@@ -64,6 +82,11 @@ export interface Backend {
   deleteIf(key: string, expectedRevision: string): Promise<boolean>;
   /** Live items whose key starts with `prefix` (plain string prefix: end it with '/'), ascending by key. */
   range(prefix: string, opts?: RangeOptions): Promise<Item[]>;
+  /**
+   * range() for a listing that needs a few top-level fields of many JSON values, ascending by
+   * key: the database picks them out, so the rest of each value is neither copied nor parsed.
+   */
+  rangeFields(prefix: string, fields: readonly string[], opts?: FieldRangeOptions): Promise<FieldsRow[]>;
   count(prefix: string): Promise<number>;
   close(): Promise<void>;
 }

@@ -3,10 +3,10 @@
  * runs to completion without awaiting, so each one is atomic by construction.
  */
 import {
-  alreadyExists, checkExpires, checkKey, checkPrefix, checkRange, checkValue, closedError, compareFailed, descendingBound,
+  alreadyExists, checkExpires, checkFields, checkKey, checkPrefix, checkRange, checkValue, closedError, compareFailed, descendingBound,
   compareKeys, makeItem, newRevision, opItem, prefixEnd, resolveBackendOptions, startSweeper,
 } from "./backend.js";
-import type { Backend, BackendOptions, Item, PutOptions, RangeOptions, WriteOp } from "./backend.js";
+import type { Backend, BackendOptions, FieldRangeOptions, FieldsRow, Item, PutOptions, RangeOptions, WriteOp } from "./backend.js";
 
 export class MemoryBackend implements Backend {
   readonly #items = new Map<string, Item>();
@@ -80,6 +80,14 @@ export class MemoryBackend implements Backend {
       out.push({ ...item });
     }
     return out;
+  }
+
+  async rangeFields(prefix: string, fields: readonly string[], opts?: FieldRangeOptions): Promise<FieldsRow[]> {
+    checkFields(fields);
+    return (await this.range(prefix, { ...opts, descending: false })).map((item) => {
+      const value = JSON.parse(item.value) as Record<string, unknown>;
+      return { key: item.key, fields: fields.map((f) => (Object.hasOwn(value, f) ? value[f] : null)) };
+    });
   }
 
   async count(prefix: string): Promise<number> {

@@ -11,10 +11,10 @@ import pg from "pg";
 import { MeziteError } from "../lib/errors.js";
 import type { Counter } from "../lib/metrics.js";
 import {
-  alreadyExists, checkExpires, checkKey, checkPrefix, checkRange, checkValue, closedError, compareFailed, descendingBound,
+  alreadyExists, checkExpires, checkFields, checkKey, checkPrefix, checkRange, checkValue, closedError, compareFailed, descendingBound,
   makeItem, newRevision, opItem, prefixEnd, resolveBackendOptions, startSweeper,
 } from "./backend.js";
-import type { Backend, BackendOptions, Item, PutOptions, RangeOptions, WriteOp } from "./backend.js";
+import type { Backend, BackendOptions, FieldRangeOptions, FieldsRow, Item, PutOptions, RangeOptions, WriteOp } from "./backend.js";
 
 export interface PostgresOptions extends BackendOptions {
   /** Connections per backend object. Default 10. */
@@ -222,6 +222,20 @@ export class PostgresBackend implements Backend {
     return r.rows.map(toItem);
   }
 
+  async rangeFields(prefix: string, fields: readonly string[], opts?: FieldRangeOptions): Promise<FieldsRow[]> {
+    checkPrefix(prefix);
+    checkFields(fields);
+    const { limit, startAfter } = checkRange(opts);
+    const end = prefixEnd(prefix);
+    // Each value is parsed once (the lateral jsonb), and pg hands back the json array parsed.
+    const picked = `json_build_array(${fields.map((f) => `v -> '${f}'`).join(", ")})`;
+    const where = `key >= $1 AND key > $2 AND ${LIVE("$3")}${end === undefined ? "" : " AND key < $5"}`;
+    const text = `SELECT key, ${picked} AS fields FROM items CROSS JOIN LATERAL (SELECT value::jsonb AS v) AS j WHERE ${where} ORDER BY key LIMIT $4`;
+    const values = [prefix, startAfter ?? "", this.#now(), limit ?? null, ...(end === undefined ? [] : [end])];
+    const r = await this.#queryText<{ key: string; fields: unknown[] }>("rangeFields", `rangeFields:${fields.join(",")}:${end !== undefined}`, text, values);
+    return r.rows.map((row) => ({ key: row.key, fields: row.fields.map((f) => f ?? null) }));
+  }
+
   async count(prefix: string): Promise<number> {
     checkPrefix(prefix);
     const end = prefixEnd(prefix);
@@ -244,10 +258,15 @@ export class PostgresBackend implements Backend {
   }
 
   async #query<R extends pg.QueryResultRow = pg.QueryResultRow>(name: keyof typeof SQL, values: unknown[]): Promise<pg.QueryResult<R>> {
+    return this.#queryText<R>(name, name, SQL[name], values);
+  }
+
+  /** A named statement (pg prepares it once per connection), counted under `statement`. */
+  async #queryText<R extends pg.QueryResultRow>(statement: string, name: string, text: string, values: unknown[]): Promise<pg.QueryResult<R>> {
     if (this.#closed) throw closedError();
-    this.#queries?.inc({ statement: name });
+    this.#queries?.inc({ statement });
     try {
-      return await this.#pool.query<R>({ name, text: SQL[name], values });
+      return await this.#pool.query<R>({ name, text, values });
     } catch (e) {
       throw pgError(e, this.#target);
     }

@@ -14,10 +14,10 @@ import Database from "better-sqlite3";
 import { MeziteError } from "../lib/errors.js";
 import { assertNotSymlink } from "../lib/files.js";
 import {
-  alreadyExists, checkExpires, compareKeys, checkKey, checkPrefix, checkRange, checkValue, closedError, compareFailed, descendingBound,
+  alreadyExists, checkExpires, checkFields, compareKeys, checkKey, checkPrefix, checkRange, checkValue, closedError, compareFailed, descendingBound,
   makeItem, newRevision, opItem, prefixEnd, resolveBackendOptions, startSweeper,
 } from "./backend.js";
-import type { Backend, BackendOptions, Item, PutOptions, RangeOptions, WriteOp } from "./backend.js";
+import type { Backend, BackendOptions, FieldRangeOptions, FieldsRow, Item, PutOptions, RangeOptions, WriteOp } from "./backend.js";
 
 const SCHEMA_VERSION = 1;
 const LIVE = "(expires IS NULL OR expires > ?)";
@@ -184,6 +184,38 @@ export class SqliteBackend implements Backend {
       else rows = after === undefined ? this.#stmt.rangeFrom.all(prefix, end, now, lim) : this.#stmt.rangeAfter.all(after, end, now, lim);
       return rows.map(toItem);
     });
+  }
+
+  async rangeFields(prefix: string, fields: readonly string[], opts?: FieldRangeOptions): Promise<FieldsRow[]> {
+    checkPrefix(prefix);
+    checkFields(fields);
+    const { limit, startAfter } = checkRange(opts);
+    const end = prefixEnd(prefix);
+    const after = startAfter !== undefined && compareKeys(startAfter, prefix) >= 0 ? startAfter : undefined;
+    return this.#run(() => {
+      const stmt = this.#fieldsStatement(fields, end !== undefined, after !== undefined);
+      const bounds = [after ?? prefix, ...(end === undefined ? [] : [end])];
+      return stmt.all(...bounds, this.#now(), limit ?? -1).map((r) => ({ key: r.key, fields: JSON.parse(r.fields) as unknown[] }));
+    });
+  }
+
+  readonly #fieldsStatements = new Map<string, Database.Statement<unknown[], { key: string; fields: string }>>();
+
+  /**
+   * One JSON array of the fields per row. json_extract with several paths parses each value once
+   * (with one path it returns the bare value, so one field goes through json_array instead).
+   */
+  #fieldsStatement(fields: readonly string[], bounded: boolean, after: boolean) {
+    const name = `${fields.join(",")}|${bounded}|${after}`;
+    let stmt = this.#fieldsStatements.get(name);
+    if (!stmt) {
+      const paths = fields.map((f) => `'$."${f}"'`);
+      const picked = paths.length === 1 ? `json_array(value -> ${paths[0]})` : `json_extract(value, ${paths.join(", ")})`;
+      const where = `key ${after ? ">" : ">="} ?${bounded ? " AND key < ?" : ""} AND ${LIVE}`;
+      stmt = this.#db.prepare(`SELECT key, ${picked} AS fields FROM items WHERE ${where} ORDER BY key LIMIT ?`);
+      this.#fieldsStatements.set(name, stmt);
+    }
+    return stmt;
   }
 
   async count(prefix: string): Promise<number> {

@@ -231,6 +231,29 @@ async function backendSuite(t: TestContext, newStore: NewStore): Promise<void> {
     assert.deepEqual(keysOf(await b.range("/u/", { descending: true })), ["/u/\u{10FFFF}", "/u/\uFFFD"]);
   });
 
+  await t.test("rangeFields picks top-level fields of JSON values, pages like range, skips expired items", async (st) => {
+    const { b, clock } = await setup(st);
+    const rec = (i: number) => ({ id: `id-${i}`, n: i, big: 1_796_554_364_364 + i, text: 'a "quoted" \\ \u00e9\u{1F600}', nested: { roles: ["x", `y${i}`] }, none: null, drop: "x".repeat(500) });
+    for (let i = 0; i < 12; i++) await b.put(`/f/${String(i).padStart(2, "0")}`, JSON.stringify(rec(i)));
+    await b.put("/e/x", JSON.stringify(rec(99)));
+    await b.put("/f/zz", JSON.stringify(rec(98)), { expires: T0 + 1 });
+    await b.put("/g/x", JSON.stringify({ only: 1 }));
+    clock.advance(1);
+    const fields = ["id", "n", "big", "text", "nested", "none", "missing"];
+    const all = await b.rangeFields("/f/", fields);
+    assert.deepEqual(keysOf(all), Array.from({ length: 12 }, (_, i) => `/f/${String(i).padStart(2, "0")}`));
+    const r = rec(7);
+    assert.deepEqual(all[7]!.fields, [r.id, r.n, r.big, r.text, r.nested, null, null]);
+    // Pages as range() does: limit, then startAfter the last key, and a startAfter before the prefix.
+    const first = await b.rangeFields("/f/", ["n"], { limit: 5 });
+    assert.deepEqual(first.map((x) => x.fields), [[0], [1], [2], [3], [4]]);
+    assert.deepEqual((await b.rangeFields("/f/", ["n"], { limit: 5, startAfter: first.at(-1)!.key })).map((x) => x.fields[0]), [5, 6, 7, 8, 9]);
+    assert.deepEqual((await b.rangeFields("/f/", ["n", "id"], { startAfter: "/a", limit: 1 })).map((x) => x.fields), [[0, "id-0"]]);
+    assert.deepEqual(await b.rangeFields("/f/", ["n"], { startAfter: "/f/11" }), []);
+    assert.deepEqual((await b.rangeFields("", ["only"])).map((x) => [x.key, x.fields[0]]).slice(-1), [["/g/x", 1]]);
+    for (const bad of [[], ["a-b"], ["x'); DROP TABLE items; --"], ["$.id"]]) await rejectsWith(b.rangeFields("/f/", bad), "ERR_INTERNAL");
+  });
+
   await t.test("expired items are invisible and count as absent", async (st) => {
     const { b, clock } = await setup(st);
     const item = await b.put("/e/1", "temp", { expires: T0 + 1000 });

@@ -16,7 +16,7 @@ import type { AdminCaller, AuthContext } from "../context.js";
 import { isStale } from "../renew.js";
 import { instanceAccess } from "../issue.js";
 import { activeLocks, deleteLock, locksOn } from "../locks.js";
-import { encode, keys, load, loadAll, loadChunks, type IdentityRecord, type InstanceRecord, type LockRecord, type StoredRole, type TokenRecord } from "../records.js";
+import { encode, keys, load, loadAll, loadChunks, loadFieldChunks, type IdentityRecord, type InstanceRecord, type LockRecord, type StoredRole, type TokenRecord } from "../records.js";
 import { endInstance } from "../release.js";
 import { tombstone } from "../revocations.js";
 import { loadRoles } from "../roles.js";
@@ -244,9 +244,9 @@ async function* matchingIdentities(ctx: AuthContext, prefix: string, role: strin
 /** Every instance, grouped by identity (brief: only what a brief status reads). */
 async function allInstances(ctx: AuthContext, brief: boolean): Promise<Map<string, InstanceRecord[]>> {
   const instancesBy = new Map<string, InstanceRecord[]>();
-  for await (const chunk of loadChunks<InstanceRecord>(ctx.backend, keys.instances)) {
-    for (const full of chunk) {
-      const i = brief ? briefInstance(full) : full;
+  const chunks = brief ? loadFieldChunks(ctx.backend, keys.instances, BRIEF_FIELDS, briefInstance) : loadChunks<InstanceRecord>(ctx.backend, keys.instances);
+  for await (const chunk of chunks) {
+    for (const i of chunk) {
       const list = instancesBy.get(i.identityId);
       if (list) list.push(i);
       else instancesBy.set(i.identityId, [i]);
@@ -256,11 +256,15 @@ async function allInstances(ctx: AuthContext, brief: boolean): Promise<Map<strin
 }
 
 /**
- * What a brief status reads of an instance, the rest blank: 100,000 whole records held until the
- * last page cost a listing more in garbage collection than in reading them.
+ * What a brief status reads of an instance; the rest is left blank. The database picks these out
+ * of each ~700-byte record: at 100,000 instances, parsing whole records and the garbage they leave
+ * were a fifth of the listing.
  */
-function briefInstance(i: InstanceRecord): InstanceRecord {
-  return { id: i.id, identityId: i.identityId, generation: i.generation, lastSeen: i.lastSeen, certExpires: i.certExpires, ...(i.claims ? { claims: i.claims } : {}), identityName: "", created: 0, address: "", serial: "" };
+const BRIEF_FIELDS = ["id", "identityId", "generation", "lastSeen", "certExpires", "claims"];
+
+function briefInstance([id, identityId, generation, lastSeen, certExpires, claims]: unknown[]): InstanceRecord {
+  const i = { id, identityId, generation, lastSeen, certExpires, ...(claims ? { claims } : {}), identityName: "", created: 0, address: "", serial: "" };
+  return i as InstanceRecord;
 }
 
 /** Each identity's newest token: the only one its status shows. */
