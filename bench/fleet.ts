@@ -97,6 +97,8 @@ export interface FleetFigures {
   handlerP99Ms: { fleet: number; base: number };
   /** The event loop's delay (sampled every 200 ms), p99 as a bucket bound (ms), in the same windows. */
   loopDelayP99Ms?: { fleet: number; base: number };
+  /** The load generator's own event loop delay, p99 (ms), in the same windows: the client side's share of the tail. */
+  loadgenLoopDelayP99Ms?: { fleet: number; base: number };
   /** The service's GC pauses in the same windows: how many, their total and longest bucket (ms). */
   gc?: { fleet: GcPauses; base: GcPauses };
 }
@@ -376,6 +378,7 @@ export async function fleet(o: FleetOptions): Promise<FleetFigures> {
       handlerP99Ms: { fleet: bucketQuantile(inside.fleet.handler, 0.99), base: bucketQuantile(inside.base.handler, 0.99) },
       loopDelayP99Ms: { fleet: bucketQuantile(inside.fleet.loop, 0.99), base: bucketQuantile(inside.base.loop, 0.99) },
       gc: { fleet: gcOf(inside.fleet), base: gcOf(inside.base) },
+      loadgenLoopDelayP99Ms: { fleet: lat.loopDelayP99Ms, base: base.loopDelayP99Ms },
     };
   } finally {
     gen.stop();

@@ -95,6 +95,7 @@ export function sections(r: Results): string[] {
     const bound = (ms: number | undefined) => (ms === undefined ? "-" : `≤ ${ms} ms`);
     out.push(line("  of which the service's Renew handler, p50", ...t.map((w) => bound(w.handlerP50))));
     out.push(line("  of which the service's Renew handler, p99", ...t.map((w) => bound(w.handlerP99))));
+    out.push(line("  the load generators' own event loop delay, p99", ...t.map((w) => (w.loadgenLoopDelayP99 === undefined ? "-" : `${f1(w.loadgenLoopDelayP99)} ms`))));
     out.push(line("failed renewals", ...t.map((w) => String(w.errors))));
     for (const w of t) if (w.firstError) out.push(`  first failure, --workers=${w.workers}: ${w.firstError}`);
     if (w1 && w2) {
@@ -190,6 +191,7 @@ export function sections(r: Results): string[] {
     const gc = (g: GcPauses) => `${f0(g.count)} / ${f0(g.totalMs)} ms`;
     if (fl.gc) out.push(line("  its GC pauses, how many / their total: connected / not", gc(fl.gc.fleet), gc(fl.gc.base)));
     if (fl.gc) out.push(line("  its longest GC pause: connected / not", `≤ ${fl.gc.fleet.maxMs} ms`, `≤ ${fl.gc.base.maxMs} ms`));
+    if (fl.loadgenLoopDelayP99Ms) out.push(line("  the load generator's own event loop delay, p99: connected / not", `${f1(fl.loadgenLoopDelayP99Ms.fleet)} ms`, `${f1(fl.loadgenLoopDelayP99Ms.base)} ms`));
     if (fl.renewErrors > 0) out.push(line("  renewals that failed", f0(fl.renewErrors)));
     const k = 100_000;
     const cores = (1.1 * k * fleetAgentHour(fl)) / 3_600_000;

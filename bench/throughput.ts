@@ -57,6 +57,8 @@ export interface WorkersFigures {
   /** The one-worker service's own Renew handler time at half load, as histogram bucket bounds (ms). */
   handlerP50?: number;
   handlerP99?: number;
+  /** The load generators' own event loop delay at half load, p99 (ms), the largest of any window: the client side's share of the tail. */
+  loadgenLoopDelayP99: number;
   halfRenewals: number;
   /** Failed renewals in all windows, saturation and half load; the first one's message. */
   errors: number;
@@ -73,7 +75,7 @@ export class LoadGen {
     this.proc = spawnTracked(process.execPath, [...TSX, join(ROOT, "bench/workers/loadgen.ts")], { stdio: ["ignore", "inherit", "inherit", "ipc"] });
     this.proc.on("message", (m) => this.waiters.shift()?.(m));
     this.proc.on("exit", (code) => {
-      for (const w of this.waiters.splice(0)) w({ type: "result", completed: 0, errors: 1, firstError: `load generator exited ${code}`, latencies: [] });
+      for (const w of this.waiters.splice(0)) w({ type: "result", completed: 0, errors: 1, firstError: `load generator exited ${code}`, latencies: [], loopDelayP99Ms: 0 });
     });
   }
 
@@ -174,8 +176,8 @@ export async function throughput(o: ThroughputOptions): Promise<WorkersFigures[]
       }
     }
     const out: WorkersFigures[] = [];
-    const half = new Map<number, { lat: number[]; renewals: number; errors: number; firstError: string; handler: Buckets }>(
-      targets.map((t) => [t.workers, { lat: [], renewals: 0, errors: 0, firstError: "", handler: new Map() }]),
+    const half = new Map<number, { lat: number[]; renewals: number; errors: number; firstError: string; handler: Buckets; clientLoop: number }>(
+      targets.map((t) => [t.workers, { lat: [], renewals: 0, errors: 0, firstError: "", handler: new Map(), clientLoop: 0 }]),
     );
     const rateOf = (w: number) => mean(sat.get(w)!.map((f) => f.rate));
     for (let round = 0; round < o.rounds; round++) {
@@ -185,6 +187,7 @@ export async function throughput(o: ThroughputOptions): Promise<WorkersFigures[]
         const h = half.get(t.workers)!;
         if (before) addBuckets(h.handler, renewBuckets(await t.svc.metrics()), before);
         h.lat.push(...results.flatMap((r) => r.latencies));
+        h.clientLoop = Math.max(h.clientLoop, ...results.map((r) => r.loopDelayP99Ms));
         h.renewals += sum(results.map((r) => r.completed));
         h.errors += sum(results.map((r) => r.errors));
         h.firstError ||= results.find((r) => r.firstError)?.firstError ?? "";
@@ -208,6 +211,7 @@ export async function throughput(o: ThroughputOptions): Promise<WorkersFigures[]
         p50: percentile(h.lat, 50),
         p99: percentile(h.lat, 99),
         ...(h.handler.size ? { handlerP50: bucketQuantile(h.handler, 0.5), handlerP99: bucketQuantile(h.handler, 0.99) } : {}),
+        loadgenLoopDelayP99: h.clientLoop,
         halfRenewals: h.renewals,
         errors: h.errors + satErrors,
         firstError: s.find((f) => f.firstError)?.firstError || h.firstError,

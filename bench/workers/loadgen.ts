@@ -14,6 +14,7 @@
  * Only renewals that complete inside [startAt + warmupMs, startAt + warmupMs + durationMs] count.
  */
 import { randomBytes } from "node:crypto";
+import { monitorEventLoopDelay } from "node:perf_hooks";
 import { create } from "@bufbuild/protobuf";
 import { RenewRequestSchema, RenewService } from "../../src/api/gen/mezite/v1/renew_pb.js";
 import { formatAuthorizedKey } from "../../src/ca/sshkey.js";
@@ -51,6 +52,11 @@ export interface RunResult {
   firstError: string;
   /** ms, of the renewals counted. */
   latencies: number[];
+  /**
+   * This process's own event loop delay over the counted window, p99 (ms): how long a reply or a
+   * scheduled start may have waited here, on the client's side, behind other renewals' handshakes.
+   */
+  loopDelayP99Ms: number;
 }
 
 interface Daemon {
@@ -98,7 +104,9 @@ async function run(r: Run): Promise<RunResult> {
   addr = r.addr ?? setup.addr;
   const from = r.startAt + r.warmupMs;
   const to = from + r.durationMs;
-  const out: RunResult = { type: "result", completed: 0, errors: 0, firstError: "", latencies: [] };
+  const out: RunResult = { type: "result", completed: 0, errors: 0, firstError: "", latencies: [], loopDelayP99Ms: 0 };
+  const loop = monitorEventLoopDelay({ resolution: LOOP_SAMPLE_MS });
+  const counting = [setTimeout(() => loop.enable(), Math.max(0, from - Date.now())), setTimeout(() => loop.disable(), Math.max(0, to - Date.now()))];
   const waiting: ((d: Daemon) => void)[] = [];
   const take = (): Promise<Daemon> => {
     const d = idle.pop();
@@ -148,8 +156,14 @@ async function run(r: Run): Promise<RunResult> {
     }
     await Promise.all(inflight);
   }
+  for (const t of counting) clearTimeout(t);
+  loop.disable();
+  // The histogram holds whole intervals between samples: the delay is what exceeds the interval.
+  if (loop.count > 0) out.loopDelayP99Ms = Math.max(0, loop.percentile(99) / 1e6 - LOOP_SAMPLE_MS);
   return out;
 }
+
+const LOOP_SAMPLE_MS = 10;
 
 process.on("message", (m: Setup | Run) => {
   if (m.type === "setup") {
