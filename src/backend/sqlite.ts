@@ -75,6 +75,8 @@ export class SqliteBackend implements Backend {
   readonly #db: Database.Database;
   readonly #path: string;
   readonly #stmt: ReturnType<typeof prepare>;
+  /** rangeFields' statements, by field list and bounds. */
+  readonly #fieldsStatements = new Map<string, Database.Statement<unknown[], { key: string; fields: string }>>();
   readonly #now: () => number;
   readonly #stopSweeper: () => void;
   #closed = false;
@@ -198,8 +200,6 @@ export class SqliteBackend implements Backend {
       return stmt.all(...bounds, this.#now(), limit ?? -1).map((r) => ({ key: r.key, fields: JSON.parse(r.fields) as unknown[] }));
     });
   }
-
-  readonly #fieldsStatements = new Map<string, Database.Statement<unknown[], { key: string; fields: string }>>();
 
   /**
    * One JSON array of the fields per row. json_extract with several paths parses each value once
