@@ -96,11 +96,11 @@ export interface FleetFigures {
    */
   handlerP99Ms: { fleet: number; base: number };
   /** The event loop's delay (sampled every 200 ms), p99 as a bucket bound (ms), in the same windows. */
-  loopDelayP99Ms?: { fleet: number; base: number };
+  loopDelayP99Ms: { fleet: number; base: number };
   /** The load generator's own event loop delay, p99 (ms), in the same windows: the client side's share of the tail. */
-  loadgenLoopDelayP99Ms?: { fleet: number; base: number };
+  loadgenLoopDelayP99Ms: { fleet: number; base: number };
   /** The service's GC pauses in the same windows: how many, their total and longest bucket (ms). */
-  gc?: { fleet: GcPauses; base: GcPauses };
+  gc: { fleet: GcPauses; base: GcPauses };
 }
 
 export interface GcPauses {

@@ -95,7 +95,7 @@ export function sections(r: Results): string[] {
     const bound = (ms: number | undefined) => (ms === undefined ? "-" : `≤ ${ms} ms`);
     out.push(line("  of which the service's Renew handler, p50", ...t.map((w) => bound(w.handlerP50))));
     out.push(line("  of which the service's Renew handler, p99", ...t.map((w) => bound(w.handlerP99))));
-    out.push(line("  the load generators' own event loop delay, p99", ...t.map((w) => (w.loadgenLoopDelayP99 === undefined ? "-" : `${f1(w.loadgenLoopDelayP99)} ms`))));
+    out.push(line("  the load generators' own event loop delay, p99", ...t.map((w) => `${f1(w.loadgenLoopDelayP99)} ms`)));
     out.push(line("failed renewals", ...t.map((w) => String(w.errors))));
     for (const w of t) if (w.firstError) out.push(`  first failure, --workers=${w.workers}: ${w.firstError}`);
     if (w1 && w2) {
@@ -186,12 +186,12 @@ export function sections(r: Results): string[] {
     out.push(line("  floor: bare node:http2 + TLS, one idle stream each", `${f1(s.bareRssKiBPerConnection)} KiB`));
     out.push(line(`renewals at ${fl.halfRate}/s (half saturation), fleet connected`, `p50 ${f1(fl.renewP50Ms)} ms`, `p99 ${f1(fl.renewP99Ms)} ms`));
     out.push(line("  the same rate with no agent connected", `p50 ${f1(fl.baseP50Ms)} ms`, `p99 ${f1(fl.baseP99Ms)} ms`));
-    if (fl.handlerP99Ms) out.push(line("  the service's Renew handler alone, p99: connected / not", `≤ ${fl.handlerP99Ms.fleet} ms`, `≤ ${fl.handlerP99Ms.base} ms`));
-    if (fl.loopDelayP99Ms) out.push(line("  its event loop's delay, p99: connected / not", `≤ ${fl.loopDelayP99Ms.fleet} ms`, `≤ ${fl.loopDelayP99Ms.base} ms`));
+    out.push(line("  the service's Renew handler alone, p99: connected / not", `≤ ${fl.handlerP99Ms.fleet} ms`, `≤ ${fl.handlerP99Ms.base} ms`));
+    out.push(line("  its event loop's delay, p99: connected / not", `≤ ${fl.loopDelayP99Ms.fleet} ms`, `≤ ${fl.loopDelayP99Ms.base} ms`));
     const gc = (g: GcPauses) => `${f0(g.count)} / ${f0(g.totalMs)} ms`;
-    if (fl.gc) out.push(line("  its GC pauses, how many / their total: connected / not", gc(fl.gc.fleet), gc(fl.gc.base)));
-    if (fl.gc) out.push(line("  its longest GC pause: connected / not", `≤ ${fl.gc.fleet.maxMs} ms`, `≤ ${fl.gc.base.maxMs} ms`));
-    if (fl.loadgenLoopDelayP99Ms) out.push(line("  the load generator's own event loop delay, p99: connected / not", `${f1(fl.loadgenLoopDelayP99Ms.fleet)} ms`, `${f1(fl.loadgenLoopDelayP99Ms.base)} ms`));
+    out.push(line("  its GC pauses, how many / their total: connected / not", gc(fl.gc.fleet), gc(fl.gc.base)));
+    out.push(line("  its longest GC pause: connected / not", `≤ ${fl.gc.fleet.maxMs} ms`, `≤ ${fl.gc.base.maxMs} ms`));
+    out.push(line("  the load generator's own event loop delay, p99: connected / not", `${f1(fl.loadgenLoopDelayP99Ms.fleet)} ms`, `${f1(fl.loadgenLoopDelayP99Ms.base)} ms`));
     if (fl.renewErrors > 0) out.push(line("  renewals that failed", f0(fl.renewErrors)));
     const k = 100_000;
     const cores = (1.1 * k * fleetAgentHour(fl)) / 3_600_000;

@@ -233,7 +233,7 @@ export class PostgresBackend implements Backend {
     const text = `SELECT key, ${picked} AS fields FROM items CROSS JOIN LATERAL (SELECT value::jsonb AS v) AS j WHERE ${where} ORDER BY key LIMIT $4`;
     const values = [prefix, startAfter ?? "", this.#now(), limit ?? null, ...(end === undefined ? [] : [end])];
     const r = await this.#queryText<{ key: string; fields: unknown[] }>("rangeFields", `rangeFields:${fields.join(",")}:${end !== undefined}`, text, values);
-    return r.rows.map((row) => ({ key: row.key, fields: row.fields.map((f) => f ?? null) }));
+    return r.rows;
   }
 
   async count(prefix: string): Promise<number> {
