@@ -28,7 +28,8 @@ export async function checkCaPin(addr: string, pins: string[], timeoutMs = 10_00
   const host = hostPort.slice(0, i).replace(/^\[|\]$/g, "");
   const port = Number(hostPort.slice(i + 1));
   const chain = await new Promise<DetailedPeerCertificate>((resolve, reject) => {
-    const sock = tlsConnect({ host, port, rejectUnauthorized: false, ALPNProtocols: ["h2"], servername: /^[\d.:]+$/.test(host) ? "" : host });
+    // ca: [] (nothing verified here): no CA given, Node would parse its public roots (client.ts).
+    const sock = tlsConnect({ host, port, ca: [], rejectUnauthorized: false, ALPNProtocols: ["h2"], servername: /^[\d.:]+$/.test(host) ? "" : host });
     sock.setTimeout(timeoutMs, () => sock.destroy(new Error("timed out")));
     sock.once("secureConnect", () => {
       resolve(sock.getPeerCertificate(true));

@@ -596,6 +596,27 @@ export async function verifyCertificateSignature(certPem: string, caCertPem: str
   return leaf.checkIssued(ca) && leaf.verify(ca.publicKey);
 }
 
+/**
+ * Why `leaf` may not serve as the auth service at `host` to a client that trusts the CAs of `cas`
+ * (the cluster's TLS CA bundle) and nothing else, or undefined when it may. These are the checks
+ * OpenSSL makes with those CAs as its only trust anchors, for a chain of one (a Mezite CA has
+ * pathLen 0: it signs leaf certificates only):
+ * - issued and signed by one of `cas` that is a CA and valid now;
+ * - valid now itself;
+ * - for serverAuth: the same CA issues nodes' certificates, for clientAuth only;
+ * - for the host dialled.
+ */
+export function serverCertificateProblem(leaf: NodeX509Certificate, cas: readonly NodeX509Certificate[], host: string, now = Date.now()): string | undefined {
+  const validNow = (c: NodeX509Certificate): boolean => Date.parse(c.validFrom) <= now && now <= Date.parse(c.validTo);
+  const issuers = cas.filter((ca) => ca.ca && leaf.checkIssued(ca) && leaf.verify(ca.publicKey));
+  if (issuers.length === 0) return "is not signed by the cluster's TLS CA";
+  if (!issuers.some(validNow)) return `is signed by a TLS CA that is not valid now (valid from ${issuers[0]!.validFrom} to ${issuers[0]!.validTo})`;
+  if (!validNow(leaf)) return `is not valid now (valid from ${leaf.validFrom} to ${leaf.validTo})`;
+  if (!leaf.keyUsage?.includes(STD_OID.serverAuth)) return "is not a server certificate";
+  if (!(isIP(host) ? leaf.checkIP(host) : leaf.checkHost(host, { subject: "never" }))) return `is not for ${host}`;
+  return undefined;
+}
+
 /** "sha256:" + hex SHA-256 of the CA certificate's DER SubjectPublicKeyInfo. */
 export function caPin(caCertPem: string): string {
   const bytes = pemDecode(caCertPem, "CERTIFICATE");

@@ -50,10 +50,16 @@ test("the one-shot's output files are synced on libuv's threads side by side, no
   const byThread = lines.map((l) => /^(\d+)/.exec(l)![1]!);
   const onThreads = byThread.filter((tid) => tid !== main);
   assert.equal(onThreads.length, OUTPUT_FILES.length, `fsyncs off the main thread (main ${main}):\n${lines.join("\n")}`);
-  // The state files (state.json, the pending renewal) and the directories stay on the main thread;
-  // the outputs' fsyncs are under way before the first of them, the state's.
+  // The state files (state.json, the pending renewal) and the directories stay on the main thread.
+  // The outputs' fsyncs are queued before the state's is made, and are under way before it ends,
+  // so one journal commit serves them all. Which syscall enters first is the scheduler's choice
+  // (on a loaded machine the main thread often wins), so the test does not ask that.
   assert.ok(byThread.length > onThreads.length);
-  assert.notEqual(byThread[0], main, `an output's fsync starts before the state's:\n${lines.join("\n")}`);
+  const all = readFileSync(trace, "utf8").split("\n");
+  const mine = (l: string) => l.startsWith(`${main} `);
+  const firstMainEnd = all.findIndex((l) => mine(l) && (/^\d+ +fsync\(.*\) += /.test(l) || /<\.\.\. fsync resumed>/.test(l)));
+  const firstOutputStart = all.findIndex((l) => !mine(l) && /^\d+ +fsync\(/.test(l));
+  assert.ok(firstOutputStart !== -1 && firstOutputStart < firstMainEnd, `an output's fsync is under way before the state's ends:\n${all.join("\n")}`);
 });
 
 test("a state that cannot be saved: its error, no output written and no temp file left with a key in it", async () => {
