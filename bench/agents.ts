@@ -43,6 +43,8 @@ export interface StandaloneFigures {
   bareNodeMs: number;
   /** A build without useCodeCache (full runs only). */
   noCacheOneShotMs?: number;
+  /** A bare node's one mTLS HTTP/2 request to the service (workers/client-floor.cjs): Node's floor for a one-shot. */
+  clientFloorMs: number;
   principalsMs: number;
   bundlePrincipalsMs: number;
   idleRssKiB: number;
@@ -124,9 +126,11 @@ export async function agents(o: { runs: number; principalsRuns: number; settleMs
     // The standalone daemon gets an identity of its own: two daemons never share one state.
     const seaDest = tempDir("dest-standalone");
     await mustRun(release.mezd, ["identity", "start", `--auth-server=${svc.addr}`, `--destination-dir=${seaDest}`, "--one-shot"], { env: { ...process.env, MEZITE_TOKEN: await addIdentity(svc, "bench-standalone") } });
-    const runs = { mezd: [] as number[], bare: [] as number[], sea: [] as number[], noCache: [] as number[] };
+    const runs = { mezd: [] as number[], bare: [] as number[], sea: [] as number[], noCache: [] as number[], clientFloor: [] as number[] };
+    const clientFloor = [join(ROOT, "bench/workers/client-floor.cjs"), join(seaDest, ".mezite/state.json"), svc.addr];
     for (let i = 0; i < o.runs; i++) {
       runs.bare.push((await mustRun(process.execPath, BARE)).ms);
+      runs.clientFloor.push((await mustRun(process.execPath, clientFloor)).ms);
       runs.mezd.push(await oneShot(svc, dest));
       runs.sea.push(await oneShot(svc, seaDest, release.mezd));
       if (noCache) runs.noCache.push(await oneShot(svc, seaDest, noCache.mezd));
@@ -173,6 +177,7 @@ export async function agents(o: { runs: number; principalsRuns: number; settleMs
       bundleOneShotMs: median(runs.mezd),
       bareNodeMs: median(runs.bare),
       ...(noCache ? { noCacheOneShotMs: median(runs.noCache) } : {}),
+      clientFloorMs: median(runs.clientFloor),
       principalsMs: median(p.sea),
       bundlePrincipalsMs: median(p.mezd),
       idleRssKiB: seaIdle.rssKiB,

@@ -144,6 +144,7 @@ export function sections(r: Results): string[] {
     out.push(line("", "standalone", "bundle", "bare node", "ratio"));
     out.push(line("--one-shot renewal, wall (median)", `${f0(sa.oneShotMs)} ms`, `${f0(sa.bundleOneShotMs)} ms`, `${f0(sa.bareNodeMs)} ms`, x(sa.oneShotMs / sa.bareNodeMs)));
     if (sa.noCacheOneShotMs !== undefined) out.push(line("  the standalone built without code cache", `${f0(sa.noCacheOneShotMs)} ms`, "", "", x(sa.noCacheOneShotMs / sa.bareNodeMs)));
+    out.push(line("  Node's floor: a bare node's one mTLS HTTP/2 request", "", "", `${f0(sa.clientFloorMs)} ms`, x(sa.clientFloorMs / sa.bareNodeMs)));
     out.push(line("mezd node principals, wall (median)", `${f0(sa.principalsMs)} ms`, `${f0(sa.bundlePrincipalsMs)} ms`));
     out.push(line("idle daemon RSS", `${f1(sa.idleRssKiB / 1024)} MiB`, `${f1(sa.bundleIdleRssKiB / 1024)} MiB`, `${f1(sa.bareRssKiB / 1024)} MiB`, x(sa.idleRssKiB / sa.bareRssKiB)));
     out.push("");
