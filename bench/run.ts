@@ -86,11 +86,11 @@ async function floor(): Promise<FloorFigures> {
 
 const started = new Date();
 const stale = staleBuild();
-// Node variables of the shell are left out of everything the bench starts. NODE_EXTRA_CA_CERTS makes
-// every node parse its public roots and the extra certificates at start (~35 ms here): a bare
-// `node -e 0` pays all of it, a Mezite program only part (it would load them anyway, or now
-// never), so each "× a bare node" was flattered (2.16× measured so against 4.7× without). The
-// bench talks only to the services it starts.
+// The shell's Node variables are left out of everything the bench starts: they change what a node
+// does at start, and not equally for a bare `node` and a Mezite program. NODE_EXTRA_CA_CERTS (set
+// on this machine) makes a node parse its public roots and the file's certificates as it starts,
+// ~30 ms that a bare `node -e 0` pays in full, so every "× a bare node" looked better than it was
+// (BENCHMARKS.md, the one-shot finding). The bench talks only to services it starts.
 const droppedEnv = ["NODE_EXTRA_CA_CERTS", "NODE_OPTIONS"].filter((v) => process.env[v] !== undefined);
 for (const v of droppedEnv) delete process.env[v];
 if (stale.length > 0) {
