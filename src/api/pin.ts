@@ -5,6 +5,7 @@
  */
 import { createHash, X509Certificate } from "node:crypto";
 import { connect as tlsConnect, type DetailedPeerCertificate } from "node:tls";
+import { signedBy } from "../ca/x509.js";
 import { MeziteError } from "../lib/errors.js";
 import { normalizeAddr } from "./client.js";
 
@@ -41,7 +42,7 @@ export async function checkCaPin(addr: string, pins: string[], timeoutMs = 10_00
   for (let c: DetailedPeerCertificate | undefined = chain.issuerCertificate, seen = 0; c && seen < 5; c = c.issuerCertificate === c ? undefined : c.issuerCertificate, seen++) {
     const ca = new X509Certificate(c.raw);
     const spki = ca.publicKey.export({ format: "der", type: "spki" });
-    if (pins.includes(`sha256:${createHash("sha256").update(spki).digest("hex")}`) && leaf.checkIssued(ca) && leaf.verify(ca.publicKey)) return ca.toString();
+    if (pins.includes(`sha256:${createHash("sha256").update(spki).digest("hex")}`) && signedBy(leaf, ca)) return ca.toString();
   }
   throw new MeziteError("ERR_WRONG_CA", `the auth service at ${hostPort} is not signed by the pinned CA (${pins.map((p) => `${p.slice(0, 20)}…`).join(", ")}): check --ca-pin and --auth-server`);
 }

@@ -47,7 +47,7 @@ import { ERROR_REF_HEADER, toConnectError } from "../api/errors.js";
 import { unaryGrpc, type StreamRoute, type UnaryRoute } from "../api/grpc-unary.js";
 import type { Backend } from "../backend/backend.js";
 import { openBackend } from "../backend/open.js";
-import { caPin, generateP256, issueServerCertificate, parseVerifiedCertificate, privateKeyToPem, type CertKind, type ParsedCert } from "../ca/x509.js";
+import { caPin, generateP256, issueServerCertificate, parseVerifiedCertificate, privateKeyToPem, validAt, type CertKind, type ParsedCert } from "../ca/x509.js";
 import { DEFAULT_CONNECTION_CAPS, capConnections } from "../lib/connections.js";
 import { diagSource, handleDiag, splitHostPort, startDiagServer, type DiagSource } from "../lib/diag.js";
 import { MeziteError, isMeziteError } from "../lib/errors.js";
@@ -149,7 +149,7 @@ function peerOf(req: Http2ServerRequest): Peer {
  * handshake, and an HTTP/2 connection can outlive the certificate.
  */
 function issuedBy(x509: X509Certificate, ca: CertAuthority, authorized: boolean, now: number): boolean {
-  if (!(Date.parse(x509.validFrom) <= now && now <= Date.parse(x509.validTo))) return false;
+  if (!validAt(x509, now)) return false;
   return ca.trusted.some((k) => x509.checkIssued(k.x509Cert) && (authorized || x509.verify(k.x509Cert.publicKey)));
 }
 

@@ -591,9 +591,17 @@ function commonName(n: Tlv): string {
  * X509_check_issued). Validity dates are not checked here. Malformed input throws.
  */
 export async function verifyCertificateSignature(certPem: string, caCertPem: string): Promise<boolean> {
-  const leaf = nodeCert(pemDecode(certPem, "CERTIFICATE"));
-  const ca = nodeCert(pemDecode(caCertPem, "CERTIFICATE"));
-  return leaf.checkIssued(ca) && leaf.verify(ca.publicKey);
+  return signedBy(nodeCert(pemDecode(certPem, "CERTIFICATE")), nodeCert(pemDecode(caCertPem, "CERTIFICATE")));
+}
+
+/** Whether `ca` issued `cert`: names and key identifiers chain (X509_check_issued) and its key signed it. */
+export function signedBy(cert: NodeX509Certificate, ca: NodeX509Certificate): boolean {
+  return cert.checkIssued(ca) && cert.verify(ca.publicKey);
+}
+
+/** Whether `now` (ms) lies within the certificate's validity. */
+export function validAt(cert: NodeX509Certificate, now: number): boolean {
+  return Date.parse(cert.validFrom) <= now && now <= Date.parse(cert.validTo);
 }
 
 /**
@@ -607,11 +615,10 @@ export async function verifyCertificateSignature(certPem: string, caCertPem: str
  * - for the host dialled.
  */
 export function serverCertificateProblem(leaf: NodeX509Certificate, cas: readonly NodeX509Certificate[], host: string, now = Date.now()): string | undefined {
-  const validNow = (c: NodeX509Certificate): boolean => Date.parse(c.validFrom) <= now && now <= Date.parse(c.validTo);
-  const issuers = cas.filter((ca) => ca.ca && leaf.checkIssued(ca) && leaf.verify(ca.publicKey));
+  const issuers = cas.filter((ca) => ca.ca && signedBy(leaf, ca));
   if (issuers.length === 0) return "is not signed by the cluster's TLS CA";
-  if (!issuers.some(validNow)) return `is signed by a TLS CA that is not valid now (valid from ${issuers[0]!.validFrom} to ${issuers[0]!.validTo})`;
-  if (!validNow(leaf)) return `is not valid now (valid from ${leaf.validFrom} to ${leaf.validTo})`;
+  if (!issuers.some((ca) => validAt(ca, now))) return `is signed by a TLS CA that is not valid now (valid from ${issuers[0]!.validFrom} to ${issuers[0]!.validTo})`;
+  if (!validAt(leaf, now)) return `is not valid now (valid from ${leaf.validFrom} to ${leaf.validTo})`;
   if (!leaf.keyUsage?.includes(STD_OID.serverAuth)) return "is not a server certificate";
   if (!(isIP(host) ? leaf.checkIP(host) : leaf.checkHost(host, { subject: "never" }))) return `is not for ${host}`;
   return undefined;
