@@ -47,10 +47,7 @@ export function connectTransport(addr: string, tls: ClientTls, keepalive?: Keepa
     ...(tls.certPem !== undefined ? { cert: tls.certPem } : {}),
     ...(tls.keyPem !== undefined ? { key: tls.keyPem } : {}),
     minVersion: "TLSv1.3",
-    // No CA in OpenSSL's store: see verifiedConnection.
-    ca: [],
-    rejectUnauthorized: false,
-    ...(tls.caPem !== undefined ? { createConnection: verifiedConnection(tls.caPem) } : {}),
+    createConnection: tls.caPem !== undefined ? verifiedConnection(tls.caPem) : dialAuth,
   };
   return createGrpcTransport({
     baseUrl,
@@ -59,6 +56,19 @@ export function connectTransport(addr: string, tls: ClientTls, keepalive?: Keepa
     sessionManager: guardedSessionManager(new Http2SessionManager(baseUrl, { idleConnectionTimeoutMs: 5_000, ...keepalive }, nodeOptions)),
     nodeOptions,
   });
+}
+
+/** The host of an https URL, without an IPv6 address's brackets. */
+const hostOf = (authority: URL): string => authority.hostname.replace(/^\[|\]$/g, "");
+
+/**
+ * A TLS connection to the auth service at `authority`, as every client opens one: HTTP/2 by ALPN,
+ * SNI for a name (none for an IP), and no CA given to OpenSSL (verifiedConnection says why): the
+ * caller verifies the server's certificate, or knowingly does not (Join, --ca-pin's probe).
+ */
+export function dialAuth(authority: URL, options: SecureClientSessionOptions = {}): TLSSocket {
+  const host = hostOf(authority);
+  return tlsConnect({ ...options, host, port: Number(authority.port) || 443, servername: isIP(host) ? "" : host, ALPNProtocols: ["h2"], ca: [], rejectUnauthorized: false });
 }
 
 /**
@@ -88,8 +98,8 @@ function verifiedConnection(caPem: string): (authority: URL, options: SecureClie
     }
   };
   return (authority, options) => {
-    const host = authority.hostname.replace(/^\[|\]$/g, "");
-    const socket = tlsConnect({ ...options, host, port: Number(authority.port) || 443, servername: isIP(host) ? "" : host, ALPNProtocols: ["h2"] });
+    const host = hostOf(authority);
+    const socket = dialAuth(authority, options);
     const emit = socket.emit;
     socket.emit = function (this: TLSSocket, event: string | symbol, ...args: unknown[]): boolean {
       if (event === "secureConnect") {

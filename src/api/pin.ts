@@ -4,10 +4,10 @@
  * Join is safe without it (the reply is MAC'd with the token); the pin stops a wrong server early.
  */
 import { createHash, X509Certificate } from "node:crypto";
-import { connect as tlsConnect, type DetailedPeerCertificate } from "node:tls";
+import type { DetailedPeerCertificate } from "node:tls";
 import { signedBy } from "../ca/x509.js";
 import { MeziteError } from "../lib/errors.js";
-import { normalizeAddr } from "./client.js";
+import { dialAuth, normalizeAddr } from "./client.js";
 
 /**
  * --ca-pin's value: one pin, or several separated by commas. During a Host CA rotation the old and
@@ -25,12 +25,9 @@ export function parseCaPins(text: string): string[] {
 /** Returns the pinned CA's certificate (PEM), for connections that must be verified against it. */
 export async function checkCaPin(addr: string, pins: string[], timeoutMs = 10_000): Promise<string> {
   const hostPort = normalizeAddr(addr);
-  const i = hostPort.lastIndexOf(":");
-  const host = hostPort.slice(0, i).replace(/^\[|\]$/g, "");
-  const port = Number(hostPort.slice(i + 1));
   const chain = await new Promise<DetailedPeerCertificate>((resolve, reject) => {
-    // ca: [] (nothing verified here): no CA given, Node would parse its public roots (client.ts).
-    const sock = tlsConnect({ host, port, ca: [], rejectUnauthorized: false, ALPNProtocols: ["h2"], servername: /^[\d.:]+$/.test(host) ? "" : host });
+    // Nothing is verified on this connection: the pin is checked below.
+    const sock = dialAuth(new URL(`https://${hostPort}`));
     sock.setTimeout(timeoutMs, () => sock.destroy(new Error("timed out")));
     sock.once("secureConnect", () => {
       resolve(sock.getPeerCertificate(true));

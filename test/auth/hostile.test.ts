@@ -109,6 +109,7 @@ test("connections beyond --max-connections are closed at once; streams per conne
   }
   // The service sees the six go (a fixed wait was not enough on a loaded machine).
   for (let i = 0; i < 100 && (await openConnections(diagPort)).verified !== 0; i++) await new Promise((r) => setTimeout(r, 100));
+  assert.equal((await openConnections(diagPort)).verified, 0, "the six held connections closed");
   const session = h2connect(`https://127.0.0.1:${capped.port}`, { rejectUnauthorized: false });
   session.on("error", () => {});
   await once(session, "remoteSettings");
